@@ -1,0 +1,34 @@
+# Buddo Deploy. `make up` runs the platform locally; `make test` installs what it needs and tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
+
+.PHONY: venv lint test test-api postgres up clean
+
+$(BIN)/activate: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+lint: venv
+	$(BIN)/ruff check api tests bench
+	$(BIN)/mypy
+
+postgres:
+	@scripts/test-postgres.sh >/dev/null
+
+test: venv postgres lint
+	BUDDO_TEST_POSTGRES_URL=postgresql://buddo:buddo@127.0.0.1:5432/buddo_test $(BIN)/pytest -q tests
+
+test-api: venv postgres
+	$(BIN)/pytest -q tests/api tests/unit tests/integration
+
+clean:
+	rm -rf var/ $(VENV) *.egg-info api/*.egg-info

@@ -1,0 +1,1 @@
+"""Buddo Deploy: self-hosted container hosting."""

@@ -1,0 +1,145 @@
+"""Bearer JWT authentication (RFC 6750 errors) and the `deploy:manage` scope check."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+import jwt
+
+from .errors import Forbidden, Unauthorized
+from .settings import Settings
+
+REQUIRED_SCOPE = "deploy:manage"
+REALM = "buddo-deploy"
+
+
+@dataclass(frozen=True)
+class Principal:
+    operator_id: str
+    client_id: str
+    scopes: frozenset[str]
+
+
+def _challenge(error: str | None = None, description: str | None = None, scope: str | None = None) -> str:
+    parts = [f'realm="{REALM}"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append(f'error_description="{description}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return "Bearer " + ", ".join(parts)
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    scope = claims.get("scope")
+    scp = claims.get("scp")
+    found: set[str] = set()
+    if isinstance(scope, str):
+        found.update(scope.split())
+    if isinstance(scp, list):
+        found.update(item for item in scp if isinstance(item, str))
+    elif isinstance(scp, str):
+        found.update(scp.split())
+    return frozenset(found)
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+
+    def _key(self, token: str) -> Any:
+        if self._jwks is not None:
+            return self._jwks.get_signing_key_from_jwt(token).key
+        return self.settings.jwt_secret
+
+    def verify(self, token: str) -> Principal:
+        options = {"require": ["exp", "sub"], "verify_aud": self.settings.jwt_audience is not None}
+        try:
+            claims = jwt.decode(
+                token,
+                self._key(token),
+                algorithms=list(self.settings.jwt_algorithms),
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options=options,  # type: ignore[arg-type]
+                leeway=30,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise self._invalid("The access token expired") from exc
+        except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:
+            raise self._invalid(f"The access token is invalid ({type(exc).__name__})") from exc
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise self._invalid("The access token has no subject")
+        client_id = claims.get("client_id")
+        return Principal(
+            operator_id=sub,
+            client_id=client_id if isinstance(client_id, str) and client_id else sub,
+            scopes=_scopes(claims),
+        )
+
+    @staticmethod
+    def _invalid(description: str) -> Unauthorized:
+        return Unauthorized(
+            description,
+            code="invalid_token",
+            headers={"WWW-Authenticate": _challenge("invalid_token", description)},
+        )
+
+
+class Auth:
+    """Falcon middleware: every routed resource needs a token unless it sets `auth_required = False`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.verifier = TokenVerifier(settings)
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
+        if resource is None or not getattr(resource, "auth_required", True):
+            return
+        header = req.get_header("Authorization")
+        if not header:
+            raise Unauthorized(
+                "Missing bearer token", code="unauthorized", headers={"WWW-Authenticate": _challenge()}
+            )
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized(
+                "The Authorization header must be 'Bearer <token>'",
+                code="invalid_request",
+                headers={"WWW-Authenticate": _challenge("invalid_request", "Bearer token expected")},
+            )
+        principal = self.verifier.verify(token.strip())
+        if REQUIRED_SCOPE not in principal.scopes:
+            raise Forbidden(
+                f"The access token lacks the {REQUIRED_SCOPE} scope",
+                code="insufficient_scope",
+                headers={
+                    "WWW-Authenticate": _challenge("insufficient_scope", "deploy:manage required", REQUIRED_SCOPE)
+                },
+            )
+        req.context.principal = principal
+
+
+def mint_token(
+    settings: Settings,
+    operator: str,
+    *,
+    client_id: str | None = None,
+    scope: str = REQUIRED_SCOPE,
+    ttl: dt.timedelta = dt.timedelta(hours=12),
+) -> str:
+    """An HS256 token for the embedded default (`buddo-deploy token`)."""
+    now = dt.datetime.now(dt.UTC)
+    claims: dict[str, Any] = {"sub": operator, "scope": scope, "iat": now, "exp": now + ttl}
+    if client_id:
+        claims["client_id"] = client_id
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")

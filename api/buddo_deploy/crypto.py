@@ -1,0 +1,34 @@
+"""Secrets at rest: env var values are stored Fernet-encrypted."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+def _fernet(secret_key: str) -> Fernet:
+    try:
+        return Fernet(secret_key.encode())
+    except ValueError:
+        # Any passphrase works: derive a proper 32-byte key from it.
+        digest = hashlib.sha256(secret_key.encode()).digest()
+        return Fernet(base64.urlsafe_b64encode(digest))
+
+
+def encrypt_env(secret_key: str, env: dict[str, str]) -> str:
+    return _fernet(secret_key).encrypt(json.dumps(env, sort_keys=True).encode()).decode()
+
+
+def decrypt_env(secret_key: str, token: str | None) -> dict[str, str]:
+    if not token:
+        return {}
+    try:
+        data = json.loads(_fernet(secret_key).decrypt(token.encode()))
+    except InvalidToken as exc:
+        raise RuntimeError("env vars cannot be decrypted: BUDDO_SECRET_KEY changed?") from exc
+    if not isinstance(data, dict):
+        raise RuntimeError("env vars are corrupt")
+    return {str(k): str(v) for k, v in data.items()}

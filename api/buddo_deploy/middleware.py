@@ -1,0 +1,39 @@
+"""Request id and database connection middleware."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import falcon
+import peewee
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+class RequestId:
+    """Tag every request with an id (the caller's, if sane) and echo it back."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        incoming = req.get_header("X-Request-Id")
+        req.context.request_id = incoming if incoming and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        resp.set_header("X-Request-Id", req.context.request_id)
+
+
+class Database:
+    """One connection per process, opened lazily (after gunicorn forks) and reused."""
+
+    def __init__(self, db: peewee.Database) -> None:
+        self.db = db
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.db.connect(reuse_if_open=True)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool) -> None:
+        if self.db.is_closed():
+            return
+        if self.db.in_transaction():  # only after an unexpected error: never leak a transaction
+            self.db.rollback()
+        if not succeeded and not self.db.is_connection_usable():
+            self.db.close()

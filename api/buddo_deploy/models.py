@@ -1,0 +1,146 @@
+"""Peewee models. The schema itself is owned by the numbered migrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import peewee
+
+database_proxy = peewee.DatabaseProxy()
+
+LIVE_STATUSES = ("pending", "deploying", "running", "stopped", "failed")
+DEPLOYMENT_STATUSES = (*LIVE_STATUSES, "destroyed")
+AUDIT_ACTIONS = ("create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate")
+AUDIT_STATUSES = ("pending", "running", "completed", "failed")
+JOB_STATES = ("queued", "running", "succeeded", "failed")
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, the one representation stored in every backend."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class TextUUIDField(peewee.CharField):
+    """UUIDs stored as canonical text so SQLite and PostgreSQL agree byte for byte."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 36)
+        super().__init__(**kwargs)
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else str(uuid.UUID(str(value)))
+
+    def python_value(self, value: Any) -> uuid.UUID | None:
+        return None if value is None else uuid.UUID(str(value))
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class Tier(BaseModel):
+    id = TextUUIDField(primary_key=True)
+    slug = peewee.CharField(unique=True)
+    name = peewee.CharField()
+    payment_method = peewee.CharField()
+    monthly_cost_points = peewee.IntegerField(null=True)
+    monthly_cost_sats = peewee.IntegerField(null=True)
+    memory_limit_mb = peewee.IntegerField()
+    cpu_limit_millicores = peewee.IntegerField()
+    custom_domain_allowed = peewee.BooleanField()
+    monthly_stipend_points = peewee.IntegerField()
+    ad_reach_multiplier = peewee.FloatField()
+    max_deployments = peewee.IntegerField()
+    position = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "tiers"
+
+
+class Deployment(BaseModel):
+    id = TextUUIDField(primary_key=True)
+    operator_id = peewee.CharField(index=True)
+    app_id = peewee.CharField()
+    tier = peewee.ForeignKeyField(Tier, column_name="deploy_tier_id", object_id_name="tier_id", backref="deployments")
+    container_name = peewee.CharField()
+    container_image = peewee.CharField()
+    subdomain = peewee.CharField()
+    custom_domain = peewee.CharField(null=True)
+    port = peewee.IntegerField()
+    host = peewee.CharField()
+    host_port = peewee.IntegerField()
+    status = peewee.CharField()
+    health_status = peewee.CharField(default="unknown")
+    last_health_check = peewee.DateTimeField(null=True)
+    billing_status = peewee.CharField(default="active")
+    next_billing_at = peewee.DateTimeField()
+    memory_limit_mb = peewee.IntegerField()
+    cpu_limit_millicores = peewee.IntegerField()
+    env_var_names = peewee.TextField(default="[]")
+    env_vars_encrypted = peewee.TextField(null=True)
+    image_digest = peewee.CharField(null=True)
+    inserted_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+    destroyed_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "deployments"
+
+
+class AuditEntry(BaseModel):
+    id = TextUUIDField(primary_key=True)
+    deployment = peewee.ForeignKeyField(Deployment, backref="audit_entries")
+    action = peewee.CharField()
+    status = peewee.CharField()
+    initiated_by = peewee.CharField(null=True)
+    details = peewee.TextField(null=True)
+    inserted_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "audit_entries"
+
+
+class Job(BaseModel):
+    id = peewee.AutoField()
+    deployment = peewee.ForeignKeyField(Deployment, backref="jobs")
+    audit_entry = peewee.ForeignKeyField(AuditEntry, null=True)
+    action = peewee.CharField()
+    lock_key = peewee.CharField()
+    state = peewee.CharField(default="queued")
+    attempts = peewee.IntegerField(default=0)
+    max_attempts = peewee.IntegerField()
+    timeout_s = peewee.IntegerField()
+    run_after = peewee.DateTimeField()
+    lease_owner = peewee.CharField(null=True)
+    lease_expires_at = peewee.DateTimeField(null=True)
+    last_error = peewee.TextField(null=True)
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+    finished_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "jobs"
+
+
+class RateLimitCounter(BaseModel):
+    key = peewee.CharField()
+    window_start = peewee.BigIntegerField()
+    count = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "rate_limit_counters"
+        primary_key = peewee.CompositeKey("key", "window_start")
+
+
+class SchemaMigration(BaseModel):
+    version = peewee.IntegerField(primary_key=True)
+    name = peewee.CharField()
+    applied_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "schema_migrations"

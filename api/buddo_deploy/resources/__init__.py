@@ -1,0 +1,1 @@
+"""Falcon resources: thin, they parse, call a service and present the result."""

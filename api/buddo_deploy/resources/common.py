@@ -1,0 +1,86 @@
+"""Body parsing and presentation shared by the resources."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+from pydantic import BaseModel
+
+from ..errors import ApiError, BadRequest
+from ..schemas import DeploymentOut, LogEntryOut, StatusOut
+
+
+def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise ApiError(f"Request body exceeds {max_bytes} bytes", code="payload_too_large",
+                       status=falcon.HTTP_413)
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(f"Request body exceeds {max_bytes} bytes", code="payload_too_large",
+                       status=falcon.HTTP_413)
+    if not raw.strip():
+        raise BadRequest("Request body must be a JSON object", code="malformed_json")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"Malformed JSON: {exc}", code="malformed_json") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object", code="malformed_json")
+    return body
+
+
+def send(resp: falcon.Response, model: BaseModel, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = model.model_dump_json()
+
+
+def deployment_out(deployment: Any, url: str) -> DeploymentOut:
+    return DeploymentOut(
+        id=deployment.id,
+        app_id=deployment.app_id,
+        deploy_tier_id=deployment.tier_id,
+        tier=deployment.tier.slug,
+        container_name=deployment.container_name,
+        container_image=deployment.container_image,
+        subdomain=deployment.subdomain,
+        url=url,
+        custom_domain=deployment.custom_domain,
+        port=deployment.port,
+        status=deployment.status,
+        health_status=deployment.health_status,
+        last_health_check=deployment.last_health_check,
+        billing_status=deployment.billing_status,
+        next_billing_at=deployment.next_billing_at,
+        memory_limit_mb=deployment.memory_limit_mb,
+        cpu_limit_millicores=deployment.cpu_limit_millicores,
+        env_var_names=json.loads(deployment.env_var_names),
+        host=deployment.host,
+        image_digest=deployment.image_digest,
+        inserted_at=deployment.inserted_at,
+        updated_at=deployment.updated_at,
+    )
+
+
+def status_out(deployment: Any) -> StatusOut:
+    return StatusOut(
+        id=deployment.id,
+        status=deployment.status,
+        subdomain=deployment.subdomain,
+        health_status=deployment.health_status,
+        last_health_check=deployment.last_health_check,
+    )
+
+
+def log_entry_out(entry: Any) -> LogEntryOut:
+    return LogEntryOut(
+        id=entry.id,
+        action=entry.action,
+        status=entry.status,
+        initiated_by=entry.initiated_by,
+        inserted_at=entry.inserted_at,
+        details=json.loads(entry.details) if entry.details else None,
+    )

@@ -1,0 +1,1 @@
+"""Services own every state change: lifecycle of deployments, tiers, the job queue."""

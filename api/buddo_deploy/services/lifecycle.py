@@ -1,0 +1,260 @@
+"""The deployment lifecycle: every state change the API makes happens here.
+
+Each change writes the desired state, an audit entry and (where the engine has
+work to do) a job in one transaction, then returns at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import random
+import secrets
+import string
+import uuid
+from dataclasses import dataclass
+
+import peewee
+
+from .. import jobqueue
+from ..auth import Principal
+from ..crypto import encrypt_env
+from ..db import write_transaction
+from ..errors import ApiError, Forbidden, NotFound, TooManyRequests, Unprocessable
+from ..models import LIVE_STATUSES, AuditEntry, Deployment, Tier, database_proxy, utcnow
+from ..schemas import DeploymentCreate
+from ..settings import Settings
+from .tiers import get_tier
+
+BILLING_CYCLE = dt.timedelta(days=30)
+_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+_PORT_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Page:
+    deployments: list[Deployment]
+    next_cursor: str | None
+
+
+def _field_error(field: str, message: str, code: str = "validation_failed") -> Unprocessable:
+    return Unprocessable(
+        f"{field}: {message}", code=code, details=[{"field": field, "message": message}]
+    )
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # --- reads -------------------------------------------------------------
+
+    def url_for(self, deployment: Deployment) -> str:
+        return f"https://{deployment.subdomain}.{self.settings.base_domain}{self.settings.public_url_suffix}"
+
+    def get_owned(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
+        deployment = Deployment.get_or_none(Deployment.id == deployment_id)
+        if deployment is None:
+            raise NotFound("Deployment not found", code="deployment_not_found")
+        if deployment.operator_id != principal.operator_id:
+            raise Forbidden("Deployment belongs to another operator", code="forbidden")
+        return deployment
+
+    def list_deployments(
+        self,
+        principal: Principal,
+        *,
+        limit: int,
+        cursor: str | None,
+        status: str | None,
+        include_destroyed: bool,
+    ) -> Page:
+        query = (
+            Deployment.select(Deployment, Tier)
+            .join(Tier)
+            .where(Deployment.operator_id == principal.operator_id)
+            .order_by(Deployment.inserted_at.desc(), Deployment.id.desc())
+        )
+        if status is not None:
+            query = query.where(Deployment.status == status)
+        elif not include_destroyed:
+            query = query.where(Deployment.status != "destroyed")
+        if cursor:
+            inserted_at, last_id = _decode_cursor(cursor)
+            query = query.where(
+                (Deployment.inserted_at < inserted_at)
+                | ((Deployment.inserted_at == inserted_at) & (Deployment.id < str(last_id)))
+            )
+        rows = list(query.limit(limit + 1))
+        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return Page(rows[:limit], next_cursor)
+
+    def audit_log(self, principal: Principal, deployment_id: uuid.UUID) -> list[AuditEntry]:
+        deployment = self.get_owned(principal, deployment_id)
+        return list(
+            AuditEntry.select()
+            .where(AuditEntry.deployment == deployment)
+            .order_by(AuditEntry.inserted_at, AuditEntry.id)
+        )
+
+    # --- changes -----------------------------------------------------------
+
+    def create_deployment(self, principal: Principal, request: DeploymentCreate) -> Deployment:
+        tier = get_tier(request.tier)
+        if tier is None:
+            raise NotFound(f"Tier '{request.tier}' not found", code="tier_not_found",
+                           details=[{"field": "tier", "message": "unknown tier"}])
+        if request.custom_domain and not tier.custom_domain_allowed:
+            raise _field_error("custom_domain", f"tier '{tier.slug}' does not allow custom domains")
+        db = database_proxy.obj
+        for _ in range(_PORT_ATTEMPTS):
+            try:
+                with write_transaction(db):
+                    self._check_limits(principal, tier)
+                    with db.atomic():  # a savepoint: a lost race must not poison the transaction
+                        deployment = self._insert(principal, request, tier)
+                    self._audit(deployment, "create", "completed", principal.client_id)
+                    self._enqueue(deployment, "deploy", None)
+                    return deployment
+            except peewee.IntegrityError as exc:
+                message = str(exc)
+                if "custom_domain" in message:
+                    raise _field_error("custom_domain", "is already bound to another deployment",
+                                       "custom_domain_taken") from exc
+                if "host_port" in message:
+                    continue  # another create took the same host port: pick again
+                if "subdomain" in message:
+                    raise _field_error("subdomain", "is already taken", "subdomain_taken") from exc
+                raise
+        raise ApiError("No free host port, try again", code="capacity_exhausted", status="503 Service Unavailable")
+
+    def restart(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
+        with write_transaction(database_proxy.obj):
+            deployment = self._live(principal, deployment_id, "restart")
+            self._set_status(deployment, "deploying")
+            self._enqueue(deployment, "restart", principal.client_id)
+        return deployment
+
+    def stop(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
+        with write_transaction(database_proxy.obj):
+            deployment = self._live(principal, deployment_id, "stop")
+            if deployment.status != "stopped":
+                self._set_status(deployment, "stopped")
+                self._enqueue(deployment, "stop", principal.client_id)
+        return deployment
+
+    def destroy(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
+        with write_transaction(database_proxy.obj):
+            deployment = self._live(principal, deployment_id, "destroy")
+            deployment.destroyed_at = utcnow()
+            self._set_status(deployment, "destroyed")
+            self._enqueue(deployment, "destroy", principal.client_id)
+        return deployment
+
+    # --- helpers -----------------------------------------------------------
+
+    def _live(self, principal: Principal, deployment_id: uuid.UUID, action: str) -> Deployment:
+        deployment = self.get_owned(principal, deployment_id)
+        if deployment.status == "destroyed":
+            raise Unprocessable(
+                f"Cannot {action} a destroyed deployment", code="deployment_destroyed",
+                details={"status": deployment.status},
+            )
+        return deployment
+
+    def _check_limits(self, principal: Principal, tier: Tier) -> None:
+        live = Deployment.select().where(
+            (Deployment.operator_id == principal.operator_id) & (Deployment.status.in_(LIVE_STATUSES))
+        )
+        on_tier = live.where(Deployment.tier == tier).count()
+        if on_tier >= tier.max_deployments:
+            raise TooManyRequests(
+                f"Deployment limit reached for tier '{tier.slug}' ({tier.max_deployments})",
+                code="tier_deployment_limit",
+                details={"tier": tier.slug, "limit": tier.max_deployments},
+            )
+        total = live.count()
+        if total >= self.settings.max_deployments_per_account:
+            raise TooManyRequests(
+                f"Deployment limit reached for this account ({self.settings.max_deployments_per_account})",
+                code="account_deployment_limit",
+                details={"limit": self.settings.max_deployments_per_account},
+            )
+
+    def _free_host_port(self, host: str) -> int:
+        low, high = self.settings.host_port_range
+        used = {
+            row.host_port
+            for row in Deployment.select(Deployment.host_port).where(
+                (Deployment.host == host) & (Deployment.status != "destroyed")
+            )
+        }
+        free = [port for port in range(low, high + 1) if port not in used]
+        if not free:
+            raise ApiError("No free host port on the container host", code="capacity_exhausted",
+                           status="503 Service Unavailable")
+        return random.choice(free)  # noqa: S311 - spreads concurrent creates, not a secret
+
+    def _insert(self, principal: Principal, request: DeploymentCreate, tier: Tier) -> Deployment:
+        now = utcnow()
+        host = self.settings.default_host
+        suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(6))
+        return Deployment.create(
+            id=uuid.uuid4(),
+            operator_id=principal.operator_id,
+            app_id=principal.client_id,
+            tier=tier,
+            container_name=f"{request.subdomain}-{suffix}",
+            container_image=request.image,
+            subdomain=request.subdomain,
+            custom_domain=request.custom_domain,
+            port=request.port,
+            host=host,
+            host_port=self._free_host_port(host),
+            status="pending",
+            health_status="unknown",
+            billing_status="active",
+            next_billing_at=now + BILLING_CYCLE,
+            memory_limit_mb=tier.memory_limit_mb,
+            cpu_limit_millicores=tier.cpu_limit_millicores,
+            env_var_names=json.dumps(sorted(request.env_vars)),
+            env_vars_encrypted=encrypt_env(self.settings.secret_key, request.env_vars) if request.env_vars else None,
+            inserted_at=now,
+            updated_at=now,
+        )
+
+    def _set_status(self, deployment: Deployment, status: str) -> None:
+        deployment.status = status
+        deployment.updated_at = utcnow()
+        deployment.save()
+
+    @staticmethod
+    def _audit(deployment: Deployment, action: str, status: str, initiated_by: str | None) -> AuditEntry:
+        now = utcnow()
+        return AuditEntry.create(
+            id=uuid.uuid4(), deployment=deployment, action=action, status=status,
+            initiated_by=initiated_by, details=None, inserted_at=now, updated_at=now,
+        )
+
+    def _enqueue(self, deployment: Deployment, action: str, initiated_by: str | None) -> None:
+        entry = self._audit(deployment, action, "pending", initiated_by)
+        jobqueue.enqueue(
+            deployment, action, entry,
+            max_attempts=self.settings.job_max_attempts, timeout_s=self.settings.job_timeout_s,
+        )
+
+
+def _encode_cursor(deployment: Deployment) -> str:
+    raw = json.dumps([deployment.inserted_at.isoformat(), str(deployment.id)])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        inserted_at, last_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return dt.datetime.fromisoformat(inserted_at), uuid.UUID(last_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise _field_error("cursor", "is not a cursor this API returned", "invalid_cursor") from exc

@@ -1,0 +1,117 @@
+"""Settings: every knob is an environment variable prefixed ``BUDDO_``.
+
+The embedded default needs no configuration at all: SQLite under ``var/``, a
+generated JWT secret and encryption key kept in ``var/`` (mode 0600), base domain
+``localhost`` on port 8443.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+DEFAULT_REGISTRIES = ("harbor.buddo.xyz:4443/", "docker.io/library/", "ghcr.io/")
+DEFAULT_RESERVED = (
+    "www", "api", "admin", "app", "apps", "auth", "billing", "blog", "cdn", "dashboard",
+    "docs", "ftp", "help", "imap", "mail", "ns1", "ns2", "pop", "root", "smtp", "static",
+    "status", "support",
+)
+
+
+def _persistent_secret(path: Path, make: bool) -> str:
+    """Read a secret kept under var/, creating it on first use (embedded default only)."""
+    if path.exists():
+        return path.read_text().strip()
+    if not make:
+        raise RuntimeError(f"missing secret file {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path
+    database_url: str
+    jwt_secret: str
+    secret_key: str
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    base_domain: str = "localhost"
+    public_https_port: int = 8443
+    allowed_registries: tuple[str, ...] = DEFAULT_REGISTRIES
+    reserved_subdomains: tuple[str, ...] = DEFAULT_RESERVED
+    default_host: str = "container-host-1"
+    host_port_range: tuple[int, int] = (20000, 29999)
+    max_deployments_per_account: int = 20
+    rate_limits_enabled: bool = True
+    rate_limit_read: int = 30
+    rate_limit_write: int = 10
+    rate_limit_window_s: int = 60
+    max_body_bytes: int = 256 * 1024
+    job_max_attempts: int = 3
+    job_timeout_s: int = 600
+    tiers_file: Path = field(default_factory=lambda: Path(__file__).parent / "data" / "tiers.json")
+
+    @property
+    def public_url_suffix(self) -> str:
+        return "" if self.public_https_port == 443 else f":{self.public_https_port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str | None:
+            return env.get(f"BUDDO_{name}", default)
+
+        var_dir = Path(get("VAR_DIR") or REPO_ROOT / "var")
+        embedded = get("DATABASE_URL") is None
+        database_url = get("DATABASE_URL") or f"sqlite:///{var_dir / 'buddo.db'}"
+        jwt_secret = get("JWT_SECRET") or _persistent_secret(var_dir / "jwt-secret", make=embedded)
+        secret_key = get("SECRET_KEY") or _persistent_secret(var_dir / "secret-key", make=embedded)
+        low, _, high = (get("HOST_PORT_RANGE") or "20000-29999").partition("-")
+        kwargs: dict[str, object] = {
+            "var_dir": var_dir,
+            "database_url": database_url,
+            "jwt_secret": jwt_secret,
+            "secret_key": secret_key,
+            "jwt_algorithms": _csv(get("JWT_ALGORITHMS") or "HS256"),
+            "jwt_jwks_url": get("JWT_JWKS_URL") or None,
+            "jwt_issuer": get("JWT_ISSUER") or None,
+            "jwt_audience": get("JWT_AUDIENCE") or None,
+            "base_domain": get("BASE_DOMAIN") or "localhost",
+            "public_https_port": int(get("PUBLIC_HTTPS_PORT") or 8443),
+            "allowed_registries": _csv(get("ALLOWED_REGISTRIES") or ",".join(DEFAULT_REGISTRIES)),
+            "reserved_subdomains": _csv(get("RESERVED_SUBDOMAINS") or ",".join(DEFAULT_RESERVED)),
+            "default_host": get("DEFAULT_HOST") or "container-host-1",
+            "host_port_range": (int(low), int(high or low)),
+            "max_deployments_per_account": int(get("MAX_DEPLOYMENTS_PER_ACCOUNT") or 20),
+            "rate_limits_enabled": _bool(get("RATE_LIMITS_ENABLED") or "true"),
+            "rate_limit_read": int(get("RATE_LIMIT_READ") or 30),
+            "rate_limit_write": int(get("RATE_LIMIT_WRITE") or 10),
+            "rate_limit_window_s": int(get("RATE_LIMIT_WINDOW") or 60),
+            "job_max_attempts": int(get("JOB_MAX_ATTEMPTS") or 3),
+            "job_timeout_s": int(get("JOB_TIMEOUT") or 600),
+        }
+        if get("TIERS_FILE"):
+            kwargs["tiers_file"] = Path(str(get("TIERS_FILE")))
+        return cls(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,49 @@
+"""Shared fixtures: settings on SQLite and on the real PostgreSQL, a Falcon test client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+from buddo_deploy.app import create_app
+from buddo_deploy.models import database_proxy
+from buddo_deploy.settings import Settings
+
+from tests.helpers import make_settings, migrate
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, backend: str) -> Settings:
+    return make_settings(tmp_path, backend)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[falcon.testing.TestClient]:
+    migrate(settings)
+    app = create_app(settings)
+    yield falcon.testing.TestClient(app)
+    database_proxy.obj.close()
+
+
+
+
+@pytest.fixture
+def client_with(tmp_path: Path, backend: str) -> Iterator[Callable[..., falcon.testing.TestClient]]:
+    """A client on settings with overrides, e.g. client_with(rate_limit_write=2)."""
+
+    def build(**overrides: Any) -> falcon.testing.TestClient:
+        settings = make_settings(tmp_path, backend, **overrides)
+        migrate(settings)
+        return falcon.testing.TestClient(create_app(settings))
+
+    yield build
+    if database_proxy.obj is not None:
+        database_proxy.obj.close()

@@ -1,0 +1,82 @@
+"""Test helpers: settings on SQLite or the real PostgreSQL, migrations, tokens, request bodies."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg2
+from buddo_deploy.db import open_database
+from buddo_deploy.migrations import upgrade
+from buddo_deploy.services.tiers import sync_tiers
+from buddo_deploy.settings import Settings
+
+# `make test` installs and starts PostgreSQL and exports this; running pytest by
+# hand without a server fails loudly rather than skipping.
+POSTGRES_URL = os.environ.get("BUDDO_TEST_POSTGRES_URL", "postgresql://buddo:buddo@127.0.0.1:5432/buddo_test")
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+def reset_postgres(url: str) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+    conn.close()
+
+
+def make_settings(tmp_path: Path, backend: str, **overrides: Any) -> Settings:
+    if backend == "postgres":
+        reset_postgres(POSTGRES_URL)
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite:///{tmp_path / 'buddo.db'}"
+    settings = Settings.from_env(
+        {
+            "BUDDO_VAR_DIR": str(tmp_path),
+            "BUDDO_DATABASE_URL": url,
+            "BUDDO_JWT_SECRET": JWT_SECRET,
+            "BUDDO_SECRET_KEY": "test-encryption-passphrase",
+        }
+    )
+    return dataclasses.replace(settings, **overrides)
+
+
+def migrate(settings: Settings) -> None:
+    db = open_database(settings.database_url)
+    upgrade(db)
+    sync_tiers(settings.tiers_file)
+
+
+def token(
+    operator: str = "operator-1",
+    *,
+    scope: str | None = "deploy:manage",
+    secret: str = JWT_SECRET,
+    expires_in: float = 3600,
+    **claims: Any,
+) -> str:
+    now = dt.datetime.now(dt.UTC)
+    body: dict[str, Any] = {"sub": operator, "iat": now, "exp": now + dt.timedelta(seconds=expires_in)}
+    if scope is not None:
+        body["scope"] = scope
+    body.update(claims)
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+def auth(operator: str = "operator-1", **kwargs: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(operator, **kwargs)}"}
+
+
+def create_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "subdomain": "my-app",
+        "image": "harbor.buddo.xyz:4443/operators/my-app:latest",
+        "tier": "buddo-starter",
+    }
+    body.update(overrides)
+    return body

@@ -1,0 +1,106 @@
+"""The real gunicorn server over HTTP: two API processes sharing one database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import JWT_SECRET, POSTGRES_URL, auth, create_body, reset_postgres
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@pytest.fixture
+def servers(tmp_path: Path, backend: str) -> Iterator[list[str]]:
+    if backend == "postgres":
+        reset_postgres(POSTGRES_URL)
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite:///{tmp_path / 'buddo.db'}"
+    env = os.environ | {
+        "BUDDO_VAR_DIR": str(tmp_path),
+        "BUDDO_DATABASE_URL": url,
+        "BUDDO_JWT_SECRET": JWT_SECRET,
+        "BUDDO_SECRET_KEY": "k",
+        "BUDDO_RATE_LIMIT_READ": "6",
+        "BUDDO_RATE_LIMIT_WRITE": "8",
+    }
+    subprocess.run([sys.executable, "-m", "buddo_deploy.cli", "db", "upgrade"], env=env, check=True,
+                   capture_output=True)
+    procs, bases = [], []
+    for _ in range(2):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "buddo_deploy.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        bases.append(f"http://127.0.0.1:{port}")
+    try:
+        for base, proc in zip(bases, procs, strict=True):
+            wait_until_up(f"{base}/api/deploy/openapi.json", proc)
+        yield bases
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_lifecycle_over_http(servers):
+    base = servers[0]
+    created = requests.post(f"{base}/api/deploy/apps", json=create_body(), headers=auth(), timeout=5)
+    assert created.status_code == 201
+    assert created.headers["X-Request-Id"]
+    ident = created.json()["deployment"]["id"]
+    assert requests.get(f"{base}{created.headers['Location']}", headers=auth(), timeout=5).json()[
+        "deployment"]["id"] == ident
+    missing = requests.get(f"{base}/api/deploy/apps/00000000-0000-0000-0000-000000000000", headers=auth(),
+                           timeout=5)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "deployment_not_found"
+    bad = requests.post(f"{base}/api/deploy/apps", data=b"{oops", headers=auth(), timeout=5)
+    assert bad.status_code == 400 and "Traceback" not in bad.text
+
+
+def test_rate_limit_holds_across_processes(servers):
+    codes = [
+        requests.get(f"{servers[i % 2]}/api/deploy/tiers", headers=auth("poller"), timeout=5).status_code
+        for i in range(8)
+    ]
+    assert codes == [200] * 6 + [429] * 2
+
+
+def test_subdomain_race_across_processes(servers):
+    def create(i: int) -> int:
+        resp = requests.post(f"{servers[i % 2]}/api/deploy/apps", json=create_body(subdomain="race"),
+                             headers=auth(f"racer-{i}"), timeout=10)
+        return resp.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = sorted(pool.map(create, range(8)))
+    assert codes == [201] + [422] * 7
