@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,16 +51,40 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
 
 
 class TokenVerifier:
+    """Verifies tokens, remembering verified ones until they expire.
+
+    Pollers send the same token many times a minute; a signature check costs more
+    than the rest of a status request, so a verified token is kept (bounded LRU)
+    with its expiry, and an expired one is verified again (and refused).
+    """
+
+    CACHE_SIZE = 4096
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, token: str) -> Principal:
+        with self._lock:
+            hit = self._verified.get(token)
+            if hit is not None and hit[1] > time.time():
+                self._verified.move_to_end(token)
+                return hit[0]
+        principal, expires_at = self._verify(token)
+        with self._lock:
+            self._verified[token] = (principal, expires_at)
+            while len(self._verified) > self.CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return principal
 
     def _key(self, token: str) -> Any:
         if self._jwks is not None:
             return self._jwks.get_signing_key_from_jwt(token).key
         return self.settings.jwt_secret
 
-    def verify(self, token: str) -> Principal:
+    def _verify(self, token: str) -> tuple[Principal, float]:
         options = {"require": ["exp", "sub"], "verify_aud": self.settings.jwt_audience is not None}
         try:
             claims = jwt.decode(
@@ -77,11 +104,12 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub:
             raise self._invalid("The access token has no subject")
         client_id = claims.get("client_id")
-        return Principal(
+        principal = Principal(
             operator_id=sub,
             client_id=client_id if isinstance(client_id, str) and client_id else sub,
             scopes=_scopes(claims),
         )
+        return principal, float(claims["exp"])
 
     @staticmethod
     def _invalid(description: str) -> Unauthorized:

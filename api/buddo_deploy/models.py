@@ -66,6 +66,7 @@ class Deployment(BaseModel):
     operator_id = peewee.CharField(index=True)
     app_id = peewee.CharField()
     tier = peewee.ForeignKeyField(Tier, column_name="deploy_tier_id", object_id_name="tier_id", backref="deployments")
+    tier_id: uuid.UUID
     container_name = peewee.CharField()
     container_image = peewee.CharField()
     subdomain = peewee.CharField()
@@ -109,6 +110,9 @@ class Job(BaseModel):
     id = peewee.AutoField()
     deployment = peewee.ForeignKeyField(Deployment, backref="jobs")
     audit_entry = peewee.ForeignKeyField(AuditEntry, null=True)
+    # Foreign-key id accessors peewee adds (declared for the type checker only).
+    deployment_id: uuid.UUID
+    audit_entry_id: uuid.UUID | None
     action = peewee.CharField()
     lock_key = peewee.CharField()
     state = peewee.CharField(default="queued")
@@ -144,3 +148,18 @@ class SchemaMigration(BaseModel):
 
     class Meta:
         table_name = "schema_migrations"
+
+
+class JobEvent(BaseModel):
+    id = peewee.AutoField()
+    job = peewee.ForeignKeyField(Job, backref="events")
+    attempt = peewee.IntegerField()
+    created_at = peewee.DateTimeField()
+    event = peewee.CharField()
+    host = peewee.CharField(null=True)
+    task = peewee.CharField(null=True)
+    status = peewee.CharField(null=True)
+    message = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "job_events"

@@ -12,10 +12,11 @@ from ..schemas import (
     DeploymentList,
     DestroyOut,
     LogList,
+    StatusOut,
     ValidationContext,
 )
 from ..services.lifecycle import Lifecycle
-from .common import deployment_out, log_entry_out, read_json_object, send, status_out
+from .common import deployment_out, log_entry_out, read_json_object, send
 
 STATUS_FILTERS = ("pending", "deploying", "running", "stopped", "failed", "destroyed")
 MAX_PAGE = 100
@@ -92,7 +93,7 @@ class AppsResource:
         send(resp, DestroyOut(message="Deployment destroyed", id=deployment.id))
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
-        send(resp, status_out(self.lifecycle.get_owned(req.context.principal, deployment_id)))
+        send(resp, StatusOut(**self.lifecycle.status_of(req.context.principal, deployment_id)))
 
     def on_get_logs(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         entries = self.lifecycle.audit_log(req.context.principal, deployment_id)

@@ -9,7 +9,7 @@ import falcon
 from pydantic import BaseModel
 
 from ..errors import ApiError, BadRequest
-from ..schemas import DeploymentOut, LogEntryOut, StatusOut
+from ..schemas import DeploymentOut, LogEntryOut
 
 
 def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
@@ -62,16 +62,6 @@ def deployment_out(deployment: Any, url: str) -> DeploymentOut:
         image_digest=deployment.image_digest,
         inserted_at=deployment.inserted_at,
         updated_at=deployment.updated_at,
-    )
-
-
-def status_out(deployment: Any) -> StatusOut:
-    return StatusOut(
-        id=deployment.id,
-        status=deployment.status,
-        subdomain=deployment.subdomain,
-        health_status=deployment.health_status,
-        last_health_check=deployment.last_health_check,
     )
 
 

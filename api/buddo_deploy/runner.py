@@ -1,0 +1,201 @@
+"""The runner bridge: the only module that imports ansible_runner.
+
+One private data dir per run, deleted afterwards. User-supplied strings reach
+Ansible only as ``!unsafe`` YAML in ``env/extravars`` (written here, so
+``suppress_env_files=True`` keeps ansible-runner from writing anything else
+there). Secrets never enter extravars, envvars or the command line: they go to a
+0600 file on tmpfs whose *path* is passed, read by a ``no_log`` lookup and
+removed when the run ends. Events are summarised through a callback and never
+written to the artifacts directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+import yaml
+
+from .settings import REPO_ROOT
+
+KEPT_EVENTS = {
+    "playbook_on_play_start", "playbook_on_task_start", "runner_on_ok", "runner_on_failed",
+    "runner_on_unreachable", "runner_on_async_failed", "playbook_on_stats",
+}
+MAX_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class EventSummary:
+    event: str
+    host: str | None
+    task: str | None
+    status: str | None
+    message: str | None
+
+
+@dataclass
+class PlaybookResult:
+    status: str  # successful | failed | timeout | canceled
+    rc: int | None
+    failed_task: str | None = None
+    failed_host: str | None = None
+    message: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful"
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """Dumps every string value as ``!unsafe`` so Ansible never templates it."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("!unsafe", data, style='"')
+
+
+def _represent_dict(dumper: yaml.SafeDumper, data: Mapping[str, Any]) -> yaml.MappingNode:
+    # Keys are variable names: plain strings, only the values are tagged.
+    pairs = [(dumper.represent_scalar("tag:yaml.org,2002:str", str(k)), dumper.represent_data(v))
+             for k, v in data.items()]
+    return yaml.MappingNode("tag:yaml.org,2002:map", pairs)
+
+
+_UnsafeDumper.add_representer(str, _represent_str)
+_UnsafeDumper.add_representer(dict, _represent_dict)
+
+
+def unsafe_yaml(data: Mapping[str, Any]) -> str:
+    return str(yaml.dump(dict(data), Dumper=_UnsafeDumper, default_flow_style=False, sort_keys=True))
+
+
+def _secret_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None  # noqa: S108
+
+
+@contextmanager
+def secret_file(payload: Mapping[str, str]) -> Iterator[str]:
+    """A 0600 JSON file on tmpfs that exists only for the duration of one run."""
+    fd, path = tempfile.mkstemp(prefix="buddo-secret-", suffix=".json", dir=_secret_dir())
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(dict(payload), handle)
+        yield path
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def _summarise(event: Mapping[str, Any]) -> EventSummary | None:
+    name = str(event.get("event", ""))
+    if name not in KEPT_EVENTS:
+        return None
+    data = event.get("event_data") or {}
+    res = data.get("res") or {}
+    status = {"runner_on_ok": "changed" if res.get("changed") else "ok", "runner_on_failed": "failed",
+              "runner_on_unreachable": "unreachable", "runner_on_async_failed": "failed"}.get(name)
+    message = None
+    if name in {"runner_on_failed", "runner_on_unreachable", "runner_on_async_failed"}:
+        message = str(res.get("msg") or res.get("stderr") or res.get("module_stderr") or "")[:MAX_MESSAGE]
+        if data.get("ignore_errors"):
+            status = "ignored"
+    elif name == "playbook_on_play_start":
+        message = str(data.get("play") or "")
+    elif name == "playbook_on_stats":
+        message = json.dumps({k: data.get(k) for k in ("ok", "changed", "failures", "dark", "skipped")})
+    return EventSummary(
+        event=name,
+        host=data.get("host") or data.get("remote_addr"),
+        task=(data.get("task") or None) if name != "playbook_on_play_start" else None,
+        status=status,
+        message=message,
+    )
+
+
+def ansible_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for ansible-playbook: our venv first, sbin for podman's netavark."""
+    bindir = str(Path(sys.executable).parent)
+    path = os.pathsep.join([bindir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+    env = {
+        "PATH": path,
+        "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+    }
+    env.update(extra or {})
+    return env
+
+
+def run_playbook(
+    playbook: Path,
+    inventory: Path,
+    extravars: Mapping[str, Any],
+    *,
+    secrets: Mapping[str, str] | None = None,
+    limit: str | None = None,
+    timeout_s: int = 600,
+    on_event: Callable[[EventSummary], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    work_dir: Path | None = None,
+    keep_data_dir: bool = False,
+) -> PlaybookResult:
+    """Run one playbook through ansible-runner and summarise the outcome."""
+    base = work_dir or Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix="buddo-job-", dir=base))
+    outcome = PlaybookResult(status="failed", rc=None)
+
+    def handle(event: dict[str, Any]) -> bool:
+        summary = _summarise(event)
+        if summary is None:
+            return False
+        if summary.status in {"failed", "unreachable"} and outcome.failed_task is None:
+            outcome.failed_task, outcome.failed_host, outcome.message = summary.task, summary.host, summary.message
+        if summary.event == "playbook_on_stats":
+            outcome.stats = dict((event.get("event_data") or {}).get("artifact_data") or {})
+        if on_event is not None:
+            on_event(summary)
+        return False  # never write events (which may hold module args) to the artifacts dir
+
+    try:
+        (private / "env").mkdir(mode=0o700)
+        variables = dict(extravars)
+        with secret_file(secrets or {}) as secret_path:
+            variables["deployment_env_file"] = secret_path
+            (private / "env" / "extravars").write_text(unsafe_yaml(variables))
+            runner = ansible_runner.run(
+                private_data_dir=str(private),
+                playbook=str(playbook),
+                inventory=str(inventory),
+                limit=limit,
+                envvars=ansible_env(),
+                suppress_env_files=True,
+                quiet=True,
+                timeout=timeout_s,
+                event_handler=handle,
+                cancel_callback=should_cancel or (lambda: False),
+                rotate_artifacts=1,
+            )
+        outcome.status = str(runner.status)
+        outcome.rc = runner.rc
+        if outcome.status == "timeout":
+            outcome.message = f"timed out after {timeout_s} s"
+        elif outcome.status == "canceled":
+            outcome.message = "canceled: the job's lease was lost"
+        elif not outcome.ok and outcome.message is None:
+            outcome.message = f"ansible-playbook exited with rc={runner.rc}"
+        return outcome
+    finally:
+        if not keep_data_dir:
+            shutil.rmtree(private, ignore_errors=True)
