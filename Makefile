@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint test test-api postgres up clean
+.PHONY: venv lint test test-api postgres up down demo-image bootstrap bench-api clean
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -29,6 +29,26 @@ test: venv postgres lint
 
 test-api: venv postgres
 	$(BIN)/pytest -q tests/api tests/unit tests/integration
+
+bootstrap: venv
+	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/bootstrap.yml
+
+up: venv
+	scripts/up.sh
+
+VERSION ?= v2
+demo-image: venv
+	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/local_registry.yml \
+		-e local_registry_demo_version=$(VERSION) -e local_registry_demo_tag=latest
+
+down:
+	-podman ps -aq --filter label=buddo.managed_by=buddo-deploy | xargs -r podman rm -f
+	-caddy stop --address 127.0.0.1:2019
+	-pkill -f 'docker-registry serve $(CURDIR)/var/registry' || true
+
+bench-api: venv
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf var/ $(VENV) *.egg-info api/*.egg-info

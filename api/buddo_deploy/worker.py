@@ -31,6 +31,8 @@ class Worker:
         self.inventory = Path(os.environ.get("BUDDO_INVENTORY", REPO_ROOT / "inventory" / "local"))
         self.lease_s = int(os.environ.get("BUDDO_JOB_LEASE", "20"))
         self.poll_s = float(os.environ.get("BUDDO_WORKER_POLL", "0.5"))
+        # Debugging (and the secrets test): keep each run's private data dir.
+        self.keep_runner_data = os.environ.get("BUDDO_KEEP_RUNNER_DATA", "") == "1"
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was nothing to do."""
@@ -73,6 +75,7 @@ class Worker:
                 on_event=on_event,
                 should_cancel=lost.is_set,
                 work_dir=self.settings.var_dir / "runner",
+                keep_data_dir=self.keep_runner_data,
             )
         finally:
             done.set()

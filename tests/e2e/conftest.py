@@ -1,0 +1,176 @@
+"""The real platform for end-to-end tests: API + worker processes, Podman, Caddy, a registry.
+
+The stack gets its own Caddy (ports 18080/18443, admin 127.0.0.1:12019), its own
+state directory and database, and its own host-port range, so it runs beside a
+`make up` platform on the same machine. The registry on 127.0.0.1:5000 is shared;
+test images live under a repository of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.helpers import JWT_SECRET, token
+from tests.integration.test_server import free_port, wait_until_up
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+HTTPS_PORT, HTTP_PORT, ADMIN = 18443, 18080, "127.0.0.1:12019"
+
+
+def ansible(playbook: str, inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                        "PATH": f"{BIN}:/usr/local/sbin:/usr/sbin:/sbin:{os.environ['PATH']}"}
+    return subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / playbook), *extra],
+        env=env, capture_output=True, text=True, check=False,
+    )
+
+
+def write_inventory(directory: Path, var_dir: Path) -> Path:
+    group_vars = yaml.safe_load((ROOT / "inventory/local/group_vars/container_hosts.yml").read_text())
+    group_vars |= {
+        "buddo_var_dir": str(var_dir),
+        "caddy_http_port": HTTP_PORT,
+        "caddy_https_port": HTTPS_PORT,
+        "caddy_admin_address": ADMIN,
+        "app_container_wait_timeout": 15,
+        # The registry is shared with `make up`; keep its files where make up keeps them.
+        "local_registry_dir": str(ROOT / "var" / "registry"),
+    }
+    (directory / "group_vars").mkdir(parents=True, exist_ok=True)
+    (directory / "group_vars" / "container_hosts.yml").write_text(yaml.safe_dump(group_vars))
+    (directory / "hosts.yml").write_text((ROOT / "inventory/local/hosts.yml").read_text())
+    return directory
+
+
+@dataclass
+class Stack:
+    root: Path
+    inventory: Path
+    api: str
+    env: dict[str, str]
+    repository: str
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    subdomains: set[str] = field(default_factory=set)
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "var" / "caddy" / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+
+    @property
+    def sites_dir(self) -> Path:
+        return self.root / "var" / "caddy" / "sites"
+
+    def headers(self, operator: str = "e2e-operator") -> dict[str, str]:
+        return {"Authorization": f"Bearer {token(operator, client_id='e2e-client')}"}
+
+    def push(self, version: str, tag: str = "latest") -> str:
+        result = ansible("local_registry.yml", self.inventory, "-e", f"local_registry_demo_version={version}",
+                         "-e", f"local_registry_demo_tag={tag}", "-e", f"local_registry_demo_repository={self.repository}")
+        assert result.returncode == 0, result.stdout[-3000:]
+        return f"127.0.0.1:5000/{self.repository}:{tag}"
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        log = (self.root / "worker.log").open("ab")
+        proc = subprocess.Popen([str(BIN / "buddo-deploy"), "worker", "--concurrency", "2"], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("headers", self.headers())
+        return requests.request(method, f"{self.api}{path}", timeout=30, **kwargs)
+
+    def create(self, **body: Any) -> dict[str, Any]:
+        self.subdomains.add(body["subdomain"])
+        resp = self.call("POST", "/api/deploy/apps", json={"tier": "btc-pro", **body})
+        assert resp.status_code == 201, resp.text
+        return dict(resp.json()["deployment"])
+
+    def wait_for(self, ident: str, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.call("GET", f"/api/deploy/apps/{ident}/status").json()
+            if status["status"] in statuses:
+                return dict(status)
+            time.sleep(0.5)
+        logs = self.call("GET", f"/api/deploy/apps/{ident}/logs").json()
+        raise AssertionError(f"{ident} never reached {statuses}: {status}; logs: {json.dumps(logs)}")
+
+    def logs(self, ident: str) -> list[dict[str, Any]]:
+        return list(self.call("GET", f"/api/deploy/apps/{ident}/logs").json()["logs"])
+
+    def https(self, subdomain: str) -> subprocess.CompletedProcess[str]:
+        host = f"{subdomain}.localhost"
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", str(self.ca), "--resolve", f"{host}:{HTTPS_PORT}:127.0.0.1",
+             "-o", "-", "-w", "\n%{http_code}", f"https://{host}:{HTTPS_PORT}/"],
+            capture_output=True, text=True, check=False,
+        )
+
+    def containers(self, subdomain: str) -> list[dict[str, Any]]:
+        out = subprocess.run(["podman", "ps", "-a", "--format", "json", "--filter", f"label=buddo.subdomain={subdomain}"],
+                             capture_output=True, text=True, check=True).stdout
+        return list(json.loads(out or "[]"))
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        out = subprocess.run(["podman", "inspect", name], capture_output=True, text=True, check=True).stdout
+        return dict(json.loads(out)[0])
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("e2e")
+    var_dir = root / "var"
+    inventory = write_inventory(root / "inventory", var_dir)
+    boot = ansible("bootstrap.yml", inventory)
+    assert boot.returncode == 0, boot.stdout[-4000:]
+    port = free_port()
+    env = os.environ | {
+        "BUDDO_VAR_DIR": str(var_dir),
+        "BUDDO_DATABASE_URL": f"sqlite:///{var_dir / 'buddo.db'}",
+        "BUDDO_JWT_SECRET": JWT_SECRET,
+        "BUDDO_SECRET_KEY": "e2e-secret-key",
+        "BUDDO_ALLOWED_REGISTRIES": "127.0.0.1:5000/,ghcr.io/",
+        "BUDDO_PUBLIC_HTTPS_PORT": str(HTTPS_PORT),
+        "BUDDO_HOST_PORT_RANGE": "23000-23999",
+        "BUDDO_INVENTORY": str(inventory),
+        "BUDDO_JOB_LEASE": "6",
+        "BUDDO_JOB_TIMEOUT": "180",
+        "BUDDO_HEALTH_INTERVAL": "2",
+        "BUDDO_RATE_LIMITS_ENABLED": "false",
+        "BUDDO_KEEP_RUNNER_DATA": "1",
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    api = subprocess.Popen([str(BIN / "buddo-deploy"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+                           env=env, stdout=(root / "api.log").open("ab"), stderr=subprocess.STDOUT)
+    stack = Stack(root=root, inventory=inventory, api=f"http://127.0.0.1:{port}", env=env,
+                  repository=f"e2e/hello-{uuid.uuid4().hex[:8]}")
+    try:
+        wait_until_up(f"{stack.api}/api/deploy/openapi.json", api)
+        stack.start_worker()
+        yield stack
+    finally:
+        for proc in [*stack.workers, api]:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+        for subdomain in stack.subdomains:
+            ids = [c["Id"] for c in stack.containers(subdomain)]
+            if ids:
+                subprocess.run(["podman", "rm", "-f", *ids], check=False, capture_output=True)
+        subprocess.run(["caddy", "stop", "--address", ADMIN], check=False, capture_output=True)

@@ -1,0 +1,123 @@
+"""The README walk-through on the real stack: API -> worker -> ansible-runner -> Podman + Caddy."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+
+from tests.e2e.conftest import Stack
+
+
+def test_create_restart_stop_destroy(stack: Stack) -> None:
+    image = stack.push("v1")
+    created = stack.create(subdomain="e2e-life", image=image, env_vars={"GREETING": "hello"})
+    ident = created["id"]
+    assert created["status"] == "pending"
+    status = stack.wait_for(ident, {"running", "failed"})
+    assert status["status"] == "running", stack.logs(ident)
+    assert status["health_status"] == "healthy" and status["last_health_check"]
+
+    page = stack.https("e2e-life")
+    assert page.stdout.endswith("\n200"), page
+    assert "version v1" in page.stdout
+
+    [container] = stack.containers("e2e-life")
+    config = stack.inspect(container["Id"])
+    assert config["HostConfig"]["Memory"] == 1024 * 1024 * 1024  # btc-pro: 1024 MB
+    assert config["HostConfig"]["NanoCpus"] == 1_000_000_000  # 1000 millicores
+    assert "GREETING=hello" in config["Config"]["Env"]
+    assert config["Config"]["Labels"]["buddo.deployment_id"] == ident
+
+    stack.push("v2")
+    restarted = stack.call("POST", f"/api/deploy/apps/{ident}/restart")
+    assert restarted.status_code == 200 and restarted.json()["deployment"]["status"] == "deploying"
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+    assert "version v2" in stack.https("e2e-life").stdout
+    assert len(stack.containers("e2e-life")) == 1
+
+    stopped = stack.call("POST", f"/api/deploy/apps/{ident}/stop")
+    assert stopped.json()["deployment"]["status"] == "stopped"
+    _wait_for_audit(stack, ident, "stop")
+    [container] = stack.containers("e2e-life")
+    assert stack.inspect(container["Id"])["State"]["Running"] is False
+    assert stack.https("e2e-life").stdout.rsplit("\n", 1)[-1] in {"502", "503"}
+
+    stack.call("POST", f"/api/deploy/apps/{ident}/restart")
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+    assert "version v2" in stack.https("e2e-life").stdout
+
+    destroyed = stack.call("DELETE", f"/api/deploy/apps/{ident}")
+    assert destroyed.json() == {"message": "Deployment destroyed", "id": ident}
+    _wait_for_audit(stack, ident, "destroy")
+    assert stack.containers("e2e-life") == []
+    assert not (stack.sites_dir / "e2e-life.caddy").exists()
+    assert stack.https("e2e-life").stdout.rsplit("\n", 1)[-1] != "200"
+
+    actions = [(e["action"], e["status"]) for e in stack.logs(ident)]
+    assert actions == [
+        ("create", "completed"), ("deploy", "completed"), ("restart", "completed"), ("stop", "completed"),
+        ("restart", "completed"), ("destroy", "completed"),
+    ]
+    deploy = stack.logs(ident)[1]
+    assert deploy["details"]["image_digest"].startswith("sha256:")
+
+    again = stack.create(subdomain="e2e-life", image=image)
+    assert stack.wait_for(again["id"], {"running", "failed"})["status"] == "running"
+    stack.call("DELETE", f"/api/deploy/apps/{again['id']}")
+    _wait_for_audit(stack, again["id"], "destroy")
+
+
+def _wait_for_audit(stack: Stack, ident: str, action: str, timeout: float = 90) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = [e for e in stack.logs(ident) if e["action"] == action]
+        if entries and entries[-1]["status"] in {"completed", "failed"}:
+            assert entries[-1]["status"] == "completed", entries[-1]
+            return entries[-1]
+        time.sleep(0.5)
+    raise AssertionError(f"{action} of {ident} never finished: {stack.logs(ident)}")
+
+
+def test_missing_image_fails_with_a_reason(stack: Stack) -> None:
+    created = stack.create(subdomain="e2e-missing", image="127.0.0.1:5000/e2e/does-not-exist:v9")
+    status = stack.wait_for(created["id"], {"running", "failed"})
+    assert status["status"] == "failed"
+    deploy = stack.logs(created["id"])[1]
+    assert deploy["action"] == "deploy" and deploy["status"] == "failed"
+    assert deploy["details"]["task"] and "does-not-exist" in deploy["details"]["message"]
+    assert stack.containers("e2e-missing") == []
+
+
+def test_app_that_never_listens_fails_after_the_wait(stack: Stack) -> None:
+    image = stack.push("v1", tag="deaf")
+    created = stack.create(subdomain="e2e-deaf", image=image, port=4999)  # the app listens on 3000
+    status = stack.wait_for(created["id"], {"running", "failed"})
+    assert status["status"] == "failed"
+    details = stack.logs(created["id"])[1]["details"]
+    assert "4999" in details["message"] or "answer" in details["message"], details
+
+
+def test_env_values_are_data_and_secrets_stay_out_of_artifacts(stack: Stack) -> None:
+    image = stack.push("v1")
+    secret = "s3cr3t-value-7f1e2d"
+    payload = "{{ lookup('pipe', 'touch /tmp/buddo-pwned') }}"
+    created = stack.create(subdomain="e2e-secret", image=image, env_vars={"API_KEY": secret, "TEMPLATE": payload})
+    assert stack.wait_for(created["id"], {"running", "failed"})["status"] == "running", stack.logs(created["id"])
+    [container] = stack.containers("e2e-secret")
+    env = stack.inspect(container["Id"])["Config"]["Env"]
+    assert f"TEMPLATE={payload}" in env and f"API_KEY={secret}" in env
+    assert not subprocess.run(["test", "-e", "/tmp/buddo-pwned"], check=False).returncode == 0
+
+    # The worker was told to keep every runner data dir: none may hold the secret.
+    runner_dirs = stack.root / "var" / "runner"
+    assert any(runner_dirs.iterdir())
+    grep = subprocess.run(["grep", "-rl", secret, str(runner_dirs), str(stack.root / "worker.log"),
+                           str(stack.root / "api.log")], capture_output=True, text=True, check=False)
+    assert grep.stdout == "", grep.stdout
+    with sqlite3.connect(stack.root / "var" / "buddo.db") as conn:
+        dump = "\n".join(conn.iterdump())
+    assert "e2e-secret" in dump and secret not in dump
+    stack.call("DELETE", f"/api/deploy/apps/{created['id']}")
+    _wait_for_audit(stack, created["id"], "destroy")
