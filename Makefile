@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint test test-api postgres up down demo-image bootstrap bench-api clean
+.PHONY: venv lint test test-api postgres up down demo-image bootstrap bench-api bench-deploy clean
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -49,6 +49,9 @@ down:
 bench-api: venv
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python bench/api.py
+
+bench-deploy: venv
+	$(BIN)/python bench/deploy.py
 
 clean:
 	rm -rf var/ $(VENV) *.egg-info api/*.egg-info

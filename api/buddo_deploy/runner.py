@@ -80,14 +80,31 @@ def unsafe_yaml(data: Mapping[str, Any]) -> str:
     return str(yaml.dump(dict(data), Dumper=_UnsafeDumper, default_flow_style=False, sort_keys=True))
 
 
-def _secret_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None  # noqa: S108
+def secret_dir() -> Path:
+    """This process's directory for per-run secret files, on tmpfs when there is one."""
+    shm = Path("/dev/shm")  # noqa: S108 - tmpfs: secrets never touch a disk
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    path = base / f"buddo-secrets-{os.getpid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def sweep_stale_secrets() -> int:
+    """Remove the secret dirs of processes that died without cleaning up (kill -9)."""
+    removed = 0
+    for base in (Path("/dev/shm"), Path(tempfile.gettempdir())):  # noqa: S108
+        for path in base.glob("buddo-secrets-*") if base.is_dir() else ():
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 @contextmanager
 def secret_file(payload: Mapping[str, str]) -> Iterator[str]:
     """A 0600 JSON file on tmpfs that exists only for the duration of one run."""
-    fd, path = tempfile.mkstemp(prefix="buddo-secret-", suffix=".json", dir=_secret_dir())
+    fd, path = tempfile.mkstemp(prefix="run-", suffix=".json", dir=secret_dir())
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(dict(payload), handle)

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import jobqueue
 from .db import open_database
 from .models import database_proxy
-from .runner import EventSummary, run_playbook
+from .runner import EventSummary, run_playbook, sweep_stale_secrets
 from .services import engine
 from .settings import REPO_ROOT, Settings
 
@@ -134,6 +134,8 @@ class HealthProber:
 
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
     open_database(settings.database_url)
+    if swept := sweep_stale_secrets():
+        log.info("removed %d secret dir(s) left by crashed workers", swept)
     workers = [Worker(settings) for _ in range(max(1, concurrency))]
     threads = [threading.Thread(target=w.loop, args=(once,), name=f"worker-{i}") for i, w in enumerate(workers)]
     prober = HealthProber(settings, float(os.environ.get("BUDDO_HEALTH_INTERVAL", "15")))

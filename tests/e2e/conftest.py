@@ -66,6 +66,7 @@ class Stack:
     repository: str
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     subdomains: set[str] = field(default_factory=set)
+    api_process: subprocess.Popen[bytes] | None = None
 
     @property
     def ca(self) -> Path:
@@ -79,8 +80,10 @@ class Stack:
         return {"Authorization": f"Bearer {token(operator, client_id='e2e-client')}"}
 
     def push(self, version: str, tag: str = "latest") -> str:
-        result = ansible("local_registry.yml", self.inventory, "-e", f"local_registry_demo_version={version}",
-                         "-e", f"local_registry_demo_tag={tag}", "-e", f"local_registry_demo_repository={self.repository}")
+        result = ansible(
+            "local_registry.yml", self.inventory, "-e", f"local_registry_demo_version={version}",
+            "-e", f"local_registry_demo_tag={tag}", "-e", f"local_registry_demo_repository={self.repository}",
+        )
         assert result.returncode == 0, result.stdout[-3000:]
         return f"127.0.0.1:5000/{self.repository}:{tag}"
 
@@ -123,8 +126,10 @@ class Stack:
         )
 
     def containers(self, subdomain: str) -> list[dict[str, Any]]:
-        out = subprocess.run(["podman", "ps", "-a", "--format", "json", "--filter", f"label=buddo.subdomain={subdomain}"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["podman", "ps", "-a", "--format", "json", "--filter", f"label=buddo.subdomain={subdomain}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
         return list(json.loads(out or "[]"))
 
     def inspect(self, name: str) -> dict[str, Any]:
@@ -132,9 +137,8 @@ class Stack:
         return dict(json.loads(out)[0])
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("e2e")
+def start_stack(root: Path) -> Stack:
+    """Bootstrap a Caddy of the stack's own and start the API and one worker."""
     var_dir = root / "var"
     inventory = write_inventory(root / "inventory", var_dir)
     boot = ansible("bootstrap.yml", inventory)
@@ -159,18 +163,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     api = subprocess.Popen([str(BIN / "buddo-deploy"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
                            env=env, stdout=(root / "api.log").open("ab"), stderr=subprocess.STDOUT)
     stack = Stack(root=root, inventory=inventory, api=f"http://127.0.0.1:{port}", env=env,
-                  repository=f"e2e/hello-{uuid.uuid4().hex[:8]}")
+                  repository=f"e2e/hello-{uuid.uuid4().hex[:8]}", api_process=api)
     try:
         wait_until_up(f"{stack.api}/api/deploy/openapi.json", api)
         stack.start_worker()
+    except BaseException:
+        stop_stack(stack)
+        raise
+    return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    for proc in [*stack.workers, stack.api_process]:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+    for subdomain in stack.subdomains:
+        ids = [c["Id"] for c in stack.containers(subdomain)]
+        if ids:
+            subprocess.run(["podman", "rm", "-f", *ids], check=False, capture_output=True)
+    subprocess.run(["caddy", "stop", "--address", ADMIN], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(tmp_path_factory.mktemp("e2e"))
+    try:
         yield stack
     finally:
-        for proc in [*stack.workers, api]:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=60)
-        for subdomain in stack.subdomains:
-            ids = [c["Id"] for c in stack.containers(subdomain)]
-            if ids:
-                subprocess.run(["podman", "rm", "-f", *ids], check=False, capture_output=True)
-        subprocess.run(["caddy", "stop", "--address", ADMIN], check=False, capture_output=True)
+        stop_stack(stack)

@@ -1,0 +1,36 @@
+"""A worker killed with SIGKILL mid-deploy: the lease expires, another worker retries, nothing doubles."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.e2e.conftest import Stack
+
+
+def test_killed_worker_job_is_retried_and_converges(stack: Stack) -> None:
+    image = stack.push("v1")
+    created = stack.create(subdomain="e2e-crash", image=image)
+    ident = created["id"]
+    deadline = time.monotonic() + 60
+    while stack.call("GET", f"/api/deploy/apps/{ident}/status").json()["status"] != "deploying":
+        assert time.monotonic() < deadline, "the deploy never started"
+        time.sleep(0.1)
+    time.sleep(1.5)  # let ansible get going, then crash the worker and everything it started
+    for worker in list(stack.workers):
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    stack.workers.clear()
+    stack.start_worker()
+
+    status = stack.wait_for(ident, {"running", "failed"}, timeout=180)
+    assert status["status"] == "running", stack.logs(ident)
+    deploy = stack.logs(ident)[1]
+    assert deploy["status"] == "completed" and deploy["details"]["attempt"] == 2
+    assert len(stack.containers("e2e-crash")) == 1
+    assert sorted(p.name for p in stack.sites_dir.glob("e2e-crash*")) == ["e2e-crash.caddy"]
+    assert "version v1" in stack.https("e2e-crash").stdout
+    stack.call("DELETE", f"/api/deploy/apps/{ident}")
+    stack.wait_for(ident, {"destroyed"})

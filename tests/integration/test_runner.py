@@ -1,0 +1,74 @@
+"""The runner bridge on real ansible-runner runs against localhost."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from buddo_deploy.runner import run_playbook, secret_dir, sweep_stale_secrets
+
+PLAYBOOKS = Path(__file__).parent / "playbooks"
+
+
+def inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts.yml"
+    path.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                    "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
+    return path
+
+
+def test_user_strings_stay_data_and_secrets_stay_out(tmp_path: Path) -> None:
+    literal = "{{ lookup('pipe', 'touch " + str(tmp_path / "pwned") + "') }}"
+    secret = "very-secret-d41d8cd98f"
+    events = []
+    work = tmp_path / "runner"
+    result = run_playbook(
+        PLAYBOOKS / "echo.yml", inventory(tmp_path),
+        {"user_value": literal, "expected_literal": literal, "output_file": str(tmp_path / "out")},
+        secrets={"API_KEY": secret}, on_event=events.append, work_dir=work, keep_data_dir=True,
+    )
+    assert result.ok, result
+    assert not (tmp_path / "pwned").exists()
+    assert (tmp_path / "out").read_text() == secret  # the secret did reach the task
+    assert result.stats == {"reported": len(literal)}
+    [private] = list(work.iterdir())
+    grep = subprocess.run(["grep", "-rl", secret, str(private)], capture_output=True, text=True, check=False)
+    assert grep.stdout == ""
+    assert not list(secret_dir().iterdir())  # the secrets file is gone
+    assert all(secret not in (e.message or "") for e in events)
+    assert {"playbook_on_task_start", "runner_on_ok", "playbook_on_stats"} <= {e.event for e in events}
+
+
+def test_failure_names_the_task_and_message(tmp_path: Path) -> None:
+    result = run_playbook(PLAYBOOKS / "fail.yml", inventory(tmp_path), {}, work_dir=tmp_path / "r")
+    assert not result.ok and result.status == "failed"
+    assert result.failed_task == "Check the widget"
+    assert result.message == "the widget is broken"
+    assert not list((tmp_path / "r").iterdir())  # the private data dir is cleaned up
+
+
+def test_hard_timeout(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_playbook(PLAYBOOKS / "sleep.yml", inventory(tmp_path), {}, timeout_s=3, work_dir=tmp_path / "r")
+    assert result.status == "timeout"
+    assert result.message == "timed out after 3 s"
+    assert time.monotonic() - started < 25
+
+
+def test_cancel_when_the_lease_is_lost(tmp_path: Path) -> None:
+    deadline = time.monotonic() + 3
+    result = run_playbook(PLAYBOOKS / "sleep.yml", inventory(tmp_path), {}, work_dir=tmp_path / "r",
+                          should_cancel=lambda: time.monotonic() > deadline)
+    assert result.status == "canceled"
+    assert "lease" in (result.message or "")
+
+
+def test_secret_dirs_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = secret_dir().parent / f"buddo-secrets-{dead.pid}"
+    stale.mkdir()
+    (stale / "run-x.json").write_text("{}")
+    assert sweep_stale_secrets() >= 1
+    assert not stale.exists() and secret_dir().exists()
