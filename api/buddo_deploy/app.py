@@ -12,6 +12,7 @@ from .db import open_database
 from .middleware import Database, RequestId
 from .ratelimit import RateLimit
 from .resources.apps import AppsResource
+from .resources.internal import DomainCheckResource
 from .resources.openapi import OpenApiResource
 from .resources.tiers import TiersResource
 from .services.lifecycle import Lifecycle
@@ -25,8 +26,10 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
-    apps = AppsResource(Lifecycle(settings))
+    lifecycle = Lifecycle(settings)
+    apps = AppsResource(lifecycle)
     app.add_route("/api/deploy/openapi.json", OpenApiResource())
+    app.add_route("/api/deploy/internal/domain-check", DomainCheckResource(lifecycle))
     app.add_route("/api/deploy/tiers", TiersResource())
     app.add_route("/api/deploy/apps", apps)
     app.add_route("/api/deploy/apps/{deployment_id:uuid}", apps, suffix="item")

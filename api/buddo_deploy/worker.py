@@ -30,7 +30,7 @@ class Worker:
         self.playbook_dir = Path(os.environ.get("BUDDO_PLAYBOOK_DIR", REPO_ROOT / "playbooks"))
         self.inventory = Path(os.environ.get("BUDDO_INVENTORY", REPO_ROOT / "inventory" / "local"))
         self.lease_s = int(os.environ.get("BUDDO_JOB_LEASE", "20"))
-        self.poll_s = float(os.environ.get("BUDDO_WORKER_POLL", "0.5"))
+        self.poll_s = float(os.environ.get("BUDDO_WORKER_POLL", "0.2"))
         # Debugging (and the secrets test): keep each run's private data dir.
         self.keep_runner_data = os.environ.get("BUDDO_KEEP_RUNNER_DATA", "") == "1"
 

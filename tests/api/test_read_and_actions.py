@@ -127,3 +127,17 @@ def test_restart_stop_destroy_and_audit_log(client):
     assert entries[0]["initiated_by"] == "operator-1" and entries[1]["initiated_by"] is None
     assert all(set(e) == {"id", "action", "status", "initiated_by", "inserted_at", "details"} for e in entries)
     assert [j.action for j in Job.select().order_by(Job.id)] == ["deploy", "restart", "stop", "destroy"]
+
+
+def test_domain_check_for_on_demand_tls(client):
+    created = create(client, tier="btc-starter", subdomain="shop", custom_domain="shop.example.com")
+
+    def check(domain):
+        return client.simulate_get("/api/deploy/internal/domain-check", params={"domain": domain}).status_code
+
+    assert check("shop.example.com") == 200
+    assert check("SHOP.example.com") == 200
+    assert check("other.example.com") == 404
+    assert client.simulate_get("/api/deploy/internal/domain-check").status_code == 404
+    client.simulate_delete(f"/api/deploy/apps/{created['id']}", headers=auth())
+    assert check("shop.example.com") == 404

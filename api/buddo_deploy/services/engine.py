@@ -74,8 +74,7 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
     job, now = plan.job, utcnow()
     with write_transaction(database_proxy.obj):
         if not jobqueue.finish(job, owner, succeeded=result.ok, error=None if result.ok else result.message):
-            database_proxy.obj.rollback()
-            return False
+            return False  # nothing written: the new owner records the outcome
         details: dict[str, Any] = {"attempt": job.attempts, "duration_s": round(duration_s, 1)}
         deploying = Deployment.id == plan.deployment.id
         if result.ok:
