@@ -1,0 +1,61 @@
+"""Lifecycle edges on the real stack: superseded jobs, restart from failed, health probing."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from tests.e2e.conftest import Stack
+from tests.e2e.test_lifecycle import _wait_for_audit
+
+
+def test_stop_before_the_deploy_ran_cancels_it(stack: Stack) -> None:
+    image = stack.push("v1")
+    created = stack.create(subdomain="e2e-early", image=image)
+    ident = created["id"]
+    stopped = stack.call("POST", f"/api/deploy/apps/{ident}/stop").json()["deployment"]
+    _wait_for_audit(stack, ident, "stop")
+    entries = {e["action"]: e for e in stack.logs(ident)}
+    if entries["deploy"]["status"] == "failed":  # the usual case: the stop came before the worker
+        assert entries["deploy"]["details"]["reason"] == "cancelled"
+    assert stopped["status"] == "stopped"
+    assert stack.call("GET", f"/api/deploy/apps/{ident}/status").json()["status"] == "stopped"
+    assert all(c["State"] != "running" for c in stack.containers("e2e-early"))
+    stack.call("POST", f"/api/deploy/apps/{ident}/restart")
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+    stack.call("DELETE", f"/api/deploy/apps/{ident}")
+    _wait_for_audit(stack, ident, "destroy")
+    assert stack.containers("e2e-early") == []
+
+
+def test_restart_recovers_a_failed_deployment(stack: Stack) -> None:
+    created = stack.create(subdomain="e2e-recover", image=f"127.0.0.1:5000/{stack.repository}:later")
+    ident = created["id"]
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "failed"
+    stack.push("v1", tag="later")  # the image now exists
+    restarted = stack.call("POST", f"/api/deploy/apps/{ident}/restart")
+    assert restarted.status_code == 200
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+    assert "version v1" in stack.https("e2e-recover").stdout
+    stack.call("DELETE", f"/api/deploy/apps/{ident}")
+    _wait_for_audit(stack, ident, "destroy")
+
+
+def test_health_probe_sees_a_dead_container(stack: Stack) -> None:
+    image = stack.push("v1")
+    ident = stack.create(subdomain="e2e-health", image=image)["id"]
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "running"
+    [container] = stack.containers("e2e-health")
+    subprocess.run(["podman", "stop", "-t", "2", container["Id"]], check=True, capture_output=True)
+    deadline = time.monotonic() + 30
+    while (status := stack.call("GET", f"/api/deploy/apps/{ident}/status").json())["health_status"] != "unhealthy":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status["status"] == "running"  # health is an observation; the desired state is unchanged
+    subprocess.run(["podman", "start", container["Id"]], check=True, capture_output=True)
+    deadline = time.monotonic() + 30
+    while stack.call("GET", f"/api/deploy/apps/{ident}/status").json()["health_status"] != "healthy":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    stack.call("DELETE", f"/api/deploy/apps/{ident}")
+    _wait_for_audit(stack, ident, "destroy")
