@@ -134,3 +134,9 @@ def test_openapi_is_public_and_lists_every_endpoint(client):
     assert {"DeploymentCreate", "DeploymentOut", "StatusOut", "LogEntryOut", "ErrorOut", "TierOut"} <= set(schemas)
     assert set(schemas["StatusOut"]["properties"]) == {"id", "status", "subdomain", "health_status",
                                                       "last_health_check"}
+
+
+def test_openapi_document_is_valid_openapi_31(client):
+    from openapi_spec_validator import validate
+
+    validate(client.simulate_get("/api/deploy/openapi.json").json)
