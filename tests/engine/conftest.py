@@ -1,0 +1,331 @@
+"""Engine tests: the real playbooks against this machine (Podman, Caddy, a registry).
+
+A session builds its own world beside whatever `make up` runs: an inventory in a
+tmp dir, a registry, Caddy and app host ports picked free, and Caddy's files under
+the tmp dir. Every container it creates carries the label buddo.test=<session id>
+and is removed at the end, as are the registry and Caddy it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+PLAYBOOKS = REPO / "playbooks"
+PLAYBOOK_TIMEOUT = 600
+REGISTRIES_CONF_DIR = Path("/etc/containers/registries.conf.d")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Unsafe(str):
+    """A string written as `!unsafe`, as the worker tags every user string."""
+
+
+def _unsafe_representer(dumper: yaml.SafeDumper, value: Unsafe) -> yaml.ScalarNode:
+    return dumper.represent_scalar("!unsafe", str(value))
+
+
+class UnsafeDumper(yaml.SafeDumper):
+    pass
+
+
+UnsafeDumper.add_representer(Unsafe, _unsafe_representer)
+
+
+def tag_unsafe(value: Any) -> Any:
+    if isinstance(value, str):
+        return Unsafe(value)
+    if isinstance(value, dict):
+        return {k: tag_unsafe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [tag_unsafe(v) for v in value]
+    return value
+
+
+@dataclass
+class PlaybookRun:
+    rc: int
+    output: str
+    recap: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        return self.recap.get("changed", -1)
+
+    @property
+    def failed(self) -> int:
+        return self.recap.get("failed", -1)
+
+
+def parse_recap(output: str) -> dict[str, int]:
+    match = re.search(r"^container-host-1\s*:\s*(.*)$", output, re.MULTILINE)
+    if not match:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+@dataclass
+class Engine:
+    """Runs the playbooks against the session's inventory."""
+
+    root: Path
+    inventory: Path
+    session_id: str
+    registry: str
+    https_port: int
+    http_port: int
+    admin_address: str
+    caddy_dir: Path
+    env: dict[str, str]
+    _counter: int = 0
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.caddy_dir / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+
+    @property
+    def sites_dir(self) -> Path:
+        return self.caddy_dir / "sites"
+
+    def run(
+        self,
+        playbook: str,
+        extravars: dict[str, Any] | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> PlaybookRun:
+        """ansible-playbook with extra vars written as !unsafe YAML, like the worker's."""
+        self._counter += 1
+        command = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(PLAYBOOKS / playbook)]
+        if extravars is not None:
+            vars_file = self.root / f"extravars-{self._counter}.yml"
+            vars_file.write_text(yaml.dump(tag_unsafe(extravars), Dumper=UnsafeDumper))
+            command += ["-e", f"@{vars_file}"]
+        command += args or []
+        proc = subprocess.run(
+            command,
+            env={**self.env, **(env or {})},
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=PLAYBOOK_TIMEOUT,
+        )
+        output = proc.stdout + proc.stderr
+        (self.root / f"run-{self._counter}-{Path(playbook).stem}.log").write_text(output)
+        return PlaybookRun(proc.returncode, output, parse_recap(output))
+
+    def ok(self, playbook: str, extravars: dict[str, Any] | None = None, **kwargs: Any) -> PlaybookRun:
+        result = self.run(playbook, extravars, **kwargs)
+        assert result.rc == 0, f"{playbook} failed:\n{result.output[-4000:]}"
+        return result
+
+    def push_demo(self, version: str, tag: str) -> str:
+        self.ok("local_registry.yml", {"local_registry_demo_version": version, "local_registry_demo_tag": tag})
+        return f"{self.registry}/demo/hello:{tag}"
+
+    def deployment(self, name: str, image: str, **overrides: Any) -> dict[str, Any]:
+        """Extra vars for one deployment, unique to this session."""
+        suffix = f"{self.session_id}-{name}"
+        data: dict[str, Any] = {
+            "deployment_id": str(uuid.uuid4()),
+            "deployment_subdomain": f"et{suffix}"[:32].rstrip("-"),
+            "deployment_container_name": f"engtest-{suffix}",
+            "deployment_image": image,
+            "deployment_port": 3000,
+            "deployment_host_port": free_port(),
+            "deployment_memory_limit_mb": 64,
+            "deployment_cpu_limit_millicores": 250,
+            "deployment_custom_domain": None,
+            "deployment_labels": {"buddo.test": self.session_id},
+        }
+        data.update(overrides)
+        return data
+
+    def https_get(self, host: str, *, attempts: int = 20) -> tuple[int, str]:
+        """GET https://<host>:<https port>/ through Caddy, trusting only its local CA.
+
+        Caddy issues the certificate right after a reload, so the first handshakes
+        may fail for a moment.
+        """
+        last = (0, "")
+        for _ in range(attempts):
+            proc = subprocess.run(
+                [
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "--cacert",
+                    str(self.ca_cert),
+                    "--resolve",
+                    f"{host}:{self.https_port}:127.0.0.1",
+                    "-w",
+                    "\n%{http_code}",
+                    f"https://{host}:{self.https_port}/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            body, _, code = proc.stdout.rpartition("\n")
+            last = (int(code or 0), body if proc.returncode == 0 else proc.stderr)
+            if proc.returncode == 0 and last[0] != 0:
+                return last
+            time.sleep(0.5)
+        return last
+
+    def container(self, name: str) -> dict[str, Any] | None:
+        proc = subprocess.run(["podman", "inspect", "--type", "container", name], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None
+        info: dict[str, Any] = json.loads(proc.stdout)[0]
+        return info
+
+    def container_env(self, name: str) -> dict[str, str]:
+        proc = subprocess.run(
+            ["podman", "exec", name, "/bin/busybox", "env"], capture_output=True, text=True, check=True
+        )
+        return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+
+    def live_config(self) -> str:
+        proc = subprocess.run(
+            ["curl", "-sS", f"http://{self.admin_address}/config/"], capture_output=True, text=True, timeout=10
+        )
+        return proc.stdout
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(
+        PATH=f"{VENV_BIN}:/usr/local/sbin:/usr/sbin:/sbin:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    env.pop("BUDDO_DEPLOYMENT_ENV_JSON", None)
+    return env
+
+
+def _inventory(
+    root: Path, *, registry: str, registries_conf: Path, http_port: int, https_port: int, admin_address: str
+) -> dict[str, Any]:
+    caddy_dir = root / "caddy"
+    return {
+        "container_hosts": {
+            "hosts": {
+                "container-host-1": {
+                    "ansible_connection": "local",
+                    "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                }
+            },
+            "vars": {
+                "caddy_config_dir": str(caddy_dir),
+                "caddy_data_dir": str(caddy_dir / "data"),
+                "caddy_state_dir": str(caddy_dir / "state"),
+                "caddy_http_port": http_port,
+                "caddy_https_port": https_port,
+                "caddy_admin_address": admin_address,
+                "caddy_local_certs": True,
+                "caddy_service_mode": "daemon",
+                "caddy_site_base_domain": "localhost",
+                "container_host_insecure_registries": [registry],
+                # Beside (not over) the file `make up`'s bootstrap writes.
+                "container_host_registries_conf": str(registries_conf),
+                "local_registry_address": registry,
+                "local_registry_dir": str(root / "registry"),
+                "app_container_wait_timeout": 30,
+            },
+        }
+    }
+
+
+def _kill_matching(pattern: str) -> None:
+    """Stop the one process whose command line names this session's own files."""
+    proc = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    for pid in proc.stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """Registry + demo image + bootstrap (Podman config, Caddy) for the whole session."""
+    for tool in ("podman", "caddy", "curl", "docker-registry"):
+        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            pytest.skip(f"{tool} is not installed (run playbooks/bootstrap.yml and local_registry.yml)")
+    if os.geteuid() != 0:
+        pytest.skip("engine tests run Podman and apt as root")
+
+    root = tmp_path_factory.mktemp("engine")
+    session_id = uuid.uuid4().hex[:6]
+    registry = f"127.0.0.1:{free_port()}"
+    http_port, https_port, admin_port = free_port(), free_port(), free_port()
+    admin_address = f"127.0.0.1:{admin_port}"
+    inventory = root / "inventory.yml"
+    inventory.write_text(
+        yaml.safe_dump(
+            _inventory(
+                root,
+                registry=registry,
+                registries_conf=REGISTRIES_CONF_DIR / f"60-buddo-engine-test-{session_id}.conf",
+                http_port=http_port,
+                https_port=https_port,
+                admin_address=admin_address,
+            )
+        )
+    )
+    engine = Engine(
+        root=root,
+        inventory=inventory,
+        session_id=session_id,
+        registry=registry,
+        https_port=https_port,
+        http_port=http_port,
+        admin_address=admin_address,
+        caddy_dir=root / "caddy",
+        env=_base_env(),
+    )
+    try:
+        engine.ok("bootstrap.yml")
+        engine.ok("local_registry.yml", {"local_registry_demo_version": "v1", "local_registry_demo_tag": "v1"})
+        yield engine
+    finally:
+        _cleanup(engine)
+
+
+def _cleanup(engine: Engine) -> None:
+    ids = subprocess.run(
+        ["podman", "ps", "-aq", "--filter", f"label=buddo.test={engine.session_id}"], capture_output=True, text=True
+    ).stdout.split()
+    if ids:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
+    images = subprocess.run(
+        ["podman", "images", "-q", "--filter", f"reference={engine.registry}/*/*"], capture_output=True, text=True
+    ).stdout.split()
+    if images:
+        subprocess.run(["podman", "rmi", "-f", *set(images)], capture_output=True)
+    subprocess.run(["caddy", "stop", "--address", engine.admin_address], capture_output=True)
+    _kill_matching(f"docker-registry serve {engine.root}/registry/config.yml")
+    (REGISTRIES_CONF_DIR / f"60-buddo-engine-test-{engine.session_id}.conf").unlink(missing_ok=True)
