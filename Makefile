@@ -24,8 +24,13 @@ lint: venv
 postgres:
 	@scripts/test-postgres.sh >/dev/null
 
-test: venv postgres lint
+# pytest (API on SQLite and PostgreSQL, runner, engine, end to end), then molecule.
+# bootstrap installs Podman, runc and Caddy from Debian's packages on a fresh machine;
+# local_registry installs Debian's docker-registry and serves 127.0.0.1:5000.
+test: venv postgres lint bootstrap
+	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/local_registry.yml
 	BUDDO_TEST_POSTGRES_URL=postgresql://buddo:buddo@127.0.0.1:5432/buddo_test $(BIN)/pytest -q tests
+	scripts/engine-molecule.sh
 
 test-api: venv postgres
 	$(BIN)/pytest -q tests/api tests/unit tests/integration

@@ -274,9 +274,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """Registry + demo image + bootstrap (Podman config, Caddy) for the whole session."""
     for tool in ("podman", "caddy", "curl", "docker-registry"):
         if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
-            pytest.skip(f"{tool} is not installed (run playbooks/bootstrap.yml and local_registry.yml)")
+            pytest.fail(f"{tool} is not installed: `make test` runs playbooks/bootstrap.yml and local_registry.yml")
     if os.geteuid() != 0:
-        pytest.skip("engine tests run Podman and apt as root")
+        pytest.fail("engine tests run Podman and apt as root")
 
     root = tmp_path_factory.mktemp("engine")
     session_id = uuid.uuid4().hex[:6]
