@@ -140,3 +140,21 @@ def test_openapi_document_is_valid_openapi_31(client):
     from openapi_spec_validator import validate
 
     validate(client.simulate_get("/api/deploy/openapi.json").json)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/deploy/tiers"), ("POST", "/api/deploy/apps"), ("GET", "/api/deploy/apps"),
+        ("GET", "/api/deploy/apps/{id}"), ("GET", "/api/deploy/apps/{id}/status"),
+        ("GET", "/api/deploy/apps/{id}/logs"), ("POST", "/api/deploy/apps/{id}/restart"),
+        ("POST", "/api/deploy/apps/{id}/stop"), ("DELETE", "/api/deploy/apps/{id}"),
+    ],
+)
+def test_every_contract_endpoint_needs_a_token(client, method, path):
+    created = client.simulate_post("/api/deploy/apps", json=create_body(), headers=auth()).json["deployment"]
+    resp = client.simulate_request(method, path.format(id=created["id"]), json=create_body(subdomain="other"))
+    assert resp.status_code == 401
+    assert resp.json["error"]["code"] == "unauthorized"
+    forbidden = client.simulate_request(method, path.format(id=created["id"]), headers=auth(scope="profile"))
+    assert forbidden.status_code == 403
