@@ -12,11 +12,20 @@ from buddo_deploy.app import create_app
 from buddo_deploy.models import database_proxy
 from buddo_deploy.settings import Settings
 
-from tests.helpers import make_settings, migrate
+from tests.helpers import create_session_database, drop_session_database, make_settings, migrate
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[None]:
+    create_session_database()
+    yield
+    drop_session_database()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_database")
     return str(request.param)
 
 

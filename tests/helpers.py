@@ -17,7 +17,31 @@ from buddo_deploy.settings import Settings
 
 # `make test` installs and starts PostgreSQL and exports this; running pytest by
 # hand without a server fails loudly rather than skipping.
-POSTGRES_URL = os.environ.get("BUDDO_TEST_POSTGRES_URL", "postgresql://buddo:buddo@127.0.0.1:5432/buddo_test")
+SERVER_URL = os.environ.get("BUDDO_TEST_POSTGRES_URL", "postgresql://buddo:buddo@127.0.0.1:5432/buddo_test")
+# Each test session works in a database of its own (created by the session fixture
+# in conftest.py), so two test runs on one server never drop each other's schema.
+SESSION_DATABASE = f"buddo_test_{os.getpid()}"
+
+
+def postgres_url() -> str:
+    return SERVER_URL.rsplit("/", 1)[0] + "/" + SESSION_DATABASE
+
+
+def create_session_database() -> None:
+    conn = psycopg2.connect(SERVER_URL)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{SESSION_DATABASE}"')
+        cur.execute(f'CREATE DATABASE "{SESSION_DATABASE}"')
+    conn.close()
+
+
+def drop_session_database() -> None:
+    conn = psycopg2.connect(SERVER_URL)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{SESSION_DATABASE}" WITH (FORCE)')
+    conn.close()
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
 
 
@@ -31,8 +55,8 @@ def reset_postgres(url: str) -> None:
 
 def make_settings(tmp_path: Path, backend: str, **overrides: Any) -> Settings:
     if backend == "postgres":
-        reset_postgres(POSTGRES_URL)
-        url = POSTGRES_URL
+        url = postgres_url()
+        reset_postgres(url)
     else:
         url = f"sqlite:///{tmp_path / 'buddo.db'}"
     settings = Settings.from_env(

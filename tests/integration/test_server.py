@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import JWT_SECRET, POSTGRES_URL, auth, create_body, reset_postgres
+from tests.helpers import JWT_SECRET, auth, create_body, postgres_url, reset_postgres
 
 
 def free_port() -> int:
@@ -39,8 +39,8 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> No
 @pytest.fixture
 def servers(tmp_path: Path, backend: str) -> Iterator[list[str]]:
     if backend == "postgres":
-        reset_postgres(POSTGRES_URL)
-        url = POSTGRES_URL
+        url = postgres_url()
+        reset_postgres(url)
     else:
         url = f"sqlite:///{tmp_path / 'buddo.db'}"
     env = os.environ | {
