@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -143,6 +144,11 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         threads.append(threading.Thread(target=prober.loop, name="health", daemon=True))
     for thread in threads:
         thread.start()
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: no new claims, running jobs finish
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         for thread in threads:
             while thread.is_alive():

@@ -176,8 +176,12 @@ def start_stack(root: Path) -> Stack:
 def stop_stack(stack: Stack) -> None:
     for proc in [*stack.workers, stack.api_process]:
         if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+            proc.terminate()  # a worker finishes its running jobs first
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     for subdomain in stack.subdomains:
         ids = [c["Id"] for c in stack.containers(subdomain)]
         if ids:
