@@ -49,7 +49,7 @@ demo-image: venv
 down:
 	-podman ps -aq --filter label=buddo.managed_by=buddo-deploy | xargs -r podman rm -f
 	-caddy stop --address 127.0.0.1:2019
-	-pkill -f 'docker-registry serve $(CURDIR)/var/registry' || true
+	-pkill -f '^/usr/bin/docker-registry serve $(CURDIR)/var/registry/'
 
 bench-api: venv
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)

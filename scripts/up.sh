@@ -28,7 +28,8 @@ stop() {
     kill "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
 }
-trap stop INT TERM EXIT
+trap "stop; exit 0" INT TERM
+trap stop EXIT
 buddo-deploy serve --bind "$BIND" >>var/log/api.log 2>&1 &
 pids+=($!)
 buddo-deploy worker >>var/log/worker.log 2>&1 &
