@@ -1,0 +1,67 @@
+"""Pure functions: settings parsing, encryption at rest, !unsafe YAML, image references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from buddo_deploy.crypto import decrypt_env, encrypt_env
+from buddo_deploy.runner import unsafe_yaml
+from buddo_deploy.schemas import IMAGE_PATH
+from buddo_deploy.settings import Settings
+
+
+def test_settings_from_env(tmp_path: Path) -> None:
+    settings = Settings.from_env({
+        "BUDDO_VAR_DIR": str(tmp_path), "BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k",
+        "BUDDO_DATABASE_URL": "postgresql://u:p@h/db", "BUDDO_ALLOWED_REGISTRIES": "a/, b/ ,",
+        "BUDDO_HOST_PORT_RANGE": "100-200", "BUDDO_PUBLIC_HTTPS_PORT": "443", "BUDDO_RATE_LIMITS_ENABLED": "no",
+    })
+    assert settings.allowed_registries == ("a/", "b/")
+    assert settings.host_port_range == (100, 200)
+    assert settings.public_url_suffix == ""
+    assert settings.rate_limits_enabled is False
+
+
+def test_embedded_default_makes_its_secrets_once(tmp_path: Path) -> None:
+    first = Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path)})
+    again = Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path)})
+    assert first.jwt_secret == again.jwt_secret and first.secret_key == again.secret_key
+    assert (tmp_path / "jwt-secret").stat().st_mode & 0o777 == 0o600
+    assert first.database_url == f"sqlite:///{tmp_path / 'buddo.db'}"
+
+
+def test_production_without_secrets_refuses_to_start(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="missing secret"):
+        Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_DATABASE_URL": "postgresql://u@h/db"})
+
+
+def test_env_encryption_round_trip() -> None:
+    token = encrypt_env("any passphrase", {"A": "1", "B": "secret"})
+    assert "secret" not in token
+    assert decrypt_env("any passphrase", token) == {"A": "1", "B": "secret"}
+    with pytest.raises(RuntimeError, match="cannot be decrypted"):
+        decrypt_env("another passphrase", token)
+
+
+def test_unsafe_yaml_tags_every_string_value_and_no_key() -> None:
+    text = unsafe_yaml({"a": "{{ x }}", "n": 3, "nested": {"k": "v"}, "none": None})
+    assert 'a: !unsafe "{{ x }}"' in text and 'k: !unsafe "v"' in text and "n: 3" in text
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
+    assert yaml.load(text, Loader=Loader) == {"a": "{{ x }}", "n": 3, "nested": {"k": "v"}, "none": None}  # noqa: S506
+
+
+@pytest.mark.parametrize("ref", ["nginx", "nginx:1.25", "operators/my-app:latest", "a/b/c@sha256:" + "a" * 64,
+                                 "my_app__x/y-z:v1.2-rc_3"])
+def test_valid_image_paths(ref: str) -> None:
+    assert IMAGE_PATH.match(ref)
+
+
+@pytest.mark.parametrize("ref", ["", "Nginx", "a//b", "a:b:c", "-a", "a/../b", "a:tag with space", "a@sha256:xyz"])
+def test_invalid_image_paths(ref: str) -> None:
+    assert not IMAGE_PATH.match(ref)
