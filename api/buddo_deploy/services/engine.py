@@ -65,8 +65,23 @@ def start(job: Job, owner: str, secret_key: str) -> Plan | None:
                 Deployment.id == deployment.id
             ).execute()
         _touch_audit(job.audit_entry_id, "running")
-    secrets = decrypt_env(secret_key, deployment.env_vars_encrypted) if job.action != "destroy" else {}
+    secrets: dict[str, str] = {}
+    if job.action in {"deploy", "restart"}:
+        try:
+            secrets = decrypt_env(secret_key, deployment.env_vars_encrypted)
+        except RuntimeError as exc:  # a changed BUDDO_SECRET_KEY: retrying cannot help
+            _fail_before_running(job, owner, str(exc))
+            return None
     return Plan(job, deployment, f"{job.action}.yml", extravars_for(deployment), secrets)
+
+
+def _fail_before_running(job: Job, owner: str, message: str) -> None:
+    with write_transaction(database_proxy.obj):
+        if jobqueue.finish(job, owner, succeeded=False, error=message):
+            _touch_audit(job.audit_entry_id, "failed", {"reason": "error", "message": message})
+            Deployment.update(status="failed", updated_at=utcnow()).where(
+                (Deployment.id == job.deployment_id) & (Deployment.status == "deploying")
+            ).execute()
 
 
 def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> bool:
