@@ -124,7 +124,8 @@ def test_custom_domain_needs_a_tier_that_allows_it(client):
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", b'"string"', b"null"],
+    "raw", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", b'"string"', b"null", b"[" * 100_000, b'{"port": NaN}',
+            b'{"port": -Infinity}'],
 )
 def test_malformed_bodies_are_400(client, raw):
     resp = client.simulate_post(

@@ -12,6 +12,11 @@ from ..errors import ApiError, BadRequest
 from ..schemas import DeploymentOut, LogEntryOut
 
 
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not.
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
 def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     length = req.content_length
     if length is not None and length > max_bytes:
@@ -24,9 +29,11 @@ def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("Request body must be a JSON object", code="malformed_json")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"Malformed JSON: {exc}", code="malformed_json") from exc
+    except RecursionError as exc:
+        raise BadRequest("Malformed JSON: nested too deeply", code="malformed_json") from exc
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object", code="malformed_json")
     return body
