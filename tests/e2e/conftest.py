@@ -23,8 +23,7 @@ import pytest
 import requests
 import yaml
 
-from tests.helpers import JWT_SECRET, token
-from tests.integration.test_server import free_port, wait_until_up
+from tests.helpers import JWT_SECRET, free_port, token, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

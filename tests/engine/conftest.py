@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -26,17 +25,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 PLAYBOOKS = REPO / "playbooks"
 PLAYBOOK_TIMEOUT = 600
 REGISTRIES_CONF_DIR = Path("/etc/containers/registries.conf.d")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Unsafe(str):
