@@ -138,6 +138,3 @@ def finish(job: Job, owner: str, *, succeeded: bool, error: str | None = None) -
     ).where(_owned(job, owner)).execute()
     return bool(updated)
 
-
-def pending_count() -> int:
-    return Job.select().where(Job.state.in_(("queued", "running"))).count()

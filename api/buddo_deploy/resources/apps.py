@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import get_args
 
 import falcon
 from pydantic import ValidationError
@@ -10,6 +11,7 @@ from ..schemas import (
     DeploymentCreate,
     DeploymentEnvelope,
     DeploymentList,
+    DeploymentStatus,
     DestroyOut,
     LogList,
     StatusOut,
@@ -18,7 +20,7 @@ from ..schemas import (
 from ..services.lifecycle import Lifecycle
 from .common import deployment_out, log_entry_out, read_json_object, send
 
-STATUS_FILTERS = ("pending", "deploying", "running", "stopped", "failed", "destroyed")
+STATUS_FILTERS: tuple[str, ...] = get_args(DeploymentStatus)
 MAX_PAGE = 100
 
 
