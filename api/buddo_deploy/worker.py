@@ -44,7 +44,7 @@ class Worker:
         log.info("job %s: %s of deployment %s (attempt %s)", job.id, job.action, job.deployment_id, job.attempts)
         plan = engine.start(job, self.name, self.settings.secret_key)
         if plan is None:
-            log.info("job %s: superseded, nothing to do", job.id)
+            log.info("job %s: nothing to run (superseded, or failed before running)", job.id)
             return True
         lost = threading.Event()
         done = threading.Event()

@@ -15,6 +15,8 @@ from ..runner import EventSummary, PlaybookResult
 # Deploy-type jobs bring the deployment up; these statuses mean the operator has
 # since asked for something else, so the job has nothing left to do.
 _SUPERSEDING = {"stopped", "destroyed"}
+# Jobs that bring a deployment up (and read its env values).
+_BRINGS_UP = frozenset({"deploy", "restart"})
 
 
 @dataclass(frozen=True)
@@ -49,39 +51,37 @@ def _touch_audit(entry_id: Any, status: str, details: dict[str, Any] | None = No
     AuditEntry.update(**values).where(AuditEntry.id == entry_id).execute()
 
 
+def _fail_deployment(deployment_id: Any, **extra: Any) -> None:
+    """A deployment still on its way up ends `failed`; one the operator stopped or destroyed keeps that."""
+    Deployment.update(status="failed", updated_at=utcnow(), **extra).where(
+        (Deployment.id == deployment_id) & (Deployment.status.in_(("pending", "deploying")))
+    ).execute()
+
+
 def start(job: Job, owner: str, secret_key: str) -> Plan | None:
-    """Mark the work as begun; None when the job was superseded (and is now finished)."""
+    """Mark the work as begun; None when there is nothing to run (and the job is now finished)."""
     with write_transaction(database_proxy.obj):
         deployment = Deployment.get_by_id(job.deployment_id)
-        if job.action in {"deploy", "restart"} and deployment.status in _SUPERSEDING:
+        if job.action in _BRINGS_UP and deployment.status in _SUPERSEDING:
             if jobqueue.finish(job, owner, succeeded=False, error="cancelled"):
                 _touch_audit(job.audit_entry_id, "failed", {
                     "reason": "cancelled",
                     "message": f"the deployment was {deployment.status} before this {job.action} ran",
                 })
             return None
-        if job.action in {"deploy", "restart"}:
+        try:
+            secrets = decrypt_env(secret_key, deployment.env_vars_encrypted) if job.action in _BRINGS_UP else {}
+        except RuntimeError as exc:  # a changed BUDDO_SECRET_KEY: retrying cannot help
+            if jobqueue.finish(job, owner, succeeded=False, error=str(exc)):
+                _touch_audit(job.audit_entry_id, "failed", {"reason": "error", "message": str(exc)})
+                _fail_deployment(job.deployment_id)
+            return None
+        if job.action in _BRINGS_UP:
             Deployment.update(status="deploying", updated_at=utcnow()).where(
                 Deployment.id == deployment.id
             ).execute()
         _touch_audit(job.audit_entry_id, "running")
-    secrets: dict[str, str] = {}
-    if job.action in {"deploy", "restart"}:
-        try:
-            secrets = decrypt_env(secret_key, deployment.env_vars_encrypted)
-        except RuntimeError as exc:  # a changed BUDDO_SECRET_KEY: retrying cannot help
-            _fail_before_running(job, owner, str(exc))
-            return None
     return Plan(job, deployment, f"{job.action}.yml", extravars_for(deployment), secrets)
-
-
-def _fail_before_running(job: Job, owner: str, message: str) -> None:
-    with write_transaction(database_proxy.obj):
-        if jobqueue.finish(job, owner, succeeded=False, error=message):
-            _touch_audit(job.audit_entry_id, "failed", {"reason": "error", "message": message})
-            Deployment.update(status="failed", updated_at=utcnow()).where(
-                (Deployment.id == job.deployment_id) & (Deployment.status == "deploying")
-            ).execute()
 
 
 def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> bool:
@@ -94,7 +94,7 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
         deploying = Deployment.id == plan.deployment.id
         if result.ok:
             digest = result.stats.get("deployment_image_digest")
-            if job.action in {"deploy", "restart"}:
+            if job.action in _BRINGS_UP:
                 details["image_digest"] = digest
                 Deployment.update(
                     status="running", health_status="healthy", last_health_check=now, updated_at=now,
@@ -105,10 +105,8 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
             _touch_audit(job.audit_entry_id, "completed", details)
         else:
             details |= {"reason": result.status, "task": result.failed_task, "message": result.message}
-            if job.action in {"deploy", "restart"}:
-                Deployment.update(status="failed", health_status="unhealthy", updated_at=now).where(
-                    deploying & (Deployment.status == "deploying")
-                ).execute()
+            if job.action in _BRINGS_UP:
+                _fail_deployment(plan.deployment.id, health_status="unhealthy")
             _touch_audit(job.audit_entry_id, "failed", details)
     return True
 
@@ -118,10 +116,8 @@ def expired(item: jobqueue.Expired) -> None:
     job = item.job
     _touch_audit(job.audit_entry_id, "failed", {"reason": "worker_lost", "message": item.reason,
                                                 "attempt": job.attempts})
-    if job.action in {"deploy", "restart"}:
-        Deployment.update(status="failed", updated_at=utcnow()).where(
-            (Deployment.id == job.deployment_id) & (Deployment.status.in_(("pending", "deploying")))
-        ).execute()
+    if job.action in _BRINGS_UP:
+        _fail_deployment(job.deployment_id)
 
 
 def record_event(job: Job, summary: EventSummary) -> None:
