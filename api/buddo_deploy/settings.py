@@ -70,6 +70,13 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     job_max_attempts: int = 3
     job_timeout_s: int = 600
+    job_lease_s: int = 20
+    worker_poll_s: float = 0.2
+    health_interval_s: float = 15.0
+    # Debugging (and the secrets test): keep each ansible-runner private data dir.
+    keep_runner_data: bool = False
+    inventory: Path = field(default_factory=lambda: REPO_ROOT / "inventory" / "local")
+    playbook_dir: Path = field(default_factory=lambda: REPO_ROOT / "playbooks")
     tiers_file: Path = field(default_factory=lambda: Path(__file__).parent / "data" / "tiers.json")
 
     @property
@@ -111,7 +118,14 @@ class Settings:
             "rate_limit_window_s": int(get("RATE_LIMIT_WINDOW") or 60),
             "job_max_attempts": int(get("JOB_MAX_ATTEMPTS") or 3),
             "job_timeout_s": int(get("JOB_TIMEOUT") or 600),
+            "job_lease_s": int(get("JOB_LEASE") or 20),
+            "worker_poll_s": float(get("WORKER_POLL") or 0.2),
+            "health_interval_s": float(get("HEALTH_INTERVAL") or 15),
+            "keep_runner_data": _bool(get("KEEP_RUNNER_DATA") or "false"),
         }
+        for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):
+            if get(variable):
+                kwargs[name] = Path(str(get(variable)))
         if get("TIERS_FILE"):
             kwargs["tiers_file"] = Path(str(get("TIERS_FILE")))
         return cls(**kwargs)  # type: ignore[arg-type]

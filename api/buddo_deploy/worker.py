@@ -11,14 +11,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 from . import jobqueue
 from .db import open_database
 from .models import database_proxy
 from .runner import EventSummary, run_playbook, sweep_stale_secrets
 from .services import engine
-from .settings import REPO_ROOT, Settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +27,8 @@ class Worker:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
-        self.playbook_dir = Path(os.environ.get("BUDDO_PLAYBOOK_DIR", REPO_ROOT / "playbooks"))
-        self.inventory = Path(os.environ.get("BUDDO_INVENTORY", REPO_ROOT / "inventory" / "local"))
-        self.lease_s = int(os.environ.get("BUDDO_JOB_LEASE", "20"))
-        self.poll_s = float(os.environ.get("BUDDO_WORKER_POLL", "0.2"))
-        # Debugging (and the secrets test): keep each run's private data dir.
-        self.keep_runner_data = os.environ.get("BUDDO_KEEP_RUNNER_DATA", "") == "1"
+        self.lease_s = settings.job_lease_s
+        self.poll_s = settings.worker_poll_s
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was nothing to do."""
@@ -67,8 +62,8 @@ class Worker:
         started = time.monotonic()
         try:
             result = run_playbook(
-                self.playbook_dir / plan.playbook,
-                self.inventory,
+                self.settings.playbook_dir / plan.playbook,
+                self.settings.inventory,
                 plan.extravars,
                 secrets=plan.secrets,
                 limit=plan.deployment.host,
@@ -76,7 +71,7 @@ class Worker:
                 on_event=on_event,
                 should_cancel=lost.is_set,
                 work_dir=self.settings.var_dir / "runner",
-                keep_data_dir=self.keep_runner_data,
+                keep_data_dir=self.settings.keep_runner_data,
             )
         finally:
             done.set()
@@ -139,7 +134,7 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         log.info("removed %d secret dir(s) left by crashed workers", swept)
     workers = [Worker(settings) for _ in range(max(1, concurrency))]
     threads = [threading.Thread(target=w.loop, args=(once,), name=f"worker-{i}") for i, w in enumerate(workers)]
-    prober = HealthProber(settings, float(os.environ.get("BUDDO_HEALTH_INTERVAL", "15")))
+    prober = HealthProber(settings, settings.health_interval_s)
     if not once:
         threads.append(threading.Thread(target=prober.loop, name="health", daemon=True))
     for thread in threads:
