@@ -57,6 +57,11 @@ class NotFound(ApiError):
 class Unprocessable(ApiError):
     status, code = falcon.HTTP_422, "validation_failed"
 
+    @classmethod
+    def for_field(cls, field: str, message: str, code: str = "validation_failed") -> Unprocessable:
+        """One field's error, in the shape pydantic's validation errors are reported in."""
+        return cls(f"{field}: {message}", code=code, details=[{"field": field, "message": message}])
+
 
 class TooManyRequests(ApiError):
     status, code = falcon.HTTP_429, "rate_limited"

@@ -34,10 +34,6 @@ def _validation_error(exc: ValidationError) -> Unprocessable:
     return Unprocessable(f"Validation failed: {summary}", code="validation_failed", details=details)
 
 
-def _query_error(field: str, message: str) -> Unprocessable:
-    return Unprocessable(f"{field}: {message}", details=[{"field": field, "message": message}])
-
-
 class AppsResource:
     def __init__(self, lifecycle: Lifecycle) -> None:
         self.lifecycle = lifecycle
@@ -58,13 +54,13 @@ class AppsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw_limit = req.get_param("limit") or "20"
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-            raise _query_error("limit", f"must be an integer from 1 to {MAX_PAGE}")
+            raise Unprocessable.for_field("limit", f"must be an integer from 1 to {MAX_PAGE}")
         status = req.get_param("status")
         if status is not None and status not in STATUS_FILTERS:
-            raise _query_error("status", f"must be one of {', '.join(STATUS_FILTERS)}")
+            raise Unprocessable.for_field("status", f"must be one of {', '.join(STATUS_FILTERS)}")
         include_destroyed = (req.get_param("include_destroyed") or "false").lower()
         if include_destroyed not in {"true", "false", "1", "0"}:
-            raise _query_error("include_destroyed", "must be true or false")
+            raise Unprocessable.for_field("include_destroyed", "must be true or false")
         page = self.lifecycle.list_deployments(
             req.context.principal,
             limit=int(raw_limit),

@@ -40,12 +40,6 @@ class Page:
     next_cursor: str | None
 
 
-def _field_error(field: str, message: str, code: str = "validation_failed") -> Unprocessable:
-    return Unprocessable(
-        f"{field}: {message}", code=code, details=[{"field": field, "message": message}]
-    )
-
-
 class Lifecycle:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -139,7 +133,7 @@ class Lifecycle:
             raise NotFound(f"Tier '{request.tier}' not found", code="tier_not_found",
                            details=[{"field": "tier", "message": "unknown tier"}])
         if request.custom_domain and not tier.custom_domain_allowed:
-            raise _field_error("custom_domain", f"tier '{tier.slug}' does not allow custom domains")
+            raise Unprocessable.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains")
         db = database_proxy.obj
         for _ in range(_PORT_ATTEMPTS):
             try:
@@ -153,12 +147,12 @@ class Lifecycle:
             except peewee.IntegrityError as exc:
                 message = str(exc)
                 if "custom_domain" in message:
-                    raise _field_error("custom_domain", "is already bound to another deployment",
+                    raise Unprocessable.for_field("custom_domain", "is already bound to another deployment",
                                        "custom_domain_taken") from exc
                 if "host_port" in message:
                     continue  # another create took the same host port: pick again
                 if "subdomain" in message:
-                    raise _field_error("subdomain", "is already taken", "subdomain_taken") from exc
+                    raise Unprocessable.for_field("subdomain", "is already taken", "subdomain_taken") from exc
                 raise
         raise ApiError("No free host port, try again", code="capacity_exhausted", status="503 Service Unavailable")
 
@@ -289,4 +283,4 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
         inserted_at, last_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         return dt.datetime.fromisoformat(inserted_at), uuid.UUID(last_id)
     except (ValueError, TypeError, binascii.Error) as exc:
-        raise _field_error("cursor", "is not a cursor this API returned", "invalid_cursor") from exc
+        raise Unprocessable.for_field("cursor", "is not a cursor this API returned", "invalid_cursor") from exc
