@@ -62,8 +62,7 @@ def ours(stack: Stack, image: str, run: int) -> tuple[float, float]:
         time.sleep(0.05)
     first_200 = time.perf_counter() - started
     stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    while stack.logs(ident)[-1]["status"] not in {"completed", "failed"}:
-        time.sleep(0.2)
+    stack.wait_for_audit(ident, "destroy")
     return running, first_200
 
 

@@ -113,6 +113,17 @@ class Stack:
         logs = self.call("GET", f"/api/deploy/apps/{ident}/logs").json()
         raise AssertionError(f"{ident} never reached {statuses}: {status}; logs: {json.dumps(logs)}")
 
+    def wait_for_audit(self, ident: str, action: str, timeout: float = 90) -> dict[str, Any]:
+        """Wait until the latest `action` entry finished, and require that it completed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entries = [e for e in self.logs(ident) if e["action"] == action]
+            if entries and entries[-1]["status"] in {"completed", "failed"}:
+                assert entries[-1]["status"] == "completed", entries[-1]
+                return dict(entries[-1])
+            time.sleep(0.5)
+        raise AssertionError(f"{action} of {ident} never finished: {self.logs(ident)}")
+
     def logs(self, ident: str) -> list[dict[str, Any]]:
         return list(self.call("GET", f"/api/deploy/apps/{ident}/logs").json()["logs"])
 

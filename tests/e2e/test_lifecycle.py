@@ -38,7 +38,7 @@ def test_create_restart_stop_destroy(stack: Stack) -> None:
 
     stopped = stack.call("POST", f"/api/deploy/apps/{ident}/stop")
     assert stopped.json()["deployment"]["status"] == "stopped"
-    _wait_for_audit(stack, ident, "stop")
+    stack.wait_for_audit(ident, "stop")
     [container] = stack.containers("e2e-life")
     assert stack.inspect(container["Id"])["State"]["Running"] is False
     assert stack.https("e2e-life").stdout.rsplit("\n", 1)[-1] in {"502", "503"}
@@ -49,7 +49,7 @@ def test_create_restart_stop_destroy(stack: Stack) -> None:
 
     destroyed = stack.call("DELETE", f"/api/deploy/apps/{ident}")
     assert destroyed.json() == {"message": "Deployment destroyed", "id": ident}
-    _wait_for_audit(stack, ident, "destroy")
+    stack.wait_for_audit(ident, "destroy")
     assert stack.containers("e2e-life") == []
     assert not (stack.sites_dir / "e2e-life.caddy").exists()
     assert stack.https("e2e-life").stdout.rsplit("\n", 1)[-1] != "200"
@@ -65,20 +65,7 @@ def test_create_restart_stop_destroy(stack: Stack) -> None:
     again = stack.create(subdomain="e2e-life", image=image)
     assert stack.wait_for(again["id"], {"running", "failed"})["status"] == "running"
     stack.call("DELETE", f"/api/deploy/apps/{again['id']}")
-    _wait_for_audit(stack, again["id"], "destroy")
-
-
-def _wait_for_audit(stack: Stack, ident: str, action: str, timeout: float = 90) -> dict:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entries = [e for e in stack.logs(ident) if e["action"] == action]
-        if entries and entries[-1]["status"] in {"completed", "failed"}:
-            assert entries[-1]["status"] == "completed", entries[-1]
-            return entries[-1]
-        time.sleep(0.5)
-    raise AssertionError(f"{action} of {ident} never finished: {stack.logs(ident)}")
+    stack.wait_for_audit(again["id"], "destroy")
 
 
 def test_missing_image_fails_with_a_reason(stack: Stack) -> None:
@@ -121,4 +108,4 @@ def test_env_values_are_data_and_secrets_stay_out_of_artifacts(stack: Stack) -> 
         dump = "\n".join(conn.iterdump())
     assert "e2e-secret" in dump and secret not in dump
     stack.call("DELETE", f"/api/deploy/apps/{created['id']}")
-    _wait_for_audit(stack, created["id"], "destroy")
+    stack.wait_for_audit(created["id"], "destroy")

@@ -6,7 +6,6 @@ import subprocess
 import time
 
 from tests.e2e.conftest import Stack
-from tests.e2e.test_lifecycle import _wait_for_audit
 
 
 def test_stop_before_the_deploy_ran_cancels_it(stack: Stack) -> None:
@@ -14,7 +13,7 @@ def test_stop_before_the_deploy_ran_cancels_it(stack: Stack) -> None:
     created = stack.create(subdomain="e2e-early", image=image)
     ident = created["id"]
     stopped = stack.call("POST", f"/api/deploy/apps/{ident}/stop").json()["deployment"]
-    _wait_for_audit(stack, ident, "stop")
+    stack.wait_for_audit(ident, "stop")
     entries = {e["action"]: e for e in stack.logs(ident)}
     if entries["deploy"]["status"] == "failed":  # the usual case: the stop came before the worker
         assert entries["deploy"]["details"]["reason"] == "cancelled"
@@ -24,7 +23,7 @@ def test_stop_before_the_deploy_ran_cancels_it(stack: Stack) -> None:
     stack.call("POST", f"/api/deploy/apps/{ident}/restart")
     assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
     stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    _wait_for_audit(stack, ident, "destroy")
+    stack.wait_for_audit(ident, "destroy")
     assert stack.containers("e2e-early") == []
 
 
@@ -38,7 +37,7 @@ def test_restart_recovers_a_failed_deployment(stack: Stack) -> None:
     assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
     assert "version v1" in stack.https("e2e-recover").stdout
     stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    _wait_for_audit(stack, ident, "destroy")
+    stack.wait_for_audit(ident, "destroy")
 
 
 def test_health_probe_sees_a_dead_container(stack: Stack) -> None:
@@ -58,4 +57,4 @@ def test_health_probe_sees_a_dead_container(stack: Stack) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    _wait_for_audit(stack, ident, "destroy")
+    stack.wait_for_audit(ident, "destroy")
