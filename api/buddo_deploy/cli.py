@@ -1,13 +1,18 @@
-"""`buddo-deploy` command line: serve, db upgrade, token, worker."""
+"""`buddo-deploy` command line: serve, db upgrade, token, worker, reconcile, desired."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
+import socket
 import sys
+import time
+from typing import Any
 
+from .models import database_proxy
 from .settings import Settings
 
 
@@ -42,6 +47,84 @@ def _token(settings: Settings, args: argparse.Namespace) -> None:
                      ttl=dt.timedelta(hours=args.hours)))
 
 
+def _print_report(reports: list[Any], as_json: bool, dry_run: bool) -> None:
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, "hosts": [r.as_dict() for r in reports]}, indent=2))
+        return
+    verb = "would repair" if dry_run else "repaired"
+    for report in reports:
+        drifted = [d for d in report.deployments if d["drift"]]
+        failed = [d for d in report.deployments if not d["ok"]]
+        state = "converged" if report.converged else "NOT converged"
+        print(f"{report.host}: {state}; {len(report.deployments)} deployment(s) checked, "
+              f"{len(drifted)} drifted, {len(failed)} failed")
+        if not report.ok:
+            print(f"  the run failed: {report.message}")
+        for d in drifted:
+            outcome = "ok" if d["ok"] else f"FAILED: {d['message']}"
+            print(f"  {d['subdomain']} ({d['state']}): {verb} {', '.join(d['drift'])} -> {outcome}")
+        if report.orphans:
+            print(f"  orphans {'to remove' if dry_run else 'removed'}: {', '.join(report.orphans)}")
+        if report.unchecked:
+            print(f"  could not check (nothing changed): {', '.join(report.unchecked)}")
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """One reconcile per host, under the host's lock, run by this process."""
+    from . import jobqueue
+    from .db import open_database, write_transaction
+    from .services import engine
+    from .worker import JobRun
+
+    open_database(settings.database_url)
+    owner = f"cli:{socket.gethostname()}:{os.getpid()}"
+    lease = settings.job_lease_s
+    reports = []
+    for host in [args.host] if args.host else (engine.hosts() or [settings.default_host]):
+        with write_transaction(database_proxy.obj):
+            job = jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s, reserved_for=owner,
+                                             lease_s=lease)
+        assert job is not None
+        deadline = time.monotonic() + args.wait
+        try:
+            while (claimed := jobqueue.claim(owner, lease, job_id=job.id)) is None:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{host}: the host stayed busy for {args.wait:g} s; nothing was checked")
+                jobqueue.hold(job, owner, lease)
+                time.sleep(0.5)
+        finally:
+            jobqueue.abandon(job, owner, "the reconcile never started")
+        plan = engine.start(claimed, owner, settings.secret_key, check=args.dry_run)
+        assert plan is not None
+        result, duration = JobRun(settings, owner, lease).run(plan)
+        reports.append(engine.finish_reconcile(plan, owner, result, duration))
+    _print_report(reports, args.json, args.dry_run)
+    if not all(r.converged for r in reports):
+        return 1
+    drift = any(d["drift"] for r in reports for d in r.deployments) or any(r.orphans for r in reports)
+    return 3 if args.dry_run and drift else 0
+
+
+def _desired(settings: Settings, args: argparse.Namespace) -> int:
+    """The desired-state document of a host, for ansible-playbook -e @file."""
+    from .crypto import decrypt_env
+    from .db import open_database
+    from .services import engine
+
+    open_database(settings.database_url)
+    items, known, rows = engine.reconcile_scope(args.host)
+    document = {"converge_deployments": items, "converge_known": known}
+    if args.env_file:
+        env = {i["id"]: decrypt_env(settings.secret_key, rows[i["id"]].env_vars_encrypted)
+               for i in items if rows[i["id"]].env_vars_encrypted}
+        fd = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(env, handle)
+        document["converge_env_file"] = os.path.abspath(args.env_file)
+    print(json.dumps(document, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="buddo-deploy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="run jobs through ansible-runner")
     worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--concurrency", type=int, default=int(os.environ.get("BUDDO_WORKER_CONCURRENCY", "2")))
+    reconcile = sub.add_parser("reconcile", help="repair the drift between the desired state and the hosts")
+    reconcile.add_argument("--host", help="one container host (default: every host)")
+    reconcile.add_argument("--dry-run", action="store_true", help="check mode: report the drift, change nothing")
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    reconcile.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a busy host")
+    desired = sub.add_parser("desired", help="print a host's desired-state document (-e @file for ansible-playbook)")
+    desired.add_argument("--host", default=os.environ.get("BUDDO_DEFAULT_HOST", "container-host-1"))
+    desired.add_argument("--env-file", help="also write the env values there (0600) and point the document at it")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=os.environ.get("BUDDO_LOG_LEVEL", "INFO"),
@@ -73,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         from .worker import run_worker
 
         run_worker(settings, once=args.once, concurrency=args.concurrency)
+    elif args.command == "reconcile":
+        return _reconcile(settings, args)
+    elif args.command == "desired":
+        return _desired(settings, args)
     return 0
 
 

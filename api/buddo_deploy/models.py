@@ -12,6 +12,7 @@ database_proxy = peewee.DatabaseProxy()
 
 LIVE_STATUSES = ("pending", "deploying", "running", "stopped", "failed")
 DEPLOYMENT_STATUSES = (*LIVE_STATUSES, "destroyed")
+DESIRED_STATES = ("running", "stopped", "absent")
 AUDIT_ACTIONS = ("create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate")
 AUDIT_STATUSES = ("pending", "running", "completed", "failed")
 JOB_STATES = ("queued", "running", "succeeded", "failed")
@@ -87,6 +88,19 @@ class Deployment(BaseModel):
     inserted_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
     destroyed_at = peewee.DateTimeField(null=True)
+    # Desired state (what the API, billing and health verdicts ask for) ...
+    desired_state = peewee.CharField(default="running")
+    generation = peewee.IntegerField(default=1)
+    revision = peewee.IntegerField(default=1)
+    pull_image = peewee.BooleanField(default=False)
+    # ... and how far the host has converged to it.
+    observed_generation = peewee.IntegerField(default=0)
+    observed_revision = peewee.IntegerField(default=0)
+    failed_generation = peewee.IntegerField(null=True)
+    serving_port = peewee.IntegerField(null=True)
+    container_id = peewee.CharField(null=True)
+    health_failures = peewee.IntegerField(default=0)
+    released_at = peewee.DateTimeField(null=True)
 
     class Meta:
         table_name = "deployments"
@@ -101,6 +115,8 @@ class AuditEntry(BaseModel):
     details = peewee.TextField(null=True)
     inserted_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
+    generation = peewee.IntegerField(null=True)
+    job_id = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_name = "audit_entries"
@@ -108,16 +124,13 @@ class AuditEntry(BaseModel):
 
 class Job(BaseModel):
     id = peewee.AutoField()
-    deployment = peewee.ForeignKeyField(Deployment, backref="jobs")
-    audit_entry = peewee.ForeignKeyField(AuditEntry, null=True)
-    # Foreign-key id accessors peewee adds (declared for the type checker only).
-    deployment_id: uuid.UUID
-    audit_entry_id: uuid.UUID | None
+    deployment = peewee.ForeignKeyField(Deployment, backref="jobs", null=True)
+    # Foreign-key id accessor peewee adds (declared for the type checker only).
+    deployment_id: uuid.UUID | None
     action = peewee.CharField()
     lock_key = peewee.CharField()
     state = peewee.CharField(default="queued")
     attempts = peewee.IntegerField(default=0)
-    max_attempts = peewee.IntegerField()
     timeout_s = peewee.IntegerField()
     run_after = peewee.DateTimeField()
     lease_owner = peewee.CharField(null=True)
@@ -126,6 +139,12 @@ class Job(BaseModel):
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
     finished_at = peewee.DateTimeField(null=True)
+    host = peewee.CharField(default="")
+    # converge: bring the deployment to at least this generation.
+    generation = peewee.IntegerField(default=0)
+    # A reconcile started by `buddo-deploy reconcile` is run by that process only.
+    reserved_for = peewee.CharField(null=True)
+    result = peewee.TextField(null=True)
 
     class Meta:
         table_name = "jobs"

@@ -102,7 +102,7 @@ def sweep_stale_secrets() -> int:
 
 
 @contextmanager
-def secret_file(payload: Mapping[str, str]) -> Iterator[str]:
+def secret_file(payload: Mapping[str, Any]) -> Iterator[str]:
     """A 0600 JSON file on tmpfs that exists only for the duration of one run."""
     fd, path = tempfile.mkstemp(prefix="run-", suffix=".json", dir=secret_dir())
     try:
@@ -159,8 +159,9 @@ def run_playbook(
     inventory: Path,
     extravars: Mapping[str, Any],
     *,
-    secrets: Mapping[str, str] | None = None,
+    secrets: Mapping[str, Any] | None = None,
     limit: str | None = None,
+    check: bool = False,
     timeout_s: int = 600,
     on_event: Callable[[EventSummary], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -189,13 +190,14 @@ def run_playbook(
         (private / "env").mkdir(mode=0o700)
         variables = dict(extravars)
         with secret_file(secrets or {}) as secret_path:
-            variables["deployment_env_file"] = secret_path
+            variables["converge_env_file"] = secret_path
             (private / "env" / "extravars").write_text(unsafe_yaml(variables))
             runner = ansible_runner.run(
                 private_data_dir=str(private),
                 playbook=str(playbook),
                 inventory=str(inventory),
                 limit=limit,
+                cmdline="--check" if check else None,
                 envvars=ansible_env(),
                 suppress_env_files=True,
                 quiet=True,

@@ -68,11 +68,16 @@ class Settings:
     rate_limit_write: int = 10
     rate_limit_window_s: int = 60
     max_body_bytes: int = 256 * 1024
-    job_max_attempts: int = 3
     job_timeout_s: int = 600
     job_lease_s: int = 20
     worker_poll_s: float = 0.2
     health_interval_s: float = 15.0
+    # Consecutive failed probes before an app is restarted; automatic restarts an hour
+    # before they pause (crash-loop guard).
+    health_failures: int = 3
+    health_max_restarts: int = 3
+    # The worker queues a reconcile of every host this often (seconds; 0: never).
+    reconcile_interval_s: float = 300.0
     # Debugging (and the secrets test): keep each ansible-runner private data dir.
     keep_runner_data: bool = False
     inventory: Path = field(default_factory=lambda: REPO_ROOT / "inventory" / "local")
@@ -116,11 +121,13 @@ class Settings:
             "rate_limit_read": int(get("RATE_LIMIT_READ") or 30),
             "rate_limit_write": int(get("RATE_LIMIT_WRITE") or 10),
             "rate_limit_window_s": int(get("RATE_LIMIT_WINDOW") or 60),
-            "job_max_attempts": int(get("JOB_MAX_ATTEMPTS") or 3),
             "job_timeout_s": int(get("JOB_TIMEOUT") or 600),
             "job_lease_s": int(get("JOB_LEASE") or 20),
             "worker_poll_s": float(get("WORKER_POLL") or 0.2),
             "health_interval_s": float(get("HEALTH_INTERVAL") or 15),
+            "health_failures": int(get("HEALTH_FAILURES") or 3),
+            "health_max_restarts": int(get("HEALTH_MAX_RESTARTS") or 3),
+            "reconcile_interval_s": float(get("RECONCILE_INTERVAL") or 300),
             "keep_runner_data": _bool(get("KEEP_RUNNER_DATA") or "false"),
         }
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):

@@ -1,4 +1,10 @@
-"""`buddo-deploy worker`: claim jobs, run one playbook each, record the outcome; probe health."""
+"""`buddo-deploy worker`: claim jobs and converge through ansible-runner; probe health; reconcile.
+
+Threads: N job runners, a health prober (one playbook run per host per cycle, on
+the hosts themselves) and a reconcile timer (queues a host-wide reconcile every
+``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of
+the same host).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,89 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
+from collections.abc import Callable
 
 from . import jobqueue
-from .db import open_database
+from .db import open_database, write_transaction
 from .models import database_proxy
-from .runner import EventSummary, run_playbook, sweep_stale_secrets
+from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
 from .services import engine
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _db_connect() -> None:
+    database_proxy.obj.connect(reuse_if_open=True)
+
+
+class JobRun:
+    """One claimed job through ansible-runner, with its lease kept alive and its events recorded.
+
+    Any failure to renew the lease or to record an event cancels the run: a playbook
+    never goes on unsupervised. The job is then retried (by this or another worker).
+    """
+
+    def __init__(self, settings: Settings, owner: str, lease_s: int) -> None:
+        self.settings = settings
+        self.owner = owner
+        self.lease_s = lease_s
+
+    def run(self, plan: engine.Plan) -> tuple[PlaybookResult, float]:
+        job = plan.job
+        cancel = threading.Event()
+        done = threading.Event()
+        why: list[str] = []
+
+        def keep_lease() -> None:
+            try:
+                _db_connect()
+                while not done.wait(self.lease_s / 3):
+                    if not jobqueue.renew(job, self.owner, self.lease_s):
+                        why.append("the job's lease was lost")
+                        cancel.set()
+                        return
+            except Exception as exc:  # database down: stop rather than run unleased
+                log.exception("job %s: lease renewal failed", job.id)
+                why.append(f"lease renewal failed: {exc.__class__.__name__}")
+                cancel.set()
+            finally:
+                database_proxy.obj.close()
+
+        def on_event(summary: EventSummary) -> None:
+            if cancel.is_set():
+                return
+            try:
+                engine.record_event(job, summary)
+            except Exception as exc:
+                log.exception("job %s: recording an event failed", job.id)
+                why.append(f"recording an event failed: {exc.__class__.__name__}")
+                cancel.set()
+
+        heartbeat = threading.Thread(target=keep_lease, name=f"lease-{job.id}", daemon=True)
+        heartbeat.start()
+        started = time.monotonic()
+        try:
+            result = run_playbook(
+                self.settings.playbook_dir / plan.playbook,
+                self.settings.inventory,
+                plan.extravars,
+                secrets=plan.secrets,
+                limit=plan.host,
+                check=plan.check,
+                timeout_s=job.timeout_s,
+                on_event=on_event,
+                should_cancel=cancel.is_set,
+                work_dir=self.settings.var_dir / "runner",
+                keep_data_dir=self.settings.keep_runner_data,
+            )
+        finally:
+            done.set()
+            heartbeat.join()
+        if why and result.status == "canceled":
+            result.message = f"canceled: {why[0]}"
+        return result, time.monotonic() - started
 
 
 class Worker:
@@ -32,51 +109,23 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was nothing to do."""
-        database_proxy.obj.connect(reuse_if_open=True)
-        job = jobqueue.claim(self.name, self.lease_s, on_expired=engine.expired)
+        _db_connect()
+        job = jobqueue.claim(self.name, self.lease_s)
         if job is None:
             return False
-        log.info("job %s: %s of deployment %s (attempt %s)", job.id, job.action, job.deployment_id, job.attempts)
+        log.info("job %s: %s of %s (attempt %s)", job.id, job.action, job.deployment_id or job.host, job.attempts)
         plan = engine.start(job, self.name, self.settings.secret_key)
         if plan is None:
-            log.info("job %s: nothing to run (superseded, or failed before running)", job.id)
+            log.info("job %s: nothing to run", job.id)
             return True
-        lost = threading.Event()
-        done = threading.Event()
-
-        def keep_lease() -> None:
-            database_proxy.obj.connect(reuse_if_open=True)
-            try:
-                while not done.wait(self.lease_s / 3):
-                    if not jobqueue.renew(job, self.name, self.lease_s):
-                        lost.set()
-                        return
-            finally:
-                database_proxy.obj.close()
-
-        def on_event(summary: EventSummary) -> None:
-            engine.record_event(job, summary)
-
-        heartbeat = threading.Thread(target=keep_lease, name=f"lease-{job.id}", daemon=True)
-        heartbeat.start()
-        started = time.monotonic()
-        try:
-            result = run_playbook(
-                self.settings.playbook_dir / plan.playbook,
-                self.settings.inventory,
-                plan.extravars,
-                secrets=plan.secrets,
-                limit=plan.deployment.host,
-                timeout_s=job.timeout_s,
-                on_event=on_event,
-                should_cancel=lost.is_set,
-                work_dir=self.settings.var_dir / "runner",
-                keep_data_dir=self.settings.keep_runner_data,
-            )
-        finally:
-            done.set()
-            heartbeat.join()
-        if not engine.finish(plan, self.name, result, time.monotonic() - started):
+        result, duration = JobRun(self.settings, self.name, self.lease_s).run(plan)
+        if job.action == "reconcile":
+            report = engine.finish_reconcile(plan, self.name, result, duration)
+            repaired = [d["subdomain"] for d in report.deployments if d["drift"]]
+            log.info("job %s: reconcile of %s: %s; repaired %s; orphans %s", job.id, job.host,
+                     "converged" if report.converged else f"not converged ({report.message})",
+                     repaired or "nothing", report.orphans or "none")
+        elif not engine.finish(plan, self.name, result, duration):
             log.warning("job %s: lease lost, outcome discarded", job.id)
         else:
             log.info("job %s: %s (%s)", job.id, result.status, result.message or "ok")
@@ -97,35 +146,52 @@ class Worker:
         database_proxy.obj.close()
 
 
-class HealthProber:
-    """Probes running deployments on this host over their published loopback port."""
+class Every:
+    """Run ``action`` every ``interval_s`` in a thread until stopped; errors are logged, not fatal."""
 
-    def __init__(self, settings: Settings, interval_s: float) -> None:
-        self.settings = settings
-        self.interval_s = interval_s
+    def __init__(self, name: str, interval_s: float, action: Callable[[], None]) -> None:
+        self.name, self.interval_s, self.action = name, interval_s, action
         self.stopping = threading.Event()
-
-    @staticmethod
-    def answers(port: int, timeout: float = 3.0) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout):  # noqa: S310
-                return True
-        except urllib.error.HTTPError:
-            return True  # it answered, just not with 2xx: the app is up
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def probe_all(self) -> None:
-        database_proxy.obj.connect(reuse_if_open=True)
-        for deployment in engine.running_on(self.settings.default_host):
-            engine.record_health(deployment, self.answers(deployment.host_port))
 
     def loop(self) -> None:
         while not self.stopping.wait(self.interval_s):
             try:
-                self.probe_all()
+                _db_connect()
+                self.action()
             except Exception:
-                log.exception("health probe failed")
+                log.exception("%s failed", self.name)
+
+
+class HealthProber:
+    """One health playbook run per host and cycle; verdicts heal what died (engine.record_health)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy = engine.HealthPolicy(
+            failures_before_restart=settings.health_failures, max_restarts=settings.health_max_restarts,
+            timeout_s=settings.job_timeout_s,
+        )
+
+    def probe_host(self, host: str) -> dict[str, str]:
+        result = run_playbook(
+            self.settings.playbook_dir / "health.yml", self.settings.inventory, {}, limit=host, timeout_s=60,
+            work_dir=self.settings.var_dir / "runner", keep_data_dir=False,
+        )
+        if not result.ok:
+            log.warning("health probe of %s failed: %s", host, result.message)
+            return {}
+        report = (result.stats.get("buddo_health") or {}).get(host)
+        return engine.record_health(host, report, self.policy)
+
+    def probe_all(self) -> None:
+        for host in engine.hosts():
+            self.probe_host(host)
+
+
+def queue_reconciles(settings: Settings) -> None:
+    for host in engine.hosts() or [settings.default_host]:
+        with write_transaction(database_proxy.obj):
+            jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s)
 
 
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
@@ -134,9 +200,12 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         log.info("removed %d secret dir(s) left by crashed workers", swept)
     workers = [Worker(settings) for _ in range(max(1, concurrency))]
     threads = [threading.Thread(target=w.loop, args=(once,), name=f"worker-{i}") for i, w in enumerate(workers)]
-    prober = HealthProber(settings, settings.health_interval_s)
+    timers: list[Every] = []
     if not once:
-        threads.append(threading.Thread(target=prober.loop, name="health", daemon=True))
+        timers.append(Every("health probe", settings.health_interval_s, HealthProber(settings).probe_all))
+        if settings.reconcile_interval_s > 0:
+            timers.append(Every("reconcile timer", settings.reconcile_interval_s, lambda: queue_reconciles(settings)))
+    threads += [threading.Thread(target=t.loop, name=t.name, daemon=True) for t in timers]
     for thread in threads:
         thread.start()
 
@@ -152,6 +221,8 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         log.info("stopping: finishing running jobs")
         for worker in workers:
             worker.stopping.set()
-        prober.stopping.set()
+        for timer in timers:
+            timer.stopping.set()
         for thread in threads:
             thread.join()
+

@@ -35,8 +35,10 @@ def test_create_returns_pending_deployment_and_enqueues_deploy(client):
     actions = [(e.action, e.status, e.initiated_by) for e in AuditEntry.select().order_by(AuditEntry.inserted_at)]
     assert actions == [("create", "completed", "operator-1"), ("deploy", "pending", None)]
     job = Job.get()
-    assert (job.action, job.state, str(job.deployment_id)) == ("deploy", "queued", deployment["id"])
-    assert job.audit_entry.action == "deploy"
+    assert (job.action, job.state, str(job.deployment_id), job.generation) == ("converge", "queued",
+                                                                                 deployment["id"], 1)
+    deploy = AuditEntry.get(AuditEntry.action == "deploy")
+    assert (deploy.generation, deploy.job_id) == (1, job.id)
 
 
 def test_app_id_is_the_client_id(client):

@@ -20,19 +20,30 @@ def deployments(client):
     return ids
 
 
-def test_jobs_of_one_subdomain_run_in_order_others_in_parallel(deployments):
+def test_requests_coalesce_and_one_subdomain_runs_in_order(deployments):
     first = jobqueue.claim("w1", lease_s=30)
     second = jobqueue.claim("w2", lease_s=30)
-    assert first.action == "deploy" and str(first.deployment_id) == deployments[0]
-    assert second.action == "deploy" and str(second.deployment_id) == deployments[1]
-    assert jobqueue.claim("w3", lease_s=30) is None  # the restart waits for deploy of 'one'
+    assert first.action == "converge" and str(first.deployment_id) == deployments[0]
+    # The restart of 'one' (generation 2) coalesced with its queued deploy.
+    assert first.generation == 2 and Job.select().where(Job.deployment == deployments[0]).count() == 1
+    assert second.action == "converge" and str(second.deployment_id) == deployments[1]
+    assert jobqueue.claim("w3", lease_s=30) is None
+
+
+def test_a_request_while_a_job_runs_queues_one_more_run(client, deployments):
+    first = jobqueue.claim("w1", lease_s=30)
+    for _ in range(3):
+        client.simulate_post(f"/api/deploy/apps/{deployments[0]}/restart", headers=auth())
+    queued = list(Job.select().where((Job.deployment == deployments[0]) & (Job.state == "queued")))
+    assert len(queued) == 1 and queued[0].generation == 5
+    jobqueue.claim("w2", lease_s=30)  # 'two'
+    assert jobqueue.claim("w3", lease_s=30) is None  # waits for the running job of 'one'
     with database_proxy.obj.atomic():
         assert jobqueue.finish(first, "w1", succeeded=True)
-    third = jobqueue.claim("w3", lease_s=30)
-    assert third.action == "restart" and third.attempts == 1
+    assert jobqueue.claim("w3", lease_s=30).id == queued[0].id
 
 
-def test_expired_lease_is_retried_then_failed(deployments):
+def test_expired_lease_is_taken_over_and_retries_have_no_limit(deployments):
     job = jobqueue.claim("dead-worker", lease_s=30)
     Job.update(lease_expires_at=utcnow() - dt.timedelta(seconds=1)).where(Job.id == job.id).execute()
     retried = jobqueue.claim("w2", lease_s=30)
@@ -41,11 +52,51 @@ def test_expired_lease_is_retried_then_failed(deployments):
     assert not jobqueue.finish(job, "dead-worker", succeeded=True)
     assert not jobqueue.renew(job, "dead-worker", 30)
     assert jobqueue.renew(retried, "w2", 30)
-    Job.update(attempts=3, lease_expires_at=utcnow() - dt.timedelta(seconds=1)).where(Job.id == job.id).execute()
-    expired = []
-    jobqueue.claim("w3", lease_s=30, on_expired=expired.append)
-    assert [e.job.id for e in expired] == [job.id]
-    assert Job.get_by_id(job.id).state == "failed"
+    Job.update(attempts=50, lease_expires_at=utcnow() - dt.timedelta(seconds=1)).where(Job.id == job.id).execute()
+    assert jobqueue.claim("w3", lease_s=30).id == job.id  # level-triggered: tried until it converges
+
+
+def test_backoff_keeps_a_failed_run_queued_until_its_time(deployments):
+    job = jobqueue.claim("w1", lease_s=30)
+    with database_proxy.obj.atomic():
+        assert jobqueue.retry_later(job, "w1", delay=dt.timedelta(seconds=60), error="host unreachable")
+    stored = Job.get_by_id(job.id)
+    assert (stored.state, stored.last_error, stored.lease_owner) == ("queued", "host unreachable", None)
+    assert jobqueue.claim("w2", lease_s=30).id != job.id  # 'two' runs; 'one' waits for its backoff
+    assert jobqueue.claim("w3", lease_s=30) is None
+
+
+def test_reconcile_and_converge_of_one_host_never_run_together(client, deployments):
+    converge = jobqueue.claim("w1", lease_s=30)
+    with database_proxy.obj.atomic():
+        reconcile = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60)
+        assert jobqueue.enqueue_reconcile("container-host-1", timeout_s=60) is None  # one queued is enough
+    later = client.simulate_post("/api/deploy/apps", json=create_body(subdomain="three"), headers=auth())
+    earlier = jobqueue.claim("w2", lease_s=30)  # 'two' was queued before the reconcile
+    assert str(earlier.deployment_id) == deployments[1]
+    assert jobqueue.claim("w3", lease_s=30) is None  # the reconcile waits for both; 'three' waits behind it
+    with database_proxy.obj.atomic():
+        jobqueue.finish(converge, "w1", succeeded=True)
+        jobqueue.finish(earlier, "w2", succeeded=True)
+    assert jobqueue.claim("w2", lease_s=30).id == reconcile.id
+    assert jobqueue.claim("w3", lease_s=30) is None  # nothing else on the host while it runs
+    with database_proxy.obj.atomic():
+        jobqueue.finish(reconcile, "w2", succeeded=True)
+    assert str(jobqueue.claim("w3", lease_s=30).deployment_id) == later.json["deployment"]["id"]
+
+
+def test_a_reserved_reconcile_is_claimed_by_its_reserver_only(client, deployments):
+    with database_proxy.obj.atomic():
+        job = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60, reserved_for="cli", lease_s=30)
+    assert jobqueue.claim("cli", lease_s=30, job_id=job.id).id == job.id
+    others = [jobqueue.claim("w", lease_s=30)]
+    assert others == [None]  # converges wait while the reconcile runs
+    # A reserver that died before its turn blocks nobody once its hold lapsed.
+    with database_proxy.obj.atomic():
+        jobqueue.finish(job, "cli", succeeded=True)
+        stale = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60, reserved_for="gone", lease_s=30)
+    Job.update(lease_expires_at=utcnow() - dt.timedelta(seconds=1)).where(Job.id == stale.id).execute()
+    assert jobqueue.claim("w", lease_s=30) is not None
 
 
 def test_concurrent_claims_never_share_a_job(client, settings):

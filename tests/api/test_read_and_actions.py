@@ -126,7 +126,8 @@ def test_restart_stop_destroy_and_audit_log(client):
     ]
     assert entries[0]["initiated_by"] == "operator-1" and entries[1]["initiated_by"] is None
     assert all(set(e) == {"id", "action", "status", "initiated_by", "inserted_at", "details"} for e in entries)
-    assert [j.action for j in Job.select().order_by(Job.id)] == ["deploy", "restart", "stop", "destroy"]
+    # One converge job, coalesced: to generation 4 (create, restart, stop, destroy).
+    assert [(j.action, j.generation) for j in Job.select().order_by(Job.id)] == [("converge", 4)]
 
 
 def test_domain_check_for_on_demand_tls(client):

@@ -1,9 +1,11 @@
-"""What the worker changes: job start, outcome, lost workers and health, each in one transaction."""
+"""What the worker changes: job start, outcome, reconcile reports and health, each in one transaction."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jobqueue
@@ -11,113 +13,181 @@ from ..crypto import decrypt_env
 from ..db import write_transaction
 from ..models import AuditEntry, Deployment, Job, JobEvent, database_proxy, utcnow
 from ..runner import EventSummary, PlaybookResult
+from . import state
 
-# Deploy-type jobs bring the deployment up; these statuses mean the operator has
-# since asked for something else, so the job has nothing left to do.
-_SUPERSEDING = {"stopped", "destroyed"}
-# Jobs that bring a deployment up (and read its env values).
-_BRINGS_UP = frozenset({"deploy", "restart"})
+log = logging.getLogger(__name__)
+
+# Audit action of a repair the reconciler made, by desired state.
+REPAIR_ACTION = {"running": "deploy", "stopped": "stop", "absent": "destroy"}
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 300.0
 
 
 @dataclass(frozen=True)
 class Plan:
     job: Job
-    deployment: Deployment
     playbook: str
-    extravars: dict[str, Any]
-    secrets: dict[str, str]
+    host: str
+    items: list[dict[str, Any]]
+    known: list[str] = field(default_factory=list)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    check: bool = False
+
+    @property
+    def extravars(self) -> dict[str, Any]:
+        return {"converge_deployments": self.items, "converge_known": self.known}
 
 
-def extravars_for(deployment: Deployment) -> dict[str, Any]:
-    return {
-        "deployment_id": str(deployment.id),
-        "deployment_subdomain": deployment.subdomain,
-        "deployment_container_name": deployment.container_name,
-        "deployment_image": deployment.container_image,
-        "deployment_port": deployment.port,
-        "deployment_host_port": deployment.host_port,
-        "deployment_memory_limit_mb": deployment.memory_limit_mb,
-        "deployment_cpu_limit_millicores": deployment.cpu_limit_millicores,
-        "deployment_custom_domain": deployment.custom_domain or "",
-    }
+@dataclass
+class Report:
+    """What a reconcile found and did, per deployment."""
+
+    host: str
+    ok: bool
+    message: str = ""
+    deployments: list[dict[str, Any]] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        return self.ok and not self.unchecked and all(d["ok"] for d in self.deployments)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "ok": self.ok, "converged": self.converged, "message": self.message,
+                "deployments": self.deployments, "orphans": self.orphans, "unchecked": self.unchecked}
 
 
-def _touch_audit(entry_id: Any, status: str, details: dict[str, Any] | None = None) -> None:
-    if entry_id is None:
-        return
-    values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
-    if details is not None:
-        values["details"] = json.dumps(details)
-    AuditEntry.update(**values).where(AuditEntry.id == entry_id).execute()
+def _secrets_for(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_key: str) -> dict[str, Any]:
+    return {i["id"]: decrypt_env(secret_key, rows[i["id"]].env_vars_encrypted)
+            for i in items if i["state"] == "running" and rows[i["id"]].env_vars_encrypted}
 
 
-def _fail_deployment(deployment_id: Any, **extra: Any) -> None:
-    """A deployment still on its way up ends `failed`; one the operator stopped or destroyed keeps that."""
-    Deployment.update(status="failed", updated_at=utcnow(), **extra).where(
-        (Deployment.id == deployment_id) & (Deployment.status.in_(("pending", "deploying")))
-    ).execute()
+def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan | None:
+    """Mark the work as begun; None when there is nothing to run (and the job is now finished).
 
-
-def start(job: Job, owner: str, secret_key: str) -> Plan | None:
-    """Mark the work as begun; None when there is nothing to run (and the job is now finished)."""
+    ``check``: a reconcile in check mode (``--dry-run``), which records nothing.
+    """
     with write_transaction(database_proxy.obj):
-        deployment = Deployment.get_by_id(job.deployment_id)
-        if job.action in _BRINGS_UP and deployment.status in _SUPERSEDING:
-            if jobqueue.finish(job, owner, succeeded=False, error="cancelled"):
-                _touch_audit(job.audit_entry_id, "failed", {
-                    "reason": "cancelled",
-                    "message": f"the deployment was {deployment.status} before this {job.action} ran",
-                })
+        if job.action == "reconcile":
+            return _start_reconcile(job, secret_key, check)
+        d = state.locked(job.deployment_id)
+        assert d is not None
+        if d.observed_generation >= d.generation:  # converged already (a reconcile, or a coalesced request)
+            state.close_entries(d.id, d.observed_generation, d.desired_state, True, {"attempt": job.attempts})
+            jobqueue.finish(job, owner, succeeded=True)
             return None
+        if d.desired_state == "running" and d.failed_generation == d.generation:
+            jobqueue.finish(job, owner, succeeded=False, error="this generation failed; waiting for a new request")
+            return None
+        item = state.desired_item(d)
         try:
-            secrets = decrypt_env(secret_key, deployment.env_vars_encrypted) if job.action in _BRINGS_UP else {}
+            secrets = _secrets_for([item], {item["id"]: d}, secret_key)
         except RuntimeError as exc:  # a changed BUDDO_SECRET_KEY: retrying cannot help
-            if jobqueue.finish(job, owner, succeeded=False, error=str(exc)):
-                _touch_audit(job.audit_entry_id, "failed", {"reason": "error", "message": str(exc)})
-                _fail_deployment(job.deployment_id)
+            state.record_outcome(item, {"ok": False, "kind": "config", "message": str(exc)}, {"attempt": job.attempts})
+            jobqueue.finish(job, owner, succeeded=False, error=str(exc))
             return None
-        if job.action in _BRINGS_UP:
-            Deployment.update(status="deploying", updated_at=utcnow()).where(
-                Deployment.id == deployment.id
-            ).execute()
-        _touch_audit(job.audit_entry_id, "running")
-    return Plan(job, deployment, f"{job.action}.yml", extravars_for(deployment), secrets)
+        status = state.derive_status(d, working=True)
+        Deployment.update(status=status, updated_at=utcnow()).where(Deployment.id == d.id).execute()
+        state.touch_entries(d.id, d.generation, "running", {"attempt": job.attempts})
+    return Plan(job, "converge.yml", d.host, [item], secrets=secrets)
 
 
-def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> bool:
-    """Record the outcome; False when the lease was lost (another worker owns the job now)."""
-    job, now = plan.job, utcnow()
-    with write_transaction(database_proxy.obj):
-        if not jobqueue.finish(job, owner, succeeded=result.ok, error=None if result.ok else result.message):
-            return False  # nothing written: the new owner records the outcome
-        details: dict[str, Any] = {"attempt": job.attempts, "duration_s": round(duration_s, 1)}
-        deploying = Deployment.id == plan.deployment.id
-        if result.ok:
-            digest = result.stats.get("deployment_image_digest")
-            if job.action in _BRINGS_UP:
-                details["image_digest"] = digest
-                Deployment.update(
-                    status="running", health_status="healthy", last_health_check=now, updated_at=now,
-                    image_digest=digest,
-                ).where(deploying & (Deployment.status == "deploying")).execute()
-            elif job.action == "stop":
-                Deployment.update(health_status="unknown", updated_at=now).where(deploying).execute()
-            _touch_audit(job.audit_entry_id, "completed", details)
+def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
+    """Desired items of every deployment the host should know of, and the ids to leave alone."""
+    held = Deployment.select().where((Deployment.host == host) & Deployment.released_at.is_null())
+    rows = {str(d.id): d for d in held}
+    items, known = [], []
+    for ident, d in rows.items():
+        if d.desired_state == "running" and d.failed_generation == d.generation and not state.serving(d):
+            known.append(ident)  # a first deploy that failed: nothing of it runs, nothing to repair
         else:
-            details |= {"reason": result.status, "task": result.failed_task, "message": result.message}
-            if job.action in _BRINGS_UP:
-                _fail_deployment(plan.deployment.id, health_status="unhealthy")
-            _touch_audit(job.audit_entry_id, "failed", details)
+            items.append(state.desired_item(d))
+    return items, known, rows
+
+
+def _start_reconcile(job: Job, secret_key: str, check: bool) -> Plan:
+    items, known, rows = reconcile_scope(job.host)
+    secrets: dict[str, Any] = {}
+    for item in items:
+        try:
+            secrets |= _secrets_for([item], rows, secret_key)
+        except RuntimeError as exc:
+            log.warning("reconcile of %s: %s", item["id"], exc)
+            known.append(item["id"])
+    items = [i for i in items if i["id"] not in known]
+    return Plan(job, "reconcile.yml", job.host, items, known=known, secrets=secrets, check=check)
+
+
+def _retry(plan: Plan, owner: str, result: PlaybookResult) -> bool:
+    job = plan.job
+    delay = state.backoff(job.attempts, BACKOFF_BASE_S, BACKOFF_CAP_S)
+    message = result.message or "the playbook run failed"
+    if not jobqueue.retry_later(job, owner, delay=delay, error=message):
+        return False
+    details = {"attempt": job.attempts, "retrying_in_s": delay.total_seconds(), "last_error": message,
+               "task": result.failed_task}
+    for item in plan.items:
+        state.touch_entries(item["id"], int(item["generation"]), "running", details)
     return True
 
 
-def expired(item: jobqueue.Expired) -> None:
-    """A job lost its worker on every attempt: fail it visibly (inside the claim transaction)."""
-    job = item.job
-    _touch_audit(job.audit_entry_id, "failed", {"reason": "worker_lost", "message": item.reason,
-                                                "attempt": job.attempts})
-    if job.action in _BRINGS_UP:
-        _fail_deployment(job.deployment_id)
+def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> bool:
+    """Record a converge's outcome; False when the lease was lost (another worker owns the job now).
+
+    A run that failed outside the app (host unreachable, Podman or Caddy error,
+    timeout, lost lease) goes back to the queue with a backoff.
+    """
+    job = plan.job
+    outcomes = result.stats.get("buddo_outcomes") or {}
+    with write_transaction(database_proxy.obj):
+        item = plan.items[0]
+        outcome = outcomes.get(item["id"])
+        if not result.ok or outcome is None or (not outcome.get("ok") and outcome.get("kind") == "host"):
+            if outcome is not None and not outcome.get("ok"):
+                result = PlaybookResult(status="failed", rc=result.rc, failed_task=outcome.get("task"),
+                                        message=outcome.get("message"))
+            return _retry(plan, owner, result)
+        if not jobqueue.finish(job, owner, succeeded=bool(outcome.get("ok")), error=outcome.get("message")):
+            return False
+        state.record_outcome(item, outcome, {"attempt": job.attempts, "duration_s": round(duration_s, 1)})
+    return True
+
+
+def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> Report:
+    """Record what a reconcile repaired; with a failed run, change nothing it could not verify."""
+    job = plan.job
+    report = Report(host=plan.host, ok=result.ok, message=result.message or "")
+    outcomes = result.stats.get("buddo_outcomes") or {}
+    report.orphans = list(result.stats.get("buddo_orphans") or [])
+    with write_transaction(database_proxy.obj):
+        for item in plan.items:
+            outcome = outcomes.get(item["id"])
+            if not result.ok or outcome is None:
+                report.unchecked.append(item["id"])
+                continue
+            entry = {"id": item["id"], "subdomain": item["subdomain"], "state": item["state"],
+                     "drift": outcome.get("drift") or [], "ok": bool(outcome.get("ok")),
+                     "message": outcome.get("message")}
+            report.deployments.append(entry)
+            if plan.check:
+                continue
+            before = Deployment.get_or_none(Deployment.id == item["id"])
+            if before is None:
+                continue
+            was_converged = before.observed_generation >= int(item["generation"])
+            if not outcome.get("ok") and outcome.get("kind") == "host":
+                continue  # retried by the next run
+            state.record_outcome(item, outcome, {"duration_s": round(duration_s, 1)})
+            if entry["drift"] and was_converged:
+                details = {"reason": "drift", "drift": entry["drift"]}
+                if not outcome.get("ok"):
+                    details["message"] = outcome.get("message")
+                state.audit(before, REPAIR_ACTION[item["state"]], "completed" if outcome.get("ok") else "failed",
+                            None, details=details)
+        jobqueue.finish(job, owner, succeeded=report.converged, error=None if report.ok else report.message,
+                        result=json.dumps(report.as_dict())[:20000])
+    return report
 
 
 def record_event(job: Job, summary: EventSummary) -> None:
@@ -128,13 +198,95 @@ def record_event(job: Job, summary: EventSummary) -> None:
     )
 
 
-def running_on(host: str) -> list[Deployment]:
-    return list(Deployment.select().where((Deployment.host == host) & (Deployment.status == "running")))
+# --- health ------------------------------------------------------------------
 
 
-def record_health(deployment: Deployment, healthy: bool) -> None:
+@dataclass(frozen=True)
+class HealthPolicy:
+    failures_before_restart: int = 3
+    max_restarts: int = 3
+    restart_window: dt.timedelta = dt.timedelta(hours=1)
+    timeout_s: int = 600
+
+
+def hosts() -> list[str]:
+    return sorted({d.host for d in Deployment.select(Deployment.host).where(Deployment.released_at.is_null())})
+
+
+def _automatic_restarts(d: Deployment, since: dt.datetime) -> list[AuditEntry]:
+    return list(AuditEntry.select().where(
+        (AuditEntry.deployment == d.id) & (AuditEntry.action == "restart") & AuditEntry.initiated_by.is_null()
+        & (AuditEntry.inserted_at >= since)
+    ).order_by(AuditEntry.inserted_at))
+
+
+def _heal(d: Deployment, reason: str, message: str, policy: HealthPolicy) -> str:
+    """Converge an app that died or stopped answering again, unless it keeps doing so."""
     now = utcnow()
-    with write_transaction(database_proxy.obj):
-        Deployment.update(
-            health_status="healthy" if healthy else "unhealthy", last_health_check=now,
-        ).where((Deployment.id == deployment.id) & (Deployment.status == "running")).execute()
+    recent = _automatic_restarts(d, now - policy.restart_window)
+    restarts = [e for e in recent
+                if e.details and json.loads(e.details).get("reason") in {"health", "container_exited"}]
+    if len(restarts) >= policy.max_restarts:
+        if not any(e.details and json.loads(e.details).get("reason") == "crash_loop" for e in recent):
+            state.audit(d, "restart", "failed", None, details={
+                "reason": "crash_loop",
+                "message": f"automatic restarts paused: {len(restarts)} in the last "
+                           f"{policy.restart_window.total_seconds() / 60:g} min; the app stays unhealthy",
+            })
+        return "paused"
+    # A container that is gone or exited is started again as it was; one that runs but
+    # does not answer is replaced by a new one (a new revision of the same image).
+    revision = d.revision + 1 if reason == "health" else d.revision
+    state.change(d, "restart", None, settings_timeout_s=policy.timeout_s,
+                 details={"reason": reason, "message": message}, revision=revision, pull_image=False)
+    return "restarted"
+
+
+def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy) -> dict[str, str]:
+    """Record one probe cycle of a host; heal what died. Returns deployment id -> verdict."""
+    if report is None:
+        return {}
+    containers = {c["id"]: c for c in report.get("containers") or []}
+    by_deployment: dict[str, list[dict[str, Any]]] = {}
+    for container in containers.values():
+        by_deployment.setdefault(container.get("deployment_id") or "", []).append(container)
+    probes = report.get("probes") or {}
+    verdicts: dict[str, str] = {}
+    now = utcnow()
+    candidates = Deployment.select(Deployment.id).where(
+        (Deployment.host == host) & (Deployment.desired_state == "running") & Deployment.released_at.is_null()
+        & Deployment.serving_port.is_null(False)
+    )
+    for row in candidates:
+        with write_transaction(database_proxy.obj):
+            d = state.locked(row.id)
+            if d is None or d.desired_state != "running" or d.observed_generation < d.generation:
+                continue  # changing: its own job decides
+            if not state.serving(d):
+                continue
+            if state.converge_job_for(d) is not None:
+                continue
+            spec = state.spec_of(d)
+            mine = [c for c in by_deployment.get(str(d.id), []) if c.get("spec") == spec]
+            running = [c for c in mine if c.get("state") == "running"]
+            if not running:
+                what = f"container {mine[0]['state']}" if mine else "container missing"
+                Deployment.update(health_status="unhealthy", last_health_check=now,
+                                  health_failures=d.health_failures + 1).where(Deployment.id == d.id).execute()
+                verdicts[str(d.id)] = _heal(d, "container_exited", what, policy)
+                continue
+            probe = probes.get(running[0]["id"]) or {}
+            if probe.get("healthy"):
+                Deployment.update(health_status="healthy", last_health_check=now, health_failures=0).where(
+                    Deployment.id == d.id).execute()
+                verdicts[str(d.id)] = "healthy"
+                continue
+            failures = d.health_failures + 1
+            Deployment.update(health_status="unhealthy", last_health_check=now, health_failures=failures).where(
+                Deployment.id == d.id).execute()
+            verdicts[str(d.id)] = "unhealthy"
+            if failures >= policy.failures_before_restart:
+                detail = probe.get("error") or f"HTTP {probe.get('status')}"
+                d.health_failures = failures
+                verdicts[str(d.id)] = _heal(d, "health", f"{failures} failed probes in a row ({detail})", policy)
+    return verdicts

@@ -27,6 +27,7 @@ from ..errors import ApiError, Forbidden, NotFound, TooManyRequests, Unprocessab
 from ..models import LIVE_STATUSES, AuditEntry, Deployment, Tier, database_proxy, utcnow
 from ..schemas import DeploymentCreate
 from ..settings import Settings
+from . import state
 from .tiers import get_tier
 
 BILLING_CYCLE = dt.timedelta(days=30)
@@ -141,49 +142,59 @@ class Lifecycle:
                     self._check_limits(principal, tier)
                     with db.atomic():  # a savepoint: a lost race must not poison the transaction
                         deployment = self._insert(principal, request, tier)
-                    self._audit(deployment, "create", "completed", principal.client_id)
-                    self._enqueue(deployment, "deploy", None)
+                    state.audit(deployment, "create", "completed", principal.client_id)
+                    entry = state.audit(deployment, "deploy", "pending", None, generation=deployment.generation)
+                    job = jobqueue.enqueue_converge(deployment, timeout_s=self.settings.job_timeout_s)
+                    AuditEntry.update(job_id=job.id).where(AuditEntry.id == entry.id).execute()
                     return deployment
             except peewee.IntegrityError as exc:
                 message = str(exc)
                 if "custom_domain" in message:
                     raise Unprocessable.for_field("custom_domain", "is already bound to another deployment",
                                        "custom_domain_taken") from exc
-                if "host_port" in message:
-                    continue  # another create took the same host port: pick again
+                if "host_port" in message or "container_name" in message:
+                    continue  # another create took the same host port (or name): pick again
                 if "subdomain" in message:
                     raise Unprocessable.for_field("subdomain", "is already taken", "subdomain_taken") from exc
                 raise
         raise ApiError("No free host port, try again", code="capacity_exhausted", status="503 Service Unavailable")
 
     def restart(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
+        """A new container from the image as the tag is now, started beside the serving one."""
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "restart")
-            self._set_status(deployment, "deploying")
-            self._enqueue(deployment, "restart", principal.client_id)
-        return deployment
+            return state.change(deployment, "restart", principal.client_id, settings_timeout_s=self._timeout,
+                                desired_state="running", revision=deployment.revision + 1, pull_image=True)
 
     def stop(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "stop")
-            if deployment.status != "stopped":
-                self._set_status(deployment, "stopped")
-                self._enqueue(deployment, "stop", principal.client_id)
-        return deployment
+            if deployment.desired_state == "stopped":
+                if deployment.observed_generation < deployment.generation:
+                    # Asked already and still converging (or backing off after a failure): now.
+                    jobqueue.enqueue_converge(deployment, timeout_s=self._timeout)
+                return deployment
+            return state.change(deployment, "stop", principal.client_id, settings_timeout_s=self._timeout,
+                                desired_state="stopped")
 
     def destroy(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
+        """The subdomain is free at once; ports and the custom domain once the teardown converged."""
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "destroy")
-            deployment.destroyed_at = utcnow()
-            self._set_status(deployment, "destroyed")
-            self._enqueue(deployment, "destroy", principal.client_id)
-        return deployment
+            return state.change(deployment, "destroy", principal.client_id, settings_timeout_s=self._timeout,
+                                desired_state="absent", destroyed_at=utcnow())
 
     # --- helpers -----------------------------------------------------------
 
+    @property
+    def _timeout(self) -> int:
+        return self.settings.job_timeout_s
+
     def _live(self, principal: Principal, deployment_id: uuid.UUID, action: str) -> Deployment:
-        deployment = self.get_owned(principal, deployment_id)
-        if deployment.status == "destroyed":
+        self.get_owned(principal, deployment_id)
+        deployment = state.locked(deployment_id)  # re-read under the row lock
+        assert deployment is not None  # rows are never deleted
+        if deployment.desired_state == "absent":
             raise Unprocessable(
                 f"Cannot {action} a destroyed deployment", code="deployment_destroyed",
                 details={"status": deployment.status},
@@ -210,14 +221,14 @@ class Lifecycle:
             )
 
     def _free_host_port(self, host: str) -> int:
+        """The first port of a free block of two (the second one is for restarts)."""
         low, high = self.settings.host_port_range
-        used = {
-            row.host_port
-            for row in Deployment.select(Deployment.host_port).where(
-                (Deployment.host == host) & (Deployment.status != "destroyed")
-            )
-        }
-        free = [port for port in range(low, high + 1) if port not in used]
+        held: set[int] = set()
+        for row in Deployment.select(Deployment.host_port).where(
+            (Deployment.host == host) & Deployment.released_at.is_null()
+        ):
+            held.update((row.host_port, row.host_port + 1))
+        free = [port for port in range(low, high, 2) if port not in held and port + 1 not in held]
         if not free:
             raise ApiError("No free host port on the container host", code="capacity_exhausted",
                            status="503 Service Unavailable")
@@ -249,26 +260,9 @@ class Lifecycle:
             env_vars_encrypted=encrypt_env(self.settings.secret_key, request.env_vars) if request.env_vars else None,
             inserted_at=now,
             updated_at=now,
-        )
-
-    def _set_status(self, deployment: Deployment, status: str) -> None:
-        deployment.status = status
-        deployment.updated_at = utcnow()
-        deployment.save()
-
-    @staticmethod
-    def _audit(deployment: Deployment, action: str, status: str, initiated_by: str | None) -> AuditEntry:
-        now = utcnow()
-        return AuditEntry.create(
-            id=uuid.uuid4(), deployment=deployment, action=action, status=status,
-            initiated_by=initiated_by, details=None, inserted_at=now, updated_at=now,
-        )
-
-    def _enqueue(self, deployment: Deployment, action: str, initiated_by: str | None) -> None:
-        entry = self._audit(deployment, action, "pending", initiated_by)
-        jobqueue.enqueue(
-            deployment, action, entry,
-            max_attempts=self.settings.job_max_attempts, timeout_s=self.settings.job_timeout_s,
+            desired_state="running",
+            generation=1,
+            revision=1,
         )
 
 

@@ -1,0 +1,205 @@
+"""Desired state, generations and the contract's status derived from them.
+
+Every change to what a deployment should be (the API, health verdicts, later the
+billing clock) goes through :func:`change`: it locks the row, bumps the
+generation with a compare-and-set, derives the status, writes an audit entry
+for the action and makes sure a converge job is queued, in the caller's
+transaction. Workers record how far a deployment converged with
+:func:`record_outcome`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from .. import jobqueue
+from ..db import is_postgres
+from ..errors import ApiError
+from ..models import AuditEntry, Deployment, Job, database_proxy, utcnow
+
+# What each audit action asks the deployment to be.
+INTENT = {"create": "running", "deploy": "running", "restart": "running", "reactivate": "running",
+          "stop": "stopped", "suspend": "stopped", "destroy": "absent"}
+OPEN_AUDIT = ("pending", "running")
+
+
+class Conflict(ApiError):
+    def __init__(self) -> None:
+        super().__init__("The deployment changed while this request ran; try again", code="conflict",
+                         status="409 Conflict")
+
+
+def locked(deployment_id: Any) -> Deployment | None:
+    """The row, locked until the transaction ends (SQLite: the write transaction already is)."""
+    query = Deployment.select().where(Deployment.id == deployment_id)
+    if is_postgres(database_proxy.obj):
+        query = query.for_update()
+    found: Deployment | None = query.first()
+    return found
+
+
+def serving(deployment: Deployment) -> bool:
+    return deployment.serving_port is not None
+
+
+def derive_status(d: Deployment, *, working: bool = False) -> str:
+    """The contract's status from desired and observed state (DESIGN.md)."""
+    if d.desired_state == "absent":
+        return "destroyed"
+    if d.desired_state == "stopped":
+        return "stopped"
+    if d.observed_generation >= d.generation and serving(d):
+        return "running"
+    if d.failed_generation == d.generation and not serving(d):
+        return "failed"
+    if not working and d.generation == 1 and d.observed_generation == 0:
+        return "pending"  # created, nothing asked since, no worker on it yet
+    return "deploying"
+
+
+def env_digest(d: Deployment) -> str:
+    # The ciphertext never changes for a deployment, so its hash tells env changes apart
+    # without the key.
+    return hashlib.sha256((d.env_vars_encrypted or "").encode()).hexdigest()[:16]
+
+
+def spec_of(d: Deployment, revision: int | None = None) -> str:
+    """Everything that makes a container: a different spec means a new container."""
+    parts = [d.container_image, d.port, d.memory_limit_mb, d.cpu_limit_millicores, env_digest(d),
+             d.revision if revision is None else revision]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+def desired_item(d: Deployment) -> dict[str, Any]:
+    """One item of the desired-state document the converge playbook takes."""
+    return {
+        "id": str(d.id), "host": d.host, "subdomain": d.subdomain, "container_name": d.container_name,
+        "state": d.desired_state, "generation": d.generation, "image": d.container_image, "port": d.port,
+        "host_ports": [d.host_port, d.host_port + 1], "memory_limit_mb": d.memory_limit_mb,
+        "cpu_limit_millicores": d.cpu_limit_millicores, "custom_domain": d.custom_domain or "",
+        "spec": spec_of(d), "revision": d.revision, "pull": "always" if d.pull_image else "missing",
+    }
+
+
+def audit(d: Deployment, action: str, status: str, initiated_by: str | None, *,
+          details: dict[str, Any] | None = None, generation: int | None = None) -> AuditEntry:
+    now = utcnow()
+    return AuditEntry.create(
+        id=uuid.uuid4(), deployment=d.id, action=action, status=status, initiated_by=initiated_by,
+        details=json.dumps(details) if details is not None else None, inserted_at=now, updated_at=now,
+        generation=generation,
+    )
+
+
+def change(d: Deployment, action: str, initiated_by: str | None, *, settings_timeout_s: int,
+           details: dict[str, Any] | None = None, **desired: Any) -> Deployment:
+    """Apply a desired-state change to a locked row: new generation, status, audit entry, job."""
+    values: dict[str, Any] = {**desired, "generation": d.generation + 1, "updated_at": utcnow()}
+    for name, value in values.items():
+        setattr(d, name, value)
+    d.status = values["status"] = derive_status(d)
+    updated = Deployment.update(**values).where(
+        (Deployment.id == d.id) & (Deployment.generation == d.generation - 1)
+    ).execute()
+    if updated != 1:
+        raise Conflict()
+    entry = audit(d, action, "pending", initiated_by, details=details, generation=d.generation)
+    job = jobqueue.enqueue_converge(d, timeout_s=settings_timeout_s)
+    AuditEntry.update(job_id=job.id).where(AuditEntry.id == entry.id).execute()
+    return d
+
+
+def open_entries(deployment_id: Any, up_to: int) -> list[AuditEntry]:
+    return list(AuditEntry.select().where(
+        (AuditEntry.deployment == deployment_id) & (AuditEntry.status.in_(OPEN_AUDIT))
+        & (AuditEntry.generation.is_null(False)) & (AuditEntry.generation <= up_to)
+    ).order_by(AuditEntry.inserted_at, AuditEntry.id))
+
+
+def touch_entries(deployment_id: Any, up_to: int, status: str, details: dict[str, Any] | None = None) -> None:
+    """Mark the open entries the deployment has now converged past (running, or still retrying)."""
+    for entry in open_entries(deployment_id, up_to):
+        merged = {**(json.loads(entry.details) if entry.details else {}), **(details or {})}
+        AuditEntry.update(status=status, updated_at=utcnow(), details=json.dumps(merged) if merged else None).where(
+            AuditEntry.id == entry.id).execute()
+
+
+def close_entries(deployment_id: Any, up_to: int, state: str, ok: bool, details: dict[str, Any]) -> None:
+    for entry in open_entries(deployment_id, up_to):
+        mine = dict(details)
+        if ok and INTENT.get(entry.action) != state:
+            status, mine = "failed", {"reason": "superseded",
+                                      "message": f"a later request made the deployment {state}"}
+        else:
+            status = "completed" if ok else "failed"
+        AuditEntry.update(status=status, updated_at=utcnow(), details=json.dumps(mine)).where(
+            AuditEntry.id == entry.id).execute()
+
+
+def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[str, Any]) -> Deployment | None:
+    """Record what a converge run made of one deployment (call inside a write transaction).
+
+    ``item`` is the desired item the run was given (its generation is the target),
+    ``outcome`` the playbook's report for it. Success moves observed_generation up
+    (never down); a failure of the app's own fails that generation, and a restart
+    whose new container never answered goes back to the revision that serves.
+    """
+    d = locked(item["id"])
+    if d is None:
+        return None
+    target = int(item["generation"])
+    now = utcnow()
+    values: dict[str, Any] = {"updated_at": now}
+    entry_details = dict(details)
+    if outcome.get("ok"):
+        if target > d.observed_generation:
+            values["observed_generation"] = target
+        container = outcome.get("container") or {}
+        if item["state"] == "running":
+            values |= {"observed_revision": item["revision"], "serving_port": container.get("host_port"),
+                       "container_id": container.get("id"), "health_status": "healthy",
+                       "last_health_check": now, "health_failures": 0}
+            if container.get("image_digest"):
+                values["image_digest"] = container["image_digest"]
+                entry_details["image_digest"] = container["image_digest"]
+            if d.generation == target:
+                values["pull_image"] = False
+        elif item["state"] == "stopped":
+            values |= {"serving_port": None, "health_status": "unknown"}
+        else:
+            values |= {"serving_port": None, "container_id": None, "health_status": "unknown"}
+            if d.desired_state == "absent":
+                values["released_at"] = now
+    else:
+        values["failed_generation"] = target
+        entry_details |= {"reason": outcome.get("kind") or "error", "task": outcome.get("task"),
+                          "message": outcome.get("message")}
+        if d.generation == target and d.desired_state == "running" and serving(d):
+            # The new version never came up: the old one still serves, so that is the
+            # desired state again (a new generation, converged already).
+            values |= {"revision": d.observed_revision, "pull_image": False, "generation": target + 1,
+                       "observed_generation": target + 1}
+            entry_details["message"] = f"{outcome.get('message')}; the previous version keeps serving"
+            entry_details["rolled_back"] = True
+        elif item["state"] == "running":
+            values["health_status"] = "unhealthy"
+    for name, value in values.items():
+        setattr(d, name, value)
+    d.status = values["status"] = derive_status(d)
+    Deployment.update(**values).where(Deployment.id == d.id).execute()
+    close_entries(d.id, target, item["state"], bool(outcome.get("ok")), entry_details)
+    return d
+
+
+def converge_job_for(d: Deployment) -> Job | None:
+    job: Job | None = Job.select().where((Job.deployment == d.id) & (Job.state.in_(("queued", "running")))).first()
+    return job
+
+
+def backoff(attempts: int, base_s: float, cap_s: float) -> dt.timedelta:
+    return dt.timedelta(seconds=min(cap_s, base_s * 2 ** max(0, attempts - 1)))
+

@@ -1,0 +1,212 @@
+"""The drift between a host's desired deployments and what it runs, as a plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DOCUMENTATION = r"""
+name: converge_plan
+short_description: Compare desired deployments with a host's observed state
+description:
+  - Takes the desired deployments of one host and the result of
+    M(buddo.deploy.host_state) and returns what must change, and why, per deployment.
+  - Runs on the controller: a host with nothing to repair costs no module run beyond
+    the observation.
+positional: observed, live_config, base_domain
+options:
+  _input: {description: Desired deployments (see playbooks/README.md)., type: list, required: true}
+  observed: {description: Result of host_state., type: dict, required: true}
+  live_config: {description: Caddy's live JSON config as text (empty when unknown)., type: str, required: true}
+  base_domain: {description: Base domain of every deployment., type: str, required: true}
+  known: {description: Ids of deployments that are neither desired here nor orphans., type: list, default: []}
+  prune: {description: Also remove orphans (containers and sites naming no known deployment)., type: bool, default: false}
+"""
+
+RETURN = r"""
+_value:
+  description: >-
+    start, stop, remove (desired items with serving_port and recreate added), remove_sites,
+    orphan_containers, orphan_sites (files), reload (bool), drift (id -> reasons).
+  type: dict
+"""
+
+
+def _site_hosts(item: dict[str, Any], base_domain: str) -> list[str]:
+    hosts = [f"{item['subdomain']}.{base_domain}"]
+    if item.get("custom_domain"):
+        hosts.append(str(item["custom_domain"]))
+    return hosts
+
+
+def _served(host: str, live_config: str) -> bool:
+    return f'"{host}"' in live_config
+
+
+def converge_plan(
+    desired: list[dict[str, Any]],
+    observed: dict[str, Any],
+    live_config: str,
+    base_domain: str,
+    known: list[str] | None = None,
+    prune: bool = False,
+) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = list(observed.get("containers") or [])
+    sites: list[dict[str, Any]] = list(observed.get("sites") or [])
+    live = live_config or ""
+    plan: dict[str, Any] = {"start": [], "stop": [], "remove": [], "remove_sites": [], "orphan_containers": [],
+                            "orphan_sites": [], "reload": False, "drift": {}}
+    by_deployment: dict[str, list[dict[str, Any]]] = {}
+    for container in containers:
+        by_deployment.setdefault(str(container.get("deployment_id")), []).append(container)
+    site_of = {str(s.get("deployment_id")): s for s in sites if s.get("deployment_id")}
+
+    for item in desired:
+        ident = str(item["id"])
+        mine = by_deployment.get(ident, [])
+        site = site_of.get(ident)
+        drift: list[str] = []
+        state = item["state"]
+        if state == "running":
+            serving = [c for c in mine if c.get("spec") == item["spec"] and c.get("state") == "running"]
+            recreate = False
+            if not serving:
+                if not mine:
+                    drift.append("container missing")
+                elif any(c.get("spec") == item["spec"] for c in mine):
+                    drift.append("container not running")
+                else:
+                    drift.append("container runs an older spec")
+            else:
+                current = serving[0]
+                memory, cpu = current.get("memory_mb"), current.get("cpu_millicores")
+                if memory is not None and (memory != item["memory_limit_mb"] or cpu != item["cpu_limit_millicores"]):
+                    drift.append(f"limits differ ({memory} MB/{cpu} m, want {item['memory_limit_mb']} MB/"
+                                 f"{item['cpu_limit_millicores']} m)")
+                    recreate = True
+                if len(mine) > 1:
+                    drift.append("old containers left over")
+            hosts = _site_hosts(item, base_domain)
+            if site is None:
+                drift.append("site missing")
+            elif sorted(site.get("hosts") or []) != sorted(hosts) or (
+                    serving and site.get("upstream_port") != serving[0].get("host_port")):
+                drift.append("site stale")
+            if live and not all(_served(h, live) for h in hosts):
+                drift.append("caddy does not serve the site")
+                plan["reload"] = True
+            if drift:
+                serving_port = site.get("upstream_port") if site else None
+                plan["start"].append({**item, "serving_port": serving_port or None, "recreate": recreate})
+        elif state == "stopped":
+            if any(c.get("state") == "running" for c in mine):
+                drift.append("container running")
+                plan["stop"].append(item)
+        else:  # absent
+            if mine:
+                drift.append("container present")
+                plan["remove"].append(item)
+            if site is not None:
+                drift.append("site present")
+                plan["remove_sites"].append(site["file"])
+            elif live and _served(f"{item['subdomain']}.{base_domain}", live) and not any(
+                    d["state"] == "running" and d["subdomain"] == item["subdomain"] for d in desired):
+                drift.append("caddy still serves the site")
+                plan["reload"] = True
+        if drift:
+            plan["drift"][ident] = drift
+
+    if prune:
+        wanted = {str(d["id"]) for d in desired} | {str(k) for k in known or []}
+        for container in containers:
+            if str(container.get("deployment_id")) not in wanted:
+                plan["orphan_containers"].append(container["id"])
+                plan["drift"].setdefault("orphans", []).append(f"container {container.get('name')}")
+        live_ids = {str(d["id"]) for d in desired if d["state"] != "absent"} | {str(k) for k in known or []}
+        for site in sites:
+            ident = str(site.get("deployment_id") or "")
+            if ident and ident not in live_ids and site["file"] not in plan["remove_sites"]:
+                plan["orphan_sites"].append(site["file"])
+                plan["drift"].setdefault("orphans", []).append(f"site {site.get('name')}")
+    return plan
+
+
+def _by_item_id(results: dict[str, Any] | None, loop_var: str = "item") -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for result in (results or {}).get("results") or []:
+        item = result.get(loop_var) or {}
+        ident = item.get("id") or item.get("deployment_id")
+        if ident:
+            out[str(ident)] = result
+    return out
+
+
+def converge_started(plan: dict[str, Any], started: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The plan's start items whose container now runs, with the container added."""
+    results = _by_item_id(started)
+    up = []
+    for item in plan["start"]:
+        result = results.get(str(item["id"])) or {}
+        if not result.get("failed") and (result.get("container") or {}).get("id"):
+            up.append({**item, "container": result["container"], "container_id": result["container"]["id"],
+                       "others": result.get("others") or []})
+    return up
+
+
+def converge_sites(up: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """caddy_site items: route each deployment to the port of its running container."""
+    return [{"subdomain": i["subdomain"], "custom_domain": i.get("custom_domain") or "",
+             "upstream_port": i["container"]["host_port"], "deployment_id": i["id"]} for i in up]
+
+
+def converge_retire(up: list[dict[str, Any]], sites: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Deployments whose traffic moved (site written) and that have old containers or a temporary name."""
+    failed = {ident for ident, result in _by_item_id(sites, "site").items() if result.get("failed")}
+    return [i for i in up if str(i["id"]) not in failed
+            and (i["others"] or i["container"].get("name") != i["container_name"])]
+
+
+def converge_outcomes(
+    desired: list[dict[str, Any]],
+    plan: dict[str, Any],
+    observed: dict[str, Any],
+    started: dict[str, Any] | None = None,
+    sites: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Per deployment: ok, failure kind and message, drift found, the serving container."""
+    start_results = _by_item_id(started)
+    site_results = _by_item_id(sites, "site")
+    outcomes: dict[str, Any] = {}
+    for item in desired:
+        ident = str(item["id"])
+        outcome: dict[str, Any] = {"ok": True, "state": item["state"], "drift": plan["drift"].get(ident, []),
+                                   "generation": item.get("generation")}
+        if item["state"] == "running":
+            result = start_results.get(ident)
+            if result is not None:
+                outcome["actions"] = result.get("actions") or []
+                if result.get("failed"):
+                    outcome |= {"ok": False, "kind": result.get("failure_kind") or "host",
+                                "message": str(result.get("msg") or "the container could not be started"),
+                                "task": "Run the app containers"}
+                else:
+                    outcome["container"] = result.get("container") or {}
+            else:  # no drift: what runs is the spec
+                serving = [c for c in observed.get("containers") or []
+                           if c.get("deployment_id") == ident and c.get("spec") == item["spec"]
+                           and c.get("state") == "running"]
+                if serving:
+                    outcome["container"] = {k: serving[0].get(k) for k in ("id", "name", "host_port")}
+            site = site_results.get(ident)
+            if outcome["ok"] and site is not None and site.get("failed"):
+                outcome |= {"ok": False, "kind": "app", "task": "Render the Caddy sites",
+                            "message": "Caddy rejected the site; the running config is unchanged: "
+                                       + str(site.get("stderr") or site.get("msg") or "").strip()}
+        outcomes[ident] = outcome
+    return outcomes
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"converge_plan": converge_plan, "converge_started": converge_started,
+                "converge_sites": converge_sites, "converge_retire": converge_retire,
+                "converge_outcomes": converge_outcomes}

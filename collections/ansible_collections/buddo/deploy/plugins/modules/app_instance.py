@@ -1,0 +1,341 @@
+#!/usr/bin/python
+"""One deployment's containers, converged in one module run."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: app_instance
+short_description: Converge the Podman containers of one deployment
+description:
+  - Every container of a deployment carries the labels C(buddo.deployment_id) and
+    C(buddo.spec) (a hash of image reference, port, limits, env and revision that the
+    caller computes). This module finds them with one C(podman ps) and converges them.
+  - O(state=started) makes sure a container with O(spec) runs and answers HTTP on its
+    published port. When it must start a new one (spec changed, container missing,
+    O(recreate)), it starts it B(beside) the one that serves now, on whichever of the
+    deployment's two O(host_ports) that one does not use, and waits for it. If the
+    new container never answers it is removed and the module fails with
+    R(failure_kind=app): the serving container was never touched. Switching traffic
+    and retiring the old container are the caller's next steps (caddy_site, then
+    O(state=retired)).
+  - O(state=retired) removes every container of the deployment except O(keep), renames
+    O(keep) to O(name) and removes dangling images no container uses.
+  - O(state=stopped) stops every container of the deployment; O(state=absent) removes
+    them and the image reference when no other container uses it.
+  - Env values never reach a command line when they fit an env file (one line each);
+    every message is returned with env values masked.
+options:
+  deployment_id: {description: Deployment id (label buddo.deployment_id)., type: str, required: true}
+  name: {description: Container name of the serving container., type: str, required: true}
+  state: {description: Desired state., type: str, default: started, choices: [started, stopped, absent, retired]}
+  image: {description: Image reference., type: str, default: ""}
+  spec: {description: Hash of everything that makes a container; a different one means a new container., type: str, default: ""}
+  port: {description: Container port., type: int, default: 3000}
+  host_ports: {description: The deployment's two host ports., type: list, elements: int, default: []}
+  serving_port: {description: Host port Caddy routes to now (its container is never touched by started)., type: int}
+  host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
+  memory_mb: {description: Memory limit in MB., type: int, default: 256}
+  cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
+  env: {description: Environment variables., type: dict, default: {}, no_log: true}
+  labels: {description: Extra labels., type: dict, default: {}}
+  pull: {description: C(always) pulls the tag again before a new container; C(missing) only when absent., type: str, default: missing, choices: [always, missing]}
+  recreate: {description: Start a new container even when one with O(spec) runs (wrong limits, unhealthy)., type: bool, default: false}
+  keep: {description: Container id to keep (O(state=retired))., type: str, default: ""}
+  init: {description: Run an init as PID 1., type: bool, default: true}
+  restart_policy: {description: Podman restart policy., type: str, default: always}
+  stop_timeout: {description: Seconds to wait for a graceful stop., type: int, default: 10}
+  wait_timeout: {description: Seconds a new container has to answer., type: float, default: 60}
+  wait_path: {description: Path requested to see whether the app answers., type: str, default: /}
+  remove_image: {description: On absent, remove the image reference when unused., type: bool, default: true}
+  prune_images: {description: On retired, remove dangling images no container uses., type: bool, default: true}
+  podman: {description: Podman binary., type: str, default: podman}
+"""
+
+EXAMPLES = r"""
+- name: Run the app
+  buddo.deploy.app_instance:
+    deployment_id: 0b0f...
+    name: my-app-abc123
+    image: 127.0.0.1:5000/demo/hello:latest
+    spec: 6f1c...
+    host_ports: [20000, 20001]
+    env: {GREETING: hello}
+  no_log: true
+  register: app
+"""
+
+RETURN = r"""
+container: {description: The container that runs the spec (id, name, host_port, image_digest)., type: dict, returned: success}
+others: {description: Ids of the deployment's other containers (to retire once traffic moved)., type: list, returned: state=started}
+failure_kind: {description: C(app) when the app itself failed (bad image, never answered)., type: str, returned: failure}
+actions: {description: What was done., type: list, returned: always}
+"""
+
+import json
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+MANAGED = "buddo.managed_by=buddo-deploy"
+
+
+class AppFailure(Exception):
+    """The app's own fault: retrying the same spec cannot help."""
+
+
+class Podman:
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.binary = module.params["podman"]
+        self.secrets = [v for v in module.params["env"].values() if v]
+
+    def mask(self, text: str) -> str:
+        """Podman's own output may echo env values (Ansible masks them in results too)."""
+        for value in sorted(self.secrets, key=len, reverse=True):
+            if len(value) < 4 and value in text:
+                return "(details withheld: they may contain secret values)"
+            text = text.replace(value, "********")
+        return text
+
+    def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
+        rc, out, err = self.module.run_command([self.binary, *args])
+        if check and rc != 0:
+            self.module.fail_json(msg=self.mask(f"podman {args[0]} failed: {err.strip() or out.strip()}"),
+                                  rc=rc, failure_kind="host")
+        return rc, out, err
+
+    def containers(self, deployment_id: str) -> list[dict[str, Any]]:
+        _, out, _ = self.run("ps", "--all", "--format", "json", "--filter", f"label=buddo.deployment_id={deployment_id}")
+        found = []
+        for item in json.loads(out or "[]"):
+            labels = item.get("Labels") or {}
+            ports = [int(p.get("host_port") or 0) for p in item.get("Ports") or []]
+            found.append({
+                "id": item["Id"], "name": (item.get("Names") or [""])[0], "state": item.get("State", ""),
+                "spec": labels.get("buddo.spec", ""), "host_port": ports[0] if ports else 0,
+                "exit_code": item.get("ExitCode"),
+            })
+        return found
+
+    def digest(self, container_id: str) -> str:
+        _, out, _ = self.run("inspect", "--format", "{{.ImageDigest}}", container_id, check=False)
+        return out.strip()
+
+
+def answers(url: str, timeout: float) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer: the app is up
+    except (OSError, ValueError):
+        return False
+
+
+def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout: float) -> None:
+    deadline = time.monotonic() + wait_timeout
+    checks = 0
+    while time.monotonic() < deadline:
+        if answers(url, 2):
+            return
+        checks += 1
+        if checks % 5 == 0:  # an app that died will never answer: say so early
+            _, out, _ = podman.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", container_id,
+                                   check=False)
+            status, _, code = out.strip().partition(" ")
+            if status in {"exited", "stopped"}:
+                raise AppFailure(f"the container exited (exit code {code}) before it answered on {url}")
+        time.sleep(0.1)
+    raise AppFailure(f"app did not answer on {url} within {wait_timeout:g} s")
+
+
+def pull(podman: Podman, image: str, policy: str) -> bool:
+    if policy == "missing" and podman.run("image", "exists", image, check=False)[0] == 0:
+        return False
+    rc, _, err = podman.run("pull", "--quiet", image, check=False)
+    if rc != 0:
+        reasons = [line.removeprefix("Error: ") for line in err.splitlines() if line.startswith("Error")]
+        raise AppFailure(podman.mask(
+            f"image {image} could not be pulled: {' '.join(reasons) or err.strip() or 'unknown error'}"))
+    return True
+
+
+def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, Any]], actions: list[str]) -> dict[str, Any]:
+    p = module.params
+    serving = p["serving_port"]
+    ports = list(p["host_ports"]) or [0]
+    busy = {c["host_port"] for c in existing}
+    # A port the serving container does not hold; a free one if there is one.
+    candidates = [port for port in ports if port != serving] or ports
+    port = next((c for c in candidates if c not in busy), candidates[0])
+    names = [p["name"], f"{p['name']}-next"]
+    holders = {c["name"]: c for c in existing}
+    name = next((n for n in names if n not in holders), None) or next(
+        n for n in names if holders[n]["host_port"] != serving)
+    stale = [c["id"] for c in existing if c["host_port"] == port or c["name"] == name]
+    if stale:
+        podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *stale)
+        actions.append(f"removed {len(stale)} container(s) in the way of the new one")
+    if pull(podman, p["image"], p["pull"]):
+        actions.append(f"pulled {p['image']}")
+    labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
+              "buddo.managed_by": "buddo-deploy"}
+    args = ["run", "--detach", "--name", name, "--memory", f"{p['memory_mb']}m",
+            "--cpus", f"{p['cpu_millicores'] / 1000:g}", "--restart", p["restart_policy"],
+            "--stop-timeout", str(p["stop_timeout"]), "--security-opt", "no-new-privileges",
+            "--publish", f"{p['host_address']}:{port}:{p['port']}"]
+    if p["init"]:
+        args.append("--init")
+    for key, value in sorted(labels.items()):
+        args += ["--label", f"{key}={value}"]
+    env: dict[str, str] = p["env"]
+    with tempfile.NamedTemporaryFile("w", prefix="buddo-env-", delete=False) as handle:
+        os.chmod(handle.name, 0o600)
+        for key, value in env.items():
+            if "\n" in value or "\r" in value:
+                args += ["--env", f"{key}={value}"]  # an env file holds one line per variable
+            else:
+                handle.write(f"{key}={value}\n")
+    try:
+        args += ["--env-file", handle.name, p["image"]]
+        rc, out, err = podman.run(*args, check=False)
+    finally:
+        os.unlink(handle.name)
+    if rc != 0:
+        raise AppFailure(podman.mask(f"container {name} could not be started from {p['image']}: "
+                                     f"{err.strip() or out.strip()}"))
+    container_id = out.strip().splitlines()[-1]
+    actions.append(f"started container {name} on port {port}")
+    url = f"http://{p['host_address']}:{port}{p['wait_path']}"
+    try:
+        wait_until_answers(podman, container_id, url, p["wait_timeout"])
+    except AppFailure:
+        podman.run("rm", "--force", "--time", "2", container_id, check=False)
+        raise
+    return {"id": container_id, "name": name, "host_port": port}
+
+
+def started(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
+    p = module.params
+    existing = podman.containers(p["deployment_id"])
+    same = sorted((c for c in existing if c["spec"] == p["spec"]), key=lambda c: c["state"] != "running")
+    current = same[0] if same and not p["recreate"] else None
+    result: dict[str, Any] = {"changed": False}
+    if current is not None and current["state"] == "running":
+        container = {k: current[k] for k in ("id", "name", "host_port")}
+    elif module.check_mode:
+        actions.append("would start a container" if current else "would start a new container")
+        result |= {"changed": True, "container": {}, "others": [c["id"] for c in existing]}
+        return result
+    elif current is not None:
+        podman.run("start", current["id"])
+        actions.append(f"started container {current['name']} again")
+        url = f"http://{p['host_address']}:{current['host_port']}{p['wait_path']}"
+        wait_until_answers(podman, current["id"], url, p["wait_timeout"])
+        container = {k: current[k] for k in ("id", "name", "host_port")}
+        result["changed"] = True
+    else:
+        container = start_new(module, podman, existing, actions)
+        result["changed"] = True
+    container["image_digest"] = podman.digest(container["id"])
+    result |= {"container": container, "others": [c["id"] for c in existing if c["id"] != container["id"]]}
+    return result
+
+
+def retired(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
+    p = module.params
+    existing = podman.containers(p["deployment_id"])
+    keep = next((c for c in existing if c["id"] == p["keep"] or c["name"] == p["keep"]), None)
+    if keep is None:
+        module.fail_json(msg=f"container {p['keep']} of deployment {p['deployment_id']} is gone", failure_kind="host",
+                         actions=actions)
+    old = [c for c in existing if c["id"] != keep["id"]]
+    rename = keep["name"] != p["name"]
+    if module.check_mode:
+        return {"changed": bool(old) or rename, "container": keep}
+    if old:
+        podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *[c["id"] for c in old])
+        actions.append(f"retired {len(old)} old container(s)")
+    if rename:
+        podman.run("rename", keep["id"], p["name"])
+        actions.append(f"renamed {keep['name']} to {p['name']}")
+        keep = {**keep, "name": p["name"]}
+    if old and p["prune_images"]:
+        podman.run("image", "prune", "--force", check=False)
+    return {"changed": bool(old) or rename, "container": keep}
+
+
+def stopped(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
+    p = module.params
+    running = [c for c in podman.containers(p["deployment_id"]) if c["state"] == "running"]
+    if running and not module.check_mode:
+        podman.run("stop", "--time", str(p["stop_timeout"]), *[c["id"] for c in running])
+    if running:
+        actions.append(f"stopped {len(running)} container(s)")
+    return {"changed": bool(running)}
+
+
+def absent(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
+    p = module.params
+    existing = podman.containers(p["deployment_id"])
+    if existing and not module.check_mode:
+        podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *[c["id"] for c in existing])
+        actions.append(f"removed {len(existing)} container(s)")
+        if p["remove_image"] and p["image"]:
+            _, users, _ = podman.run("ps", "--all", "--quiet", "--filter", f"ancestor={p['image']}", check=False)
+            if not users.strip():
+                podman.run("image", "rm", p["image"], check=False)
+    elif existing:
+        actions.append(f"would remove {len(existing)} container(s)")
+    return {"changed": bool(existing)}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "deployment_id": {"type": "str", "required": True},
+            "name": {"type": "str", "required": True},
+            "state": {"type": "str", "default": "started", "choices": ["started", "stopped", "absent", "retired"]},
+            "image": {"type": "str", "default": ""},
+            "spec": {"type": "str", "default": ""},
+            "port": {"type": "int", "default": 3000},
+            "host_ports": {"type": "list", "elements": "int", "default": []},
+            "serving_port": {"type": "int"},
+            "host_address": {"type": "str", "default": "127.0.0.1"},
+            "memory_mb": {"type": "int", "default": 256},
+            "cpu_millicores": {"type": "int", "default": 250},
+            "env": {"type": "dict", "default": {}, "no_log": True},
+            "labels": {"type": "dict", "default": {}},
+            "pull": {"type": "str", "default": "missing", "choices": ["always", "missing"]},
+            "recreate": {"type": "bool", "default": False},
+            "keep": {"type": "str", "default": ""},
+            "init": {"type": "bool", "default": True},
+            "restart_policy": {"type": "str", "default": "always"},
+            "stop_timeout": {"type": "int", "default": 10},
+            "wait_timeout": {"type": "float", "default": 60},
+            "wait_path": {"type": "str", "default": "/"},
+            "remove_image": {"type": "bool", "default": True},
+            "prune_images": {"type": "bool", "default": True},
+            "podman": {"type": "str", "default": "podman"},
+        },
+        required_if=[("state", "started", ("image", "spec", "host_ports")), ("state", "retired", ("keep",))],
+        supports_check_mode=True,
+    )
+    podman = Podman(module)
+    actions: list[str] = []
+    handler = {"started": started, "stopped": stopped, "absent": absent, "retired": retired}[module.params["state"]]
+    try:
+        result = handler(module, podman, actions)
+    except AppFailure as exc:
+        module.fail_json(msg=str(exc), failure_kind="app", actions=actions)
+    module.exit_json(actions=actions, **result)
+
+
+if __name__ == "__main__":
+    main()

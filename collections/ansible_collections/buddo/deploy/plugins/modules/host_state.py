@@ -1,0 +1,133 @@
+#!/usr/bin/python
+"""What a container host runs for Buddo Deploy, read in one module run."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: host_state
+short_description: Observe the deployments' containers and Caddy sites on a host
+description:
+  - Lists every container labelled C(buddo.managed_by=buddo-deploy) (one C(podman ps),
+    one C(podman inspect) for the limits) and every Caddy site file in O(sites_dir)
+    with the deployment it names, its hosts and upstream port.
+  - With O(probe), sends one GET (no redirects, no proxy) to the published port of
+    every running container and reports whether the app answered with a status
+    below 500.
+  - Only reads; safe in check mode.
+options:
+  sites_dir: {description: Directory of the per-deployment Caddy site files., type: path, required: true}
+  probe: {description: Probe the running containers over HTTP., type: bool, default: false}
+  probe_path: {description: Path requested by the probe., type: str, default: /}
+  probe_timeout: {description: Seconds one probe may take., type: float, default: 3}
+  podman: {description: Podman binary., type: str, default: podman}
+"""
+
+RETURN = r"""
+containers: {description: Managed containers (id, name, deployment_id, spec, state, host_port, memory_mb, cpu_millicores)., type: list, returned: always}
+sites: {description: Site files (file, deployment_id, hosts, upstream_port)., type: list, returned: always}
+probes: {description: Container id -> {status, healthy, error}., type: dict, returned: when probe}
+"""
+
+import glob
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+_DEPLOYMENT = re.compile(r"^# deployment (\S+)\s*$", re.MULTILINE)
+_UPSTREAM = re.compile(r"reverse_proxy\s+\S+?:(\d+)")
+_SITE_HOSTS = re.compile(r"^([^\s#{}][^{}]*?)\s*\{\s*$", re.MULTILINE)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def probe(url: str, timeout: float) -> dict[str, Any]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        status = int(exc.code)
+    except (OSError, ValueError) as exc:
+        return {"status": -1, "healthy": False, "error": str(getattr(exc, "reason", exc))}
+    return {"status": status, "healthy": status < 500, "error": ""}
+
+
+def containers(module: AnsibleModule, podman: str) -> list[dict[str, Any]]:
+    rc, out, err = module.run_command([podman, "ps", "--all", "--format", "json", "--filter",
+                                       "label=buddo.managed_by=buddo-deploy"])
+    if rc != 0:
+        module.fail_json(msg=f"podman ps failed: {err.strip()}")
+    found: dict[str, dict[str, Any]] = {}
+    for item in json.loads(out or "[]"):
+        labels = item.get("Labels") or {}
+        ports = [int(p.get("host_port") or 0) for p in item.get("Ports") or []]
+        found[item["Id"]] = {
+            "id": item["Id"], "name": (item.get("Names") or [""])[0], "state": item.get("State", ""),
+            "exit_code": item.get("ExitCode"), "deployment_id": labels.get("buddo.deployment_id", ""),
+            "spec": labels.get("buddo.spec", ""), "host_port": ports[0] if ports else 0,
+            "image": item.get("Image", ""), "memory_mb": None, "cpu_millicores": None,
+        }
+    if found:
+        rc, out, _ = module.run_command([podman, "inspect", "--format", "json", *found])
+        for info in json.loads(out or "[]") if rc == 0 else []:
+            host = info.get("HostConfig") or {}
+            entry = found.get(info.get("Id", ""))
+            if entry is not None:
+                entry["memory_mb"] = int(host.get("Memory") or 0) // (1024 * 1024)
+                entry["cpu_millicores"] = int(host.get("NanoCpus") or 0) // 1_000_000
+    return list(found.values())
+
+
+def sites(sites_dir: str) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(glob.glob(os.path.join(sites_dir, "*.caddy"))):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        deployment = _DEPLOYMENT.search(text)
+        upstream = _UPSTREAM.search(text)
+        found.append({
+            "file": path, "name": os.path.basename(path),
+            "deployment_id": deployment.group(1) if deployment else "",
+            "hosts": [h.strip() for line in _SITE_HOSTS.findall(text) for h in line.split(",") if h.strip()],
+            "upstream_port": int(upstream.group(1)) if upstream else 0,
+        })
+    return found
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "sites_dir": {"type": "path", "required": True},
+            "probe": {"type": "bool", "default": False},
+            "probe_path": {"type": "str", "default": "/"},
+            "probe_timeout": {"type": "float", "default": 3},
+            "podman": {"type": "str", "default": "podman"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    result: dict[str, Any] = {"changed": False, "containers": containers(module, p["podman"]),
+                              "sites": sites(p["sites_dir"])}
+    if p["probe"]:
+        running = [c for c in result["containers"] if c["state"] == "running" and c["host_port"]]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = pool.map(lambda c: probe(f"http://127.0.0.1:{c['host_port']}{p['probe_path']}",
+                                               p["probe_timeout"]), running)
+            result["probes"] = {c["id"]: answer for c, answer in zip(running, answers)}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
