@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,12 @@ class Stack:
     def headers(self, operator: str = "e2e-operator") -> dict[str, str]:
         return {"Authorization": f"Bearer {token(operator, client_id='e2e-client')}"}
 
-    def push(self, version: str, tag: str = "latest") -> str:
+    def push(self, version: str, tag: str = "latest", port: int = 3000) -> str:
+        """Build the demo image (busybox httpd on ``port`` saying ``version``) and push it as ``tag``."""
         result = ansible(
             "local_registry.yml", self.inventory, "-e", f"local_registry_demo_version={version}",
             "-e", f"local_registry_demo_tag={tag}", "-e", f"local_registry_demo_repository={self.repository}",
+            "-e", f"local_registry_demo_port={port}",
         )
         assert result.returncode == 0, result.stdout[-3000:]
         return f"127.0.0.1:5000/{self.repository}:{tag}"
@@ -123,6 +125,21 @@ class Stack:
                 return dict(entries[-1])
             time.sleep(0.5)
         raise AssertionError(f"{action} of {ident} never finished: {self.logs(ident)}")
+
+    def wait_for_entry(self, ident: str, match: Callable[[dict[str, Any]], bool],
+                       timeout: float = 90) -> dict[str, Any]:
+        """Wait for an audit entry that ``match`` accepts."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.logs(ident) if match(e)]
+            if found:
+                return found[-1]
+            time.sleep(0.5)
+        raise AssertionError(f"no such audit entry for {ident}: {self.logs(ident)}")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "buddo-deploy"), *args], env=self.env, capture_output=True, text=True,
+                              check=False, timeout=600)
 
     def logs(self, ident: str) -> list[dict[str, Any]]:
         return list(self.call("GET", f"/api/deploy/apps/{ident}/logs").json()["logs"])
@@ -166,6 +183,8 @@ def start_stack(root: Path) -> Stack:
         "BUDDO_JOB_LEASE": "6",
         "BUDDO_JOB_TIMEOUT": "180",
         "BUDDO_HEALTH_INTERVAL": "2",
+        # Reconcile runs are the tests' own (buddo-deploy reconcile, as cron runs it).
+        "BUDDO_RECONCILE_INTERVAL": "0",
         "BUDDO_RATE_LIMITS_ENABLED": "false",
         "BUDDO_KEEP_RUNNER_DATA": "1",
         "PATH": f"{BIN}:{os.environ['PATH']}",

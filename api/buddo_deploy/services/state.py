@@ -130,7 +130,9 @@ def touch_entries(deployment_id: Any, up_to: int, status: str, details: dict[str
 
 def close_entries(deployment_id: Any, up_to: int, state: str, ok: bool, details: dict[str, Any]) -> None:
     for entry in open_entries(deployment_id, up_to):
-        mine = dict(details)
+        # Keep why the entry was made (a heal's reason); a retry's last error is history now.
+        mine = {k: v for k, v in (json.loads(entry.details) if entry.details else {}).items()
+                if k not in {"last_error", "retrying_in_s"}} | details
         if ok and INTENT.get(entry.action) != state:
             status, mine = "failed", {"reason": "superseded",
                                       "message": f"a later request made the deployment {state}"}
