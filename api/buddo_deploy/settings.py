@@ -61,6 +61,9 @@ class Settings:
     allowed_registries: tuple[str, ...] = DEFAULT_REGISTRIES
     reserved_subdomains: tuple[str, ...] = DEFAULT_RESERVED
     default_host: str = "container-host-1"
+    # Label buddo.instance of this platform's containers: a reconcile removes as orphans
+    # only containers of its own instance (two platforms may share a host, e.g. tests).
+    instance: str = "buddo"
     host_port_range: tuple[int, int] = (20000, 29999)
     max_deployments_per_account: int = 20
     rate_limits_enabled: bool = True
@@ -115,6 +118,7 @@ class Settings:
             "allowed_registries": _csv(get("ALLOWED_REGISTRIES") or ",".join(DEFAULT_REGISTRIES)),
             "reserved_subdomains": _csv(get("RESERVED_SUBDOMAINS") or ",".join(DEFAULT_RESERVED)),
             "default_host": get("DEFAULT_HOST") or "container-host-1",
+            "instance": get("INSTANCE") or "buddo",
             "host_port_range": (int(low), int(high or low)),
             "max_deployments_per_account": int(get("MAX_DEPLOYMENTS_PER_ACCOUNT") or 20),
             "rate_limits_enabled": _bool(get("RATE_LIMITS_ENABLED") or "true"),

@@ -81,7 +81,7 @@ class JobRun:
             result = run_playbook(
                 self.settings.playbook_dir / plan.playbook,
                 self.settings.inventory,
-                plan.extravars,
+                plan.extravars(self.settings.instance),
                 secrets=plan.secrets,
                 limit=plan.host,
                 check=plan.check,
@@ -174,7 +174,8 @@ class HealthProber:
 
     def probe_host(self, host: str) -> dict[str, str]:
         result = run_playbook(
-            self.settings.playbook_dir / "health.yml", self.settings.inventory, {}, limit=host, timeout_s=60,
+            self.settings.playbook_dir / "health.yml", self.settings.inventory,
+            {"health_probe_instance": self.settings.instance}, limit=host, timeout_s=60,
             work_dir=self.settings.var_dir / "runner", keep_data_dir=False,
         )
         if not result.ok:

@@ -50,8 +50,8 @@ def test_start_then_success_records_running_and_digest(client, settings):
     job = jobqueue.claim("w", 30)
     plan = engine.start(job, "w", settings.secret_key)
     assert plan is not None and plan.secrets == {ident: {"TOKEN": "t0ps3cret"}}
-    assert "t0ps3cret" not in repr(plan.extravars)
-    [item] = plan.extravars["converge_deployments"]
+    assert "t0ps3cret" not in repr(plan.extravars("buddo"))
+    [item] = plan.extravars("buddo")["converge_deployments"]
     assert item["subdomain"] == "my-app" and item["state"] == "running" and plan.playbook == "converge.yml"
     assert Deployment.get_by_id(ident).status == "deploying"
     assert engine.finish(plan, "w", converged(plan), 4.2)

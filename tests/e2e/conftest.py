@@ -185,6 +185,8 @@ def start_stack(root: Path) -> Stack:
         "BUDDO_HEALTH_INTERVAL": "2",
         # Reconcile runs are the tests' own (buddo-deploy reconcile, as cron runs it).
         "BUDDO_RECONCILE_INTERVAL": "0",
+        # Its containers apart from those of a `make up` on this machine.
+        "BUDDO_INSTANCE": f"e2e-{uuid.uuid4().hex[:8]}",
         "BUDDO_RATE_LIMITS_ENABLED": "false",
         "BUDDO_KEEP_RUNNER_DATA": "1",
         "PATH": f"{BIN}:{os.environ['PATH']}",

@@ -108,11 +108,13 @@ def test_a_removed_container_is_back_and_serving_within_the_probe_window(stack: 
 def _orphans(stack: Stack, image: str) -> tuple[str, Path]:
     ghost = str(uuid.uuid4())
     container = f"e2e-orphan-{ghost[:6]}"
+    instance = stack.env["BUDDO_INSTANCE"]
     subprocess.run(["podman", "run", "-d", "--name", container, "--label", "buddo.managed_by=buddo-deploy",
-                    "--label", f"buddo.deployment_id={ghost}", "--label", "buddo.subdomain=e2e-orphan", image],
-                   check=True, capture_output=True)
+                    "--label", f"buddo.deployment_id={ghost}", "--label", "buddo.subdomain=e2e-orphan",
+                    "--label", f"buddo.instance={instance}", image], check=True, capture_output=True)
     site = stack.sites_dir / "e2e-orphan.caddy"
-    site.write_text(f"# deployment {ghost}\ne2e-orphan.localhost {{\n\trespond \"orphan\"\n}}\n")
+    site.write_text(f"# deployment {ghost}\n# instance {instance}\n"
+                    "e2e-orphan.localhost {\n\trespond \"orphan\"\n}\n")
     return container, site
 
 

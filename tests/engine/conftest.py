@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -82,6 +83,31 @@ def parse_recap(output: str) -> dict[str, int]:
 
 
 @dataclass
+class Converged:
+    result: Any  # buddo_deploy.runner.PlaybookResult
+    outcomes: dict[str, Any]
+    changed: int
+    events: list[Any]
+    orphans: list[str]
+
+    def outcome(self, item: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = self.outcomes[item["id"]]
+        return found
+
+
+def free_port_pair() -> list[int]:
+    """Two consecutive free ports: a deployment's host ports."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return [port, port + 1]
+
+
+@dataclass
 class Engine:
     """Runs the playbooks against the session's inventory."""
 
@@ -137,27 +163,79 @@ class Engine:
         assert result.rc == 0, f"{playbook} failed:\n{result.output[-4000:]}"
         return result
 
-    def push_demo(self, version: str, tag: str) -> str:
-        self.ok("local_registry.yml", {"local_registry_demo_version": version, "local_registry_demo_tag": tag})
+    @property
+    def instance(self) -> str:
+        return f"engtest-{self.session_id}"
+
+    def push_demo(self, version: str, tag: str, port: int = 3000) -> str:
+        self.ok("local_registry.yml", {"local_registry_demo_version": version, "local_registry_demo_tag": tag,
+                                       "local_registry_demo_port": port})
         return f"{self.registry}/demo/hello:{tag}"
 
     def deployment(self, name: str, image: str, **overrides: Any) -> dict[str, Any]:
-        """Extra vars for one deployment, unique to this session."""
+        """One item of the desired-state document, unique to this session."""
         suffix = f"{self.session_id}-{name}"
         data: dict[str, Any] = {
-            "deployment_id": str(uuid.uuid4()),
-            "deployment_subdomain": f"et{suffix}"[:32].rstrip("-"),
-            "deployment_container_name": f"engtest-{suffix}",
-            "deployment_image": image,
-            "deployment_port": 3000,
-            "deployment_host_port": free_port(),
-            "deployment_memory_limit_mb": 64,
-            "deployment_cpu_limit_millicores": 250,
-            "deployment_custom_domain": None,
-            "deployment_labels": {"buddo.test": self.session_id},
+            "id": str(uuid.uuid4()),
+            "host": "container-host-1",
+            "subdomain": f"et{suffix}"[:32].rstrip("-"),
+            "container_name": f"engtest-{suffix}",
+            "state": "running",
+            "generation": 1,
+            "image": image,
+            "port": 3000,
+            "host_ports": free_port_pair(),
+            "memory_limit_mb": 64,
+            "cpu_limit_millicores": 250,
+            "custom_domain": "",
+            "spec": uuid.uuid4().hex[:24],
+            "revision": 1,
+            "pull": "missing",
+            "labels": {"buddo.test": self.session_id},
         }
         data.update(overrides)
         return data
+
+    def converge(
+        self,
+        items: list[dict[str, Any]],
+        *,
+        env: dict[str, dict[str, str]] | None = None,
+        reconcile: bool = False,
+        check: bool = False,
+        known: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Converged:
+        """converge.yml (or reconcile.yml) through the runner bridge, as the worker runs it."""
+        from buddo_deploy.runner import EventSummary, run_playbook
+
+        recap: dict[str, Any] = {}
+        events: list[EventSummary] = []
+
+        def on_event(summary: EventSummary) -> None:
+            events.append(summary)
+            if summary.event == "playbook_on_stats" and summary.message:
+                recap.update(json.loads(summary.message))
+
+        result = run_playbook(
+            PLAYBOOKS / ("reconcile.yml" if reconcile else "converge.yml"),
+            self.inventory,
+            {"converge_deployments": items, "converge_instance": self.instance, "converge_known": known or [],
+             **(extra or {})},
+            secrets=env or {},
+            check=check,
+            on_event=on_event,
+            timeout_s=PLAYBOOK_TIMEOUT,
+            work_dir=self.root / "runner",
+        )
+        changed = sum((recap.get("changed") or {}).values())
+        return Converged(result, dict(result.stats.get("buddo_outcomes") or {}), changed, events,
+                         list(result.stats.get("buddo_orphans") or []))
+
+    def converged(self, items: list[dict[str, Any]], **kwargs: Any) -> Converged:
+        done = self.converge(items, **kwargs)
+        assert done.result.ok, f"{done.result.status}: {done.result.failed_task}: {done.result.message}"
+        return done
 
     def https_get(self, host: str, *, attempts: int = 20) -> tuple[int, str]:
         """GET https://<host>:<https port>/ through Caddy, trusting only its local CA.

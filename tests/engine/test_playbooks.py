@@ -1,18 +1,18 @@
-"""The deploy lifecycle through the real playbooks: Podman, Caddy with its local CA, a registry."""
+"""The converge and reconcile playbooks against the real thing: Podman, Caddy with its local CA, a registry."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.engine.conftest import PLAYBOOKS, VENV_BIN, Engine, UnsafeDumper, tag_unsafe
+from tests.engine.conftest import PLAYBOOKS, VENV_BIN, Engine
 
 pytestmark = pytest.mark.slow
 
@@ -20,275 +20,226 @@ TRICKY_VALUES = {
     "TEMPLATE": "{{ lookup('pipe', 'id') }}",
     "BLOCK": "{% if true %}yes{% endif %}",
     "SHELL": '$(id) `id` ${HOME} it\'s "quoted"',
+    "MULTILINE": "line one\nline two",
     "SECRET_TOKEN": "s3cr3t-value-that-must-not-be-logged",
 }
 
 
-def host_of(dep: dict[str, Any]) -> str:
-    return f"{dep['deployment_subdomain']}.localhost"
+def host_of(item: dict[str, Any]) -> str:
+    return f"{item['subdomain']}.localhost"
 
 
-def site_file(engine: Engine, dep: dict[str, Any]) -> Path:
-    return engine.sites_dir / f"{dep['deployment_subdomain']}.caddy"
+def site_file(engine: Engine, item: dict[str, Any]) -> Path:
+    return engine.sites_dir / f"{item['subdomain']}.caddy"
 
 
-def config_env(engine: Engine, name: str) -> dict[str, str]:
-    info = engine.container(name)
-    assert info is not None, f"container {name} is missing"
-    return dict(item.split("=", 1) for item in info["Config"]["Env"])
+def containers_of(item: dict[str, Any]) -> list[dict[str, Any]]:
+    out = subprocess.run(["podman", "ps", "-a", "--format", "json", "--filter",
+                          f"label=buddo.deployment_id={item['id']}"], capture_output=True, text=True, check=True)
+    return list(json.loads(out.stdout or "[]"))
 
 
-def test_deploy_restart_stop_destroy(engine: Engine) -> None:
-    image = engine.push_demo("v1", "lifecycle")
-    dep = engine.deployment("life", image, deployment_memory_limit_mb=96, deployment_cpu_limit_millicores=500)
-    name = dep["deployment_container_name"]
-
-    started = time.monotonic()
-    first = engine.ok("deploy.yml", dep)
-    deploy_seconds = time.monotonic() - started
-    assert first.changed > 0
-    status, body = engine.https_get(host_of(dep))
-    assert status == 200 and "version v1" in body, body
-
-    info = engine.container(name)
-    assert info is not None
-    assert info["State"]["Status"] == "running"
-    assert info["Config"]["Labels"]["buddo.deployment_id"] == dep["deployment_id"]
-    assert info["Config"]["Labels"]["buddo.subdomain"] == dep["deployment_subdomain"]
-    assert info["HostConfig"]["Memory"] == 96 * 1024 * 1024
-    assert info["HostConfig"]["NanoCpus"] == 500_000_000
-    assert info["HostConfig"]["Init"] is True
-    assert info["HostConfig"]["RestartPolicy"]["Name"] == "always"
-    binding = info["HostConfig"]["PortBindings"]["3000/tcp"][0]
-    assert (binding["HostIp"], int(binding["HostPort"])) == ("127.0.0.1", dep["deployment_host_port"])
-    assert site_file(engine, dep).exists()
-
-    again = engine.ok("deploy.yml", dep)
-    assert again.changed == 0, again.output[-3000:]
-    assert engine.container(name)["Id"] == info["Id"]  # type: ignore[index]
-
-    engine.push_demo("v2", "lifecycle")
-    restarted = engine.ok("restart.yml", dep)
-    assert restarted.changed > 0
-    status, body = engine.https_get(host_of(dep))
-    assert status == 200 and "version v2" in body, body
-    new_info = engine.container(name)
-    assert new_info is not None and new_info["Id"] != info["Id"]
-    assert new_info["ImageDigest"] != info["ImageDigest"]
-
-    assert engine.ok("stop.yml", dep).changed > 0
-    assert engine.container(name)["State"]["Status"] == "exited"  # type: ignore[index]
-    assert engine.ok("stop.yml", dep).changed == 0
-
-    # stopped -> restart -> running (also the way back from failed)
-    engine.ok("restart.yml", dep)
-    status, body = engine.https_get(host_of(dep))
-    assert status == 200 and "version v2" in body
-
-    assert engine.ok("destroy.yml", dep).changed > 0
-    assert engine.container(name) is None
-    assert not site_file(engine, dep).exists()
-    assert f'"{host_of(dep)}"' not in engine.live_config()
-    assert engine.ok("destroy.yml", dep).changed == 0
-
-    print(f"deploy playbook run: {deploy_seconds:.1f}s")
+def absent(item: dict[str, Any]) -> dict[str, Any]:
+    return {**item, "state": "absent"}
 
 
-def test_env_values_reach_the_container_verbatim(engine: Engine) -> None:
-    image = f"{engine.registry}/demo/hello:v1"
-    dep = engine.deployment("env", image)
-    name = dep["deployment_container_name"]
-
-    # The worker's way: secrets in the process environment, never in extravars.
-    result = engine.ok("deploy.yml", dep, env={"BUDDO_DEPLOYMENT_ENV_JSON": json.dumps(TRICKY_VALUES)})
-    env = config_env(engine, name)
-    for key, value in TRICKY_VALUES.items():
-        assert env[key] == value
-    assert engine.container_env(name)["TEMPLATE"] == TRICKY_VALUES["TEMPLATE"]
-    assert TRICKY_VALUES["SECRET_TOKEN"] not in result.output
-
-    # The worker's other way: a JSON file on the controller, named by an extra var.
-    env_file = engine.root / "env-file.json"
-    env_file.write_text(json.dumps({**TRICKY_VALUES, "FROM_FILE": "{{ 6 * 7 }}"}))
-    env_file.chmod(0o600)
-    result = engine.ok("deploy.yml", {**dep, "deployment_env_file": str(env_file)})
-    env = config_env(engine, name)
-    assert env["FROM_FILE"] == "{{ 6 * 7 }}"
-    assert env["TEMPLATE"] == TRICKY_VALUES["TEMPLATE"]
-    assert TRICKY_VALUES["SECRET_TOKEN"] not in result.output
-
-    # A sysadmin's way: deployment_env as an extra var, tagged !unsafe.
-    values = {**TRICKY_VALUES, "EXTRA": "{{ 7 * 6 }}"}
-    result = engine.ok("deploy.yml", {**dep, "deployment_env": values})
-    env = config_env(engine, name)
-    assert env["EXTRA"] == "{{ 7 * 6 }}"
-    assert env["TEMPLATE"] == TRICKY_VALUES["TEMPLATE"]
-    assert TRICKY_VALUES["SECRET_TOKEN"] not in result.output
-
-    engine.ok("destroy.yml", dep)
-
-
-def test_ansible_runner_reports_digest_and_container_id(engine: Engine, tmp_path: Path) -> None:
-    """The worker's call: !unsafe extravars file, secrets in a JSON file, set_stats back."""
-    ansible_runner = pytest.importorskip("ansible_runner")
-    image = f"{engine.registry}/demo/hello:v1"
-    secret = "runner-secret-value-1234"
-    secret_file = tmp_path / "secret-env.json"
-    secret_file.write_text(json.dumps({"API_KEY": secret, "TEMPLATE": TRICKY_VALUES["TEMPLATE"]}))
-    secret_file.chmod(0o600)
-    dep = engine.deployment("runner", image, deployment_env_file=str(secret_file))
-    job = tmp_path / "job"
-    (job / "env").mkdir(parents=True)
-    (job / "env" / "extravars").write_text(yaml.dump(tag_unsafe(dep), Dumper=UnsafeDumper))
-    envvars = {"PATH": engine.env["PATH"], "ANSIBLE_CONFIG": engine.env["ANSIBLE_CONFIG"]}
+def test_converge_runs_replaces_stops_and_removes_idempotently(engine: Engine) -> None:
+    image = engine.push_demo("v1", "conv")
+    item = engine.deployment("life", engine.registry + "/demo/hello:conv")
+    assert image == item["image"]
     try:
-        result = ansible_runner.run(
-            private_data_dir=str(job),
-            playbook=str(PLAYBOOKS / "deploy.yml"),
-            inventory=str(engine.inventory),
-            envvars=envvars,
-            suppress_env_files=True,
-            quiet=True,
-        )
-        assert result.status == "successful", result.stdout.read()[-3000:]
-        stats = [e for e in result.events if e.get("event") == "playbook_on_stats"]
-        data = stats[-1]["event_data"]["artifact_data"]
-        info = engine.container(dep["deployment_container_name"])
+        first = engine.converged([item])
+        outcome = first.outcome(item)
+        assert outcome["ok"] and outcome["drift"] == ["container missing", "site missing", "caddy does not serve the site"]
+        assert outcome["container"]["host_port"] == item["host_ports"][0]
+        assert outcome["container"]["image_digest"].startswith("sha256:")
+        assert engine.https_get(host_of(item)) == (200, engine.https_get(host_of(item))[1])
+        assert "version v1" in engine.https_get(host_of(item))[1]
+        [container] = containers_of(item)
+        info = engine.container(container["Id"])
         assert info is not None
-        assert data["deployment_container_id"] == info["Id"]
-        assert data["deployment_image_digest"].startswith("sha256:")
-        assert data["deployment_image_digest"] == info["ImageDigest"]
-        env = config_env(engine, dep["deployment_container_name"])
-        assert env["API_KEY"] == secret
-        assert env["TEMPLATE"] == TRICKY_VALUES["TEMPLATE"]
-        leaked = subprocess.run(["grep", "-rl", secret, str(job)], capture_output=True, text=True)
-        assert leaked.stdout == "", f"secret found in runner files: {leaked.stdout}"
+        assert info["HostConfig"]["Memory"] == 64 * 1024 * 1024 and info["HostConfig"]["NanoCpus"] == 250_000_000
+        assert info["Config"]["Labels"]["buddo.instance"] == engine.instance
+        assert info["Name"] == item["container_name"]
+
+        again = engine.converged([item])
+        assert again.changed == 0 and again.outcome(item)["drift"] == []
+
+        # A new spec (a restart): the new container starts on the other port, then takes the name.
+        engine.push_demo("v2", "conv")
+        newer = {**item, "spec": "restart-2", "revision": 2, "pull": "always", "generation": 2}
+        replaced = engine.converged([newer])
+        assert replaced.outcome(newer)["container"]["host_port"] == item["host_ports"][1]
+        assert "version v2" in engine.https_get(host_of(item))[1]
+        assert [c["Names"][0] for c in containers_of(item)] == [item["container_name"]]
+        assert engine.converged([newer]).changed == 0
+
+        # Check mode reports the drift and changes nothing.
+        stopped = {**newer, "state": "stopped", "generation": 3}
+        dry = engine.converged([stopped], check=True)
+        assert dry.outcome(stopped)["drift"] == ["container running"]
+        assert containers_of(item)[0]["State"] == "running"
+
+        engine.converged([stopped])
+        assert containers_of(item)[0]["State"] != "running"
+        assert site_file(engine, item).exists()  # a stopped deployment keeps its route (502 until it runs)
+        assert engine.converged([stopped]).changed == 0
     finally:
-        engine.run("destroy.yml", dep)
+        gone = engine.converged([absent(item)])
+    assert gone.outcome(item)["ok"]
+    assert containers_of(item) == [] and not site_file(engine, item).exists()
+    assert f'"{host_of(item)}"' not in engine.live_config()
+    assert engine.converged([absent(item)]).changed == 0
 
 
-def test_rejected_site_leaves_the_old_config_serving(engine: Engine) -> None:
+def test_env_values_reach_the_container_verbatim_and_stay_out_of_files(engine: Engine) -> None:
+    item = engine.deployment("env", f"{engine.registry}/demo/hello:v1")
+    try:
+        done = engine.converged([item], env={item["id"]: TRICKY_VALUES})
+        [container] = containers_of(item)
+        env = engine.container_env(container["Id"])
+        for key, value in TRICKY_VALUES.items():
+            if key != "MULTILINE":  # `env` prints one variable a line
+                assert env[key] == value, key
+        config = engine.container(container["Id"])
+        assert config is not None
+        assert "MULTILINE=line one\nline two" in config["Config"]["Env"]
+        text = json.dumps([e.__dict__ for e in done.events]) + json.dumps(done.outcomes)
+        assert TRICKY_VALUES["SECRET_TOKEN"] not in text
+        leaked = subprocess.run(["grep", "-rl", TRICKY_VALUES["SECRET_TOKEN"], str(engine.root), "/tmp"],
+                                capture_output=True, text=True)
+        assert leaked.stdout == "", f"secret found in files: {leaked.stdout}"
+    finally:
+        engine.converged([absent(item)])
+
+
+def test_a_rejected_site_fails_its_own_deployment_only(engine: Engine) -> None:
     image = f"{engine.registry}/demo/hello:v1"
     first = engine.deployment("siteok", image)
-    engine.ok("deploy.yml", first)
-    assert engine.https_get(host_of(first))[0] == 200
+    engine.converged([first])
     site_before = site_file(engine, first).read_text()
-
-    # A second deployment claiming the first one's host as its custom domain.
-    clash = engine.deployment("clash", image, deployment_custom_domain=host_of(first))
+    # A second deployment claiming the first one's host as its custom domain, and a third that is fine.
+    clash = engine.deployment("clash", image, custom_domain=host_of(first))
+    fine = engine.deployment("fine", image)
     try:
-        result = engine.run("deploy.yml", clash)
-        assert result.rc != 0
-        assert "Caddy rejected the site" in result.output
-        assert "ambiguous site definition" in result.output
+        done = engine.converged([clash, fine])
+        failed = done.outcome(clash)
+        assert not failed["ok"] and failed["kind"] == "app"
+        assert "Caddy rejected the site" in failed["message"] and "ambiguous site definition" in failed["message"]
         assert not site_file(engine, clash).exists()
+        assert done.outcome(fine)["ok"] and engine.https_get(host_of(fine))[0] == 200
         assert engine.https_get(host_of(first))[0] == 200
 
         # An invalid directive in an existing site: the live file and config stay.
-        result = engine.run("deploy.yml", {**first, "caddy_site_extra_directives": ["no_such_directive on"]})
-        assert result.rc != 0
-        assert "unrecognized directive" in result.output
+        bad = engine.converge([{**first, "spec": "other"}], extra={"caddy_site_extra_directives": ["no_such_directive on"]})
+        assert not bad.outcome(first)["ok"] and "unrecognized directive" in bad.outcome(first)["message"]
         assert site_file(engine, first).read_text() == site_before
         assert engine.https_get(host_of(first))[0] == 200
     finally:
-        engine.run("destroy.yml", clash)
-        engine.run("destroy.yml", first)
+        engine.converged([absent(clash), absent(fine), absent(first)])
 
 
-def test_missing_image_fails_cleanly(engine: Engine) -> None:
-    dep = engine.deployment("noimage", f"{engine.registry}/demo/does-not-exist:v0")
-    result = engine.run("deploy.yml", dep)
-    assert result.rc != 0
-    assert f"image {dep['deployment_image']} could not be pulled" in result.output
-    assert engine.container(dep["deployment_container_name"]) is None
-    assert not site_file(engine, dep).exists()
+def test_a_missing_image_fails_its_deployment_with_the_reason(engine: Engine) -> None:
+    item = engine.deployment("noimage", f"{engine.registry}/demo/does-not-exist:v0")
+    done = engine.converged([item])
+    outcome = done.outcome(item)
+    assert not outcome["ok"] and outcome["kind"] == "app"
+    assert f"image {item['image']} could not be pulled" in outcome["message"]
+    assert containers_of(item) == [] and not site_file(engine, item).exists()
 
 
-def test_app_that_never_answers_fails_with_a_timeout(engine: Engine) -> None:
-    dep = engine.deployment("silent", f"{engine.registry}/demo/hello:v1", deployment_port=3999)
-    try:
-        result = engine.run("deploy.yml", {**dep, "app_container_wait_timeout": 3})
-        assert result.rc != 0
-        assert f"app did not answer on port {dep['deployment_host_port']}" in result.output
-        assert "within 3 s" in result.output
-    finally:
-        engine.run("destroy.yml", dep)
+def test_an_app_that_never_answers_fails_and_leaves_nothing_behind(engine: Engine) -> None:
+    item = engine.deployment("silent", f"{engine.registry}/demo/hello:v1", port=3999)
+    done = engine.converged([item], extra={"app_container_wait_timeout": 3})
+    outcome = done.outcome(item)
+    assert not outcome["ok"] and outcome["kind"] == "app"
+    assert f"app did not answer on http://127.0.0.1:{item['host_ports'][0]}/ within 3 s" in outcome["message"]
+    assert containers_of(item) == []
 
 
-def test_missing_variables_fail_before_anything_changes(engine: Engine) -> None:
-    result = engine.run("deploy.yml", {"deployment_subdomain": "x"})
-    assert result.rc != 0
-    assert "missing extra vars: deployment_id, deployment_container_name, deployment_image" in result.output
-    assert result.changed == 0
+def test_a_malformed_document_fails_before_anything_changes(engine: Engine) -> None:
+    done = engine.converge([{"id": "x", "host": "container-host-1", "subdomain": "Bad_Name", "state": "running"}])
+    assert not done.result.ok and done.changed == 0
+    assert "converge_deployments" in (done.result.message or "")
 
 
-def test_rerun_after_an_interrupted_run_converges(engine: Engine) -> None:
+def test_a_rerun_after_an_interrupted_run_converges(engine: Engine) -> None:
     image = f"{engine.registry}/demo/hello:v1"
-    dep = engine.deployment("rerun", image)
-    name = dep["deployment_container_name"]
-    site = site_file(engine, dep)
-    engine.ok("deploy.yml", dep)
+    item = engine.deployment("rerun", image)
+    site = site_file(engine, item)
+    engine.converged([item])
 
     # Killed after writing the site file, before the reload: Caddy does not route it.
     parked = site.with_name("parked")
     site.rename(parked)
     reload_caddy(engine)
     parked.rename(site)
-    assert f'"{host_of(dep)}"' not in engine.live_config()
+    assert f'"{host_of(item)}"' not in engine.live_config()
     # ...and a temp file left by a move the kill interrupted, which Caddy would import.
     leftover = engine.sites_dir / f".ansible_tmpabc123{site.name}"
     leftover.write_text("not a caddyfile {{{\n")
     old = time.time() - 300
     os.utime(leftover, (old, old))
     # ...and the container gone (killed between remove and create).
-    subprocess.run(["podman", "rm", "-f", "-t", "0", name], check=True, capture_output=True)
+    subprocess.run(["podman", "rm", "-f", "-t", "0", item["container_name"]], check=True, capture_output=True)
 
-    rerun = engine.ok("deploy.yml", dep)
-    assert rerun.changed > 0
+    rerun = engine.converged([item])
+    assert rerun.outcome(item)["drift"] == ["container missing", "caddy does not serve the site"]
     assert not leftover.exists()
-    assert engine.https_get(host_of(dep))[0] == 200
-    listed = subprocess.run(
-        [
-            "podman",
-            "ps",
-            "-a",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            f"label=buddo.deployment_id={dep['deployment_id']}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert listed == [name]
+    assert engine.https_get(host_of(item))[0] == 200
+    assert [c["Names"][0] for c in containers_of(item)] == [item["container_name"]]
+
+    # A run killed mid-way through a replacement (SIGKILL of the whole process group).
+    newer = {**item, "spec": "killed", "generation": 2}
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(engine.inventory), str(PLAYBOOKS / "converge.yml"),
+         "-e", json.dumps({"converge_deployments": [newer], "converge_instance": engine.instance})],
+        env=engine.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(containers_of(item)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert engine.https_get(host_of(item))[0] == 200  # the old container still serves
+    engine.converged([newer])
+    assert [c["Names"][0] for c in containers_of(item)] == [item["container_name"]]
+    assert engine.https_get(host_of(item))[0] == 200
 
     # Destroy killed after deleting the site file, before the reload.
     site.unlink()
-    assert f'"{host_of(dep)}"' in engine.live_config()
-    engine.ok("destroy.yml", dep)
-    assert f'"{host_of(dep)}"' not in engine.live_config()
-    assert engine.container(name) is None
-    assert engine.ok("destroy.yml", dep).changed == 0
+    assert f'"{host_of(item)}"' in engine.live_config()
+    engine.converged([absent(newer)])
+    assert f'"{host_of(item)}"' not in engine.live_config()
+    assert containers_of(item) == []
 
 
-def test_stop_of_an_unknown_container_changes_nothing(engine: Engine) -> None:
-    result = engine.ok("stop.yml", {"deployment_container_name": f"engtest-{engine.session_id}-never"})
-    assert result.changed == 0
+def test_reconcile_removes_orphans_of_its_own_instance_only(engine: Engine) -> None:
+    image = f"{engine.registry}/demo/hello:v1"
+    kept = engine.deployment("kept", image)
+    engine.converged([kept])
+    ghost = engine.deployment("ghost", image)
+    foreign = engine.deployment("foreign", image)
+    engine.converged([ghost])
+    engine.converged([foreign], extra={"converge_instance": f"{engine.instance}-other"})
+    try:
+        done = engine.converged([kept], reconcile=True)
+        assert {f"container {ghost['container_name']}", f"site {ghost['subdomain']}.caddy"} <= set(done.orphans)
+        assert not [o for o in done.orphans if foreign["subdomain"] in o or foreign["container_name"] in o]
+        assert containers_of(ghost) == [] and not site_file(engine, ghost).exists()
+        assert len(containers_of(foreign)) == 1  # another platform's container is not ours to remove
+        assert len(containers_of(kept)) == 1 and engine.https_get(host_of(kept))[0] == 200
+        # A deployment the document knows of without converging it is no orphan.
+        assert engine.converged([], reconcile=True, known=[kept["id"]], check=True).orphans == []
+    finally:
+        engine.converged([absent(kept)])
+        engine.converged([absent(foreign)], extra={"converge_instance": f"{engine.instance}-other"})
 
 
 def reload_caddy(engine: Engine) -> None:
     subprocess.run(
-        [
-            "caddy",
-            "reload",
-            "--config",
-            str(engine.caddy_dir / "Caddyfile"),
-            "--adapter",
-            "caddyfile",
-            "--address",
-            engine.admin_address,
-        ],
+        ["caddy", "reload", "--config", str(engine.caddy_dir / "Caddyfile"), "--adapter", "caddyfile",
+         "--address", engine.admin_address],
         env={**engine.env, "XDG_DATA_HOME": str(engine.caddy_dir / "data")},
         check=True,
         capture_output=True,
@@ -296,17 +247,10 @@ def reload_caddy(engine: Engine) -> None:
 
 
 def test_playbooks_pass_syntax_check(engine: Engine) -> None:
-    for playbook in ("bootstrap.yml", "deploy.yml", "restart.yml", "stop.yml", "destroy.yml", "local_registry.yml"):
+    for playbook in ("bootstrap.yml", "converge.yml", "reconcile.yml", "health.yml", "local_registry.yml"):
         proc = subprocess.run(
-            [
-                str(VENV_BIN / "ansible-playbook"),
-                "--syntax-check",
-                "-i",
-                str(engine.inventory),
-                str(PLAYBOOKS / playbook),
-            ],
-            env=engine.env,
-            capture_output=True,
-            text=True,
+            [str(VENV_BIN / "ansible-playbook"), "--syntax-check", "-i", str(engine.inventory),
+             str(PLAYBOOKS / playbook)],
+            env=engine.env, capture_output=True, text=True,
         )
         assert proc.returncode == 0, proc.stderr

@@ -33,9 +33,8 @@ class Plan:
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     check: bool = False
 
-    @property
-    def extravars(self) -> dict[str, Any]:
-        return {"converge_deployments": self.items, "converge_known": self.known}
+    def extravars(self, instance: str) -> dict[str, Any]:
+        return {"converge_deployments": self.items, "converge_known": self.known, "converge_instance": instance}
 
 
 @dataclass

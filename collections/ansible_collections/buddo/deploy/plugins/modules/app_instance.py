@@ -38,6 +38,7 @@ options:
   cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
   env: {description: Environment variables., type: dict, default: {}, no_log: true}
   labels: {description: Extra labels., type: dict, default: {}}
+  instance: {description: "Label buddo.instance: the platform the container belongs to (host_state lists only its own).", type: str, default: buddo}
   pull: {description: C(always) pulls the tag again before a new container; C(missing) only when absent., type: str, default: missing, choices: [always, missing]}
   recreate: {description: Start a new container even when one with O(spec) runs (wrong limits, unhealthy)., type: bool, default: false}
   keep: {description: Container id to keep (O(state=retired))., type: str, default: ""}
@@ -185,7 +186,7 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
     if pull(podman, p["image"], p["pull"]):
         actions.append(f"pulled {p['image']}")
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
-              "buddo.managed_by": "buddo-deploy"}
+              "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
     args = ["run", "--detach", "--name", name, "--memory", f"{p['memory_mb']}m",
             "--cpus", f"{p['cpu_millicores'] / 1000:g}", "--restart", p["restart_policy"],
             "--stop-timeout", str(p["stop_timeout"]), "--security-opt", "no-new-privileges",
@@ -312,6 +313,7 @@ def main() -> None:
             "cpu_millicores": {"type": "int", "default": 250},
             "env": {"type": "dict", "default": {}, "no_log": True},
             "labels": {"type": "dict", "default": {}},
+            "instance": {"type": "str", "default": "buddo"},
             "pull": {"type": "str", "default": "missing", "choices": ["always", "missing"]},
             "recreate": {"type": "bool", "default": False},
             "keep": {"type": "str", "default": ""},

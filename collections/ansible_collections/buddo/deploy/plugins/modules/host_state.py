@@ -7,15 +7,17 @@ DOCUMENTATION = r"""
 module: host_state
 short_description: Observe the deployments' containers and Caddy sites on a host
 description:
-  - Lists every container labelled C(buddo.managed_by=buddo-deploy) (one C(podman ps),
-    one C(podman inspect) for the limits) and every Caddy site file in O(sites_dir)
-    with the deployment it names, its hosts and upstream port.
+  - Lists every container labelled C(buddo.managed_by=buddo-deploy) and this platform's
+    C(buddo.instance) (one C(podman ps), one C(podman inspect) for the limits) and every
+    Caddy site file of this instance in O(sites_dir) (C(# instance) comment) with the
+    deployment it names, its hosts and upstream port.
   - With O(probe), sends one GET (no redirects, no proxy) to the published port of
     every running container and reports whether the app answered with a status
     below 500.
   - Only reads; safe in check mode.
 options:
-  sites_dir: {description: Directory of the per-deployment Caddy site files., type: path, required: true}
+  sites_dir: {description: Directory of the per-deployment Caddy site files (none when empty)., type: path, default: ""}
+  instance: {description: Only containers labelled C(buddo.instance) with this value (one platform's own)., type: str, default: buddo}
   probe: {description: Probe the running containers over HTTP., type: bool, default: false}
   probe_path: {description: Path requested by the probe., type: str, default: /}
   probe_timeout: {description: Seconds one probe may take., type: float, default: 3}
@@ -40,6 +42,7 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 _DEPLOYMENT = re.compile(r"^# deployment (\S+)\s*$", re.MULTILINE)
+_INSTANCE = re.compile(r"^# instance (\S+)\s*$", re.MULTILINE)
 _UPSTREAM = re.compile(r"reverse_proxy\s+\S+?:(\d+)")
 _SITE_HOSTS = re.compile(r"^([^\s#{}][^{}]*?)\s*\{\s*$", re.MULTILINE)
 
@@ -61,9 +64,10 @@ def probe(url: str, timeout: float) -> dict[str, Any]:
     return {"status": status, "healthy": status < 500, "error": ""}
 
 
-def containers(module: AnsibleModule, podman: str) -> list[dict[str, Any]]:
+def containers(module: AnsibleModule, podman: str, instance: str) -> list[dict[str, Any]]:
     rc, out, err = module.run_command([podman, "ps", "--all", "--format", "json", "--filter",
-                                       "label=buddo.managed_by=buddo-deploy"])
+                                       "label=buddo.managed_by=buddo-deploy", "--filter",
+                                       f"label=buddo.instance={instance}"])
     if rc != 0:
         module.fail_json(msg=f"podman ps failed: {err.strip()}")
     found: dict[str, dict[str, Any]] = {}
@@ -87,13 +91,17 @@ def containers(module: AnsibleModule, podman: str) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def sites(sites_dir: str) -> list[dict[str, Any]]:
+def sites(sites_dir: str, instance: str) -> list[dict[str, Any]]:
+    """Site files of this instance (a file naming none is the default instance's)."""
     found = []
     for path in sorted(glob.glob(os.path.join(sites_dir, "*.caddy"))):
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
         except OSError:
+            continue
+        owner = _INSTANCE.search(text)
+        if (owner.group(1) if owner else "buddo") != instance:
             continue
         deployment = _DEPLOYMENT.search(text)
         upstream = _UPSTREAM.search(text)
@@ -109,7 +117,8 @@ def sites(sites_dir: str) -> list[dict[str, Any]]:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "sites_dir": {"type": "path", "required": True},
+            "sites_dir": {"type": "path", "default": ""},
+            "instance": {"type": "str", "default": "buddo"},
             "probe": {"type": "bool", "default": False},
             "probe_path": {"type": "str", "default": "/"},
             "probe_timeout": {"type": "float", "default": 3},
@@ -118,8 +127,8 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    result: dict[str, Any] = {"changed": False, "containers": containers(module, p["podman"]),
-                              "sites": sites(p["sites_dir"])}
+    result: dict[str, Any] = {"changed": False, "containers": containers(module, p["podman"], p["instance"]),
+                              "sites": sites(p["sites_dir"], p["instance"]) if p["sites_dir"] else []}
     if p["probe"]:
         running = [c for c in result["containers"] if c["state"] == "running" and c["host_port"]]
         with ThreadPoolExecutor(max_workers=16) as pool:
