@@ -330,7 +330,18 @@ def _inventory(
                 "local_registry_dir": str(root / "registry"),
                 "app_container_wait_timeout": 30,
             },
-        }
+        },
+        # This machine is the controller too: bootstrap installs the nightly reconcile
+        # into the session's directory, running a stand-in that records its call.
+        "controllers": {
+            "hosts": {"container-host-1": {}},
+            "vars": {
+                "reconcile_timer_cron_file": str(root / "cron.d" / "buddo-deploy-reconcile"),
+                "reconcile_timer_lock_file": str(root / "reconcile.lock"),
+                "reconcile_timer_env_file": str(root / "buddo.env"),
+                "reconcile_timer_command": str(root / "fake-buddo-deploy"),
+            },
+        },
     }
 
 
@@ -380,6 +391,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         caddy_dir=root / "caddy",
         env=_base_env(),
     )
+    (root / "cron.d").mkdir()
     try:
         engine.ok("bootstrap.yml")
         engine.ok("local_registry.yml", {"local_registry_demo_version": "v1", "local_registry_demo_tag": "v1"})

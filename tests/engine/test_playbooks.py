@@ -246,6 +246,19 @@ def reload_caddy(engine: Engine) -> None:
     )
 
 
+def test_bootstrap_installs_a_nightly_reconcile_that_runs(engine: Engine) -> None:
+    cron = (engine.root / "cron.d" / "buddo-deploy-reconcile").read_text()
+    [line] = [line for line in cron.splitlines() if line and not line.startswith("#") and "=" not in line.split()[0]]
+    fields = line.split(None, 6)
+    assert fields[:5] == ["17", "3", "*", "*", "*"] and fields[5] == "root"
+    (engine.root / "buddo.env").write_text("BUDDO_DATABASE_URL=postgresql://example/buddo\n")
+    fake = engine.root / "fake-buddo-deploy"
+    fake.write_text(f'#!/bin/sh\necho "$BUDDO_DATABASE_URL $*" > {engine.root}/reconcile-ran\n')
+    fake.chmod(0o755)
+    subprocess.run(["sh", "-c", fields[6]], check=True, timeout=30)
+    assert (engine.root / "reconcile-ran").read_text() == "postgresql://example/buddo reconcile\n"
+
+
 def test_playbooks_pass_syntax_check(engine: Engine) -> None:
     for playbook in ("bootstrap.yml", "converge.yml", "reconcile.yml", "health.yml", "local_registry.yml"):
         proc = subprocess.run(
