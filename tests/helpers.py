@@ -127,3 +127,36 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> No
         except requests.RequestException:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def create_deployment(client: Any, operator: str = "operator-1", **body: Any) -> str:
+    """POST /apps through a Falcon test client; the new deployment's id."""
+    resp = client.simulate_post("/api/deploy/apps", json=create_body(**body), headers=auth(operator))
+    assert resp.status_code == 201, resp.text
+    return str(resp.json["deployment"]["id"])
+
+
+def converged(plan: Any, ok: bool = True, **outcome: Any) -> Any:
+    """What the converge playbook reports for a plan's deployment (a PlaybookResult)."""
+    from buddo_deploy.runner import PlaybookResult
+
+    item = plan.items[0]
+    body = {"ok": ok, "state": item["state"], "drift": [], "generation": item["generation"], **outcome}
+    if ok and item["state"] == "running":
+        body.setdefault("container", {"id": "c1", "name": item["container_name"], "host_port": item["host_ports"][0],
+                                      "image_digest": "sha256:abc"})
+    return PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {item["id"]: body}})
+
+
+def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -> tuple[Any, Any]:
+    """Claim the next job and run it through the engine service with a made-up playbook result."""
+    from buddo_deploy import jobqueue
+    from buddo_deploy.services import engine
+
+    job = jobqueue.claim(owner, 30)
+    assert job is not None
+    plan = engine.start(job, owner, settings.secret_key)
+    if plan is None:
+        return job, None
+    assert engine.finish(plan, owner, result_for(plan), 1.0)
+    return job, plan

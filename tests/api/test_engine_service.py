@@ -11,33 +11,11 @@ from buddo_deploy.models import AuditEntry, Deployment, Job, database_proxy
 from buddo_deploy.runner import PlaybookResult
 from buddo_deploy.services import engine
 
-from tests.helpers import auth, create_body
+from tests.helpers import auth, converged, create_deployment, run_job
 
 
 def create(client, **body):
-    resp = client.simulate_post("/api/deploy/apps", json=create_body(**body), headers=auth())
-    assert resp.status_code == 201, resp.text
-    return resp.json["deployment"]["id"]
-
-
-def converged(plan, ok=True, **outcome):
-    """What the converge playbook reports for the plan's deployment."""
-    item = plan.items[0]
-    body = {"ok": ok, "state": item["state"], "drift": [], "generation": item["generation"], **outcome}
-    if ok and item["state"] == "running":
-        body.setdefault("container", {"id": "c1", "name": item["container_name"], "host_port": item["host_ports"][0],
-                                      "image_digest": "sha256:abc"})
-    return PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {item["id"]: body}})
-
-
-def run_job(settings, result_for=converged, owner="w"):
-    job = jobqueue.claim(owner, 30)
-    assert job is not None
-    plan = engine.start(job, owner, settings.secret_key)
-    if plan is None:
-        return job, None
-    assert engine.finish(plan, owner, result_for(plan), 1.0)
-    return job, plan
+    return create_deployment(client, **body)
 
 
 def entries(ident):

@@ -50,7 +50,8 @@ def test_converge_runs_replaces_stops_and_removes_idempotently(engine: Engine) -
     try:
         first = engine.converged([item])
         outcome = first.outcome(item)
-        assert outcome["ok"] and outcome["drift"] == ["container missing", "site missing", "caddy does not serve the site"]
+        assert outcome["ok"]
+        assert outcome["drift"] == ["container missing", "site missing", "caddy does not serve the site"]
         assert outcome["container"]["host_port"] == item["host_ports"][0]
         assert outcome["container"]["image_digest"].startswith("sha256:")
         assert engine.https_get(host_of(item)) == (200, engine.https_get(host_of(item))[1])
@@ -131,7 +132,8 @@ def test_a_rejected_site_fails_its_own_deployment_only(engine: Engine) -> None:
         assert engine.https_get(host_of(first))[0] == 200
 
         # An invalid directive in an existing site: the live file and config stay.
-        bad = engine.converge([{**first, "spec": "other"}], extra={"caddy_site_extra_directives": ["no_such_directive on"]})
+        bad = engine.converge([{**first, "spec": "other"}],
+                              extra={"caddy_site_extra_directives": ["no_such_directive on"]})
         assert not bad.outcome(first)["ok"] and "unrecognized directive" in bad.outcome(first)["message"]
         assert site_file(engine, first).read_text() == site_before
         assert engine.https_get(host_of(first))[0] == 200

@@ -1,0 +1,158 @@
+"""Health verdicts, self-healing with its crash-loop guard, reconcile reports: services/engine.py without Ansible."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from buddo_deploy import jobqueue
+from buddo_deploy.models import AuditEntry, Deployment, Job, database_proxy, utcnow
+from buddo_deploy.runner import PlaybookResult
+from buddo_deploy.services import engine, state
+from buddo_deploy.worker import queue_reconciles
+
+from tests.helpers import auth, create_deployment, run_job
+
+POLICY = engine.HealthPolicy(failures_before_restart=3, max_restarts=3)
+
+
+def running(client, settings, **body):
+    ident = create_deployment(client, **body)
+    run_job(settings)
+    return Deployment.get_by_id(ident)
+
+
+def report(d, *, state_="running", healthy=True, status=200, present=True):
+    containers = [{"id": "c1", "deployment_id": str(d.id), "spec": state.spec_of(d), "state": state_,
+                   "host_port": d.serving_port}] if present else []
+    probes = {"c1": {"status": status, "healthy": healthy, "error": "" if healthy else "connection refused"}}
+    return {"containers": containers, "probes": probes if present and state_ == "running" else {}}
+
+
+def restarts(ident):
+    return [json.loads(e.details) for e in AuditEntry.select().where(
+        (AuditEntry.deployment == ident) & (AuditEntry.action == "restart")).order_by(AuditEntry.inserted_at)]
+
+
+def test_a_healthy_probe_records_health(client, settings):
+    d = running(client, settings)
+    Deployment.update(health_status="unhealthy", health_failures=2).where(Deployment.id == d.id).execute()
+    assert engine.record_health(d.host, report(d), POLICY) == {str(d.id): "healthy"}
+    d = Deployment.get_by_id(d.id)
+    assert (d.health_status, d.health_failures) == ("healthy", 0)
+
+
+def test_three_failed_probes_replace_the_container(client, settings):
+    d = running(client, settings)
+    for _ in range(2):
+        assert engine.record_health(d.host, report(d, healthy=False, status=-1), POLICY)[str(d.id)] == "unhealthy"
+    assert jobqueue.claim("w", 30) is None
+    assert engine.record_health(d.host, report(d, healthy=False, status=-1), POLICY)[str(d.id)] == "restarted"
+    after = Deployment.get_by_id(d.id)
+    assert after.revision == d.revision + 1 and not after.pull_image  # a new container of the same image
+    [heal] = restarts(d.id)
+    assert heal["reason"] == "health" and "3 failed probes" in heal["message"]
+    entry = AuditEntry.get((AuditEntry.deployment == d.id) & (AuditEntry.action == "restart"))
+    assert entry.initiated_by is None and entry.status == "pending"
+    job = jobqueue.claim("w", 30)
+    assert job is not None and str(job.deployment_id) == str(d.id)
+
+
+def test_an_exited_or_missing_container_is_converged_at_once(client, settings):
+    d = running(client, settings)
+    assert engine.record_health(d.host, report(d, state_="exited"), POLICY)[str(d.id)] == "restarted"
+    assert Deployment.get_by_id(d.id).revision == d.revision  # the same container is started again
+    assert restarts(d.id)[0] == {"reason": "container_exited", "message": "container exited"}
+    run_job(settings)
+    d = Deployment.get_by_id(d.id)
+    assert engine.record_health(d.host, report(d, present=False), POLICY)[str(d.id)] == "restarted"
+    assert restarts(d.id)[-1]["message"] == "container missing"
+
+
+def test_a_deployment_that_is_changing_is_left_to_its_own_job(client, settings):
+    d = running(client, settings)
+    client.simulate_post(f"/api/deploy/apps/{d.id}/stop", headers=auth())
+    assert engine.record_health(d.host, report(d, present=False), POLICY) == {}
+
+
+def test_restarts_pause_after_three_an_hour_and_the_audit_log_says_so(client, settings):
+    d = running(client, settings)
+    for _ in range(3):
+        assert engine.record_health(d.host, report(d, state_="exited"), POLICY)[str(d.id)] == "restarted"
+        run_job(settings)
+    for _ in range(2):
+        assert engine.record_health(d.host, report(d, state_="exited"), POLICY)[str(d.id)] == "paused"
+    paused = [e for e in restarts(d.id) if e["reason"] == "crash_loop"]
+    assert len(paused) == 1 and "automatic restarts paused" in paused[0]["message"]
+    assert Deployment.get_by_id(d.id).health_status == "unhealthy"
+    # An hour later the budget is back.
+    AuditEntry.update(inserted_at=utcnow() - dt.timedelta(hours=2)).where(AuditEntry.deployment == d.id).execute()
+    assert engine.record_health(d.host, report(d, state_="exited"), POLICY)[str(d.id)] == "restarted"
+
+
+def _reconcile(settings, outcomes, ok=True, check=False):
+    with database_proxy.obj.atomic():
+        job = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60)
+    claimed = jobqueue.claim("w", 30)
+    assert claimed.id == job.id
+    plan = engine.start(claimed, "w", settings.secret_key, check=check)
+    stats = {"buddo_outcomes": outcomes(plan), "buddo_orphans": ["container ghost"]} if ok else {}
+    result = PlaybookResult(status="successful" if ok else "failed", rc=0 if ok else 4,
+                            message=None if ok else "host unreachable", stats=stats)
+    return plan, engine.finish_reconcile(plan, "w", result, 2.0)
+
+
+def test_reconcile_records_repairs_on_each_deployment_it_repaired(client, settings):
+    fine = running(client, settings, subdomain="fine")
+    drifted = running(client, settings, subdomain="drifted")
+
+    def outcomes(plan):
+        return {i["id"]: {"ok": True, "state": i["state"], "generation": i["generation"],
+                          "drift": ["site missing"] if i["id"] == str(drifted.id) else [],
+                          "container": {"id": "c", "host_port": i["host_ports"][0]}} for i in plan.items}
+
+    plan, result = _reconcile(settings, outcomes)
+    assert {i["subdomain"] for i in plan.items} == {"fine", "drifted"}
+    assert result.converged and result.orphans == ["container ghost"]
+    [repair] = AuditEntry.select().where((AuditEntry.deployment == drifted.id) & (AuditEntry.action == "deploy")
+                                         & AuditEntry.initiated_by.is_null()).order_by(AuditEntry.inserted_at)[1:]
+    assert repair.status == "completed" and json.loads(repair.details) == {"reason": "drift", "drift": ["site missing"]}
+    assert AuditEntry.select().where(AuditEntry.deployment == fine.id).count() == 2  # create, deploy
+    assert Job.get_by_id(plan.job.id).state == "succeeded"
+
+
+def test_a_dry_run_records_nothing(client, settings):
+    d = running(client, settings)
+    before = AuditEntry.select().count()
+
+    def outcomes(plan):
+        return {i["id"]: {"ok": True, "state": i["state"], "generation": i["generation"], "drift": ["site missing"]}
+                for i in plan.items}
+
+    plan, result = _reconcile(settings, outcomes, check=True)
+    assert plan.check and result.deployments[0]["drift"] == ["site missing"]
+    assert AuditEntry.select().count() == before
+    assert Deployment.get_by_id(d.id).updated_at == d.updated_at
+
+
+def test_a_reconcile_whose_run_failed_changes_nothing_and_names_what_it_could_not_check(client, settings):
+    d = running(client, settings)
+    before = AuditEntry.select().count()
+    _, result = _reconcile(settings, lambda plan: {}, ok=False)
+    assert not result.converged and result.unchecked == [str(d.id)] and result.message == "host unreachable"
+    assert AuditEntry.select().count() == before
+
+
+def test_a_failed_first_deploy_is_known_to_reconcile_but_not_retried(client, settings):
+    ident = create_deployment(client)
+    run_job(settings, lambda plan: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
+        ident: {"ok": False, "kind": "app", "message": "bad image", "state": "running", "generation": 1}}}))
+    items, known, _ = engine.reconcile_scope("container-host-1")
+    assert items == [] and known == [ident]
+
+
+def test_the_worker_queues_one_reconcile_per_host(client, settings):
+    running(client, settings)
+    queue_reconciles(settings)
+    queue_reconciles(settings)
+    assert Job.select().where((Job.action == "reconcile") & (Job.state == "queued")).count() == 1
