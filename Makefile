@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint test test-api postgres up down demo-image bootstrap bench-api bench-deploy clean
+.PHONY: venv lint test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-reconcile clean
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -58,6 +58,9 @@ bench-api: venv
 
 bench-deploy: venv
 	$(BIN)/python bench/deploy.py
+
+bench-reconcile: venv
+	$(BIN)/python bench/reconcile.py
 
 clean:
 	rm -rf var/ $(VENV) *.egg-info api/*.egg-info

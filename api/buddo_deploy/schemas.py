@@ -158,6 +158,10 @@ class DeploymentOut(BaseModel):
     custom_domain: str | None
     port: int
     status: DeploymentStatus
+    desired_state: Literal["running", "stopped", "absent"] = Field(
+        description="What the deployment should be; `status` says how far the host has got there")
+    generation: int = Field(description="Bumped by every change of the desired state")
+    observed_generation: int = Field(description="The generation the host has converged to")
     health_status: HealthStatus
     last_health_check: Timestamp | None
     billing_status: str

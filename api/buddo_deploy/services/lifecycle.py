@@ -143,9 +143,7 @@ class Lifecycle:
                     with db.atomic():  # a savepoint: a lost race must not poison the transaction
                         deployment = self._insert(principal, request, tier)
                     state.audit(deployment, "create", "completed", principal.client_id)
-                    entry = state.audit(deployment, "deploy", "pending", None, generation=deployment.generation)
-                    job = jobqueue.enqueue_converge(deployment, timeout_s=self.settings.job_timeout_s)
-                    AuditEntry.update(job_id=job.id).where(AuditEntry.id == entry.id).execute()
+                    state.request(deployment, "deploy", None, timeout_s=self._timeout)
                     return deployment
             except peewee.IntegrityError as exc:
                 message = str(exc)

@@ -107,10 +107,17 @@ def change(d: Deployment, action: str, initiated_by: str | None, *, settings_tim
     ).execute()
     if updated != 1:
         raise Conflict()
-    entry = audit(d, action, "pending", initiated_by, details=details, generation=d.generation)
-    job = jobqueue.enqueue_converge(d, timeout_s=settings_timeout_s)
-    AuditEntry.update(job_id=job.id).where(AuditEntry.id == entry.id).execute()
+    request(d, action, initiated_by, timeout_s=settings_timeout_s, details=details)
     return d
+
+
+def request(d: Deployment, action: str, initiated_by: str | None, *, timeout_s: int,
+            details: dict[str, Any] | None = None) -> AuditEntry:
+    """The audit entry of an action on the current generation, and the job that converges it."""
+    entry = audit(d, action, "pending", initiated_by, details=details, generation=d.generation)
+    job = jobqueue.enqueue_converge(d, timeout_s=timeout_s)
+    AuditEntry.update(job_id=job.id).where(AuditEntry.id == entry.id).execute()
+    return entry
 
 
 def open_entries(deployment_id: Any, up_to: int) -> list[AuditEntry]:

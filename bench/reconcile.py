@@ -1,0 +1,103 @@
+"""Reconcile of one host with N deployments, against one empty playbook run in the same run.
+
+N deployments (default 100, busybox httpd containers) are created through the API
+and brought up by one reconcile (`buddo-deploy reconcile`, the cron path). Then:
+- a reconcile with no drift,
+- a reconcile that repairs --drift deployments (containers removed by hand),
+- the baseline: one ansible-runner run of a playbook with no tasks on the same host.
+Aims (issue): no-drift reconcile of 100 < 10 s, repair of 10 < 30 s.
+Run: make bench-reconcile   (or .venv/bin/python bench/reconcile.py -n 20 --drift 5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from buddo_deploy.runner import run_playbook  # noqa: E402
+
+from tests.e2e.conftest import Stack, start_stack, stop_stack  # noqa: E402
+
+
+def reconcile(stack: Stack) -> tuple[float, dict]:
+    started = time.perf_counter()
+    proc = stack.cli("reconcile", "--json")
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        report = json.loads(proc.stdout)["hosts"][0] if proc.stdout.startswith("{") else {}
+        raise RuntimeError(f"reconcile failed ({proc.returncode}): {report.get('message')} {proc.stderr[-2000:]}")
+    return elapsed, json.loads(proc.stdout)["hosts"][0]
+
+
+def empty_run(stack: Stack, root: Path) -> float:
+    playbook = root / "empty.yml"
+    playbook.write_text("- name: Nothing\n  hosts: container_hosts\n  gather_facts: false\n  tasks: []\n")
+    started = time.perf_counter()
+    result = run_playbook(playbook, stack.inventory, {}, limit="container-host-1", work_dir=root / "runner")
+    elapsed = time.perf_counter() - started
+    assert result.ok, result
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", "--deployments", type=int, default=100)
+    parser.add_argument("--drift", type=int, default=10)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="buddo-bench-reconcile-"))
+    stack = start_stack(root)
+    # The bench's reconciles are the only runs: no worker, no health prober.
+    for worker in stack.workers:
+        worker.terminate()
+        worker.wait()
+    stack.workers.clear()
+    stack.env["BUDDO_JOB_TIMEOUT"] = "1800"  # the first reconcile brings up every deployment
+    ids: list[str] = []
+    try:
+        image = stack.push("v1")
+        for i in range(args.deployments):
+            resp = stack.call("POST", "/api/deploy/apps", headers=stack.headers(f"bench-op-{i}"),
+                              json={"subdomain": f"bench-r{i}", "image": image, "tier": "buddo-starter"})
+            assert resp.status_code == 201, resp.text
+            ids.append(resp.json()["deployment"]["id"])
+            stack.subdomains.add(f"bench-r{i}")
+        first, report = reconcile(stack)
+        assert sum(1 for d in report["deployments"] if d["ok"]) == args.deployments, report
+        baseline = min(empty_run(stack, root) for _ in range(3))
+        no_drift = []
+        for _ in range(3):
+            elapsed, report = reconcile(stack)
+            assert not any(d["drift"] for d in report["deployments"]), report
+            no_drift.append(elapsed)
+        victims = [c["Id"] for i in range(args.drift) for c in stack.containers(f"bench-r{i}")]
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *victims], check=True, capture_output=True)
+        repair, report = reconcile(stack)
+        assert sum(1 for d in report["deployments"] if d["drift"]) == args.drift, report
+        for ident in ids:
+            stack.call("DELETE", f"/api/deploy/apps/{ident}", headers=stack.headers(
+                f"bench-op-{ids.index(ident)}"))
+        teardown, _ = reconcile(stack)
+    finally:
+        stop_stack(stack)
+        shutil.rmtree(root, ignore_errors=True)
+    quiet = min(no_drift)
+    print(f"deployments: {args.deployments}, drifted: {args.drift}")
+    print(f"baseline: one empty playbook run (ansible-runner): {baseline:6.2f} s")
+    print(f"reconcile, no drift (best of 3):      {quiet:6.2f} s   ratio {quiet / baseline:5.2f}   aim < 10 s")
+    print(f"reconcile repairing {args.drift:3d} deployments:   {repair:6.2f} s   ratio {repair / baseline:5.2f}"
+          "   aim < 30 s")
+    print(f"first reconcile, bringing up {args.deployments}:  {first:6.2f} s   ratio {first / baseline:5.2f}")
+    print(f"reconcile tearing down {args.deployments}:        {teardown:6.2f} s   ratio {teardown / baseline:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
