@@ -114,7 +114,7 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
     open_database(settings.database_url)
     items, known, rows = engine.reconcile_scope(args.host)
     document: dict[str, Any] = {"converge_deployments": items, "converge_known": known,
-                                "converge_instance": settings.instance}
+                                "converge_instance": settings.instance, "converge_hosts": [args.host]}
     if args.env_file:
         env = {i["id"]: decrypt_env(settings.secret_key, rows[i["id"]].env_vars_encrypted)
                for i in items if rows[i["id"]].env_vars_encrypted}

@@ -221,7 +221,7 @@ class Engine:
             PLAYBOOKS / ("reconcile.yml" if reconcile else "converge.yml"),
             self.inventory,
             {"converge_deployments": items, "converge_instance": self.instance, "converge_known": known or [],
-             **(extra or {})},
+             "converge_hosts": ["container-host-1"] if reconcile else [], **(extra or {})},
             secrets=env or {},
             check=check,
             on_event=on_event,

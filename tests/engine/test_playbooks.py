@@ -225,6 +225,9 @@ def test_reconcile_removes_orphans_of_its_own_instance_only(engine: Engine) -> N
     engine.converged([ghost])
     engine.converged([foreign], extra={"converge_instance": f"{engine.instance}-other"})
     try:
+        # A document that is not complete for this host (it names no converge_hosts) removes nothing.
+        partial = engine.converged([kept], reconcile=True, extra={"converge_hosts": []})
+        assert partial.orphans == [] and len(containers_of(ghost)) == 1
         done = engine.converged([kept], reconcile=True)
         assert {f"container {ghost['container_name']}", f"site {ghost['subdomain']}.caddy"} <= set(done.orphans)
         assert not [o for o in done.orphans if foreign["subdomain"] in o or foreign["container_name"] in o]

@@ -34,7 +34,10 @@ class Plan:
     check: bool = False
 
     def extravars(self, instance: str) -> dict[str, Any]:
-        return {"converge_deployments": self.items, "converge_known": self.known, "converge_instance": instance}
+        variables = {"converge_deployments": self.items, "converge_known": self.known, "converge_instance": instance}
+        if self.job.action == "reconcile":
+            variables["converge_hosts"] = [self.host]  # the document lists every deployment of this host
+        return variables
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 DOCUMENTATION = r"""
@@ -42,6 +43,38 @@ def _served(host: str, live_config: str) -> bool:
     return f'"{host}"' in live_config
 
 
+def _dials(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {str(node["dial"])} if "dial" in node else set()
+        return found.union(*(_dials(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_dials(v) for v in node))
+    return set()
+
+
+def _live_routes(node: Any, routes: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """Host -> upstream addresses its routes dial, from Caddy's JSON config."""
+    routes = {} if routes is None else routes
+    if isinstance(node, dict):
+        hosts = [h for m in node.get("match") or [] if isinstance(m, dict) for h in m.get("host") or []]
+        if hosts and "handle" in node:
+            for host in hosts:
+                routes.setdefault(str(host), set()).update(_dials(node["handle"]))
+        for value in node.values():
+            _live_routes(value, routes)
+    elif isinstance(node, list):
+        for value in node:
+            _live_routes(value, routes)
+    return routes
+
+
+def _routes_of(live_config: str) -> dict[str, set[str]] | None:
+    try:
+        return _live_routes(json.loads(live_config)) if live_config else None
+    except ValueError:
+        return None
+
+
 def converge_plan(
     desired: list[dict[str, Any]],
     observed: dict[str, Any],
@@ -53,6 +86,7 @@ def converge_plan(
     containers: list[dict[str, Any]] = list(observed.get("containers") or [])
     sites: list[dict[str, Any]] = list(observed.get("sites") or [])
     live = live_config or ""
+    routes = _routes_of(live)
     plan: dict[str, Any] = {"start": [], "stop": [], "remove": [], "remove_sites": [], "orphan_containers": [],
                             "orphan_sites": [], "reload": False, "drift": {}}
     by_deployment: dict[str, list[dict[str, Any]]] = {}
@@ -94,6 +128,13 @@ def converge_plan(
             if live and not all(_served(h, live) for h in hosts):
                 drift.append("caddy does not serve the site")
                 plan["reload"] = True
+            elif routes is not None and site is not None and site.get("upstream_port"):
+                # A run killed between switching the file and the reload: Caddy still routes
+                # to the old container, which must not be retired before Caddy moved.
+                want = f":{site['upstream_port']}"
+                if not all(any(d.endswith(want) for d in routes.get(h, set())) for h in hosts):
+                    drift.append("caddy routes to another port")
+                    plan["reload"] = True
             if drift:
                 serving_port = site.get("upstream_port") if site else None
                 plan["start"].append({**item, "serving_port": serving_port or None, "recreate": recreate})

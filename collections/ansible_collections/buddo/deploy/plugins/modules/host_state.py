@@ -31,6 +31,7 @@ probes: {description: Container id -> {status, healthy, error}., type: dict, ret
 """
 
 import glob
+import http.client
 import json
 import os
 import re
@@ -43,7 +44,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 _DEPLOYMENT = re.compile(r"^# deployment (\S+)\s*$", re.MULTILINE)
 _INSTANCE = re.compile(r"^# instance (\S+)\s*$", re.MULTILINE)
-_UPSTREAM = re.compile(r"reverse_proxy\s+\S+?:(\d+)")
+_UPSTREAM = re.compile(r"reverse_proxy\s+\S*:(\d+)")
 _SITE_HOSTS = re.compile(r"^([^\s#{}][^{}]*?)\s*\{\s*$", re.MULTILINE)
 
 
@@ -59,6 +60,8 @@ def probe(url: str, timeout: float) -> dict[str, Any]:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
         status = int(exc.code)
+    except http.client.HTTPException as exc:  # something answered, but not HTTP
+        return {"status": -1, "healthy": False, "error": f"not an HTTP answer: {exc.__class__.__name__}"}
     except (OSError, ValueError) as exc:
         return {"status": -1, "healthy": False, "error": str(getattr(exc, "reason", exc))}
     return {"status": status, "healthy": status < 500, "error": ""}
