@@ -196,7 +196,9 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
     for key, value in sorted(labels.items()):
         args += ["--label", f"{key}={value}"]
     env: dict[str, str] = p["env"]
-    with tempfile.NamedTemporaryFile("w", prefix="buddo-env-", delete=False) as handle:
+    # On tmpfs where there is one: the values never touch a disk, and the file lives for one `podman run`.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.NamedTemporaryFile("w", prefix="buddo-env-", dir=shm, delete=False) as handle:
         os.chmod(handle.name, 0o600)
         for key, value in env.items():
             if "\n" in value or "\r" in value:
