@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PLUGINS = ROOT / "collections" / "ansible_collections" / "buddo" / "deploy" / "plugins"
+# The collection's plugins import each other as Ansible does: from the ansible_collections namespace.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-plan_filters = _load("buddo_converge_plan_filter", PLUGINS / "filter" / "converge_plan.py")
-host_state = _load("buddo_host_state_module", PLUGINS / "modules" / "host_state.py")
+from ansible_collections.buddo.deploy.plugins.filter import converge_plan as plan_filters  # noqa: E402
+from ansible_collections.buddo.deploy.plugins.modules import host_state  # noqa: E402
 
 BASE = "apps.example.com"
 HOST = f"shop.{BASE}"

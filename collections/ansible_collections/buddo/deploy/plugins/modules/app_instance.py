@@ -72,17 +72,15 @@ failure_kind: {description: C(app) when the app itself failed (bad image, never 
 actions: {description: What was done., type: list, returned: always}
 """
 
-import json
 import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-
-MANAGED = "buddo.managed_by=buddo-deploy"
+from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
+from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_ps
+from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
 
 
 class AppFailure(Exception):
@@ -93,15 +91,11 @@ class Podman:
     def __init__(self, module: AnsibleModule) -> None:
         self.module = module
         self.binary = module.params["podman"]
-        self.secrets = [v for v in module.params["env"].values() if v]
+        self.secrets = list(module.params["env"].values())
 
     def mask(self, text: str) -> str:
         """Podman's own output may echo env values (Ansible masks them in results too)."""
-        for value in sorted(self.secrets, key=len, reverse=True):
-            if len(value) < 4 and value in text:
-                return "(details withheld: they may contain secret values)"
-            text = text.replace(value, "********")
-        return text
+        return redact(text, self.secrets)
 
     def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
         rc, out, err = self.module.run_command([self.binary, *args])
@@ -112,38 +106,18 @@ class Podman:
 
     def containers(self, deployment_id: str) -> list[dict[str, Any]]:
         _, out, _ = self.run("ps", "--all", "--format", "json", "--filter", f"label=buddo.deployment_id={deployment_id}")
-        found = []
-        for item in json.loads(out or "[]"):
-            labels = item.get("Labels") or {}
-            ports = [int(p.get("host_port") or 0) for p in item.get("Ports") or []]
-            found.append({
-                "id": item["Id"], "name": (item.get("Names") or [""])[0], "state": item.get("State", ""),
-                "spec": labels.get("buddo.spec", ""), "host_port": ports[0] if ports else 0,
-                "exit_code": item.get("ExitCode"),
-            })
-        return found
+        return parse_ps(out)
 
     def digest(self, container_id: str) -> str:
         _, out, _ = self.run("inspect", "--format", "{{.ImageDigest}}", container_id, check=False)
         return out.strip()
 
 
-def answers(url: str, timeout: float) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True  # any HTTP answer: the app is up
-    except (OSError, ValueError):
-        return False
-
-
 def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout: float) -> None:
     deadline = time.monotonic() + wait_timeout
     checks = 0
     while time.monotonic() < deadline:
-        if answers(url, 2):
+        if http_get(url, 2)[0] > 0:  # any HTTP answer: the app is up
             return
         checks += 1
         if checks % 5 == 0:  # an app that died will never answer: say so early

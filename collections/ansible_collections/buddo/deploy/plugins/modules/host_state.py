@@ -31,16 +31,15 @@ probes: {description: Container id -> {status, healthy, error}., type: dict, ret
 """
 
 import glob
-import http.client
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
+from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_ps
 
 _DEPLOYMENT = re.compile(r"^# deployment (\S+)\s*$", re.MULTILINE)
 _INSTANCE = re.compile(r"^# instance (\S+)\s*$", re.MULTILINE)
@@ -48,23 +47,9 @@ _UPSTREAM = re.compile(r"reverse_proxy\s+\S*:(\d+)")
 _SITE_HOSTS = re.compile(r"^([^\s#{}][^{}]*?)\s*\{\s*$", re.MULTILINE)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def probe(url: str, timeout: float) -> dict[str, Any]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            status = int(response.status)
-    except urllib.error.HTTPError as exc:
-        status = int(exc.code)
-    except http.client.HTTPException as exc:  # something answered, but not HTTP
-        return {"status": -1, "healthy": False, "error": f"not an HTTP answer: {exc.__class__.__name__}"}
-    except (OSError, ValueError) as exc:
-        return {"status": -1, "healthy": False, "error": str(getattr(exc, "reason", exc))}
-    return {"status": status, "healthy": status < 500, "error": ""}
+    status, _, error = http_get(url, timeout)
+    return {"status": status, "healthy": 0 < status < 500, "error": error}
 
 
 def containers(module: AnsibleModule, podman: str, instance: str) -> list[dict[str, Any]]:
@@ -73,16 +58,7 @@ def containers(module: AnsibleModule, podman: str, instance: str) -> list[dict[s
                                        f"label=buddo.instance={instance}"])
     if rc != 0:
         module.fail_json(msg=f"podman ps failed: {err.strip()}")
-    found: dict[str, dict[str, Any]] = {}
-    for item in json.loads(out or "[]"):
-        labels = item.get("Labels") or {}
-        ports = [int(p.get("host_port") or 0) for p in item.get("Ports") or []]
-        found[item["Id"]] = {
-            "id": item["Id"], "name": (item.get("Names") or [""])[0], "state": item.get("State", ""),
-            "exit_code": item.get("ExitCode"), "deployment_id": labels.get("buddo.deployment_id", ""),
-            "spec": labels.get("buddo.spec", ""), "host_port": ports[0] if ports else 0,
-            "image": item.get("Image", ""), "memory_mb": None, "cpu_millicores": None,
-        }
+    found = {c["id"]: {**c, "memory_mb": None, "cpu_millicores": None} for c in parse_ps(out)}
     if found:
         rc, out, _ = module.run_command([podman, "inspect", "--format", "json", *found])
         for info in json.loads(out or "[]") if rc == 0 else []:

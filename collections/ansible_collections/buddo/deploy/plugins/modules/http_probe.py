@@ -38,30 +38,10 @@ msg: {description: Why the last attempt got no answer., type: str, returned: whe
 """
 
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect is an answer too
-
-
-def probe(url: str, timeout: float, return_content: bool) -> tuple[int, str, str]:
-    """One GET: (status, body, error); status -1 when no HTTP answer came back."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            body = response.read().decode("utf-8", "replace") if return_content else ""
-            return int(response.status), body, ""
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", "replace") if return_content else ""
-        return int(exc.code), body, ""
-    except (OSError, ValueError) as exc:
-        return -1, "", str(getattr(exc, "reason", exc))
+from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
 
 
 def main() -> None:
@@ -81,7 +61,7 @@ def main() -> None:
     attempts = 0
     while True:
         attempts += 1
-        status, body, error = probe(params["url"], params["timeout"], params["return_content"])
+        status, body, error = http_get(params["url"], params["timeout"], params["return_content"])
         if status > 0 or time.monotonic() + params["interval"] >= deadline:
             break
         time.sleep(params["interval"])
