@@ -61,8 +61,7 @@ def ours(stack: Stack, image: str, run: int) -> tuple[float, float]:
     while not stack.https(subdomain).stdout.endswith("\n200"):
         time.sleep(0.05)
     first_200 = time.perf_counter() - started
-    stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    stack.wait_for_audit(ident, "destroy")
+    stack.destroy(ident)
     return running, first_200
 
 

@@ -107,17 +107,16 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 def _desired(settings: Settings, args: argparse.Namespace) -> int:
     """The desired-state document of a host, for ansible-playbook -e @file."""
-    from .crypto import decrypt_env
     from .db import open_database
     from .services import engine
 
     open_database(settings.database_url)
-    items, known, rows = engine.reconcile_scope(args.host)
+    host = args.host or settings.default_host
+    items, known, rows = engine.reconcile_scope(host)
     document: dict[str, Any] = {"converge_deployments": items, "converge_known": known,
-                                "converge_instance": settings.instance, "converge_hosts": [args.host]}
+                                "converge_instance": settings.instance, "converge_hosts": [host]}
     if args.env_file:
-        env = {i["id"]: decrypt_env(settings.secret_key, rows[i["id"]].env_vars_encrypted)
-               for i in items if rows[i["id"]].env_vars_encrypted}
+        env = engine.env_values(items, rows, settings.secret_key)
         fd = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(env, handle)
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a busy host")
     desired = sub.add_parser("desired", help="print a host's desired-state document (-e @file for ansible-playbook)")
-    desired.add_argument("--host", default=os.environ.get("BUDDO_DEFAULT_HOST", "container-host-1"))
+    desired.add_argument("--host", help="the container host (default: BUDDO_DEFAULT_HOST)")
     desired.add_argument("--env-file", help="also write the env values there (0600) and point the document at it")
     args = parser.parse_args(argv)
 

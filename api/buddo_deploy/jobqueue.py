@@ -24,7 +24,6 @@ import peewee
 from .db import is_postgres, write_transaction
 from .models import Deployment, Job, database_proxy, utcnow
 
-ACTIONS = ("converge", "reconcile")
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
 
 

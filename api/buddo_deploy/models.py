@@ -12,7 +12,6 @@ database_proxy = peewee.DatabaseProxy()
 
 LIVE_STATUSES = ("pending", "deploying", "running", "stopped", "failed")
 DEPLOYMENT_STATUSES = (*LIVE_STATUSES, "destroyed")
-DESIRED_STATES = ("running", "stopped", "absent")
 AUDIT_ACTIONS = ("create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate")
 AUDIT_STATUSES = ("pending", "running", "completed", "failed")
 JOB_STATES = ("queued", "running", "succeeded", "failed")

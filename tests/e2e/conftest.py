@@ -126,6 +126,11 @@ class Stack:
             time.sleep(0.5)
         raise AssertionError(f"{action} of {ident} never finished: {self.logs(ident)}")
 
+    def destroy(self, ident: str) -> None:
+        """DELETE the deployment and wait until its teardown completed."""
+        self.call("DELETE", f"/api/deploy/apps/{ident}")
+        self.wait_for_audit(ident, "destroy")
+
     def wait_for_entry(self, ident: str, match: Callable[[dict[str, Any]], bool],
                        timeout: float = 90) -> dict[str, Any]:
         """Wait for an audit entry that ``match`` accepts."""

@@ -86,8 +86,7 @@ def test_restart_has_no_downtime_and_a_version_that_never_answers_changes_nothin
     # The image the old container runs was not pruned: it still starts after a reboot-like stop.
     [container] = stack.containers("e2e-zero")
     assert subprocess.run(["podman", "image", "exists", container["ImageID"]], check=False).returncode == 0
-    stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    stack.wait_for_audit(ident, "destroy")
+    stack.destroy(ident)
 
 
 def test_a_removed_container_is_back_and_serving_within_the_probe_window(stack: Stack) -> None:
@@ -101,8 +100,7 @@ def test_a_removed_container_is_back_and_serving_within_the_probe_window(stack: 
     assert heal["initiated_by"] is None and heal["details"]["reason"] == "container_exited"
     assert "container missing" in heal["details"]["message"]
     assert "version v1" in stack.https("e2e-removed").stdout
-    stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    stack.wait_for_audit(ident, "destroy")
+    stack.destroy(ident)
 
 
 def _orphans(stack: Stack, image: str) -> tuple[str, Path]:
@@ -148,8 +146,7 @@ def test_reconcile_restores_a_deleted_site_and_removes_orphans(stack: Stack) -> 
     again = stack.cli("reconcile", "--json")
     assert again.returncode == 0
     assert all(not d["drift"] for d in json.loads(again.stdout)["hosts"][0]["deployments"])
-    stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    stack.wait_for_audit(ident, "destroy")
+    stack.destroy(ident)
 
 
 def test_a_destroy_that_failed_is_retried_until_gone_and_holds_its_resources(stack: Stack) -> None:
@@ -175,5 +172,4 @@ def test_a_destroy_that_failed_is_retried_until_gone_and_holds_its_resources(sta
     [container] = stack.containers("e2e-retry")
     assert container["Labels"]["buddo.deployment_id"] == successor
     assert "version v1" in stack.https("e2e-retry").stdout
-    stack.call("DELETE", f"/api/deploy/apps/{successor}")
-    stack.wait_for_audit(successor, "destroy")
+    stack.destroy(successor)

@@ -64,8 +64,7 @@ def test_create_restart_stop_destroy(stack: Stack) -> None:
 
     again = stack.create(subdomain="e2e-life", image=image)
     assert stack.wait_for(again["id"], {"running", "failed"})["status"] == "running"
-    stack.call("DELETE", f"/api/deploy/apps/{again['id']}")
-    stack.wait_for_audit(again["id"], "destroy")
+    stack.destroy(again["id"])
 
 
 def test_missing_image_fails_with_a_reason(stack: Stack) -> None:
@@ -107,5 +106,4 @@ def test_env_values_are_data_and_secrets_stay_out_of_artifacts(stack: Stack) -> 
     with sqlite3.connect(stack.root / "var" / "buddo.db") as conn:
         dump = "\n".join(conn.iterdump())
     assert "e2e-secret" in dump and secret not in dump
-    stack.call("DELETE", f"/api/deploy/apps/{created['id']}")
-    stack.wait_for_audit(created["id"], "destroy")
+    stack.destroy(created["id"])

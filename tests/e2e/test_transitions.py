@@ -21,8 +21,7 @@ def test_stop_before_the_deploy_ran_cancels_it(stack: Stack) -> None:
     assert all(c["State"] != "running" for c in stack.containers("e2e-early"))
     stack.call("POST", f"/api/deploy/apps/{ident}/restart")
     assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
-    stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    stack.wait_for_audit(ident, "destroy")
+    stack.destroy(ident)
     assert stack.containers("e2e-early") == []
 
 
@@ -35,8 +34,7 @@ def test_restart_recovers_a_failed_deployment(stack: Stack) -> None:
     assert restarted.status_code == 200
     assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
     assert "version v1" in stack.https("e2e-recover").stdout
-    stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    stack.wait_for_audit(ident, "destroy")
+    stack.destroy(ident)
 
 
 def test_a_container_that_died_is_converged_again_by_the_health_probe(stack: Stack) -> None:
@@ -51,5 +49,4 @@ def test_a_container_that_died_is_converged_again_by_the_health_probe(stack: Sta
     assert "version v1" in stack.https("e2e-health").stdout
     status = stack.call("GET", f"/api/deploy/apps/{ident}/status").json()
     assert status["status"] == "running" and status["health_status"] == "healthy"
-    stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    stack.wait_for_audit(ident, "destroy")
+    stack.destroy(ident)

@@ -32,5 +32,4 @@ def test_killed_worker_job_is_retried_and_converges(stack: Stack) -> None:
     assert len(stack.containers("e2e-crash")) == 1
     assert sorted(p.name for p in stack.sites_dir.glob("e2e-crash*")) == ["e2e-crash.caddy"]
     assert "version v1" in stack.https("e2e-crash").stdout
-    stack.call("DELETE", f"/api/deploy/apps/{ident}")
-    stack.wait_for_audit(ident, "destroy")
+    stack.destroy(ident)

@@ -60,7 +60,11 @@ class Report:
                 "deployments": self.deployments, "orphans": self.orphans, "unchecked": self.unchecked}
 
 
-def _secrets_for(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_key: str) -> dict[str, Any]:
+def env_values(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_key: str) -> dict[str, Any]:
+    """Deployment id -> env of the items that run (only those start containers).
+
+    Raises RuntimeError when a value cannot be decrypted (a changed BUDDO_SECRET_KEY).
+    """
     return {i["id"]: decrypt_env(secret_key, rows[i["id"]].env_vars_encrypted)
             for i in items if i["state"] == "running" and rows[i["id"]].env_vars_encrypted}
 
@@ -84,7 +88,7 @@ def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan
             return None
         item = state.desired_item(d)
         try:
-            secrets = _secrets_for([item], {item["id"]: d}, secret_key)
+            secrets = env_values([item], {item["id"]: d}, secret_key)
         except RuntimeError as exc:  # a changed BUDDO_SECRET_KEY: retrying cannot help
             state.record_outcome(item, {"ok": False, "kind": "config", "message": str(exc)}, {"attempt": job.attempts})
             jobqueue.finish(job, owner, succeeded=False, error=str(exc))
@@ -113,7 +117,7 @@ def _start_reconcile(job: Job, secret_key: str, check: bool) -> Plan:
     secrets: dict[str, Any] = {}
     for item in items:
         try:
-            secrets |= _secrets_for([item], rows, secret_key)
+            secrets |= env_values([item], rows, secret_key)
         except RuntimeError as exc:
             log.warning("reconcile of %s: %s", item["id"], exc)
             known.append(item["id"])
@@ -123,7 +127,7 @@ def _start_reconcile(job: Job, secret_key: str, check: bool) -> Plan:
 
 def _retry(plan: Plan, owner: str, result: PlaybookResult) -> bool:
     job = plan.job
-    delay = state.backoff(job.attempts, BACKOFF_BASE_S, BACKOFF_CAP_S)
+    delay = dt.timedelta(seconds=min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, job.attempts - 1)))
     message = result.message or "the playbook run failed"
     if not jobqueue.retry_later(job, owner, delay=delay, error=message):
         return False
@@ -239,7 +243,7 @@ def _heal(d: Deployment, reason: str, message: str, policy: HealthPolicy) -> str
     # A container that is gone or exited is started again as it was; one that runs but
     # does not answer is replaced by a new one (a new revision of the same image).
     revision = d.revision + 1 if reason == "health" else d.revision
-    state.change(d, "restart", None, settings_timeout_s=policy.timeout_s,
+    state.change(d, "restart", None, timeout_s=policy.timeout_s,
                  details={"reason": reason, "message": message}, revision=revision, pull_image=False)
     return "restarted"
 
@@ -248,9 +252,8 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
     """Record one probe cycle of a host; heal what died. Returns deployment id -> verdict."""
     if report is None:
         return {}
-    containers = {c["id"]: c for c in report.get("containers") or []}
     by_deployment: dict[str, list[dict[str, Any]]] = {}
-    for container in containers.values():
+    for container in report.get("containers") or []:
         by_deployment.setdefault(container.get("deployment_id") or "", []).append(container)
     probes = report.get("probes") or {}
     verdicts: dict[str, str] = {}
@@ -289,6 +292,5 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
             verdicts[str(d.id)] = "unhealthy"
             if failures >= policy.failures_before_restart:
                 detail = probe.get("error") or f"HTTP {probe.get('status')}"
-                d.health_failures = failures
                 verdicts[str(d.id)] = _heal(d, "health", f"{failures} failed probes in a row ({detail})", policy)
     return verdicts

@@ -161,7 +161,7 @@ class Lifecycle:
         """A new container from the image as the tag is now, started beside the serving one."""
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "restart")
-            return state.change(deployment, "restart", principal.client_id, settings_timeout_s=self._timeout,
+            return state.change(deployment, "restart", principal.client_id, timeout_s=self._timeout,
                                 desired_state="running", revision=deployment.revision + 1, pull_image=True)
 
     def stop(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
@@ -172,14 +172,14 @@ class Lifecycle:
                     # Asked already and still converging (or backing off after a failure): now.
                     jobqueue.enqueue_converge(deployment, timeout_s=self._timeout)
                 return deployment
-            return state.change(deployment, "stop", principal.client_id, settings_timeout_s=self._timeout,
+            return state.change(deployment, "stop", principal.client_id, timeout_s=self._timeout,
                                 desired_state="stopped")
 
     def destroy(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
         """The subdomain is free at once; ports and the custom domain once the teardown converged."""
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "destroy")
-            return state.change(deployment, "destroy", principal.client_id, settings_timeout_s=self._timeout,
+            return state.change(deployment, "destroy", principal.client_id, timeout_s=self._timeout,
                                 desired_state="absent", destroyed_at=utcnow())
 
     # --- helpers -----------------------------------------------------------

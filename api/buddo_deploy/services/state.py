@@ -10,7 +10,6 @@ transaction. Workers record how far a deployment converged with
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import uuid
@@ -67,10 +66,9 @@ def env_digest(d: Deployment) -> str:
     return hashlib.sha256((d.env_vars_encrypted or "").encode()).hexdigest()[:16]
 
 
-def spec_of(d: Deployment, revision: int | None = None) -> str:
+def spec_of(d: Deployment) -> str:
     """Everything that makes a container: a different spec means a new container."""
-    parts = [d.container_image, d.port, d.memory_limit_mb, d.cpu_limit_millicores, env_digest(d),
-             d.revision if revision is None else revision]
+    parts = [d.container_image, d.port, d.memory_limit_mb, d.cpu_limit_millicores, env_digest(d), d.revision]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
@@ -95,19 +93,24 @@ def audit(d: Deployment, action: str, status: str, initiated_by: str | None, *,
     )
 
 
-def change(d: Deployment, action: str, initiated_by: str | None, *, settings_timeout_s: int,
-           details: dict[str, Any] | None = None, **desired: Any) -> Deployment:
-    """Apply a desired-state change to a locked row: new generation, status, audit entry, job."""
-    values: dict[str, Any] = {**desired, "generation": d.generation + 1, "updated_at": utcnow()}
+def _apply(d: Deployment, values: dict[str, Any]) -> dict[str, Any]:
+    """Set ``values`` on the row object and add the status they derive to; the columns to write."""
     for name, value in values.items():
         setattr(d, name, value)
     d.status = values["status"] = derive_status(d)
+    return values
+
+
+def change(d: Deployment, action: str, initiated_by: str | None, *, timeout_s: int,
+           details: dict[str, Any] | None = None, **desired: Any) -> Deployment:
+    """Apply a desired-state change to a locked row: new generation, status, audit entry, job."""
+    values = _apply(d, {**desired, "generation": d.generation + 1, "updated_at": utcnow()})
     updated = Deployment.update(**values).where(
         (Deployment.id == d.id) & (Deployment.generation == d.generation - 1)
     ).execute()
     if updated != 1:
         raise Conflict()
-    request(d, action, initiated_by, timeout_s=settings_timeout_s, details=details)
+    request(d, action, initiated_by, timeout_s=timeout_s, details=details)
     return d
 
 
@@ -127,10 +130,14 @@ def open_entries(deployment_id: Any, up_to: int) -> list[AuditEntry]:
     ).order_by(AuditEntry.inserted_at, AuditEntry.id))
 
 
+def _details(entry: AuditEntry) -> dict[str, Any]:
+    return dict(json.loads(entry.details)) if entry.details else {}
+
+
 def touch_entries(deployment_id: Any, up_to: int, status: str, details: dict[str, Any] | None = None) -> None:
     """Mark the open entries the deployment has now converged past (running, or still retrying)."""
     for entry in open_entries(deployment_id, up_to):
-        merged = {**(json.loads(entry.details) if entry.details else {}), **(details or {})}
+        merged = {**_details(entry), **(details or {})}
         AuditEntry.update(status=status, updated_at=utcnow(), details=json.dumps(merged) if merged else None).where(
             AuditEntry.id == entry.id).execute()
 
@@ -138,8 +145,7 @@ def touch_entries(deployment_id: Any, up_to: int, status: str, details: dict[str
 def close_entries(deployment_id: Any, up_to: int, state: str, ok: bool, details: dict[str, Any]) -> None:
     for entry in open_entries(deployment_id, up_to):
         # Keep why the entry was made (a heal's reason); a retry's last error is history now.
-        mine = {k: v for k, v in (json.loads(entry.details) if entry.details else {}).items()
-                if k not in {"last_error", "retrying_in_s"}} | details
+        mine = {k: v for k, v in _details(entry).items() if k not in {"last_error", "retrying_in_s"}} | details
         if ok and INTENT.get(entry.action) != state:
             status, mine = "failed", {"reason": "superseded",
                                       "message": f"a later request made the deployment {state}"}
@@ -149,7 +155,7 @@ def close_entries(deployment_id: Any, up_to: int, state: str, ok: bool, details:
             AuditEntry.id == entry.id).execute()
 
 
-def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[str, Any]) -> Deployment | None:
+def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[str, Any]) -> None:
     """Record what a converge run made of one deployment (call inside a write transaction).
 
     ``item`` is the desired item the run was given (its generation is the target),
@@ -159,7 +165,7 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
     """
     d = locked(item["id"])
     if d is None:
-        return None
+        return
     target = int(item["generation"])
     now = utcnow()
     values: dict[str, Any] = {"updated_at": now}
@@ -196,19 +202,12 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
             entry_details["rolled_back"] = True
         elif item["state"] == "running":
             values["health_status"] = "unhealthy"
-    for name, value in values.items():
-        setattr(d, name, value)
-    d.status = values["status"] = derive_status(d)
-    Deployment.update(**values).where(Deployment.id == d.id).execute()
+    Deployment.update(**_apply(d, values)).where(Deployment.id == d.id).execute()
     close_entries(d.id, target, item["state"], bool(outcome.get("ok")), entry_details)
-    return d
 
 
 def converge_job_for(d: Deployment) -> Job | None:
     job: Job | None = Job.select().where((Job.deployment == d.id) & (Job.state.in_(("queued", "running")))).first()
     return job
 
-
-def backoff(attempts: int, base_s: float, cap_s: float) -> dt.timedelta:
-    return dt.timedelta(seconds=min(cap_s, base_s * 2 ** max(0, attempts - 1)))
 
