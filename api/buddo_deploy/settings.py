@@ -21,6 +21,9 @@ DEFAULT_RESERVED = (
     "www", "api", "admin", "app", "apps", "auth", "billing", "blog", "cdn", "dashboard",
     "docs", "ftp", "help", "imap", "mail", "ns1", "ns2", "pop", "root", "smtp", "static",
     "status", "support",
+    # Mail clients and servers look these up by name (autoconfig, MTA-STS, RFC 2142 mailboxes).
+    "autoconfig", "autodiscover", "mta-sts", "webmail", "pop3", "pop3s", "imaps", "smtps", "mx", "email",
+    "postmaster", "hostmaster", "webmaster", "abuse", "localhost", "wpad", "ns3", "ns4",
 )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from buddo_deploy.crypto import decrypt_env, encrypt_env
 from buddo_deploy.runner import unsafe_yaml
-from buddo_deploy.schemas import IMAGE_PATH
+from buddo_deploy.schemas import IMAGE_PATH_PATTERN
 from buddo_deploy.settings import Settings
 
 
@@ -59,9 +60,10 @@ def test_unsafe_yaml_tags_every_string_value_and_no_key() -> None:
 @pytest.mark.parametrize("ref", ["nginx", "nginx:1.25", "operators/my-app:latest", "a/b/c@sha256:" + "a" * 64,
                                  "my_app__x/y-z:v1.2-rc_3"])
 def test_valid_image_paths(ref: str) -> None:
-    assert IMAGE_PATH.match(ref)
+    assert re.fullmatch(IMAGE_PATH_PATTERN, ref)
 
 
-@pytest.mark.parametrize("ref", ["", "Nginx", "a//b", "a:b:c", "-a", "a/../b", "a:tag with space", "a@sha256:xyz"])
+@pytest.mark.parametrize("ref", ["", "Nginx", "a//b", "a:b:c", "-a", "a/../b", "a:tag with space", "a@sha256:xyz",
+                                 "nginx\n", "nginx:1\n"])
 def test_invalid_image_paths(ref: str) -> None:
-    assert not IMAGE_PATH.match(ref)
+    assert not re.fullmatch(IMAGE_PATH_PATTERN, ref)

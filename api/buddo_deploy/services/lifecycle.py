@@ -134,7 +134,8 @@ class Lifecycle:
             raise NotFound(f"Tier '{request.tier}' not found", code="tier_not_found",
                            details=[{"field": "tier", "message": "unknown tier"}])
         if request.custom_domain and not tier.custom_domain_allowed:
-            raise Unprocessable.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains")
+            raise Unprocessable.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains",
+                                          "custom_domain_not_allowed")
         db = database_proxy.obj
         for _ in range(_PORT_ATTEMPTS):
             try:
@@ -270,9 +271,16 @@ def _encode_cursor(deployment: Deployment) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    invalid = Unprocessable.for_field("cursor", "is not a cursor this API returned", "invalid_cursor")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        inserted_at, last_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return dt.datetime.fromisoformat(inserted_at), uuid.UUID(last_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise Unprocessable.for_field("cursor", "is not a cursor this API returned", "invalid_cursor") from exc
+        decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error, RecursionError) as exc:
+        raise invalid from exc
+    # Whatever JSON decodes to, only [timestamp string, uuid string] is a cursor.
+    if not (isinstance(decoded, list) and len(decoded) == 2 and all(isinstance(v, str) for v in decoded)):
+        raise invalid
+    try:
+        return dt.datetime.fromisoformat(decoded[0]), uuid.UUID(decoded[1])
+    except ValueError as exc:
+        raise invalid from exc
