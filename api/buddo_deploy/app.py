@@ -35,7 +35,8 @@ def validation_context(settings: Settings) -> ValidationContext:
 def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     settings = settings or Settings.from_env()
     db = open_database(settings.database_url)
-    middleware: list[Any] = [RequestId(), Database(db), Auth(settings), RateLimit(settings)]
+    limiter = RateLimit(settings)
+    middleware: list[Any] = [RequestId(), Database(db), Auth(settings, limiter.rejected), limiter]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)

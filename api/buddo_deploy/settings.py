@@ -73,6 +73,10 @@ class Settings:
     rate_limit_read: int = 30
     rate_limit_write: int = 10
     rate_limit_window_s: int = 60
+    # Requests that fail authentication (401/403), per client address and window.
+    rate_limit_anonymous: int = 30
+    # Proxies whose X-Forwarded-For is believed; otherwise the client is the socket peer.
+    trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024
     job_timeout_s: int = 600
     job_lease_s: int = 20
@@ -128,6 +132,8 @@ class Settings:
             "rate_limit_read": int(get("RATE_LIMIT_READ") or 30),
             "rate_limit_write": int(get("RATE_LIMIT_WRITE") or 10),
             "rate_limit_window_s": int(get("RATE_LIMIT_WINDOW") or 60),
+            "rate_limit_anonymous": int(get("RATE_LIMIT_ANONYMOUS") or 30),
+            "trusted_proxies": _csv(get("TRUSTED_PROXIES") or ""),
             "job_timeout_s": int(get("JOB_TIMEOUT") or 600),
             "job_lease_s": int(get("JOB_LEASE") or 20),
             "worker_poll_s": float(get("WORKER_POLL") or 0.2),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ def test_settings_from_env(tmp_path: Path) -> None:
         "BUDDO_VAR_DIR": str(tmp_path), "BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k",
         "BUDDO_DATABASE_URL": "postgresql://u:p@h/db", "BUDDO_ALLOWED_REGISTRIES": "a/, b/ ,",
         "BUDDO_HOST_PORT_RANGE": "100-200", "BUDDO_PUBLIC_HTTPS_PORT": "443", "BUDDO_RATE_LIMITS_ENABLED": "no",
+        "BUDDO_RATE_LIMIT_ANONYMOUS": "7", "BUDDO_TRUSTED_PROXIES": "10.0.0.1, 10.0.0.2",
     })
+    assert settings.rate_limit_anonymous == 7 and settings.trusted_proxies == ("10.0.0.1", "10.0.0.2")
     assert settings.allowed_registries == ("a/", "b/")
     assert settings.host_port_range == (100, 200)
     assert settings.public_url_suffix == ""
@@ -67,3 +70,30 @@ def test_valid_image_paths(ref: str) -> None:
                                  "nginx\n", "nginx:1\n"])
 def test_invalid_image_paths(ref: str) -> None:
     assert not re.fullmatch(IMAGE_PATH_PATTERN, ref)
+
+
+def test_inventory_host_labels(tmp_path: Path) -> None:
+    from buddo_deploy.inventory import host_labels
+
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all.yml").write_text("not_a_host: {hosts: {ignored: {}}}\n")
+    (tmp_path / "hosts.yml").write_text(textwrap.dedent("""\
+        all:
+          children:
+            container_hosts:
+              hosts:
+                Container-Host-2: {ansible_host: edge-7.example.net}
+                db-1:
+                  ansible_host: 10.0.0.5
+                  secret: !vault |
+                    $ANSIBLE_VAULT;1.1;AES256
+                    61
+        controllers:
+          hosts:
+            ctl-1.example.org:
+        """))
+    assert host_labels(tmp_path) == ("container-host-2", "ctl-1", "db-1", "edge-7")
+    assert host_labels(tmp_path / "missing") == ()
+    repo = Path(__file__).resolve().parents[2]
+    assert host_labels(repo / "inventory" / "local") == ("container-host-1",)
+    assert set(host_labels(repo / "inventory" / "production")) >= {"container-host-1", "controller-1"}
