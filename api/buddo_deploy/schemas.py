@@ -111,7 +111,8 @@ PATTERN_HINTS = {
     "subdomain": "must be lowercase letters, digits and hyphens, not starting or ending with a hyphen",
     "tier": "must be a tier slug (lowercase letters, digits and hyphens)",
     "custom_domain": "must be a lowercase fully qualified domain name, e.g. app.example.com",
-    "env_vars": "invalid variable name (use [A-Za-z_][A-Za-z0-9_]*) or a value containing NUL",
+    "env_vars.[key]": "invalid variable name (use [A-Za-z_][A-Za-z0-9_]*)",
+    "env_vars": "must not contain NUL",
     "cursor": "is not a cursor this API returned",
 }
 

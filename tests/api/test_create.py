@@ -216,3 +216,14 @@ def test_the_configured_inventory_hosts_are_reserved(client_with, tmp_path):
     assert resp.json["error"]["details"] == [{"field": "subdomain", "message": "'edge-9' is reserved"}]
     # The default inventory's host is not in this one.
     assert post(client, create_body(subdomain="container-host-1")).status_code == 201
+
+
+def test_pattern_errors_say_what_the_pattern_means(client):
+    resp = post(client, create_body(subdomain="My-App", env_vars={"BAD\n": "x", "NUL": "a\x00b"}))
+    assert resp.status_code == 422
+    assert resp.json["error"]["details"] == [
+        {"field": "subdomain",
+         "message": "must be lowercase letters, digits and hyphens, not starting or ending with a hyphen"},
+        {"field": "env_vars.BAD\n.[key]", "message": "invalid variable name (use [A-Za-z_][A-Za-z0-9_]*)"},
+        {"field": "env_vars.NUL", "message": "must not contain NUL"},
+    ]

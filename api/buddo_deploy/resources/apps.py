@@ -26,8 +26,10 @@ def _validation_error(exc: ValidationError) -> Unprocessable:
     for error in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in error["loc"]) or "body"
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "string_pattern_mismatch" and error["loc"] and error["loc"][0] in PATTERN_HINTS:
-            message = PATTERN_HINTS[str(error["loc"][0])]
+        if error["type"] == "string_pattern_mismatch" and error["loc"]:
+            # A dict key's error ends its location with "[key]" (env_vars.NAME.[key]).
+            hint = f"{error['loc'][0]}.[key]" if error["loc"][-1] == "[key]" else str(error["loc"][0])
+            message = PATTERN_HINTS.get(hint, message)
         details.append({"field": field, "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
     return Unprocessable(f"Validation failed: {summary}", code="validation_failed", details=details)
