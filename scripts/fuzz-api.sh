@@ -48,7 +48,7 @@ PYTHONPATH="$PWD/scripts:$PYTHONPATH" SCHEMATHESIS_HOOKS=fuzz_hooks \
     "$PYTHON" -m schemathesis.cli --config-file scripts/schemathesis.toml run "$base/api/deploy/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks all --exclude-checks use_after_free --phases examples,coverage,fuzzing,stateful \
-    --max-examples "${FUZZ_EXAMPLES:-50}" ${FUZZ_SEED:+--seed "$FUZZ_SEED"} \
+    --max-examples "${FUZZ_EXAMPLES:-100}" ${FUZZ_SEED:+--seed "$FUZZ_SEED"} \
     --report junit --report-dir "$work/report" "$@" || status=$?
 if grep -q "Traceback" "$work/server.log"; then
     echo "the server logged a traceback:" >&2
