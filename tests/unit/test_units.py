@@ -97,3 +97,18 @@ def test_inventory_host_labels(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     assert host_labels(repo / "inventory" / "local") == ("container-host-1",)
     assert set(host_labels(repo / "inventory" / "production")) >= {"container-host-1", "controller-1"}
+
+
+@pytest.mark.parametrize("slug", ["Gold", "gold\n", "-gold", ""])
+def test_a_tier_file_slug_is_one_the_api_accepts(tmp_path: Path, slug: str) -> None:
+    import json
+
+    from buddo_deploy.services.tiers import load_tier_file
+
+    repo = Path(__file__).resolve().parents[2]
+    tiers = json.loads((repo / "api" / "buddo_deploy" / "data" / "tiers.json").read_text())
+    assert load_tier_file(repo / "api" / "buddo_deploy" / "data" / "tiers.json") == tiers
+    tiers[0]["slug"] = slug
+    (tmp_path / "tiers.json").write_text(json.dumps(tiers))
+    with pytest.raises(ValueError, match="tier slug"):
+        load_tier_file(tmp_path / "tiers.json")
