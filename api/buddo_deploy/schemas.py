@@ -97,7 +97,6 @@ EnvName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_EN
 EnvValue = Annotated[StrictStr, StringConstraints(max_length=MAX_ENV_VALUE, pattern=anchored(ENV_VALUE_PATTERN))]
 
 
-
 def _integral(value: Any) -> Any:
     # JSON has one number type: 3000.0 is the integer 3000 to JSON Schema (and to a fuzzer).
     return int(value) if isinstance(value, float) and value.is_integer() else value
