@@ -143,6 +143,9 @@ class DeploymentCreate(BaseModel):
             fields["tier"]["enum"] = list(context.tier_slugs)
         domain = next(branch for branch in fields["custom_domain"]["anyOf"] if branch.get("type") == "string")
         domain["not"] = {"pattern": f"(?:^|\\.){re.escape(context.base_domain)}$"}
+        if context.allowed_registries and context.tier_slugs:
+            schema["examples"] = [{"subdomain": "my-app", "image": f"{context.allowed_registries[0]}my-app:latest",
+                                   "tier": context.tier_slugs[0], "port": 3000, "env_vars": {"NODE_ENV": "production"}}]
         return schema
 
     @field_validator("subdomain")

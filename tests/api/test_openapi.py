@@ -12,7 +12,7 @@ from buddo_deploy.resources.openapi import build_document
 from buddo_deploy.schemas import DeploymentStatus
 from buddo_deploy.services.tiers import load_tier_file
 
-from tests.helpers import make_settings
+from tests.helpers import auth, make_settings
 
 
 @pytest.fixture
@@ -44,6 +44,14 @@ def test_create_request_constraints(document, tmp_path):
     assert env["propertyNames"]["pattern"] == "^(?:[A-Za-z_][A-Za-z0-9_]*)$"
     assert env["propertyNames"]["maxLength"] == 128 and env["additionalProperties"]["maxLength"] == 4096
     assert document["components"]["schemas"]["DeploymentCreate"]["additionalProperties"] is False
+
+
+def test_the_create_example_is_accepted(client):
+    """The document's example (schemathesis' examples phase sends it) passes the validator."""
+    example = client.simulate_get("/api/deploy/openapi.json").json["components"]["schemas"]["DeploymentCreate"][
+        "examples"][0]
+    resp = client.simulate_post("/api/deploy/apps", json=example, headers=auth())
+    assert resp.status_code == 201, resp.text
 
 
 def test_every_pattern_is_anchored_at_both_ends(document):
