@@ -94,6 +94,20 @@ def test_inventory_host_labels(tmp_path: Path) -> None:
         """))
     assert host_labels(tmp_path) == ("container-host-2", "ctl-1", "db-1", "edge-7")
     assert host_labels(tmp_path / "missing") == ()
+    (tmp_path / "more").write_text(textwrap.dedent("""\
+        # an INI inventory beside the YAML one
+        loose-1
+        [container_hosts]
+        ini-host-3 ansible_host=box-4.example.net ansible_user=deploy
+        [container_hosts:vars]
+        ansible_user=deploy
+        [all:children]
+        container_hosts
+        """))
+    for ignored in ("notes.txt", ".hidden", "more~"):
+        (tmp_path / ignored).write_text("not-a-host\n")
+    assert host_labels(tmp_path) == ("box-4", "container-host-2", "ctl-1", "db-1", "edge-7", "ini-host-3", "loose-1")
+    assert host_labels(tmp_path / "more") == ("box-4", "ini-host-3", "loose-1")
     repo = Path(__file__).resolve().parents[2]
     assert host_labels(repo / "inventory" / "local") == ("container-host-1",)
     assert set(host_labels(repo / "inventory" / "production")) >= {"container-host-1", "controller-1"}
