@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-reconcile clean
+.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-reconcile clean
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -25,10 +25,14 @@ lint: venv
 postgres:
 	@scripts/test-postgres.sh >/dev/null
 
+# schemathesis against a gunicorn server from this checkout (scripts/fuzz-api.sh).
+fuzz-api: venv
+	PYTHON=$(BIN)/python scripts/fuzz-api.sh
+
 # pytest (API on SQLite and PostgreSQL, runner, engine, end to end), then molecule.
 # bootstrap installs Podman, runc and Caddy from Debian's packages on a fresh machine;
 # local_registry installs Debian's docker-registry and serves 127.0.0.1:5000.
-test: venv postgres lint bootstrap
+test: venv postgres lint fuzz-api bootstrap
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/local_registry.yml
 	BUDDO_TEST_POSTGRES_URL=postgresql://buddo:buddo@127.0.0.1:5432/buddo_test $(BIN)/pytest -q tests
 	scripts/engine-molecule.sh

@@ -9,26 +9,41 @@ import falcon
 from . import errors
 from .auth import Auth
 from .db import open_database
+from .inventory import host_labels
 from .middleware import Database, RequestId
 from .ratelimit import RateLimit
 from .resources.apps import AppsResource
 from .resources.internal import DomainCheckResource
 from .resources.openapi import OpenApiResource
 from .resources.tiers import TiersResource
+from .schemas import ValidationContext
 from .services.lifecycle import Lifecycle
+from .services.tiers import load_tier_file
 from .settings import Settings
+
+
+def validation_context(settings: Settings) -> ValidationContext:
+    """What request validation and the OpenAPI document both take from the settings."""
+    return ValidationContext(
+        allowed_registries=settings.allowed_registries,
+        reserved_subdomains=tuple(sorted({*settings.reserved_subdomains, *host_labels(settings.inventory)})),
+        base_domain=settings.base_domain,
+        tier_slugs=tuple(entry["slug"] for entry in load_tier_file(settings.tiers_file)),
+    )
 
 
 def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     settings = settings or Settings.from_env()
     db = open_database(settings.database_url)
-    middleware: list[Any] = [RequestId(), Database(db), Auth(settings), RateLimit(settings)]
+    limiter = RateLimit(settings)
+    middleware: list[Any] = [RequestId(), Database(db), Auth(settings, limiter.rejected), limiter]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     lifecycle = Lifecycle(settings)
-    apps = AppsResource(lifecycle)
-    app.add_route("/api/deploy/openapi.json", OpenApiResource())
+    context = validation_context(settings)
+    apps = AppsResource(lifecycle, context)
+    app.add_route("/api/deploy/openapi.json", OpenApiResource(context))
     app.add_route("/api/deploy/internal/domain-check", DomainCheckResource(lifecycle))
     app.add_route("/api/deploy/tiers", TiersResource())
     app.add_route("/api/deploy/apps", apps)

@@ -6,6 +6,7 @@ import datetime as dt
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,14 +122,28 @@ class TokenVerifier:
 
 
 class Auth:
-    """Falcon middleware: every routed resource needs a token unless it sets `auth_required = False`."""
+    """Falcon middleware: every routed resource needs a token unless it sets `auth_required = False`.
 
-    def __init__(self, settings: Settings) -> None:
+    `on_rejected` sees every request that fails (the per-address rate limit): it returns
+    headers for the 401/403, or raises its own error (429).
+    """
+
+    def __init__(self, settings: Settings,
+                 on_rejected: Callable[[falcon.Request], dict[str, str]] | None = None) -> None:
         self.verifier = TokenVerifier(settings)
+        self.on_rejected = on_rejected
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
         if resource is None or not getattr(resource, "auth_required", True):
             return
+        try:
+            req.context.principal = self._authenticate(req)
+        except (Unauthorized, Forbidden) as exc:
+            if self.on_rejected is not None:
+                exc.headers = self.on_rejected(req) | exc.headers
+            raise
+
+    def _authenticate(self, req: falcon.Request) -> Principal:
         header = req.get_header("Authorization")
         if not header:
             raise Unauthorized(
@@ -150,7 +165,7 @@ class Auth:
                     "WWW-Authenticate": _challenge("insufficient_scope", "deploy:manage required", REQUIRED_SCOPE)
                 },
             )
-        req.context.principal = principal
+        return principal
 
 
 def mint_token(

@@ -9,7 +9,8 @@ from typing import Any
 import falcon
 import peewee
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# fullmatch: `$` would let a trailing newline into the echoed header.
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
 
 class RequestId:
@@ -17,7 +18,7 @@ class RequestId:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         incoming = req.get_header("X-Request-Id")
-        req.context.request_id = incoming if incoming and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        req.context.request_id = incoming if incoming and _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
         resp.set_header("X-Request-Id", req.context.request_id)
 
 

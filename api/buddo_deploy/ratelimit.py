@@ -36,11 +36,59 @@ def _route_key(method: str, template: str) -> tuple[str, str]:
     return method, template.replace("{deployment_id:uuid}", "{deployment_id}")
 
 
+def client_address(req: falcon.Request, trusted_proxies: frozenset[str]) -> str:
+    """The socket peer; behind a trusted proxy, the nearest X-Forwarded-For hop it did not add.
+
+    Only the proxies' own entries can be believed: anything left of them the client wrote.
+    """
+    peer = req.remote_addr or "unknown"
+    if peer not in trusted_proxies:
+        return peer
+    hops = [hop.strip() for hop in (req.get_header("X-Forwarded-For") or "").split(",") if hop.strip()]
+    return next((hop for hop in reversed(hops) if hop not in trusted_proxies), peer)
+
+
 class RateLimit:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limits_enabled
         self.window = settings.rate_limit_window_s
         self.limits = {"read": settings.rate_limit_read, "write": settings.rate_limit_write}
+        self.anonymous_limit = settings.rate_limit_anonymous
+        self.trusted_proxies = frozenset(settings.trusted_proxies)
+
+    def _window(self) -> tuple[int, int]:
+        now = time.time()
+        window_start = int(now // self.window * self.window)
+        return window_start, max(1, int(window_start + self.window - now + 0.999))
+
+    def _headers(self, limit: int, count: int, reset: int) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(limit),
+            "RateLimit-Remaining": str(max(0, limit - count)),
+            "RateLimit-Reset": str(reset),
+        }
+
+    def rejected(self, req: falcon.Request) -> dict[str, str]:
+        """Count a request that failed authentication against its client address.
+
+        Without this a flood of bad tokens costs a signature check each and is never
+        slowed down. Returns the headers for the 401/403; raises 429 once over the limit.
+        """
+        if not self.enabled:
+            return {}
+        limit = self.anonymous_limit
+        window_start, reset = self._window()
+        address = client_address(req, self.trusted_proxies)
+        count = self._hit(f"anonymous|{address}", window_start)
+        headers = self._headers(limit, count, reset)
+        if count > limit:
+            raise TooManyRequests(
+                f"Too many unauthenticated requests from {address}: {limit} per {self.window}s",
+                code="rate_limited",
+                details={"limit": limit, "window_seconds": self.window, "retry_after": reset},
+                headers=headers | {"Retry-After": str(reset)},
+            )
+        return headers
 
     def _hit(self, key: str, window_start: int) -> int:
         db = database_proxy.obj
@@ -67,15 +115,9 @@ class RateLimit:
         if limit_class is None:
             return
         limit = self.limits[limit_class]
-        now = time.time()
-        window_start = int(now // self.window * self.window)
-        reset = max(1, int(window_start + self.window - now + 0.999))
+        window_start, reset = self._window()
         count = self._hit(f"{principal.operator_id}|{method} {route}", window_start)
-        headers = {
-            "RateLimit-Limit": str(limit),
-            "RateLimit-Remaining": str(max(0, limit - count)),
-            "RateLimit-Reset": str(reset),
-        }
+        headers = self._headers(limit, count, reset)
         if count > limit:
             raise TooManyRequests(
                 f"Rate limit of {limit} requests per {self.window}s exceeded for {method} {route}",

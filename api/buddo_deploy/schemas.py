@@ -9,25 +9,46 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     StrictInt,
     StrictStr,
+    StringConstraints,
     ValidationInfo,
     field_validator,
 )
 
-SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Patterns are written once, unanchored, and always applied whole: `re.fullmatch` here,
+# `^(?:...)$` in the JSON schema (ECMA-262 and pydantic's Rust engine end `$` at the end of
+# the text). Python's own `$` also matches before a trailing newline, so "admin\n" got in.
+SUBDOMAIN_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?"
+ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
+DNS_LABEL_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# At least two labels, the last one (the TLD) letters only.
+DOMAIN_PATTERN = rf"(?:{DNS_LABEL_PATTERN}\.)+[a-z]{{1,63}}"
+TIER_SLUG_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-IMAGE_PATH = re.compile(
-    rf"^{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?$"
+IMAGE_PATH_PATTERN = (
+    rf"{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?"
 )
+# An env value is anything but NUL (which cannot reach a process environment).
+ENV_VALUE_PATTERN = r"[^\x00]*"
 MAX_ENV_VARS = 50
+MAX_ENV_NAME = 128
 MAX_ENV_VALUE = 4096
 MAX_ENV_TOTAL = 64 * 1024
+MAX_IMAGE = 512
+MAX_DOMAIN = 253
+MAX_PAGE = 100
+MAX_CURSOR = 200
+
+
+def anchored(pattern: str) -> str:
+    """The JSON-schema/pydantic form of a pattern that must match the whole string."""
+    return f"^(?:{pattern})$"
+
 
 DeploymentStatus = Literal["pending", "deploying", "running", "stopped", "failed", "destroyed"]
 HealthStatus = Literal["unknown", "healthy", "unhealthy"]
@@ -46,6 +67,13 @@ class ValidationContext(BaseModel):
     allowed_registries: tuple[str, ...]
     reserved_subdomains: tuple[str, ...]
     base_domain: str
+    # The catalogue's tier slugs: the document lists them; an unknown slug is a 404 (tier_not_found).
+    tier_slugs: tuple[str, ...] = ()
+
+    @property
+    def image_pattern(self) -> str:
+        registries = "|".join(re.escape(prefix) for prefix in self.allowed_registries)
+        return f"(?:{registries}){IMAGE_PATH_PATTERN}"
 
 
 def _context(info: ValidationInfo) -> ValidationContext:
@@ -54,25 +82,75 @@ def _context(info: ValidationInfo) -> ValidationContext:
     return info.context
 
 
+def _env_vars_schema(schema: dict[str, Any]) -> None:
+    # pydantic describes constrained keys with patternProperties, which leaves every other
+    # name valid in the document; propertyNames says what the validator enforces.
+    schema.pop("patternProperties", None)
+    schema["propertyNames"] = {"type": "string", "minLength": 1, "maxLength": MAX_ENV_NAME,
+                               "pattern": anchored(ENV_NAME_PATTERN)}
+    schema["additionalProperties"] = {"type": "string", "maxLength": MAX_ENV_VALUE,
+                                      "pattern": anchored(ENV_VALUE_PATTERN)}
+
+
+EnvName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ENV_NAME,
+                                                 pattern=anchored(ENV_NAME_PATTERN))]
+EnvValue = Annotated[StrictStr, StringConstraints(max_length=MAX_ENV_VALUE, pattern=anchored(ENV_VALUE_PATTERN))]
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 3000.0 is the integer 3000 to JSON Schema (and to a fuzzer).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A JSON integer: strict (no "80", no true) but 3000.0 counts.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
+
+# What a pattern means, for the 422 message (pydantic's own names the regex).
+PATTERN_HINTS = {
+    "subdomain": "must be lowercase letters, digits and hyphens, not starting or ending with a hyphen",
+    "tier": "must be a tier slug (lowercase letters, digits and hyphens)",
+    "custom_domain": "must be a lowercase fully qualified domain name, e.g. app.example.com",
+    "env_vars.[key]": "invalid variable name (use [A-Za-z_][A-Za-z0-9_]*)",
+    "env_vars": "must not contain NUL",
+    "cursor": "is not a cursor this API returned",
+}
+
+
 class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    subdomain: StrictStr = Field(description="1-32 chars: lowercase letters, digits, hyphens")
-    image: StrictStr = Field(description="Image reference from an allowed registry")
-    tier: StrictStr = Field(description="Tier slug from GET /api/deploy/tiers")
-    port: StrictInt = Field(3000, ge=1, le=65535, description="Container port to expose")
-    custom_domain: StrictStr | None = Field(None, description="Custom domain (tier must allow it)")
-    env_vars: dict[str, StrictStr] = Field(default_factory=dict, description="At most 50 keys")
+    subdomain: StrictStr = Field(description="1-32 chars: lowercase letters, digits, hyphens", min_length=1,
+                                 max_length=32, pattern=anchored(SUBDOMAIN_PATTERN))
+    image: StrictStr = Field(description="Image reference from an allowed registry", min_length=1,
+                             max_length=MAX_IMAGE)
+    tier: StrictStr = Field(description="Tier slug from GET /api/deploy/tiers", min_length=1, max_length=64,
+                            pattern=anchored(TIER_SLUG_PATTERN))
+    port: JsonInt = Field(3000, ge=1, le=65535, description="Container port to expose")
+    custom_domain: StrictStr | None = Field(None, description="Custom domain (tier must allow it)",
+                                            max_length=MAX_DOMAIN, pattern=anchored(DOMAIN_PATTERN))
+    env_vars: dict[EnvName, EnvValue] = Field(
+        default_factory=dict, max_length=MAX_ENV_VARS, json_schema_extra=_env_vars_schema,
+        description=f"At most {MAX_ENV_VARS} variables, {MAX_ENV_TOTAL} bytes of names and values in all")
+
+    @classmethod
+    def json_schema_for(cls, context: ValidationContext) -> dict[str, Any]:
+        """The request schema with what the context adds to the static constraints."""
+        schema = cls.model_json_schema(mode="validation")
+        fields = schema["properties"]
+        fields["subdomain"]["not"] = {"enum": sorted(context.reserved_subdomains)}
+        fields["image"]["pattern"] = anchored(context.image_pattern)
+        if context.tier_slugs:
+            fields["tier"]["enum"] = list(context.tier_slugs)
+        domain = next(branch for branch in fields["custom_domain"]["anyOf"] if branch.get("type") == "string")
+        domain["not"] = {"pattern": f"(?:^|\\.){re.escape(context.base_domain)}$"}
+        if context.allowed_registries and context.tier_slugs:
+            schema["examples"] = [{"subdomain": "my-app", "image": f"{context.allowed_registries[0]}my-app:latest",
+                                   "tier": context.tier_slugs[0], "port": 3000, "env_vars": {"NODE_ENV": "production"}}]
+        return schema
 
     @field_validator("subdomain")
     @classmethod
     def _subdomain(cls, value: str, info: ValidationInfo) -> str:
-        if not 1 <= len(value) <= 32:
-            raise ValueError("must be 1-32 characters")
-        if not SUBDOMAIN.match(value):
-            raise ValueError(
-                "must be lowercase letters, digits and hyphens, not starting or ending with a hyphen"
-            )
         if value in _context(info).reserved_subdomains:
             raise ValueError(f"'{value}' is reserved")
         return value
@@ -80,21 +158,12 @@ class DeploymentCreate(BaseModel):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str, info: ValidationInfo) -> str:
-        if len(value) > 512:
-            raise ValueError("must be at most 512 characters")
-        allowed = _context(info).allowed_registries
-        prefix = next((p for p in allowed if value.startswith(p)), None)
-        if prefix is None:
+        context = _context(info)
+        allowed = context.allowed_registries
+        if not any(value.startswith(prefix) for prefix in allowed):
             raise ValueError(f"registry not allowed; image must start with one of: {', '.join(allowed)}")
-        if not IMAGE_PATH.match(value[len(prefix):]):
+        if not re.fullmatch(context.image_pattern, value):
             raise ValueError("is not a valid image reference (repository[:tag][@sha256:digest])")
-        return value
-
-    @field_validator("tier")
-    @classmethod
-    def _tier(cls, value: str) -> str:
-        if not value or len(value) > 64:
-            raise ValueError("must be a tier slug")
         return value
 
     @field_validator("custom_domain")
@@ -102,14 +171,6 @@ class DeploymentCreate(BaseModel):
     def _custom_domain(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        labels = value.split(".")
-        if (
-            len(value) > 253
-            or len(labels) < 2
-            or not all(DNS_LABEL.match(label) for label in labels)
-            or not labels[-1].isalpha()
-        ):
-            raise ValueError("must be a lowercase fully qualified domain name, e.g. app.example.com")
         base = _context(info).base_domain
         if value == base or value.endswith("." + base):
             raise ValueError(f"must not be under the platform domain {base}")
@@ -118,17 +179,19 @@ class DeploymentCreate(BaseModel):
     @field_validator("env_vars")
     @classmethod
     def _env_vars(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > MAX_ENV_VARS:
-            raise ValueError(f"at most {MAX_ENV_VARS} variables")
-        bad = sorted(name for name in value if not ENV_NAME.match(name) or len(name) > 128)
-        if bad:
-            raise ValueError(f"invalid variable names: {', '.join(bad[:5])} (use [A-Za-z_][A-Za-z0-9_]*)")
-        long = sorted(name for name, item in value.items() if len(item) > MAX_ENV_VALUE or "\x00" in item)
-        if long:
-            raise ValueError(f"values too long (max {MAX_ENV_VALUE}) or containing NUL: {', '.join(long[:5])}")
         if sum(len(k) + len(v) for k, v in value.items()) > MAX_ENV_TOTAL:
             raise ValueError(f"total size exceeds {MAX_ENV_TOTAL} bytes")
         return value
+
+
+class ListQuery(BaseModel):
+    """The query of GET /api/deploy/apps (unknown parameters are ignored)."""
+
+    limit: int = Field(20, ge=1, le=MAX_PAGE, description="Page size")
+    cursor: StrictStr | None = Field(None, min_length=1, max_length=MAX_CURSOR, pattern=r"^[A-Za-z0-9_-]+$",
+                                     description="next_cursor of the previous page")
+    status: DeploymentStatus | None = Field(None, description="Only deployments with this status")
+    include_destroyed: bool = Field(False, description="Also list destroyed deployments")
 
 
 class TierOut(BaseModel):

@@ -21,6 +21,9 @@ DEFAULT_RESERVED = (
     "www", "api", "admin", "app", "apps", "auth", "billing", "blog", "cdn", "dashboard",
     "docs", "ftp", "help", "imap", "mail", "ns1", "ns2", "pop", "root", "smtp", "static",
     "status", "support",
+    # Mail clients and servers look these up by name (autoconfig, MTA-STS, RFC 2142 mailboxes).
+    "autoconfig", "autodiscover", "mta-sts", "webmail", "pop3", "pop3s", "imaps", "smtps", "mx", "email",
+    "postmaster", "hostmaster", "webmaster", "abuse", "localhost", "wpad", "ns3", "ns4",
 )
 
 
@@ -70,6 +73,10 @@ class Settings:
     rate_limit_read: int = 30
     rate_limit_write: int = 10
     rate_limit_window_s: int = 60
+    # Requests that fail authentication (401/403), per client address and window.
+    rate_limit_anonymous: int = 30
+    # Proxies whose X-Forwarded-For is believed; otherwise the client is the socket peer.
+    trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024
     job_timeout_s: int = 600
     job_lease_s: int = 20
@@ -125,6 +132,8 @@ class Settings:
             "rate_limit_read": int(get("RATE_LIMIT_READ") or 30),
             "rate_limit_write": int(get("RATE_LIMIT_WRITE") or 10),
             "rate_limit_window_s": int(get("RATE_LIMIT_WINDOW") or 60),
+            "rate_limit_anonymous": int(get("RATE_LIMIT_ANONYMOUS") or 30),
+            "trusted_proxies": _csv(get("TRUSTED_PROXIES") or ""),
             "job_timeout_s": int(get("JOB_TIMEOUT") or 600),
             "job_lease_s": int(get("JOB_LEASE") or 20),
             "worker_poll_s": float(get("WORKER_POLL") or 0.2),

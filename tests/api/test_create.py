@@ -83,10 +83,24 @@ def test_default_port_is_3000(client):
         ("env_vars", {f"K{i}": "v" for i in range(51)}),
         ("env_vars", {"BIG": "x" * 5000}),
         ("env_vars", ["A=b"]),
+        # Whole-string matches: Python's `$` also matches before a trailing newline.
+        ("subdomain", "admin\n"),
+        ("subdomain", "my-app\n"),
+        ("image", "harbor.buddo.xyz:4443/operators/my-app:latest\n"),
+        ("image", "ghcr.io/owner/app\n"),
+        ("custom_domain", "app.example.com\n"),
+        ("env_vars", {"GOOD\n": "x"}),
+        ("env_vars", {"GOOD": "nul\x00inside"}),
+        ("tier", "btc-starter\n"),
+        ("port", 80.5),
+        ("port", True),
+        # Mail and autoconfig names, and the inventory's hosts.
+        *(("subdomain", name) for name in ("mail", "smtp", "imap", "pop", "pop3", "autoconfig", "autodiscover",
+                                           "mta-sts", "webmail", "container-host-1")),
     ],
 )
 def test_validation_errors_are_422_with_field_details(client, field, value):
-    resp = post(client, create_body(tier="btc-starter", **{field: value}))
+    resp = post(client, create_body(**{"tier": "btc-starter", field: value}))
     assert resp.status_code == 422, resp.text
     error = resp.json["error"]
     assert error["code"] == "validation_failed"
@@ -179,3 +193,37 @@ def test_env_values_are_write_only(client):
     assert shown.json["deployment"]["env_var_names"] == ["SECRET"]
     assert "hunter2" not in shown.text
     assert "hunter2" not in json.dumps([e.details for e in AuditEntry.select()])
+
+
+def test_an_integral_json_number_is_a_port(client):
+    resp = post(client, create_body(port=8080.0))
+    assert resp.status_code == 201 and resp.json["deployment"]["port"] == 8080
+
+
+def test_values_with_newlines_are_fine(client):
+    resp = post(client, create_body(env_vars={"PEM": "line one\nline two\n"}))
+    assert resp.status_code == 201, resp.text
+
+
+def test_the_configured_inventory_hosts_are_reserved(client_with, tmp_path):
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(
+        "container_hosts:\n  hosts:\n    edge-9:\n      ansible_host: edge-9.example.net\n")
+    client = client_with(inventory=inventory)
+    resp = post(client, create_body(subdomain="edge-9"))
+    assert resp.status_code == 422
+    assert resp.json["error"]["details"] == [{"field": "subdomain", "message": "'edge-9' is reserved"}]
+    # The default inventory's host is not in this one.
+    assert post(client, create_body(subdomain="container-host-1")).status_code == 201
+
+
+def test_pattern_errors_say_what_the_pattern_means(client):
+    resp = post(client, create_body(subdomain="My-App", env_vars={"BAD\n": "x", "NUL": "a\x00b"}))
+    assert resp.status_code == 422
+    assert resp.json["error"]["details"] == [
+        {"field": "subdomain",
+         "message": "must be lowercase letters, digits and hyphens, not starting or ending with a hyphen"},
+        {"field": "env_vars.BAD\n.[key]", "message": "invalid variable name (use [A-Za-z_][A-Za-z0-9_]*)"},
+        {"field": "env_vars.NUL", "message": "must not contain NUL"},
+    ]

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 from buddo_deploy import jobqueue
-from buddo_deploy.models import Job, database_proxy, utcnow
+from buddo_deploy.models import Deployment, Job, database_proxy, utcnow
 
 from tests.helpers import auth, create_body
 
@@ -137,3 +137,29 @@ def test_concurrent_creates_of_one_subdomain_have_one_winner(client, settings):
     for thread in threads:
         thread.join()
     assert sorted(results) == [201] + [422] * 5
+
+
+@pytest.mark.parametrize(("tier", "limit_code", "overrides"), [
+    ("buddo-starter", "tier_deployment_limit", {}),
+    ("btc-pro", "account_deployment_limit", {"max_deployments_per_account": 2}),
+])
+def test_concurrent_creates_of_one_operator_hold_the_limits(client_with, tier, limit_code, overrides):
+    client = client_with(**overrides)
+    results: list[tuple[int, str | None]] = []
+    barrier = threading.Barrier(8)
+
+    def create(i: int) -> None:
+        barrier.wait()
+        resp = client.simulate_post("/api/deploy/apps", json=create_body(subdomain=f"burst-{i}", tier=tier),
+                                    headers=auth("bursty"))
+        results.append((resp.status_code, (resp.json.get("error") or {}).get("code")))
+        database_proxy.obj.close()
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    allowed = 3 if tier == "buddo-starter" else 2
+    assert sorted(results, key=str) == sorted([(201, None)] * allowed + [(429, limit_code)] * (8 - allowed), key=str)
+    assert Deployment.select().where(Deployment.operator_id == "bursty").count() == allowed

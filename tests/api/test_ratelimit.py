@@ -56,3 +56,40 @@ def test_budget_comes_back_in_the_next_window(client_with):
     assert limited.status_code == 429
     time.sleep(int(limited.headers["Retry-After"]) + 0.05)
     assert client.simulate_get("/api/deploy/tiers", headers=auth()).status_code == 200
+
+
+def test_unauthenticated_requests_are_limited_per_client_address(client_with):
+    client = client_with(rate_limit_anonymous=3, rate_limit_window_s=86400)
+    bad = {"Authorization": "Bearer not-a-token"}
+    for i, headers in enumerate([{}, bad, auth(scope="other:scope")]):
+        resp = client.simulate_get("/api/deploy/apps", headers=headers)
+        assert resp.status_code in (401, 403)
+        assert resp.headers["RateLimit-Limit"] == "3" and resp.headers["RateLimit-Remaining"] == str(2 - i)
+    for path in ("/api/deploy/apps", "/api/deploy/tiers"):  # one budget for every endpoint
+        limited = client.simulate_get(path, headers=bad)
+        assert limited.status_code == 429
+        assert limited.json["error"]["code"] == "rate_limited"
+        assert int(limited.headers["Retry-After"]) >= 1 and limited.headers["RateLimit-Remaining"] == "0"
+    # Another address has its own budget; a valid token from the flooding address still works.
+    assert client.simulate_get("/api/deploy/apps", headers=bad, remote_addr="10.0.0.2").status_code == 401
+    assert client.simulate_get("/api/deploy/apps", headers=auth()).status_code == 200
+    # The open endpoints are not counted.
+    assert client.simulate_get("/api/deploy/openapi.json").status_code == 200
+
+
+def test_forwarded_for_counts_only_behind_a_trusted_proxy(client_with):
+    bad = {"Authorization": "Bearer not-a-token"}
+
+    def status(client, forwarded: str) -> int:
+        return client.simulate_get("/api/deploy/apps", headers=bad | {"X-Forwarded-For": forwarded},
+                                   remote_addr="10.0.0.1").status_code
+
+    direct = client_with(rate_limit_anonymous=1, rate_limit_window_s=86400)
+    # Not a trusted proxy: the client cannot escape its budget by making up addresses.
+    assert [status(direct, f"192.0.2.{i}") for i in range(3)] == [401, 429, 429]
+
+    proxied = client_with(rate_limit_anonymous=1, rate_limit_window_s=86400, trusted_proxies=("10.0.0.1",))
+    assert status(proxied, "192.0.2.50") == 401
+    assert status(proxied, "192.0.2.51") == 401  # another client behind the proxy
+    # What a client writes left of the address the proxy appended is not believed.
+    assert status(proxied, "203.0.113.9, 192.0.2.50") == 429

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
 import pytest
@@ -88,8 +90,19 @@ def test_list_filters_and_excludes_destroyed(client):
     assert listed(status="running") == []
 
 
-@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"status": "sleeping"},
-                                    {"cursor": "garbage!"}, {"include_destroyed": "maybe"}])
+def _cursor(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"limit": "\u00b2"},
+                                    {"limit": "\u0661"}, {"limit": ""}, {"status": "sleeping"},
+                                    {"status": "running\n"}, {"status": ""}, {"cursor": "garbage!"},
+                                    {"cursor": "a\x00"}, {"include_destroyed": "maybe"},
+                                    {"cursor": _cursor(["2026-01-01T00:00:00", 5])}, {"cursor": _cursor([1, 2])},
+                                    {"cursor": _cursor({"a": 1, "b": 2})}, {"cursor": _cursor("ab")},
+                                    {"cursor": _cursor(["2026-01-01T00:00:00", "not-a-uuid"])},
+                                    {"cursor": _cursor(["yesterday", "00000000-0000-0000-0000-000000000000"])},
+                                    {"cursor": base64.urlsafe_b64encode(b"[" * 5000).decode().rstrip("=")}])
 def test_bad_list_parameters_are_422(client, params):
     resp = client.simulate_get("/api/deploy/apps", params=params, headers=auth())
     assert resp.status_code == 422
@@ -140,5 +153,23 @@ def test_domain_check_for_on_demand_tls(client):
     assert check("SHOP.example.com") == 200
     assert check("other.example.com") == 404
     assert client.simulate_get("/api/deploy/internal/domain-check").status_code == 404
+    for malformed in ("shop.example.com\n", "shop.example.com\x00", "a\x00b.com", "-x.com"):
+        assert check(malformed) == 404, repr(malformed)
     client.simulate_delete(f"/api/deploy/apps/{created['id']}", headers=auth())
     assert check("shop.example.com") == 404
+
+
+def test_a_request_id_is_echoed_only_when_it_is_sane_as_a_whole():
+    import falcon
+    import falcon.testing
+    from buddo_deploy.middleware import RequestId
+
+    def request_id(incoming: str) -> str:
+        environ = falcon.testing.create_environ()
+        environ["HTTP_X_REQUEST_ID"] = incoming  # raw, as a WSGI server may pass it on
+        req = falcon.Request(environ)
+        RequestId().process_request(req, falcon.Response())
+        return str(req.context.request_id)
+
+    assert request_id("trace-12345678") == "trace-12345678"
+    assert request_id("trace-12345678\n") != "trace-12345678\n"

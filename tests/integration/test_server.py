@@ -85,3 +85,14 @@ def test_subdomain_race_across_processes(servers):
     with ThreadPoolExecutor(max_workers=8) as pool:
         codes = sorted(pool.map(create, range(8)))
     assert codes == [201] + [422] * 7
+
+
+def test_tier_limit_holds_across_processes(servers):
+    def create(i: int) -> int:
+        resp = requests.post(f"{servers[i % 2]}/api/deploy/apps", json=create_body(subdomain=f"burst-{i}"),
+                             headers=auth("bursty"), timeout=10)
+        return resp.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = sorted(pool.map(create, range(8)))
+    assert codes == [201] * 3 + [429] * 5  # buddo-starter allows 3

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 from buddo_deploy.crypto import decrypt_env, encrypt_env
 from buddo_deploy.runner import unsafe_yaml
-from buddo_deploy.schemas import IMAGE_PATH
+from buddo_deploy.schemas import IMAGE_PATH_PATTERN
 from buddo_deploy.settings import Settings
 
 
@@ -17,7 +19,9 @@ def test_settings_from_env(tmp_path: Path) -> None:
         "BUDDO_VAR_DIR": str(tmp_path), "BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k",
         "BUDDO_DATABASE_URL": "postgresql://u:p@h/db", "BUDDO_ALLOWED_REGISTRIES": "a/, b/ ,",
         "BUDDO_HOST_PORT_RANGE": "100-200", "BUDDO_PUBLIC_HTTPS_PORT": "443", "BUDDO_RATE_LIMITS_ENABLED": "no",
+        "BUDDO_RATE_LIMIT_ANONYMOUS": "7", "BUDDO_TRUSTED_PROXIES": "10.0.0.1, 10.0.0.2",
     })
+    assert settings.rate_limit_anonymous == 7 and settings.trusted_proxies == ("10.0.0.1", "10.0.0.2")
     assert settings.allowed_registries == ("a/", "b/")
     assert settings.host_port_range == (100, 200)
     assert settings.public_url_suffix == ""
@@ -59,9 +63,66 @@ def test_unsafe_yaml_tags_every_string_value_and_no_key() -> None:
 @pytest.mark.parametrize("ref", ["nginx", "nginx:1.25", "operators/my-app:latest", "a/b/c@sha256:" + "a" * 64,
                                  "my_app__x/y-z:v1.2-rc_3"])
 def test_valid_image_paths(ref: str) -> None:
-    assert IMAGE_PATH.match(ref)
+    assert re.fullmatch(IMAGE_PATH_PATTERN, ref)
 
 
-@pytest.mark.parametrize("ref", ["", "Nginx", "a//b", "a:b:c", "-a", "a/../b", "a:tag with space", "a@sha256:xyz"])
+@pytest.mark.parametrize("ref", ["", "Nginx", "a//b", "a:b:c", "-a", "a/../b", "a:tag with space", "a@sha256:xyz",
+                                 "nginx\n", "nginx:1\n"])
 def test_invalid_image_paths(ref: str) -> None:
-    assert not IMAGE_PATH.match(ref)
+    assert not re.fullmatch(IMAGE_PATH_PATTERN, ref)
+
+
+def test_inventory_host_labels(tmp_path: Path) -> None:
+    from buddo_deploy.inventory import host_labels
+
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all.yml").write_text("not_a_host: {hosts: {ignored: {}}}\n")
+    (tmp_path / "hosts.yml").write_text(textwrap.dedent("""\
+        all:
+          children:
+            container_hosts:
+              hosts:
+                Container-Host-2: {ansible_host: edge-7.example.net}
+                db-1:
+                  ansible_host: 10.0.0.5
+                  secret: !vault |
+                    $ANSIBLE_VAULT;1.1;AES256
+                    61
+        controllers:
+          hosts:
+            ctl-1.example.org:
+        """))
+    assert host_labels(tmp_path) == ("container-host-2", "ctl-1", "db-1", "edge-7")
+    assert host_labels(tmp_path / "missing") == ()
+    (tmp_path / "more").write_text(textwrap.dedent("""\
+        # an INI inventory beside the YAML one
+        loose-1
+        [container_hosts]
+        ini-host-3 ansible_host=box-4.example.net ansible_user=deploy
+        [container_hosts:vars]
+        ansible_user=deploy
+        [all:children]
+        container_hosts
+        """))
+    for ignored in ("notes.txt", ".hidden", "more~"):
+        (tmp_path / ignored).write_text("not-a-host\n")
+    assert host_labels(tmp_path) == ("box-4", "container-host-2", "ctl-1", "db-1", "edge-7", "ini-host-3", "loose-1")
+    assert host_labels(tmp_path / "more") == ("box-4", "ini-host-3", "loose-1")
+    repo = Path(__file__).resolve().parents[2]
+    assert host_labels(repo / "inventory" / "local") == ("container-host-1",)
+    assert set(host_labels(repo / "inventory" / "production")) >= {"container-host-1", "controller-1"}
+
+
+@pytest.mark.parametrize("slug", ["Gold", "gold\n", "-gold", ""])
+def test_a_tier_file_slug_is_one_the_api_accepts(tmp_path: Path, slug: str) -> None:
+    import json
+
+    from buddo_deploy.services.tiers import load_tier_file
+
+    repo = Path(__file__).resolve().parents[2]
+    tiers = json.loads((repo / "api" / "buddo_deploy" / "data" / "tiers.json").read_text())
+    assert load_tier_file(repo / "api" / "buddo_deploy" / "data" / "tiers.json") == tiers
+    tiers[0]["slug"] = slug
+    (tmp_path / "tiers.json").write_text(json.dumps(tiers))
+    with pytest.raises(ValueError, match="tier slug"):
+        load_tier_file(tmp_path / "tiers.json")

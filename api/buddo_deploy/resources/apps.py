@@ -1,18 +1,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import get_args
 
 import falcon
 from pydantic import ValidationError
 
 from ..errors import Unprocessable
 from ..schemas import (
+    PATTERN_HINTS,
     DeploymentCreate,
     DeploymentEnvelope,
     DeploymentList,
-    DeploymentStatus,
     DestroyOut,
+    ListQuery,
     LogList,
     StatusOut,
     ValidationContext,
@@ -20,30 +20,26 @@ from ..schemas import (
 from ..services.lifecycle import Lifecycle
 from .common import deployment_out, log_entry_out, read_json_object, send
 
-STATUS_FILTERS: tuple[str, ...] = get_args(DeploymentStatus)
-MAX_PAGE = 100
-
 
 def _validation_error(exc: ValidationError) -> Unprocessable:
     details = []
     for error in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in error["loc"]) or "body"
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "string_pattern_mismatch" and error["loc"]:
+            # A dict key's error ends its location with "[key]" (env_vars.NAME.[key]).
+            hint = f"{error['loc'][0]}.[key]" if error["loc"][-1] == "[key]" else str(error["loc"][0])
+            message = PATTERN_HINTS.get(hint, message)
         details.append({"field": field, "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
     return Unprocessable(f"Validation failed: {summary}", code="validation_failed", details=details)
 
 
 class AppsResource:
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(self, lifecycle: Lifecycle, context: ValidationContext) -> None:
         self.lifecycle = lifecycle
-        settings = lifecycle.settings
-        self.max_body = settings.max_body_bytes
-        self.context = ValidationContext(
-            allowed_registries=settings.allowed_registries,
-            reserved_subdomains=settings.reserved_subdomains,
-            base_domain=settings.base_domain,
-        )
+        self.max_body = lifecycle.settings.max_body_bytes
+        self.context = context
 
     def _send_deployment(self, resp: falcon.Response, deployment: object, status: str = falcon.HTTP_200) -> None:
         url = self.lifecycle.url_for(deployment)  # type: ignore[arg-type]
@@ -52,21 +48,18 @@ class AppsResource:
     # collection
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raw_limit = req.get_param("limit") or "20"
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-            raise Unprocessable.for_field("limit", f"must be an integer from 1 to {MAX_PAGE}")
-        status = req.get_param("status")
-        if status is not None and status not in STATUS_FILTERS:
-            raise Unprocessable.for_field("status", f"must be one of {', '.join(STATUS_FILTERS)}")
-        include_destroyed = (req.get_param("include_destroyed") or "false").lower()
-        if include_destroyed not in {"true", "false", "1", "0"}:
-            raise Unprocessable.for_field("include_destroyed", "must be true or false")
+        try:
+            # The last value of a repeated parameter, as falcon's get_param gives it.
+            query = ListQuery.model_validate({name: req.get_param(name) for name in ListQuery.model_fields
+                                              if req.get_param(name) is not None})
+        except ValidationError as exc:
+            raise _validation_error(exc) from exc
         page = self.lifecycle.list_deployments(
             req.context.principal,
-            limit=int(raw_limit),
-            cursor=req.get_param("cursor"),
-            status=status,
-            include_destroyed=include_destroyed in {"true", "1"},
+            limit=query.limit,
+            cursor=query.cursor,
+            status=query.status,
+            include_destroyed=query.include_destroyed,
         )
         items = [deployment_out(d, self.lifecycle.url_for(d)) for d in page.deployments]
         send(resp, DeploymentList(deployments=items, next_cursor=page.next_cursor))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import falcon
 
 from ..errors import NotFound
+from ..schemas import DOMAIN_PATTERN
 from ..services.lifecycle import Lifecycle
 
 
@@ -22,6 +25,7 @@ class DomainCheckResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         domain = req.get_param("domain") or ""
-        if not domain or not self.lifecycle.custom_domain_bound(domain):
+        # Only a well-formed name can be bound (and a NUL must not reach PostgreSQL).
+        if not re.fullmatch(DOMAIN_PATTERN, domain.lower()) or not self.lifecycle.custom_domain_bound(domain):
             raise NotFound(f"No deployment is bound to {domain!r}", code="domain_not_bound")
         resp.media = {"domain": domain.lower(), "bound": True}

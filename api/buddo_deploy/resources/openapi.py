@@ -1,4 +1,4 @@
-"""OpenAPI 3.1, generated from the pydantic schemas."""
+"""OpenAPI 3.1, generated from the pydantic schemas that validate requests and shape responses."""
 
 from __future__ import annotations
 
@@ -11,83 +11,104 @@ from pydantic.json_schema import models_json_schema
 from .. import schemas
 
 _REF = "#/components/schemas/{model}"
+_ERRORS = {
+    400: "Malformed JSON", 401: "Missing or invalid OAuth token", 403: "Forbidden (scope or owner)",
+    404: "Not found (deployment, tier, or a malformed deployment id)", 413: "Request body too large",
+    422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
+    429: "Rate or deployment limit reached", 503: "No free host port",
+}
+_RATE_HEADERS = {
+    name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
+    for name, description in (
+        ("RateLimit-Limit", "Requests allowed in the window"),
+        ("RateLimit-Remaining", "Requests left in the window"),
+        ("RateLimit-Reset", "Seconds until the window resets"),
+        ("Retry-After", "Seconds to wait (rate limits only, not deployment limits)"),
+    )
+}
+# Every operation on one deployment, reachable from the id a create returns.
+_ITEM_OPERATIONS = ("getDeployment", "getDeploymentStatus", "getDeploymentLogs", "restartDeployment",
+                    "stopDeployment", "destroyDeployment")
 
 
 def _json(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": _REF.format(model=name)}}}
 
 
-def _responses(ok_status: str, ok_model: str | None, errors: tuple[int, ...]) -> dict[str, Any]:
-    described = {
-        400: "Malformed JSON", 401: "Missing or invalid OAuth token", 403: "Forbidden (scope or owner)",
-        404: "Not found", 422: "Validation failed", 429: "Rate or deployment limit reached",
-    }
-    out: dict[str, Any] = {ok_status: {"description": "OK"}}
-    if ok_model:
-        out[ok_status]["content"] = _json(ok_model)
-    for code in errors:
-        out[str(code)] = {"description": described[code], "content": _json("ErrorOut")}
+def _responses(ok_status: str, ok_model: str, errors: tuple[int, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {ok_status: {"description": "OK", "content": _json(ok_model)}}
+    for code in (401, 403, 429, *errors):
+        out[str(code)] = {"description": _ERRORS[code], "content": _json("ErrorOut")}
+    out["429"]["headers"] = _RATE_HEADERS
     return out
 
 
-def build_document() -> dict[str, Any]:
+def _operation(operation_id: str, summary: str, ok_model: str, errors: tuple[int, ...] = (),
+               ok_status: str = "200") -> dict[str, Any]:
+    return {"operationId": operation_id, "summary": summary,
+            "responses": _responses(ok_status, ok_model, errors)}
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """One optional query parameter per field of the model that parses the query."""
+    schema = model.model_json_schema(mode="validation")
+    parameters = []
+    for name, prop in schema["properties"].items():
+        # An absent parameter is the null default; in a query string null cannot be written.
+        branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
+        if branches:
+            prop.update(branches[0])
+        prop.pop("title", None)
+        description = prop.pop("description", None)
+        if prop.get("default") is None:
+            prop.pop("default", None)
+        parameters.append({"name": name, "in": "query", "required": False, "description": description,
+                           "schema": prop})
+    return parameters
+
+
+def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
-        schemas.DeploymentCreate, schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
+        schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
         schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut,
     ]
-    _, top = models_json_schema(
-        [(m, "validation" if m is schemas.DeploymentCreate else "serialization") for m in models],
-        ref_template=_REF,
-    )
+    _, top = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
     components = top.get("$defs", {})
+    components["DeploymentCreate"] = schemas.DeploymentCreate.json_schema_for(context)
     components["TierList"] = {"type": "array", "items": {"$ref": _REF.format(model="TierOut")}}
     item = [{"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
-    common = (401, 403, 404, 429)
+    create = _operation("createDeployment", "Create a deployment", "DeploymentEnvelope",
+                        (400, 404, 413, 422, 503), ok_status="201")
+    create["requestBody"] = {"required": True, "content": _json("DeploymentCreate")}
+    create["responses"]["201"]["links"] = {
+        operation_id: {"operationId": operation_id, "parameters": {"deployment_id": "$response.body#/deployment/id"}}
+        for operation_id in _ITEM_OPERATIONS
+    }
+    listing = _operation("listDeployments", "List the caller's deployments, newest first", "DeploymentList", (422,))
+    listing["parameters"] = _query_parameters(schemas.ListQuery)
     paths = {
-        "/api/deploy/tiers": {
-            "get": {"summary": "List deploy tiers", "responses": _responses("200", "TierList", (401, 403, 429))},
-        },
-        "/api/deploy/apps": {
-            "get": {
-                "summary": "List the caller's deployments, newest first",
-                "parameters": [
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    {"name": "status", "in": "query", "schema": {"type": "string"}},
-                    {"name": "include_destroyed", "in": "query", "schema": {"type": "boolean"}},
-                ],
-                "responses": _responses("200", "DeploymentList", (401, 403, 422, 429)),
-            },
-            "post": {
-                "summary": "Create a deployment",
-                "requestBody": {"required": True, "content": _json("DeploymentCreate")},
-                "responses": _responses("201", "DeploymentEnvelope", (400, 401, 403, 404, 422, 429)),
-            },
-        },
+        "/api/deploy/tiers": {"get": _operation("listTiers", "List deploy tiers", "TierList")},
+        "/api/deploy/apps": {"get": listing, "post": create},
         "/api/deploy/apps/{deployment_id}": {
             "parameters": item,
-            "get": {"summary": "Deployment details", "responses": _responses("200", "DeploymentEnvelope", common)},
-            "delete": {
-                "summary": "Destroy a deployment",
-                "responses": _responses("200", "DestroyOut", (*common, 422)),
-            },
+            "get": _operation("getDeployment", "Deployment details", "DeploymentEnvelope", (404,)),
+            "delete": _operation("destroyDeployment", "Destroy a deployment", "DestroyOut", (404, 422)),
         },
         "/api/deploy/apps/{deployment_id}/status": {
             "parameters": item,
-            "get": {"summary": "Lightweight status", "responses": _responses("200", "StatusOut", common)},
+            "get": _operation("getDeploymentStatus", "Lightweight status", "StatusOut", (404,)),
         },
         "/api/deploy/apps/{deployment_id}/logs": {
             "parameters": item,
-            "get": {"summary": "Audit log", "responses": _responses("200", "LogList", common)},
+            "get": _operation("getDeploymentLogs", "Audit log", "LogList", (404,)),
         },
         "/api/deploy/apps/{deployment_id}/restart": {
             "parameters": item,
-            "post": {"summary": "Restart (pull latest image)",
-                     "responses": _responses("200", "DeploymentEnvelope", (*common, 422))},
+            "post": _operation("restartDeployment", "Restart (pull latest image)", "DeploymentEnvelope", (404, 422)),
         },
         "/api/deploy/apps/{deployment_id}/stop": {
             "parameters": item,
-            "post": {"summary": "Stop", "responses": _responses("200", "DeploymentEnvelope", (*common, 422))},
+            "post": _operation("stopDeployment", "Stop", "DeploymentEnvelope", (404, 422)),
         },
     }
     return {
@@ -105,8 +126,8 @@ def build_document() -> dict[str, Any]:
 class OpenApiResource:
     auth_required = False
 
-    def __init__(self) -> None:
-        self.document = build_document()
+    def __init__(self, context: schemas.ValidationContext) -> None:
+        self.document = build_document(context)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.document

@@ -22,7 +22,7 @@ import peewee
 from .. import jobqueue
 from ..auth import Principal
 from ..crypto import encrypt_env
-from ..db import write_transaction
+from ..db import is_postgres, write_transaction
 from ..errors import ApiError, Forbidden, NotFound, TooManyRequests, Unprocessable
 from ..models import LIVE_STATUSES, AuditEntry, Deployment, Tier, database_proxy, utcnow
 from ..schemas import DeploymentCreate
@@ -33,6 +33,8 @@ from .tiers import get_tier
 BILLING_CYCLE = dt.timedelta(days=30)
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 _PORT_ATTEMPTS = 8
+# pg_advisory_xact_lock(key, hashtext(operator)): the two-key space, apart from the job queue's one-key lock.
+_OPERATOR_LOCK = 74_217_002
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,8 @@ class Lifecycle:
             raise NotFound(f"Tier '{request.tier}' not found", code="tier_not_found",
                            details=[{"field": "tier", "message": "unknown tier"}])
         if request.custom_domain and not tier.custom_domain_allowed:
-            raise Unprocessable.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains")
+            raise Unprocessable.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains",
+                                          "custom_domain_not_allowed")
         db = database_proxy.obj
         for _ in range(_PORT_ATTEMPTS):
             try:
@@ -200,6 +203,16 @@ class Lifecycle:
         return deployment
 
     def _check_limits(self, principal: Principal, tier: Tier) -> None:
+        """Count and insert as one step per operator, or concurrent creates all pass the count.
+
+        SQLite: write_transaction is BEGIN IMMEDIATE, so writers already run one at a time.
+        PostgreSQL: READ COMMITTED lets two transactions count before either inserts, so a
+        transaction-scoped advisory lock per operator orders them; each count then sees the
+        previous create committed.
+        """
+        db = database_proxy.obj
+        if is_postgres(db):
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_OPERATOR_LOCK, principal.operator_id))
         live = Deployment.select().where(
             (Deployment.operator_id == principal.operator_id) & (Deployment.status.in_(LIVE_STATUSES))
         )
@@ -270,9 +283,16 @@ def _encode_cursor(deployment: Deployment) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    invalid = Unprocessable.for_field("cursor", "is not a cursor this API returned", "invalid_cursor")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        inserted_at, last_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return dt.datetime.fromisoformat(inserted_at), uuid.UUID(last_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise Unprocessable.for_field("cursor", "is not a cursor this API returned", "invalid_cursor") from exc
+        decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error, RecursionError) as exc:
+        raise invalid from exc
+    # Whatever JSON decodes to, only [timestamp string, uuid string] is a cursor.
+    if not (isinstance(decoded, list) and len(decoded) == 2 and all(isinstance(v, str) for v in decoded)):
+        raise invalid
+    try:
+        return dt.datetime.fromisoformat(decoded[0]), uuid.UUID(decoded[1])
+    except ValueError as exc:
+        raise invalid from exc

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 from ..db import write_transaction
 from ..models import Tier, database_proxy
+from ..schemas import TIER_SLUG_PATTERN
 
 _TIER_NAMESPACE = uuid.UUID("6f1c7d1e-2f0e-4c55-9d1a-7a1f0b7f3e10")
 _FIELDS = (
@@ -31,6 +33,8 @@ def load_tier_file(path: Path) -> list[dict[str, Any]]:
         missing = {"slug", *_FIELDS} - set(entry)
         if missing:
             raise ValueError(f"{path}: tier {entry.get('slug')!r} lacks {sorted(missing)}")
+        if not isinstance(entry["slug"], str) or not re.fullmatch(TIER_SLUG_PATTERN, entry["slug"]):
+            raise ValueError(f"{path}: tier slug {entry['slug']!r} is not lowercase letters, digits and hyphens")
         if entry["payment_method"] not in {"buddo_points", "bitcoin"}:
             raise ValueError(f"{path}: tier {entry['slug']!r} has an unknown payment_method")
     return data

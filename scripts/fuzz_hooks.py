@@ -1,0 +1,30 @@
+"""Schemathesis hooks for scripts/fuzz-api.sh.
+
+The built-in positive_data_acceptance check is told (schemathesis.toml) that a
+schema-valid request may get 422, because some rejections depend on state no
+schema can describe: a subdomain or custom domain already taken, a tier without
+custom domains, a destroyed deployment, a cursor the API never returned. This
+check keeps that allowance narrow: a schema-valid request answered 422 must name
+one of those state conflicts, never `validation_failed` (the spec said yes, the
+validator said no).
+"""
+
+from __future__ import annotations
+
+import schemathesis
+from schemathesis import Case, CheckContext, Response
+
+STATE_CONFLICTS = frozenset({
+    "subdomain_taken", "custom_domain_taken", "custom_domain_not_allowed", "deployment_destroyed", "invalid_cursor",
+})
+
+
+@schemathesis.check
+def schema_valid_requests_pass_validation(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or response.status_code != 422:
+        return None
+    code = (response.json().get("error") or {}).get("code")
+    if code not in STATE_CONFLICTS:
+        raise AssertionError(f"schema-valid request rejected as {code!r}: {response.text[:500]}")
+    return None
