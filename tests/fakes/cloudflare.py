@@ -13,7 +13,7 @@ Behaviour copied from the real API (codes seen in its answers in public bug repo
 |---|---|---|
 | Authorization not ``Bearer <token>`` | 400 | 6003 "Invalid request headers", chain 6111 |
 | unknown token; token without access to the zone or without write permission | 403 | 10000 "Authentication error" |
-| unknown zone id in the path | 400 | 7003 "Could not route to <path>, perhaps your object identifier is invalid?" + 7000 "No route for that URI" |
+| unknown zone id in the path | 400 | 7003 "Could not route to <path>, perhaps your object identifier ...", 7000 |
 | unknown record id | 404 | 81044 "Record does not exist." |
 | same type, name and content as a record (other settings) | 400 | 81057 "Record already exists." |
 | ... and the same ttl and proxied too | 400 | 81058 "An identical record already exists." |
