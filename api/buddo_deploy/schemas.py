@@ -33,6 +33,8 @@ DeploymentStatus = Literal["pending", "deploying", "running", "stopped", "failed
 HealthStatus = Literal["unknown", "healthy", "unhealthy"]
 AuditAction = Literal["create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate"]
 AuditStatus = Literal["pending", "running", "completed", "failed"]
+BillingStatus = Literal["active", "past_due", "suspended", "cancelled"]
+BillingTrack = Literal["buddo_points", "bitcoin"]
 
 
 def _rfc3339(value: dt.datetime) -> str:
@@ -164,7 +166,7 @@ class DeploymentOut(BaseModel):
     observed_generation: int = Field(description="The generation the host has converged to")
     health_status: HealthStatus
     last_health_check: Timestamp | None
-    billing_status: str
+    billing_status: BillingStatus
     next_billing_at: Timestamp
     memory_limit_mb: int
     cpu_limit_millicores: int
@@ -219,3 +221,84 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+# --- billing --------------------------------------------------------------
+
+OPERATOR_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@|+-]{0,254}$"
+REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}$"
+# Balances are BIGINT: no single payment may come near overflowing one.
+MAX_PAYMENT = 10**15
+
+
+class PaymentIn(BaseModel):
+    """A payment notification (the signed webhook's body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operator_id: StrictStr = Field(pattern=OPERATOR_ID, description="The operator (the token's subject)")
+    track: BillingTrack = Field(description="buddo_points credits points, bitcoin credits sats")
+    amount: StrictInt = Field(gt=0, le=MAX_PAYMENT, description="Points or satoshis, a positive integer")
+    reference: StrictStr = Field(pattern=REFERENCE,
+                                 description="The payment's id at its source: the idempotency key")
+
+
+class PaymentOut(BaseModel):
+    reference: str
+    operator_id: str
+    track: BillingTrack
+    amount: int
+    credited_at: Timestamp
+    replayed: bool = Field(description="True when this reference was credited before: nothing changed now")
+    points_balance: int
+    sats_balance: int
+    settled: list[dict[str, Any]] = Field(description="Outstanding cycles this payment paid (deployment, cycle)")
+    reactivated: list[uuid.UUID] = Field(description="Suspended deployments this payment reactivated")
+
+
+class ChargeOut(BaseModel):
+    track: BillingTrack
+    amount: int
+    at: Timestamp
+
+
+class OutstandingOut(BaseModel):
+    cycle: int
+    track: BillingTrack
+    amount: int
+    starts_at: Timestamp
+
+
+class DeploymentBillingOut(BaseModel):
+    id: uuid.UUID
+    subdomain: str
+    tier: str
+    status: DeploymentStatus
+    billing_status: BillingStatus
+    next_billing_at: Timestamp
+    next_charge: ChargeOut | None = Field(description="Null while no cycle will start (stopped or suspended)")
+    outstanding: list[OutstandingOut] = Field(description="Unpaid cycles, oldest first")
+
+
+class LedgerEntryOut(BaseModel):
+    id: int
+    kind: Literal["charge", "stipend", "credit", "adjustment"]
+    track: BillingTrack
+    amount: int = Field(description="Signed: a charge is negative")
+    deployment_id: uuid.UUID | None
+    cycle: int | None
+    reference: str | None
+    details: Any
+    created_at: Timestamp
+
+
+class BillingOut(BaseModel):
+    operator_id: str
+    points_balance: int
+    sats_balance: int
+    billing_enabled: bool
+    cycle_seconds: int
+    grace_seconds: int
+    deployments: list[DeploymentBillingOut]
+    ledger: list[LedgerEntryOut] = Field(description="Newest first")
+    next_cursor: str | None

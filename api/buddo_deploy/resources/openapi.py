@@ -21,6 +21,8 @@ def _responses(ok_status: str, ok_model: str | None, errors: tuple[int, ...]) ->
     described = {
         400: "Malformed JSON", 401: "Missing or invalid OAuth token", 403: "Forbidden (scope or owner)",
         404: "Not found", 422: "Validation failed", 429: "Rate or deployment limit reached",
+        409: "Reference already used for a different payment", 413: "Body too large",
+        503: "Payment webhook not configured",
     }
     out: dict[str, Any] = {ok_status: {"description": "OK"}}
     if ok_model:
@@ -34,9 +36,11 @@ def build_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         schemas.DeploymentCreate, schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
         schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut,
+        schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut,
     ]
+    inputs = (schemas.DeploymentCreate, schemas.PaymentIn)
     _, top = models_json_schema(
-        [(m, "validation" if m is schemas.DeploymentCreate else "serialization") for m in models],
+        [(m, "validation" if m in inputs else "serialization") for m in models],
         ref_template=_REF,
     )
     components = top.get("$defs", {})
@@ -90,6 +94,7 @@ def build_document() -> dict[str, Any]:
             "post": {"summary": "Stop", "responses": _responses("200", "DeploymentEnvelope", (*common, 422))},
         },
     }
+    paths |= _billing_paths()
     return {
         "openapi": "3.1.0",
         "info": {"title": "Buddo Deploy API", "version": "1.0.0"},
@@ -99,6 +104,39 @@ def build_document() -> dict[str, Any]:
         },
         "security": [{"oauth": ["deploy:manage"]}],
         "paths": paths,
+    }
+
+
+def _billing_paths() -> dict[str, Any]:
+    signature = {
+        "name": "X-Buddo-Signature", "in": "header", "required": True,
+        "description": "sha256=<hex HMAC-SHA256 of the raw body with BUDDO_BILLING_WEBHOOK_SECRET>",
+        "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+    }
+    return {
+        "/api/deploy/billing": {
+            "get": {
+                "summary": "Balances, each live deployment's billing, and the ledger (newest first)",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": _responses("200", "BillingOut", (401, 403, 422, 429)),
+            },
+        },
+        "/api/deploy/billing/payments": {
+            "post": {
+                "summary": "Credit an account (signed webhook; idempotent by reference)",
+                "security": [],
+                "parameters": [signature],
+                "requestBody": {"required": True, "content": _json("PaymentIn")},
+                "responses": {
+                    **_responses("201", "PaymentOut", (400, 401, 409, 413, 422, 429, 503)),
+                    "200": {"description": "A replayed reference: the original credit, nothing changed",
+                            "content": _json("PaymentOut")},
+                },
+            },
+        },
     }
 
 
