@@ -349,7 +349,7 @@ def in_threads(*actions: Callable[[], Any]) -> list[Any]:
         try:
             barrier.wait()
             results[i] = action()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's own thread
             errors.append(exc)
         finally:
             database_proxy.obj.close()
@@ -414,6 +414,18 @@ def test_one_worker_at_a_time_holds_the_billing_lease(env):
     assert env.billing.take_lease("w2", ttl, now + dt.timedelta(seconds=51))  # w1 stopped renewing
     env.billing.release_lease("w2")
     assert env.billing.take_lease("w3", ttl, now)
+
+
+def test_the_worker_clock_bills_only_while_it_holds_the_lease(env):
+    from buddo_deploy.worker import BillingClock
+
+    d = env.create()
+    first, second = BillingClock(env.settings, "w1"), BillingClock(env.settings, "w2")
+    assert second.billing.take_lease("w2", second.ttl)
+    first.tick()
+    assert BillingCycle.select().count() == 0
+    second.tick()
+    assert [(str(c.deployment_id), c.cycle, c.state) for c in BillingCycle.select()] == [(str(d.id), 0, "paid")]
 
 
 # --- the webhook -----------------------------------------------------------------
