@@ -161,7 +161,8 @@ class Settings:
             "billing_cycle_s": parse_duration(get("BILLING_CYCLE") or "30d"),
             "billing_grace_s": parse_duration(get("BILLING_GRACE") or "3d"),
             "billing_interval_s": float(get("BILLING_INTERVAL") or 30),
-            "billing_webhook_secret": get("BILLING_WEBHOOK_SECRET") or None,
+            "billing_webhook_secret": get("BILLING_WEBHOOK_SECRET") or (
+                _persistent_secret(var_dir / "billing-webhook-secret", make=True) if embedded else None),
             "billing_starting_points": int(get("BILLING_STARTING_POINTS") or (5000 if embedded else 0)),
             "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),

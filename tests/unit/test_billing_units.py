@@ -32,6 +32,9 @@ def test_billing_settings_from_the_environment(tmp_path):
     embedded = Settings.from_env(base)
     assert (embedded.billing_cycle_s, embedded.billing_grace_s) == (30 * 86400, 3 * 86400)
     assert embedded.billing_enabled and embedded.billing_starting_points > 0 and embedded.billing_starting_sats > 0
+    # The embedded default signs webhooks with a secret kept under var/ (0600), like the JWT secret.
+    assert embedded.billing_webhook_secret == (tmp_path / "billing-webhook-secret").read_text().strip()
+    assert (tmp_path / "billing-webhook-secret").stat().st_mode & 0o777 == 0o600
     production = Settings.from_env(base | {"BUDDO_DATABASE_URL": "postgresql://h/db", "BUDDO_BILLING_CYCLE": "20s",
                                            "BUDDO_BILLING_GRACE": "5", "BUDDO_BILLING_ENABLED": "false",
                                            "BUDDO_BILLING_WEBHOOK_SECRET": "s"})
