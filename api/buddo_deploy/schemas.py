@@ -243,6 +243,11 @@ class PaymentIn(BaseModel):
                                  description="The payment's id at its source: the idempotency key")
 
 
+class SettledOut(BaseModel):
+    deployment_id: uuid.UUID
+    cycle: int
+
+
 class PaymentOut(BaseModel):
     reference: str
     operator_id: str
@@ -252,7 +257,7 @@ class PaymentOut(BaseModel):
     replayed: bool = Field(description="True when this reference was credited before: nothing changed now")
     points_balance: int
     sats_balance: int
-    settled: list[dict[str, Any]] = Field(description="Outstanding cycles this payment paid (deployment, cycle)")
+    settled: list[SettledOut] = Field(description="Outstanding cycles this payment paid, oldest first")
     reactivated: list[uuid.UUID] = Field(description="Suspended deployments this payment reactivated")
 
 

@@ -339,6 +339,18 @@ def test_a_cycle_can_be_recorded_only_once(env):
                            deployment=d.id, cycle=0, created_at=utcnow())
 
 
+def test_a_pass_working_from_a_stale_read_cannot_charge_a_cycle_again(env):
+    d = env.create()
+    env.run()
+    # What a racing pass would have read before the first one committed: cycle 0 still due.
+    Deployment.update(billing_cycle=0, next_billing_at=d.inserted_at).where(Deployment.id == d.id).execute()
+    report = env.run()
+    assert report.started == [] and report.paid == [] and not report.failed
+    assert ledger() == [("adjustment", 2000, None), ("charge", -500, 0), ("stipend", 50, 0)]
+    after = Deployment.get_by_id(d.id)
+    assert (after.billing_cycle, after.next_billing_at) == (1, d.inserted_at + dt.timedelta(seconds=CYCLE))
+
+
 def in_threads(*actions: Callable[[], Any]) -> list[Any]:
     """Run the actions at once, each on its own connection; re-raise the first failure."""
     barrier = threading.Barrier(len(actions))

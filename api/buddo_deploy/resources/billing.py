@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import falcon
 from pydantic import ValidationError
 
 from ..errors import Unprocessable
-from ..schemas import BillingOut, PaymentIn, PaymentOut
+from ..schemas import BillingOut, PaymentIn, PaymentOut, SettledOut
 from ..services.billing import Billing, verify_signature
 from .apps import MAX_PAGE, _validation_error
 from .common import parse_json_object, read_body, send
@@ -65,6 +66,7 @@ class PaymentsResource:
             reference=payment.reference, operator_id=credit.entry.operator_id, track=credit.entry.track,
             amount=credit.entry.amount, credited_at=credit.entry.created_at, replayed=credit.replayed,
             points_balance=credit.points_balance, sats_balance=credit.sats_balance,
-            settled=[{"deployment_id": d, "cycle": c} for d, c in credit.settled], reactivated=credit.reactivated,
+            settled=[SettledOut(deployment_id=d, cycle=c) for d, c in credit.settled],
+            reactivated=[uuid.UUID(d) for d in credit.reactivated],
         )
         send(resp, out, falcon.HTTP_200 if credit.replayed else falcon.HTTP_201)
