@@ -273,6 +273,20 @@ def test_restarting_a_suspended_deployment_waits_for_payment(make_env):
     assert Deployment.get_by_id(d.id).desired_state == "stopped"
 
 
+def test_an_operator_stop_of_a_suspended_deployment_is_not_undone_by_a_payment(make_env):
+    env, d = lapsed(make_env)
+    env.clock.advance(GRACE)
+    env.run()
+    resp = env.client.simulate_post(f"/api/deploy/apps/{d.id}/stop", headers=auth())
+    assert resp.status_code == 200 and resp.json["deployment"]["billing_status"] == "past_due"
+    assert [e.initiated_by for e in audits(d, "stop")] == ["operator-1"]
+    credit = env.billing.credit("operator-1", "buddo_points", 1000, "p1", source="test")
+    assert credit.settled == [(str(d.id), 1)] and credit.reactivated == []
+    after = Deployment.get_by_id(d.id)
+    assert (after.billing_status, after.desired_state) == ("active", "stopped")
+    assert audits(d, "reactivate") == []
+
+
 # --- stop and destroy ----------------------------------------------------------
 
 

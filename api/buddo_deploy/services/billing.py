@@ -352,6 +352,11 @@ class Billing:
         return {}
 
     @staticmethod
+    def on_stop(d: Deployment) -> dict[str, Any]:
+        """An operator's stop of a suspended deployment: still owing, but no longer the platform's to restart."""
+        return {"billing_status": "past_due"} if d.billing_status == "suspended" else {}
+
+    @staticmethod
     def on_destroy(d: Deployment) -> dict[str, Any]:
         """A destroyed deployment is never billed again; what it still owed is waived."""
         BillingCycle.update(state="waived").where(

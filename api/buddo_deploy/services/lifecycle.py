@@ -170,6 +170,10 @@ class Lifecycle:
     def stop(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "stop")
+            if deployment.billing_status == "suspended":
+                # Now the operator's stop: a payment must not start it again.
+                return state.change(deployment, "stop", principal.client_id, timeout_s=self._timeout,
+                                    desired_state="stopped", **self.billing.on_stop(deployment))
             if deployment.desired_state == "stopped":
                 if deployment.observed_generation < deployment.generation:
                     # Asked already and still converging (or backing off after a failure): now.
