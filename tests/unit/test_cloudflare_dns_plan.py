@@ -29,7 +29,7 @@ def rec(key: str = "d1", rtype: str = "A", name: str = "app-d1." + BASE, content
 
 
 def plan(items: list[dict[str, Any]], records: list[dict[str, Any]], **over: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {"mode": "per_deployment", "base_domain": BASE, "host": "h1", "instance": "buddo",
+    args: dict[str, Any] = {"mode": "per_deployment", "base_domain": BASE, "host": "h1", "platform": "buddo",
                             "ipv4": "192.0.2.10", "ipv6": "", **over}
     return cloudflare_dns_plan(items, records, **args)
 

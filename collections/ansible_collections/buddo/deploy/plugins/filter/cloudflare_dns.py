@@ -22,7 +22,7 @@ options:
   mode: {description: "wildcard or per_deployment.", type: str, required: true}
   base_domain: {description: Base domain of the deployments., type: str, required: true}
   host: {description: The inventory host., type: str, required: true}
-  instance: {description: "The platform instance (BUDDO_INSTANCE).", type: str, required: true}
+  platform: {description: "The platform instance (BUDDO_INSTANCE).", type: str, required: true}
   ipv4: {description: "The host's public IPv4 address, or empty.", type: str, default: ""}
   ipv6: {description: "The host's public IPv6 address, or empty.", type: str, default: ""}
   ttl: {description: "TTL of the records (1 is automatic).", type: int, default: 1}
@@ -41,8 +41,8 @@ WILDCARD = "*"
 MARKER = "buddo-deploy"
 
 
-def marker_prefix(instance: str, host: str) -> str:
-    return f"{MARKER} {instance} {host} "
+def marker_prefix(platform: str, host: str) -> str:
+    return f"{MARKER} {platform} {host} "
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -55,7 +55,7 @@ def cloudflare_dns_plan(
     mode: str,
     base_domain: str,
     host: str,
-    instance: str,
+    platform: str,
     ipv4: str = "",
     ipv6: str = "",
     ttl: int = 1,
@@ -63,7 +63,7 @@ def cloudflare_dns_plan(
     known: list[str] | None = None,
     prune: bool = False,
 ) -> dict[str, Any]:
-    prefix = marker_prefix(instance, host)
+    prefix = marker_prefix(platform, host)
     addresses = [(t, a) for t, a in (("A", ipv4), ("AAAA", ipv6)) if a]
     ttl = 1 if proxied else int(ttl)
     listed = {str(d["id"]): d for d in deployments}

@@ -18,7 +18,7 @@ description:
     it to the controller.
 options:
   api_url: {description: "Base URL of the v4 API.", type: str, default: "https://api.cloudflare.com/client/v4"}
-  api_token: {description: "API token (DNS edit on the zone).", type: str, required: true, no_log: true}
+  api_token: {description: "API token (DNS edit on the zone).", type: str, required: true}
   zone: {description: "The zone, by name or by id (32 hex digits).", type: str, required: true}
   type: {description: Record type., type: str, required: true, choices: [A, AAAA, CNAME]}
   name: {description: "Record name, fully qualified or relative to the zone (@ is the apex).", type: str, required: true}

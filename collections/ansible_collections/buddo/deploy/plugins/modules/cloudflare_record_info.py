@@ -14,7 +14,7 @@ description:
     comment starts with exactly that text are returned.
 options:
   api_url: {description: "Base URL of the v4 API.", type: str, default: "https://api.cloudflare.com/client/v4"}
-  api_token: {description: "API token (DNS read on the zone).", type: str, required: true, no_log: true}
+  api_token: {description: "API token (DNS read on the zone).", type: str, required: true}
   zone: {description: "The zone, by name or by id (32 hex digits).", type: str, required: true}
   type: {description: Only records of this type., type: str}
   name: {description: "Only records of this name (fully qualified or relative to the zone).", type: str}
