@@ -101,6 +101,9 @@ class Settings:
     health_max_restarts: int = 3
     # The worker queues a reconcile of every host this often (seconds; 0: never).
     reconcile_interval_s: float = 300.0
+    # Cloudflare API token for the DNS records (role cloudflare_dns): handed to each
+    # playbook run in a 0600 file on tmpfs (cloudflare_dns_api_token_file), never in its env.
+    cloudflare_api_token: str | None = field(default=None, repr=False)
     # Debugging (and the secrets test): keep each ansible-runner private data dir.
     keep_runner_data: bool = False
     inventory: Path = field(default_factory=lambda: REPO_ROOT / "inventory" / "local")
@@ -117,6 +120,12 @@ class Settings:
     billing_starting_points: int = 0
     billing_starting_sats: int = 0
     rate_limit_webhook: int = 120
+
+    @property
+    def playbook_secret_files(self) -> dict[str, str]:
+        """Secrets every converge run gets as files: extra var name -> value."""
+        token = self.cloudflare_api_token
+        return {"cloudflare_dns_api_token_file": token} if token else {}
 
     @property
     def public_url_suffix(self) -> str:
@@ -166,6 +175,7 @@ class Settings:
             "health_max_restarts": int(get("HEALTH_MAX_RESTARTS") or 3),
             "reconcile_interval_s": float(get("RECONCILE_INTERVAL") or 300),
             "keep_runner_data": _bool(get("KEEP_RUNNER_DATA") or "false"),
+            "cloudflare_api_token": get("CLOUDFLARE_API_TOKEN") or None,
             "billing_enabled": _bool(get("BILLING_ENABLED") or "true"),
             "billing_cycle_s": parse_duration(get("BILLING_CYCLE") or "30d"),
             "billing_grace_s": parse_duration(get("BILLING_GRACE") or "3d"),

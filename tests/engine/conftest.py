@@ -205,6 +205,7 @@ class Engine:
         check: bool = False,
         known: list[str] | None = None,
         extra: dict[str, Any] | None = None,
+        secret_files: dict[str, str] | None = None,
     ) -> Converged:
         """converge.yml (or reconcile.yml) through the runner bridge, as the worker runs it."""
         from buddo_deploy.runner import EventSummary, run_playbook
@@ -223,6 +224,7 @@ class Engine:
             {"converge_deployments": items, "converge_instance": self.instance, "converge_known": known or [],
              "converge_hosts": ["container-host-1"] if reconcile else [], **(extra or {})},
             secrets=env or {},
+            secret_files=secret_files,
             check=check,
             on_event=on_event,
             timeout_s=PLAYBOOK_TIMEOUT,
