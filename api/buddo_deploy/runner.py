@@ -182,7 +182,7 @@ def run_playbook(
 ) -> PlaybookResult:
     """Run one playbook through ansible-runner and summarise the outcome."""
     base = work_dir or Path(tempfile.gettempdir())
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix="buddo-job-", dir=base))
     outcome = PlaybookResult(status="failed", rc=None)
 
