@@ -206,6 +206,7 @@ class Engine:
         known: list[str] | None = None,
         extra: dict[str, Any] | None = None,
         secret_files: dict[str, str] | None = None,
+        keep_data_dir: bool = False,
     ) -> Converged:
         """converge.yml (or reconcile.yml) through the runner bridge, as the worker runs it."""
         from buddo_deploy.runner import EventSummary, run_playbook
@@ -229,6 +230,7 @@ class Engine:
             on_event=on_event,
             timeout_s=PLAYBOOK_TIMEOUT,
             work_dir=self.root / "runner",
+            keep_data_dir=keep_data_dir,
         )
         changed = sum((recap.get("changed") or {}).values())
         return Converged(result, dict(result.stats.get("buddo_outcomes") or {}), changed, events,

@@ -63,7 +63,7 @@ def test_converge_creates_the_record_of_a_deployment_and_destroy_removes_it(dns:
     item = dns.engine.deployment("dns", f"{dns.engine.registry}/demo/hello:v1")
     name = f"{item['subdomain']}.localhost"
     try:
-        first = dns.converge([item])
+        first = dns.converge([item], keep_data_dir=True)  # artifacts (stdout, command) stay to be searched
         assert first.result.ok, first.result
         outcome = first.outcome(item)
         assert outcome["ok"], outcome
@@ -81,7 +81,7 @@ def test_converge_creates_the_record_of_a_deployment_and_destroy_removes_it(dns:
         stopped = dns.converge([{**item, "state": "stopped", "generation": 2}])
         assert stopped.outcome(item)["ok"] and len(dns.record_of(item)) == 1
     finally:
-        gone = dns.converge([absent(item)])
+        gone = dns.converge([absent(item)], keep_data_dir=True)
     assert gone.outcome(item)["ok"], gone.outcome(item)
     assert f"dns record present (A {name})" in gone.outcome(item)["drift"]
     assert dns.record_of(item) == []
@@ -91,6 +91,8 @@ def test_converge_creates_the_record_of_a_deployment_and_destroy_removes_it(dns:
     # events, not the outcomes, not a file of the session, not the tmpfs secret dirs.
     text = json.dumps([e.__dict__ for e in first.events + gone.events]) + json.dumps(first.outcomes)
     assert TOKEN not in text
+    kept = list((dns.engine.root / "runner").glob("*/artifacts/*/stdout"))
+    assert len(kept) >= 2 and "cloudflare_record" in "".join(p.read_text() for p in kept)
     places = [str(dns.engine.root), *map(str, Path("/dev/shm").glob("buddo-secrets-*"))]
     leaked = subprocess.run(["grep", "-rl", TOKEN, *places], capture_output=True, text=True)
     assert leaked.stdout == "", f"token found in files: {leaked.stdout}"
