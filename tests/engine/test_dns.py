@@ -92,7 +92,7 @@ def test_converge_creates_the_record_of_a_deployment_and_destroy_removes_it(dns:
     text = json.dumps([e.__dict__ for e in first.events + gone.events]) + json.dumps(first.outcomes)
     assert TOKEN not in text
     kept = list((dns.engine.root / "runner").glob("*/artifacts/*/stdout"))
-    assert len(kept) >= 2 and "cloudflare_record" in "".join(p.read_text() for p in kept)
+    assert len(kept) >= 2 and "Create or repair the DNS records" in "".join(p.read_text() for p in kept)
     places = [str(dns.engine.root), *map(str, Path("/dev/shm").glob("buddo-secrets-*"))]
     leaked = subprocess.run(["grep", "-rl", TOKEN, *places], capture_output=True, text=True)
     assert leaked.stdout == "", f"token found in files: {leaked.stdout}"
