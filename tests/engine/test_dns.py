@@ -140,3 +140,18 @@ def test_reconcile_repairs_changed_records_and_removes_orphans_only(dns: Dns) ->
         assert "version v1" in dns.engine.https_get(name)[1]  # the app still serves
     finally:
         dns.converge([absent(item)])
+
+
+def test_wildcard_mode_one_record_per_host_and_pruned_when_the_mode_changes(dns: Dns) -> None:
+    item = absent(dns.engine.deployment("dnswild", f"{dns.engine.registry}/demo/hello:v1"))
+    wildcard = {"cloudflare_dns_mode": "wildcard", "buddo_public_ipv6": "2001:db8::44"}
+    first = dns.converge([item], extra=wildcard)
+    assert first.result.ok and first.outcome(item)["ok"]
+    assert sorted((r["type"], r["name"], r["content"], r["comment"]) for r in dns.records()) == [
+        ("A", "*.localhost", HOST_IPV4, dns.prefix + "*"), ("AAAA", "*.localhost", "2001:db8::44", dns.prefix + "*")]
+    assert dns.converge([item], extra=wildcard).changed == 0
+    # Back to per_deployment: the wildcard records are this host's orphans, removed by a reconcile only.
+    assert len(dns.converge([item]).result.stats.get("buddo_orphans") or []) == 0 and len(dns.records()) == 2
+    pruned = dns.converge([item], reconcile=True)
+    assert sorted(pruned.orphans) == ["dns record A *.localhost", "dns record AAAA *.localhost"]
+    assert dns.records() == []
