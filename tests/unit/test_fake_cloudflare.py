@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -184,7 +185,8 @@ def test_list_filters_and_pagination(cloudflare: CloudflareFixture) -> None:
 def test_runs_by_hand(tmp_path: Any) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.cloudflare", "--port", str(port), "--zone",
-                             "hand.test", "--token", "t0k"], stdout=subprocess.PIPE, text=True)
+                             "hand.test", "--token", "t0k"], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline(), proc.stdout.readline()]
