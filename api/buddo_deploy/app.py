@@ -13,6 +13,7 @@ from .middleware import Database, RequestId
 from .ratelimit import RateLimit
 from .resources.apps import AppsResource
 from .resources.internal import DomainCheckResource
+from .resources.jobs import JobsResource
 from .resources.openapi import OpenApiResource
 from .resources.tiers import TiersResource
 from .services.lifecycle import Lifecycle
@@ -37,4 +38,5 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/logs", apps, suffix="logs")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/restart", apps, suffix="restart")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/stop", apps, suffix="stop")
+    app.add_route("/api/deploy/apps/{deployment_id:uuid}/jobs/{job_id}", JobsResource(lifecycle))
     return app

@@ -28,6 +28,7 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("POST", "/api/deploy/apps/{deployment_id}/restart"): "write",
     ("POST", "/api/deploy/apps/{deployment_id}/stop"): "write",
     ("DELETE", "/api/deploy/apps/{deployment_id}"): "write",
+    ("GET", "/api/deploy/apps/{deployment_id}/jobs/{job_id}"): "read",
 }
 
 
