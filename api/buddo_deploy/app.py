@@ -6,14 +6,15 @@ from typing import Any
 
 import falcon
 
-from . import errors
+from . import errors, metrics
 from .auth import Auth
 from .db import open_database
-from .middleware import Database, RequestId
+from .middleware import Database, RequestId, RequestMetrics
 from .ratelimit import RateLimit
 from .resources.apps import AppsResource
 from .resources.internal import DomainCheckResource
 from .resources.jobs import JobsResource
+from .resources.metrics import MetricsResource
 from .resources.openapi import OpenApiResource
 from .resources.tiers import TiersResource
 from .services.lifecycle import Lifecycle
@@ -23,7 +24,9 @@ from .settings import Settings
 def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     settings = settings or Settings.from_env()
     db = open_database(settings.database_url)
-    middleware: list[Any] = [RequestId(), Database(db), Auth(settings), RateLimit(settings)]
+    metrics.prepare(settings.var_dir)
+    middleware: list[Any] = [RequestId(), RequestMetrics(metrics.observe_request), Database(db), Auth(settings),
+                             RateLimit(settings)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
@@ -39,4 +42,6 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/restart", apps, suffix="restart")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/stop", apps, suffix="stop")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/jobs/{job_id}", JobsResource(lifecycle))
+    app.add_route("/metrics", MetricsResource(lambda: metrics.exposition(metrics.fleet_families()),
+                                              settings.metrics_allow))
     return app

@@ -8,9 +8,11 @@ generated JWT secret and encryption key kept in ``var/`` (mode 0600), base domai
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
+import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +26,16 @@ DEFAULT_RESERVED = (
 )
 
 
-def _persistent_secret(path: Path, make: bool) -> str:
-    """Read a secret kept under var/, creating it on first use (embedded default only)."""
+class SettingsError(ValueError):
+    """A BUDDO_ variable is missing or malformed; the message says which and what to set."""
+
+
+def _persistent_secret(path: Path, make: bool) -> str | None:
+    """Read a secret kept under var/, creating it on first use (embedded default only); None: missing."""
     if path.exists():
         return path.read_text().strip()
     if not make:
-        raise RuntimeError(f"missing secret file {path}")
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     value = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -44,6 +50,38 @@ def _csv(value: str) -> tuple[str, ...]:
 
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _csv(value))
+    except ValueError as exc:
+        raise SettingsError(f"BUDDO_METRICS_ALLOW must be comma-separated CIDRs, e.g. 127.0.0.0/8,::1: {exc}") from exc
+
+
+# Numeric variables, checked up front so a typo names its variable (not int()'s complaint).
+_INTEGERS = (
+    "PUBLIC_HTTPS_PORT", "MAX_DEPLOYMENTS_PER_ACCOUNT", "RATE_LIMIT_READ", "RATE_LIMIT_WRITE", "RATE_LIMIT_WINDOW",
+    "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS",
+)
+_NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL")
+
+
+def _check_numbers(get: Callable[[str], str | None]) -> None:
+    for name in _INTEGERS + _NUMBERS:
+        value = get(name)
+        if not value:
+            continue
+        try:
+            number = int(value) if name in _INTEGERS else float(value)
+        except ValueError:
+            number = -1
+        if not 0 <= number < float("inf"):
+            kind = "a whole number" if name in _INTEGERS else "a number"
+            raise SettingsError(f"BUDDO_{name} must be {kind} of 0 or more, got {value!r}")
+    ports = get("HOST_PORT_RANGE")
+    if ports and not re.fullmatch(r"[0-9]+(-[0-9]+)?", ports):
+        raise SettingsError(f"BUDDO_HOST_PORT_RANGE must be LOW-HIGH, e.g. 20000-29999, got {ports!r}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +124,9 @@ class Settings:
     inventory: Path = field(default_factory=lambda: REPO_ROOT / "inventory" / "local")
     playbook_dir: Path = field(default_factory=lambda: REPO_ROOT / "playbooks")
     tiers_file: Path = field(default_factory=lambda: Path(__file__).parent / "data" / "tiers.json")
+    # Clients GET /metrics answers (no token there).
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
 
     @property
     def public_url_suffix(self) -> str:
@@ -101,8 +142,15 @@ class Settings:
         var_dir = Path(get("VAR_DIR") or REPO_ROOT / "var")
         embedded = get("DATABASE_URL") is None
         database_url = get("DATABASE_URL") or f"sqlite:///{var_dir / 'buddo.db'}"
+        _check_numbers(get)
         jwt_secret = get("JWT_SECRET") or _persistent_secret(var_dir / "jwt-secret", make=embedded)
         secret_key = get("SECRET_KEY") or _persistent_secret(var_dir / "secret-key", make=embedded)
+        missing = [name for name, value in (("BUDDO_JWT_SECRET", jwt_secret), ("BUDDO_SECRET_KEY", secret_key))
+                   if not value]
+        if missing:
+            raise SettingsError(f"{' and '.join(missing)} not set: with BUDDO_DATABASE_URL set, set "
+                                f"{'them' if len(missing) > 1 else 'it'} too (secrets are generated only for "
+                                "the embedded default)")
         low, _, high = (get("HOST_PORT_RANGE") or "20000-29999").partition("-")
         kwargs: dict[str, object] = {
             "var_dir": var_dir,
@@ -133,6 +181,7 @@ class Settings:
             "health_max_restarts": int(get("HEALTH_MAX_RESTARTS") or 3),
             "reconcile_interval_s": float(get("RECONCILE_INTERVAL") or 300),
             "keep_runner_data": _bool(get("KEEP_RUNNER_DATA") or "false"),
+            "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
         }
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):
             if get(variable):
