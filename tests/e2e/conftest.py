@@ -157,6 +157,15 @@ class Stack:
             capture_output=True, text=True, check=False,
         )
 
+    def http_redirect(self, subdomain: str, path: str = "/") -> str:
+        """Status and Location of a plain HTTP request to Caddy's HTTP port."""
+        host = f"{subdomain}.localhost"
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--resolve", f"{host}:{HTTP_PORT}:127.0.0.1", "-o", "/dev/null",
+             "-w", "%{http_code} %{redirect_url}", f"http://{host}:{HTTP_PORT}{path}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+
     def containers(self, subdomain: str) -> list[dict[str, Any]]:
         out = subprocess.run(
             ["podman", "ps", "-a", "--format", "json", "--filter", f"label=buddo.subdomain={subdomain}"],
