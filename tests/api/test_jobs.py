@@ -121,3 +121,24 @@ def test_job_reads_have_the_read_rate_limit(client_with, settings):
     codes = [client.simulate_get(f"/api/deploy/apps/{ident}/jobs/{job.id}", headers=auth()).status_code
              for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_a_failure_the_playbook_reported_per_deployment_names_its_task(client, settings):
+    """Per-deployment failures are ignore_errors tasks in converge (the others on the host go on)."""
+    first = create_deployment(client)
+    job = jobqueue.claim("w", 30)
+    plan = engine.start(job, "w", settings.secret_key)
+    engine.record_event(job, EventSummary("runner_on_failed", "container-host-1", "Probe something", "ignored", ""))
+    assert engine.finish(plan, "w", converged(plan), 1.0)
+    assert client.simulate_get(f"/api/deploy/apps/{first}/jobs/{job.id}", headers=auth()).json[
+        "job"]["failed_task"] is None  # succeeded: an ignored error is no failure
+
+    second = create_deployment(client, subdomain="second")
+    job = jobqueue.claim("w", 30)
+    plan = engine.start(job, "w", settings.secret_key)
+    engine.record_event(job, EventSummary("runner_on_failed", "container-host-1", FAILED_TASK, "ignored", ""))
+    assert engine.finish(plan, "w", converged(plan, ok=False, kind="app", task=FAILED_TASK,
+                                              message="image x could not be pulled"), 1.0)
+    body = client.simulate_get(f"/api/deploy/apps/{second}/jobs/{job.id}", headers=auth()).json["job"]
+    assert (body["state"], body["failed_task"], body["last_error"]) == ("failed", FAILED_TASK,
+                                                                      "image x could not be pulled")

@@ -30,10 +30,41 @@ def _responses(ok_status: str, ok_model: str | None, errors: tuple[int, ...]) ->
     return out
 
 
+def _ops_paths(item: list[dict[str, Any]]) -> dict[str, Any]:
+    """The deploy log's job view and the Prometheus endpoint."""
+    job = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1},
+           "description": "`job_id` of an audit entry"}
+    return {
+        "/api/deploy/apps/{deployment_id}/jobs/{job_id}": {
+            "parameters": [*item, job],
+            "get": {
+                "summary": "One job of the deploy log: its run and the playbook events it recorded",
+                "parameters": [
+                    {"name": "limit", "in": "query", "description": "events per page (default 200)",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page",
+                     "schema": {"type": "string"}},
+                ],
+                "responses": _responses("200", "JobEnvelope", (401, 403, 404, 422, 429)),
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text format); only for clients in BUDDO_METRICS_ALLOW",
+                "security": [],
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "403": {"description": "Client address not allowed", "content": _json("ErrorOut")},
+                },
+            },
+        },
+    }
+
+
 def build_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         schemas.DeploymentCreate, schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
-        schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut,
+        schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut, schemas.JobEnvelope,
     ]
     _, top = models_json_schema(
         [(m, "validation" if m is schemas.DeploymentCreate else "serialization") for m in models],
@@ -90,6 +121,7 @@ def build_document() -> dict[str, Any]:
             "post": {"summary": "Stop", "responses": _responses("200", "DeploymentEnvelope", (*common, 422))},
         },
     }
+    paths |= _ops_paths(item)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Buddo Deploy API", "version": "1.0.0"},

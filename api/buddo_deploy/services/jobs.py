@@ -51,11 +51,23 @@ def job_log(deployment: Deployment, raw_job_id: str, *, limit: int, cursor: str 
         .limit(limit + 1)
     )
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
-    failed = (
-        JobEvent.select(JobEvent.task)
+    return JobLog(job, rows[:limit], next_cursor, _failed_task(job))
+
+
+def _failed_task(job: Job) -> str | None:
+    """The task the latest attempt failed at, if it failed.
+
+    A failure that belongs to one deployment is registered and reported by the
+    playbook (``ignore_errors``, so the others on the host go on): its event says
+    ``ignored``, and counts when nothing failed outright.
+    """
+    if job.last_error is None:
+        return None
+    failed = list(
+        JobEvent.select(JobEvent.task, JobEvent.status)
         .where((JobEvent.job == job.id) & (JobEvent.attempt == job.attempts)
-               & JobEvent.status.in_(("failed", "unreachable")))
+               & JobEvent.status.in_(("failed", "unreachable", "ignored")) & JobEvent.task.is_null(False))
         .order_by(JobEvent.id)
-        .first()
     )
-    return JobLog(job, rows[:limit], next_cursor, failed.task if failed else None)
+    first = next((e for e in failed if e.status != "ignored"), failed[0] if failed else None)
+    return first.task if first else None
