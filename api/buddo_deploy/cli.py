@@ -150,6 +150,19 @@ def _print_report(reports: list[Any], as_json: bool, dry_run: bool) -> None:
             print(f"  could not check (nothing changed): {', '.join(report.unchecked)}")
 
 
+def _count_into(settings: Settings) -> bool:
+    """Count into the platform's metrics when this user may (cron may run as another user than the API)."""
+    try:
+        directory = metrics.prepare(settings.var_dir)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("reconcile not counted in the metrics: %s", exc)
+        return False
+    if not os.access(directory, os.W_OK | os.X_OK):
+        logging.getLogger(__name__).warning("reconcile not counted in the metrics: %s is not writable", directory)
+        return False
+    return True
+
+
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     """One reconcile per host, under the host's lock, run by this process."""
     from . import jobqueue
@@ -158,7 +171,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from .worker import JobRun
 
     open_database(settings.database_url)
-    metrics.prepare(settings.var_dir)
+    counting = _count_into(settings)
     owner = f"cli:{socket.gethostname()}:{os.getpid()}"
     lease = settings.job_lease_s
     reports = []
@@ -180,7 +193,8 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         assert plan is not None
         result, duration = JobRun(settings, owner, lease).run(plan)
         report = engine.finish_reconcile(plan, owner, result, duration)
-        metrics.observe_reconcile(report.host, report.deployments, report.orphans, dry_run=args.dry_run)
+        if counting:
+            metrics.observe_reconcile(report.host, report.deployments, report.orphans, dry_run=args.dry_run)
         reports.append(report)
     _print_report(reports, args.json, args.dry_run)
     if not all(r.converged for r in reports):

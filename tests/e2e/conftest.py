@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import JWT_SECRET, free_port, token, wait_until_up
 
@@ -156,6 +157,12 @@ class Stack:
              "-o", "-", "-w", "\n%{http_code}", f"https://{host}:{HTTPS_PORT}/"],
             capture_output=True, text=True, check=False,
         )
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """GET /metrics: (name, sorted labels) -> value."""
+        text = requests.get(f"{self.api}/metrics", timeout=10).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
 
     def http_redirect(self, subdomain: str, path: str = "/") -> str:
         """Status and Location of a plain HTTP request to Caddy's HTTP port."""

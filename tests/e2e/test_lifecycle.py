@@ -6,9 +6,6 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import requests
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.e2e.conftest import HTTPS_PORT, Stack
 
 
@@ -92,9 +89,7 @@ def test_missing_image_fails_with_a_reason(stack: Stack) -> None:
     assert job["events"][-1]["event"] == "playbook_on_stats"
 
     # The worker's counts reach /metrics through the API (one directory, var/metrics).
-    text = requests.get(f"{stack.api}/metrics", timeout=10).text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = stack.metrics()
     assert samples[("buddo_jobs_total", (("action", "converge"), ("outcome", "failed")))] >= 1
     assert samples[("buddo_deployments", (("health", "unhealthy"), ("status", "failed")))] >= 1
 
