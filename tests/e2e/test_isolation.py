@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import Stack
@@ -75,18 +74,11 @@ def test_podman_inspect_shows_the_tiers_caps_and_the_isolation(stack: Stack) -> 
     assert host["LogConfig"]["Type"] == "k8s-file" and host["LogConfig"]["Size"] == f"{tier['log_max_size_mb']}MB"
     assert "no-new-privileges" in host["SecurityOpt"]
     assert "CAP_NET_RAW" not in info["EffectiveCaps"]
-    assert host["IDMappings"]["UidMap"] and not host["IDMappings"]["UidMap"][0].startswith("0:0:")
     [network] = json.loads(subprocess.run(["podman", "network", "inspect", f"buddo-{ident}"], capture_output=True,
                                           text=True, check=True).stdout)
     assert network["options"] == {"isolate": "true"} and network["labels"]["buddo.deployment_id"] == ident
 
-    # The caps hold: root in the container is an unprivileged uid on the host, and it cannot
-    # start more processes than the tier allows.
-    assert subprocess.run(["podman", "exec", c["Id"], "busybox", "id", "-u"], capture_output=True, text=True,
-                          check=True).stdout.strip() == "0"
-    status = Path(f"/proc/{info['State']['Pid']}/status").read_text()
-    [uid_line] = [line for line in status.splitlines() if line.startswith("Uid:")]
-    assert int(uid_line.split()[1]) >= 100000, uid_line
+    # The pids limit holds: the app cannot start more processes than its tier allows.
     forks = subprocess.run(
         ["podman", "exec", c["Id"], "busybox", "sh", "-c",
          f"i=0; while [ $i -lt {tier['pids_limit'] + 20} ]; do busybox sleep 5 & i=$((i+1)); done; wait"],

@@ -36,7 +36,7 @@ def container(**over: Any) -> dict[str, Any]:
     return {"id": "c1", "name": "buddo-d1", "deployment_id": "d1", "spec": "spec-2", "state": "running",
             "exit_code": 0, "host_port": 20000, "image": "registry.example.com/demo/shop:v2", "memory_mb": 256,
             "cpu_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
-            "networks": [f"buddo-{over.get('deployment_id', 'd1')}"], "userns": True, "no_new_privileges": True,
+            "networks": [f"buddo-{over.get('deployment_id', 'd1')}"], "no_new_privileges": True,
             **over}
 
 
@@ -131,8 +131,7 @@ def test_unknown_limits_are_no_drift() -> None:
 
 
 # A container started before tenants had networks of their own and per-tier caps (podman's defaults).
-BEFORE_ISOLATION = {"pids_limit": 2048, "log_max_size_mb": 0, "networks": ["podman"], "userns": False,
-                    "no_new_privileges": True}
+BEFORE_ISOLATION = {"pids_limit": 2048, "log_max_size_mb": 0, "networks": ["podman"], "no_new_privileges": True}
 
 
 @pytest.mark.parametrize(("settings", "reason"), [
@@ -141,10 +140,8 @@ BEFORE_ISOLATION = {"pids_limit": 2048, "log_max_size_mb": 0, "networks": ["podm
     ({"networks": ["podman"]}, "network podman, want buddo-d1"),
     ({"networks": ["buddo-d1", "podman"]}, "network buddo-d1,podman, want buddo-d1"),
     ({"networks": []}, "network none, want buddo-d1"),
-    ({"userns": False}, "no user namespace"),
     ({"no_new_privileges": False}, "no no-new-privileges"),
-    (BEFORE_ISOLATION, "pids limit 2048, want 256; log cap 0 MB, want 20 MB; network podman, want buddo-d1; "
-                       "no user namespace"),
+    (BEFORE_ISOLATION, "pids limit 2048, want 256; log cap 0 MB, want 20 MB; network podman, want buddo-d1"),
 ])
 def test_settings_differ_recreates_the_container(settings: dict[str, Any], reason: str) -> None:
     plan = plan_of([item()], observed([container(**settings)], [site()]), live({HOST: 20000}))
@@ -605,18 +602,17 @@ def test_sites_feed_the_plan(tmp_path: Path) -> None:
 INSPECT_ISOLATED = {"Id": "c1", "NetworkSettings": {"Networks": {"buddo-d1": {"IPAddress": "10.89.3.2"}}},
                     "HostConfig": {"Memory": 268435456, "NanoCpus": 500000000, "PidsLimit": 256,
                                    "LogConfig": {"Type": "k8s-file", "Size": "20MB"},
-                                   "IDMappings": {"UidMap": ["0:2147484671:1024"], "GidMap": ["0:2147484671:1024"]},
-                                   "SecurityOpt": ["no-new-privileges"], "UsernsMode": "private"}}
+                                   "SecurityOpt": ["no-new-privileges"]}}
 INSPECT_SHARED = {"Id": "c2", "NetworkSettings": {"Networks": {"podman": {"IPAddress": "10.88.0.5"}}},
                   "HostConfig": {"Memory": 268435456, "NanoCpus": 500000000, "PidsLimit": 2048,
-                                 "LogConfig": {"Type": "k8s-file", "Size": "0B"}, "IDMappings": None,
-                                 "SecurityOpt": ["no-new-privileges"], "UsernsMode": ""}}
+                                 "LogConfig": {"Type": "k8s-file", "Size": "0B"},
+                                 "SecurityOpt": ["no-new-privileges"]}}
 
 
 def test_settings_of_an_isolated_container_match_its_item() -> None:
     found = host_state.settings(INSPECT_ISOLATED)
     assert found == {"memory_mb": 256, "cpu_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
-                     "networks": ["buddo-d1"], "userns": True, "no_new_privileges": True}
+                     "networks": ["buddo-d1"], "no_new_privileges": True}
     assert empty(plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000})))
 
 

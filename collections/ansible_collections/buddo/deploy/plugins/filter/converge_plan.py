@@ -88,8 +88,6 @@ def _settings_drift(container: dict[str, Any], item: dict[str, Any]) -> list[str
     network = deployment_network(str(item["id"]))
     if container.get("networks") is not None and container["networks"] != [network]:
         found.append(f"network {','.join(container['networks']) or 'none'}, want {network}")
-    if container.get("userns") is False:
-        found.append("no user namespace")
     if container.get("no_new_privileges") is False:
         found.append("no no-new-privileges")
     return found

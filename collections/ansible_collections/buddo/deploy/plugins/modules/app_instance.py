@@ -25,9 +25,8 @@ description:
   - Tenants apart - every container of a deployment runs on the deployment's own Podman
     network (C(buddo-<deployment_id>), created here, netavark option C(isolate): no route
     to any other isolated network), so it is reachable from outside only through its
-    published port on O(host_address), i.e. through Caddy. It runs in a user namespace of
-    its own (C(--userns=auto): root in the container is an unprivileged host uid), with
-    C(no-new-privileges), without C(NET_RAW), a pids limit and a capped log file.
+    published port on O(host_address), i.e. through Caddy. It runs with C(no-new-privileges),
+    without C(NET_RAW), with a pids limit and a capped log file.
   - Env values never reach a command line when they fit an env file (one line each);
     every message is returned with env values masked.
 options:
@@ -190,8 +189,6 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
             "--pids-limit", str(p["pids_limit"]),
             # k8s-file whatever the host's default: conmon truncates it at max-size (journald would not).
             "--log-driver", "k8s-file", "--log-opt", f"max-size={p['log_max_size_mb']}m",
-            # The image's owners keep their ids inside; on the host they are an unprivileged range.
-            "--userns", "auto",
             # Netavark sets route_localnet on its bridges: a raw socket could reach 127.0.0.1 ports.
             "--cap-drop", "NET_RAW",
             "--network", deployment_network(p["deployment_id"]),

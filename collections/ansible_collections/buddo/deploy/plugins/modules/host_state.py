@@ -29,7 +29,7 @@ RETURN = r"""
 containers:
   description: >-
     Managed containers (id, name, deployment_id, spec, state, host_port, memory_mb, cpu_millicores,
-    pids_limit, log_max_size_mb, networks, userns, no_new_privileges).
+    pids_limit, log_max_size_mb, networks, no_new_privileges).
   type: list
   returned: always
 networks: {description: "The deployments' networks (name, deployment_id, isolated)., type: list, returned: always"}
@@ -68,7 +68,7 @@ def containers(module: AnsibleModule, podman: str, instance: str) -> list[dict[s
                                        f"label=buddo.instance={instance}"])
     if rc != 0:
         module.fail_json(msg=f"podman ps failed: {err.strip()}")
-    unknown = dict.fromkeys(("memory_mb", "cpu_millicores", "pids_limit", "log_max_size_mb", "networks", "userns",
+    unknown = dict.fromkeys(("memory_mb", "cpu_millicores", "pids_limit", "log_max_size_mb", "networks",
                              "no_new_privileges"))
     found = {c["id"]: {**c, **unknown} for c in parse_ps(out)}
     if found:
@@ -88,14 +88,12 @@ def log_size_mb(size: str) -> int:
 def settings(info: dict[str, Any]) -> dict[str, Any]:
     """The limits and isolation of one container, from its `podman inspect`."""
     host = info.get("HostConfig") or {}
-    id_mappings = host.get("IDMappings") or {}
     return {
         "memory_mb": int(host.get("Memory") or 0) // (1024 * 1024),
         "cpu_millicores": int(host.get("NanoCpus") or 0) // 1_000_000,
         "pids_limit": int(host.get("PidsLimit") or 0),
         "log_max_size_mb": log_size_mb(str((host.get("LogConfig") or {}).get("Size") or "")),
         "networks": sorted((info.get("NetworkSettings") or {}).get("Networks") or {}),
-        "userns": bool(id_mappings.get("UidMap")),
         "no_new_privileges": "no-new-privileges" in (host.get("SecurityOpt") or []),
     }
 
