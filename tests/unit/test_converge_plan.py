@@ -140,7 +140,7 @@ BEFORE_ISOLATION = {"pids_limit": 2048, "log_max_size_mb": 0, "networks": ["podm
     ({"networks": ["podman"]}, "network podman, want buddo-d1"),
     ({"networks": ["buddo-d1", "podman"]}, "network buddo-d1,podman, want buddo-d1"),
     ({"networks": []}, "network none, want buddo-d1"),
-    ({"no_new_privileges": False}, "no no-new-privileges"),
+    ({"no_new_privileges": False}, "no-new-privileges unset"),
     (BEFORE_ISOLATION, "pids limit 2048, want 256; log cap 0 MB, want 20 MB; network podman, want buddo-d1"),
 ])
 def test_settings_differ_recreates_the_container(settings: dict[str, Any], reason: str) -> None:

@@ -89,7 +89,7 @@ def _settings_drift(container: dict[str, Any], item: dict[str, Any]) -> list[str
     if container.get("networks") is not None and container["networks"] != [network]:
         found.append(f"network {','.join(container['networks']) or 'none'}, want {network}")
     if container.get("no_new_privileges") is False:
-        found.append("no no-new-privileges")
+        found.append("no-new-privileges unset")
     return found
 
 
