@@ -260,6 +260,12 @@ def stop_stack(stack: Stack) -> None:
         ids = [c["Id"] for c in stack.containers(subdomain)]
         if ids:
             subprocess.run(["podman", "rm", "-f", *ids], check=False, capture_output=True)
+    networks = subprocess.run(
+        ["podman", "network", "ls", "-q", "--filter", f"label=buddo.instance={stack.env['BUDDO_INSTANCE']}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()
+    if networks:
+        subprocess.run(["podman", "network", "rm", "-f", *networks], check=False, capture_output=True)
     subprocess.run(["caddy", "stop", "--address", ADMIN], check=False, capture_output=True)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from .. import jobqueue
 from ..crypto import decrypt_env
 from ..db import write_transaction
-from ..models import AuditEntry, Deployment, Job, JobEvent, database_proxy, utcnow
+from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy, utcnow
 from ..runner import EventSummary, PlaybookResult
 from . import state
 
@@ -101,7 +101,8 @@ def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan
 
 def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
     """Desired items of every deployment the host should know of, and the ids to leave alone."""
-    held = Deployment.select().where((Deployment.host == host) & Deployment.released_at.is_null())
+    held = Deployment.select(Deployment, Tier).join(Tier).where(
+        (Deployment.host == host) & Deployment.released_at.is_null())
     rows = {str(d.id): d for d in held}
     items, known = [], []
     for ident, d in rows.items():

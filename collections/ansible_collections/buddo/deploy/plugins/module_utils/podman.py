@@ -19,3 +19,18 @@ def parse_ps(out: str) -> list[dict[str, Any]]:
             "image": item.get("Image", ""),
         })
     return found
+
+
+def deployment_network(deployment_id: str) -> str:
+    """The network of one deployment's containers (netavark `isolate`: no route to any other tenant's)."""
+    return f"buddo-{deployment_id}"
+
+
+def parse_networks(out: str) -> list[dict[str, Any]]:
+    """name, deployment_id, isolated: from `podman network ls --format json`."""
+    found = []
+    for item in json.loads(out or "[]"):
+        labels = item.get("labels") or {}
+        found.append({"name": item.get("name", ""), "deployment_id": labels.get("buddo.deployment_id", ""),
+                      "isolated": (item.get("options") or {}).get("isolate") == "true"})
+    return found
