@@ -73,6 +73,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     """One reconcile per host, under the host's lock, run by this process."""
     from . import jobqueue
     from .db import open_database, write_transaction
+    from .inventory import container_hosts
     from .services import engine
     from .worker import JobRun
 
@@ -80,7 +81,8 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     owner = f"cli:{socket.gethostname()}:{os.getpid()}"
     lease = settings.job_lease_s
     reports = []
-    for host in [args.host] if args.host else (engine.hosts() or [settings.default_host]):
+    every = engine.hosts(h.name for h in container_hosts(settings.inventory, settings.host_port_range))
+    for host in [args.host] if args.host else every:
         with write_transaction(database_proxy.obj):
             job = jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s, reserved_for=owner,
                                              lease_s=lease)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from . import jobqueue
 from .db import open_database, write_transaction
+from .inventory import container_hosts
 from .models import database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
 from .services import engine
@@ -190,12 +191,13 @@ class HealthProber:
 
 
 def queue_reconciles(settings: Settings) -> None:
-    for host in engine.hosts() or [settings.default_host]:
+    for host in engine.hosts(h.name for h in container_hosts(settings.inventory, settings.host_port_range)):
         with write_transaction(database_proxy.obj):
             jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s)
 
 
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
+    container_hosts(settings.inventory, settings.host_port_range)  # a malformed inventory stops the start
     open_database(settings.database_url)
     if swept := sweep_stale_secrets():
         log.info("removed %d secret dir(s) left by crashed workers", swept)

@@ -15,7 +15,7 @@ _ERRORS = {
     400: "Malformed JSON", 401: "Missing or invalid OAuth token", 403: "Forbidden (scope or owner)",
     404: "Not found (deployment, tier, or a malformed deployment id)", 413: "Request body too large",
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
-    429: "Rate or deployment limit reached", 503: "No free host port",
+    429: "Rate or deployment limit reached", 503: "No container host has room (capacity_exhausted)",
 }
 _RATE_HEADERS = {
     name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
