@@ -132,3 +132,16 @@ def test_create_app_rejects_an_inventory_without_container_hosts(settings, tmp_p
     (inventory / "hosts.yml").write_text("controllers:\n  hosts:\n    ctl-1: {}\n")
     with pytest.raises(InventoryError, match="no hosts in group container_hosts"):
         create_app(dataclasses.replace(settings, inventory=inventory))
+
+
+def test_host_ports_are_unique_per_host_only(client_with, tmp_path):
+    inventory = write_inventory(tmp_path / "inv", {
+        "host-a": {"buddo_host_memory_mb": 1024, "buddo_host_port_range": "31000-31001"},
+        "host-b": {"buddo_host_memory_mb": 1024, "buddo_host_port_range": "31000-31001"},
+    })
+    client = client_with(inventory=inventory)
+    placed = [create(client, f"app-{i}").json["deployment"]["host"] for i in range(2)]
+    assert placed == ["host-a", "host-b"]
+    assert [d.host_port for d in Deployment.select()] == [31000, 31000]
+    resp = create(client, "app-2")  # memory left on both, but no port block
+    assert resp.status_code == 503 and resp.json["error"]["code"] == "capacity_exhausted"
