@@ -1,13 +1,15 @@
 """`buddo-deploy worker`: claim jobs and converge through ansible-runner; probe health; reconcile.
 
 Threads: N job runners, a health prober (one playbook run per host per cycle, on
-the hosts themselves) and a reconcile timer (queues a host-wide reconcile every
+the hosts themselves), a reconcile timer (queues a host-wide reconcile every
 ``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of
-the same host).
+the same host) and the billing clock (a billing pass every ``BUDDO_BILLING_INTERVAL``
+by the one worker holding the billing lease).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -22,7 +24,7 @@ from .db import open_database, write_transaction
 from .inventory import container_hosts
 from .models import database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
-from .services import engine
+from .services import billing, engine
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,25 @@ def queue_reconciles(settings: Settings) -> None:
             jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s)
 
 
+class BillingClock:
+    """The periodic billing pass, run by whichever worker holds the billing lease."""
+
+    def __init__(self, settings: Settings, owner: str) -> None:
+        self.billing = billing.Billing(settings)
+        self.owner = owner
+        # Long enough to outlive a slow pass, short enough that another worker takes over soon.
+        self.ttl = dt.timedelta(seconds=max(30.0, 3 * settings.billing_interval_s))
+
+    def tick(self) -> None:
+        if not self.billing.take_lease(self.owner, self.ttl):
+            return
+        report = self.billing.run_pass()
+        if report.started or report.suspended or report.reactivated or report.failed:
+            log.info("billing: %d cycle(s) started, %d paid, suspended %s, reactivated %s, failed %s",
+                     len(report.started), len(report.paid), report.suspended or "none",
+                     report.reactivated or "none", report.failed or "none")
+
+
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
     container_hosts(settings.inventory, settings.host_port_range)  # a malformed inventory stops the start
     open_database(settings.database_url)
@@ -204,10 +225,14 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
     workers = [Worker(settings) for _ in range(max(1, concurrency))]
     threads = [threading.Thread(target=w.loop, args=(once,), name=f"worker-{i}") for i, w in enumerate(workers)]
     timers: list[Every] = []
+    clock: BillingClock | None = None
     if not once:
         timers.append(Every("health probe", settings.health_interval_s, HealthProber(settings).probe_all))
         if settings.reconcile_interval_s > 0:
             timers.append(Every("reconcile timer", settings.reconcile_interval_s, lambda: queue_reconciles(settings)))
+        if settings.billing_enabled and settings.billing_interval_s > 0:
+            clock = BillingClock(settings, workers[0].name)
+            timers.append(Every("billing clock", settings.billing_interval_s, clock.tick))
     threads += [threading.Thread(target=t.loop, name=t.name, daemon=True) for t in timers]
     for thread in threads:
         thread.start()
@@ -228,4 +253,6 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
             timer.stopping.set()
         for thread in threads:
             thread.join()
+    if clock is not None:
+        clock.billing.release_lease(clock.owner)  # the next worker need not wait for it to expire
 
