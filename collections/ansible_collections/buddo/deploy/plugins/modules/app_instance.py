@@ -15,7 +15,7 @@ description:
     O(recreate)), it starts it B(beside) the one that serves now, on whichever of the
     deployment's two O(host_ports) that one does not use, and waits for it. If the
     new container never answers it is removed and the module fails with
-    R(failure_kind=app): the serving container was never touched. Switching traffic
+    R(failure_kind=app); the serving container was never touched. Switching traffic
     and retiring the old container are the caller's next steps (caddy_site, then
     O(state=retired)).
   - O(state=retired) removes every container of the deployment except O(keep), renames
@@ -36,19 +36,19 @@ options:
   host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
   memory_mb: {description: Memory limit in MB., type: int, default: 256}
   cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
-  env: {description: Environment variables., type: dict, default: {}, no_log: true}
+  env: {description: Environment variables (never logged)., type: dict, default: {}}
   labels: {description: Extra labels., type: dict, default: {}}
   instance: {description: "Label buddo.instance: the platform the container belongs to (host_state lists only its own).", type: str, default: buddo}
   pull: {description: C(always) pulls the tag again before a new container; C(missing) only when absent., type: str, default: missing, choices: [always, missing]}
-  recreate: {description: Start a new container even when one with O(spec) runs (wrong limits, unhealthy)., type: bool, default: false}
+  recreate: {description: "Start a new container even when one with O(spec) runs (wrong limits, unhealthy).", type: bool, default: false}
   keep: {description: Container id to keep (O(state=retired))., type: str, default: ""}
   init: {description: Run an init as PID 1., type: bool, default: true}
   restart_policy: {description: Podman restart policy., type: str, default: always}
   stop_timeout: {description: Seconds to wait for a graceful stop., type: int, default: 10}
   wait_timeout: {description: Seconds a new container has to answer., type: float, default: 60}
   wait_path: {description: Path requested to see whether the app answers., type: str, default: /}
-  remove_image: {description: On absent, remove the image reference when unused., type: bool, default: true}
-  prune_images: {description: On retired, remove dangling images no container uses., type: bool, default: true}
+  remove_image: {description: "On absent, remove the image reference when unused.", type: bool, default: true}
+  prune_images: {description: "On retired, remove dangling images no container uses.", type: bool, default: true}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -66,9 +66,9 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-container: {description: The container that runs the spec (id, name, host_port, image_digest)., type: dict, returned: success}
+container: {description: "The container that runs the spec (id, name, host_port, image_digest).", type: dict, returned: success}
 others: {description: Ids of the deployment's other containers (to retire once traffic moved)., type: list, returned: state=started}
-failure_kind: {description: C(app) when the app itself failed (bad image, never answered)., type: str, returned: failure}
+failure_kind: {description: "C(app) when the app itself failed (bad image, never answered).", type: str, returned: failure}
 actions: {description: What was done., type: list, returned: always}
 """
 
