@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from .inventory import InventoryError, container_hosts
 from .models import database_proxy
 from .settings import Settings
 
@@ -73,7 +74,6 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     """One reconcile per host, under the host's lock, run by this process."""
     from . import jobqueue
     from .db import open_database, write_transaction
-    from .inventory import container_hosts
     from .services import engine
     from .worker import JobRun
 
@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("BUDDO_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    if args.command in {"serve", "worker", "reconcile"}:
+        try:
+            container_hosts(settings.inventory, settings.host_port_range)
+        except InventoryError as exc:
+            raise SystemExit(f"buddo-deploy: cannot use the inventory {settings.inventory}: {exc}") from None
     if args.command == "db":
         _upgrade(settings)
     elif args.command == "serve":
