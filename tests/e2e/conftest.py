@@ -85,7 +85,7 @@ class Stack:
         result = ansible(
             "local_registry.yml", self.inventory, "-e", f"local_registry_demo_version={version}",
             "-e", f"local_registry_demo_tag={tag}", "-e", f"local_registry_demo_repository={self.repository}",
-            "-e", f"local_registry_demo_port={port}",
+            "-e", f"local_registry_demo_port={port}", "--limit", "container-host-1",  # the one registry
         )
         assert result.returncode == 0, result.stdout[-3000:]
         return f"127.0.0.1:5000/{self.repository}:{tag}"
