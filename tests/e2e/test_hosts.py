@@ -114,8 +114,10 @@ class SshHost:
             "ansible_port": self.port,
             "ansible_user": "root",
             "ansible_ssh_private_key_file": str(self.root / "client_key"),
-            "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.root / 'known_hosts'} "
-                                       "-o StrictHostKeyChecking=yes -o ConnectTimeout=5",
+            # Host key checking on (ansible.cfg turns it off for the local default): the
+            # host key must be the one in the test's known_hosts.
+            "ansible_ssh_host_key_checking": True,
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.root / 'known_hosts'} -o ConnectTimeout=5",
             "ansible_python_interpreter": "/usr/bin/python3",
         }
 
