@@ -120,6 +120,7 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
     if args.env_file:
         env = engine.env_values(items, rows, settings.secret_key)
         fd = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as handle:
             json.dump(env, handle)
         document["converge_env_file"] = os.path.abspath(args.env_file)

@@ -28,9 +28,21 @@ DEFAULT_RESERVED = (
 )
 
 
+def make_private(*paths: Path) -> None:
+    """Files that hold secrets or the database: readable by their owner only.
+
+    New ones are created 0600; this tightens those an older version or a sysadmin's
+    umask left readable to others.
+    """
+    for path in paths:
+        if path.exists() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
 def _persistent_secret(path: Path, make: bool) -> str:
     """Read a secret kept under var/, creating it on first use (embedded default only)."""
     if path.exists():
+        make_private(path)
         return path.read_text().strip()
     if not make:
         raise RuntimeError(f"missing secret file {path}")

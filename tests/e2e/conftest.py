@@ -202,7 +202,10 @@ def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None
         "BUDDO_VAR_DIR": str(var_dir),
         "BUDDO_DATABASE_URL": f"sqlite:///{var_dir / 'buddo.db'}",
         "BUDDO_JWT_SECRET": JWT_SECRET,
-        "BUDDO_SECRET_KEY": "e2e-secret-key",
+        "BUDDO_SECRET_KEY": "e2e-fernet-passphrase-4b8d1e",
+        # Stands for a PostgreSQL deployment's database password (this stack is on SQLite):
+        # a secret the worker holds that no playbook run may inherit.
+        "PGPASSWORD": "e2e-db-password-9c3f7a",
         "BUDDO_ALLOWED_REGISTRIES": "127.0.0.1:5000/,ghcr.io/",
         "BUDDO_PUBLIC_HTTPS_PORT": str(HTTPS_PORT),
         "BUDDO_HOST_PORT_RANGE": "23000-23999",

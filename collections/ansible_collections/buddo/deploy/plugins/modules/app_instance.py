@@ -22,8 +22,9 @@ description:
     O(keep) to O(name) and removes dangling images no container uses.
   - O(state=stopped) stops every container of the deployment; O(state=absent) removes
     them and the image reference when no other container uses it.
-  - Env values never reach a command line when they fit an env file (one line each);
-    every message is returned with env values masked.
+  - Env values never reach a command line when they fit an env file (one line each),
+    nor a file (podman reads them from a pipe); every message is returned with env
+    values masked.
 options:
   deployment_id: {description: Deployment id (label buddo.deployment_id)., type: str, required: true}
   name: {description: Container name of the serving container., type: str, required: true}
@@ -72,8 +73,6 @@ failure_kind: {description: "C(app) when the app itself failed (bad image, never
 actions: {description: What was done., type: list, returned: always}
 """
 
-import os
-import tempfile
 import time
 from typing import Any
 
@@ -97,8 +96,8 @@ class Podman:
         """Podman's own output may echo env values (Ansible masks them in results too)."""
         return redact(text, self.secrets)
 
-    def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
-        rc, out, err = self.module.run_command([self.binary, *args])
+    def run(self, *args: str, check: bool = True, data: str | None = None) -> tuple[int, str, str]:
+        rc, out, err = self.module.run_command([self.binary, *args], data=data)
         if check and rc != 0:
             self.module.fail_json(msg=self.mask(f"podman {args[0]} failed: {err.strip() or out.strip()}"),
                                   rc=rc, failure_kind="host")
@@ -170,20 +169,17 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
     for key, value in sorted(labels.items()):
         args += ["--label", f"{key}={value}"]
     env: dict[str, str] = p["env"]
-    # On tmpfs where there is one: the values never touch a disk, and the file lives for one `podman run`.
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.NamedTemporaryFile("w", prefix="buddo-env-", dir=shm, delete=False) as handle:
-        os.chmod(handle.name, 0o600)
-        for key, value in env.items():
-            if "\n" in value or "\r" in value:
-                args += ["--env", f"{key}={value}"]  # an env file holds one line per variable
-            else:
-                handle.write(f"{key}={value}\n")
-    try:
-        args += ["--env-file", handle.name, p["image"]]
-        rc, out, err = podman.run(*args, check=False)
-    finally:
-        os.unlink(handle.name)
+    # Podman reads the env values from a pipe: they never touch a file, not even one a
+    # killed run would leave behind on tmpfs.
+    lines = []
+    for key, value in env.items():
+        if "\n" in value or "\r" in value:
+            args += ["--env", f"{key}={value}"]  # an env file holds one line per variable
+        else:
+            lines.append(f"{key}={value}")
+    if lines:
+        args += ["--env-file", "/dev/stdin"]
+    rc, out, err = podman.run(*args, p["image"], check=False, data="\n".join(lines) or None)
     if rc != 0:
         raise AppFailure(podman.mask(f"container {name} could not be started from {p['image']}: "
                                      f"{err.strip() or out.strip()}"))
