@@ -67,11 +67,14 @@ def test_one_parse_is_cached(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", [["reconcile"], ["worker", "--once"], ["serve"]])
 def test_the_cli_says_what_is_wrong_with_the_inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       command: list[str]) -> None:
+                                                       capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     from buddo_deploy.cli import main
 
     (tmp_path / "hosts.yml").write_text("container_hosts:\n  hosts:\n    edge-1: {buddo_host_memory_mb: -5}\n")
     monkeypatch.setenv("BUDDO_INVENTORY", str(tmp_path))
     monkeypatch.setenv("BUDDO_VAR_DIR", str(tmp_path / "var"))
-    with pytest.raises(SystemExit, match="cannot use the inventory .*edge-1: buddo_host_memory_mb must be a positive"):
-        main(command)
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert f"buddo-deploy {command[0]}: cannot use the inventory {tmp_path}: " in err
+    assert "edge-1: buddo_host_memory_mb must be a positive integer, not -5" in err
+    assert "Traceback" not in err
