@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,8 +217,11 @@ class HealthPolicy:
     timeout_s: int = 600
 
 
-def hosts() -> list[str]:
-    return sorted({d.host for d in Deployment.select(Deployment.host).where(Deployment.released_at.is_null())})
+def hosts(inventory_hosts: Iterable[str] = ()) -> list[str]:
+    """Hosts holding deployments, and the inventory's container hosts (a reconcile of an
+    empty host still removes its orphans)."""
+    held = {d.host for d in Deployment.select(Deployment.host).where(Deployment.released_at.is_null())}
+    return sorted(held | set(inventory_hosts))
 
 
 def _automatic_restarts(d: Deployment, since: dt.datetime) -> list[AuditEntry]:

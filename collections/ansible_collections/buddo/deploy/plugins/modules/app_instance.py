@@ -114,14 +114,16 @@ class Podman:
         _, out, _ = self.run("ps", "--all", "--format", "json", "--filter", f"label=buddo.deployment_id={deployment_id}")
         return parse_ps(out)
 
-    def ensure_network(self, deployment_id: str, instance: str) -> bool:
+    def ensure_network(self, deployment_id: str, instance: str, host: str) -> bool:
         """The deployment's own isolated network; True when it had to be created."""
         if self.has_network(deployment_id):
             return False
+        # buddo.host as on the containers: hosts sharing one Podman prune only their own.
+        owner = ["--label", f"buddo.host={host}"] if host else []
         # No DNS: nothing on the network has a name to find, and no aardvark-dns listens on it.
         self.run("network", "create", "--disable-dns", "--opt", "isolate=true",
                  "--label", "buddo.managed_by=buddo-deploy", "--label", f"buddo.instance={instance}",
-                 "--label", f"buddo.deployment_id={deployment_id}", deployment_network(deployment_id))
+                 "--label", f"buddo.deployment_id={deployment_id}", *owner, deployment_network(deployment_id))
         return True
 
     def has_network(self, deployment_id: str) -> bool:
@@ -178,7 +180,7 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
         actions.append(f"removed {len(stale)} container(s) in the way of the new one")
     if pull(podman, p["image"], p["pull"]):
         actions.append(f"pulled {p['image']}")
-    if podman.ensure_network(p["deployment_id"], p["instance"]):
+    if podman.ensure_network(p["deployment_id"], p["instance"], p["labels"].get("buddo.host", "")):
         actions.append(f"created network {deployment_network(p['deployment_id'])}")
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}

@@ -19,6 +19,8 @@ description:
 options:
   sites_dir: {description: Directory of the per-deployment Caddy site files (none when empty)., type: path, default: ""}
   instance: {description: Only containers labelled C(buddo.instance) with this value (one platform's own)., type: str, default: buddo}
+  host: {description: "Only containers and networks labelled C(buddo.host) with this value, or with no such label (made before
+    hosts were labelled). Empty: every host's. Two inventory hosts may share one machine's Podman.", type: str, default: ""}
   probe: {description: Probe the running containers over HTTP., type: bool, default: false}
   probe_path: {description: Path requested by the probe., type: str, default: /}
   probe_timeout: {description: Seconds one probe may take., type: float, default: 3}
@@ -62,7 +64,12 @@ def probe(url: str, timeout: float) -> dict[str, Any]:
     return {"status": status, "healthy": 0 < status < 500, "error": error}
 
 
-def containers(module: AnsibleModule, podman: str, instance: str) -> list[dict[str, Any]]:
+def of_host(found: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
+    """The containers (or networks) of inventory host ``host`` (all when empty; unlabelled ones count as its own)."""
+    return [c for c in found if not host or c["host"] in ("", host)]
+
+
+def containers(module: AnsibleModule, podman: str, instance: str, host: str) -> list[dict[str, Any]]:
     rc, out, err = module.run_command([podman, "ps", "--all", "--format", "json", "--filter",
                                        "label=buddo.managed_by=buddo-deploy", "--filter",
                                        f"label=buddo.instance={instance}"])
@@ -70,7 +77,7 @@ def containers(module: AnsibleModule, podman: str, instance: str) -> list[dict[s
         module.fail_json(msg=f"podman ps failed: {err.strip()}")
     unknown = dict.fromkeys(("memory_mb", "cpu_millicores", "pids_limit", "log_max_size_mb", "networks",
                              "no_new_privileges"))
-    found = {c["id"]: {**c, **unknown} for c in parse_ps(out)}
+    found = {c["id"]: {**c, **unknown} for c in of_host(parse_ps(out), host)}
     if found:
         rc, out, _ = module.run_command([podman, "inspect", "--format", "json", *found])
         for info in json.loads(out or "[]") if rc == 0 else []:
@@ -98,12 +105,12 @@ def settings(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def networks(module: AnsibleModule, podman: str, instance: str) -> list[dict[str, Any]]:
+def networks(module: AnsibleModule, podman: str, instance: str, host: str) -> list[dict[str, Any]]:
     rc, out, err = module.run_command([podman, "network", "ls", "--format", "json", "--filter",
                                        f"label=buddo.instance={instance}"])
     if rc != 0:
         module.fail_json(msg=f"podman network ls failed: {err.strip()}")
-    return [n for n in parse_networks(out) if n["deployment_id"]]
+    return [n for n in of_host(parse_networks(out), host) if n["deployment_id"]]
 
 
 def sites(sites_dir: str, instance: str) -> list[dict[str, Any]]:
@@ -134,6 +141,7 @@ def main() -> None:
         argument_spec={
             "sites_dir": {"type": "path", "default": ""},
             "instance": {"type": "str", "default": "buddo"},
+            "host": {"type": "str", "default": ""},
             "probe": {"type": "bool", "default": False},
             "probe_path": {"type": "str", "default": "/"},
             "probe_timeout": {"type": "float", "default": 3},
@@ -142,8 +150,8 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    result: dict[str, Any] = {"changed": False, "containers": containers(module, p["podman"], p["instance"]),
-                              "networks": networks(module, p["podman"], p["instance"]),
+    result: dict[str, Any] = {"changed": False, "containers": containers(module, p["podman"], p["instance"], p["host"]),
+                              "networks": networks(module, p["podman"], p["instance"], p["host"]),
                               "sites": sites(p["sites_dir"], p["instance"]) if p["sites_dir"] else []}
     if p["probe"]:
         running = [c for c in result["containers"] if c["state"] == "running" and c["host_port"]]
