@@ -14,6 +14,9 @@ from buddo_deploy.settings import Settings
 
 from tests.helpers import create_session_database, drop_session_database, make_settings, migrate
 
+# The Cloudflare fake's fixtures (cloudflare), for the DNS module, engine and e2e tests.
+pytest_plugins = ["tests.fakes.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[None]:

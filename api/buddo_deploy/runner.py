@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,12 +113,12 @@ def sweep_stale_secrets() -> int:
 
 
 @contextmanager
-def secret_file(payload: Mapping[str, Any]) -> Iterator[str]:
-    """A 0600 JSON file on tmpfs that exists only for the duration of one run."""
+def secret_file(payload: Mapping[str, Any] | str) -> Iterator[str]:
+    """A 0600 file on tmpfs (JSON, or the text as is) that exists only for the duration of one run."""
     fd, path = tempfile.mkstemp(prefix="run-", suffix=".json", dir=secret_dir())
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(dict(payload), handle)
+            handle.write(payload if isinstance(payload, str) else json.dumps(dict(payload)))
         yield path
     finally:
         Path(path).unlink(missing_ok=True)
@@ -172,6 +172,7 @@ def run_playbook(
     extravars: Mapping[str, Any],
     *,
     secrets: Mapping[str, Any] | None = None,
+    secret_files: Mapping[str, str] | None = None,
     limit: str | None = None,
     check: bool = False,
     timeout_s: int = 600,
@@ -201,8 +202,11 @@ def run_playbook(
     try:
         (private / "env").mkdir(mode=0o700)
         variables = dict(extravars)
-        with secret_file(secrets or {}) as secret_path:
+        with secret_file(secrets or {}) as secret_path, ExitStack() as more:
             variables["converge_env_file"] = secret_path
+            # Other secrets (the Cloudflare token): extra var name -> a file holding the value.
+            for name, value in (secret_files or {}).items():
+                variables[name] = more.enter_context(secret_file(value))
             (private / "env" / "extravars").write_text(unsafe_yaml(variables))
             envvars = ansible_env()
             runner = ansible_runner.interface.init_runner(

@@ -156,6 +156,9 @@ class Settings:
     health_max_restarts: int = 3
     # The worker queues a reconcile of every host this often (seconds; 0: never).
     reconcile_interval_s: float = 300.0
+    # Cloudflare API token for the DNS records (role cloudflare_dns): handed to each
+    # playbook run in a 0600 file on tmpfs (cloudflare_dns_api_token_file), never in its env.
+    cloudflare_api_token: str | None = field(default=None, repr=False)
     # Debugging (and the secrets test): keep each ansible-runner private data dir.
     keep_runner_data: bool = False
     inventory: Path = field(default_factory=lambda: REPO_ROOT / "inventory" / "local")
@@ -175,6 +178,12 @@ class Settings:
     # Clients GET /metrics answers (no token there).
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
+
+    @property
+    def playbook_secret_files(self) -> dict[str, str]:
+        """Secrets every converge run gets as files: extra var name -> value."""
+        token = self.cloudflare_api_token
+        return {"cloudflare_dns_api_token_file": token} if token else {}
 
     @property
     def public_url_suffix(self) -> str:
@@ -231,6 +240,7 @@ class Settings:
             "health_max_restarts": int(get("HEALTH_MAX_RESTARTS") or 3),
             "reconcile_interval_s": float(get("RECONCILE_INTERVAL") or 300),
             "keep_runner_data": _bool(get("KEEP_RUNNER_DATA") or "false"),
+            "cloudflare_api_token": get("CLOUDFLARE_API_TOKEN") or None,
             "billing_enabled": _bool(get("BILLING_ENABLED") or "true"),
             "billing_cycle_s": _duration("BILLING_CYCLE", get("BILLING_CYCLE") or "30d"),
             "billing_grace_s": _duration("BILLING_GRACE", get("BILLING_GRACE") or "3d"),

@@ -86,6 +86,7 @@ class JobRun:
                 self.settings.inventory,
                 plan.extravars(self.settings.instance),
                 secrets=plan.secrets,
+                secret_files=self.settings.playbook_secret_files,
                 limit=plan.host,
                 check=plan.check,
                 timeout_s=job.timeout_s,

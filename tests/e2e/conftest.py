@@ -222,6 +222,9 @@ def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None
         # Stands for a PostgreSQL deployment's database password (this stack is on SQLite):
         # a secret the worker holds that no playbook run may inherit.
         "PGPASSWORD": "e2e-db-password-9c3f7a",
+        # Handed to every converge run as a file (DNS is off in this inventory): it must
+        # land in no file either.
+        "BUDDO_CLOUDFLARE_API_TOKEN": "e2e-cloudflare-token-2d6b8f",
         "BUDDO_ALLOWED_REGISTRIES": "127.0.0.1:5000/,ghcr.io/",
         "BUDDO_PUBLIC_HTTPS_PORT": str(HTTPS_PORT),
         "BUDDO_HOST_PORT_RANGE": "23000-23999",

@@ -74,6 +74,7 @@ def test_secrets_stay_out_of_every_file(stack: Stack) -> None:
         "the JWT secret": JWT_SECRET,
         "the encryption key": stack.env["BUDDO_SECRET_KEY"],
         "the database password": stack.env["PGPASSWORD"],
+        "the Cloudflare token": stack.env["BUDDO_CLOUDFLARE_API_TOKEN"],
         "an env var value": value,
     }
     # Every file of the stack (var/: database, runner dirs, Caddy, logs) and whatever

@@ -207,6 +207,8 @@ class Engine:
         check: bool = False,
         known: list[str] | None = None,
         extra: dict[str, Any] | None = None,
+        secret_files: dict[str, str] | None = None,
+        keep_data_dir: bool = False,
     ) -> Converged:
         """converge.yml (or reconcile.yml) through the runner bridge, as the worker runs it."""
         from buddo_deploy.runner import EventSummary, run_playbook
@@ -225,10 +227,12 @@ class Engine:
             {"converge_deployments": items, "converge_instance": self.instance, "converge_known": known or [],
              "converge_hosts": ["container-host-1"] if reconcile else [], **(extra or {})},
             secrets=env or {},
+            secret_files=secret_files,
             check=check,
             on_event=on_event,
             timeout_s=PLAYBOOK_TIMEOUT,
             work_dir=self.root / "runner",
+            keep_data_dir=keep_data_dir,
         )
         changed = sum((recap.get("changed") or {}).values())
         return Converged(result, dict(result.stats.get("buddo_outcomes") or {}), changed, events,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,23 @@ def test_a_supervisor_that_fails_cancels_the_run(client, settings, tmp_path: Pat
     monkeypatch.setattr(owner, name, broken)
     result, _ = run.run(plan)
     assert result.status == "canceled" and result.message == message
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_cloudflare_token_reaches_the_playbook_as_a_file_only(client, settings, tmp_path: Path) -> None:
+    token = "cf-worker-token-5b4a3c2d1e"
+    run, plan = _plan(settings, tmp_path)
+    out = tmp_path / "token.out"
+    hosts = tmp_path / "token-hosts.yml"
+    hosts.write_text(f"all:\n  hosts:\n    localhost:\n      ansible_connection: local\n      output_file: {out}\n"
+                     "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
+    run.settings = dataclasses.replace(run.settings, cloudflare_api_token=token, inventory=hosts,
+                                       keep_runner_data=True)
+    result, _ = run.run(dataclasses.replace(plan, playbook="token.yml"))
+    assert result.ok, result
+    assert out.read_text() == token
+    out.unlink()
+    leaked = subprocess.run(["grep", "-rl", token, str(tmp_path), *map(str, Path("/dev/shm").glob("buddo-secrets-*"))],
+                            capture_output=True, text=True)
+    assert leaked.stdout == "", leaked.stdout
+    assert token not in repr(run.settings)

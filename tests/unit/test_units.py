@@ -26,6 +26,9 @@ def test_settings_from_env(tmp_path: Path) -> None:
     assert settings.host_port_range == (100, 200)
     assert settings.public_url_suffix == ""
     assert settings.rate_limits_enabled is False
+    assert settings.playbook_secret_files == {}
+    token = Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_CLOUDFLARE_API_TOKEN": "cf-t"})
+    assert token.playbook_secret_files == {"cloudflare_dns_api_token_file": "cf-t"} and "cf-t" not in repr(token)
 
 
 def test_embedded_default_makes_its_secrets_once(tmp_path: Path) -> None:
