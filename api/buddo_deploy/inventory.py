@@ -92,3 +92,31 @@ def host_labels(inventory: Path) -> tuple[str, ...]:
                 candidates.append(hostvars["ansible_host"])
             labels.update(label for label in map(_first_label, candidates) if label)
     return tuple(sorted(labels))
+
+
+def host_addresses(inventory: Path, host: str) -> tuple[str, ...]:
+    """The public addresses of ``host``: host vars ``buddo_public_ipv4`` and ``buddo_public_ipv6``.
+
+    Read from the host's line or entry in the inventory and from ``host_vars/<host>.yml``;
+    a custom domain whose A/AAAA records are all among them points at the host.
+    """
+    hostvars: dict[str, Any] = {}
+    for path in _files(inventory):
+        text = path.read_text()
+        for name, found in _yaml_hosts(text) if path.suffix in _YAML else _ini_hosts(text):
+            if name == host and isinstance(found, dict):
+                hostvars |= found
+    base = inventory if inventory.is_dir() else inventory.parent
+    for suffix in ("", ".yml", ".yaml"):
+        path = base / "host_vars" / f"{host}{suffix}"
+        if path.is_file():
+            data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader
+            if isinstance(data, dict):
+                hostvars |= data
+    addresses = []
+    for key in ("buddo_public_ipv4", "buddo_public_ipv6"):
+        try:
+            addresses.append(str(ipaddress.ip_address(str(hostvars.get(key) or "").strip())))
+        except ValueError:
+            continue
+    return tuple(addresses)

@@ -88,6 +88,13 @@ class Settings:
     health_max_restarts: int = 3
     # The worker queues a reconcile of every host this often (seconds; 0: never).
     reconcile_interval_s: float = 300.0
+    # Custom domains: resolvers of the DNS check ("ip" or "ip:port"; empty: the system's),
+    # how often the worker checks each domain again, and the certificate issuance budget
+    # the on-demand TLS ask endpoint enforces (per domain and overall, per hour).
+    dns_resolvers: tuple[str, ...] = ()
+    domain_check_interval_s: float = 300.0
+    cert_budget_per_domain: int = 3
+    cert_budget_per_hour: int = 30
     # Debugging (and the secrets test): keep each ansible-runner private data dir.
     keep_runner_data: bool = False
     inventory: Path = field(default_factory=lambda: REPO_ROOT / "inventory" / "local")
@@ -142,6 +149,10 @@ class Settings:
             "health_max_restarts": int(get("HEALTH_MAX_RESTARTS") or 3),
             "reconcile_interval_s": float(get("RECONCILE_INTERVAL") or 300),
             "keep_runner_data": _bool(get("KEEP_RUNNER_DATA") or "false"),
+            "dns_resolvers": _csv(get("DNS_RESOLVERS") or ""),
+            "domain_check_interval_s": float(get("DOMAIN_CHECK_INTERVAL") or 300),
+            "cert_budget_per_domain": int(get("CERT_BUDGET_PER_DOMAIN") or 3),
+            "cert_budget_per_hour": int(get("CERT_BUDGET_PER_HOUR") or 30),
         }
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):
             if get(variable):

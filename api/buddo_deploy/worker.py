@@ -1,9 +1,9 @@
 """`buddo-deploy worker`: claim jobs and converge through ansible-runner; probe health; reconcile.
 
 Threads: N job runners, a health prober (one playbook run per host per cycle, on
-the hosts themselves) and a reconcile timer (queues a host-wide reconcile every
-``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of
-the same host).
+the hosts themselves), the custom domains' DNS check (services/domains.py) and a
+reconcile timer (queues a host-wide reconcile every ``BUDDO_RECONCILE_INTERVAL``;
+any runner claims it, never beside a converge of the same host).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 from . import jobqueue
 from .db import open_database, write_transaction
+from .inventory import host_addresses
 from .models import database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
-from .services import engine
+from .services import domains, engine
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,16 @@ def queue_reconciles(settings: Settings) -> None:
             jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s)
 
 
+# How often the domain checker looks for due domains: a new one is checked within this.
+_DOMAIN_TICK_S = 2.0
+
+
+def domain_checker(settings: Settings) -> domains.DomainChecker:
+    return domains.DomainChecker(
+        settings.base_domain, settings.domain_check_interval_s, settings.job_timeout_s,
+        domains.DnsResolver(settings.dns_resolvers), lambda host: host_addresses(settings.inventory, host))
+
+
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
     open_database(settings.database_url)
     if swept := sweep_stale_secrets():
@@ -204,6 +215,10 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
     timers: list[Every] = []
     if not once:
         timers.append(Every("health probe", settings.health_interval_s, HealthProber(settings).probe_all))
+        if settings.domain_check_interval_s > 0:
+            checker = domain_checker(settings)
+            timers.append(Every("custom domain check", min(settings.domain_check_interval_s, _DOMAIN_TICK_S),
+                                lambda: log.debug("custom domains checked: %s", checker.check_due())))
         if settings.reconcile_interval_s > 0:
             timers.append(Every("reconcile timer", settings.reconcile_interval_s, lambda: queue_reconciles(settings)))
     threads += [threading.Thread(target=t.loop, name=t.name, daemon=True) for t in timers]
