@@ -39,7 +39,7 @@ def ansible(playbook: str, inventory: Path, *extra: str) -> subprocess.Completed
     )
 
 
-def write_inventory(directory: Path, var_dir: Path) -> Path:
+def write_inventory(directory: Path, var_dir: Path, **overrides: Any) -> Path:
     group_vars = yaml.safe_load((ROOT / "inventory/local/group_vars/container_hosts.yml").read_text())
     group_vars |= {
         "buddo_var_dir": str(var_dir),
@@ -49,7 +49,7 @@ def write_inventory(directory: Path, var_dir: Path) -> Path:
         "app_container_wait_timeout": 15,
         # The registry is shared with `make up`; keep its files where make up keeps them.
         "local_registry_dir": str(ROOT / "var" / "registry"),
-    }
+    } | overrides
     (directory / "group_vars").mkdir(parents=True, exist_ok=True)
     (directory / "group_vars" / "container_hosts.yml").write_text(yaml.safe_dump(group_vars))
     (directory / "hosts.yml").write_text((ROOT / "inventory/local/hosts.yml").read_text())
@@ -66,6 +66,7 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     subdomains: set[str] = field(default_factory=set)
     api_process: subprocess.Popen[bytes] | None = None
+    admin: str = ADMIN
 
     @property
     def ca(self) -> Path:
@@ -169,13 +170,19 @@ class Stack:
         return dict(json.loads(out)[0])
 
 
-def start_stack(root: Path) -> Stack:
-    """Bootstrap a Caddy of the stack's own and start the API and one worker."""
+def start_stack(root: Path, group_vars: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Stack:
+    """Bootstrap a Caddy of the stack's own and start the API and one worker.
+
+    ``group_vars`` and ``env`` override the inventory's and the platform's settings.
+    """
     var_dir = root / "var"
-    inventory = write_inventory(root / "inventory", var_dir)
+    port = free_port()
+    group_vars = {"caddy_on_demand_tls_ask": f"http://127.0.0.1:{port}/api/deploy/internal/domain-check",
+                  **(group_vars or {})}
+    inventory = write_inventory(root / "inventory", var_dir, **group_vars)
     boot = ansible("bootstrap.yml", inventory)
     assert boot.returncode == 0, boot.stdout[-4000:]
-    port = free_port()
+    overrides = env or {}
     env = os.environ | {
         "BUDDO_VAR_DIR": str(var_dir),
         "BUDDO_DATABASE_URL": f"sqlite:///{var_dir / 'buddo.db'}",
@@ -195,11 +202,12 @@ def start_stack(root: Path) -> Stack:
         "BUDDO_RATE_LIMITS_ENABLED": "false",
         "BUDDO_KEEP_RUNNER_DATA": "1",
         "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
+    } | overrides
     api = subprocess.Popen([str(BIN / "buddo-deploy"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
                            env=env, stdout=(root / "api.log").open("ab"), stderr=subprocess.STDOUT)
     stack = Stack(root=root, inventory=inventory, api=f"http://127.0.0.1:{port}", env=env,
-                  repository=f"e2e/hello-{uuid.uuid4().hex[:8]}", api_process=api)
+                  repository=f"e2e/hello-{uuid.uuid4().hex[:8]}", api_process=api,
+                  admin=str(group_vars.get("caddy_admin_address", ADMIN)))
     try:
         wait_until_up(f"{stack.api}/api/deploy/openapi.json", api)
         stack.start_worker()
@@ -222,7 +230,7 @@ def stop_stack(stack: Stack) -> None:
         ids = [c["Id"] for c in stack.containers(subdomain)]
         if ids:
             subprocess.run(["podman", "rm", "-f", *ids], check=False, capture_output=True)
-    subprocess.run(["caddy", "stop", "--address", ADMIN], check=False, capture_output=True)
+    subprocess.run(["caddy", "stop", "--address", stack.admin], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")
