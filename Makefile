@@ -21,6 +21,7 @@ venv: $(BIN)/activate
 lint: venv
 	$(BIN)/ruff check api tests bench
 	$(BIN)/mypy
+	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-lint
 
 postgres:
 	@scripts/test-postgres.sh >/dev/null

@@ -24,7 +24,8 @@ export BUDDO_VAR_DIR="$work"
 export BUDDO_DATABASE_URL="sqlite:///$work/buddo.db"
 export BUDDO_JWT_SECRET=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))')
 export BUDDO_SECRET_KEY=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))')
-export BUDDO_RATE_LIMIT_READ=1000000 BUDDO_RATE_LIMIT_WRITE=1000000 BUDDO_RATE_LIMIT_ANONYMOUS=1000000
+export BUDDO_BILLING_WEBHOOK_SECRET=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))')
+export BUDDO_RATE_LIMIT_READ=1000000 BUDDO_RATE_LIMIT_WRITE=1000000 BUDDO_RATE_LIMIT_ANONYMOUS=1000000 BUDDO_RATE_LIMIT_WEBHOOK=1000000
 # Enough room for every deployment the stateful phase creates, so limits do not hide the
 # per-deployment operations (the tiers' own limits still apply and answer 429).
 export BUDDO_MAX_DEPLOYMENTS_PER_ACCOUNT=1000000

@@ -13,6 +13,7 @@ from .inventory import host_labels
 from .middleware import Database, RequestId
 from .ratelimit import RateLimit
 from .resources.apps import AppsResource
+from .resources.billing import BillingResource, PaymentsResource
 from .resources.internal import DomainCheckResource
 from .resources.openapi import OpenApiResource
 from .resources.tiers import TiersResource
@@ -53,4 +54,6 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/logs", apps, suffix="logs")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/restart", apps, suffix="restart")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/stop", apps, suffix="stop")
+    app.add_route("/api/deploy/billing", BillingResource(lifecycle.billing))
+    app.add_route("/api/deploy/billing/payments", PaymentsResource(lifecycle.billing, settings.billing_webhook_secret))
     return app

@@ -1,4 +1,4 @@
-"""`buddo-deploy` command line: serve, db upgrade, token, worker, reconcile, desired."""
+"""`buddo-deploy` command line: serve, db upgrade, token, worker, reconcile, desired, billing."""
 
 from __future__ import annotations
 
@@ -118,10 +118,38 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
     if args.env_file:
         env = engine.env_values(items, rows, settings.secret_key)
         fd = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as handle:
             json.dump(env, handle)
         document["converge_env_file"] = os.path.abspath(args.env_file)
     print(json.dumps(document, indent=2))
+    return 0
+
+
+def _billing(settings: Settings, args: argparse.Namespace) -> int:
+    from .db import open_database
+    from .errors import ApiError
+    from .services.billing import Billing, new_reference
+
+    open_database(settings.database_url)
+    billing = Billing(settings)
+    if args.action == "run":
+        report = billing.run_pass()
+        if not settings.billing_enabled:
+            print("billing is disabled (BUDDO_BILLING_ENABLED=false): nothing charged")
+        print(json.dumps({"cycles_started": report.started, "cycles_paid": report.paid,
+                          "suspended": report.suspended, "reactivated": report.reactivated,
+                          "failed": report.failed}, indent=2))
+        return 1 if report.failed else 0
+    track, amount = ("buddo_points", args.points) if args.points is not None else ("bitcoin", args.sats)
+    try:
+        credit = billing.credit(args.operator, track, amount, args.reference or new_reference(), source="cli")
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(json.dumps({"reference": credit.entry.reference, "replayed": credit.replayed,
+                      "points_balance": credit.points_balance, "sats_balance": credit.sats_balance,
+                      "settled": credit.settled, "reactivated": credit.reactivated}, indent=2))
     return 0
 
 
@@ -149,6 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     desired = sub.add_parser("desired", help="print a host's desired-state document (-e @file for ansible-playbook)")
     desired.add_argument("--host", help="the container host (default: BUDDO_DEFAULT_HOST)")
     desired.add_argument("--env-file", help="also write the env values there (0600) and point the document at it")
+    billing = sub.add_parser("billing", help="credit an account, or run the billing clock once")
+    billing_sub = billing.add_subparsers(dest="action", required=True)
+    billing_sub.add_parser("run", help="start every due cycle and suspend what lapsed, now")
+    credit = billing_sub.add_parser("credit", help="credit an operator's account (idempotent by --reference)")
+    credit.add_argument("--operator", required=True, help="the operator id (token subject)")
+    amount = credit.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--points", type=int, help="Buddo points to credit")
+    amount.add_argument("--sats", type=int, help="satoshis to credit")
+    credit.add_argument("--reference", help="the payment's id (default: a new one); a repeated one credits nothing")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=os.environ.get("BUDDO_LOG_LEVEL", "INFO"),
@@ -168,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return _reconcile(settings, args)
     elif args.command == "desired":
         return _desired(settings, args)
+    elif args.command == "billing":
+        return _billing(settings, args)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -9,6 +10,7 @@ import peewee
 from playhouse.db_url import connect
 
 from .models import database_proxy
+from .settings import make_private
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -25,6 +27,10 @@ def open_database(url: str) -> peewee.Database:
     if parsed.scheme == "sqlite":
         path = Path(parsed.path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The database holds the audit log and the encrypted env values. SQLite creates
+        # its -wal, -shm and -journal files with the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        make_private(path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")))
         db = peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, check_same_thread=False)
     elif parsed.scheme in {"postgres", "postgresql"}:
         db = connect(url.replace("postgres://", "postgresql://", 1))

@@ -106,6 +106,8 @@ class Deployment(BaseModel):
     # The custom domain's DNS check (services/domains.py); null without a custom domain.
     custom_domain_status = peewee.CharField(null=True)
     custom_domain_checked_at = peewee.DateTimeField(null=True)
+    # The number of the next billing cycle to start (at next_billing_at).
+    billing_cycle = peewee.IntegerField(default=0)
 
     class Meta:
         table_name = "deployments"
@@ -207,3 +209,64 @@ class JobEvent(BaseModel):
 
     class Meta:
         table_name = "job_events"
+
+
+BILLING_STATUSES = ("active", "past_due", "suspended", "cancelled")
+BILLING_TRACKS = ("buddo_points", "bitcoin")
+LEDGER_KINDS = ("charge", "stipend", "credit", "adjustment")
+CYCLE_STATES = ("unpaid", "paid", "waived")
+
+
+class BillingAccount(BaseModel):
+    operator_id = peewee.CharField(primary_key=True)
+    points_balance = peewee.BigIntegerField(default=0)
+    sats_balance = peewee.BigIntegerField(default=0)
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "billing_accounts"
+
+
+class BillingCycle(BaseModel):
+    id = peewee.AutoField()
+    deployment = peewee.ForeignKeyField(Deployment, backref="billing_cycles")
+    deployment_id: uuid.UUID
+    cycle = peewee.IntegerField()
+    operator_id = peewee.CharField()
+    track = peewee.CharField()
+    amount = peewee.BigIntegerField()
+    stipend_points = peewee.BigIntegerField()
+    starts_at = peewee.DateTimeField()
+    state = peewee.CharField()
+    paid_at = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "billing_cycles"
+
+
+class LedgerEntry(BaseModel):
+    id = peewee.AutoField()
+    operator_id = peewee.CharField()
+    kind = peewee.CharField()
+    track = peewee.CharField()
+    amount = peewee.BigIntegerField()
+    deployment = peewee.ForeignKeyField(Deployment, null=True, backref="ledger_entries")
+    deployment_id: uuid.UUID | None
+    cycle = peewee.IntegerField(null=True)
+    reference = peewee.CharField(null=True)
+    details = peewee.TextField(null=True)
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "billing_ledger"
+
+
+class Lease(BaseModel):
+    name = peewee.CharField(primary_key=True)
+    owner = peewee.CharField(null=True)
+    expires_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "leases"

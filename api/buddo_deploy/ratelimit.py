@@ -27,6 +27,9 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("POST", "/api/deploy/apps/{deployment_id}/restart"): "write",
     ("POST", "/api/deploy/apps/{deployment_id}/stop"): "write",
     ("DELETE", "/api/deploy/apps/{deployment_id}"): "write",
+    ("GET", "/api/deploy/billing"): "read",
+    # Signed, not token-authenticated: counted per client address.
+    ("POST", "/api/deploy/billing/payments"): "webhook",
 }
 
 
@@ -51,7 +54,8 @@ class RateLimit:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limits_enabled
         self.window = settings.rate_limit_window_s
-        self.limits = {"read": settings.rate_limit_read, "write": settings.rate_limit_write}
+        self.limits = {"read": settings.rate_limit_read, "write": settings.rate_limit_write,
+                       "webhook": settings.rate_limit_webhook}
         self.anonymous_limit = settings.rate_limit_anonymous
         self.trusted_proxies = frozenset(settings.trusted_proxies)
 
@@ -94,15 +98,17 @@ class RateLimit:
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
         principal = getattr(req.context, "principal", None)
-        if not self.enabled or principal is None or req.uri_template is None:
+        if not self.enabled or req.uri_template is None:
             return
         method, route = _route_key(req.method, req.uri_template)
         limit_class = ENDPOINT_CLASSES.get((method, route))
-        if limit_class is None:
+        if limit_class is None or (principal is None and limit_class != "webhook"):
             return
+        caller = (principal.operator_id if principal is not None
+                  else f"addr:{client_address(req, self.trusted_proxies)}")
         limit = self.limits[limit_class]
         window_start, reset = self._window()
-        count = self._hit(f"{principal.operator_id}|{method} {route}", window_start)
+        count = self._hit(f"{caller}|{method} {route}", window_start)
         headers = self._headers(limit, count, reset)
         if count > limit:
             raise TooManyRequests(

@@ -6,7 +6,8 @@ Ansible only as ``!unsafe`` YAML in ``env/extravars`` (written here, so
 there). Secrets never enter extravars, envvars or the command line: they go to a
 0600 file on tmpfs whose *path* is passed, read by a ``no_log`` lookup and
 removed when the run ends. Events are summarised through a callback and never
-written to the artifacts directory.
+written to the artifacts directory. A run's environment is an allow-list (as
+AWX's safe env): nothing else the worker was started with reaches the playbook.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ KEPT_EVENTS = {
     "runner_on_unreachable", "runner_on_async_failed", "playbook_on_stats",
 }
 MAX_MESSAGE = 2000
+# The whole environment of a playbook run, by name: ansible-runner starts from all of
+# os.environ (BUDDO_JWT_SECRET, BUDDO_SECRET_KEY, the database URL, ...), hands it to
+# ansible-playbook, every module and every podman they start, and writes it to
+# artifacts/<id>/command. A run gets ansible_env() plus these, nothing else.
+INHERITED_ENV = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+                 "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK")
+# What ansible-runner sets for its own event callback and fact cache.
+RUNNER_ENV = ("ANSIBLE_CALLBACK_PLUGINS", "ANSIBLE_STDOUT_CALLBACK", "ANSIBLE_CACHE_PLUGIN",
+              "ANSIBLE_CACHE_PLUGIN_CONNECTION", "AWX_ISOLATED_DATA_DIR", "RUNNER_OMIT_EVENTS",
+              "RUNNER_ONLY_FAILED_EVENTS")
 
 
 @dataclass(frozen=True)
@@ -139,19 +150,20 @@ def _summarise(event: Mapping[str, Any]) -> EventSummary | None:
     )
 
 
-def ansible_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def ansible_env() -> dict[str, str]:
     """Environment for ansible-playbook: our venv first, sbin for podman's netavark."""
     bindir = str(Path(sys.executable).parent)
     path = os.pathsep.join([bindir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
-    env = {
+    inherited = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    return inherited | {
         "PATH": path,
         "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        # ansible-runner appends its callback dir to this: not to the worker's value.
+        "ANSIBLE_CALLBACK_PLUGINS": "",
     }
-    env.update(extra or {})
-    return env
 
 
 def run_playbook(
@@ -170,7 +182,7 @@ def run_playbook(
 ) -> PlaybookResult:
     """Run one playbook through ansible-runner and summarise the outcome."""
     base = work_dir or Path(tempfile.gettempdir())
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix="buddo-job-", dir=base))
     outcome = PlaybookResult(status="failed", rc=None)
 
@@ -192,13 +204,14 @@ def run_playbook(
         with secret_file(secrets or {}) as secret_path:
             variables["converge_env_file"] = secret_path
             (private / "env" / "extravars").write_text(unsafe_yaml(variables))
-            runner = ansible_runner.run(
+            envvars = ansible_env()
+            runner = ansible_runner.interface.init_runner(
                 private_data_dir=str(private),
                 playbook=str(playbook),
                 inventory=str(inventory),
                 limit=limit,
                 cmdline="--check" if check else None,
-                envvars=ansible_env(),
+                envvars=envvars,
                 suppress_env_files=True,
                 quiet=True,
                 timeout=timeout_s,
@@ -206,6 +219,11 @@ def run_playbook(
                 cancel_callback=should_cancel or (lambda: False),
                 rotate_artifacts=1,
             )
+            # The config merged os.environ in; keep only what the run is meant to have,
+            # before Runner.run() writes artifacts/<id>/command and starts the process.
+            allowed = {*envvars, *RUNNER_ENV}
+            runner.config.env = {k: v for k, v in runner.config.env.items() if k in allowed}
+            runner.run()
         outcome.status = str(runner.status)
         outcome.rc = runner.rc
         if outcome.status == "timeout":

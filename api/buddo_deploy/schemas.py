@@ -54,6 +54,8 @@ DeploymentStatus = Literal["pending", "deploying", "running", "stopped", "failed
 HealthStatus = Literal["unknown", "healthy", "unhealthy"]
 AuditAction = Literal["create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate"]
 AuditStatus = Literal["pending", "running", "completed", "failed"]
+BillingStatus = Literal["active", "past_due", "suspended", "cancelled"]
+BillingTrack = Literal["buddo_points", "bitcoin"]
 
 
 def _rfc3339(value: dt.datetime) -> str:
@@ -194,6 +196,14 @@ class ListQuery(BaseModel):
     include_destroyed: bool = Field(False, description="Also list destroyed deployments")
 
 
+class BillingQuery(BaseModel):
+    """The query of GET /api/deploy/billing (unknown parameters are ignored)."""
+
+    limit: int = Field(20, ge=1, le=MAX_PAGE, description="Ledger page size")
+    cursor: StrictStr | None = Field(None, min_length=1, max_length=18, pattern=r"^[0-9]+$",
+                                     description="next_cursor of the previous page")
+
+
 class TierOut(BaseModel):
     id: uuid.UUID
     name: str
@@ -230,7 +240,7 @@ class DeploymentOut(BaseModel):
     observed_generation: int = Field(description="The generation the host has converged to")
     health_status: HealthStatus
     last_health_check: Timestamp | None
-    billing_status: str
+    billing_status: BillingStatus
     next_billing_at: Timestamp
     memory_limit_mb: int
     cpu_limit_millicores: int
@@ -285,3 +295,89 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+# --- billing --------------------------------------------------------------
+
+OPERATOR_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@|+-]{0,254}$"
+REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}$"
+# Balances are BIGINT: no single payment may come near overflowing one.
+MAX_PAYMENT = 10**15
+
+
+class PaymentIn(BaseModel):
+    """A payment notification (the signed webhook's body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operator_id: StrictStr = Field(pattern=OPERATOR_ID, description="The operator (the token's subject)")
+    track: BillingTrack = Field(description="buddo_points credits points, bitcoin credits sats")
+    amount: StrictInt = Field(gt=0, le=MAX_PAYMENT, description="Points or satoshis, a positive integer")
+    reference: StrictStr = Field(pattern=REFERENCE,
+                                 description="The payment's id at its source: the idempotency key")
+
+
+class SettledOut(BaseModel):
+    deployment_id: uuid.UUID
+    cycle: int
+
+
+class PaymentOut(BaseModel):
+    reference: str
+    operator_id: str
+    track: BillingTrack
+    amount: int
+    credited_at: Timestamp
+    replayed: bool = Field(description="True when this reference was credited before: nothing changed now")
+    points_balance: int
+    sats_balance: int
+    settled: list[SettledOut] = Field(description="Outstanding cycles this payment paid, oldest first")
+    reactivated: list[uuid.UUID] = Field(description="Suspended deployments this payment reactivated")
+
+
+class ChargeOut(BaseModel):
+    track: BillingTrack
+    amount: int
+    at: Timestamp
+
+
+class OutstandingOut(BaseModel):
+    cycle: int
+    track: BillingTrack
+    amount: int
+    starts_at: Timestamp
+
+
+class DeploymentBillingOut(BaseModel):
+    id: uuid.UUID
+    subdomain: str
+    tier: str
+    status: DeploymentStatus
+    billing_status: BillingStatus
+    next_billing_at: Timestamp
+    next_charge: ChargeOut | None = Field(description="Null while no cycle will start (stopped or suspended)")
+    outstanding: list[OutstandingOut] = Field(description="Unpaid cycles, oldest first")
+
+
+class LedgerEntryOut(BaseModel):
+    id: int
+    kind: Literal["charge", "stipend", "credit", "adjustment"]
+    track: BillingTrack
+    amount: int = Field(description="Signed: a charge is negative")
+    deployment_id: uuid.UUID | None
+    cycle: int | None
+    reference: str | None
+    details: Any
+    created_at: Timestamp
+
+
+class BillingOut(BaseModel):
+    operator_id: str
+    points_balance: int
+    sats_balance: int
+    billing_enabled: bool
+    cycle_seconds: int
+    grace_seconds: int
+    deployments: list[DeploymentBillingOut]
+    ledger: list[LedgerEntryOut] = Field(description="Newest first")
+    next_cursor: str | None

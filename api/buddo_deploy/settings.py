@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,9 +28,21 @@ DEFAULT_RESERVED = (
 )
 
 
+def make_private(*paths: Path) -> None:
+    """Files that hold secrets or the database: readable by their owner only.
+
+    New ones are created 0600; this tightens those an older version or a sysadmin's
+    umask left readable to others.
+    """
+    for path in paths:
+        if path.exists() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
 def _persistent_secret(path: Path, make: bool) -> str:
     """Read a secret kept under var/, creating it on first use (embedded default only)."""
     if path.exists():
+        make_private(path)
         return path.read_text().strip()
     if not make:
         raise RuntimeError(f"missing secret file {path}")
@@ -47,6 +60,18 @@ def _csv(value: str) -> tuple[str, ...]:
 
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([dhms]?)\s*$")
+_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}
+
+
+def parse_duration(value: str) -> int:
+    """Seconds in ``<n>d``, ``<n>h``, ``<n>m``, ``<n>s`` or a plain number of seconds."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration (<n>d, <n>h, <n>m, <n>s or seconds)")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,17 @@ class Settings:
     inventory: Path = field(default_factory=lambda: REPO_ROOT / "inventory" / "local")
     playbook_dir: Path = field(default_factory=lambda: REPO_ROOT / "playbooks")
     tiers_file: Path = field(default_factory=lambda: Path(__file__).parent / "data" / "tiers.json")
+    # Billing (README "Billing"): a rolling cycle from creation, charged at its start.
+    billing_enabled: bool = True
+    billing_cycle_s: int = 30 * 86400
+    billing_grace_s: int = 3 * 86400
+    # The worker's billing pass runs this often (seconds); one worker at a time (a lease).
+    billing_interval_s: float = 30.0
+    billing_webhook_secret: str | None = None
+    # What a new operator's account opens with (the embedded default: enough for make up).
+    billing_starting_points: int = 0
+    billing_starting_sats: int = 0
+    rate_limit_webhook: int = 120
 
     @property
     def public_url_suffix(self) -> str:
@@ -153,7 +189,18 @@ class Settings:
             "domain_check_interval_s": float(get("DOMAIN_CHECK_INTERVAL") or 300),
             "cert_budget_per_domain": int(get("CERT_BUDGET_PER_DOMAIN") or 3),
             "cert_budget_per_hour": int(get("CERT_BUDGET_PER_HOUR") or 30),
+            "billing_enabled": _bool(get("BILLING_ENABLED") or "true"),
+            "billing_cycle_s": parse_duration(get("BILLING_CYCLE") or "30d"),
+            "billing_grace_s": parse_duration(get("BILLING_GRACE") or "3d"),
+            "billing_interval_s": float(get("BILLING_INTERVAL") or 30),
+            "billing_webhook_secret": get("BILLING_WEBHOOK_SECRET") or (
+                _persistent_secret(var_dir / "billing-webhook-secret", make=True) if embedded else None),
+            "billing_starting_points": int(get("BILLING_STARTING_POINTS") or (5000 if embedded else 0)),
+            "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
+            "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
         }
+        if kwargs["billing_cycle_s"] == 0:
+            raise ValueError("BUDDO_BILLING_CYCLE must be longer than 0 s")
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):
             if get(variable):
                 kwargs[name] = Path(str(get(variable)))

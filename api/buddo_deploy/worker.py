@@ -1,13 +1,16 @@
 """`buddo-deploy worker`: claim jobs and converge through ansible-runner; probe health; reconcile.
 
 Threads: N job runners, a health prober (one playbook run per host per cycle, on
-the hosts themselves), the custom domains' DNS check (services/domains.py) and a
+the hosts themselves), the custom domains' DNS check (services/domains.py), a
 reconcile timer (queues a host-wide reconcile every ``BUDDO_RECONCILE_INTERVAL``;
-any runner claims it, never beside a converge of the same host).
+any runner claims it, never beside a converge of the same host) and the billing
+clock (a billing pass every ``BUDDO_BILLING_INTERVAL`` by the one worker holding
+the billing lease).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -22,7 +25,7 @@ from .db import open_database, write_transaction
 from .inventory import host_addresses
 from .models import database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
-from .services import domains, engine
+from .services import billing, domains, engine
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -206,6 +209,25 @@ def domain_checker(settings: Settings) -> domains.DomainChecker:
         domains.DnsResolver(settings.dns_resolvers), lambda host: host_addresses(settings.inventory, host))
 
 
+class BillingClock:
+    """The periodic billing pass, run by whichever worker holds the billing lease."""
+
+    def __init__(self, settings: Settings, owner: str) -> None:
+        self.billing = billing.Billing(settings)
+        self.owner = owner
+        # Long enough to outlive a slow pass, short enough that another worker takes over soon.
+        self.ttl = dt.timedelta(seconds=max(30.0, 3 * settings.billing_interval_s))
+
+    def tick(self) -> None:
+        if not self.billing.take_lease(self.owner, self.ttl):
+            return
+        report = self.billing.run_pass()
+        if report.started or report.suspended or report.reactivated or report.failed:
+            log.info("billing: %d cycle(s) started, %d paid, suspended %s, reactivated %s, failed %s",
+                     len(report.started), len(report.paid), report.suspended or "none",
+                     report.reactivated or "none", report.failed or "none")
+
+
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
     open_database(settings.database_url)
     if swept := sweep_stale_secrets():
@@ -213,6 +235,7 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
     workers = [Worker(settings) for _ in range(max(1, concurrency))]
     threads = [threading.Thread(target=w.loop, args=(once,), name=f"worker-{i}") for i, w in enumerate(workers)]
     timers: list[Every] = []
+    clock: BillingClock | None = None
     if not once:
         timers.append(Every("health probe", settings.health_interval_s, HealthProber(settings).probe_all))
         if settings.domain_check_interval_s > 0:
@@ -221,6 +244,9 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
                                 lambda: log.debug("custom domains checked: %s", checker.check_due())))
         if settings.reconcile_interval_s > 0:
             timers.append(Every("reconcile timer", settings.reconcile_interval_s, lambda: queue_reconciles(settings)))
+        if settings.billing_enabled and settings.billing_interval_s > 0:
+            clock = BillingClock(settings, workers[0].name)
+            timers.append(Every("billing clock", settings.billing_interval_s, clock.tick))
     threads += [threading.Thread(target=t.loop, name=t.name, daemon=True) for t in timers]
     for thread in threads:
         thread.start()
@@ -241,4 +267,6 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
             timer.stopping.set()
         for thread in threads:
             thread.join()
+    if clock is not None:
+        clock.billing.release_lease(clock.owner)  # the next worker need not wait for it to expire
 

@@ -129,6 +129,7 @@ def test_openapi_is_public_and_lists_every_endpoint(client):
         "/api/deploy/tiers", "/api/deploy/apps", "/api/deploy/apps/{deployment_id}",
         "/api/deploy/apps/{deployment_id}/status", "/api/deploy/apps/{deployment_id}/logs",
         "/api/deploy/apps/{deployment_id}/restart", "/api/deploy/apps/{deployment_id}/stop",
+        "/api/deploy/billing", "/api/deploy/billing/payments",
     }
     schemas = doc["components"]["schemas"]
     assert {"DeploymentCreate", "DeploymentOut", "StatusOut", "LogEntryOut", "ErrorOut", "TierOut"} <= set(schemas)

@@ -96,6 +96,21 @@ class Stack:
         self.workers.append(proc)
         return proc
 
+    def restart_platform(self, env: dict[str, str]) -> None:
+        """Restart the API and the worker on ``env`` (e.g. a short billing cycle); Caddy and containers stay."""
+        for proc in [*self.workers, self.api_process]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=120)
+        self.workers.clear()
+        self.env = env
+        bind = self.api.removeprefix("http://")
+        self.api_process = subprocess.Popen(
+            [str(BIN / "buddo-deploy"), "serve", "--bind", bind, "--workers", "2"], env=self.env,
+            stdout=(self.root / "api.log").open("ab"), stderr=subprocess.STDOUT)
+        wait_until_up(f"{self.api}/api/deploy/openapi.json", self.api_process)
+        self.start_worker()
+
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("headers", self.headers())
         return requests.request(method, f"{self.api}{path}", timeout=30, **kwargs)
@@ -187,7 +202,10 @@ def start_stack(root: Path, group_vars: dict[str, Any] | None = None, env: dict[
         "BUDDO_VAR_DIR": str(var_dir),
         "BUDDO_DATABASE_URL": f"sqlite:///{var_dir / 'buddo.db'}",
         "BUDDO_JWT_SECRET": JWT_SECRET,
-        "BUDDO_SECRET_KEY": "e2e-secret-key",
+        "BUDDO_SECRET_KEY": "e2e-fernet-passphrase-4b8d1e",
+        # Stands for a PostgreSQL deployment's database password (this stack is on SQLite):
+        # a secret the worker holds that no playbook run may inherit.
+        "PGPASSWORD": "e2e-db-password-9c3f7a",
         "BUDDO_ALLOWED_REGISTRIES": "127.0.0.1:5000/,ghcr.io/",
         "BUDDO_PUBLIC_HTTPS_PORT": str(HTTPS_PORT),
         "BUDDO_HOST_PORT_RANGE": "23000-23999",
@@ -201,6 +219,10 @@ def start_stack(root: Path, group_vars: dict[str, Any] | None = None, env: dict[
         "BUDDO_INSTANCE": f"e2e-{uuid.uuid4().hex[:8]}",
         "BUDDO_RATE_LIMITS_ENABLED": "false",
         "BUDDO_KEEP_RUNNER_DATA": "1",
+        # Billing on its defaults (30-day cycle), with balances no test runs out of.
+        "BUDDO_BILLING_STARTING_POINTS": "100000000",
+        "BUDDO_BILLING_STARTING_SATS": "100000000000",
+        "BUDDO_BILLING_WEBHOOK_SECRET": "e2e-webhook-secret",
         "PATH": f"{BIN}:{os.environ['PATH']}",
     } | overrides
     api = subprocess.Popen([str(BIN / "buddo-deploy"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],

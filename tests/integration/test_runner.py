@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from buddo_deploy.runner import run_playbook, secret_dir, sweep_stale_secrets
 
 PLAYBOOKS = Path(__file__).parent / "playbooks"
@@ -38,6 +40,35 @@ def test_user_strings_stay_data_and_secrets_stay_out(tmp_path: Path) -> None:
     assert not list(secret_dir().iterdir())  # the secrets file is gone
     assert all(secret not in (e.message or "") for e in events)
     assert {"playbook_on_task_start", "runner_on_ok", "playbook_on_stats"} <= {e.event for e in events}
+
+
+def test_playbooks_run_with_a_minimal_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a worker may hold in its environment: none of it is the playbook's business.
+    fakes = {
+        "BUDDO_JWT_SECRET": "jwt-secret-5b0e9c1d7a",
+        "BUDDO_SECRET_KEY": "fernet-key-8c2f4e6a1b",
+        "BUDDO_DATABASE_URL": "postgresql://buddo:db-password-3e7d9a@db.internal:5432/buddo",
+        "BUDDO_WEBHOOK_SECRET": "webhook-secret-a94f0b",
+        "PGPASSWORD": "pg-password-1c5e8d",
+        "UNRELATED_SETTING": "unrelated-value-6d2a7f",
+    }
+    for name, value in fakes.items():
+        monkeypatch.setenv(name, value)
+    work = tmp_path / "runner"
+    result = run_playbook(PLAYBOOKS / "env.yml", inventory(tmp_path), {"output_file": str(tmp_path / "env.txt")},
+                          work_dir=work, keep_data_dir=True)
+    assert result.ok, result
+
+    dumped = dict(line.split("=", 1) for line in (tmp_path / "env.txt").read_text().splitlines() if "=" in line)
+    assert not set(fakes) & set(dumped), sorted(dumped)
+    assert dumped["HOME"] == os.environ["HOME"] and "/usr/sbin" in dumped["PATH"].split(":")
+    [private] = list(work.iterdir())
+    [command] = list(private.glob("artifacts/*/command"))
+    assert "PATH" in command.read_text()  # ansible-runner wrote the run's environment here
+    assert list(private.glob("artifacts/*/fact_cache/*"))  # and the env facts here
+    for value in fakes.values():
+        grep = subprocess.run(["grep", "-rl", value, str(private)], capture_output=True, text=True, check=False)
+        assert grep.stdout == "", (value, grep.stdout)
 
 
 def test_failure_names_the_task_and_message(tmp_path: Path) -> None:

@@ -18,14 +18,22 @@ def _reject_constant(name: str) -> Any:
 
 
 def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
+    return parse_json_object(read_body(req, max_bytes))
+
+
+def read_body(req: falcon.Request, max_bytes: int) -> bytes:
     length = req.content_length
     if length is not None and length > max_bytes:
         raise ApiError(f"Request body exceeds {max_bytes} bytes", code="payload_too_large",
                        status=falcon.HTTP_413)
-    raw = req.bounded_stream.read(max_bytes + 1)
+    raw: bytes = req.bounded_stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise ApiError(f"Request body exceeds {max_bytes} bytes", code="payload_too_large",
                        status=falcon.HTTP_413)
+    return raw
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("Request body must be a JSON object", code="malformed_json")
     try:

@@ -15,7 +15,8 @@ _ERRORS = {
     400: "Malformed JSON", 401: "Missing or invalid OAuth token", 403: "Forbidden (scope or owner)",
     404: "Not found (deployment, tier, or a malformed deployment id)", 413: "Request body too large",
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
-    429: "Rate or deployment limit reached", 503: "No free host port",
+    409: "Reference already used for a different payment", 429: "Rate or deployment limit reached",
+    503: "Unavailable (no free host port; payment webhook not configured)",
 }
 _RATE_HEADERS = {
     name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
@@ -71,8 +72,12 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
         schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut,
+        schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut,
     ]
-    _, top = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
+    inputs = (schemas.PaymentIn,)
+    _, top = models_json_schema(
+        [(m, "validation" if m in inputs else "serialization") for m in models], ref_template=_REF,
+    )
     components = top.get("$defs", {})
     components["DeploymentCreate"] = schemas.DeploymentCreate.json_schema_for(context)
     components["TierList"] = {"type": "array", "items": {"$ref": _REF.format(model="TierOut")}}
@@ -111,6 +116,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
             "post": _operation("stopDeployment", "Stop", "DeploymentEnvelope", (404, 422)),
         },
     }
+    paths |= _billing_paths()
     return {
         "openapi": "3.1.0",
         "info": {"title": "Buddo Deploy API", "version": "1.0.0"},
@@ -121,6 +127,24 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         "security": [{"oauth": ["deploy:manage"]}],
         "paths": paths,
     }
+
+
+def _billing_paths() -> dict[str, Any]:
+    signature = {
+        "name": "X-Buddo-Signature", "in": "header", "required": True,
+        "description": "sha256=<hex HMAC-SHA256 of the raw body with BUDDO_BILLING_WEBHOOK_SECRET>",
+        "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+    }
+    billing = _operation("getBilling", "Balances, each live deployment's billing, and the ledger (newest first)",
+                         "BillingOut", (422,))
+    billing["parameters"] = _query_parameters(schemas.BillingQuery)
+    payment = _operation("creditAccount", "Credit an account (signed webhook; idempotent by reference)",
+                         "PaymentOut", (400, 409, 413, 422, 503), ok_status="201")
+    payment |= {"security": [], "parameters": [signature],
+                "requestBody": {"required": True, "content": _json("PaymentIn")}}
+    payment["responses"]["200"] = {"description": "A replayed reference: the original credit, nothing changed",
+                                   "content": _json("PaymentOut")}
+    return {"/api/deploy/billing": {"get": billing}, "/api/deploy/billing/payments": {"post": payment}}
 
 
 class OpenApiResource:

@@ -28,9 +28,9 @@ from ..models import LIVE_STATUSES, AuditEntry, Deployment, Tier, database_proxy
 from ..schemas import DeploymentCreate
 from ..settings import Settings
 from . import state
+from .billing import Billing
 from .tiers import get_tier
 
-BILLING_CYCLE = dt.timedelta(days=30)
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 _PORT_ATTEMPTS = 8
 # pg_advisory_xact_lock(key, hashtext(operator)): the two-key space, apart from the job queue's one-key lock.
@@ -46,6 +46,7 @@ class Page:
 class Lifecycle:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.billing = Billing(settings)
         self._status_sql: str | None = None
 
     # --- reads -------------------------------------------------------------
@@ -155,12 +156,18 @@ class Lifecycle:
         """A new container from the image as the tag is now, started beside the serving one."""
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "restart")
+            billing = self.billing.on_restart(deployment, utcnow())
             return state.change(deployment, "restart", principal.client_id, timeout_s=self._timeout,
-                                desired_state="running", revision=deployment.revision + 1, pull_image=True)
+                                desired_state="running", revision=deployment.revision + 1, pull_image=True,
+                                **billing)
 
     def stop(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "stop")
+            if deployment.billing_status == "suspended":
+                # Now the operator's stop: a payment must not start it again.
+                return state.change(deployment, "stop", principal.client_id, timeout_s=self._timeout,
+                                    desired_state="stopped", **self.billing.on_stop(deployment))
             if deployment.desired_state == "stopped":
                 if deployment.observed_generation < deployment.generation:
                     # Asked already and still converging (or backing off after a failure): now.
@@ -174,7 +181,7 @@ class Lifecycle:
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "destroy")
             return state.change(deployment, "destroy", principal.client_id, timeout_s=self._timeout,
-                                desired_state="absent", destroyed_at=utcnow())
+                                desired_state="absent", destroyed_at=utcnow(), **self.billing.on_destroy(deployment))
 
     # --- helpers -----------------------------------------------------------
 
@@ -256,7 +263,8 @@ class Lifecycle:
             status="pending",
             health_status="unknown",
             billing_status="active",
-            next_billing_at=now + BILLING_CYCLE,
+            # The first cycle starts at creation; the billing pass charges it.
+            next_billing_at=now,
             memory_limit_mb=tier.memory_limit_mb,
             cpu_limit_millicores=tier.cpu_limit_millicores,
             env_var_names=json.dumps(sorted(request.env_vars)),

@@ -11,7 +11,7 @@ short_description: Compare desired deployments with a host's observed state
 description:
   - Takes the desired deployments of one host and the result of
     M(buddo.deploy.host_state) and returns what must change, and why, per deployment.
-  - Runs on the controller: a host with nothing to repair costs no module run beyond
+  - Runs on the controller; a host with nothing to repair costs no module run beyond
     the observation.
 positional: observed, live_config, base_domain
 options:

@@ -15,15 +15,16 @@ description:
     O(recreate)), it starts it B(beside) the one that serves now, on whichever of the
     deployment's two O(host_ports) that one does not use, and waits for it. If the
     new container never answers it is removed and the module fails with
-    R(failure_kind=app): the serving container was never touched. Switching traffic
+    R(failure_kind=app); the serving container was never touched. Switching traffic
     and retiring the old container are the caller's next steps (caddy_site, then
     O(state=retired)).
   - O(state=retired) removes every container of the deployment except O(keep), renames
     O(keep) to O(name) and removes dangling images no container uses.
   - O(state=stopped) stops every container of the deployment; O(state=absent) removes
     them and the image reference when no other container uses it.
-  - Env values never reach a command line when they fit an env file (one line each);
-    every message is returned with env values masked.
+  - Env values never reach a command line when they fit an env file (one line each),
+    nor a file (podman reads them from a pipe); every message is returned with env
+    values masked.
 options:
   deployment_id: {description: Deployment id (label buddo.deployment_id)., type: str, required: true}
   name: {description: Container name of the serving container., type: str, required: true}
@@ -36,19 +37,19 @@ options:
   host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
   memory_mb: {description: Memory limit in MB., type: int, default: 256}
   cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
-  env: {description: Environment variables., type: dict, default: {}, no_log: true}
+  env: {description: Environment variables (never logged)., type: dict, default: {}}
   labels: {description: Extra labels., type: dict, default: {}}
   instance: {description: "Label buddo.instance: the platform the container belongs to (host_state lists only its own).", type: str, default: buddo}
   pull: {description: C(always) pulls the tag again before a new container; C(missing) only when absent., type: str, default: missing, choices: [always, missing]}
-  recreate: {description: Start a new container even when one with O(spec) runs (wrong limits, unhealthy)., type: bool, default: false}
+  recreate: {description: "Start a new container even when one with O(spec) runs (wrong limits, unhealthy).", type: bool, default: false}
   keep: {description: Container id to keep (O(state=retired))., type: str, default: ""}
   init: {description: Run an init as PID 1., type: bool, default: true}
   restart_policy: {description: Podman restart policy., type: str, default: always}
   stop_timeout: {description: Seconds to wait for a graceful stop., type: int, default: 10}
   wait_timeout: {description: Seconds a new container has to answer., type: float, default: 60}
   wait_path: {description: Path requested to see whether the app answers., type: str, default: /}
-  remove_image: {description: On absent, remove the image reference when unused., type: bool, default: true}
-  prune_images: {description: On retired, remove dangling images no container uses., type: bool, default: true}
+  remove_image: {description: "On absent, remove the image reference when unused.", type: bool, default: true}
+  prune_images: {description: "On retired, remove dangling images no container uses.", type: bool, default: true}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -66,14 +67,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-container: {description: The container that runs the spec (id, name, host_port, image_digest)., type: dict, returned: success}
+container: {description: "The container that runs the spec (id, name, host_port, image_digest).", type: dict, returned: success}
 others: {description: Ids of the deployment's other containers (to retire once traffic moved)., type: list, returned: state=started}
-failure_kind: {description: C(app) when the app itself failed (bad image, never answered)., type: str, returned: failure}
+failure_kind: {description: "C(app) when the app itself failed (bad image, never answered).", type: str, returned: failure}
 actions: {description: What was done., type: list, returned: always}
 """
 
-import os
-import tempfile
 import time
 from typing import Any
 
@@ -97,8 +96,8 @@ class Podman:
         """Podman's own output may echo env values (Ansible masks them in results too)."""
         return redact(text, self.secrets)
 
-    def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
-        rc, out, err = self.module.run_command([self.binary, *args])
+    def run(self, *args: str, check: bool = True, data: str | None = None) -> tuple[int, str, str]:
+        rc, out, err = self.module.run_command([self.binary, *args], data=data)
         if check and rc != 0:
             self.module.fail_json(msg=self.mask(f"podman {args[0]} failed: {err.strip() or out.strip()}"),
                                   rc=rc, failure_kind="host")
@@ -170,20 +169,17 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
     for key, value in sorted(labels.items()):
         args += ["--label", f"{key}={value}"]
     env: dict[str, str] = p["env"]
-    # On tmpfs where there is one: the values never touch a disk, and the file lives for one `podman run`.
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.NamedTemporaryFile("w", prefix="buddo-env-", dir=shm, delete=False) as handle:
-        os.chmod(handle.name, 0o600)
-        for key, value in env.items():
-            if "\n" in value or "\r" in value:
-                args += ["--env", f"{key}={value}"]  # an env file holds one line per variable
-            else:
-                handle.write(f"{key}={value}\n")
-    try:
-        args += ["--env-file", handle.name, p["image"]]
-        rc, out, err = podman.run(*args, check=False)
-    finally:
-        os.unlink(handle.name)
+    # Podman reads the env values from a pipe: they never touch a file, not even one a
+    # killed run would leave behind on tmpfs.
+    lines = []
+    for key, value in env.items():
+        if "\n" in value or "\r" in value:
+            args += ["--env", f"{key}={value}"]  # an env file holds one line per variable
+        else:
+            lines.append(f"{key}={value}")
+    if lines:
+        args += ["--env-file", "/dev/stdin"]
+    rc, out, err = podman.run(*args, p["image"], check=False, data="\n".join(lines) or None)
     if rc != 0:
         raise AppFailure(podman.mask(f"container {name} could not be started from {p['image']}: "
                                      f"{err.strip() or out.strip()}"))

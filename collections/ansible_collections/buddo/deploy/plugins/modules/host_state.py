@@ -25,9 +25,9 @@ options:
 """
 
 RETURN = r"""
-containers: {description: Managed containers (id, name, deployment_id, spec, state, host_port, memory_mb, cpu_millicores)., type: list, returned: always}
-sites: {description: Site files (file, deployment_id, hosts, upstream_port)., type: list, returned: always}
-probes: {description: Container id -> {status, healthy, error}., type: dict, returned: when probe}
+containers: {description: "Managed containers (id, name, deployment_id, spec, state, host_port, memory_mb, cpu_millicores).", type: list, returned: always}
+sites: {description: "Site files (file, deployment_id, hosts, upstream_port).", type: list, returned: always}
+probes: {description: "Container id -> {status, healthy, error}.", type: dict, returned: when probe}
 """
 
 import glob

@@ -7,7 +7,7 @@ DOCUMENTATION = r"""
 module: http_probe
 short_description: Wait until an HTTP server answers, or read one page
 description:
-  - Sends GET requests to O(url) until any HTTP answer arrives (any status counts:
+  - Sends GET requests to O(url) until any HTTP answer arrives (any status counts;
     the server is up) or O(wait_timeout) seconds have passed, polling every
     O(interval) seconds within this one module run.
   - Never fails because nothing answered; R(status) is -1 then, and the caller decides.
@@ -30,7 +30,7 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-status: {description: HTTP status of the answer, -1 when nothing answered., type: int, returned: always}
+status: {description: "HTTP status of the answer, -1 when nothing answered.", type: int, returned: always}
 content: {description: Body of the answer., type: str, returned: when O(return_content) and something answered}
 attempts: {description: Requests sent., type: int, returned: always}
 elapsed: {description: Seconds spent., type: float, returned: always}

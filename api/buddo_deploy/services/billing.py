@@ -1,0 +1,453 @@
+"""Billing: operator accounts, rolling cycles, an append-only ledger, suspension and reactivation.
+
+A deployment's cycles are numbered from 0; cycle ``n`` starts at ``next_billing_at``
+when ``deployments.billing_cycle`` is ``n``. Starting a cycle inserts its row in
+``billing_cycles`` (unique per deployment and cycle: two passes racing for a cycle
+start it once) as *unpaid*; the operator's outstanding cycles are then paid oldest
+first, per track, from the balance. A paid cycle writes a ``charge`` and a
+``stipend`` ledger entry (unique per deployment, cycle and kind). A deployment with
+an unpaid cycle is ``past_due``; when the oldest unpaid cycle is older than the
+grace, it is suspended (desired state ``stopped``, which the engine converges). A
+credit pays what is outstanding and reactivates what it paid for.
+
+Locks are taken in one order everywhere: the operator's account, then deployments,
+then cycles. The API's lifecycle locks a deployment only and never an account.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee
+
+from ..db import is_postgres, write_transaction
+from ..errors import ApiError, Unauthorized, Unprocessable
+from ..models import (
+    BillingAccount,
+    BillingCycle,
+    Deployment,
+    Lease,
+    LedgerEntry,
+    Tier,
+    database_proxy,
+    utcnow,
+)
+from ..settings import Settings
+from . import state
+
+log = logging.getLogger(__name__)
+
+BALANCE = {"buddo_points": "points_balance", "bitcoin": "sats_balance"}
+UNIT = {"buddo_points": "points", "bitcoin": "sats"}
+LEASE_NAME = "billing"
+# Statuses whose cycles still start while the operator wants the app running.
+BILLABLE = ("active", "past_due")
+
+
+class ReferenceConflict(ApiError):
+    def __init__(self, reference: str) -> None:
+        super().__init__(
+            f"Reference '{reference}' was already used for a different payment", code="reference_conflict",
+            status="409 Conflict", details={"reference": reference},
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    enabled: bool
+    cycle: dt.timedelta
+    grace: dt.timedelta
+    starting_points: int
+    starting_sats: int
+    timeout_s: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            enabled=settings.billing_enabled, cycle=dt.timedelta(seconds=settings.billing_cycle_s),
+            grace=dt.timedelta(seconds=settings.billing_grace_s), starting_points=settings.billing_starting_points,
+            starting_sats=settings.billing_starting_sats, timeout_s=settings.job_timeout_s,
+        )
+
+
+@dataclass
+class PassReport:
+    started: list[tuple[str, int]] = field(default_factory=list)
+    paid: list[tuple[str, int]] = field(default_factory=list)
+    suspended: list[str] = field(default_factory=list)
+    reactivated: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def merge(self, other: PassReport) -> None:
+        for name in ("started", "paid", "suspended", "reactivated", "failed"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+@dataclass(frozen=True)
+class Credit:
+    entry: LedgerEntry
+    replayed: bool
+    points_balance: int
+    sats_balance: int
+    settled: list[tuple[str, int]]
+    reactivated: list[str]
+
+
+def price_of(tier: Tier) -> tuple[str, int]:
+    """The track a tier's cycles are charged to, and a cycle's price on it."""
+    if tier.payment_method == "bitcoin":
+        return "bitcoin", int(tier.monthly_cost_sats or 0)
+    return "buddo_points", int(tier.monthly_cost_points or 0)
+
+
+def _locked_account(operator_id: str) -> BillingAccount:
+    query = BillingAccount.select().where(BillingAccount.operator_id == operator_id)
+    if is_postgres(database_proxy.obj):
+        query = query.for_update()
+    account: BillingAccount = query.get()
+    return account
+
+
+class Billing:
+    def __init__(self, settings: Settings, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.settings = settings
+        self.policy = Policy.from_settings(settings)
+        self.clock = clock
+
+    # --- accounts and the ledger ------------------------------------------
+
+    def open_account(self, operator_id: str, now: dt.datetime) -> bool:
+        """Open the operator's account with the starting balances if it is new (in a transaction)."""
+        if BillingAccount.get_or_none(BillingAccount.operator_id == operator_id) is not None:
+            return False
+        try:
+            with database_proxy.obj.atomic():  # the primary key decides who opens it
+                BillingAccount.create(operator_id=operator_id, points_balance=0, sats_balance=0,
+                                      created_at=now, updated_at=now)
+        except peewee.IntegrityError:
+            return False
+        for track, amount in (("buddo_points", self.policy.starting_points),
+                              ("bitcoin", self.policy.starting_sats)):
+            if amount > 0:
+                self._move(operator_id, track, amount, "adjustment", now, details={"reason": "starting balance"})
+        return True
+
+    def _move(self, operator_id: str, track: str, amount: int, kind: str, now: dt.datetime, *,
+              deployment_id: Any = None, cycle: int | None = None, reference: str | None = None,
+              details: dict[str, Any] | None = None) -> LedgerEntry | None:
+        """One ledger entry and the balance in step with it; None when a debit exceeds the balance."""
+        column = getattr(BillingAccount, BALANCE[track])
+        query = BillingAccount.update({column: column + amount, BillingAccount.updated_at: now}).where(
+            BillingAccount.operator_id == operator_id)
+        if amount < 0:
+            query = query.where(column >= -amount)
+        if query.execute() != 1:
+            return None
+        entry: LedgerEntry = LedgerEntry.create(
+            operator_id=operator_id, kind=kind, track=track, amount=amount, deployment=deployment_id, cycle=cycle,
+            reference=reference, details=json.dumps(details) if details else None, created_at=now,
+        )
+        return entry
+
+    # --- the clock --------------------------------------------------------
+
+    def run_pass(self, now: dt.datetime | None = None) -> PassReport:
+        """Start every due cycle (each once, also those a stopped clock missed), suspend what lapsed."""
+        report = PassReport()
+        if not self.policy.enabled:
+            return report
+        now = now or self.clock()
+        due = (Deployment.select(Deployment.id, Deployment.operator_id)
+               .where((Deployment.desired_state == "running") & Deployment.billing_status.in_(BILLABLE)
+                      & ((Deployment.next_billing_at <= now) | (Deployment.billing_status == "past_due")))
+               .order_by(Deployment.next_billing_at, Deployment.id))
+        for row in list(due):
+            try:
+                with write_transaction(database_proxy.obj):
+                    report.merge(self._advance(row.operator_id, row.id, now))
+            except Exception:  # one deployment's failure must not stop the others' billing
+                log.exception("billing of deployment %s failed", row.id)
+                report.failed.append(str(row.id))
+        return report
+
+    def _advance(self, operator_id: str, deployment_id: Any, now: dt.datetime) -> PassReport:
+        report = PassReport()
+        self.open_account(operator_id, now)
+        _locked_account(operator_id)
+        while True:
+            d = state.locked(deployment_id)
+            if d is None or d.desired_state != "running" or d.billing_status not in BILLABLE:
+                return report  # changed since the pass listed it
+            oldest = self._oldest_unpaid(d.id)
+            lapse = oldest.starts_at + self.policy.grace if oldest is not None else None
+            due = d.next_billing_at if d.next_billing_at <= now else None
+            if lapse is not None and lapse <= now and (due is None or lapse <= due):
+                assert oldest is not None
+                self._suspend(d, oldest)
+                report.suspended.append(str(d.id))
+                return report
+            if due is None:
+                return report
+            self._start_cycle(d, due, now, report)
+
+    def _oldest_unpaid(self, deployment_id: Any) -> BillingCycle | None:
+        found: BillingCycle | None = (BillingCycle.select()
+                                      .where((BillingCycle.deployment == deployment_id)
+                                             & (BillingCycle.state == "unpaid"))
+                                      .order_by(BillingCycle.cycle).first())
+        return found
+
+    def _start_cycle(self, d: Deployment, starts_at: dt.datetime, now: dt.datetime, report: PassReport) -> None:
+        tier = Tier.get_by_id(d.tier_id)
+        track, amount = price_of(tier)
+        number = d.billing_cycle
+        try:
+            with database_proxy.obj.atomic():  # the unique key, not a prior check, makes it start once
+                BillingCycle.create(
+                    deployment=d.id, cycle=number, operator_id=d.operator_id, track=track, amount=amount,
+                    stipend_points=tier.monthly_stipend_points or 0, starts_at=starts_at, state="unpaid",
+                    created_at=now,
+                )
+            report.started.append((str(d.id), number))
+        except peewee.IntegrityError:
+            log.info("cycle %s of %s was started by another pass", number, d.id)
+        Deployment.update(billing_cycle=number + 1, next_billing_at=starts_at + self.policy.cycle).where(
+            (Deployment.id == d.id) & (Deployment.billing_cycle == number)).execute()
+        for other in self._settle(d.operator_id, now, report):
+            if other != d.id:  # a stipend may have paid another deployment's older cycle
+                self._refresh(other, now, report, reason="stipend_received")
+        self._refresh(d.id, now, report, reason="cycle_started")
+
+    def _suspend(self, d: Deployment, oldest: BillingCycle) -> None:
+        unit = UNIT[oldest.track]
+        details = {
+            "reason": "payment_lapsed", "cycle": oldest.cycle, "track": oldest.track, "amount": oldest.amount,
+            "message": (f"cycle {oldest.cycle} ({oldest.amount} {unit}, due {oldest.starts_at.isoformat()}Z) "
+                        f"is unpaid and the grace of {int(self.policy.grace.total_seconds())} s has ended"),
+        }
+        state.change(d, "suspend", None, timeout_s=self.policy.timeout_s, details=details,
+                     desired_state="stopped", billing_status="suspended")
+        log.info("suspended %s (%s): %s", d.subdomain, d.id, details["message"])
+
+    # --- payments ---------------------------------------------------------
+
+    def _settle(self, operator_id: str, now: dt.datetime, report: PassReport) -> list[Any]:
+        """Pay the operator's outstanding cycles oldest first (per track); the deployments paid for.
+
+        The caller holds the account's lock.
+        """
+        paid: list[Any] = []
+        blocked: set[str] = set()
+        outstanding = (BillingCycle.select().join(Deployment)
+                       .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid")
+                              & (Deployment.desired_state != "absent"))
+                       .order_by(BillingCycle.starts_at, BillingCycle.id))
+        for cycle in list(outstanding):
+            if cycle.track in blocked:
+                continue
+            state.locked(cycle.deployment_id)
+            if not self._pay(cycle, now):
+                blocked.add(cycle.track)  # strictly oldest first: a newer one must not jump the queue
+                continue
+            report.paid.append((str(cycle.deployment_id), cycle.cycle))
+            if cycle.deployment_id not in paid:
+                paid.append(cycle.deployment_id)
+        return paid
+
+    def _pay(self, cycle: BillingCycle, now: dt.datetime) -> bool:
+        fresh = BillingCycle.get_by_id(cycle.id)
+        if fresh.state != "unpaid":
+            return True
+        if cycle.amount and self._move(cycle.operator_id, cycle.track, -cycle.amount, "charge", now,
+                                       deployment_id=cycle.deployment_id, cycle=cycle.cycle) is None:
+            return False
+        if BillingCycle.update(state="paid", paid_at=now).where(
+                (BillingCycle.id == cycle.id) & (BillingCycle.state == "unpaid")).execute() != 1:
+            raise RuntimeError(f"cycle {cycle.id} was paid twice")  # rolls the whole transaction back
+        if cycle.stipend_points:
+            self._move(cycle.operator_id, "buddo_points", cycle.stipend_points, "stipend", now,
+                       deployment_id=cycle.deployment_id, cycle=cycle.cycle)
+        return True
+
+    def _refresh(self, deployment_id: Any, now: dt.datetime, report: PassReport, *, reason: str,
+                 reference: str | None = None) -> None:
+        """Bring billing_status in line with the unpaid cycles; reactivate a paid-up suspended deployment."""
+        d = state.locked(deployment_id)
+        if d is None or d.billing_status == "cancelled":
+            return
+        unpaid = self._oldest_unpaid(d.id) is not None
+        if unpaid and d.billing_status == "active":
+            Deployment.update(billing_status="past_due", updated_at=now).where(Deployment.id == d.id).execute()
+        elif not unpaid and d.billing_status == "past_due":
+            Deployment.update(billing_status="active", updated_at=now).where(Deployment.id == d.id).execute()
+        elif not unpaid and d.billing_status == "suspended":
+            details: dict[str, Any] = {"reason": reason,
+                                       "message": "the outstanding charges are paid; a new cycle starts now"}
+            if reference:
+                details["reference"] = reference
+            # The cycle just paid covers the time from now: suspended time is never billed.
+            state.change(d, "reactivate", None, timeout_s=self.policy.timeout_s, details=details,
+                         desired_state="running", billing_status="active", next_billing_at=now + self.policy.cycle)
+            report.reactivated.append(str(d.id))
+            log.info("reactivated %s (%s)", d.subdomain, d.id)
+
+    def credit(self, operator_id: str, track: str, amount: int, reference: str, *, source: str,
+               now: dt.datetime | None = None) -> Credit:
+        """Credit an account once per reference, then pay what is outstanding and reactivate."""
+        if track not in BALANCE:
+            raise Unprocessable.for_field("track", f"must be one of {', '.join(BALANCE)}")
+        if amount <= 0:
+            raise Unprocessable.for_field("amount", "must be a positive integer")
+        now = now or self.clock()
+        report = PassReport()
+        with write_transaction(database_proxy.obj):
+            self.open_account(operator_id, now)
+            _locked_account(operator_id)
+            original = LedgerEntry.get_or_none(LedgerEntry.reference == reference)
+            if original is not None:
+                return self._replay(original, operator_id, track, amount)
+            try:
+                with database_proxy.obj.atomic():
+                    entry = self._move(operator_id, track, amount, "credit", now, reference=reference,
+                                       details={"source": source})
+            except peewee.IntegrityError:
+                # The same reference for another operator, committed while we waited.
+                original = LedgerEntry.get(LedgerEntry.reference == reference)
+                return self._replay(original, operator_id, track, amount)
+            assert entry is not None
+            for deployment_id in self._settle(operator_id, now, report):
+                self._refresh(deployment_id, now, report, reason="payment_received", reference=reference)
+            account = BillingAccount.get_by_id(operator_id)
+        return Credit(entry, False, account.points_balance, account.sats_balance, report.paid, report.reactivated)
+
+    @staticmethod
+    def _replay(original: LedgerEntry, operator_id: str, track: str, amount: int) -> Credit:
+        if (original.kind, original.operator_id, original.track, original.amount) != (
+                "credit", operator_id, track, amount):
+            raise ReferenceConflict(str(original.reference))
+        account = BillingAccount.get_by_id(operator_id)
+        return Credit(original, True, account.points_balance, account.sats_balance, [], [])
+
+    # --- the lifecycle's hooks (called inside its transaction, the deployment locked) --------
+
+    def on_restart(self, d: Deployment, now: dt.datetime) -> dict[str, Any]:
+        """What a restart changes about billing; a suspended deployment waits for payment."""
+        if d.billing_status == "suspended":
+            raise Unprocessable(
+                "The deployment is suspended for non-payment; it restarts by itself once the account is credited",
+                code="deployment_suspended", details={"billing_status": "suspended"},
+            )
+        if d.desired_state == "stopped" and d.next_billing_at < now:
+            # The paid cycle ran out while the operator had it stopped: a new run of
+            # cycles starts with the restart (charged then), nothing is owed for the gap.
+            return {"next_billing_at": now}
+        return {}
+
+    @staticmethod
+    def on_stop(d: Deployment) -> dict[str, Any]:
+        """An operator's stop of a suspended deployment: still owing, but no longer the platform's to restart."""
+        return {"billing_status": "past_due"} if d.billing_status == "suspended" else {}
+
+    @staticmethod
+    def on_destroy(d: Deployment) -> dict[str, Any]:
+        """A destroyed deployment is never billed again; what it still owed is waived."""
+        BillingCycle.update(state="waived").where(
+            (BillingCycle.deployment == d.id) & (BillingCycle.state == "unpaid")).execute()
+        return {"billing_status": "cancelled"}
+
+    # --- the worker's lease -------------------------------------------------
+
+    def take_lease(self, owner: str, ttl: dt.timedelta, now: dt.datetime | None = None) -> bool:
+        """Hold (or renew) the billing lease: one worker at a time runs the pass."""
+        now = now or self.clock()
+        with write_transaction(database_proxy.obj):
+            taken = Lease.update(owner=owner, expires_at=now + ttl).where(
+                (Lease.name == LEASE_NAME)
+                & ((Lease.owner == owner) | Lease.owner.is_null() | (Lease.expires_at < now))
+            ).execute()
+        return bool(taken == 1)
+
+    def release_lease(self, owner: str) -> None:
+        with write_transaction(database_proxy.obj):
+            Lease.update(owner=None, expires_at=None).where(
+                (Lease.name == LEASE_NAME) & (Lease.owner == owner)).execute()
+
+    # --- reads --------------------------------------------------------------
+
+    def overview(self, operator_id: str, *, limit: int, before: int | None) -> dict[str, Any]:
+        """Balances, each live deployment's billing, and a page of the ledger (newest first)."""
+        if BillingAccount.get_or_none(BillingAccount.operator_id == operator_id) is None:
+            with write_transaction(database_proxy.obj):
+                self.open_account(operator_id, self.clock())
+        account = BillingAccount.get_by_id(operator_id)
+        deployments = list(Deployment.select(Deployment, Tier).join(Tier)
+                           .where((Deployment.operator_id == operator_id) & (Deployment.desired_state != "absent"))
+                           .order_by(Deployment.inserted_at.desc(), Deployment.id.desc()))
+        outstanding = _outstanding(d.id for d in deployments)
+        query = LedgerEntry.select().where(LedgerEntry.operator_id == operator_id)
+        if before is not None:
+            query = query.where(LedgerEntry.id < before)
+        entries = list(query.order_by(LedgerEntry.id.desc()).limit(limit + 1))
+        return {
+            "operator_id": operator_id,
+            "points_balance": account.points_balance,
+            "sats_balance": account.sats_balance,
+            "billing_enabled": self.policy.enabled,
+            "cycle_seconds": int(self.policy.cycle.total_seconds()),
+            "grace_seconds": int(self.policy.grace.total_seconds()),
+            "deployments": [self._deployment_billing(d, outstanding.get(str(d.id), [])) for d in deployments],
+            "ledger": entries[:limit],
+            "next_cursor": str(entries[limit - 1].id) if len(entries) > limit else None,
+        }
+
+    def _deployment_billing(self, d: Deployment, unpaid: list[BillingCycle]) -> dict[str, Any]:
+        track, amount = price_of(d.tier)
+        # A cycle starts only while the operator wants the app running (and it is not suspended).
+        billed = self.policy.enabled and d.desired_state == "running" and d.billing_status in BILLABLE
+        return {
+            "id": d.id, "subdomain": d.subdomain, "tier": d.tier.slug, "status": d.status,
+            "billing_status": d.billing_status, "next_billing_at": d.next_billing_at,
+            "next_charge": {"track": track, "amount": amount, "at": d.next_billing_at} if billed else None,
+            "outstanding": [{"cycle": c.cycle, "track": c.track, "amount": c.amount, "starts_at": c.starts_at}
+                            for c in unpaid],
+        }
+
+
+def _outstanding(deployment_ids: Iterable[Any]) -> dict[str, list[BillingCycle]]:
+    ids = [str(i) for i in deployment_ids]
+    found: dict[str, list[BillingCycle]] = {}
+    if not ids:
+        return found
+    for cycle in (BillingCycle.select().where(BillingCycle.deployment.in_(ids) & (BillingCycle.state == "unpaid"))
+                  .order_by(BillingCycle.cycle)):
+        found.setdefault(str(cycle.deployment_id), []).append(cycle)
+    return found
+
+
+def new_reference() -> str:
+    return f"cli-{uuid.uuid4()}"
+
+
+SIGNATURE_PREFIX = "sha256="
+
+
+def verify_signature(secret: str | None, body: bytes, header: str | None) -> None:
+    """The webhook's ``X-Buddo-Signature: sha256=<hex HMAC-SHA256 of the raw body>``."""
+    if not secret:
+        raise ApiError("Payment webhook is not configured (BUDDO_BILLING_WEBHOOK_SECRET)",
+                       code="webhook_disabled", status="503 Service Unavailable")
+    if not header:
+        raise Unauthorized("Missing X-Buddo-Signature header", code="invalid_signature")
+    if not header.startswith(SIGNATURE_PREFIX):
+        raise Unauthorized("X-Buddo-Signature must be 'sha256=<hex>'", code="invalid_signature")
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, header[len(SIGNATURE_PREFIX):].strip().lower()):
+        raise Unauthorized("The signature does not match the body", code="invalid_signature")

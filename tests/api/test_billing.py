@@ -1,0 +1,599 @@
+"""Billing: cycles on an injected clock, lapse and suspension, credits and reactivation, the webhook, GET."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import peewee
+import pytest
+from buddo_deploy.app import create_app
+from buddo_deploy.models import (
+    AuditEntry,
+    BillingAccount,
+    BillingCycle,
+    Deployment,
+    LedgerEntry,
+    database_proxy,
+    utcnow,
+)
+from buddo_deploy.services.billing import Billing
+from buddo_deploy.settings import Settings
+
+from tests.helpers import auth, create_deployment, make_settings, migrate
+
+SECRET = "webhook-test-secret"
+CYCLE = 100  # seconds
+GRACE = 30
+
+
+class Clock:
+    """The injected clock: starts at the real now (creation uses it), moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> dt.datetime:
+        self.now += dt.timedelta(seconds=seconds)
+        return self.now
+
+
+@dataclass
+class Env:
+    client: falcon.testing.TestClient
+    settings: Settings
+    clock: Clock
+    billing: Billing
+
+    def create(self, operator: str = "operator-1", **body: Any) -> Deployment:
+        d = Deployment.get_by_id(create_deployment(self.client, operator, **body))
+        self.clock.now = max(self.clock.now, d.inserted_at)  # the clock never runs behind a creation
+        return d
+
+    def run(self) -> Any:
+        return self.billing.run_pass()
+
+    def account(self, operator: str = "operator-1") -> tuple[int, int]:
+        a = BillingAccount.get_by_id(operator)
+        return a.points_balance, a.sats_balance
+
+    def pay(self, body: dict[str, Any] | bytes, signature: str | None = None) -> Any:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        headers["X-Buddo-Signature"] = signature if signature is not None else sign(raw)
+        return self.client.simulate_post("/api/deploy/billing/payments", body=raw, headers=headers)
+
+
+def sign(raw: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+@pytest.fixture
+def make_env(tmp_path: Path, backend: str) -> Iterator[Callable[..., Env]]:
+    def build(**overrides: Any) -> Env:
+        values: dict[str, Any] = {
+            "billing_cycle_s": CYCLE, "billing_grace_s": GRACE, "billing_webhook_secret": SECRET,
+            "billing_starting_points": 0, "billing_starting_sats": 0, "rate_limits_enabled": False,
+        } | overrides
+        settings = make_settings(tmp_path, backend, **values)
+        migrate(settings)
+        clock = Clock()
+        return Env(falcon.testing.TestClient(create_app(settings)), settings, clock, Billing(settings, clock))
+
+    yield build
+    if database_proxy.obj is not None:
+        database_proxy.obj.close()
+
+
+@pytest.fixture
+def env(make_env: Callable[..., Env]) -> Env:
+    return make_env(billing_starting_points=2000)
+
+
+def ledger(operator: str = "operator-1") -> list[tuple[str, int, int | None]]:
+    return [(e.kind, e.amount, e.cycle) for e in
+            LedgerEntry.select().where(LedgerEntry.operator_id == operator).order_by(LedgerEntry.id)]
+
+
+def audits(d: Deployment, action: str) -> list[AuditEntry]:
+    return list(AuditEntry.select().where((AuditEntry.deployment == d.id) & (AuditEntry.action == action)))
+
+
+# --- the cycle ---------------------------------------------------------------
+
+
+def test_first_cycle_is_charged_at_creation_with_its_stipend(env):
+    d = env.create()  # buddo-starter: 500 points a cycle, 50 points stipend
+    assert d.next_billing_at == d.inserted_at and d.billing_cycle == 0
+    report = env.run()
+    assert report.started == [(str(d.id), 0)] and report.paid == [(str(d.id), 0)]
+    assert env.account() == (2000 - 500 + 50, 0)
+    assert ledger() == [("adjustment", 2000, None), ("charge", -500, 0), ("stipend", 50, 0)]
+    after = Deployment.get_by_id(d.id)
+    assert after.next_billing_at == d.inserted_at + dt.timedelta(seconds=CYCLE)
+    assert after.billing_status == "active" and after.billing_cycle == 1
+    assert env.run().started == []  # nothing due until the next cycle's start
+
+
+def test_each_cycle_starts_at_its_anchor_and_is_charged_once(env):
+    d = env.create()
+    env.run()
+    env.clock.advance(CYCLE - 1)
+    assert env.run().started == []
+    env.clock.advance(1)
+    assert env.run().started == [(str(d.id), 1)]
+    assert env.run().started == []
+    after = Deployment.get_by_id(d.id)
+    # Anchored at creation: cycle n starts at inserted_at + n * cycle, however late the pass runs.
+    assert after.next_billing_at == d.inserted_at + 2 * dt.timedelta(seconds=CYCLE)
+    assert env.account() == (2000 - 2 * 450, 0)
+
+
+def test_a_clock_that_was_down_charges_every_missed_cycle_once(env):
+    d = env.create()
+    env.clock.advance(3.5 * CYCLE)
+    report = env.run()
+    assert report.started == [(str(d.id), n) for n in range(4)]
+    assert env.run().started == []
+    assert [c.starts_at for c in BillingCycle.select().order_by(BillingCycle.cycle)] == [
+        d.inserted_at + n * dt.timedelta(seconds=CYCLE) for n in range(4)]
+    assert env.account() == (2000 - 4 * 450, 0)
+    assert Deployment.get_by_id(d.id).next_billing_at == d.inserted_at + 4 * dt.timedelta(seconds=CYCLE)
+
+
+def test_bitcoin_tiers_charge_sats_and_pay_a_points_stipend(make_env):
+    env = make_env(billing_starting_sats=100_000)
+    env.create(tier="btc-starter")  # 25000 sats, 150 points stipend
+    env.run()
+    assert env.account() == (150, 75_000)
+    assert [(e.kind, e.track, e.amount) for e in LedgerEntry.select().order_by(LedgerEntry.id)][1:] == [
+        ("charge", "bitcoin", -25_000), ("stipend", "buddo_points", 150)]
+
+
+def test_billing_disabled_charges_nothing(make_env):
+    env = make_env(billing_enabled=False, billing_starting_points=2000)
+    d = env.create()
+    env.clock.advance(5 * CYCLE)
+    assert env.run().started == []
+    assert BillingCycle.select().count() == 0
+    assert Deployment.get_by_id(d.id).billing_status == "active"
+
+
+# --- lapse, suspension, reactivation -------------------------------------------------
+
+
+def lapsed(make_env: Callable[..., Env]) -> tuple[Env, Deployment]:
+    """Cycle 0 paid (600 - 500 + 50 = 150 left), cycle 1 unpaid: past_due."""
+    env = make_env(billing_starting_points=600)
+    d = env.create()
+    env.run()
+    env.clock.advance(CYCLE)
+    env.run()
+    return env, Deployment.get_by_id(d.id)
+
+
+def test_an_unpaid_cycle_makes_the_deployment_past_due(make_env):
+    env, d = lapsed(make_env)
+    assert d.billing_status == "past_due" and d.desired_state == "running"
+    assert env.account() == (150, 0)
+    assert ledger() == [("adjustment", 600, None), ("charge", -500, 0), ("stipend", 50, 0)]
+    [unpaid] = BillingCycle.select().where(BillingCycle.state == "unpaid")
+    assert (unpaid.cycle, unpaid.amount) == (1, 500)
+
+
+def test_suspended_when_the_grace_ends_unpaid(make_env):
+    env, d = lapsed(make_env)
+    env.clock.advance(GRACE - 1)
+    assert env.run().suspended == []
+    env.clock.advance(1)
+    assert env.run().suspended == [str(d.id)]
+    after = Deployment.get_by_id(d.id)
+    assert (after.billing_status, after.status, after.desired_state) == ("suspended", "stopped", "stopped")
+    assert after.generation == d.generation + 1
+    [entry] = audits(d, "suspend")
+    details = json.loads(entry.details)
+    assert entry.initiated_by is None and entry.status == "pending"  # completes when the engine stopped it
+    assert details["reason"] == "payment_lapsed" and details["cycle"] == 1 and "grace" in details["message"]
+    assert entry.job_id is not None
+    env.clock.advance(5 * CYCLE)
+    assert env.run().started == []  # no cycle starts while suspended
+    assert BillingCycle.select().count() == 2
+
+
+def test_a_clock_down_past_the_grace_suspends_before_the_next_cycle(make_env):
+    env = make_env(billing_starting_points=600)
+    d = env.create()
+    env.clock.advance(3 * CYCLE)
+    report = env.run()
+    # cycle 0 paid, cycle 1 unpaid, its grace ended before cycle 2 would start: suspended there.
+    assert report.started == [(str(d.id), 0), (str(d.id), 1)] and report.suspended == [str(d.id)]
+
+
+def test_a_credit_settles_oldest_first_and_reactivates(make_env):
+    env, d = lapsed(make_env)
+    env.clock.advance(GRACE)
+    env.run()
+    env.clock.advance(7)
+    credit = env.billing.credit("operator-1", "buddo_points", 1000, "pay-1", source="test")
+    assert not credit.replayed and credit.settled == [(str(d.id), 1)] and credit.reactivated == [str(d.id)]
+    assert (credit.points_balance, credit.sats_balance) == (150 + 1000 - 500 + 50, 0)
+    after = Deployment.get_by_id(d.id)
+    assert (after.billing_status, after.desired_state, after.status) == ("active", "running", "deploying")
+    # The settled cycle covers the time from the reactivation: suspended time is not billed.
+    assert after.next_billing_at == env.clock.now + dt.timedelta(seconds=CYCLE)
+    [entry] = audits(d, "reactivate")
+    assert entry.initiated_by is None and json.loads(entry.details)["reference"] == "pay-1"
+    assert ledger()[-3:] == [("credit", 1000, None), ("charge", -500, 1), ("stipend", 50, 1)]
+    assert env.run().started == []
+
+
+def test_a_credit_within_the_grace_makes_it_active_again_without_a_restart(make_env):
+    env, d = lapsed(make_env)
+    credit = env.billing.credit("operator-1", "buddo_points", 400, "pay-1", source="test")
+    assert credit.settled == [(str(d.id), 1)] and credit.reactivated == []
+    after = Deployment.get_by_id(d.id)
+    assert after.billing_status == "active" and after.generation == d.generation
+    assert after.next_billing_at == d.next_billing_at  # it ran all along: same anchor
+    assert audits(d, "reactivate") == []
+
+
+def test_a_short_credit_pays_nothing_out_of_order(make_env):
+    env = make_env(billing_starting_points=0)
+    old = env.create(subdomain="old")
+    env.clock.advance(1)
+    new = env.create(subdomain="new", tier="buddo-pro")
+    env.run()  # both unpaid: old owes 500, new 2000
+    assert {d.billing_status for d in Deployment.select()} == {"past_due"}
+    credit = env.billing.credit("operator-1", "buddo_points", 300, "p1", source="test")
+    assert credit.settled == []  # 300 pays neither; the older is first in line
+    credit = env.billing.credit("operator-1", "buddo_points", 300, "p2", source="test")
+    assert credit.settled == [(str(old.id), 0)]
+    assert Deployment.get_by_id(old.id).billing_status == "active"
+    assert Deployment.get_by_id(new.id).billing_status == "past_due"
+    assert env.account() == (600 - 500 + 50, 0)
+
+
+def test_restarting_a_suspended_deployment_waits_for_payment(make_env):
+    env, d = lapsed(make_env)
+    env.clock.advance(GRACE)
+    env.run()
+    resp = env.client.simulate_post(f"/api/deploy/apps/{d.id}/restart", headers=auth())
+    assert resp.status_code == 422 and resp.json["error"]["code"] == "deployment_suspended"
+    assert Deployment.get_by_id(d.id).desired_state == "stopped"
+
+
+def test_an_operator_stop_of_a_suspended_deployment_is_not_undone_by_a_payment(make_env):
+    env, d = lapsed(make_env)
+    env.clock.advance(GRACE)
+    env.run()
+    resp = env.client.simulate_post(f"/api/deploy/apps/{d.id}/stop", headers=auth())
+    assert resp.status_code == 200 and resp.json["deployment"]["billing_status"] == "past_due"
+    assert [e.initiated_by for e in audits(d, "stop")] == ["operator-1"]
+    credit = env.billing.credit("operator-1", "buddo_points", 1000, "p1", source="test")
+    assert credit.settled == [(str(d.id), 1)] and credit.reactivated == []
+    after = Deployment.get_by_id(d.id)
+    assert (after.billing_status, after.desired_state) == ("active", "stopped")
+    assert audits(d, "reactivate") == []
+
+
+# --- stop and destroy ----------------------------------------------------------
+
+
+def test_no_cycle_starts_while_stopped_and_a_restart_within_the_paid_cycle_keeps_the_anchor(env):
+    d = env.create()
+    env.run()
+    assert env.client.simulate_post(f"/api/deploy/apps/{d.id}/stop", headers=auth()).status_code == 200
+    env.clock.advance(4 * CYCLE)
+    assert env.run().started == []
+    assert env.client.simulate_post(f"/api/deploy/apps/{d.id}/restart", headers=auth()).status_code == 200
+    after = Deployment.get_by_id(d.id)
+    assert after.next_billing_at == d.inserted_at + dt.timedelta(seconds=CYCLE)
+
+
+def test_a_restart_after_the_paid_cycle_ran_out_starts_a_new_cycle(env):
+    d = env.create()
+    env.run()
+    env.client.simulate_post(f"/api/deploy/apps/{d.id}/stop", headers=auth())
+    # The paid cycle ended long ago while it was stopped.
+    Deployment.update(next_billing_at=utcnow() - dt.timedelta(days=90)).where(Deployment.id == d.id).execute()
+    before = utcnow()
+    env.client.simulate_post(f"/api/deploy/apps/{d.id}/restart", headers=auth())
+    anchor = Deployment.get_by_id(d.id).next_billing_at
+    assert before <= anchor <= utcnow()
+    env.clock.now = anchor
+    assert env.run().started == [(str(d.id), 1)]  # one charge for the new cycle; nothing for the gap
+    assert [c.starts_at for c in BillingCycle.select().where(BillingCycle.cycle == 1)] == [anchor]
+    assert env.account() == (2000 - 2 * 450, 0)
+
+
+def test_destroy_cancels_billing_and_waives_what_was_owed(make_env):
+    env, d = lapsed(make_env)
+    assert env.client.simulate_delete(f"/api/deploy/apps/{d.id}", headers=auth()).status_code == 200
+    after = Deployment.get_by_id(d.id)
+    assert after.billing_status == "cancelled"
+    assert [c.state for c in BillingCycle.select().order_by(BillingCycle.cycle)] == ["paid", "waived"]
+    env.clock.advance(10 * CYCLE)
+    assert env.run().started == [] and env.run().suspended == []
+    credit = env.billing.credit("operator-1", "buddo_points", 1000, "p1", source="test")
+    assert credit.settled == [] and credit.points_balance == 1150
+    body = env.client.simulate_get(f"/api/deploy/apps/{d.id}", headers=auth()).json["deployment"]
+    assert body["billing_status"] == "cancelled"
+
+
+# --- the ledger and concurrency --------------------------------------------------
+
+
+def test_the_ledger_is_append_only(env):
+    env.create()
+    env.run()
+    entry = LedgerEntry.select().first()
+    with pytest.raises(peewee.DatabaseError, match="append-only"), database_proxy.obj.atomic():
+        LedgerEntry.update(amount=1).where(LedgerEntry.id == entry.id).execute()
+    with pytest.raises(peewee.DatabaseError, match="append-only"), database_proxy.obj.atomic():
+        LedgerEntry.delete().where(LedgerEntry.id == entry.id).execute()
+    assert LedgerEntry.get_by_id(entry.id).amount == entry.amount
+
+
+def test_a_cycle_can_be_recorded_only_once(env):
+    d = env.create()
+    env.run()
+    with pytest.raises(peewee.IntegrityError), database_proxy.obj.atomic():
+        LedgerEntry.create(operator_id="operator-1", kind="charge", track="buddo_points", amount=-500,
+                           deployment=d.id, cycle=0, created_at=utcnow())
+
+
+def test_a_pass_working_from_a_stale_read_cannot_charge_a_cycle_again(env):
+    d = env.create()
+    env.run()
+    # What a racing pass would have read before the first one committed: cycle 0 still due.
+    Deployment.update(billing_cycle=0, next_billing_at=d.inserted_at).where(Deployment.id == d.id).execute()
+    report = env.run()
+    assert report.started == [] and report.paid == [] and not report.failed
+    assert ledger() == [("adjustment", 2000, None), ("charge", -500, 0), ("stipend", 50, 0)]
+    after = Deployment.get_by_id(d.id)
+    assert (after.billing_cycle, after.next_billing_at) == (1, d.inserted_at + dt.timedelta(seconds=CYCLE))
+
+
+def in_threads(*actions: Callable[[], Any]) -> list[Any]:
+    """Run the actions at once, each on its own connection; re-raise the first failure."""
+    barrier = threading.Barrier(len(actions))
+    results: list[Any] = [None] * len(actions)
+    errors: list[BaseException] = []
+
+    def run(i: int, action: Callable[[], Any]) -> None:
+        try:
+            barrier.wait()
+            results[i] = action()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's own thread
+            errors.append(exc)
+        finally:
+            database_proxy.obj.close()
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_two_passes_at_once_charge_each_cycle_once(make_env):
+    env = make_env(billing_starting_points=100_000)
+    ids = [env.create(operator=f"op-{i % 2}", subdomain=f"app-{i}").id for i in range(4)]
+    env.clock.advance(2.5 * CYCLE)
+    database_proxy.obj.close()
+    reports = in_threads(env.run, env.run)
+    assert sorted(c for r in reports for c in r.started) == sorted((str(i), n) for i in ids for n in range(3))
+    assert not any(r.failed for r in reports)
+    for d in ids:
+        charges = [e.cycle for e in LedgerEntry.select().where((LedgerEntry.deployment == d)
+                                                                & (LedgerEntry.kind == "charge"))]
+        assert sorted(charges) == [0, 1, 2]
+    for op in ("op-0", "op-1"):
+        assert env.account(op)[0] == 100_000 - 2 * 3 * 450
+        assert env.account(op)[0] == sum(e.amount for e in LedgerEntry.select().where(
+            (LedgerEntry.operator_id == op) & (LedgerEntry.track == "buddo_points")))
+
+
+def test_a_credit_during_a_pass_is_neither_lost_nor_counted_twice(make_env):
+    env = make_env(billing_starting_points=0, billing_grace_s=10 * CYCLE)
+    ids = [env.create(subdomain=f"app-{i}").id for i in range(3)]
+    env.clock.advance(2.5 * CYCLE)
+    database_proxy.obj.close()
+
+    def credits() -> None:
+        for n in range(10):
+            env.billing.credit("operator-1", "buddo_points", 300, f"ref-{n}", source="test")
+
+    in_threads(env.run, credits, env.run)
+    credited = [e.amount for e in LedgerEntry.select().where(LedgerEntry.kind == "credit")]
+    assert credited == [300] * 10
+    points, _ = env.account()
+    assert points == sum(e.amount for e in LedgerEntry.select())
+    paid = BillingCycle.select().where(BillingCycle.state == "paid").count()
+    assert points == 3000 - paid * 450
+    charges = [(str(e.deployment_id), e.cycle) for e in LedgerEntry.select().where(LedgerEntry.kind == "charge")]
+    assert len(charges) == len(set(charges)) == paid
+    assert BillingCycle.select().count() == 3 * len(ids)
+
+
+def test_one_worker_at_a_time_holds_the_billing_lease(env):
+    ttl = dt.timedelta(seconds=30)
+    now = env.clock.now
+    assert env.billing.take_lease("w1", ttl, now)
+    assert not env.billing.take_lease("w2", ttl, now)
+    assert env.billing.take_lease("w1", ttl, now + dt.timedelta(seconds=20))  # renewed
+    assert not env.billing.take_lease("w2", ttl, now + dt.timedelta(seconds=40))
+    assert env.billing.take_lease("w2", ttl, now + dt.timedelta(seconds=51))  # w1 stopped renewing
+    env.billing.release_lease("w2")
+    assert env.billing.take_lease("w3", ttl, now)
+
+
+def test_the_worker_clock_bills_only_while_it_holds_the_lease(env):
+    from buddo_deploy.worker import BillingClock
+
+    d = env.create()
+    first, second = BillingClock(env.settings, "w1"), BillingClock(env.settings, "w2")
+    assert second.billing.take_lease("w2", second.ttl)
+    first.tick()
+    assert BillingCycle.select().count() == 0
+    second.tick()
+    assert [(str(c.deployment_id), c.cycle, c.state) for c in BillingCycle.select()] == [(str(d.id), 0, "paid")]
+
+
+# --- the webhook -----------------------------------------------------------------
+
+
+def payment(**overrides: Any) -> dict[str, Any]:
+    return {"operator_id": "operator-1", "track": "buddo_points", "amount": 700, "reference": "pay-1"} | overrides
+
+
+def test_a_signed_payment_credits_once_per_reference(make_env):
+    env, d = lapsed(make_env)
+    resp = env.pay(payment())
+    assert resp.status_code == 201, resp.text
+    body = resp.json
+    assert (body["replayed"], body["points_balance"], body["sats_balance"]) == (False, 150 + 700 - 450, 0)
+    assert body["settled"] == [{"deployment_id": str(d.id), "cycle": 1}] and body["reactivated"] == []
+    again = env.pay(payment())
+    assert again.status_code == 200 and again.json["replayed"] is True
+    assert again.json["points_balance"] == body["points_balance"]
+    assert [k for k, _, _ in ledger()].count("credit") == 1
+    clash = env.pay(payment(amount=701))
+    assert clash.status_code == 409 and clash.json["error"]["code"] == "reference_conflict"
+
+
+def test_a_payment_for_an_unknown_operator_opens_the_account(make_env):
+    env = make_env(billing_starting_points=100, billing_starting_sats=10)
+    resp = env.pay(payment(operator_id="newcomer", track="bitcoin", amount=5000))
+    assert resp.status_code == 201
+    assert env.account("newcomer") == (100, 5010)
+    assert ledger("newcomer") == [("adjustment", 100, None), ("adjustment", 10, None), ("credit", 5000, None)]
+
+
+BAD_PAYMENTS = [
+    ("operator with spaces", payment(operator_id="op 1"), 422),
+    ("empty operator", payment(operator_id=""), 422),
+    ("operator not a string", payment(operator_id=7), 422),
+    ("zero", payment(amount=0), 422),
+    ("negative", payment(amount=-5), 422),
+    ("fraction", payment(amount=1.5), 422),
+    ("numeric string", payment(amount="10"), 422),
+    ("boolean", payment(amount=True), 422),
+    ("huge", payment(amount=10**19), 422),
+    ("unknown track", payment(track="dogecoin"), 422),
+    ("no reference", {k: v for k, v in payment().items() if k != "reference"}, 422),
+    ("bad reference", payment(reference="a b"), 422),
+    ("extra field", payment(note="hi"), 422),
+    ("not an object", [1, 2], 400),
+]
+
+
+@pytest.mark.parametrize("name,body,status", BAD_PAYMENTS, ids=[b[0] for b in BAD_PAYMENTS])
+def test_bad_payments_change_nothing(make_env, name, body, status):
+    env = make_env()
+    before = LedgerEntry.select().count()
+    resp = env.pay(body)
+    assert resp.status_code == status, resp.text
+    assert set(resp.json) == {"error"} and resp.json["error"]["message"]
+    assert LedgerEntry.select().count() == before and BillingAccount.select().count() == 0
+
+
+@pytest.mark.parametrize("signature", [None, "", "sha256=" + "0" * 64, "md5=abc", sign(b"{}"),
+                                       sign(json.dumps(payment()).encode(), "another-secret")])
+def test_a_bad_signature_is_401_and_changes_nothing(make_env, signature):
+    env = make_env()
+    raw = json.dumps(payment()).encode()
+    headers = {"Content-Type": "application/json"} | ({"X-Buddo-Signature": signature} if signature is not None else {})
+    resp = env.client.simulate_post("/api/deploy/billing/payments", body=raw, headers=headers)
+    assert resp.status_code == 401 and resp.json["error"]["code"] == "invalid_signature"
+    assert LedgerEntry.select().count() == 0 and BillingAccount.select().count() == 0
+
+
+def test_malformed_and_oversized_bodies(make_env):
+    env = make_env()
+    assert env.pay(b"{not json").status_code == 400
+    huge = json.dumps(payment(reference="r" * 100) | {"pad": "x" * 20_000}).encode()
+    resp = env.pay(huge)
+    assert resp.status_code == 413 and resp.json["error"]["code"] == "payload_too_large"
+    assert LedgerEntry.select().count() == 0
+
+
+def test_the_webhook_is_off_without_a_secret(make_env):
+    env = make_env(billing_webhook_secret=None)
+    resp = env.pay(payment(), signature=sign(json.dumps(payment()).encode()))
+    assert resp.status_code == 503 and resp.json["error"]["code"] == "webhook_disabled"
+
+
+def test_the_webhook_has_its_own_rate_limit(make_env):
+    env = make_env(rate_limits_enabled=True, rate_limit_webhook=2)
+    codes = [env.pay(payment(reference=f"r{i}")).status_code for i in range(3)]
+    assert codes == [201, 201, 429]
+
+
+# --- GET /api/deploy/billing -----------------------------------------------------------
+
+
+def test_operators_see_balances_deployments_and_a_paged_ledger(make_env):
+    env = make_env(billing_starting_points=1500)
+    d = env.create()
+    env.create(subdomain="stopped-one")
+    other = env.create(operator="someone-else", subdomain="theirs")
+    env.run()
+    stopped = Deployment.get(Deployment.subdomain == "stopped-one")
+    env.client.simulate_post(f"/api/deploy/apps/{stopped.id}/stop", headers=auth())
+    resp = env.client.simulate_get("/api/deploy/billing", headers=auth())
+    assert resp.status_code == 200, resp.text
+    body = resp.json
+    assert (body["points_balance"], body["sats_balance"]) == (1500 - 2 * 450, 0)
+    assert (body["cycle_seconds"], body["grace_seconds"], body["billing_enabled"]) == (CYCLE, GRACE, True)
+    shown = {x["subdomain"]: x for x in body["deployments"]}
+    assert set(shown) == {"my-app", "stopped-one"} and str(other.id) not in json.dumps(body)
+    assert shown["my-app"]["billing_status"] == "active"
+    assert shown["my-app"]["next_charge"] == {"track": "buddo_points", "amount": 500,
+                                              "at": shown["my-app"]["next_billing_at"]}
+    assert shown["my-app"]["id"] == str(d.id)
+    assert shown["stopped-one"]["next_charge"] is None
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = env.client.simulate_get("/api/deploy/billing", params=params, headers=auth()).json
+        seen += [(e["kind"], e["amount"], e["cycle"]) for e in page["ledger"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(ledger()))
+    assert len(seen) == 5
+
+
+@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"limit": "²"}, {"cursor": "²"},
+                                    {"cursor": "abc"},
+                                    {"cursor": "9" * 40}])
+def test_bad_billing_queries_are_422(env, params):
+    resp = env.client.simulate_get("/api/deploy/billing", params=params, headers=auth())
+    assert resp.status_code == 422
+
+
+def test_the_billing_view_needs_a_token(env):
+    assert env.client.simulate_get("/api/deploy/billing").status_code == 401
+
+
+def test_openapi_describes_billing(env):
+    doc = env.client.simulate_get("/api/deploy/openapi.json").json
+    assert doc["paths"]["/api/deploy/billing/payments"]["post"]["security"] == []
+    assert {"BillingOut", "PaymentIn", "PaymentOut"} <= set(doc["components"]["schemas"])
+    status = doc["components"]["schemas"]["DeploymentOut"]["properties"]["billing_status"]
+    assert set(status["enum"]) == {"active", "past_due", "suspended", "cancelled"}
