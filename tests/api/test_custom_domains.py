@@ -212,3 +212,33 @@ def test_the_budget_window_is_the_hour(client):
     hour = 1_800_000_000 // 3600 * 3600
     assert [domains.approve_certificate(DOMAIN, 1, 10, now=hour + 10).approved for _ in range(2)] == [True, False]
     assert domains.approve_certificate(DOMAIN, 1, 10, now=hour + 3600).approved
+
+
+def test_migration_0007_makes_existing_custom_domains_pending(settings, monkeypatch):
+    import uuid
+
+    from buddo_deploy import migrations
+    from buddo_deploy.db import open_database
+    from buddo_deploy.models import Tier
+    from buddo_deploy.services.tiers import sync_tiers
+
+    everything = migrations.available
+    monkeypatch.setattr(migrations, "available", lambda: [m for m in everything() if m.version < 7])
+    db = open_database(settings.database_url)
+    migrations.upgrade(db)
+    sync_tiers(settings.tiers_file)
+    tier = Tier.get(Tier.slug == "btc-starter")
+    now = utcnow()
+    ids = []
+    for name, domain in (("with", DOMAIN), ("without", None)):
+        ident = uuid.uuid4()
+        ids.append(ident)
+        # Only the columns that existed before 0007.
+        Deployment.insert(id=ident, operator_id="o", app_id="a", tier=tier, container_name=name,
+                          container_image="i", subdomain=name, custom_domain=domain, port=80, host="h",
+                          host_port=20000 + len(ids) * 2, status="running", next_billing_at=now,
+                          memory_limit_mb=1, cpu_limit_millicores=1, inserted_at=now, updated_at=now).execute()
+    monkeypatch.setattr(migrations, "available", everything)
+    assert [m.version for m in migrations.upgrade(db)] == [7]
+    assert [Deployment.get_by_id(i).custom_domain_status for i in ids] == ["pending", None]
+    db.close()
