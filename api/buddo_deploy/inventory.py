@@ -217,3 +217,12 @@ def container_hosts(inventory: Path, default_ports: tuple[int, int] = (20000, 29
         hostvars = {**group_vars, **_vars_file(base / "host_vars", name), **hosts[name]}
         found.append(_container_host(name, hostvars, default_ports))
     return tuple(found)
+
+
+def host_addresses(inventory: Path, host: str) -> tuple[str, ...]:
+    """The public addresses of ``host`` (``buddo_public_ipv4``/``_ipv6``), for the custom-domain check:
+    a custom domain whose A/AAAA records are all among them points at the host."""
+    for found in container_hosts(inventory):
+        if found.name == host:
+            return tuple(a for a in (found.public_ipv4, found.public_ipv6) if a)
+    return ()

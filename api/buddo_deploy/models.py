@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 import uuid
 from typing import Any
 
@@ -15,6 +16,8 @@ DEPLOYMENT_STATUSES = (*LIVE_STATUSES, "destroyed")
 AUDIT_ACTIONS = ("create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate")
 AUDIT_STATUSES = ("pending", "running", "completed", "failed")
 JOB_STATES = ("queued", "running", "succeeded", "failed")
+CUSTOM_DOMAIN_STATUSES = ("pending", "active", "misconfigured")
+COUNTER_RETENTION_S = 86400
 
 
 def utcnow() -> dt.datetime:
@@ -103,6 +106,9 @@ class Deployment(BaseModel):
     container_id = peewee.CharField(null=True)
     health_failures = peewee.IntegerField(default=0)
     released_at = peewee.DateTimeField(null=True)
+    # The custom domain's DNS check (services/domains.py); null without a custom domain.
+    custom_domain_status = peewee.CharField(null=True)
+    custom_domain_checked_at = peewee.DateTimeField(null=True)
     # The number of the next billing cycle to start (at next_billing_at).
     billing_cycle = peewee.IntegerField(default=0)
 
@@ -164,6 +170,26 @@ class RateLimitCounter(BaseModel):
     class Meta:
         table_name = "rate_limit_counters"
         primary_key = peewee.CompositeKey("key", "window_start")
+
+    @classmethod
+    def hit(cls, key: str, window_start: int) -> int:
+        """Count one more for ``key`` in its window (one atomic upsert); the new count.
+
+        Now and then windows that started more than a day ago are deleted (housekeeping;
+        the request rate limits and the certificate budget share the table, so the
+        retention outlasts the longest window of either).
+        """
+        db = database_proxy.obj
+        param = db.param
+        # Only the driver's placeholder (? or %s) is formatted in.
+        sql = ("INSERT INTO rate_limit_counters (key, window_start, count) "  # noqa: S608
+               f"VALUES ({param}, {param}, 1) ON CONFLICT (key, window_start) "
+               "DO UPDATE SET count = rate_limit_counters.count + 1 RETURNING count")
+        cursor = db.execute_sql(sql, (key, window_start))
+        count = int(cursor.fetchone()[0])
+        if random.random() < 0.01:  # noqa: S311 - housekeeping, not security
+            cls.delete().where(cls.window_start < window_start - COUNTER_RETENTION_S).execute()
+        return count
 
 
 class SchemaMigration(BaseModel):

@@ -7,14 +7,13 @@ IETF RateLimit header fields draft (`RateLimit-Limit/-Remaining/-Reset`) plus
 
 from __future__ import annotations
 
-import random
 import time
 from typing import Any
 
 import falcon
 
 from .errors import TooManyRequests
-from .models import database_proxy
+from .models import RateLimitCounter
 from .settings import Settings
 
 # The contract's quick-reference table: (method, route) -> read (30/min) or write (10/min).
@@ -96,20 +95,7 @@ class RateLimit:
         return headers
 
     def _hit(self, key: str, window_start: int) -> int:
-        db = database_proxy.obj
-        param = db.param
-        cursor = db.execute_sql(
-            "INSERT INTO rate_limit_counters (key, window_start, count) "
-            f"VALUES ({param}, {param}, 1) ON CONFLICT (key, window_start) "
-            "DO UPDATE SET count = rate_limit_counters.count + 1 RETURNING count",
-            (key, window_start),
-        )
-        count = int(cursor.fetchone()[0])
-        if random.random() < 0.01:  # noqa: S311 - housekeeping, not security
-            db.execute_sql(
-                f"DELETE FROM rate_limit_counters WHERE window_start < {param}", (window_start - self.window,)
-            )
-        return count
+        return RateLimitCounter.hit(key, window_start)
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
         principal = getattr(req.context, "principal", None)

@@ -238,6 +238,9 @@ class DeploymentOut(BaseModel):
     subdomain: str
     url: str
     custom_domain: str | None
+    custom_domain_status: Literal["pending", "active", "misconfigured"] | None = Field(
+        description="`pending` until the custom domain's DNS points at the app, then `active` (routed, "
+                    "certificate on the first request) or `misconfigured` (points elsewhere); null without one")
     port: int
     status: DeploymentStatus
     desired_state: Literal["running", "stopped", "absent"] = Field(

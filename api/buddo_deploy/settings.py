@@ -95,9 +95,10 @@ def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
 _INTEGERS = (
     "PUBLIC_HTTPS_PORT", "MAX_DEPLOYMENTS_PER_ACCOUNT", "RATE_LIMIT_READ", "RATE_LIMIT_WRITE", "RATE_LIMIT_WINDOW",
     "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
+    "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
 )
-_NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL")
+_NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL")
 
 
 def _check_numbers(get: Callable[[str], str | None]) -> None:
@@ -159,6 +160,13 @@ class Settings:
     # Cloudflare API token for the DNS records (role cloudflare_dns): handed to each
     # playbook run in a 0600 file on tmpfs (cloudflare_dns_api_token_file), never in its env.
     cloudflare_api_token: str | None = field(default=None, repr=False)
+    # Custom domains: resolvers of the DNS check ("ip" or "ip:port"; empty: the system's),
+    # how often the worker checks each domain again, and the certificate issuance budget
+    # the on-demand TLS ask endpoint enforces (per domain and overall, per hour).
+    dns_resolvers: tuple[str, ...] = ()
+    domain_check_interval_s: float = 300.0
+    cert_budget_per_domain: int = 3
+    cert_budget_per_hour: int = 30
     # Debugging (and the secrets test): keep each ansible-runner private data dir.
     keep_runner_data: bool = False
     inventory: Path = field(default_factory=lambda: REPO_ROOT / "inventory" / "local")
@@ -241,6 +249,10 @@ class Settings:
             "reconcile_interval_s": float(get("RECONCILE_INTERVAL") or 300),
             "keep_runner_data": _bool(get("KEEP_RUNNER_DATA") or "false"),
             "cloudflare_api_token": get("CLOUDFLARE_API_TOKEN") or None,
+            "dns_resolvers": _csv(get("DNS_RESOLVERS") or ""),
+            "domain_check_interval_s": float(get("DOMAIN_CHECK_INTERVAL") or 300),
+            "cert_budget_per_domain": int(get("CERT_BUDGET_PER_DOMAIN") or 3),
+            "cert_budget_per_hour": int(get("CERT_BUDGET_PER_HOUR") or 30),
             "billing_enabled": _bool(get("BILLING_ENABLED") or "true"),
             "billing_cycle_s": _duration("BILLING_CYCLE", get("BILLING_CYCLE") or "30d"),
             "billing_grace_s": _duration("BILLING_GRACE", get("BILLING_GRACE") or "3d"),

@@ -1,10 +1,11 @@
 """`buddo-deploy worker`: claim jobs and converge through ansible-runner; probe health; reconcile.
 
 Threads: N job runners, a health prober (one playbook run per host per cycle, on
-the hosts themselves), a reconcile timer (queues a host-wide reconcile every
-``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of
-the same host) and the billing clock (a billing pass every ``BUDDO_BILLING_INTERVAL``
-by the one worker holding the billing lease).
+the hosts themselves), the custom domains' DNS check (services/domains.py), a
+reconcile timer (queues a host-wide reconcile every ``BUDDO_RECONCILE_INTERVAL``;
+any runner claims it, never beside a converge of the same host) and the billing
+clock (a billing pass every ``BUDDO_BILLING_INTERVAL`` by the one worker holding
+the billing lease).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from collections.abc import Callable
 
 from . import jobqueue, metrics
 from .db import open_database, write_transaction
-from .inventory import container_hosts
+from .inventory import container_hosts, host_addresses
 from .models import Job, database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
-from .services import billing, engine
+from .services import billing, domains, engine
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,16 @@ def queue_reconciles(settings: Settings) -> None:
             jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s)
 
 
+# How often the domain checker looks for due domains: a new one is checked within this.
+_DOMAIN_TICK_S = 2.0
+
+
+def domain_checker(settings: Settings) -> domains.DomainChecker:
+    return domains.DomainChecker(
+        settings.base_domain, settings.domain_check_interval_s, settings.job_timeout_s,
+        domains.DnsResolver(settings.dns_resolvers), lambda host: host_addresses(settings.inventory, host))
+
+
 class BillingClock:
     """The periodic billing pass, run by whichever worker holds the billing lease."""
 
@@ -244,6 +255,10 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
     clock: BillingClock | None = None
     if not once:
         timers.append(Every("health probe", settings.health_interval_s, HealthProber(settings).probe_all))
+        if settings.domain_check_interval_s > 0:
+            checker = domain_checker(settings)
+            timers.append(Every("custom domain check", min(settings.domain_check_interval_s, _DOMAIN_TICK_S),
+                                lambda: log.debug("custom domains checked: %s", checker.check_due())))
         if settings.reconcile_interval_s > 0:
             timers.append(Every("reconcile timer", settings.reconcile_interval_s, lambda: queue_reconciles(settings)))
         if settings.billing_enabled and settings.billing_interval_s > 0:

@@ -144,22 +144,6 @@ def test_restart_stop_destroy_and_audit_log(client):
     assert [(j.action, j.generation) for j in Job.select().order_by(Job.id)] == [("converge", 4)]
 
 
-def test_domain_check_for_on_demand_tls(client):
-    created = create(client, tier="btc-starter", subdomain="shop", custom_domain="shop.example.com")
-
-    def check(domain):
-        return client.simulate_get("/api/deploy/internal/domain-check", params={"domain": domain}).status_code
-
-    assert check("shop.example.com") == 200
-    assert check("SHOP.example.com") == 200
-    assert check("other.example.com") == 404
-    assert client.simulate_get("/api/deploy/internal/domain-check").status_code == 404
-    for malformed in ("shop.example.com\n", "shop.example.com\x00", "a\x00b.com", "-x.com"):
-        assert check(malformed) == 404, repr(malformed)
-    client.simulate_delete(f"/api/deploy/apps/{created['id']}", headers=auth())
-    assert check("shop.example.com") == 404
-
-
 def test_a_request_id_is_echoed_only_when_it_is_sane_as_a_whole():
     import falcon
     import falcon.testing

@@ -40,7 +40,7 @@ def ansible(playbook: str, inventory: Path, *extra: str) -> subprocess.Completed
     )
 
 
-def write_inventory(directory: Path, var_dir: Path) -> Path:
+def write_inventory(directory: Path, var_dir: Path, **overrides: Any) -> Path:
     group_vars = yaml.safe_load((ROOT / "inventory/local/group_vars/container_hosts.yml").read_text())
     group_vars |= {
         "buddo_var_dir": str(var_dir),
@@ -50,7 +50,7 @@ def write_inventory(directory: Path, var_dir: Path) -> Path:
         "app_container_wait_timeout": 15,
         # The registry is shared with `make up`; keep its files where make up keeps them.
         "local_registry_dir": str(ROOT / "var" / "registry"),
-    }
+    } | overrides
     (directory / "group_vars").mkdir(parents=True, exist_ok=True)
     (directory / "group_vars" / "container_hosts.yml").write_text(yaml.safe_dump(group_vars))
     (directory / "hosts.yml").write_text((ROOT / "inventory/local/hosts.yml").read_text())
@@ -202,18 +202,23 @@ class Stack:
         return dict(json.loads(out)[0])
 
 
-def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None) -> Stack:
+def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None,
+                group_vars: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Stack:
     """Bootstrap a Caddy of the stack's own and start the API and one worker.
 
     ``configure`` may change the inventory before the bootstrap; it returns the admin
-    addresses of the Caddys it configured.
+    addresses of the Caddys it configured. ``group_vars`` and ``env`` override the
+    inventory's and the platform's settings.
     """
     var_dir = root / "var"
-    inventory = write_inventory(root / "inventory", var_dir)
-    admins = configure(inventory) if configure else [ADMIN]
+    port = free_port()
+    group_vars = {"caddy_on_demand_tls_ask": f"http://127.0.0.1:{port}/api/deploy/internal/domain-check",
+                  **(group_vars or {})}
+    inventory = write_inventory(root / "inventory", var_dir, **group_vars)
+    admins = configure(inventory) if configure else [str(group_vars.get("caddy_admin_address", ADMIN))]
     boot = ansible("bootstrap.yml", inventory)
     assert boot.returncode == 0, boot.stdout[-4000:]
-    port = free_port()
+    overrides = env or {}
     env = os.environ | {
         "BUDDO_VAR_DIR": str(var_dir),
         "BUDDO_DATABASE_URL": f"sqlite:///{var_dir / 'buddo.db'}",
@@ -243,7 +248,7 @@ def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None
         "BUDDO_BILLING_STARTING_SATS": "100000000000",
         "BUDDO_BILLING_WEBHOOK_SECRET": "e2e-webhook-secret",
         "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
+    } | overrides
     api = subprocess.Popen([str(BIN / "buddo-deploy"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
                            env=env, stdout=(root / "api.log").open("ab"), stderr=subprocess.STDOUT)
     stack = Stack(root=root, inventory=inventory, api=f"http://127.0.0.1:{port}", env=env,

@@ -64,6 +64,7 @@ def deployment_out(deployment: Any, url: str) -> DeploymentOut:
         subdomain=deployment.subdomain,
         url=url,
         custom_domain=deployment.custom_domain,
+        custom_domain_status=deployment.custom_domain_status,
         port=deployment.port,
         status=deployment.status,
         desired_state=deployment.desired_state,

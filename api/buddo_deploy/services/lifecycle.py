@@ -113,15 +113,6 @@ class Lifecycle:
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return Page(rows[:limit], next_cursor)
 
-    @staticmethod
-    def custom_domain_bound(domain: str) -> bool:
-        """Caddy's on-demand TLS asks this before it requests a certificate for a domain."""
-        return (
-            Deployment.select(Deployment.id)
-            .where((Deployment.custom_domain == domain.lower()) & (Deployment.status != "destroyed"))
-            .exists()
-        )
-
     def audit_log(self, principal: Principal, deployment_id: uuid.UUID) -> list[AuditEntry]:
         deployment = self.get_owned(principal, deployment_id)
         return list(
@@ -289,6 +280,7 @@ class Lifecycle:
             container_image=request.image,
             subdomain=request.subdomain,
             custom_domain=request.custom_domain,
+            custom_domain_status="pending" if request.custom_domain else None,
             port=request.port,
             host=host,
             host_port=host_port,

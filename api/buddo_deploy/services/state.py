@@ -72,13 +72,19 @@ def spec_of(d: Deployment) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
+def routed_custom_domain(d: Deployment) -> str:
+    """Caddy routes a custom domain only once its DNS points at the app: otherwise anyone could
+    claim a name (and its certificate) that merely has a dangling CNAME to the platform."""
+    return (d.custom_domain or "") if d.custom_domain_status == "active" else ""
+
+
 def desired_item(d: Deployment) -> dict[str, Any]:
     """One item of the desired-state document the converge playbook takes."""
     return {
         "id": str(d.id), "host": d.host, "subdomain": d.subdomain, "container_name": d.container_name,
         "state": d.desired_state, "generation": d.generation, "image": d.container_image, "port": d.port,
         "host_ports": [d.host_port, d.host_port + 1], "memory_limit_mb": d.memory_limit_mb,
-        "cpu_limit_millicores": d.cpu_limit_millicores, "custom_domain": d.custom_domain or "",
+        "cpu_limit_millicores": d.cpu_limit_millicores, "custom_domain": routed_custom_domain(d),
         # The tier's current caps (not copied at create time): a changed tier is drift, and the
         # converge plan replaces containers whose caps differ, as it does for memory and CPU.
         "pids_limit": d.tier.pids_limit, "log_max_size_mb": d.tier.log_max_size_mb,
