@@ -378,3 +378,39 @@ class BillingOut(BaseModel):
     deployments: list[DeploymentBillingOut]
     ledger: list[LedgerEntryOut] = Field(description="Newest first")
     next_cursor: str | None
+
+
+# --- releases -------------------------------------------------------------
+
+
+class ReleasesQuery(BaseModel):
+    """The query of GET /api/deploy/apps/{id}/releases (unknown parameters are ignored)."""
+
+    limit: int = Field(20, ge=1, le=MAX_PAGE, description="Page size")
+    cursor: StrictStr | None = Field(None, min_length=1, max_length=9, pattern=r"^[0-9]+$",
+                                     description="next_cursor of the previous page")
+
+
+class RollbackIn(BaseModel):
+    """The body of POST /api/deploy/apps/{id}/rollback (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    release: JsonInt | None = Field(None, ge=1, le=10**9,
+                                    description="The release to run again; default: the one before the newest")
+
+
+class ReleaseOut(BaseModel):
+    number: int
+    image: str = Field(description="The image reference the deployment was created with")
+    image_digest: str = Field(description="The digest that ran; a rollback runs the image by this digest")
+    pinned: bool = Field(description="Run by digest (a rollback), not by the tag")
+    rollback_of: int | None = Field(description="The release a rollback ran again")
+    initiated_by: str | None
+    created_at: Timestamp
+    kept: bool = Field(description="The image is kept on the host: a rollback to this release is possible")
+
+
+class ReleaseList(BaseModel):
+    releases: list[ReleaseOut] = Field(description="Newest first")
+    next_cursor: str | None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# The desired-state document lists the image digests of this many newest releases at most.
+RELEASE_HISTORY = 10
 DEFAULT_REGISTRIES = ("harbor.buddo.xyz:4443/", "docker.io/library/", "ghcr.io/")
 DEFAULT_RESERVED = (
     "www", "api", "admin", "app", "apps", "auth", "billing", "blog", "cdn", "dashboard",
@@ -129,6 +131,8 @@ class Settings:
     billing_starting_points: int = 0
     billing_starting_sats: int = 0
     rate_limit_webhook: int = 120
+    # Images of this many newest releases stay on the host for rollbacks; older ones are pruned.
+    releases_kept: int = 3
 
     @property
     def public_url_suffix(self) -> str:
@@ -187,7 +191,10 @@ class Settings:
             "billing_starting_points": int(get("BILLING_STARTING_POINTS") or (5000 if embedded else 0)),
             "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
+            "releases_kept": int(get("RELEASES_KEPT") or 3),
         }
+        if not 1 <= int(kwargs["releases_kept"]) <= RELEASE_HISTORY:  # type: ignore[call-overload]
+            raise ValueError(f"BUDDO_RELEASES_KEPT must be between 1 and {RELEASE_HISTORY}")
         if kwargs["billing_cycle_s"] == 0:
             raise ValueError("BUDDO_BILLING_CYCLE must be longer than 0 s")
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):

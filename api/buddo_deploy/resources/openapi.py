@@ -29,7 +29,7 @@ _RATE_HEADERS = {
 }
 # Every operation on one deployment, reachable from the id a create returns.
 _ITEM_OPERATIONS = ("getDeployment", "getDeploymentStatus", "getDeploymentLogs", "restartDeployment",
-                    "stopDeployment", "destroyDeployment")
+                    "stopDeployment", "destroyDeployment", "listReleases", "rollbackDeployment")
 
 
 def _json(name: str) -> dict[str, Any]:
@@ -72,9 +72,9 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
         schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut,
-        schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut,
+        schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut, schemas.ReleaseList, schemas.RollbackIn,
     ]
-    inputs = (schemas.PaymentIn,)
+    inputs = (schemas.PaymentIn, schemas.RollbackIn)
     _, top = models_json_schema(
         [(m, "validation" if m in inputs else "serialization") for m in models], ref_template=_REF,
     )
@@ -115,6 +115,15 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
             "parameters": item,
             "post": _operation("stopDeployment", "Stop", "DeploymentEnvelope", (404, 422)),
         },
+    }
+    releases = _operation("listReleases", "Releases, newest first", "ReleaseList", (404, 422))
+    releases["parameters"] = _query_parameters(schemas.ReleasesQuery)
+    rollback = _operation("rollbackDeployment", "Run a release's image again by its digest (default: the previous)",
+                          "DeploymentEnvelope", (400, 404, 413, 422))
+    rollback["requestBody"] = {"required": False, "content": _json("RollbackIn")}
+    paths |= {
+        "/api/deploy/apps/{deployment_id}/releases": {"parameters": item, "get": releases},
+        "/api/deploy/apps/{deployment_id}/rollback": {"parameters": item, "post": rollback},
     }
     paths |= _billing_paths()
     return {
