@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/stop", apps, suffix="stop")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/releases", apps, suffix="releases")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/rollback", apps, suffix="rollback")
+    app.add_route("/api/deploy/apps/{deployment_id:uuid}/output", apps, suffix="output")
     app.add_route("/api/deploy/billing", BillingResource(lifecycle.billing))
     app.add_route("/api/deploy/billing/payments", PaymentsResource(lifecycle.billing, settings.billing_webhook_secret))
     return app

@@ -31,6 +31,7 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/api/deploy/billing"): "read",
     ("GET", "/api/deploy/apps/{deployment_id}/releases"): "read",
     ("POST", "/api/deploy/apps/{deployment_id}/rollback"): "write",
+    ("GET", "/api/deploy/apps/{deployment_id}/output"): "read",
     # Signed, not token-authenticated: counted per client address.
     ("POST", "/api/deploy/billing/payments"): "webhook",
 }

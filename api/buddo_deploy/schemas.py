@@ -8,6 +8,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -414,3 +415,41 @@ class ReleaseOut(BaseModel):
 class ReleaseList(BaseModel):
     releases: list[ReleaseOut] = Field(description="Newest first")
     next_cursor: str | None
+
+
+# --- app output -----------------------------------------------------------
+
+MAX_TAIL = 5000
+
+
+class OutputQuery(BaseModel):
+    """The query of GET /api/deploy/apps/{id}/output (unknown parameters are ignored)."""
+
+    tail: int = Field(100, ge=1, le=MAX_TAIL, description="Lines at most (stdout and stderr together)")
+    since: AwareDatetime | None = Field(None, description="Only lines after this RFC 3339 time (with offset)")
+
+    @field_validator("since")
+    @classmethod
+    def _since(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and not dt.datetime(1970, 1, 1, tzinfo=dt.UTC) <= value <= dt.datetime(
+                9999, 1, 1, tzinfo=dt.UTC):
+            raise ValueError("must be between 1970 and 9999")
+        return value
+
+
+class OutputLine(BaseModel):
+    at: str = Field(description="When the app printed it (RFC 3339, from the container runtime)")
+    stream: Literal["stdout", "stderr"]
+    text: str = Field(description="The line, env var values masked as ********")
+
+
+class OutputContainer(BaseModel):
+    id: str
+    name: str
+    state: str = Field(description="running, exited, ...")
+    exit_code: int | None
+
+
+class OutputOut(BaseModel):
+    lines: list[OutputLine] = Field(description="Oldest first (newest last)")
+    container: OutputContainer | None = Field(description="The container read; null when the deployment has none")

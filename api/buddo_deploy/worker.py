@@ -23,7 +23,7 @@ from . import jobqueue
 from .db import open_database, write_transaction
 from .models import database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
-from .services import billing, engine
+from .services import billing, engine, output
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class JobRun:
             result = run_playbook(
                 self.settings.playbook_dir / plan.playbook,
                 self.settings.inventory,
-                plan.extravars(self.settings.instance),
+                plan.extravars(self.settings.instance) | {"converge_releases_kept": self.settings.releases_kept},
                 secrets=plan.secrets,
                 limit=plan.host,
                 check=plan.check,
@@ -127,6 +127,8 @@ class Worker:
             log.info("job %s: reconcile of %s: %s; repaired %s; orphans %s", job.id, job.host,
                      "converged" if report.converged else f"not converged ({report.message})",
                      repaired or "nothing", report.orphans or "none")
+        elif job.action == "output":
+            output.finish(job, self.name, result, plan.secrets)
         elif not engine.finish(plan, self.name, result, duration):
             log.warning("job %s: lease lost, outcome discarded", job.id)
         else:

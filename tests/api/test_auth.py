@@ -131,6 +131,7 @@ def test_openapi_is_public_and_lists_every_endpoint(client):
         "/api/deploy/apps/{deployment_id}/restart", "/api/deploy/apps/{deployment_id}/stop",
         "/api/deploy/billing", "/api/deploy/billing/payments",
         "/api/deploy/apps/{deployment_id}/releases", "/api/deploy/apps/{deployment_id}/rollback",
+        "/api/deploy/apps/{deployment_id}/output",
     }
     schemas = doc["components"]["schemas"]
     assert {"DeploymentCreate", "DeploymentOut", "StatusOut", "LogEntryOut", "ErrorOut", "TierOut"} <= set(schemas)

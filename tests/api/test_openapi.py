@@ -93,7 +93,7 @@ def test_links_from_create_reach_every_per_deployment_operation(document):
     links = document["paths"]["/api/deploy/apps"]["post"]["responses"]["201"]["links"]
     targets = {operations[link["operationId"]] for link in links.values()}
     per_deployment = {(path, method) for path, method in operations.values() if "{deployment_id}" in path}
-    assert targets == per_deployment and len(per_deployment) == 8
+    assert targets == per_deployment and len(per_deployment) == 9
     assert all(link["parameters"] == {"deployment_id": "$response.body#/deployment/id"} for link in links.values())
 
 

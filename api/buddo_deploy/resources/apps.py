@@ -14,6 +14,8 @@ from ..schemas import (
     DestroyOut,
     ListQuery,
     LogList,
+    OutputOut,
+    OutputQuery,
     ReleaseList,
     ReleaseOut,
     ReleasesQuery,
@@ -110,6 +112,15 @@ class AppsResource:
                             rollback_of=r.rollback_of, initiated_by=r.initiated_by, created_at=r.created_at,
                             kept=self.lifecycle.release_kept(r)) for r in rows]
         send(resp, ReleaseList(releases=items, next_cursor=str(next_number) if next_number is not None else None))
+
+    def on_get_output(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        try:
+            query = OutputQuery.model_validate({name: req.get_param(name) for name in OutputQuery.model_fields
+                                                if req.get_param(name) is not None})
+        except ValidationError as exc:
+            raise _validation_error(exc) from exc
+        found = self.lifecycle.app_output(req.context.principal, deployment_id, tail=query.tail, since=query.since)
+        send(resp, OutputOut(lines=found.get("lines") or [], container=found.get("container") or None))
 
     def on_post_rollback(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         raw = read_body(req, self.max_body)

@@ -27,7 +27,7 @@ from ..errors import ApiError, Forbidden, NotFound, TooManyRequests, Unprocessab
 from ..models import LIVE_STATUSES, AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
 from ..schemas import DeploymentCreate
 from ..settings import Settings
-from . import releases, state
+from . import output, releases, state
 from .billing import Billing
 from .tiers import get_tier
 
@@ -179,6 +179,15 @@ class Lifecycle:
             query = query.where(Release.number < before)
         rows = list(query.limit(limit + 1))
         return rows[:limit], (rows[limit - 1].number if len(rows) > limit else None)
+
+    def app_output(self, principal: Principal, deployment_id: uuid.UUID, *, tail: int,
+                   since: dt.datetime | None) -> dict[str, Any]:
+        """What the container printed, read from its host by a worker (bounded wait)."""
+        deployment = self.get_owned(principal, deployment_id)
+        if deployment.desired_state == "absent":
+            raise Unprocessable("A destroyed deployment has no output", code="deployment_destroyed",
+                                details={"status": deployment.status})
+        return output.wait(output.enqueue(deployment, tail, since))
 
     def release_kept(self, release: Release) -> bool:
         return release.image_digest in releases.kept(release.deployment_id, self.settings.releases_kept)

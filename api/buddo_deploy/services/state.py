@@ -230,7 +230,8 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
 
 
 def converge_job_for(d: Deployment) -> Job | None:
-    job: Job | None = Job.select().where((Job.deployment == d.id) & (Job.state.in_(("queued", "running")))).first()
+    job: Job | None = Job.select().where((Job.deployment == d.id) & (Job.action == "converge")
+                                         & (Job.state.in_(("queued", "running")))).first()
     return job
 
 
