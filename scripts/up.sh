@@ -59,6 +59,8 @@ curl -s -X POST $API/api/deploy/apps/ID/restart -H "Authorization: Bearer \$TOKE
 curl -s -X POST $API/api/deploy/apps/ID/stop -H "Authorization: Bearer \$TOKEN"
 curl -s $API/api/deploy/apps/ID/logs -H "Authorization: Bearer \$TOKEN"
 curl -s $API/api/deploy/billing -H "Authorization: Bearer \$TOKEN"   # balances, next charge, ledger
+curl -s $API/api/deploy/apps/ID/jobs/JOB_ID -H "Authorization: Bearer \$TOKEN"   # an entry's job_id: its playbook run
+curl -s $API/metrics                                                       # Prometheus, from this machine only
 podman rm -f \$(podman ps -q --filter label=buddo.subdomain=my-app)   # gone: back within ~15 s
 .venv/bin/buddo-deploy reconcile --dry-run   # the drift between the database and this host
 .venv/bin/buddo-deploy reconcile             # repair it (the worker also does, every 5 min)

@@ -6,15 +6,17 @@ from typing import Any
 
 import falcon
 
-from . import errors
+from . import errors, metrics
 from .auth import Auth
 from .db import open_database
 from .inventory import host_labels
-from .middleware import Database, RequestId
+from .middleware import Database, RequestId, RequestMetrics
 from .ratelimit import RateLimit
 from .resources.apps import AppsResource
 from .resources.billing import BillingResource, PaymentsResource
 from .resources.internal import DomainCheckResource
+from .resources.jobs import JobsResource
+from .resources.metrics import MetricsResource
 from .resources.openapi import OpenApiResource
 from .resources.tiers import TiersResource
 from .schemas import ValidationContext
@@ -36,8 +38,10 @@ def validation_context(settings: Settings) -> ValidationContext:
 def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     settings = settings or Settings.from_env()
     db = open_database(settings.database_url)
+    metrics.prepare(settings.var_dir)
     limiter = RateLimit(settings)
-    middleware: list[Any] = [RequestId(), Database(db), Auth(settings, limiter.rejected), limiter]
+    middleware: list[Any] = [RequestId(), RequestMetrics(metrics.observe_request), Database(db),
+                             Auth(settings, limiter.rejected), limiter]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
@@ -58,4 +62,7 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/output", apps, suffix="output")
     app.add_route("/api/deploy/billing", BillingResource(lifecycle.billing))
     app.add_route("/api/deploy/billing/payments", PaymentsResource(lifecycle.billing, settings.billing_webhook_secret))
+    app.add_route("/api/deploy/apps/{deployment_id:uuid}/jobs/{job_id}", JobsResource(lifecycle))
+    app.add_route("/metrics", MetricsResource(lambda: metrics.exposition(metrics.fleet_families()),
+                                              settings.metrics_allow))
     return app

@@ -6,14 +6,91 @@ import argparse
 import datetime as dt
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
+import peewee
+
+from . import metrics
 from .models import database_proxy
-from .settings import Settings
+from .settings import Settings, SettingsError
+
+
+class UsageError(Exception):
+    """Something the user can fix; printed as one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line that names the fix, instead of argparse's usage block.
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {value!r}")
+    return int(value)
+
+
+def _hours(value: str) -> float:
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = math.nan
+    if not 0 < hours <= 24 * 366:
+        raise argparse.ArgumentTypeError(f"must be a number of hours above 0 and at most 8784, got {value!r}")
+    return hours
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {value!r}")
+    return seconds
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, fit for an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}"))
+
+
+def _check_database(settings: Settings, *, schema: bool) -> None:
+    """Fail with one line when the database cannot be reached (or, with ``schema``, is not migrated)."""
+    from .db import open_database
+    from .migrations import available
+    from .models import SchemaMigration
+
+    try:
+        db = open_database(settings.database_url)
+    except ValueError as exc:  # an unsupported scheme
+        raise UsageError(f"BUDDO_DATABASE_URL: {exc} (use sqlite:///PATH or postgresql://...)") from exc
+    except OSError as exc:  # the SQLite file's directory cannot be created
+        raise UsageError(f"BUDDO_DATABASE_URL: cannot create {exc.filename}: {exc.strerror}") from exc
+    try:
+        db.connect(reuse_if_open=True)
+        if schema:
+            applied = ({m.version for m in SchemaMigration.select(SchemaMigration.version)}
+                       if db.table_exists("schema_migrations") else set())
+            if any(m.version not in applied for m in available()):
+                raise UsageError("the database schema is not current: run `buddo-deploy db upgrade` first")
+    except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UsageError(f"cannot reach the database {_safe_url(settings.database_url)}: {reason}; "
+                         "check BUDDO_DATABASE_URL and that the server runs") from exc
+    finally:
+        db.close()
 
 
 def _upgrade(settings: Settings) -> None:
@@ -32,8 +109,12 @@ def _upgrade(settings: Settings) -> None:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     _upgrade(settings)
+    # Before gunicorn: its workers inherit the directory (PROMETHEUS_MULTIPROC_DIR) and find
+    # no files of the processes of an earlier run.
+    metrics.sweep(metrics.prepare(settings.var_dir))
     argv = [
         sys.executable, "-m", "gunicorn", "buddo_deploy.wsgi:app",
+        "--config", "python:buddo_deploy.gunicorn_conf",
         "--bind", args.bind, "--workers", str(args.workers),
         "--access-logfile", "-", "--error-logfile", "-",
     ]
@@ -69,6 +150,19 @@ def _print_report(reports: list[Any], as_json: bool, dry_run: bool) -> None:
             print(f"  could not check (nothing changed): {', '.join(report.unchecked)}")
 
 
+def _count_into(settings: Settings) -> bool:
+    """Count into the platform's metrics when this user may (cron may run as another user than the API)."""
+    try:
+        directory = metrics.prepare(settings.var_dir)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("reconcile not counted in the metrics: %s", exc)
+        return False
+    if not os.access(directory, os.W_OK | os.X_OK):
+        logging.getLogger(__name__).warning("reconcile not counted in the metrics: %s is not writable", directory)
+        return False
+    return True
+
+
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     """One reconcile per host, under the host's lock, run by this process."""
     from . import jobqueue
@@ -77,6 +171,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from .worker import JobRun
 
     open_database(settings.database_url)
+    counting = _count_into(settings)
     owner = f"cli:{socket.gethostname()}:{os.getpid()}"
     lease = settings.job_lease_s
     reports = []
@@ -97,7 +192,10 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         plan = engine.start(claimed, owner, settings.secret_key, check=args.dry_run)
         assert plan is not None
         result, duration = JobRun(settings, owner, lease).run(plan)
-        reports.append(engine.finish_reconcile(plan, owner, result, duration))
+        report = engine.finish_reconcile(plan, owner, result, duration)
+        if counting:
+            metrics.observe_reconcile(report.host, report.deployments, report.orphans, dry_run=args.dry_run)
+        reports.append(report)
     _print_report(reports, args.json, args.dry_run)
     if not all(r.converged for r in reports):
         return 1
@@ -116,7 +214,10 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
     document: dict[str, Any] = {"converge_deployments": items, "converge_known": known,
                                 "converge_instance": settings.instance, "converge_hosts": [host]}
     if args.env_file:
-        env = engine.env_values(items, rows, settings.secret_key)
+        try:
+            env = engine.env_values(items, rows, settings.secret_key)
+        except RuntimeError as exc:  # values encrypted under another BUDDO_SECRET_KEY
+            raise UsageError(f"{exc}; check BUDDO_SECRET_KEY") from exc
         fd = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as handle:
@@ -145,7 +246,7 @@ def _billing(settings: Settings, args: argparse.Namespace) -> int:
     try:
         credit = billing.credit(args.operator, track, amount, args.reference or new_reference(), source="cli")
     except ApiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"buddo-deploy billing: {exc.message}", file=sys.stderr)
         return 2
     print(json.dumps({"reference": credit.entry.reference, "replayed": credit.replayed,
                       "points_balance": credit.points_balance, "sats_balance": credit.sats_balance,
@@ -153,27 +254,30 @@ def _billing(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="buddo-deploy")
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="buddo-deploy")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="migrate, then run the API under gunicorn")
     serve.add_argument("--bind", default=os.environ.get("BUDDO_BIND", "127.0.0.1:8000"))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("BUDDO_API_WORKERS", "2")))
+    # A string default goes through `type` too, so a bad BUDDO_API_WORKERS is a usage error.
+    serve.add_argument("--workers", type=_positive_int, default=os.environ.get("BUDDO_API_WORKERS", "2"),
+                       help="gunicorn workers (default: BUDDO_API_WORKERS or 2)")
     db = sub.add_parser("db", help="database commands")
     db.add_argument("action", choices=["upgrade"])
     token = sub.add_parser("token", help="mint a local access token (HS256, embedded default)")
     token.add_argument("--operator", required=True, help="the operator id (token subject)")
     token.add_argument("--client-id", default=None, help="OAuth client id (the deployment's app_id)")
     token.add_argument("--scope", default="deploy:manage")
-    token.add_argument("--hours", type=float, default=12.0)
+    token.add_argument("--hours", type=_hours, default=12.0)
     worker = sub.add_parser("worker", help="run jobs through ansible-runner")
     worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
-    worker.add_argument("--concurrency", type=int, default=int(os.environ.get("BUDDO_WORKER_CONCURRENCY", "2")))
+    worker.add_argument("--concurrency", type=_positive_int, default=os.environ.get("BUDDO_WORKER_CONCURRENCY", "2"),
+                        help="job runners (default: BUDDO_WORKER_CONCURRENCY or 2)")
     reconcile = sub.add_parser("reconcile", help="repair the drift between the desired state and the hosts")
     reconcile.add_argument("--host", help="one container host (default: every host)")
     reconcile.add_argument("--dry-run", action="store_true", help="check mode: report the drift, change nothing")
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
-    reconcile.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a busy host")
+    reconcile.add_argument("--wait", type=_seconds, default=600.0, help="seconds to wait for a busy host")
     desired = sub.add_parser("desired", help="print a host's desired-state document (-e @file for ansible-playbook)")
     desired.add_argument("--host", help="the container host (default: BUDDO_DEFAULT_HOST)")
     desired.add_argument("--env-file", help="also write the env values there (0600) and point the document at it")
@@ -186,17 +290,20 @@ def main(argv: list[str] | None = None) -> int:
     amount.add_argument("--points", type=int, help="Buddo points to credit")
     amount.add_argument("--sats", type=int, help="satoshis to credit")
     credit.add_argument("--reference", help="the payment's id (default: a new one); a repeated one credits nothing")
-    args = parser.parse_args(argv)
+    return parser
 
-    logging.basicConfig(level=os.environ.get("BUDDO_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+def _run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    if args.command == "token":
+        _token(settings, args)
+        return 0
+    # db upgrade and serve migrate; everything else needs the schema as this version has it.
+    _check_database(settings, schema=args.command not in {"db", "serve"})
     if args.command == "db":
         _upgrade(settings)
     elif args.command == "serve":
         _serve(settings, args)
-    elif args.command == "token":
-        _token(settings, args)
     elif args.command == "worker":
         from .worker import run_worker
 
@@ -208,6 +315,22 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "billing":
         return _billing(settings, args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        level = os.environ.get("BUDDO_LOG_LEVEL", "INFO").upper()
+        if level not in logging.getLevelNamesMapping():
+            raise UsageError(f"BUDDO_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return _run(args)
+    except (SettingsError, UsageError) as exc:
+        message = str(exc)
+    except OSError as exc:  # a path in a setting or flag that cannot be read or written
+        message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    print(f"buddo-deploy {args.command}: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

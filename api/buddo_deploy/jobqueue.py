@@ -127,6 +127,7 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
             lease_owner=owner,
             lease_expires_at=now + dt.timedelta(seconds=lease_s),
             updated_at=now,
+            started_at=now,
         ).where(Job.id == row[0]).execute()
         return Job.get_by_id(row[0])
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -38,3 +40,18 @@ class Database:
             self.db.rollback()
         if not succeeded and not self.db.is_connection_usable():
             self.db.close()
+
+
+class RequestMetrics:
+    """Count every request and its latency by route template and status (metrics.observe_request)."""
+
+    def __init__(self, observe: Callable[[str, str | None, int, float], None]) -> None:
+        self.observe = observe
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool) -> None:
+        started = getattr(req.context, "started", None)
+        if started is not None:
+            self.observe(req.method, req.uri_template, resp.status_code, time.perf_counter() - started)

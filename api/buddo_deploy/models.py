@@ -142,6 +142,8 @@ class Job(BaseModel):
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
     finished_at = peewee.DateTimeField(null=True)
+    # When the latest attempt was claimed.
+    started_at = peewee.DateTimeField(null=True)
     host = peewee.CharField(default="")
     # converge: bring the deployment to at least this generation.
     generation = peewee.IntegerField(default=0)

@@ -34,6 +34,7 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/api/deploy/apps/{deployment_id}/output"): "read",
     # Signed, not token-authenticated: counted per client address.
     ("POST", "/api/deploy/billing/payments"): "webhook",
+    ("GET", "/api/deploy/apps/{deployment_id}/jobs/{job_id}"): "read",
 }
 
 

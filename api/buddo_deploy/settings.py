@@ -8,10 +8,11 @@ generated JWT secret and encryption key kept in ``var/`` (mode 0600), base domai
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +42,17 @@ def make_private(*paths: Path) -> None:
             path.chmod(0o600)
 
 
-def _persistent_secret(path: Path, make: bool) -> str:
-    """Read a secret kept under var/, creating it on first use (embedded default only)."""
+class SettingsError(ValueError):
+    """A BUDDO_ variable is missing or malformed; the message says which and what to set."""
+
+
+def _persistent_secret(path: Path, make: bool) -> str | None:
+    """Read a secret kept under var/, creating it on first use (embedded default only); None: missing."""
     if path.exists():
         make_private(path)
         return path.read_text().strip()
     if not make:
-        raise RuntimeError(f"missing secret file {path}")
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     value = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -72,8 +77,46 @@ def parse_duration(value: str) -> int:
     """Seconds in ``<n>d``, ``<n>h``, ``<n>m``, ``<n>s`` or a plain number of seconds."""
     match = _DURATION.match(value)
     if match is None:
-        raise ValueError(f"{value!r} is not a duration (<n>d, <n>h, <n>m, <n>s or seconds)")
+        raise SettingsError(f"{value!r} is not a duration (<n>d, <n>h, <n>m, <n>s or seconds)")
     return int(match.group(1)) * _UNIT_S[match.group(2)]
+def _duration(name: str, value: str) -> int:
+    try:
+        return parse_duration(value)
+    except SettingsError as exc:
+        raise SettingsError(f"BUDDO_{name}: {exc}") from exc
+
+
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _csv(value))
+    except ValueError as exc:
+        raise SettingsError(f"BUDDO_METRICS_ALLOW must be comma-separated CIDRs, e.g. 127.0.0.0/8,::1: {exc}") from exc
+
+
+# Numeric variables, checked up front so a typo names its variable (not int()'s complaint).
+_INTEGERS = (
+    "PUBLIC_HTTPS_PORT", "MAX_DEPLOYMENTS_PER_ACCOUNT", "RATE_LIMIT_READ", "RATE_LIMIT_WRITE", "RATE_LIMIT_WINDOW",
+    "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
+    "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
+)
+_NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL")
+
+
+def _check_numbers(get: Callable[[str], str | None]) -> None:
+    for name in _INTEGERS + _NUMBERS:
+        value = get(name)
+        if not value:
+            continue
+        try:
+            number = int(value) if name in _INTEGERS else float(value)
+        except ValueError:
+            number = -1
+        if not 0 <= number < float("inf"):
+            kind = "a whole number" if name in _INTEGERS else "a number"
+            raise SettingsError(f"BUDDO_{name} must be {kind} of 0 or more, got {value!r}")
+    ports = get("HOST_PORT_RANGE")
+    if ports and not re.fullmatch(r"[0-9]+(-[0-9]+)?", ports):
+        raise SettingsError(f"BUDDO_HOST_PORT_RANGE must be LOW-HIGH, e.g. 20000-29999, got {ports!r}")
 
 
 @dataclass(frozen=True)
@@ -133,6 +176,9 @@ class Settings:
     rate_limit_webhook: int = 120
     # Images of this many newest releases stay on the host for rollbacks; older ones are pruned.
     releases_kept: int = 3
+    # Clients GET /metrics answers (no token there).
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
 
     @property
     def public_url_suffix(self) -> str:
@@ -148,8 +194,15 @@ class Settings:
         var_dir = Path(get("VAR_DIR") or REPO_ROOT / "var")
         embedded = get("DATABASE_URL") is None
         database_url = get("DATABASE_URL") or f"sqlite:///{var_dir / 'buddo.db'}"
+        _check_numbers(get)
         jwt_secret = get("JWT_SECRET") or _persistent_secret(var_dir / "jwt-secret", make=embedded)
         secret_key = get("SECRET_KEY") or _persistent_secret(var_dir / "secret-key", make=embedded)
+        missing = [name for name, value in (("BUDDO_JWT_SECRET", jwt_secret), ("BUDDO_SECRET_KEY", secret_key))
+                   if not value]
+        if missing:
+            raise SettingsError(f"{' and '.join(missing)} not set: with BUDDO_DATABASE_URL set, set "
+                                f"{'them' if len(missing) > 1 else 'it'} too (secrets are generated only for "
+                                "the embedded default)")
         low, _, high = (get("HOST_PORT_RANGE") or "20000-29999").partition("-")
         kwargs: dict[str, object] = {
             "var_dir": var_dir,
@@ -183,8 +236,8 @@ class Settings:
             "reconcile_interval_s": float(get("RECONCILE_INTERVAL") or 300),
             "keep_runner_data": _bool(get("KEEP_RUNNER_DATA") or "false"),
             "billing_enabled": _bool(get("BILLING_ENABLED") or "true"),
-            "billing_cycle_s": parse_duration(get("BILLING_CYCLE") or "30d"),
-            "billing_grace_s": parse_duration(get("BILLING_GRACE") or "3d"),
+            "billing_cycle_s": _duration("BILLING_CYCLE", get("BILLING_CYCLE") or "30d"),
+            "billing_grace_s": _duration("BILLING_GRACE", get("BILLING_GRACE") or "3d"),
             "billing_interval_s": float(get("BILLING_INTERVAL") or 30),
             "billing_webhook_secret": get("BILLING_WEBHOOK_SECRET") or (
                 _persistent_secret(var_dir / "billing-webhook-secret", make=True) if embedded else None),
@@ -192,11 +245,12 @@ class Settings:
             "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
             "releases_kept": int(get("RELEASES_KEPT") or 3),
+            "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
         }
         if not 1 <= int(kwargs["releases_kept"]) <= RELEASE_HISTORY:  # type: ignore[call-overload]
             raise ValueError(f"BUDDO_RELEASES_KEPT must be between 1 and {RELEASE_HISTORY}")
         if kwargs["billing_cycle_s"] == 0:
-            raise ValueError("BUDDO_BILLING_CYCLE must be longer than 0 s")
+            raise SettingsError("BUDDO_BILLING_CYCLE must be longer than 0 s")
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):
             if get(variable):
                 kwargs[name] = Path(str(get(variable)))

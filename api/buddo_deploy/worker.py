@@ -19,9 +19,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-from . import jobqueue
+from . import jobqueue, metrics
 from .db import open_database, write_transaction
-from .models import database_proxy
+from .models import Job, database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
 from .services import billing, engine, output
 from .settings import Settings
@@ -101,6 +101,12 @@ class JobRun:
         return result, time.monotonic() - started
 
 
+def _outcome(job_id: int) -> str:
+    """What the engine made of a run: succeeded, failed (the app's own failure) or retried."""
+    state = Job.select(Job.state).where(Job.id == job_id).scalar()
+    return "retried" if state == "queued" else str(state)
+
+
 class Worker:
     def __init__(self, settings: Settings, name: str | None = None) -> None:
         self.settings = settings
@@ -119,20 +125,27 @@ class Worker:
         plan = engine.start(job, self.name, self.settings.secret_key)
         if plan is None:
             log.info("job %s: nothing to run", job.id)
+            metrics.observe_job(job.action, "skipped", None)
             return True
         result, duration = JobRun(self.settings, self.name, self.lease_s).run(plan)
         if job.action == "reconcile":
             report = engine.finish_reconcile(plan, self.name, result, duration)
+            metrics.observe_reconcile(report.host, report.deployments, report.orphans, dry_run=False)
             repaired = [d["subdomain"] for d in report.deployments if d["drift"]]
             log.info("job %s: reconcile of %s: %s; repaired %s; orphans %s", job.id, job.host,
                      "converged" if report.converged else f"not converged ({report.message})",
                      repaired or "nothing", report.orphans or "none")
+            outcome = "succeeded" if report.converged else "failed"
         elif job.action == "output":
             output.finish(job, self.name, result, plan.secrets)
+            outcome = _outcome(job.id)
         elif not engine.finish(plan, self.name, result, duration):
             log.warning("job %s: lease lost, outcome discarded", job.id)
+            outcome = "lease_lost"
         else:
             log.info("job %s: %s (%s)", job.id, result.status, result.message or "ok")
+            outcome = _outcome(job.id)
+        metrics.observe_job(job.action, outcome, duration)
         return True
 
     def loop(self, once: bool) -> None:
@@ -186,7 +199,9 @@ class HealthProber:
             log.warning("health probe of %s failed: %s", host, result.message)
             return {}
         report = (result.stats.get("buddo_health") or {}).get(host)
-        return engine.record_health(host, report, self.policy)
+        verdicts = engine.record_health(host, report, self.policy)
+        metrics.observe_automatic_restarts(host, sum(1 for v in verdicts.values() if v == "restarted"))
+        return verdicts
 
     def probe_all(self) -> None:
         for host in engine.hosts():
@@ -220,6 +235,7 @@ class BillingClock:
 
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
     open_database(settings.database_url)
+    metrics.sweep(metrics.prepare(settings.var_dir))
     if swept := sweep_stale_secrets():
         log.info("removed %d secret dir(s) left by crashed workers", swept)
     workers = [Worker(settings) for _ in range(max(1, concurrency))]

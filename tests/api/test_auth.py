@@ -132,9 +132,13 @@ def test_openapi_is_public_and_lists_every_endpoint(client):
         "/api/deploy/billing", "/api/deploy/billing/payments",
         "/api/deploy/apps/{deployment_id}/releases", "/api/deploy/apps/{deployment_id}/rollback",
         "/api/deploy/apps/{deployment_id}/output",
+        "/api/deploy/apps/{deployment_id}/jobs/{job_id}", "/metrics",
     }
     schemas = doc["components"]["schemas"]
-    assert {"DeploymentCreate", "DeploymentOut", "StatusOut", "LogEntryOut", "ErrorOut", "TierOut"} <= set(schemas)
+    assert {"DeploymentCreate", "DeploymentOut", "StatusOut", "LogEntryOut", "ErrorOut", "TierOut", "JobOut",
+            "JobEventOut"} <= set(schemas)
+    assert "job_id" in schemas["LogEntryOut"]["properties"]
+    assert doc["paths"]["/metrics"]["get"]["security"] == []
     assert set(schemas["StatusOut"]["properties"]) == {"id", "status", "subdomain", "health_status",
                                                       "last_health_check"}
 
@@ -152,6 +156,7 @@ def test_openapi_document_is_valid_openapi_31(client):
         ("GET", "/api/deploy/apps/{id}"), ("GET", "/api/deploy/apps/{id}/status"),
         ("GET", "/api/deploy/apps/{id}/logs"), ("POST", "/api/deploy/apps/{id}/restart"),
         ("POST", "/api/deploy/apps/{id}/stop"), ("DELETE", "/api/deploy/apps/{id}"),
+        ("GET", "/api/deploy/apps/{id}/jobs/1"),
     ],
 )
 def test_every_contract_endpoint_needs_a_token(client, method, path):

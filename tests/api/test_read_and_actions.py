@@ -138,7 +138,8 @@ def test_restart_stop_destroy_and_audit_log(client):
         ("destroy", "pending"),
     ]
     assert entries[0]["initiated_by"] == "operator-1" and entries[1]["initiated_by"] is None
-    assert all(set(e) == {"id", "action", "status", "initiated_by", "inserted_at", "details"} for e in entries)
+    assert all(set(e) == {"id", "action", "status", "initiated_by", "inserted_at", "details", "job_id"}
+               for e in entries)
     # One converge job, coalesced: to generation 4 (create, restart, stop, destroy).
     assert [(j.action, j.generation) for j in Job.select().order_by(Job.id)] == [("converge", 4)]
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import JWT_SECRET, free_port, token, wait_until_up
 
@@ -171,6 +172,21 @@ class Stack:
              "-o", "-", "-w", "\n%{http_code}", f"https://{host}:{HTTPS_PORT}/"],
             capture_output=True, text=True, check=False,
         )
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """GET /metrics: (name, sorted labels) -> value."""
+        text = requests.get(f"{self.api}/metrics", timeout=10).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def http_redirect(self, subdomain: str, path: str = "/") -> str:
+        """Status and Location of a plain HTTP request to Caddy's HTTP port."""
+        host = f"{subdomain}.localhost"
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--resolve", f"{host}:{HTTP_PORT}:127.0.0.1", "-o", "/dev/null",
+             "-w", "%{http_code} %{redirect_url}", f"http://{host}:{HTTP_PORT}{path}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
 
     def containers(self, subdomain: str) -> list[dict[str, Any]]:
         out = subprocess.run(

@@ -93,6 +93,8 @@ def test_a_removed_container_is_back_and_serving_within_the_probe_window(stack: 
     image = stack.push("v1")
     ident = stack.create(subdomain="e2e-removed", image=image)["id"]
     assert stack.wait_for(ident, {"running", "failed"})["status"] == "running"
+    restarts = ("buddo_automatic_restarts_total", (("host", "container-host-1"),))
+    before = stack.metrics().get(restarts, 0.0)
     subprocess.run(["podman", "rm", "-f", *[c["Id"] for c in stack.containers("e2e-removed")]], check=True,
                    capture_output=True)
     heal = stack.wait_for_entry(ident, lambda e: e["action"] == "restart" and e["status"] == "completed",
@@ -100,6 +102,7 @@ def test_a_removed_container_is_back_and_serving_within_the_probe_window(stack: 
     assert heal["initiated_by"] is None and heal["details"]["reason"] == "container_exited"
     assert "container missing" in heal["details"]["message"]
     assert "version v1" in stack.https("e2e-removed").stdout
+    assert stack.metrics()[restarts] - before >= 1  # counted by the worker's prober
     stack.destroy(ident)
 
 
@@ -123,6 +126,7 @@ def test_reconcile_restores_a_deleted_site_and_removes_orphans(stack: Stack) -> 
     site = stack.sites_dir / "e2e-drift.caddy"
     site.unlink()
     container, orphan_site = _orphans(stack, image)
+    before = stack.metrics()
 
     dry = stack.cli("reconcile", "--dry-run", "--json")
     assert dry.returncode == 3, dry.stdout + dry.stderr  # drift found, nothing changed
@@ -142,6 +146,15 @@ def test_reconcile_restores_a_deleted_site_and_removes_orphans(stack: Stack) -> 
                                   and e["details"].get("reason") == "drift")
     assert repair["initiated_by"] is None and repair["status"] == "completed"
     assert repair["details"]["drift"] == ["site missing"]
+    # The reconcile command's counts (a process of its own) reach /metrics.
+    after, host = stack.metrics(), (("host", "container-host-1"),)
+
+    def counted(name: str) -> float:
+        return after.get((name, host), 0.0) - before.get((name, host), 0.0)
+
+    assert counted("buddo_reconcile_drift_found_total") == 2  # the dry run's and the repair's
+    assert counted("buddo_reconcile_drift_repaired_total") == 1
+    assert counted("buddo_reconcile_orphans_removed_total") >= 2
 
     again = stack.cli("reconcile", "--json")
     assert again.returncode == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import HTTPS_PORT, Stack
 
 
 def test_create_restart_stop_destroy(stack: Stack) -> None:
@@ -17,6 +17,8 @@ def test_create_restart_stop_destroy(stack: Stack) -> None:
     page = stack.https("e2e-life")
     assert page.stdout.endswith("\n200"), page
     assert "version v1" in page.stdout
+    # HTTP redirects to the same URL on the (non-standard) HTTPS port.
+    assert stack.http_redirect("e2e-life", "/a/b?c=1") == f"308 https://e2e-life.localhost:{HTTPS_PORT}/a/b?c=1"
 
     [container] = stack.containers("e2e-life")
     config = stack.inspect(container["Id"])
@@ -71,6 +73,21 @@ def test_missing_image_fails_with_a_reason(stack: Stack) -> None:
     assert deploy["action"] == "deploy" and deploy["status"] == "failed"
     assert deploy["details"]["task"] and "does-not-exist" in deploy["details"]["message"]
     assert stack.containers("e2e-missing") == []
+
+    # The deploy log: the job the entry links to, with the playbook's events up to the failed task.
+    job = stack.call("GET", f"/api/deploy/apps/{created['id']}/jobs/{deploy['job_id']}").json()["job"]
+    assert (job["state"], job["action"], job["failed_task"]) == ("failed", "converge", deploy["details"]["task"])
+    assert "does-not-exist" in job["last_error"] and job["duration_s"] is not None
+    tasks = [e["task"] for e in job["events"] if e["event"] == "playbook_on_task_start"]
+    assert "Observe the containers and sites on this host" in tasks and deploy["details"]["task"] in tasks
+    [failed] = [e for e in job["events"] if e["task"] == deploy["details"]["task"] and e["status"] == "ignored"]
+    assert failed["host"] == "container-host-1"
+    assert job["events"][-1]["event"] == "playbook_on_stats"
+
+    # The worker's counts reach /metrics through the API (one directory, var/metrics).
+    samples = stack.metrics()
+    assert samples[("buddo_jobs_total", (("action", "converge"), ("outcome", "failed")))] >= 1
+    assert samples[("buddo_deployments", (("health", "unhealthy"), ("status", "failed")))] >= 1
 
 
 def test_app_that_never_listens_fails_after_the_wait(stack: Stack) -> None:

@@ -36,7 +36,8 @@ def test_output_of_a_container_that_printed_and_crashed(stack: Stack, tmp_path: 
     texts = [(line["stream"], line["text"]) for line in body["lines"]]
     assert ("stdout", "starting with token ********") in texts, texts
     assert ("stderr", "cannot open database") in texts, texts
-    assert body["container"]["state"] in {"exited", "stopped"} and body["container"]["exit_code"] == 3, body["container"]
+    container = body["container"]
+    assert container["state"] in {"exited", "stopped"} and container["exit_code"] == 3, container
     # Newest last, and bounded by tail.
     last = stack.call("GET", f"/api/deploy/apps/{ident}/output", params={"tail": "1"}).json()["lines"]
     assert len(last) == 1 and last[0]["at"] == body["lines"][-1]["at"]

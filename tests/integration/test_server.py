@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,3 +98,36 @@ def test_tier_limit_holds_across_processes(servers):
     with ThreadPoolExecutor(max_workers=8) as pool:
         codes = sorted(pool.map(create, range(8)))
     assert codes == [201] * 3 + [429] * 5  # buddo-starter allows 3
+
+
+def _requests_counted(base: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "buddo_http_requests_total" and s.labels["endpoint"] == "/api/deploy/openapi.json")
+
+
+def test_metrics_of_every_gunicorn_worker_add_up(servers, tmp_path: Path):
+    """Two servers of two gunicorn workers each share var/metrics: any of them reports every request."""
+    before = _requests_counted(servers[0])
+
+    def get(i: int) -> int:
+        return requests.get(f"{servers[i % 2]}/api/deploy/openapi.json", timeout=10).status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert set(pool.map(get, range(40))) == {200}
+    assert _requests_counted(servers[1]) - before == 40
+    assert _requests_counted(servers[0]) - before == 40
+    # Counted by more than one process (each server's workers write files of their own).
+    pids = {int(path.stem.rsplit("_", 1)[1]) for path in (tmp_path / "metrics").glob("counter_*.db")}
+    assert len(pids) >= 2
+
+    # A gunicorn worker that dies (gunicorn's child_exit marks it dead) keeps its counts in the totals.
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{victim}").exists() and time.monotonic() < deadline:  # until gunicorn reaped it
+        time.sleep(0.1)
+    assert not Path(f"/proc/{victim}").exists()
+    assert _requests_counted(servers[0]) - before == 40

@@ -11,7 +11,7 @@ import yaml
 from buddo_deploy.crypto import decrypt_env, encrypt_env
 from buddo_deploy.runner import unsafe_yaml
 from buddo_deploy.schemas import IMAGE_PATH_PATTERN
-from buddo_deploy.settings import Settings
+from buddo_deploy.settings import Settings, SettingsError
 
 
 def test_settings_from_env(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_embedded_default_makes_its_secrets_once(tmp_path: Path) -> None:
 
 
 def test_production_without_secrets_refuses_to_start(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="missing secret"):
+    with pytest.raises(SettingsError, match="BUDDO_JWT_SECRET and BUDDO_SECRET_KEY not set"):
         Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_DATABASE_URL": "postgresql://u@h/db"})
 
 

@@ -91,4 +91,5 @@ def log_entry_out(entry: Any) -> LogEntryOut:
         initiated_by=entry.initiated_by,
         inserted_at=entry.inserted_at,
         details=json.loads(entry.details) if entry.details else None,
+        job_id=entry.job_id,
     )

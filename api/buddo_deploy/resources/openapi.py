@@ -70,10 +70,35 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return parameters
 
 
+def _ops_paths(item: list[dict[str, Any]]) -> dict[str, Any]:
+    """The deploy log's job view and the Prometheus endpoint."""
+    job = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1},
+           "description": "`job_id` of an audit entry"}
+    return {
+        "/api/deploy/apps/{deployment_id}/jobs/{job_id}": {
+            "parameters": [*item, job],
+            "get": _operation("getDeploymentJob",
+                              "One job of the deploy log: its run and the playbook events it recorded",
+                              "JobEnvelope", (404, 422)) | {"parameters": _query_parameters(schemas.JobQuery)},
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "getMetrics",
+                "summary": "Prometheus metrics (text format); only for clients in BUDDO_METRICS_ALLOW",
+                "security": [],
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "403": {"description": "Client address not allowed", "content": _json("ErrorOut")},
+                },
+            },
+        },
+    }
+
+
 def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
-        schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut,
+        schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut, schemas.JobEnvelope,
         schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut, schemas.ReleaseList, schemas.RollbackIn,
         schemas.OutputOut,
     ]
@@ -133,6 +158,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         "/api/deploy/apps/{deployment_id}/rollback": {"parameters": item, "post": rollback},
     }
     paths |= _billing_paths()
+    paths |= _ops_paths(item)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Buddo Deploy API", "version": "1.0.0"},

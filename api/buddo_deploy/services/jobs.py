@@ -1,0 +1,72 @@
+"""A deployment's jobs as the deploy log shows them: the run, and the playbook events it recorded.
+
+Events are the summaries the worker recorded (task, host, status, and for a failed
+task its message); the raw ansible-runner events, which may hold module arguments,
+are never stored (runner.py), so nothing here can show a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import NotFound, Unprocessable
+from ..models import Deployment, Job, JobEvent
+
+# A job id is a 64-bit integer; anything longer cannot name one.
+_MAX_ID_DIGITS = 18
+
+
+def _digits(raw: str) -> bool:
+    return raw.isascii() and raw.isdigit() and len(raw) <= _MAX_ID_DIGITS
+
+
+@dataclass(frozen=True)
+class JobLog:
+    job: Job
+    events: list[JobEvent]
+    next_cursor: str | None
+    failed_task: str | None
+
+
+def _cursor(raw: str | None) -> int:
+    if raw is None:
+        return 0
+    if not _digits(raw):
+        raise Unprocessable.for_field("cursor", "is not a cursor this API returned", "invalid_cursor")
+    return int(raw)
+
+
+def job_log(deployment: Deployment, raw_job_id: str, *, limit: int, cursor: str | None) -> JobLog:
+    """One job of ``deployment`` with a page of its events; 404 for any other job id."""
+    job = None
+    if _digits(raw_job_id):
+        job = Job.get_or_none((Job.id == int(raw_job_id)) & (Job.deployment == deployment.id))
+    if job is None:
+        raise NotFound("Job not found for this deployment", code="job_not_found")
+    rows = list(
+        JobEvent.select()
+        .where((JobEvent.job == job.id) & (JobEvent.id > _cursor(cursor)))
+        .order_by(JobEvent.id)
+        .limit(limit + 1)
+    )
+    next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
+    return JobLog(job, rows[:limit], next_cursor, _failed_task(job))
+
+
+def _failed_task(job: Job) -> str | None:
+    """The task the latest attempt failed at, if it failed.
+
+    A failure that belongs to one deployment is registered and reported by the
+    playbook (``ignore_errors``, so the others on the host go on): its event says
+    ``ignored``, and counts when nothing failed outright.
+    """
+    if job.last_error is None:
+        return None
+    failed = list(
+        JobEvent.select(JobEvent.task, JobEvent.status)
+        .where((JobEvent.job == job.id) & (JobEvent.attempt == job.attempts)
+               & JobEvent.status.in_(("failed", "unreachable", "ignored")) & JobEvent.task.is_null(False))
+        .order_by(JobEvent.id)
+    )
+    first = next((e for e in failed if e.status != "ignored"), failed[0] if failed else None)
+    return first.task if first else None
