@@ -40,7 +40,7 @@ def test_output_of_a_container_that_printed_and_crashed(stack: Stack, tmp_path: 
     assert container["state"] in {"exited", "stopped"} and container["exit_code"] == 3, container
     # Newest last, and bounded by tail.
     last = stack.call("GET", f"/api/deploy/apps/{ident}/output", params={"tail": "1"}).json()["lines"]
-    assert len(last) == 1 and last[0]["at"] == body["lines"][-1]["at"]
+    assert len(last) == 1 and last[0]["at"] == body["lines"][-1]["at"], "the failed container kept running"
     # Nothing of it stays behind: not in the job row, nor in the worker's or the API's log.
     logs = (stack.root / "worker.log").read_text(errors="replace") + (stack.root / "api.log").read_text(
         errors="replace")

@@ -197,7 +197,14 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
     except AppFailure:
         if serving is None:
             # Nothing serves: keep it, stopped, for its output (the next new container removes it).
-            podman.run("stop", "--time", "2", container_id, check=False)
+            # A stop that lands between a crash and the restart policy's restart is undone by
+            # it: stop until it stays down.
+            for _ in range(5):
+                podman.run("stop", "--time", "2", container_id, check=False)
+                time.sleep(1)
+                status = podman.run("inspect", "--format", "{{.State.Status}}", container_id, check=False)[1]
+                if status.strip() not in {"running", "restarting"}:
+                    break
         else:
             podman.run("rm", "--force", "--time", "2", container_id, check=False)
         raise
