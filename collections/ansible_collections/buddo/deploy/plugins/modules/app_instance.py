@@ -22,8 +22,6 @@ description:
     O(keep) to O(name), tags the images of O(keep_images) (the newest releases) so they
     stay for rollbacks, drops the tags of older ones and removes dangling images no
     container uses.
-  - A new container that never answers while nothing else serves (a first deploy) is
-    kept, stopped, so what it printed can still be read; beside a serving one it is removed.
   - O(state=stopped) stops every container of the deployment; O(state=absent) removes
     them and the image reference when no other container uses it.
   - Env values never reach a command line when they fit an env file (one line each),
@@ -195,18 +193,7 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
     try:
         wait_until_answers(podman, container_id, url, p["wait_timeout"])
     except AppFailure:
-        if serving is None:
-            # Nothing serves: keep it, stopped, for its output (the next new container removes it).
-            # A stop that lands between a crash and the restart policy's restart is undone by
-            # it: stop until it stays down.
-            for _ in range(5):
-                podman.run("stop", "--time", "2", container_id, check=False)
-                time.sleep(1)
-                status = podman.run("inspect", "--format", "{{.State.Status}}", container_id, check=False)[1]
-                if status.strip() not in {"running", "restarting"}:
-                    break
-        else:
-            podman.run("rm", "--force", "--time", "2", container_id, check=False)
+        podman.run("rm", "--force", "--time", "2", container_id, check=False)
         raise
     return {"id": container_id, "name": name, "host_port": port}
 
