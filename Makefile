@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-reconcile clean
+.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-reconcile clean sshd
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -33,13 +33,19 @@ fuzz-api: venv
 # pytest (API on SQLite and PostgreSQL, runner, engine, end to end), then molecule.
 # bootstrap installs Podman, runc and Caddy from Debian's packages on a fresh machine;
 # local_registry installs Debian's docker-registry and serves 127.0.0.1:5000.
-test: venv postgres lint fuzz-api bootstrap
+test: venv postgres lint fuzz-api bootstrap sshd
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/local_registry.yml
 	BUDDO_TEST_POSTGRES_URL=postgresql://buddo:buddo@127.0.0.1:5432/buddo_test $(BIN)/pytest -q tests
 	scripts/engine-molecule.sh
 
 test-api: venv postgres
 	$(BIN)/pytest -q tests/api tests/unit tests/integration
+
+# The e2e test of a second container host reaches it over real SSH (an sshd it starts on
+# loopback); RUNLEVEL=1 keeps the package from starting a system sshd on port 22.
+sshd:
+	@test -x /usr/sbin/sshd || (apt-get update -qq \
+		&& RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server)
 
 bootstrap: venv
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/bootstrap.yml

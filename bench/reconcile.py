@@ -20,12 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from buddo_deploy.runner import run_playbook  # noqa: E402
 
-from tests.e2e.conftest import Stack, start_stack, stop_stack  # noqa: E402
+from tests.e2e.conftest import ADMIN, Stack, start_stack, stop_stack  # noqa: E402
 
 
 def reconcile(stack: Stack) -> tuple[float, dict]:
@@ -54,7 +56,16 @@ def main() -> None:
     parser.add_argument("--drift", type=int, default=10)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="buddo-bench-reconcile-"))
-    stack = start_stack(root)
+
+    def room_for_all(inventory: Path) -> list[str]:
+        """Capacity for N buddo-starter deployments (256 MB): the bench measures reconcile, not placement."""
+        hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+        host = hosts["container_hosts"]["hosts"]["container-host-1"]
+        host["buddo_host_memory_mb"] = max(host["buddo_host_memory_mb"], 256 * args.deployments)
+        (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+        return [ADMIN]
+
+    stack = start_stack(root, room_for_all)
     # The bench's reconciles are the only runs: no worker, no health prober.
     for worker in stack.workers:
         worker.terminate()

@@ -29,6 +29,12 @@ export BUDDO_RATE_LIMIT_READ=1000000 BUDDO_RATE_LIMIT_WRITE=1000000 BUDDO_RATE_L
 # Enough room for every deployment the stateful phase creates, so limits do not hide the
 # per-deployment operations (the tiers' own limits still apply and answer 429).
 export BUDDO_MAX_DEPLOYMENTS_PER_ACCOUNT=1000000
+# The same for placement: one container host with memory for them all (destroyed
+# deployments hold theirs until a worker tore them down, and no worker runs here).
+mkdir -p "$work/inventory"
+printf 'container_hosts:\n  hosts:\n    container-host-1:\n      ansible_connection: local\n      buddo_host_memory_mb: 1000000000\n' \
+    >"$work/inventory/hosts.yml"
+export BUDDO_INVENTORY="$work/inventory"
 
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"

@@ -9,7 +9,7 @@ import falcon
 from . import errors, metrics
 from .auth import Auth
 from .db import open_database
-from .inventory import host_labels
+from .inventory import container_hosts, host_labels
 from .middleware import Database, RequestId, RequestMetrics
 from .ratelimit import RateLimit
 from .resources.apps import AppsResource
@@ -37,6 +37,8 @@ def validation_context(settings: Settings) -> ValidationContext:
 
 def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     settings = settings or Settings.from_env()
+    # Placement reads the container hosts on every create: a malformed inventory stops the start.
+    container_hosts(settings.inventory, settings.host_port_range)
     db = open_database(settings.database_url)
     metrics.prepare(settings.var_dir)
     limiter = RateLimit(settings)

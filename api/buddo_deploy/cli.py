@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 
 from . import metrics
+from .inventory import InventoryError, container_hosts
 from .models import database_proxy
 from .settings import Settings, SettingsError
 
@@ -175,7 +176,8 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     owner = f"cli:{socket.gethostname()}:{os.getpid()}"
     lease = settings.job_lease_s
     reports = []
-    for host in [args.host] if args.host else (engine.hosts() or [settings.default_host]):
+    every = engine.hosts(h.name for h in container_hosts(settings.inventory, settings.host_port_range))
+    for host in [args.host] if args.host else every:
         with write_transaction(database_proxy.obj):
             job = jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s, reserved_for=owner,
                                              lease_s=lease)
@@ -298,6 +300,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "token":
         _token(settings, args)
         return 0
+    if args.command in {"serve", "worker", "reconcile"}:
+        try:
+            container_hosts(settings.inventory, settings.host_port_range)
+        except InventoryError as exc:
+            raise UsageError(f"cannot use the inventory {settings.inventory}: {exc}") from None
     # db upgrade and serve migrate; everything else needs the schema as this version has it.
     _check_database(settings, schema=args.command not in {"db", "serve"})
     if args.command == "db":

@@ -1,9 +1,12 @@
-"""Host names from the Ansible inventory the worker uses (YAML, as in inventory/, or INI)."""
+"""What the API takes from the Ansible inventory the worker uses: host names (YAML or INI) and the
+container hosts with their capacity, port range and public addresses (YAML, host and group vars)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +95,125 @@ def host_labels(inventory: Path) -> tuple[str, ...]:
                 candidates.append(hostvars["ansible_host"])
             labels.update(label for label in map(_first_label, candidates) if label)
     return tuple(sorted(labels))
+
+
+# --- container hosts ---------------------------------------------------------
+
+CONTAINER_GROUP = "container_hosts"
+
+
+class InventoryError(Exception):
+    """The inventory cannot be used for placement (its message says what to fix)."""
+
+
+@dataclass(frozen=True)
+class ContainerHost:
+    """One host of group container_hosts, with what placement and DNS need from its vars."""
+
+    name: str
+    memory_mb: int
+    port_range: tuple[int, int]
+    public_ipv4: str | None = None
+    public_ipv6: str | None = None
+
+
+def _group_hosts(group: Any) -> dict[str, dict[str, Any]]:
+    """Hosts of a YAML group and its children, with their inline vars."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, hostvars in _hosts(group):
+        found.setdefault(name, {}).update(hostvars if isinstance(hostvars, dict) else {})
+    return found
+
+
+def _vars_file(directory: Path, name: str) -> dict[str, Any]:
+    """group_vars/<name>.yml (or .yaml, or a directory of such files), as Ansible reads them."""
+    merged: dict[str, Any] = {}
+    candidates = [directory / f"{name}{ext}" for ext in ("", ".yml", ".yaml")]
+    for candidate in candidates:
+        paths = sorted(p for p in candidate.iterdir() if p.suffix in _YAML) if candidate.is_dir() else (
+            [candidate] if candidate.is_file() and candidate.suffix in _YAML else [])
+        for path in paths:
+            data = _load_yaml(path)
+            if data is None:
+                continue
+            if not isinstance(data, dict):
+                raise InventoryError(f"{path}: not a mapping of variables")
+            merged.update(data)
+    return merged
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        raise InventoryError(f"{path}: invalid YAML ({exc.__class__.__name__})") from exc
+
+
+def _int(host: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+        raise InventoryError(f"{host}: {key} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def _port_range(host: str, value: Any) -> tuple[int, int]:
+    low, sep, high = str(value).partition("-")
+    try:
+        ports = (int(low), int(high)) if sep else (0, -1)
+    except ValueError:
+        ports = (0, -1)
+    if not 1024 <= ports[0] < ports[1] <= 65535:
+        raise InventoryError(f"{host}: buddo_host_port_range must be 'LOW-HIGH' within 1024-65535, not {value!r}")
+    return ports
+
+
+def _container_host(name: str, hostvars: dict[str, Any], default_ports: tuple[int, int]) -> ContainerHost:
+    if "buddo_host_memory_mb" not in hostvars:
+        raise InventoryError(f"{name}: no buddo_host_memory_mb (memory for containers, in host or group vars)")
+    memory = _int(name, "buddo_host_memory_mb", hostvars["buddo_host_memory_mb"])
+    ports = _port_range(name, hostvars["buddo_host_port_range"]) if "buddo_host_port_range" in hostvars \
+        else default_ports
+    addresses: dict[str, str | None] = {}
+    for key, version in (("buddo_public_ipv4", 4), ("buddo_public_ipv6", 6)):
+        value = hostvars.get(key) or None
+        if value is not None:
+            try:
+                if ipaddress.ip_address(str(value)).version != version:
+                    raise ValueError(value)
+            except ValueError as exc:
+                raise InventoryError(f"{name}: {key} is not an IPv{version} address: {value!r}") from exc
+        addresses[key] = None if value is None else str(value)
+    return ContainerHost(name, memory, ports, addresses["buddo_public_ipv4"], addresses["buddo_public_ipv6"])
+
+
+@functools.lru_cache(maxsize=8)
+def container_hosts(inventory: Path, default_ports: tuple[int, int] = (20000, 29999)) -> tuple[ContainerHost, ...]:
+    """The hosts of group container_hosts with their capacity, ports and addresses; parsed once per path.
+
+    Variables are taken as Ansible would for these plain values: group_vars/all, then
+    group_vars/container_hosts, then host_vars/<host>, then the host's inline vars.
+    Only YAML inventories carry this (an INI inventory cannot say a host's capacity).
+    Raises InventoryError when the group is missing or a host's vars are unusable.
+    """
+    files = [p for p in _files(inventory) if p.suffix in _YAML]
+    hosts: dict[str, dict[str, Any]] = {}
+    for path in files:
+        data = _load_yaml(path)
+        if not isinstance(data, dict):
+            continue
+        for group_name, group in data.items():
+            if group_name == CONTAINER_GROUP:
+                for name, inline in _group_hosts(group).items():
+                    hosts.setdefault(name, {}).update(inline)
+            elif isinstance(group, dict) and isinstance(group.get("children"), dict) \
+                    and CONTAINER_GROUP in group["children"]:
+                for name, inline in _group_hosts(group["children"][CONTAINER_GROUP]).items():
+                    hosts.setdefault(name, {}).update(inline)
+    if not hosts:
+        raise InventoryError(f"{inventory}: no hosts in group {CONTAINER_GROUP}")
+    base = inventory if inventory.is_dir() else inventory.parent
+    group_vars = {**_vars_file(base / "group_vars", "all"), **_vars_file(base / "group_vars", CONTAINER_GROUP)}
+    found = []
+    for name in sorted(hosts):
+        hostvars = {**group_vars, **_vars_file(base / "host_vars", name), **hosts[name]}
+        found.append(_container_host(name, hostvars, default_ports))
+    return tuple(found)

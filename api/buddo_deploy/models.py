@@ -56,6 +56,9 @@ class Tier(BaseModel):
     ad_reach_multiplier = peewee.FloatField()
     max_deployments = peewee.IntegerField()
     position = peewee.IntegerField(default=0)
+    # Caps of each container (migration 0004): processes, and the size its log file may reach.
+    pids_limit = peewee.IntegerField(default=128)
+    log_max_size_mb = peewee.IntegerField(default=10)
 
     class Meta:
         table_name = "tiers"

@@ -225,6 +225,8 @@ class TierOut(BaseModel):
     monthly_stipend_points: int
     ad_reach_multiplier: float
     max_deployments: int
+    pids_limit: int = Field(description="Most processes (and threads) a deployment's container may run")
+    log_max_size_mb: int = Field(description="Size in MB at which a container's log is truncated")
 
 
 class DeploymentOut(BaseModel):

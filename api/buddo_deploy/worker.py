@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from . import jobqueue, metrics
 from .db import open_database, write_transaction
+from .inventory import container_hosts
 from .models import Job, database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
 from .services import billing, engine, output
@@ -209,7 +210,7 @@ class HealthProber:
 
 
 def queue_reconciles(settings: Settings) -> None:
-    for host in engine.hosts() or [settings.default_host]:
+    for host in engine.hosts(h.name for h in container_hosts(settings.inventory, settings.host_port_range)):
         with write_transaction(database_proxy.obj):
             jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s)
 
@@ -234,6 +235,7 @@ class BillingClock:
 
 
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
+    container_hosts(settings.inventory, settings.host_port_range)  # a malformed inventory stops the start
     open_database(settings.database_url)
     metrics.sweep(metrics.prepare(settings.var_dir))
     if swept := sweep_stale_secrets():

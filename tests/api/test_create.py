@@ -209,7 +209,8 @@ def test_the_configured_inventory_hosts_are_reserved(client_with, tmp_path):
     inventory = tmp_path / "inventory"
     inventory.mkdir()
     (inventory / "hosts.yml").write_text(
-        "container_hosts:\n  hosts:\n    edge-9:\n      ansible_host: edge-9.example.net\n")
+        "container_hosts:\n  hosts:\n    edge-9:\n      ansible_host: edge-9.example.net\n"
+        "      buddo_host_memory_mb: 1024\n")
     client = client_with(inventory=inventory)
     resp = post(client, create_body(subdomain="edge-9"))
     assert resp.status_code == 422

@@ -67,6 +67,8 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     subdomains: set[str] = field(default_factory=set)
     api_process: subprocess.Popen[bytes] | None = None
+    # Every Caddy the stack started (one per container host), stopped with it.
+    caddy_admins: list[str] = field(default_factory=lambda: [ADMIN])
 
     @property
     def ca(self) -> Path:
@@ -84,7 +86,7 @@ class Stack:
         result = ansible(
             "local_registry.yml", self.inventory, "-e", f"local_registry_demo_version={version}",
             "-e", f"local_registry_demo_tag={tag}", "-e", f"local_registry_demo_repository={self.repository}",
-            "-e", f"local_registry_demo_port={port}",
+            "-e", f"local_registry_demo_port={port}", "--limit", "container-host-1",  # the one registry
         )
         assert result.returncode == 0, result.stdout[-3000:]
         return f"127.0.0.1:5000/{self.repository}:{tag}"
@@ -200,10 +202,15 @@ class Stack:
         return dict(json.loads(out)[0])
 
 
-def start_stack(root: Path) -> Stack:
-    """Bootstrap a Caddy of the stack's own and start the API and one worker."""
+def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None) -> Stack:
+    """Bootstrap a Caddy of the stack's own and start the API and one worker.
+
+    ``configure`` may change the inventory before the bootstrap; it returns the admin
+    addresses of the Caddys it configured.
+    """
     var_dir = root / "var"
     inventory = write_inventory(root / "inventory", var_dir)
+    admins = configure(inventory) if configure else [ADMIN]
     boot = ansible("bootstrap.yml", inventory)
     assert boot.returncode == 0, boot.stdout[-4000:]
     port = free_port()
@@ -237,7 +244,7 @@ def start_stack(root: Path) -> Stack:
     api = subprocess.Popen([str(BIN / "buddo-deploy"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
                            env=env, stdout=(root / "api.log").open("ab"), stderr=subprocess.STDOUT)
     stack = Stack(root=root, inventory=inventory, api=f"http://127.0.0.1:{port}", env=env,
-                  repository=f"e2e/hello-{uuid.uuid4().hex[:8]}", api_process=api)
+                  repository=f"e2e/hello-{uuid.uuid4().hex[:8]}", api_process=api, caddy_admins=admins)
     try:
         wait_until_up(f"{stack.api}/api/deploy/openapi.json", api)
         stack.start_worker()
@@ -260,7 +267,14 @@ def stop_stack(stack: Stack) -> None:
         ids = [c["Id"] for c in stack.containers(subdomain)]
         if ids:
             subprocess.run(["podman", "rm", "-f", *ids], check=False, capture_output=True)
-    subprocess.run(["caddy", "stop", "--address", ADMIN], check=False, capture_output=True)
+    networks = subprocess.run(
+        ["podman", "network", "ls", "-q", "--filter", f"label=buddo.instance={stack.env['BUDDO_INSTANCE']}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()
+    if networks:
+        subprocess.run(["podman", "network", "rm", "-f", *networks], check=False, capture_output=True)
+    for admin in stack.caddy_admins:
+        subprocess.run(["caddy", "stop", "--address", admin], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")

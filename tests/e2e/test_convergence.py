@@ -49,6 +49,7 @@ def unreachable_host(stack: Stack) -> Iterator[None]:
     hosts.write_text(
         "container_hosts:\n  hosts:\n    container-host-1:\n"
         "      ansible_connection: ssh\n      ansible_host: 127.0.0.1\n      ansible_port: 9\n"
+        "      buddo_host_memory_mb: 16384\n"  # `buddo-deploy reconcile` reads the inventory too
     )
     try:
         yield

@@ -187,6 +187,8 @@ class Engine:
             "host_ports": free_port_pair(),
             "memory_limit_mb": 64,
             "cpu_limit_millicores": 250,
+            "pids_limit": 64,
+            "log_max_size_mb": 5,
             "custom_domain": "",
             "spec": uuid.uuid4().hex[:24],
             "revision": 1,
@@ -406,6 +408,12 @@ def _cleanup(engine: Engine) -> None:
     ).stdout.split()
     if ids:
         subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
+    networks = subprocess.run(
+        ["podman", "network", "ls", "-q", "--filter", f"label=buddo.instance={engine.instance}"],
+        capture_output=True, text=True,
+    ).stdout.split()
+    if networks:
+        subprocess.run(["podman", "network", "rm", "-f", *networks], capture_output=True)
     images = subprocess.run(
         ["podman", "images", "-q", "--filter", f"reference={engine.registry}/*/*"], capture_output=True, text=True
     ).stdout.split()

@@ -43,6 +43,12 @@ def absent(item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "state": "absent"}
 
 
+def network_of(item: dict[str, Any]) -> dict[str, Any] | None:
+    """The deployment's own network as `podman network inspect` shows it; None when there is none."""
+    out = subprocess.run(["podman", "network", "inspect", f"buddo-{item['id']}"], capture_output=True, text=True)
+    return dict(json.loads(out.stdout)[0]) if out.returncode == 0 else None
+
+
 def test_converge_runs_replaces_stops_and_removes_idempotently(engine: Engine) -> None:
     image = engine.push_demo("v1", "conv")
     item = engine.deployment("life", engine.registry + "/demo/hello:conv")
@@ -62,6 +68,10 @@ def test_converge_runs_replaces_stops_and_removes_idempotently(engine: Engine) -
         assert info["HostConfig"]["Memory"] == 64 * 1024 * 1024 and info["HostConfig"]["NanoCpus"] == 250_000_000
         assert info["Config"]["Labels"]["buddo.instance"] == engine.instance
         assert info["Name"] == item["container_name"]
+        assert list(info["NetworkSettings"]["Networks"]) == [f"buddo-{item['id']}"]
+        network = network_of(item)
+        assert network is not None and network["options"] == {"isolate": "true"} and not network["dns_enabled"]
+        assert network["labels"]["buddo.instance"] == engine.instance
 
         again = engine.converged([item])
         assert again.changed == 0 and again.outcome(item)["drift"] == []
@@ -88,7 +98,7 @@ def test_converge_runs_replaces_stops_and_removes_idempotently(engine: Engine) -
     finally:
         gone = engine.converged([absent(item)])
     assert gone.outcome(item)["ok"]
-    assert containers_of(item) == [] and not site_file(engine, item).exists()
+    assert containers_of(item) == [] and not site_file(engine, item).exists() and network_of(item) is None
     assert f'"{host_of(item)}"' not in engine.live_config()
     assert engine.converged([absent(item)]).changed == 0
 
@@ -231,9 +241,12 @@ def test_reconcile_removes_orphans_of_its_own_instance_only(engine: Engine) -> N
         partial = engine.converged([kept], reconcile=True, extra={"converge_hosts": []})
         assert partial.orphans == [] and len(containers_of(ghost)) == 1
         done = engine.converged([kept], reconcile=True)
-        assert {f"container {ghost['container_name']}", f"site {ghost['subdomain']}.caddy"} <= set(done.orphans)
-        assert not [o for o in done.orphans if foreign["subdomain"] in o or foreign["container_name"] in o]
-        assert containers_of(ghost) == [] and not site_file(engine, ghost).exists()
+        assert {f"container {ghost['container_name']}", f"site {ghost['subdomain']}.caddy",
+                f"network buddo-{ghost['id']}"} <= set(done.orphans)
+        assert not [o for o in done.orphans
+                    if foreign["subdomain"] in o or foreign["container_name"] in o or foreign["id"] in o]
+        assert containers_of(ghost) == [] and not site_file(engine, ghost).exists() and network_of(ghost) is None
+        assert network_of(foreign) is not None and network_of(kept) is not None
         assert len(containers_of(foreign)) == 1  # another platform's container is not ours to remove
         assert len(containers_of(kept)) == 1 and engine.https_get(host_of(kept))[0] == 200
         # A deployment the document knows of without converging it is no orphan.
@@ -241,6 +254,42 @@ def test_reconcile_removes_orphans_of_its_own_instance_only(engine: Engine) -> N
     finally:
         engine.converged([absent(kept)])
         engine.converged([absent(foreign)], extra={"converge_instance": f"{engine.instance}-other"})
+
+
+def test_a_container_from_before_isolation_and_one_with_old_caps_are_replaced(engine: Engine) -> None:
+    item = engine.deployment("legacy", f"{engine.registry}/demo/hello:v1")
+    # As app_instance ran it before tenants had networks of their own: Podman's shared bridge, no caps.
+    labels = {"buddo.deployment_id": item["id"], "buddo.spec": item["spec"], "buddo.managed_by": "buddo-deploy",
+              "buddo.instance": engine.instance, "buddo.test": engine.session_id, "buddo.subdomain": item["subdomain"]}
+    legacy = ["podman", "run", "-d", "--name", item["container_name"], "--security-opt", "no-new-privileges",
+              "--publish", f"127.0.0.1:{item['host_ports'][0]}:3000",
+              *[arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")], item["image"]]
+    subprocess.run(legacy, check=True, capture_output=True)
+    try:
+        outcome = engine.converged([item]).outcome(item)
+        assert outcome["ok"], outcome
+        [reason] = [d for d in outcome["drift"] if d.startswith("settings differ")]
+        assert f"network podman, want buddo-{item['id']}" in reason and "pids limit" in reason
+        [container] = containers_of(item)
+        info = engine.container(container["Id"])
+        assert info is not None and info["Name"] == item["container_name"]
+        assert list(info["NetworkSettings"]["Networks"]) == [f"buddo-{item['id']}"]
+        assert info["HostConfig"]["PidsLimit"] == 64 and info["HostConfig"]["LogConfig"]["Size"] == "5MB"
+        assert "CAP_NET_RAW" not in info["EffectiveCaps"]
+        assert engine.https_get(host_of(item))[0] == 200
+
+        # The tier's caps changed: the container is replaced beside the serving one.
+        bigger = {**item, "pids_limit": 100, "log_max_size_mb": 6, "generation": 2}
+        again = engine.converged([bigger])
+        assert again.outcome(bigger)["drift"] == ["settings differ (pids limit 64, want 100; log cap 5 MB, want 6 MB)"]
+        [container] = containers_of(item)
+        info = engine.container(container["Id"])
+        assert info is not None and info["HostConfig"]["PidsLimit"] == 100
+        assert engine.https_get(host_of(item))[0] == 200
+        assert engine.converged([bigger]).changed == 0
+    finally:
+        engine.converged([absent(item)])
+    assert containers_of(item) == [] and network_of(item) is None
 
 
 def reload_caddy(engine: Engine) -> None:

@@ -24,7 +24,13 @@ def servers(tmp_path: Path, backend: str) -> Iterator[list[str]]:
         reset_postgres(url)
     else:
         url = f"sqlite:///{tmp_path / 'buddo.db'}"
+    # Two container hosts with room for three btc-pro (1024 MB) deployments in all.
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "hosts.yml").write_text(
+        "container_hosts:\n  hosts:\n"
+        "    host-a: {buddo_host_memory_mb: 2048}\n    host-b: {buddo_host_memory_mb: 1024}\n")
     env = os.environ | {
+        "BUDDO_INVENTORY": str(tmp_path / "inventory"),
         "BUDDO_VAR_DIR": str(tmp_path),
         "BUDDO_DATABASE_URL": url,
         "BUDDO_JWT_SECRET": JWT_SECRET,
@@ -131,3 +137,16 @@ def test_metrics_of_every_gunicorn_worker_add_up(servers, tmp_path: Path):
         time.sleep(0.1)
     assert not Path(f"/proc/{victim}").exists()
     assert _requests_counted(servers[0]) - before == 40
+
+
+def test_placement_never_overcommits_across_processes(servers):
+    def create(i: int) -> tuple[int, str | None]:
+        resp = requests.post(f"{servers[i % 2]}/api/deploy/apps",
+                             json=create_body(subdomain=f"place-{i}", tier="btc-pro"),
+                             headers=auth(f"placer-{i}"), timeout=10)
+        body = resp.json()
+        return resp.status_code, (body.get("deployment") or {}).get("host") or body["error"]["code"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = sorted(pool.map(create, range(8)))
+    assert results == [(201, "host-a"), (201, "host-a"), (201, "host-b")] + [(503, "capacity_exhausted")] * 5

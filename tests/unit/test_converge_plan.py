@@ -27,15 +27,17 @@ def item(**over: Any) -> dict[str, Any]:
     """One desired deployment (see playbooks/README.md)."""
     return {"id": "d1", "host": "h1", "subdomain": "shop", "container_name": "buddo-d1", "state": "running",
             "image": "registry.example.com/demo/shop:v2", "port": 8080, "host_ports": [20000, 20001],
-            "memory_limit_mb": 256, "cpu_limit_millicores": 500, "custom_domain": "", "spec": "spec-2",
-            "revision": 2, "pull": "missing", "generation": 3, **over}
+            "memory_limit_mb": 256, "cpu_limit_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
+            "custom_domain": "", "spec": "spec-2", "revision": 2, "pull": "missing", "generation": 3, **over}
 
 
 def container(**over: Any) -> dict[str, Any]:
-    """One container as host_state reports it."""
+    """One container as host_state reports it (on its deployment's own network, with the item's caps)."""
     return {"id": "c1", "name": "buddo-d1", "deployment_id": "d1", "spec": "spec-2", "state": "running",
             "exit_code": 0, "host_port": 20000, "image": "registry.example.com/demo/shop:v2", "memory_mb": 256,
-            "cpu_millicores": 500, **over}
+            "cpu_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
+            "networks": [f"buddo-{over.get('deployment_id', 'd1')}"], "no_new_privileges": True,
+            **over}
 
 
 def site(**over: Any) -> dict[str, Any]:
@@ -44,9 +46,11 @@ def site(**over: Any) -> dict[str, Any]:
             "upstream_port": 20000, **over}
 
 
-def observed(containers: list[dict[str, Any]] | None = None, sites: list[dict[str, Any]] | None = None
-             ) -> dict[str, Any]:
-    return {"changed": False, "containers": containers or [], "sites": sites or []}
+def observed(containers: list[dict[str, Any]] | None = None, sites: list[dict[str, Any]] | None = None,
+             networks: list[str] | None = None) -> dict[str, Any]:
+    """host_state's result; ``networks``: deployment ids whose network exists."""
+    return {"changed": False, "containers": containers or [], "sites": sites or [],
+            "networks": [{"name": f"buddo-{i}", "deployment_id": i, "isolated": True} for i in networks or []]}
 
 
 def live(routes: dict[str, int]) -> str:
@@ -65,7 +69,7 @@ def plan_of(desired: list[dict[str, Any]], obs: dict[str, Any], live_config: str
 
 def empty(plan: dict[str, Any]) -> bool:
     return (not any(plan[k] for k in ("start", "stop", "remove", "remove_sites", "orphan_containers",
-                                      "orphan_sites", "drift")) and plan["reload"] is False)
+                                      "orphan_sites", "orphan_networks", "drift")) and plan["reload"] is False)
 
 
 # --- converge_plan: running -------------------------------------------------------------------------------
@@ -124,6 +128,48 @@ def test_unknown_limits_are_no_drift() -> None:
     # podman inspect failed: host_state leaves memory_mb None.
     obs = observed([container(memory_mb=None, cpu_millicores=None)], [site()])
     assert empty(plan_of([item()], obs, live({HOST: 20000})))
+
+
+# A container started before tenants had networks of their own and per-tier caps (podman's defaults).
+BEFORE_ISOLATION = {"pids_limit": 2048, "log_max_size_mb": 0, "networks": ["podman"], "no_new_privileges": True}
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"pids_limit": 128}, "pids limit 128, want 256"),
+    ({"log_max_size_mb": 10}, "log cap 10 MB, want 20 MB"),
+    ({"networks": ["podman"]}, "network podman, want buddo-d1"),
+    ({"networks": ["buddo-d1", "podman"]}, "network buddo-d1,podman, want buddo-d1"),
+    ({"networks": []}, "network none, want buddo-d1"),
+    ({"no_new_privileges": False}, "no-new-privileges unset"),
+    (BEFORE_ISOLATION, "pids limit 2048, want 256; log cap 0 MB, want 20 MB; network podman, want buddo-d1"),
+])
+def test_settings_differ_recreates_the_container(settings: dict[str, Any], reason: str) -> None:
+    plan = plan_of([item()], observed([container(**settings)], [site()]), live({HOST: 20000}))
+    assert plan["drift"] == {"d1": [f"settings differ ({reason})"]}
+    [start] = plan["start"]
+    assert start["recreate"] is True and start["serving_port"] == 20000
+
+
+def test_a_changed_tier_cap_is_drift() -> None:
+    # The document carries the tier's current caps: a bigger pids limit replaces the container.
+    plan = plan_of([item(pids_limit=512, log_max_size_mb=50)], observed([container()], [site()]),
+                   live({HOST: 20000}))
+    assert plan["drift"] == {"d1": ["settings differ (pids limit 256, want 512; log cap 20 MB, want 50 MB)"]}
+    assert plan["start"][0]["recreate"] is True
+
+
+def test_unknown_settings_are_no_drift() -> None:
+    # podman inspect failed: host_state leaves them None.
+    unknown = dict.fromkeys(BEFORE_ISOLATION)
+    assert empty(plan_of([item()], observed([container(**unknown)], [site()]), live({HOST: 20000})))
+
+
+def test_a_stopped_container_from_before_isolation_is_replaced_not_started_again() -> None:
+    obs = observed([container(state="exited", **BEFORE_ISOLATION)], [site()])
+    plan = plan_of([item()], obs, live({HOST: 20000}))
+    assert plan["drift"]["d1"][0] == "container not running"
+    assert plan["drift"]["d1"][1].startswith("settings differ (pids limit 2048")
+    assert plan["start"][0]["recreate"] is True
 
 
 def test_old_containers_left_over() -> None:
@@ -234,6 +280,19 @@ def test_absent_removes_the_containers_and_our_site_file() -> None:
     assert plan["reload"] is False  # removing the file reloads Caddy
 
 
+def test_absent_removes_a_network_left_without_containers() -> None:
+    # A teardown interrupted between removing the containers and the network.
+    desired = item(state="absent")
+    plan = plan_of([desired], observed([], [], networks=["d1"]), "")
+    assert plan["remove"] == [desired] and plan["drift"] == {"d1": ["network present"]}
+    assert plan["orphan_networks"] == []
+
+
+def test_stopped_keeps_its_network() -> None:
+    obs = observed([container(state="exited")], [site()], networks=["d1"])
+    assert empty(plan_of([item(state="stopped")], obs, "", prune=True))
+
+
 def test_absent_and_gone_is_no_drift() -> None:
     assert empty(plan_of([item(state="absent")], observed([], []), live({f"other.{BASE}": 20010})))
 
@@ -303,6 +362,17 @@ def test_orphans_are_listed_only_with_prune() -> None:
     # A site file without a deployment marker is never touched.
     assert all("hand" not in f for f in pruned["remove_sites"] + pruned["orphan_sites"])
     assert pruned["start"] == [] and pruned["reload"] is False
+
+
+def test_orphan_networks_are_removed_only_with_prune() -> None:
+    desired = [item(), item(id="d3", subdomain="absent", container_name="buddo-absent", state="absent")]
+    obs = observed([container()], [site()], networks=["d1", "d3", "known-1", "gone"])
+    assert plan_of(desired, obs, "", known=["known-1"])["orphan_networks"] == []
+    pruned = plan_of(desired, obs, "", known=["known-1"], prune=True)
+    # d3's network goes with d3 (remove), known-1's stays, only the network of no deployment is an orphan.
+    assert pruned["orphan_networks"] == ["buddo-gone"]
+    assert pruned["drift"]["orphans"] == ["network buddo-gone"]
+    assert [d["id"] for d in pruned["remove"]] == ["d3"] and pruned["drift"]["d3"] == ["network present"]
 
 
 def test_without_known_ids_the_known_ones_are_orphans() -> None:
@@ -524,6 +594,39 @@ def test_sites_feed_the_plan(tmp_path: Path) -> None:
     obs = observed([container()], host_state.sites(str(tmp_path), "buddo"))
     desired = item(custom_domain="shop.example.org")
     assert empty(plan_of([desired], obs, live({HOST: 20000, "shop.example.org": 20000})))
+
+
+# --- host_state.settings ----------------------------------------------------------------------------------
+
+# Shapes of `podman inspect` (Podman 4.3): an isolated app container, and one from before isolation.
+INSPECT_ISOLATED = {"Id": "c1", "NetworkSettings": {"Networks": {"buddo-d1": {"IPAddress": "10.89.3.2"}}},
+                    "HostConfig": {"Memory": 268435456, "NanoCpus": 500000000, "PidsLimit": 256,
+                                   "LogConfig": {"Type": "k8s-file", "Size": "20MB"},
+                                   "SecurityOpt": ["no-new-privileges"]}}
+INSPECT_SHARED = {"Id": "c2", "NetworkSettings": {"Networks": {"podman": {"IPAddress": "10.88.0.5"}}},
+                  "HostConfig": {"Memory": 268435456, "NanoCpus": 500000000, "PidsLimit": 2048,
+                                 "LogConfig": {"Type": "k8s-file", "Size": "0B"},
+                                 "SecurityOpt": ["no-new-privileges"]}}
+
+
+def test_settings_of_an_isolated_container_match_its_item() -> None:
+    found = host_state.settings(INSPECT_ISOLATED)
+    assert found == {"memory_mb": 256, "cpu_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
+                     "networks": ["buddo-d1"], "no_new_privileges": True}
+    assert empty(plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000})))
+
+
+def test_settings_of_a_container_from_before_isolation_are_drift() -> None:
+    found = host_state.settings(INSPECT_SHARED)
+    assert found == {"memory_mb": 256, "cpu_millicores": 500, **BEFORE_ISOLATION}
+    plan = plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000}))
+    assert plan["drift"]["d1"][0].startswith("settings differ") and plan["start"][0]["recreate"] is True
+
+
+@pytest.mark.parametrize(("size", "mb"), [("10MB", 10), ("1.5GB", 1500), ("500kB", 0), ("0B", 0), ("", 0),
+                                          ("junk", 0)])
+def test_log_size_as_podman_shows_it(size: str, mb: int) -> None:
+    assert host_state.log_size_mb(size) == mb
 
 
 # --- host_state.probe -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ _ERRORS = {
     404: "Not found (deployment, tier, or a malformed deployment id)", 413: "Request body too large",
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
     409: "Reference already used for a different payment", 429: "Rate or deployment limit reached",
-    503: "Unavailable (no free host port; payment webhook not configured)",
+    503: "Unavailable (no container host has room: capacity_exhausted; payment webhook not configured)",
     502: "The host could not be read (app output)", 504: "No worker answered in time (app output)",
 }
 _RATE_HEADERS = {

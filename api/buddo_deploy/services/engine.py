@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jobqueue
 from ..crypto import decrypt_env
 from ..db import write_transaction
-from ..models import AuditEntry, Deployment, Job, JobEvent, database_proxy, utcnow
+from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy, utcnow
 from ..runner import EventSummary, PlaybookResult
 from . import output, state
 
@@ -106,7 +107,8 @@ def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan
 
 def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
     """Desired items of every deployment the host should know of, and the ids to leave alone."""
-    held = Deployment.select().where((Deployment.host == host) & Deployment.released_at.is_null())
+    held = Deployment.select(Deployment, Tier).join(Tier).where(
+        (Deployment.host == host) & Deployment.released_at.is_null())
     rows = {str(d.id): d for d in held}
     items, known = [], []
     for ident, d in rows.items():
@@ -220,8 +222,11 @@ class HealthPolicy:
     timeout_s: int = 600
 
 
-def hosts() -> list[str]:
-    return sorted({d.host for d in Deployment.select(Deployment.host).where(Deployment.released_at.is_null())})
+def hosts(inventory_hosts: Iterable[str] = ()) -> list[str]:
+    """Hosts holding deployments, and the inventory's container hosts (a reconcile of an
+    empty host still removes its orphans)."""
+    held = {d.host for d in Deployment.select(Deployment.host).where(Deployment.released_at.is_null())}
+    return sorted(held | set(inventory_hosts))
 
 
 def _automatic_restarts(d: Deployment, since: dt.datetime) -> list[AuditEntry]:

@@ -24,6 +24,7 @@ from ..auth import Principal
 from ..crypto import encrypt_env
 from ..db import is_postgres, write_transaction
 from ..errors import ApiError, Forbidden, NotFound, TooManyRequests, Unprocessable
+from ..inventory import container_hosts
 from ..models import LIVE_STATUSES, AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
 from ..schemas import DeploymentCreate
 from ..settings import Settings
@@ -33,8 +34,8 @@ from .tiers import get_tier
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 _PORT_ATTEMPTS = 8
-# pg_advisory_xact_lock(key, hashtext(operator)): the two-key space, apart from the job queue's one-key lock.
-_OPERATOR_LOCK = 74_217_002
+# pg_advisory_xact_lock(key) of every create: limits and placement are counted and taken as one step.
+_CREATE_LOCK = 74_217_003
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Lifecycle:
         for _ in range(_PORT_ATTEMPTS):
             try:
                 with write_transaction(db):
+                    self._serialise_creates()
                     self._check_limits(principal, tier)
                     with db.atomic():  # a savepoint: a lost race must not poison the transaction
                         deployment = self._insert(principal, request, tier)
@@ -254,17 +256,21 @@ class Lifecycle:
             )
         return deployment
 
-    def _check_limits(self, principal: Principal, tier: Tier) -> None:
-        """Count and insert as one step per operator, or concurrent creates all pass the count.
+    @staticmethod
+    def _serialise_creates() -> None:
+        """Count and insert as one step platform-wide, or concurrent creates all pass the
+        same count: an operator over its limit, a host over its capacity.
 
         SQLite: write_transaction is BEGIN IMMEDIATE, so writers already run one at a time.
         PostgreSQL: READ COMMITTED lets two transactions count before either inserts, so a
-        transaction-scoped advisory lock per operator orders them; each count then sees the
-        previous create committed.
+        transaction-scoped advisory lock orders creates; each count then sees the previous
+        create committed. One lock for all, because placement compares every host.
         """
         db = database_proxy.obj
         if is_postgres(db):
-            db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_OPERATOR_LOCK, principal.operator_id))
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
+
+    def _check_limits(self, principal: Principal, tier: Tier) -> None:
         live = Deployment.select().where(
             (Deployment.operator_id == principal.operator_id) & (Deployment.status.in_(LIVE_STATUSES))
         )
@@ -283,23 +289,41 @@ class Lifecycle:
                 details={"limit": self.settings.max_deployments_per_account},
             )
 
-    def _free_host_port(self, host: str) -> int:
-        """The first port of a free block of two (the second one is for restarts)."""
-        low, high = self.settings.host_port_range
-        held: set[int] = set()
-        for row in Deployment.select(Deployment.host_port).where(
-            (Deployment.host == host) & Deployment.released_at.is_null()
+    def _place(self, tier: Tier) -> tuple[str, int]:
+        """The host with the most free memory that fits the tier (ties: fewest deployments, then name),
+        and a free block of two ports there (the second one is for restarts).
+
+        Everything a host holds counts (stopped deployments too: they may start again), until
+        its teardown has converged. Call under _serialise_creates.
+        """
+        hosts = container_hosts(self.settings.inventory, self.settings.host_port_range)
+        used: dict[str, tuple[int, int]] = {}
+        held_ports: dict[str, set[int]] = {}
+        for row in Deployment.select(Deployment.host, Deployment.host_port, Deployment.memory_limit_mb).where(
+            Deployment.host.in_([h.name for h in hosts]) & Deployment.released_at.is_null()
         ):
-            held.update((row.host_port, row.host_port + 1))
-        free = [port for port in range(low, high, 2) if port not in held and port + 1 not in held]
-        if not free:
-            raise ApiError("No free host port on the container host", code="capacity_exhausted",
-                           status="503 Service Unavailable")
-        return random.choice(free)  # noqa: S311 - spreads concurrent creates, not a secret
+            memory, count = used.get(row.host, (0, 0))
+            used[row.host] = (memory + row.memory_limit_mb, count + 1)
+            held_ports.setdefault(row.host, set()).update((row.host_port, row.host_port + 1))
+        ranked = sorted(hosts, key=lambda h: (-(h.memory_mb - used.get(h.name, (0, 0))[0]),
+                                              used.get(h.name, (0, 0))[1], h.name))
+        for host in ranked:
+            if host.memory_mb - used.get(host.name, (0, 0))[0] < tier.memory_limit_mb:
+                break  # ranked by free memory: no later host has more
+            low, high = host.port_range
+            held = held_ports.get(host.name, set())
+            free = [port for port in range(low, high, 2) if port not in held and port + 1 not in held]
+            if free:
+                return host.name, random.choice(free)  # noqa: S311 - spreads concurrent creates, not a secret
+        raise ApiError(
+            f"No container host has room for a '{tier.slug}' deployment ({tier.memory_limit_mb} MB); try again later",
+            code="capacity_exhausted", status="503 Service Unavailable",
+            details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb},
+        )
 
     def _insert(self, principal: Principal, request: DeploymentCreate, tier: Tier) -> Deployment:
         now = utcnow()
-        host = self.settings.default_host
+        host, host_port = self._place(tier)
         suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(6))
         return Deployment.create(
             id=uuid.uuid4(),
@@ -312,7 +336,7 @@ class Lifecycle:
             custom_domain=request.custom_domain,
             port=request.port,
             host=host,
-            host_port=self._free_host_port(host),
+            host_port=host_port,
             status="pending",
             health_status="unknown",
             billing_status="active",

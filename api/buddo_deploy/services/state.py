@@ -88,6 +88,9 @@ def desired_item(d: Deployment) -> dict[str, Any]:
         "state": d.desired_state, "generation": d.generation, "image": image, "port": d.port,
         "host_ports": [d.host_port, d.host_port + 1], "memory_limit_mb": d.memory_limit_mb,
         "cpu_limit_millicores": d.cpu_limit_millicores, "custom_domain": d.custom_domain or "",
+        # The tier's current caps (not copied at create time): a changed tier is drift, and the
+        # converge plan replaces containers whose caps differ, as it does for memory and CPU.
+        "pids_limit": d.tier.pids_limit, "log_max_size_mb": d.tier.log_max_size_mb,
         "spec": spec_of(d), "revision": d.revision, "pull": "always" if d.pull_image else "missing",
         "releases": [releases.by_digest(d.container_image, digest) for digest in releases.history(d.id)],
     }

@@ -16,7 +16,7 @@ _TIER_NAMESPACE = uuid.UUID("6f1c7d1e-2f0e-4c55-9d1a-7a1f0b7f3e10")
 _FIELDS = (
     "name", "payment_method", "monthly_cost_points", "monthly_cost_sats", "memory_limit_mb",
     "cpu_limit_millicores", "custom_domain_allowed", "monthly_stipend_points",
-    "ad_reach_multiplier", "max_deployments",
+    "ad_reach_multiplier", "max_deployments", "pids_limit", "log_max_size_mb",
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ansible_collections.buddo.deploy.plugins.module_utils.podman import deployment_network
+
 DOCUMENTATION = r"""
 name: converge_plan
 short_description: Compare desired deployments with a host's observed state
@@ -27,7 +29,7 @@ RETURN = r"""
 _value:
   description: >-
     start, stop, remove (desired items with serving_port and recreate added), remove_sites,
-    orphan_containers, orphan_sites (files), reload (bool), drift (id -> reasons).
+    orphan_containers, orphan_sites (files), orphan_networks (names), reload (bool), drift (id -> reasons).
   type: dict
 """
 
@@ -75,6 +77,22 @@ def _routes_of(live_config: str) -> dict[str, set[str]] | None:
         return None
 
 
+def _settings_drift(container: dict[str, Any], item: dict[str, Any]) -> list[str]:
+    """How a container's isolation and per-tier caps differ from the item's (unknown ones are not compared)."""
+    found: list[str] = []
+    pids, log = container.get("pids_limit"), container.get("log_max_size_mb")
+    if pids is not None and pids != item["pids_limit"]:
+        found.append(f"pids limit {pids}, want {item['pids_limit']}")
+    if log is not None and log != item["log_max_size_mb"]:
+        found.append(f"log cap {log} MB, want {item['log_max_size_mb']} MB")
+    network = deployment_network(str(item["id"]))
+    if container.get("networks") is not None and container["networks"] != [network]:
+        found.append(f"network {','.join(container['networks']) or 'none'}, want {network}")
+    if container.get("no_new_privileges") is False:
+        found.append("no-new-privileges unset")
+    return found
+
+
 def converge_plan(
     desired: list[dict[str, Any]],
     observed: dict[str, Any],
@@ -88,11 +106,13 @@ def converge_plan(
     live = live_config or ""
     routes = _routes_of(live)
     plan: dict[str, Any] = {"start": [], "stop": [], "remove": [], "remove_sites": [], "orphan_containers": [],
-                            "orphan_sites": [], "reload": False, "drift": {}}
+                            "orphan_sites": [], "orphan_networks": [], "reload": False, "drift": {}}
     by_deployment: dict[str, list[dict[str, Any]]] = {}
     for container in containers:
         by_deployment.setdefault(str(container.get("deployment_id")), []).append(container)
     site_of = {str(s.get("deployment_id")): s for s in sites if s.get("deployment_id")}
+    networks: list[dict[str, Any]] = list(observed.get("networks") or [])
+    network_of = {str(n.get("deployment_id")): n for n in networks if n.get("deployment_id")}
 
     for item in desired:
         ident = str(item["id"])
@@ -103,10 +123,11 @@ def converge_plan(
         if state == "running":
             serving = [c for c in mine if c.get("spec") == item["spec"] and c.get("state") == "running"]
             recreate = False
+            same = [c for c in mine if c.get("spec") == item["spec"]]
             if not serving:
                 if not mine:
                     drift.append("container missing")
-                elif any(c.get("spec") == item["spec"] for c in mine):
+                elif same:
                     drift.append("container not running")
                 else:
                     drift.append("container runs an older spec")
@@ -119,6 +140,12 @@ def converge_plan(
                     recreate = True
                 if len(mine) > 1:
                     drift.append("old containers left over")
+            # A container made before its tier's caps changed, or before tenants had networks of
+            # their own, is replaced (beside the serving one), never started again as it was.
+            settings = _settings_drift((serving or same)[0], item) if serving or same else []
+            if settings:
+                drift.append(f"settings differ ({'; '.join(settings)})")
+                recreate = True
             hosts = _site_hosts(item, base_domain)
             if site is None:
                 drift.append("site missing")
@@ -145,6 +172,9 @@ def converge_plan(
         else:  # absent
             if mine:
                 drift.append("container present")
+            if ident in network_of:
+                drift.append("network present")
+            if mine or ident in network_of:
                 plan["remove"].append(item)
             if site is not None:
                 drift.append("site present")
@@ -168,6 +198,10 @@ def converge_plan(
             if ident and ident not in live_ids and site["file"] not in plan["remove_sites"]:
                 plan["orphan_sites"].append(site["file"])
                 plan["drift"].setdefault("orphans", []).append(f"site {site.get('name')}")
+        for network in networks:
+            if str(network.get("deployment_id")) not in wanted:
+                plan["orphan_networks"].append(network["name"])
+                plan["drift"].setdefault("orphans", []).append(f"network {network['name']}")
     return plan
 
 

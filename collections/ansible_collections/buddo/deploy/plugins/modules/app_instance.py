@@ -23,7 +23,12 @@ description:
     stay for rollbacks, drops the tags of older ones and removes dangling images no
     container uses.
   - O(state=stopped) stops every container of the deployment; O(state=absent) removes
-    them and the image reference when no other container uses it.
+    them, the deployment's network and the image reference when no other container uses it.
+  - Tenants apart - every container of a deployment runs on the deployment's own Podman
+    network (C(buddo-<deployment_id>), created here, netavark option C(isolate), so no route
+    to any other isolated network), so it is reachable from outside only through its
+    published port on O(host_address), i.e. through Caddy. It runs with C(no-new-privileges),
+    without C(NET_RAW), with a pids limit and a capped log file.
   - Env values never reach a command line when they fit an env file (one line each),
     nor a file (podman reads them from a pipe); every message is returned with env
     values masked.
@@ -39,6 +44,8 @@ options:
   host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
   memory_mb: {description: Memory limit in MB., type: int, default: 256}
   cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
+  pids_limit: {description: Most processes (and threads) the container may run., type: int, default: 256}
+  log_max_size_mb: {description: Size in MB at which the container's log file is truncated., type: int, default: 10}
   env: {description: Environment variables (never logged)., type: dict, default: {}}
   labels: {description: Extra labels., type: dict, default: {}}
   instance: {description: "Label buddo.instance: the platform the container belongs to (host_state lists only its own).", type: str, default: buddo}
@@ -82,7 +89,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
-from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_ps
+from ansible_collections.buddo.deploy.plugins.module_utils.podman import deployment_network, parse_ps
 from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
 
 
@@ -110,6 +117,21 @@ class Podman:
     def containers(self, deployment_id: str) -> list[dict[str, Any]]:
         _, out, _ = self.run("ps", "--all", "--format", "json", "--filter", f"label=buddo.deployment_id={deployment_id}")
         return parse_ps(out)
+
+    def ensure_network(self, deployment_id: str, instance: str, host: str) -> bool:
+        """The deployment's own isolated network; True when it had to be created."""
+        if self.has_network(deployment_id):
+            return False
+        # buddo.host as on the containers: hosts sharing one Podman prune only their own.
+        owner = ["--label", f"buddo.host={host}"] if host else []
+        # No DNS: nothing on the network has a name to find, and no aardvark-dns listens on it.
+        self.run("network", "create", "--disable-dns", "--opt", "isolate=true",
+                 "--label", "buddo.managed_by=buddo-deploy", "--label", f"buddo.instance={instance}",
+                 "--label", f"buddo.deployment_id={deployment_id}", *owner, deployment_network(deployment_id))
+        return True
+
+    def has_network(self, deployment_id: str) -> bool:
+        return self.run("network", "exists", deployment_network(deployment_id), check=False)[0] == 0
 
     def digest(self, container_id: str) -> str:
         _, out, _ = self.run("inspect", "--format", "{{.ImageDigest}}", container_id, check=False)
@@ -162,11 +184,19 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
         actions.append(f"removed {len(stale)} container(s) in the way of the new one")
     if pull(podman, p["image"], p["pull"]):
         actions.append(f"pulled {p['image']}")
+    if podman.ensure_network(p["deployment_id"], p["instance"], p["labels"].get("buddo.host", "")):
+        actions.append(f"created network {deployment_network(p['deployment_id'])}")
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
     args = ["run", "--detach", "--name", name, "--memory", f"{p['memory_mb']}m",
             "--cpus", f"{p['cpu_millicores'] / 1000:g}", "--restart", p["restart_policy"],
             "--stop-timeout", str(p["stop_timeout"]), "--security-opt", "no-new-privileges",
+            "--pids-limit", str(p["pids_limit"]),
+            # k8s-file whatever the host's default: conmon truncates it at max-size (journald would not).
+            "--log-driver", "k8s-file", "--log-opt", f"max-size={p['log_max_size_mb']}m",
+            # Netavark sets route_localnet on its bridges: a raw socket could reach 127.0.0.1 ports.
+            "--cap-drop", "NET_RAW",
+            "--network", deployment_network(p["deployment_id"]),
             "--publish", f"{p['host_address']}:{port}:{p['port']}"]
     if p["init"]:
         args.append("--init")
@@ -291,17 +321,25 @@ def stopped(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[s
 def absent(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
     p = module.params
     existing = podman.containers(p["deployment_id"])
-    if existing and not module.check_mode:
+    network = podman.has_network(p["deployment_id"])
+    if module.check_mode:
+        if existing:
+            actions.append(f"would remove {len(existing)} container(s)")
+        if network:
+            actions.append(f"would remove network {deployment_network(p['deployment_id'])}")
+        return {"changed": bool(existing) or network}
+    if existing:
         podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *[c["id"] for c in existing])
         actions.append(f"removed {len(existing)} container(s)")
         if p["remove_image"] and p["image"]:
             _, users, _ = podman.run("ps", "--all", "--quiet", "--filter", f"ancestor={p['image']}", check=False)
             if not users.strip():
                 podman.run("image", "rm", p["image"], check=False)
-        keep_images(podman, p["deployment_id"], [], actions)
-    elif existing:
-        actions.append(f"would remove {len(existing)} container(s)")
-    return {"changed": bool(existing)}
+    keep_images(podman, p["deployment_id"], [], actions)
+    if network:
+        podman.run("network", "rm", deployment_network(p["deployment_id"]))
+        actions.append(f"removed network {deployment_network(p['deployment_id'])}")
+    return {"changed": bool(existing) or network}
 
 
 def main() -> None:
@@ -318,6 +356,8 @@ def main() -> None:
             "host_address": {"type": "str", "default": "127.0.0.1"},
             "memory_mb": {"type": "int", "default": 256},
             "cpu_millicores": {"type": "int", "default": 250},
+            "pids_limit": {"type": "int", "default": 256},
+            "log_max_size_mb": {"type": "int", "default": 10},
             "env": {"type": "dict", "default": {}, "no_log": True},
             "labels": {"type": "dict", "default": {}},
             "instance": {"type": "str", "default": "buddo"},

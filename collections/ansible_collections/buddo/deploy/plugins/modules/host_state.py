@@ -8,7 +8,8 @@ module: host_state
 short_description: Observe the deployments' containers and Caddy sites on a host
 description:
   - Lists every container labelled C(buddo.managed_by=buddo-deploy) and this platform's
-    C(buddo.instance) (one C(podman ps), one C(podman inspect) for the limits) and every
+    C(buddo.instance) (one C(podman ps), one C(podman inspect) for the limits and the
+    isolation settings), the deployments' networks of this instance, and every
     Caddy site file of this instance in O(sites_dir) (C(# instance) comment) with the
     deployment it names, its hosts and upstream port.
   - With O(probe), sends one GET (no redirects, no proxy) to the published port of
@@ -18,6 +19,8 @@ description:
 options:
   sites_dir: {description: Directory of the per-deployment Caddy site files (none when empty)., type: path, default: ""}
   instance: {description: Only containers labelled C(buddo.instance) with this value (one platform's own)., type: str, default: buddo}
+  host: {description: "Only containers and networks labelled C(buddo.host) with this value, or with no such label (made before
+    hosts were labelled). Empty: every host's. Two inventory hosts may share one machine's Podman.", type: str, default: ""}
   probe: {description: Probe the running containers over HTTP., type: bool, default: false}
   probe_path: {description: Path requested by the probe., type: str, default: /}
   probe_timeout: {description: Seconds one probe may take., type: float, default: 3}
@@ -25,7 +28,13 @@ options:
 """
 
 RETURN = r"""
-containers: {description: "Managed containers (id, name, deployment_id, spec, state, host_port, memory_mb, cpu_millicores).", type: list, returned: always}
+containers:
+  description: >-
+    Managed containers (id, name, deployment_id, spec, state, host_port, memory_mb, cpu_millicores,
+    pids_limit, log_max_size_mb, networks, no_new_privileges).
+  type: list
+  returned: always
+networks: {description: "The deployments' networks (name, deployment_id, isolated).", type: list, returned: always}
 sites: {description: "Site files (file, deployment_id, hosts, upstream_port).", type: list, returned: always}
 probes: {description: "Container id -> {status, healthy, error}.", type: dict, returned: when probe}
 """
@@ -39,12 +48,15 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
-from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_ps
+from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_networks, parse_ps
 
 _DEPLOYMENT = re.compile(r"^# deployment (\S+)\s*$", re.MULTILINE)
 _INSTANCE = re.compile(r"^# instance (\S+)\s*$", re.MULTILINE)
 _UPSTREAM = re.compile(r"reverse_proxy\s+\S*:(\d+)")
 _SITE_HOSTS = re.compile(r"^([^\s#{}][^{}]*?)\s*\{\s*$", re.MULTILINE)
+# `podman inspect` shows the log cap as go-units' HumanSize: decimal units, e.g. "10MB", "0B".
+_SIZE = re.compile(r"^([0-9.]+)\s*([kMGT]?)B$")
+_DECIMAL = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
 def probe(url: str, timeout: float) -> dict[str, Any]:
@@ -52,22 +64,53 @@ def probe(url: str, timeout: float) -> dict[str, Any]:
     return {"status": status, "healthy": 0 < status < 500, "error": error}
 
 
-def containers(module: AnsibleModule, podman: str, instance: str) -> list[dict[str, Any]]:
+def of_host(found: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
+    """The containers (or networks) of inventory host ``host`` (all when empty; unlabelled ones count as its own)."""
+    return [c for c in found if not host or c["host"] in ("", host)]
+
+
+def containers(module: AnsibleModule, podman: str, instance: str, host: str) -> list[dict[str, Any]]:
     rc, out, err = module.run_command([podman, "ps", "--all", "--format", "json", "--filter",
                                        "label=buddo.managed_by=buddo-deploy", "--filter",
                                        f"label=buddo.instance={instance}"])
     if rc != 0:
         module.fail_json(msg=f"podman ps failed: {err.strip()}")
-    found = {c["id"]: {**c, "memory_mb": None, "cpu_millicores": None} for c in parse_ps(out)}
+    unknown = dict.fromkeys(("memory_mb", "cpu_millicores", "pids_limit", "log_max_size_mb", "networks",
+                             "no_new_privileges"))
+    found = {c["id"]: {**c, **unknown} for c in of_host(parse_ps(out), host)}
     if found:
         rc, out, _ = module.run_command([podman, "inspect", "--format", "json", *found])
         for info in json.loads(out or "[]") if rc == 0 else []:
-            host = info.get("HostConfig") or {}
             entry = found.get(info.get("Id", ""))
             if entry is not None:
-                entry["memory_mb"] = int(host.get("Memory") or 0) // (1024 * 1024)
-                entry["cpu_millicores"] = int(host.get("NanoCpus") or 0) // 1_000_000
+                entry |= settings(info)
     return list(found.values())
+
+
+def log_size_mb(size: str) -> int:
+    match = _SIZE.match(size.strip())
+    return round(float(match.group(1)) * _DECIMAL[match.group(2)] / 10**6) if match else 0
+
+
+def settings(info: dict[str, Any]) -> dict[str, Any]:
+    """The limits and isolation of one container, from its `podman inspect`."""
+    host = info.get("HostConfig") or {}
+    return {
+        "memory_mb": int(host.get("Memory") or 0) // (1024 * 1024),
+        "cpu_millicores": int(host.get("NanoCpus") or 0) // 1_000_000,
+        "pids_limit": int(host.get("PidsLimit") or 0),
+        "log_max_size_mb": log_size_mb(str((host.get("LogConfig") or {}).get("Size") or "")),
+        "networks": sorted((info.get("NetworkSettings") or {}).get("Networks") or {}),
+        "no_new_privileges": "no-new-privileges" in (host.get("SecurityOpt") or []),
+    }
+
+
+def networks(module: AnsibleModule, podman: str, instance: str, host: str) -> list[dict[str, Any]]:
+    rc, out, err = module.run_command([podman, "network", "ls", "--format", "json", "--filter",
+                                       f"label=buddo.instance={instance}"])
+    if rc != 0:
+        module.fail_json(msg=f"podman network ls failed: {err.strip()}")
+    return [n for n in of_host(parse_networks(out), host) if n["deployment_id"]]
 
 
 def sites(sites_dir: str, instance: str) -> list[dict[str, Any]]:
@@ -98,6 +141,7 @@ def main() -> None:
         argument_spec={
             "sites_dir": {"type": "path", "default": ""},
             "instance": {"type": "str", "default": "buddo"},
+            "host": {"type": "str", "default": ""},
             "probe": {"type": "bool", "default": False},
             "probe_path": {"type": "str", "default": "/"},
             "probe_timeout": {"type": "float", "default": 3},
@@ -106,7 +150,8 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    result: dict[str, Any] = {"changed": False, "containers": containers(module, p["podman"], p["instance"]),
+    result: dict[str, Any] = {"changed": False, "containers": containers(module, p["podman"], p["instance"], p["host"]),
+                              "networks": networks(module, p["podman"], p["instance"], p["host"]),
                               "sites": sites(p["sites_dir"], p["instance"]) if p["sites_dir"] else []}
     if p["probe"]:
         running = [c for c in result["containers"] if c["state"] == "running" and c["host_port"]]

@@ -1,0 +1,147 @@
+"""Placement over the inventory's container hosts: most free memory, then fewest deployments;
+503 when no host has room; concurrent creates never overcommit (both databases)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from buddo_deploy import worker
+from buddo_deploy.app import create_app
+from buddo_deploy.inventory import InventoryError
+from buddo_deploy.models import Deployment, Job, database_proxy, utcnow
+
+from tests.helpers import auth, create_body
+
+
+def write_inventory(directory: Path, hosts: dict[str, dict[str, object]]) -> Path:
+    directory.mkdir(exist_ok=True)
+    lines = ["container_hosts:", "  hosts:"]
+    for name, hostvars in hosts.items():
+        lines.append(f"    {name}:")
+        lines += [f"      {key}: {value!r}" for key, value in hostvars.items()] or ["      {}"]
+    (directory / "hosts.yml").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def create(client, subdomain: str, tier: str = "buddo-starter", operator: str | None = None):
+    return client.simulate_post("/api/deploy/apps", json=create_body(subdomain=subdomain, tier=tier),
+                                headers=auth(operator or f"op-{subdomain}"))
+
+
+def test_most_free_memory_wins_and_ties_go_to_the_host_with_fewer_deployments(client_with, tmp_path):
+    inventory = write_inventory(tmp_path / "inv", {"host-a": {"buddo_host_memory_mb": 1024},
+                                                   "host-b": {"buddo_host_memory_mb": 1536}})
+    client = client_with(inventory=inventory)
+    hosts = []
+    for i in range(5):
+        resp = create(client, f"app-{i}")  # buddo-starter: 256 MB
+        assert resp.status_code == 201, resp.text
+        hosts.append(resp.json["deployment"]["host"])
+    # free (a, b): 1024/1536 -> b; 1024/1280 -> b; 1024/1024, a has fewer -> a; 768/1024 -> b; 768/768 tie
+    # with 1 vs 3 deployments -> a.
+    assert hosts == ["host-b", "host-b", "host-a", "host-b", "host-a"]
+    assert {d.host for d in Deployment.select()} == {"host-a", "host-b"}
+
+
+def test_a_full_platform_answers_503_and_never_overcommits(client_with, tmp_path):
+    inventory = write_inventory(tmp_path / "inv", {"host-a": {"buddo_host_memory_mb": 512},
+                                                   "host-b": {"buddo_host_memory_mb": 256}})
+    client = client_with(inventory=inventory)
+    assert create(client, "big-1", tier="btc-starter").json["deployment"]["host"] == "host-a"  # 512 MB
+    resp = create(client, "big-2", tier="btc-starter")
+    # host-b has 256 MB free: not enough for 512, and never split over hosts.
+    assert resp.status_code == 503
+    assert resp.json["error"]["code"] == "capacity_exhausted"
+    assert resp.json["error"]["details"] == {"tier": "btc-starter", "memory_mb": 512}
+    assert "request_id" in resp.json["error"]
+    assert create(client, "small-1").json["deployment"]["host"] == "host-b"
+    assert create(client, "small-2").status_code == 503
+    # Destroyed but not yet torn down still holds its memory; released frees it.
+    first = Deployment.get(Deployment.subdomain == "big-1")
+    assert client.simulate_delete(f"/api/deploy/apps/{first.id}", headers=auth("op-big-1")).status_code == 200
+    assert create(client, "big-3", tier="btc-starter").status_code == 503
+    Deployment.update(released_at=utcnow()).where(Deployment.id == first.id).execute()
+    assert create(client, "big-4", tier="btc-starter").json["deployment"]["host"] == "host-a"
+
+
+def test_each_host_has_its_own_port_range(client_with, tmp_path):
+    inventory = write_inventory(tmp_path / "inv", {
+        "host-a": {"buddo_host_memory_mb": 4096, "buddo_host_port_range": "31000-31003"},
+        "host-b": {"buddo_host_memory_mb": 1024, "buddo_host_port_range": "32000-32999"},
+    })
+    client = client_with(inventory=inventory)
+    placed = [create(client, f"app-{i}").json["deployment"] for i in range(3)]
+    # host-a has the memory but ports for two deployments only (blocks of two).
+    assert [d["host"] for d in placed] == ["host-a", "host-a", "host-b"]
+    ports = {d.subdomain: d.host_port for d in Deployment.select()}
+    assert sorted([ports["app-0"], ports["app-1"]]) == [31000, 31002]
+    assert 32000 <= ports["app-2"] <= 32998
+
+
+def test_concurrent_creates_never_overcommit_a_host(client_with, tmp_path):
+    inventory = write_inventory(tmp_path / "inv", {"host-a": {"buddo_host_memory_mb": 1024},
+                                                   "host-b": {"buddo_host_memory_mb": 768}})
+    client = client_with(inventory=inventory)
+    results: list[int] = []
+    barrier = threading.Barrier(10)
+
+    def burst(i: int) -> None:
+        barrier.wait()
+        results.append(create(client, f"burst-{i}").status_code)  # 256 MB each, one operator each
+        database_proxy.obj.close()
+
+    threads = [threading.Thread(target=burst, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [201] * 7 + [503] * 3  # 4 fit on host-a, 3 on host-b
+    per_host: dict[str, int] = {}
+    for d in Deployment.select():
+        per_host[d.host] = per_host.get(d.host, 0) + d.memory_limit_mb
+    assert per_host == {"host-a": 1024, "host-b": 768}
+
+
+def test_a_malformed_inventory_stops_the_api_from_starting(client_with, tmp_path):
+    inventory = write_inventory(tmp_path / "inv", {"host-a": {"ansible_host": "a.example.net"}})
+    with pytest.raises(InventoryError, match="host-a: no buddo_host_memory_mb"):
+        client_with(inventory=inventory)
+
+
+def test_the_periodic_reconcile_covers_every_inventory_host(client_with, settings, tmp_path):
+    import dataclasses
+
+    inventory = write_inventory(tmp_path / "inv", {"host-a": {"buddo_host_memory_mb": 1024},
+                                                   "host-b": {"buddo_host_memory_mb": 1024}})
+    client = client_with(inventory=inventory)
+    assert create(client, "app-0").status_code == 201  # on host-a (tie, name order)
+    # A host that holds deployments but left the inventory is reconciled too.
+    Deployment.update(host="host-old").where(Deployment.subdomain == "app-0").execute()
+    worker.queue_reconciles(dataclasses.replace(settings, inventory=inventory))
+    queued = sorted(j.host for j in Job.select().where(Job.action == "reconcile"))
+    assert queued == ["host-a", "host-b", "host-old"]
+
+
+def test_create_app_rejects_an_inventory_without_container_hosts(settings, tmp_path):
+    import dataclasses
+
+    inventory = tmp_path / "empty"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text("controllers:\n  hosts:\n    ctl-1: {}\n")
+    with pytest.raises(InventoryError, match="no hosts in group container_hosts"):
+        create_app(dataclasses.replace(settings, inventory=inventory))
+
+
+def test_host_ports_are_unique_per_host_only(client_with, tmp_path):
+    inventory = write_inventory(tmp_path / "inv", {
+        "host-a": {"buddo_host_memory_mb": 1024, "buddo_host_port_range": "31000-31001"},
+        "host-b": {"buddo_host_memory_mb": 1024, "buddo_host_port_range": "31000-31001"},
+    })
+    client = client_with(inventory=inventory)
+    placed = [create(client, f"app-{i}").json["deployment"]["host"] for i in range(2)]
+    assert placed == ["host-a", "host-b"]
+    assert [d.host_port for d in Deployment.select()] == [31000, 31000]
+    resp = create(client, "app-2")  # memory left on both, but no port block
+    assert resp.status_code == 503 and resp.json["error"]["code"] == "capacity_exhausted"
