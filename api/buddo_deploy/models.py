@@ -111,6 +111,8 @@ class Deployment(BaseModel):
     custom_domain_checked_at = peewee.DateTimeField(null=True)
     # The number of the next billing cycle to start (at next_billing_at).
     billing_cycle = peewee.IntegerField(default=0)
+    # A rollback's image digest: the container runs <repository>@<digest> (null: the tag).
+    pinned_digest = peewee.CharField(null=True)
 
     class Meta:
         table_name = "deployments"
@@ -275,3 +277,23 @@ class Lease(BaseModel):
 
     class Meta:
         table_name = "leases"
+
+
+class Release(BaseModel):
+    """What one successful deploy, restart or rollback ran (migration 0009)."""
+
+    id = peewee.AutoField()
+    deployment = peewee.ForeignKeyField(Deployment, backref="releases")
+    deployment_id: uuid.UUID
+    number = peewee.IntegerField()
+    image = peewee.CharField()
+    image_digest = peewee.CharField()
+    # Run by digest (a rollback), not by the tag.
+    pinned = peewee.BooleanField(default=False)
+    rollback_of = peewee.IntegerField(null=True)
+    initiated_by = peewee.CharField(null=True)
+    generation = peewee.IntegerField()
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "releases"

@@ -28,6 +28,9 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("POST", "/api/deploy/apps/{deployment_id}/stop"): "write",
     ("DELETE", "/api/deploy/apps/{deployment_id}"): "write",
     ("GET", "/api/deploy/billing"): "read",
+    ("GET", "/api/deploy/apps/{deployment_id}/releases"): "read",
+    ("POST", "/api/deploy/apps/{deployment_id}/rollback"): "write",
+    ("GET", "/api/deploy/apps/{deployment_id}/output"): "read",
     # Signed, not token-authenticated: counted per client address.
     ("POST", "/api/deploy/billing/payments"): "webhook",
     ("GET", "/api/deploy/apps/{deployment_id}/jobs/{job_id}"): "read",

@@ -8,6 +8,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -426,3 +427,77 @@ class JobOut(BaseModel):
 
 class JobEnvelope(BaseModel):
     job: JobOut
+
+
+# --- releases -------------------------------------------------------------
+
+
+class ReleasesQuery(BaseModel):
+    """The query of GET /api/deploy/apps/{id}/releases (unknown parameters are ignored)."""
+
+    limit: int = Field(20, ge=1, le=MAX_PAGE, description="Page size")
+    cursor: StrictStr | None = Field(None, min_length=1, max_length=9, pattern=r"^[0-9]+$",
+                                     description="next_cursor of the previous page")
+
+
+class RollbackIn(BaseModel):
+    """The body of POST /api/deploy/apps/{id}/rollback (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    release: JsonInt | None = Field(None, ge=1, le=10**9,
+                                    description="The release to run again; default: the one before the newest")
+
+
+class ReleaseOut(BaseModel):
+    number: int
+    image: str = Field(description="The image reference the deployment was created with")
+    image_digest: str = Field(description="The digest that ran; a rollback runs the image by this digest")
+    pinned: bool = Field(description="Run by digest (a rollback), not by the tag")
+    rollback_of: int | None = Field(description="The release a rollback ran again")
+    initiated_by: str | None
+    created_at: Timestamp
+    kept: bool = Field(description="The image is kept on the host: a rollback to this release is possible")
+
+
+class ReleaseList(BaseModel):
+    releases: list[ReleaseOut] = Field(description="Newest first")
+    next_cursor: str | None
+
+
+# --- app output -----------------------------------------------------------
+
+MAX_TAIL = 5000
+
+
+class OutputQuery(BaseModel):
+    """The query of GET /api/deploy/apps/{id}/output (unknown parameters are ignored)."""
+
+    tail: int = Field(100, ge=1, le=MAX_TAIL, description="Lines at most (stdout and stderr together)")
+    since: AwareDatetime | None = Field(None, description="Only lines after this RFC 3339 time (with offset)")
+
+    @field_validator("since")
+    @classmethod
+    def _since(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and not dt.datetime(1970, 1, 1, tzinfo=dt.UTC) <= value <= dt.datetime(
+                9999, 1, 1, tzinfo=dt.UTC):
+            raise ValueError("must be between 1970 and 9999")
+        return value
+
+
+class OutputLine(BaseModel):
+    at: str = Field(description="When the app printed it (RFC 3339, from the container runtime)")
+    stream: Literal["stdout", "stderr"]
+    text: str = Field(description="The line, env var values masked as ********")
+
+
+class OutputContainer(BaseModel):
+    id: str
+    name: str
+    state: str = Field(description="running, exited, ...")
+    exit_code: int | None
+
+
+class OutputOut(BaseModel):
+    lines: list[OutputLine] = Field(description="Oldest first (newest last)")
+    container: OutputContainer | None = Field(description="The container read; null when the deployment has none")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# The desired-state document lists the image digests of this many newest releases at most.
+RELEASE_HISTORY = 10
 DEFAULT_REGISTRIES = ("harbor.buddo.xyz:4443/", "docker.io/library/", "ghcr.io/")
 DEFAULT_RESERVED = (
     "www", "api", "admin", "app", "apps", "auth", "billing", "blog", "cdn", "dashboard",
@@ -95,7 +97,7 @@ def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
 _INTEGERS = (
     "PUBLIC_HTTPS_PORT", "MAX_DEPLOYMENTS_PER_ACCOUNT", "RATE_LIMIT_READ", "RATE_LIMIT_WRITE", "RATE_LIMIT_WINDOW",
     "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
-    "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR",
+    "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR", "RELEASES_KEPT",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL")
@@ -183,6 +185,8 @@ class Settings:
     billing_starting_points: int = 0
     billing_starting_sats: int = 0
     rate_limit_webhook: int = 120
+    # Images of this many newest releases stay on the host for rollbacks; older ones are pruned.
+    releases_kept: int = 3
     # Clients GET /metrics answers (no token there).
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
@@ -262,8 +266,11 @@ class Settings:
             "billing_starting_points": int(get("BILLING_STARTING_POINTS") or (5000 if embedded else 0)),
             "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
+            "releases_kept": int(get("RELEASES_KEPT") or 3),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
         }
+        if not 1 <= int(kwargs["releases_kept"]) <= RELEASE_HISTORY:  # type: ignore[call-overload]
+            raise SettingsError(f"BUDDO_RELEASES_KEPT must be between 1 and {RELEASE_HISTORY}")
         if kwargs["billing_cycle_s"] == 0:
             raise SettingsError("BUDDO_BILLING_CYCLE must be longer than 0 s")
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):

@@ -25,7 +25,7 @@ from .db import open_database, write_transaction
 from .inventory import container_hosts, host_addresses
 from .models import Job, database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
-from .services import billing, domains, engine
+from .services import billing, domains, engine, output
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class JobRun:
             result = run_playbook(
                 self.settings.playbook_dir / plan.playbook,
                 self.settings.inventory,
-                plan.extravars(self.settings.instance),
+                plan.extravars(self.settings.instance) | {"converge_releases_kept": self.settings.releases_kept},
                 secrets=plan.secrets,
                 secret_files=self.settings.playbook_secret_files,
                 limit=plan.host,
@@ -139,6 +139,9 @@ class Worker:
                      "converged" if report.converged else f"not converged ({report.message})",
                      repaired or "nothing", report.orphans or "none")
             outcome = "succeeded" if report.converged else "failed"
+        elif job.action == "output":
+            output.finish(job, self.name, result, plan.secrets)
+            outcome = _outcome(job.id)
         elif not engine.finish(plan, self.name, result, duration):
             log.warning("job %s: lease lost, outcome discarded", job.id)
             outcome = "lease_lost"

@@ -130,6 +130,8 @@ def test_openapi_is_public_and_lists_every_endpoint(client):
         "/api/deploy/apps/{deployment_id}/status", "/api/deploy/apps/{deployment_id}/logs",
         "/api/deploy/apps/{deployment_id}/restart", "/api/deploy/apps/{deployment_id}/stop",
         "/api/deploy/billing", "/api/deploy/billing/payments",
+        "/api/deploy/apps/{deployment_id}/releases", "/api/deploy/apps/{deployment_id}/rollback",
+        "/api/deploy/apps/{deployment_id}/output",
         "/api/deploy/apps/{deployment_id}/jobs/{job_id}", "/metrics",
     }
     schemas = doc["components"]["schemas"]

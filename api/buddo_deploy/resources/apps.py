@@ -14,11 +14,17 @@ from ..schemas import (
     DestroyOut,
     ListQuery,
     LogList,
+    OutputOut,
+    OutputQuery,
+    ReleaseList,
+    ReleaseOut,
+    ReleasesQuery,
+    RollbackIn,
     StatusOut,
     ValidationContext,
 )
 from ..services.lifecycle import Lifecycle
-from .common import deployment_out, log_entry_out, read_json_object, send
+from .common import deployment_out, log_entry_out, parse_json_object, read_body, read_json_object, send
 
 
 def _validation_error(exc: ValidationError) -> Unprocessable:
@@ -92,6 +98,37 @@ class AppsResource:
 
     def on_post_restart(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         self._send_deployment(resp, self.lifecycle.restart(req.context.principal, deployment_id))
+
+    def on_get_releases(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        try:
+            query = ReleasesQuery.model_validate({name: req.get_param(name) for name in ReleasesQuery.model_fields
+                                                  if req.get_param(name) is not None})
+        except ValidationError as exc:
+            raise _validation_error(exc) from exc
+        rows, next_number = self.lifecycle.list_releases(
+            req.context.principal, deployment_id, limit=query.limit,
+            before=int(query.cursor) if query.cursor is not None else None)
+        items = [ReleaseOut(number=r.number, image=r.image, image_digest=r.image_digest, pinned=r.pinned,
+                            rollback_of=r.rollback_of, initiated_by=r.initiated_by, created_at=r.created_at,
+                            kept=self.lifecycle.release_kept(r)) for r in rows]
+        send(resp, ReleaseList(releases=items, next_cursor=str(next_number) if next_number is not None else None))
+
+    def on_get_output(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        try:
+            query = OutputQuery.model_validate({name: req.get_param(name) for name in OutputQuery.model_fields
+                                                if req.get_param(name) is not None})
+        except ValidationError as exc:
+            raise _validation_error(exc) from exc
+        found = self.lifecycle.app_output(req.context.principal, deployment_id, tail=query.tail, since=query.since)
+        send(resp, OutputOut(lines=found.get("lines") or [], container=found.get("container") or None))
+
+    def on_post_rollback(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        raw = read_body(req, self.max_body)
+        try:
+            body = RollbackIn.model_validate(parse_json_object(raw) if raw.strip() else {})
+        except ValidationError as exc:
+            raise _validation_error(exc) from exc
+        self._send_deployment(resp, self.lifecycle.rollback(req.context.principal, deployment_id, body.release))
 
     def on_post_stop(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         self._send_deployment(resp, self.lifecycle.stop(req.context.principal, deployment_id))

@@ -17,6 +17,7 @@ _ERRORS = {
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
     409: "Reference already used for a different payment", 429: "Rate or deployment limit reached",
     503: "Unavailable (no container host has room: capacity_exhausted; payment webhook not configured)",
+    502: "The host could not be read (app output)", 504: "No worker answered in time (app output)",
 }
 _RATE_HEADERS = {
     name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
@@ -29,7 +30,8 @@ _RATE_HEADERS = {
 }
 # Every operation on one deployment, reachable from the id a create returns.
 _ITEM_OPERATIONS = ("getDeployment", "getDeploymentStatus", "getDeploymentLogs", "restartDeployment",
-                    "stopDeployment", "destroyDeployment")
+                    "stopDeployment", "destroyDeployment", "listReleases", "rollbackDeployment",
+                    "getDeploymentOutput")
 
 
 def _json(name: str) -> dict[str, Any]:
@@ -97,9 +99,10 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
         schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut, schemas.JobEnvelope,
-        schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut,
+        schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut, schemas.ReleaseList, schemas.RollbackIn,
+        schemas.OutputOut,
     ]
-    inputs = (schemas.PaymentIn,)
+    inputs = (schemas.PaymentIn, schemas.RollbackIn)
     _, top = models_json_schema(
         [(m, "validation" if m in inputs else "serialization") for m in models], ref_template=_REF,
     )
@@ -140,6 +143,19 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
             "parameters": item,
             "post": _operation("stopDeployment", "Stop", "DeploymentEnvelope", (404, 422)),
         },
+    }
+    releases = _operation("listReleases", "Releases, newest first", "ReleaseList", (404, 422))
+    releases["parameters"] = _query_parameters(schemas.ReleasesQuery)
+    rollback = _operation("rollbackDeployment", "Run a release's image again by its digest (default: the previous)",
+                          "DeploymentEnvelope", (400, 404, 413, 422))
+    rollback["requestBody"] = {"required": False, "content": _json("RollbackIn")}
+    app_output = _operation("getDeploymentOutput", "The container's stdout and stderr, newest last, env values "
+                            "masked (read on the host by a worker)", "OutputOut", (404, 422, 502, 504))
+    app_output["parameters"] = _query_parameters(schemas.OutputQuery)
+    paths |= {
+        "/api/deploy/apps/{deployment_id}/output": {"parameters": item, "get": app_output},
+        "/api/deploy/apps/{deployment_id}/releases": {"parameters": item, "get": releases},
+        "/api/deploy/apps/{deployment_id}/rollback": {"parameters": item, "post": rollback},
     }
     paths |= _billing_paths()
     paths |= _ops_paths(item)

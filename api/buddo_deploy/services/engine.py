@@ -14,7 +14,7 @@ from ..crypto import decrypt_env
 from ..db import write_transaction
 from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy, utcnow
 from ..runner import EventSummary, PlaybookResult
-from . import state
+from . import output, state
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ class Plan:
     check: bool = False
 
     def extravars(self, instance: str) -> dict[str, Any]:
+        if self.job.action == "output":
+            return {"output_request": self.items[0], "converge_instance": instance}
         variables = {"converge_deployments": self.items, "converge_known": self.known, "converge_instance": instance}
         if self.job.action == "reconcile":
             variables["converge_hosts"] = [self.host]  # the document lists every deployment of this host
@@ -78,6 +80,9 @@ def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan
     with write_transaction(database_proxy.obj):
         if job.action == "reconcile":
             return _start_reconcile(job, secret_key, check)
+        if job.action == "output":
+            found = output.start(job, owner, secret_key)
+            return Plan(job, "output.yml", *found) if found else None
         d = state.locked(job.deployment_id)
         assert d is not None
         if d.observed_generation >= d.generation:  # converged already (a reconcile, or a coalesced request)

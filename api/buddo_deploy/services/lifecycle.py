@@ -25,10 +25,10 @@ from ..crypto import encrypt_env
 from ..db import is_postgres, write_transaction
 from ..errors import ApiError, Forbidden, NotFound, TooManyRequests, Unprocessable
 from ..inventory import container_hosts
-from ..models import LIVE_STATUSES, AuditEntry, Deployment, Tier, database_proxy, utcnow
+from ..models import LIVE_STATUSES, AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
 from ..schemas import DeploymentCreate
 from ..settings import Settings
-from . import state
+from . import output, releases, state
 from .billing import Billing
 from .tiers import get_tier
 
@@ -161,7 +161,52 @@ class Lifecycle:
             billing = self.billing.on_restart(deployment, utcnow())
             return state.change(deployment, "restart", principal.client_id, timeout_s=self._timeout,
                                 desired_state="running", revision=deployment.revision + 1, pull_image=True,
-                                **billing)
+                                pinned_digest=None, **billing)
+
+    def list_releases(self, principal: Principal, deployment_id: uuid.UUID, *, limit: int,
+                      before: int | None) -> tuple[list[Release], int | None]:
+        """Newest first; the next page starts below the last number of this one."""
+        deployment = self.get_owned(principal, deployment_id)
+        query = Release.select().where(Release.deployment == deployment.id).order_by(Release.number.desc())
+        if before is not None:
+            query = query.where(Release.number < before)
+        rows = list(query.limit(limit + 1))
+        return rows[:limit], (rows[limit - 1].number if len(rows) > limit else None)
+
+    def app_output(self, principal: Principal, deployment_id: uuid.UUID, *, tail: int,
+                   since: dt.datetime | None) -> dict[str, Any]:
+        """What the container printed, read from its host by a worker (bounded wait)."""
+        deployment = self.get_owned(principal, deployment_id)
+        if deployment.desired_state == "absent":
+            raise Unprocessable("A destroyed deployment has no output", code="deployment_destroyed",
+                                details={"status": deployment.status})
+        return output.wait(output.enqueue(deployment, tail, since))
+
+    def release_kept(self, release: Release) -> bool:
+        return release.image_digest in releases.kept(release.deployment_id, self.settings.releases_kept)
+
+    def rollback(self, principal: Principal, deployment_id: uuid.UUID, number: int | None) -> Deployment:
+        """Run a release's image again, by its digest, replaced beside the serving container like a restart."""
+        with write_transaction(database_proxy.obj):
+            deployment = self._live(principal, deployment_id, "roll back")
+            newest = releases.latest(deployment.id)
+            if number is None:
+                if newest is None or newest.number < 2:
+                    raise Unprocessable.for_field("release", "there is no previous release to roll back to",
+                                                  "no_previous_release")
+                number = newest.number - 1
+            target = Release.get_or_none((Release.deployment == deployment.id) & (Release.number == number))
+            if target is None:
+                raise Unprocessable.for_field("release", f"release {number} does not exist", "release_not_found")
+            if not self.release_kept(target):
+                raise Unprocessable.for_field(
+                    "release", f"the image of release {number} is no longer kept on the host (only the newest "
+                    f"{self.settings.releases_kept} releases' images are)", "release_image_pruned")
+            billing = self.billing.on_restart(deployment, utcnow())
+            return state.change(deployment, "deploy", principal.client_id, timeout_s=self._timeout,
+                                details={"rollback_to": number, "image_digest": target.image_digest},
+                                desired_state="running", revision=deployment.revision + 1, pull_image=False,
+                                container_image=target.image, pinned_digest=target.image_digest, **billing)
 
     def stop(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
         with write_transaction(database_proxy.obj):

@@ -19,6 +19,7 @@ from .. import jobqueue
 from ..db import is_postgres
 from ..errors import ApiError
 from ..models import AuditEntry, Deployment, Job, database_proxy, utcnow
+from . import releases
 
 # What each audit action asks the deployment to be.
 INTENT = {"create": "running", "deploy": "running", "restart": "running", "reactivate": "running",
@@ -68,7 +69,10 @@ def env_digest(d: Deployment) -> str:
 
 def spec_of(d: Deployment) -> str:
     """Everything that makes a container: a different spec means a new container."""
-    parts = [d.container_image, d.port, d.memory_limit_mb, d.cpu_limit_millicores, env_digest(d), d.revision]
+    parts: list[Any] = [d.container_image, d.port, d.memory_limit_mb, d.cpu_limit_millicores, env_digest(d),
+                        d.revision]
+    if d.pinned_digest:  # only then, so the spec of every unpinned container stays what it was
+        parts.append(d.pinned_digest)
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
@@ -79,16 +83,22 @@ def routed_custom_domain(d: Deployment) -> str:
 
 
 def desired_item(d: Deployment) -> dict[str, Any]:
-    """One item of the desired-state document the converge playbook takes."""
+    """One item of the desired-state document the converge playbook takes.
+
+    ``releases``: the image digests of the newest releases, newest first; the host
+    keeps the images of the first ``converge_releases_kept`` of them.
+    """
+    image = releases.by_digest(d.container_image, d.pinned_digest) if d.pinned_digest else d.container_image
     return {
         "id": str(d.id), "host": d.host, "subdomain": d.subdomain, "container_name": d.container_name,
-        "state": d.desired_state, "generation": d.generation, "image": d.container_image, "port": d.port,
+        "state": d.desired_state, "generation": d.generation, "image": image, "port": d.port,
         "host_ports": [d.host_port, d.host_port + 1], "memory_limit_mb": d.memory_limit_mb,
         "cpu_limit_millicores": d.cpu_limit_millicores, "custom_domain": routed_custom_domain(d),
         # The tier's current caps (not copied at create time): a changed tier is drift, and the
         # converge plan replaces containers whose caps differ, as it does for memory and CPU.
         "pids_limit": d.tier.pids_limit, "log_max_size_mb": d.tier.log_max_size_mb,
         "spec": spec_of(d), "revision": d.revision, "pull": "always" if d.pull_image else "missing",
+        "releases": [releases.by_digest(d.container_image, digest) for digest in releases.history(d.id)],
     }
 
 
@@ -179,6 +189,9 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
     now = utcnow()
     values: dict[str, Any] = {"updated_at": now}
     entry_details = dict(details)
+    release_entry = None
+    if outcome.get("ok") and item["state"] == "running":
+        release_entry = releases.releasing(open_entries(d.id, target))
     if outcome.get("ok"):
         if target > d.observed_generation:
             values["observed_generation"] = target
@@ -207,16 +220,27 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
             # desired state again (a new generation, converged already).
             values |= {"revision": d.observed_revision, "pull_image": False, "generation": target + 1,
                        "observed_generation": target + 1}
+            # A rollback that failed: back to the image of the release that serves.
+            serving_release = releases.latest(d.id)
+            if serving_release is not None:
+                values |= {"container_image": serving_release.image,
+                           "pinned_digest": serving_release.image_digest if serving_release.pinned else None}
+            else:
+                values["pinned_digest"] = None
             entry_details["message"] = f"{outcome.get('message')}; the previous version keeps serving"
             entry_details["rolled_back"] = True
         elif item["state"] == "running":
             values["health_status"] = "unhealthy"
     Deployment.update(**_apply(d, values)).where(Deployment.id == d.id).execute()
+    if release_entry is not None and values.get("image_digest"):
+        entry_details["release"] = releases.record(
+            d, release_entry, values["image_digest"], target, pinned=item["image"] != d.container_image).number
     close_entries(d.id, target, item["state"], bool(outcome.get("ok")), entry_details)
 
 
 def converge_job_for(d: Deployment) -> Job | None:
-    job: Job | None = Job.select().where((Job.deployment == d.id) & (Job.state.in_(("queued", "running")))).first()
+    job: Job | None = Job.select().where((Job.deployment == d.id) & (Job.action == "converge")
+                                         & (Job.state.in_(("queued", "running")))).first()
     return job
 
 

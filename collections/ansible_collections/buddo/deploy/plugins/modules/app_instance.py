@@ -19,7 +19,9 @@ description:
     and retiring the old container are the caller's next steps (caddy_site, then
     O(state=retired)).
   - O(state=retired) removes every container of the deployment except O(keep), renames
-    O(keep) to O(name) and removes dangling images no container uses.
+    O(keep) to O(name), tags the images of O(keep_images) (the newest releases) so they
+    stay for rollbacks, drops the tags of older ones and removes dangling images no
+    container uses.
   - O(state=stopped) stops every container of the deployment; O(state=absent) removes
     them, the deployment's network and the image reference when no other container uses it.
   - Tenants apart - every container of a deployment runs on the deployment's own Podman
@@ -57,6 +59,8 @@ options:
   wait_path: {description: Path requested to see whether the app answers., type: str, default: /}
   remove_image: {description: "On absent, remove the image reference when unused.", type: bool, default: true}
   prune_images: {description: "On retired, remove dangling images no container uses.", type: bool, default: true}
+  keep_images: {description: "On retired, images (repository@digest, newest release first) to keep on the host; on absent every kept image is dropped.", type: list, elements: str, default: []}
+  keep_count: {description: "How many of O(keep_images) to keep (the newest releases).", type: int, default: 3}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -251,6 +255,35 @@ def started(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[s
     return result
 
 
+def keep_tag(deployment_id: str, digest: str) -> str:
+    return f"buddo-keep-{deployment_id.replace('-', '')}-{digest.rpartition(':')[2][:32]}"
+
+
+def keep_images(podman: Podman, deployment_id: str, refs: list[str], actions: list[str]) -> bool:
+    """Tag each image of ``refs`` (repository@digest) in its repository so no prune removes it
+    (podman finds repository@digest only through a name in that repository); drop the
+    deployment's other keep tags. True when a tag was dropped."""
+    wanted: dict[str, str] = {}
+    for ref in refs:
+        repository, _, digest = ref.partition("@")
+        if repository and digest:
+            wanted[f"{repository}:{keep_tag(deployment_id, digest)}"] = ref
+    prefix = keep_tag(deployment_id, "")
+    _, out, _ = podman.run("images", "--format", "{{.Repository}}:{{.Tag}}", check=False)
+    have = {name.strip() for name in out.splitlines() if name.strip().rpartition(":")[2].startswith(prefix)}
+    for name, ref in sorted(wanted.items()):
+        if name not in have and podman.run("image", "exists", ref, check=False)[0] == 0:
+            podman.run("tag", ref, name, check=False)
+            actions.append(f"kept {ref}")
+    dropped = sorted(have - set(wanted))
+    for name in dropped:
+        # Untags; removes the image too when that was its last name and no container uses it.
+        podman.run("image", "rm", name, check=False)
+    if dropped:
+        actions.append(f"dropped {len(dropped)} kept image(s)")
+    return bool(dropped)
+
+
 def retired(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
     p = module.params
     existing = podman.containers(p["deployment_id"])
@@ -269,7 +302,8 @@ def retired(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[s
         podman.run("rename", keep["id"], p["name"])
         actions.append(f"renamed {keep['name']} to {p['name']}")
         keep = {**keep, "name": p["name"]}
-    if old and p["prune_images"]:
+    dropped = keep_images(podman, p["deployment_id"], p["keep_images"][:max(0, p["keep_count"])], actions)
+    if (old or dropped) and p["prune_images"]:
         podman.run("image", "prune", "--force", check=False)
     return {"changed": bool(old) or rename, "container": keep}
 
@@ -301,6 +335,7 @@ def absent(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[st
             _, users, _ = podman.run("ps", "--all", "--quiet", "--filter", f"ancestor={p['image']}", check=False)
             if not users.strip():
                 podman.run("image", "rm", p["image"], check=False)
+    keep_images(podman, p["deployment_id"], [], actions)
     if network:
         podman.run("network", "rm", deployment_network(p["deployment_id"]))
         actions.append(f"removed network {deployment_network(p['deployment_id'])}")
@@ -336,6 +371,8 @@ def main() -> None:
             "wait_path": {"type": "str", "default": "/"},
             "remove_image": {"type": "bool", "default": True},
             "prune_images": {"type": "bool", "default": True},
+            "keep_images": {"type": "list", "elements": "str", "default": []},
+            "keep_count": {"type": "int", "default": 3},
             "podman": {"type": "str", "default": "podman"},
         },
         required_if=[("state", "started", ("image", "spec", "host_ports")), ("state", "retired", ("keep",))],

@@ -1,0 +1,73 @@
+"""Releases: what each successful deploy, restart or rollback of a deployment ran.
+
+A release is recorded when a converge that an operator asked for (create, deploy,
+restart, rollback; not an automatic heal) completes with the container running.
+Rollback pins the deployment to a release's digest; the images of the newest
+``releases_kept`` releases stay on the host (the engine tags them) so a rollback to
+one of them never needs the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..models import AuditEntry, Deployment, Release, utcnow
+from ..settings import RELEASE_HISTORY
+
+# Heals restart the same image: not a release of anything new.
+_AUTOMATIC = {"health", "container_exited", "drift"}
+RELEASE_ACTIONS = ("deploy", "restart")
+
+
+def by_digest(image: str, digest: str) -> str:
+    """``repository@digest`` of an image reference (its tag and any digest dropped)."""
+    repository = image.split("@", 1)[0]
+    slash, colon = repository.rfind("/"), repository.rfind(":")
+    if colon > slash:  # a tag, not a registry's port
+        repository = repository[:colon]
+    return f"{repository}@{digest}"
+
+
+def history(deployment_id: Any) -> list[str]:
+    """Digests of the newest releases (newest first), as the desired-state document lists them."""
+    rows = (Release.select(Release.image_digest).where(Release.deployment == deployment_id)
+            .order_by(Release.number.desc()).limit(RELEASE_HISTORY))
+    return [r.image_digest for r in rows]
+
+
+def kept(deployment_id: Any, count: int) -> set[str]:
+    """Digests whose images the host keeps: those of the newest ``count`` releases."""
+    return set(history(deployment_id)[:count])
+
+
+def latest(deployment_id: Any) -> Release | None:
+    found: Release | None = (Release.select().where(Release.deployment == deployment_id)
+                             .order_by(Release.number.desc()).first())
+    return found
+
+
+def releasing(entries: list[AuditEntry]) -> AuditEntry | None:
+    """The newest entry among those a converge completes that makes a release, if any."""
+    for entry in reversed(entries):
+        details = json.loads(entry.details) if entry.details else {}
+        if entry.action in RELEASE_ACTIONS and details.get("reason") not in _AUTOMATIC:
+            return entry
+    return None
+
+
+def record(d: Deployment, entry: AuditEntry, digest: str, generation: int, *, pinned: bool) -> Release:
+    """A new release of the running container (call in the transaction that records the outcome).
+
+    ``pinned``: the container was run by digest (a rollback), not by the tag.
+    """
+    previous = latest(d.id)
+    details = json.loads(entry.details) if entry.details else {}
+    rollback_of = details.get("rollback_to")
+    return Release.create(
+        deployment=d.id, number=(previous.number if previous else 0) + 1, image=d.container_image,
+        image_digest=digest, pinned=pinned,
+        rollback_of=rollback_of if isinstance(rollback_of, int) else None,
+        initiated_by=entry.initiated_by or d.app_id, generation=generation, created_at=utcnow(),
+    )
+

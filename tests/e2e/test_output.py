@@ -1,0 +1,56 @@
+"""App output on the real stack (issue 10): what a container printed before it crashed, env values masked."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Stack
+
+SECRET = "s3cr3t-e2e-output-7f1a"
+
+
+def crashing_image(stack: Stack, workdir: Path) -> str:
+    """The demo image with an app that prints (its env value too), complains on stderr and exits 3."""
+    base = stack.push("v1", tag="out-base")
+    image = f"127.0.0.1:5000/{stack.repository}:crash"
+    (workdir / "Containerfile").write_text(
+        f"FROM {base}\n"
+        'ENTRYPOINT ["/bin/busybox", "sh", "-c", '
+        '"echo starting with token $API_TOKEN; echo cannot open database >&2; exit 3"]\n'
+        "CMD []\n")
+    subprocess.run(["podman", "build", "-q", "-t", image, str(workdir)], check=True, capture_output=True)
+    subprocess.run(["podman", "push", "-q", image], check=True, capture_output=True)
+    return image
+
+
+@pytest.mark.xfail(strict=True, reason="a first deploy whose container never answered is removed, so its output "
+                   "is gone; keeping it stopped raced the restart policy (it crash-looped): not solved yet")
+def test_output_of_a_container_that_printed_and_crashed(stack: Stack, tmp_path: Path) -> None:
+    image = crashing_image(stack, tmp_path)
+    ident = stack.create(subdomain="e2e-output", image=image, env_vars={"API_TOKEN": SECRET})["id"]
+    assert stack.wait_for(ident, {"running", "failed"}, timeout=180)["status"] == "failed", stack.logs(ident)
+
+    resp = stack.call("GET", f"/api/deploy/apps/{ident}/output", params={"tail": "50"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert SECRET not in resp.text
+    texts = [(line["stream"], line["text"]) for line in body["lines"]]
+    assert ("stdout", "starting with token ********") in texts, texts
+    assert ("stderr", "cannot open database") in texts, texts
+    container = body["container"]
+    assert container["state"] in {"exited", "stopped"} and container["exit_code"] == 3, container
+    # Newest last, and bounded by tail.
+    last = stack.call("GET", f"/api/deploy/apps/{ident}/output", params={"tail": "1"}).json()["lines"]
+    assert len(last) == 1 and last[0]["at"] == body["lines"][-1]["at"], "the failed container kept running"
+    # Nothing of it stays behind: not in the job row, nor in the worker's or the API's log.
+    logs = (stack.root / "worker.log").read_text(errors="replace") + (stack.root / "api.log").read_text(
+        errors="replace")
+    assert SECRET not in logs
+    leaked = [str(f) for f in (stack.root / "var").rglob("*") if f.is_file() and SECRET.encode() in f.read_bytes()]
+    assert leaked == []
+    assert stack.call("GET", f"/api/deploy/apps/{ident}/output", params={"tail": "0"}).status_code == 422
+    stack.destroy(ident)
+    assert stack.call("GET", f"/api/deploy/apps/{ident}/output").status_code == 422
