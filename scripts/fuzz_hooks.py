@@ -2,7 +2,8 @@
 
 The built-in positive_data_acceptance check is told (schemathesis.toml) that a
 schema-valid request may get 422, because some rejections depend on state no
-schema can describe: a subdomain or custom domain already taken, a tier without
+schema can describe: a subdomain or custom domain already taken, a release the
+deployment never had, a suspended deployment, a tier without
 custom domains, a destroyed deployment, a cursor the API never returned. This
 check keeps that allowance narrow: a schema-valid request answered 422 must name
 one of those state conflicts, never `validation_failed` (the spec said yes, the
@@ -16,6 +17,10 @@ from schemathesis import Case, CheckContext, Response
 
 STATE_CONFLICTS = frozenset({
     "subdomain_taken", "custom_domain_taken", "custom_domain_not_allowed", "deployment_destroyed", "invalid_cursor",
+    # A release number the deployment never had, one whose image is gone, or none before the first.
+    "release_not_found", "release_image_pruned", "no_previous_release",
+    # Billing: a suspended deployment restarts once paid, not on request.
+    "deployment_suspended",
 })
 
 

@@ -100,7 +100,8 @@ _INTEGERS = (
     "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR", "RELEASES_KEPT",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
 )
-_NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL")
+_NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
+            "OUTPUT_WAIT")
 
 
 def _check_numbers(get: Callable[[str], str | None]) -> None:
@@ -187,6 +188,8 @@ class Settings:
     rate_limit_webhook: int = 120
     # Images of this many newest releases stay on the host for rollbacks; older ones are pruned.
     releases_kept: int = 3
+    # How long GET .../output waits for a worker to read the container's output (seconds).
+    output_wait_s: float = 12.0
     # Clients GET /metrics answers (no token there).
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
@@ -267,6 +270,7 @@ class Settings:
             "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
             "releases_kept": int(get("RELEASES_KEPT") or 3),
+            "output_wait_s": float(get("OUTPUT_WAIT") or 12),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
         }
         if not 1 <= int(kwargs["releases_kept"]) <= RELEASE_HISTORY:  # type: ignore[call-overload]

@@ -140,7 +140,7 @@ class Worker:
                      repaired or "nothing", report.orphans or "none")
             outcome = "succeeded" if report.converged else "failed"
         elif job.action == "output":
-            output.finish(job, self.name, result, plan.secrets)
+            output.finish(job, self.name, result, plan.secrets, self.settings.output_wait_s)
             outcome = _outcome(job.id)
         elif not engine.finish(plan, self.name, result, duration):
             log.warning("job %s: lease lost, outcome discarded", job.id)

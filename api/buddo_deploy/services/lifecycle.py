@@ -180,7 +180,7 @@ class Lifecycle:
         if deployment.desired_state == "absent":
             raise Unprocessable("A destroyed deployment has no output", code="deployment_destroyed",
                                 details={"status": deployment.status})
-        return output.wait(output.enqueue(deployment, tail, since))
+        return output.wait(output.enqueue(deployment, tail, since), self.settings.output_wait_s)
 
     def release_kept(self, release: Release) -> bool:
         return release.image_digest in releases.kept(release.deployment_id, self.settings.releases_kept)

@@ -23,8 +23,6 @@ from ..models import Deployment, Job, database_proxy, utcnow
 from ..runner import PlaybookResult
 from . import state
 
-# How long the API waits for the worker (seconds); a job older than this has no reader.
-WAIT_S = 12.0
 POLL_S = 0.1
 JOB_TIMEOUT_S = 30
 MASK = "********"
@@ -41,9 +39,11 @@ def enqueue(d: Deployment, tail: int, since: dt.datetime | None) -> int:
     return int(job.id)
 
 
-def wait(job_id: int) -> dict[str, Any]:
-    """The job's lines once a worker stored them (deleted from the row as they are read)."""
-    wait_s = WAIT_S
+def wait(job_id: int, wait_s: float) -> dict[str, Any]:
+    """The job's lines once a worker stored them (deleted from the row as they are read).
+
+    ``wait_s`` (BUDDO_OUTPUT_WAIT): how long the API waits for a worker; then the job has no reader.
+    """
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         job = Job.get_by_id(job_id)
@@ -92,11 +92,12 @@ def mask(lines: list[dict[str, Any]], secrets: list[str]) -> list[dict[str, Any]
     return out
 
 
-def finish(job: Job, owner: str, result: PlaybookResult, secrets: dict[str, dict[str, str]]) -> None:
+def finish(job: Job, owner: str, result: PlaybookResult, secrets: dict[str, dict[str, str]],
+           wait_s: float) -> None:
     from .. import jobqueue
 
     data = result.stats.get("buddo_output") if result.ok else None
-    late = utcnow() - job.created_at > dt.timedelta(seconds=WAIT_S + 1)
+    late = utcnow() - job.created_at > dt.timedelta(seconds=wait_s + 1)  # the API stopped waiting
     with write_transaction(database_proxy.obj):
         if data is None:
             jobqueue.finish(job, owner, succeeded=False, error=result.message or "the playbook run failed")

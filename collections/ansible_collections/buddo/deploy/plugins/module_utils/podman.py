@@ -35,3 +35,24 @@ def parse_networks(out: str) -> list[dict[str, Any]]:
                       "host": labels.get("buddo.host", ""),
                       "isolated": (item.get("options") or {}).get("isolate") == "true"})
     return found
+
+
+def log_lines(out: str, err: str, secrets: list[str], tail: int) -> list[dict[str, str]]:
+    """`podman logs --timestamps` output as lines (at, stream, text), oldest first, masked.
+
+    podman writes the container's stderr to its own stderr: both are merged by timestamp.
+    """
+    from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
+
+    merged = []
+    for text, stream in ((out, "stdout"), (err, "stderr")):
+        for raw in text.splitlines():
+            at, _, line = raw.partition(" ")
+            merged.append((at, stream, redact(line, secrets)))
+    merged.sort(key=lambda line: line[0])
+    return [{"at": at, "stream": stream, "text": text} for at, stream, text in merged[-tail:]]
+
+
+def saved_output_path(output_dir: str, deployment_id: str) -> str:
+    """Where the output of a container that never answered is kept once the container is gone."""
+    return f"{output_dir.rstrip('/')}/{deployment_id}.json"

@@ -61,6 +61,7 @@ options:
   prune_images: {description: "On retired, remove dangling images no container uses.", type: bool, default: true}
   keep_images: {description: "On retired, images (repository@digest, newest release first) to keep on the host; on absent every kept image is dropped.", type: list, elements: str, default: []}
   keep_count: {description: "How many of O(keep_images) to keep (the newest releases).", type: int, default: 3}
+  output_dir: {description: "Where the output of a container that never answered is kept (0600) before it is removed; empty: nowhere.", type: str, default: ""}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -84,13 +85,24 @@ failure_kind: {description: "C(app) when the app itself failed (bad image, never
 actions: {description: What was done., type: list, returned: always}
 """
 
+import json
+import os
 import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
-from ansible_collections.buddo.deploy.plugins.module_utils.podman import deployment_network, parse_ps
+from ansible_collections.buddo.deploy.plugins.module_utils.podman import (
+    deployment_network,
+    log_lines,
+    parse_ps,
+    saved_output_path,
+)
 from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
+
+
+# The most lines kept of a container that never answered (the API's tail bound).
+KEPT_OUTPUT_LINES = 5000
 
 
 class AppFailure(Exception):
@@ -223,9 +235,28 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
     try:
         wait_until_answers(podman, container_id, url, p["wait_timeout"])
     except AppFailure:
+        keep_output(podman, p, container_id, name)
         podman.run("rm", "--force", "--time", "2", container_id, check=False)
         raise
     return {"id": container_id, "name": name, "host_port": port}
+
+
+def keep_output(podman: Podman, p: dict[str, Any], container_id: str, name: str) -> None:
+    """Keep what a container that never answered printed (masked, 0600): its removal must not
+    take the reason with it (app_output reads this when the deployment has no container left)."""
+    if not p["output_dir"]:
+        return
+    rc, out, _ = podman.run("inspect", "--format", "json", container_id, check=False)
+    state = (json.loads(out or "[{}]") or [{}])[0].get("State", {}) if rc == 0 else {}
+    _, out, err = podman.run("logs", "--timestamps", "--tail", str(KEPT_OUTPUT_LINES), container_id, check=False)
+    kept = {"lines": log_lines(out, err, podman.secrets, KEPT_OUTPUT_LINES),
+            "container": {"id": container_id, "name": name, "state": "removed",
+                          "exit_code": state.get("ExitCode")}}
+    os.makedirs(p["output_dir"], mode=0o700, exist_ok=True)
+    path = saved_output_path(p["output_dir"], p["deployment_id"])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(kept, handle)
 
 
 def started(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
@@ -339,7 +370,12 @@ def absent(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[st
     if network:
         podman.run("network", "rm", deployment_network(p["deployment_id"]))
         actions.append(f"removed network {deployment_network(p['deployment_id'])}")
-    return {"changed": bool(existing) or network}
+    kept = saved_output_path(p["output_dir"], p["deployment_id"]) if p["output_dir"] else ""
+    forgotten = bool(kept) and os.path.exists(kept)
+    if forgotten:
+        os.remove(kept)
+        actions.append("removed the kept output")
+    return {"changed": bool(existing) or network or forgotten}
 
 
 def main() -> None:
@@ -373,6 +409,7 @@ def main() -> None:
             "prune_images": {"type": "bool", "default": True},
             "keep_images": {"type": "list", "elements": "str", "default": []},
             "keep_count": {"type": "int", "default": 3},
+            "output_dir": {"type": "str", "default": ""},
             "podman": {"type": "str", "default": "podman"},
         },
         required_if=[("state", "started", ("image", "spec", "host_ports")), ("state", "retired", ("keep",))],

@@ -20,6 +20,7 @@ options:
   tail: {description: Lines to return at most (of both streams together)., type: int, default: 100}
   since: {description: "Only lines after this RFC 3339 time (empty: all)." , type: str, default: ""}
   env: {description: Environment variables whose values are masked (never logged)., type: dict, default: {}}
+  output_dir: {description: "Where app_instance keeps the output of a container that never answered (read when no container is left; empty: nowhere).", type: str, default: ""}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -39,10 +40,13 @@ lines: {description: "Oldest first: at (RFC 3339), stream (stdout or stderr), te
 container: {description: "The container read (id, name, state, exit_code); empty when there is none.", type: dict, returned: always}
 """
 
+import datetime
 import json
+import re
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.buddo.deploy.plugins.module_utils.podman import log_lines, saved_output_path
 from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
 
 
@@ -55,12 +59,24 @@ def pick(containers: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return ordered[-1]
 
 
-def split(out: str, stream: str, secrets: list[str]) -> list[tuple[str, str, str]]:
-    lines = []
-    for raw in out.splitlines():
-        at, _, text = raw.partition(" ")
-        lines.append((at, stream, redact(text, secrets)))
-    return lines
+def saved(output_dir: str, deployment_id: str, tail: int, since: str) -> dict[str, Any] | None:
+    """What app_instance kept of a container that never answered (it removed the container)."""
+    try:
+        with open(saved_output_path(output_dir, deployment_id), encoding="utf-8") as handle:
+            kept = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    lines = kept.get("lines") or []
+    if since:
+        cutoff = _instant(since)
+        lines = [line for line in lines if _instant(line["at"]) > cutoff]
+    return {"lines": lines[-tail:], "container": kept.get("container") or {}}
+
+
+def _instant(stamp: str) -> datetime.datetime:
+    """RFC 3339 with up to nanoseconds (podman's) as an aware datetime (microseconds)."""
+    stamp = re.sub(r"(\.\d{6})\d+", r"\1", stamp.replace("Z", "+00:00"))
+    return datetime.datetime.fromisoformat(stamp)
 
 
 def main() -> None:
@@ -72,6 +88,7 @@ def main() -> None:
             "tail": {"type": "int", "default": 100},
             "since": {"type": "str", "default": ""},
             "env": {"type": "dict", "default": {}, "no_log": True},
+            "output_dir": {"type": "str", "default": ""},
             "podman": {"type": "str", "default": "podman"},
         },
         supports_check_mode=True,
@@ -85,16 +102,15 @@ def main() -> None:
         module.fail_json(msg=redact(f"podman ps failed: {err.strip()}", secrets))
     container = pick(json.loads(out or "[]"), p["name"])
     if container is None:
-        module.exit_json(changed=False, lines=[], container={})
+        kept = saved(p["output_dir"], p["deployment_id"], max(1, p["tail"]), p["since"]) if p["output_dir"] else None
+        module.exit_json(changed=False, **(kept or {"lines": [], "container": {}}))
     args = [p["podman"], "logs", "--timestamps", "--tail", str(max(1, p["tail"]))]
     if p["since"]:
         args += ["--since", p["since"]]
     rc, out, err = module.run_command([*args, container["Id"]])
     if rc != 0 and not out:
         module.fail_json(msg=redact(f"podman logs failed: {err.strip()}", secrets))
-    # podman logs writes the container's stderr to its own stderr: merge by timestamp.
-    merged = sorted(split(out, "stdout", secrets) + split(err, "stderr", secrets), key=lambda line: line[0])
-    lines = [{"at": at, "stream": stream, "text": text} for at, stream, text in merged[-p["tail"]:]]
+    lines = log_lines(out, err, secrets, p["tail"])
     module.exit_json(changed=False, lines=lines, container={
         "id": container["Id"], "name": (container.get("Names") or [""])[0], "state": container.get("State", ""),
         "exit_code": container.get("ExitCode")})
