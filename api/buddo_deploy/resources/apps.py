@@ -5,9 +5,7 @@ import uuid
 import falcon
 from pydantic import ValidationError
 
-from ..errors import Unprocessable
 from ..schemas import (
-    PATTERN_HINTS,
     DeploymentCreate,
     DeploymentEnvelope,
     DeploymentList,
@@ -24,21 +22,16 @@ from ..schemas import (
     ValidationContext,
 )
 from ..services.lifecycle import Lifecycle
-from .common import deployment_out, log_entry_out, parse_json_object, read_body, read_json_object, send
-
-
-def _validation_error(exc: ValidationError) -> Unprocessable:
-    details = []
-    for error in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(part) for part in error["loc"]) or "body"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "string_pattern_mismatch" and error["loc"]:
-            # A dict key's error ends its location with "[key]" (env_vars.NAME.[key]).
-            hint = f"{error['loc'][0]}.[key]" if error["loc"][-1] == "[key]" else str(error["loc"][0])
-            message = PATTERN_HINTS.get(hint, message)
-        details.append({"field": field, "message": message})
-    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
-    return Unprocessable(f"Validation failed: {summary}", code="validation_failed", details=details)
+from .common import (
+    deployment_out,
+    log_entry_out,
+    parse_json_object,
+    parse_query,
+    read_body,
+    read_json_object,
+    send,
+    validation_error,
+)
 
 
 class AppsResource:
@@ -54,12 +47,7 @@ class AppsResource:
     # collection
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        try:
-            # The last value of a repeated parameter, as falcon's get_param gives it.
-            query = ListQuery.model_validate({name: req.get_param(name) for name in ListQuery.model_fields
-                                              if req.get_param(name) is not None})
-        except ValidationError as exc:
-            raise _validation_error(exc) from exc
+        query = parse_query(req, ListQuery)
         page = self.lifecycle.list_deployments(
             req.context.principal,
             limit=query.limit,
@@ -75,7 +63,7 @@ class AppsResource:
         try:
             request = DeploymentCreate.model_validate(body, context=self.context)
         except ValidationError as exc:
-            raise _validation_error(exc) from exc
+            raise validation_error(exc) from exc
         deployment = self.lifecycle.create_deployment(req.context.principal, request)
         resp.location = f"/api/deploy/apps/{deployment.id}"
         self._send_deployment(resp, deployment, falcon.HTTP_201)
@@ -100,11 +88,7 @@ class AppsResource:
         self._send_deployment(resp, self.lifecycle.restart(req.context.principal, deployment_id))
 
     def on_get_releases(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
-        try:
-            query = ReleasesQuery.model_validate({name: req.get_param(name) for name in ReleasesQuery.model_fields
-                                                  if req.get_param(name) is not None})
-        except ValidationError as exc:
-            raise _validation_error(exc) from exc
+        query = parse_query(req, ReleasesQuery)
         rows, next_number = self.lifecycle.list_releases(
             req.context.principal, deployment_id, limit=query.limit,
             before=int(query.cursor) if query.cursor is not None else None)
@@ -114,11 +98,7 @@ class AppsResource:
         send(resp, ReleaseList(releases=items, next_cursor=str(next_number) if next_number is not None else None))
 
     def on_get_output(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
-        try:
-            query = OutputQuery.model_validate({name: req.get_param(name) for name in OutputQuery.model_fields
-                                                if req.get_param(name) is not None})
-        except ValidationError as exc:
-            raise _validation_error(exc) from exc
+        query = parse_query(req, OutputQuery)
         found = self.lifecycle.app_output(req.context.principal, deployment_id, tail=query.tail, since=query.since)
         send(resp, OutputOut(lines=found.get("lines") or [], container=found.get("container") or None))
 
@@ -127,7 +107,7 @@ class AppsResource:
         try:
             body = RollbackIn.model_validate(parse_json_object(raw) if raw.strip() else {})
         except ValidationError as exc:
-            raise _validation_error(exc) from exc
+            raise validation_error(exc) from exc
         self._send_deployment(resp, self.lifecycle.rollback(req.context.principal, deployment_id, body.release))
 
     def on_post_stop(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:

@@ -11,8 +11,7 @@ from pydantic import ValidationError
 
 from ..schemas import BillingOut, BillingQuery, PaymentIn, PaymentOut, SettledOut
 from ..services.billing import Billing, verify_signature
-from .apps import _validation_error
-from .common import parse_json_object, read_body, send
+from .common import parse_json_object, parse_query, read_body, send, validation_error
 
 # A payment notification is a few hundred bytes; anything near this is not one.
 WEBHOOK_MAX_BYTES = 16 * 1024
@@ -23,11 +22,7 @@ class BillingResource:
         self.billing = billing
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        try:
-            query = BillingQuery.model_validate({name: req.get_param(name) for name in BillingQuery.model_fields
-                                                 if req.get_param(name) is not None})
-        except ValidationError as exc:
-            raise _validation_error(exc) from exc
+        query = parse_query(req, BillingQuery)
         view = self.billing.overview(req.context.principal.operator_id, limit=query.limit,
                                      before=int(query.cursor) if query.cursor else None)
         view["ledger"] = [_entry(e) for e in view["ledger"]]
@@ -57,7 +52,7 @@ class PaymentsResource:
         try:
             payment = PaymentIn.model_validate(parse_json_object(raw))
         except ValidationError as exc:
-            raise _validation_error(exc) from exc
+            raise validation_error(exc) from exc
         credit = self.billing.credit(payment.operator_id, payment.track, payment.amount, payment.reference,
                                      source="webhook")
         out = PaymentOut(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 import falcon
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from ..errors import ApiError, BadRequest
-from ..schemas import DeploymentOut, LogEntryOut
+from ..errors import ApiError, BadRequest, Unprocessable
+from ..schemas import PATTERN_HINTS, DeploymentOut, LogEntryOut
 
 
 def _reject_constant(name: str) -> Any:
@@ -94,3 +94,30 @@ def log_entry_out(entry: Any) -> LogEntryOut:
         details=json.loads(entry.details) if entry.details else None,
         job_id=entry.job_id,
     )
+
+
+def validation_error(exc: ValidationError) -> Unprocessable:
+    details = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "string_pattern_mismatch" and error["loc"]:
+            # A dict key's error ends its location with "[key]" (env_vars.NAME.[key]).
+            hint = f"{error['loc'][0]}.[key]" if error["loc"][-1] == "[key]" else str(error["loc"][0])
+            message = PATTERN_HINTS.get(hint, message)
+        details.append({"field": field, "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return Unprocessable(f"Validation failed: {summary}", code="validation_failed", details=details)
+
+
+Query = TypeVar("Query", bound=BaseModel)
+
+
+def parse_query(req: falcon.Request, model: type[Query]) -> Query:
+    """The query string as ``model`` (unknown parameters ignored; of a repeated one, the last
+    value, as falcon's get_param gives it); 422 in the envelope when it does not validate."""
+    try:
+        return model.model_validate({name: req.get_param(name) for name in model.model_fields
+                                     if req.get_param(name) is not None})
+    except ValidationError as exc:
+        raise validation_error(exc) from exc

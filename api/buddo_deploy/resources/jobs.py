@@ -5,13 +5,11 @@ from __future__ import annotations
 import uuid
 
 import falcon
-from pydantic import ValidationError
 
 from ..schemas import JobEnvelope, JobEventOut, JobOut, JobQuery
 from ..services.jobs import JobLog, job_log
 from ..services.lifecycle import Lifecycle
-from .apps import _validation_error
-from .common import send
+from .common import parse_query, send
 
 
 def job_out(log: JobLog) -> JobOut:
@@ -47,11 +45,7 @@ class JobsResource:
         self.lifecycle = lifecycle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID, job_id: str) -> None:
-        try:
-            query = JobQuery.model_validate({name: req.get_param(name) for name in JobQuery.model_fields
-                                             if req.get_param(name) is not None})
-        except ValidationError as exc:
-            raise _validation_error(exc) from exc
+        query = parse_query(req, JobQuery)
         deployment = self.lifecycle.get_owned(req.context.principal, deployment_id)
         log = job_log(deployment, job_id, limit=query.limit, cursor=query.cursor)
         send(resp, JobEnvelope(job=job_out(log)))
