@@ -56,12 +56,12 @@ curl -s $API/api/deploy/apps/ID/status -H "Authorization: Bearer \$TOKEN"
 curl --cacert $CA https://my-app.localhost:8443/
 make demo-image VERSION=v2          # push a new version to the same tag
 curl -s -X POST $API/api/deploy/apps/ID/restart -H "Authorization: Bearer \$TOKEN"
+podman rm -f \$(podman ps -q --filter label=buddo.subdomain=my-app)   # gone: back within ~15 s
 curl -s -X POST $API/api/deploy/apps/ID/stop -H "Authorization: Bearer \$TOKEN"
 curl -s $API/api/deploy/apps/ID/logs -H "Authorization: Bearer \$TOKEN"
 curl -s $API/api/deploy/billing -H "Authorization: Bearer \$TOKEN"   # balances, next charge, ledger
 curl -s $API/api/deploy/apps/ID/jobs/JOB_ID -H "Authorization: Bearer \$TOKEN"   # an entry's job_id: its playbook run
 curl -s $API/metrics                                                       # Prometheus, from this machine only
-podman rm -f \$(podman ps -q --filter label=buddo.subdomain=my-app)   # gone: back within ~15 s
 .venv/bin/buddo-deploy reconcile --dry-run   # the drift between the database and this host
 .venv/bin/buddo-deploy reconcile             # repair it (the worker also does, every 5 min)
 curl -s -X DELETE $API/api/deploy/apps/ID -H "Authorization: Bearer \$TOKEN"
