@@ -214,7 +214,8 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.default_host
     items, known, rows = engine.reconcile_scope(host)
     document: dict[str, Any] = {"converge_deployments": items, "converge_known": known,
-                                "converge_instance": settings.instance, "converge_hosts": [host]}
+                                "converge_instance": settings.instance, "converge_hosts": [host],
+                                "converge_releases_kept": settings.releases_kept}
     if args.env_file:
         try:
             env = engine.env_values(items, rows, settings.secret_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,3 +54,7 @@ def test_desired_env_file_is_0600_even_when_it_existed(
     assert main(["desired", "--host", "container-host-1", "--env-file", str(env_file)]) == 0
     assert mode(env_file) == 0o600
     assert '"converge_env_file"' in capsys.readouterr().out
+    monkeypatch.setenv("BUDDO_RELEASES_KEPT", "5")
+    assert main(["desired", "--host", "container-host-1"]) == 0
+    # What the worker passes every run, so a sysadmin's run keeps as many release images.
+    assert json.loads(capsys.readouterr().out)["converge_releases_kept"] == 5
