@@ -24,9 +24,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import ADMIN, Stack, start_stack, stop_stack
+from tests.e2e.conftest import Stack, start_stack, stop_stack
 
 SSH_ADDRESS = "127.0.0.2"
+# Both hosts get a Caddy of their own: the session stack's Caddy (conftest's ADMIN, 18443)
+# serves the other e2e tests at the same time and must be neither reloaded nor stopped here.
+HOST1 = {"https": 19543, "http": 19180, "admin": "127.0.0.1:12021"}
 HOST2 = {"https": 19443, "http": 19080, "admin": "127.0.0.1:12020"}
 
 
@@ -131,7 +134,7 @@ class TwoHosts:
         """GET the app through the Caddy of ``host`` (each Caddy has its own local CA)."""
         var = self.stack.root / "var" / ("host2" if host == "container-host-2" else "")
         ca = var / "caddy" / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
-        port = HOST2["https"] if host == "container-host-2" else 18443
+        port = (HOST2 if host == "container-host-2" else HOST1)["https"]
         name = f"{subdomain}.localhost"
         return subprocess.run(
             ["curl", "-sS", "--max-time", "10", "--cacert", str(ca), "--resolve", f"{name}:{port}:127.0.0.1",
@@ -153,14 +156,16 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoHosts]:
     root = tmp_path_factory.mktemp("hosts")
     ssh = SshHost(root / "ssh")
     ssh.start()
-    admins = [ADMIN, HOST2["admin"]]
+    admins = [HOST1["admin"], HOST2["admin"]]
 
     def configure(inventory: Path) -> list[str]:
         hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
         host1 = hosts["container_hosts"]["hosts"]["container-host-1"]
         # btc-pro is 1024 MB: the first deployment goes to host-2 (more free), the second to
         # host-1 (then both have 2048 MB free and host-1 has fewer deployments).
-        host1 |= {"buddo_host_memory_mb": 2048, "buddo_host_port_range": "25000-25999"}
+        host1 |= {"buddo_host_memory_mb": 2048, "buddo_host_port_range": "25000-25999",
+                  "caddy_http_port": HOST1["http"], "caddy_https_port": HOST1["https"],
+                  "caddy_admin_address": HOST1["admin"]}
         hosts["container_hosts"]["hosts"]["container-host-2"] = ssh.hostvars() | {
             "buddo_host_memory_mb": 3072, "buddo_host_port_range": "26000-26999",
             "buddo_public_ipv4": "192.0.2.2",
