@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -143,6 +144,15 @@ class Stack:
                 return dict(entries[-1])
             time.sleep(0.5)
         raise AssertionError(f"{action} of {ident} never finished: {self.logs(ident)}")
+
+    def crash_workers(self) -> None:
+        """SIGKILL every worker and all it started (no cleanup of any kind), then start a fresh one."""
+        for worker in list(self.workers):
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        self.workers.clear()
+        self.start_worker()
 
     def destroy(self, ident: str) -> None:
         """DELETE the deployment and wait until its teardown completed."""

@@ -8,7 +8,6 @@ still there to search, as it would be after any run a SIGKILL cut short.
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import tempfile
 import time
@@ -59,12 +58,7 @@ def test_secrets_stay_out_of_every_file(stack: Stack) -> None:
     while not runs_of(stack, SUBDOMAIN) - before:
         assert time.monotonic() < deadline, "the restart's playbook run never started"
         time.sleep(0.1)
-    for worker in list(stack.workers):
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-    stack.workers.clear()
-    stack.start_worker()
+    stack.crash_workers()
     assert stack.wait_for_audit(ident, "restart", timeout=180)["details"]["attempt"] == 2
     stack.call("POST", f"/api/deploy/apps/{ident}/stop")
     stack.wait_for_audit(ident, "stop")

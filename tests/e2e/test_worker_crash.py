@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 from tests.e2e.conftest import Stack
@@ -18,12 +16,7 @@ def test_killed_worker_job_is_retried_and_converges(stack: Stack) -> None:
         assert time.monotonic() < deadline, "the deploy never started"
         time.sleep(0.1)
     time.sleep(1.5)  # let ansible get going, then crash the worker and everything it started
-    for worker in list(stack.workers):
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-    stack.workers.clear()
-    stack.start_worker()
+    stack.crash_workers()
 
     status = stack.wait_for(ident, {"running", "failed"}, timeout=180)
     assert status["status"] == "running", stack.logs(ident)

@@ -11,6 +11,12 @@ except ImportError:  # reported by the module (missing_required_lib), not as a t
     requests = None  # type: ignore[assignment]
 
 DEFAULT_API_URL = "https://api.cloudflare.com/client/v4"
+# The options every module of ours that talks to the API takes.
+CONNECTION_ARGS: dict[str, dict[str, Any]] = {
+    "api_url": {"type": "str", "default": DEFAULT_API_URL},
+    "api_token": {"type": "str", "required": True, "no_log": True},
+    "zone": {"type": "str", "required": True},
+}
 RECORD_FIELDS = ("type", "name", "content", "ttl", "proxied", "comment")
 _ZONE_ID = re.compile(r"^[0-9a-f]{32}$")
 # A guard against an API that never says the last page was reached.

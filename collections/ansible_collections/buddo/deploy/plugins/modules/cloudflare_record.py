@@ -57,6 +57,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.buddo.deploy.plugins.module_utils.cloudflare import (
+    CONNECTION_ARGS,
     Cloudflare,
     CloudflareError,
     fields,
@@ -138,9 +139,7 @@ def _body(want: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "api_url": {"type": "str", "default": "https://api.cloudflare.com/client/v4"},
-            "api_token": {"type": "str", "required": True, "no_log": True},
-            "zone": {"type": "str", "required": True},
+            **CONNECTION_ARGS,
             "type": {"type": "str", "required": True, "choices": ["A", "AAAA", "CNAME"]},
             "name": {"type": "str", "required": True},
             "content": {"type": "str"},

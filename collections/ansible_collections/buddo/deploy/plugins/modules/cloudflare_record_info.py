@@ -42,6 +42,7 @@ pages: {description: Pages read., type: int, returned: success}
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.buddo.deploy.plugins.module_utils.cloudflare import (
+    CONNECTION_ARGS,
     Cloudflare,
     CloudflareError,
     fields,
@@ -53,9 +54,7 @@ from ansible_collections.buddo.deploy.plugins.module_utils.cloudflare import (
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "api_url": {"type": "str", "default": "https://api.cloudflare.com/client/v4"},
-            "api_token": {"type": "str", "required": True, "no_log": True},
-            "zone": {"type": "str", "required": True},
+            **CONNECTION_ARGS,
             "type": {"type": "str"},
             "name": {"type": "str"},
             "comment_startswith": {"type": "str"},
