@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.timeline import job_timeline  # noqa: E402
 from tests.e2e.conftest import Stack, start_stack, stop_stack  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def baseline(image: str, run: int) -> float:
     return elapsed
 
 
-def ours(stack: Stack, image: str, run: int) -> tuple[float, float]:
+def ours(stack: Stack, image: str, run: int, profile: bool = False) -> tuple[float, float]:
     subdomain = f"bench-{run}"
     started = time.perf_counter()
     ident = stack.create(subdomain=subdomain, image=image, env_vars={"GREETING": "hi"})["id"]
@@ -61,6 +62,8 @@ def ours(stack: Stack, image: str, run: int) -> tuple[float, float]:
     while not stack.https(subdomain).stdout.endswith("\n200"):
         time.sleep(0.05)
     first_200 = time.perf_counter() - started
+    if profile:
+        print("\n".join(job_timeline(stack, ident)), flush=True)
     stack.destroy(ident)
     return running, first_200
 
@@ -68,6 +71,7 @@ def ours(stack: Stack, image: str, run: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="print where each deploy's time went")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="buddo-bench-deploy-"))
     stack = start_stack(root)
@@ -78,7 +82,7 @@ def main() -> None:
         runs_ours, runs_base = [], []
         for run in range(args.runs):  # interleaved, so drift in machine load hits both
             runs_base.append(baseline(image, run))
-            runs_ours.append(ours(stack, image, run))
+            runs_ours.append(ours(stack, image, run, args.profile))
     finally:
         stop_stack(stack)
         shutil.rmtree(root, ignore_errors=True)
