@@ -26,7 +26,9 @@ from typing import Any
 import ansible_runner
 import yaml
 
-from .settings import REPO_ROOT
+from .settings import REPO_ROOT, STRATEGIES
+
+DEFAULT_STRATEGY = STRATEGIES[0]
 
 KEPT_EVENTS = {
     "playbook_on_play_start", "playbook_on_task_start", "runner_on_ok", "runner_on_failed",
@@ -150,12 +152,29 @@ def _summarise(event: Mapping[str, Any]) -> EventSummary | None:
     )
 
 
-def ansible_env() -> dict[str, str]:
-    """Environment for ansible-playbook: our venv first, sbin for podman's netavark."""
+def mitogen_strategy_dir() -> str:
+    """Where the pinned Mitogen keeps its Ansible strategy plugins (in this environment)."""
+    import ansible_mitogen  # noqa: PLC0415 - only runs with the mitogen strategy import it
+
+    return str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy")
+
+
+def ansible_env(strategy: str = DEFAULT_STRATEGY) -> dict[str, str]:
+    """Environment for ansible-playbook: our venv first, sbin for podman's netavark.
+
+    ``strategy``: ``mitogen_linear`` runs every task of a host in one Python kept
+    for the whole play (measured on the converge path: see bench/deploy.py);
+    ``linear`` is Ansible's own, a fresh Python per module run.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}")
     bindir = str(Path(sys.executable).parent)
     path = os.pathsep.join([bindir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
     inherited = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
-    return inherited | {
+    chosen = {"ANSIBLE_STRATEGY": strategy}
+    if strategy.startswith("mitogen"):
+        chosen["ANSIBLE_STRATEGY_PLUGINS"] = mitogen_strategy_dir()
+    return inherited | chosen | {
         "PATH": path,
         "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
@@ -180,6 +199,7 @@ def run_playbook(
     should_cancel: Callable[[], bool] | None = None,
     work_dir: Path | None = None,
     keep_data_dir: bool = False,
+    strategy: str = DEFAULT_STRATEGY,
 ) -> PlaybookResult:
     """Run one playbook through ansible-runner and summarise the outcome."""
     base = work_dir or Path(tempfile.gettempdir())
@@ -208,7 +228,7 @@ def run_playbook(
             for name, value in (secret_files or {}).items():
                 variables[name] = more.enter_context(secret_file(value))
             (private / "env" / "extravars").write_text(unsafe_yaml(variables))
-            envvars = ansible_env()
+            envvars = ansible_env(strategy)
             runner = ansible_runner.interface.init_runner(
                 private_data_dir=str(private),
                 playbook=str(playbook),

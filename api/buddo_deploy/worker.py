@@ -95,6 +95,7 @@ class JobRun:
                 should_cancel=cancel.is_set,
                 work_dir=self.settings.var_dir / "runner",
                 keep_data_dir=self.settings.keep_runner_data,
+                strategy=self.settings.ansible_strategy,
             )
         finally:
             done.set()
@@ -196,7 +197,7 @@ class HealthProber:
         result = run_playbook(
             self.settings.playbook_dir / "health.yml", self.settings.inventory,
             {"health_probe_instance": self.settings.instance}, limit=host, timeout_s=60,
-            work_dir=self.settings.var_dir / "runner", keep_data_dir=False,
+            work_dir=self.settings.var_dir / "runner", keep_data_dir=False, strategy=self.settings.ansible_strategy,
         )
         if not result.ok:
             log.warning("health probe of %s failed: %s", host, result.message)
