@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-reconcile clean sshd
+.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-burst bench-reconcile clean sshd
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -71,6 +71,9 @@ bench-api: venv
 
 bench-deploy: venv
 	$(BIN)/python bench/deploy.py
+
+bench-burst: venv
+	$(BIN)/python bench/burst.py
 
 bench-reconcile: venv
 	$(BIN)/python bench/reconcile.py

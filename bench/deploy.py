@@ -68,31 +68,66 @@ def ours(stack: Stack, image: str, run: int, profile: bool = False) -> tuple[flo
     return running, first_200
 
 
+def restart(stack: Stack, ident: str, subdomain: str, version: str) -> float:
+    """POST .../restart after ``version`` was pushed to the deployment's tag -> it serves ``version``."""
+    started = time.perf_counter()
+    resp = stack.call("POST", f"/api/deploy/apps/{ident}/restart")
+    assert resp.status_code in {200, 202}, resp.text
+    while True:
+        answer = stack.https(subdomain).stdout
+        if answer.endswith("\n200") and version in answer:
+            return time.perf_counter() - started
+        time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="print where each deploy's time went")
+    parser.add_argument("--strategies", default="mitogen_linear,linear",
+                        help="BUDDO_ANSIBLE_STRATEGY values to measure, one after the other in this run")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="buddo-bench-deploy-"))
     stack = start_stack(root)
+    results: dict[str, tuple[list[float], list[tuple[float, float]]]] = {}
+    restarts: dict[str, tuple[list[float], list[float]]] = {}
     try:
         image = stack.push("v1")
         subprocess.run(["podman", "pull", "-q", image], check=True, capture_output=True)
-        ours(stack, image, 99)  # warm-up: Caddy's first certificate, Python caches
-        runs_ours, runs_base = [], []
-        for run in range(args.runs):  # interleaved, so drift in machine load hits both
-            runs_base.append(baseline(image, run))
-            runs_ours.append(ours(stack, image, run, args.profile))
+        for strategy in args.strategies.split(","):
+            stack.restart_platform(stack.env | {"BUDDO_ANSIBLE_STRATEGY": strategy})
+            ours(stack, image, 99)  # warm-up: Caddy's first certificate, Python caches
+            runs_base, runs_ours = results.setdefault(strategy, ([], []))
+            for run in range(args.runs):  # interleaved, so drift in machine load hits both
+                runs_base.append(baseline(image, run))
+                runs_ours.append(ours(stack, image, run, args.profile))
+            # Restart -> the new version serves, against a bare run of that new image.
+            subdomain = f"bench-restart-{strategy.replace('_', '-')}"
+            ident = stack.create(subdomain=subdomain, image=image, env_vars={"GREETING": "hi"})["id"]
+            stack.wait_for(ident, {"running"})
+            runs_base, runs_ours = restarts.setdefault(strategy, ([], []))
+            for run in range(args.runs):
+                version = f"{strategy}-r{run}"
+                stack.push(version)  # same tag: the restart pulls it
+                runs_ours.append(restart(stack, ident, subdomain, version))
+                if args.profile:
+                    print("\n".join(job_timeline(stack, ident)), flush=True)
+                runs_base.append(baseline(image, run))
+            stack.destroy(ident)
     finally:
         stop_stack(stack)
         shutil.rmtree(root, ignore_errors=True)
-    base = statistics.median(runs_base)
-    running = statistics.median(r[0] for r in runs_ours)
-    first = statistics.median(r[1] for r in runs_ours)
-    print(f"runs: {args.runs} (median)")
-    print(f"baseline podman run -d + poll port: {base:6.2f} s")
-    print(f"POST /apps -> running:               {running:6.2f} s   ratio {running / base:.2f}")
-    print(f"POST /apps -> first 200 via Caddy:   {first:6.2f} s   ratio {first / base:.2f}")
+    print(f"runs: {args.runs} per strategy (median); baseline: podman run -d + poll the port")
+    for strategy, (runs_base, runs_ours) in results.items():
+        base = statistics.median(runs_base)
+        running = statistics.median(r[0] for r in runs_ours)
+        first = statistics.median(r[1] for r in runs_ours)
+        print(f"[{strategy}] baseline {base:5.2f} s | POST -> running {running:5.2f} s, ratio {running / base:5.2f}"
+              f" | POST -> first 200 via Caddy {first:5.2f} s, ratio {first / base:5.2f}   (aim <= 5)")
+    for strategy, (runs_base, runs_ours) in restarts.items():
+        base, ours_s = statistics.median(runs_base), statistics.median(runs_ours)
+        print(f"[{strategy}] restart -> new version serving {ours_s:5.2f} s (pull included) vs podman run -d of the"
+              f" new image + poll {base:5.2f} s: ratio {ours_s / base:5.2f}")
 
 
 if __name__ == "__main__":

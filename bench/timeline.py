@@ -43,3 +43,17 @@ def job_timeline(stack: Any, ident: str) -> list[str]:
     if finished:
         lines.append(f"  {(_at(finished) - previous).total_seconds():6.2f} s  {label} -> job finished")
     return lines
+
+
+def playbook_runs(stack: Any, idents: list[str]) -> int:
+    """How many playbook runs brought these deployments up: jobs claimed together (one batch,
+    one run) share their claim time."""
+    path = stack.env["BUDDO_DATABASE_URL"].removeprefix("sqlite:///")
+    claims = set()
+    with sqlite3.connect(path) as db:
+        for ident in idents:
+            row = db.execute("SELECT started_at FROM jobs WHERE deployment_id IN (?, ?) AND action = 'converge' "
+                             "ORDER BY id LIMIT 1", (ident, ident.replace("-", ""))).fetchone()
+            if row:
+                claims.add(row[0])
+    return len(claims)

@@ -273,7 +273,7 @@ def converge_outcomes(
                     outcome["container"] = {k: serving[0].get(k) for k in ("id", "name", "host_port")}
             site = site_results.get(ident)
             if outcome["ok"] and site is not None and site.get("failed"):
-                outcome |= {"ok": False, "kind": "app", "task": "Render the Caddy sites",
+                outcome |= {"ok": False, "kind": "app", "task": "Write, remove and apply the Caddy sites",
                             "message": "Caddy rejected the site; the running config is unchanged: "
                                        + str(site.get("stderr") or site.get("msg") or "").strip()}
         outcomes[ident] = outcome

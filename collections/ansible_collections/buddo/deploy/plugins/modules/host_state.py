@@ -12,6 +12,8 @@ description:
     isolation settings), the deployments' networks of this instance, and every
     Caddy site file of this instance in O(sites_dir) (C(# instance) comment) with the
     deployment it names, its hosts and upstream port.
+  - With O(caddy_admin), also reads Caddy's live JSON config from its admin API, so a
+    converge knows in this same module run whether Caddy runs and what it serves.
   - With O(probe), sends one GET (no redirects, no proxy) to the published port of
     every running container and reports whether the app answered with a status
     below 500.
@@ -24,6 +26,7 @@ options:
   probe: {description: Probe the running containers over HTTP., type: bool, default: false}
   probe_path: {description: Path requested by the probe., type: str, default: /}
   probe_timeout: {description: Seconds one probe may take., type: float, default: 3}
+  caddy_admin: {description: "Caddy's admin address (host:port); empty: Caddy is not read.", type: str, default: ""}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -37,6 +40,10 @@ containers:
 networks: {description: "The deployments' networks (name, deployment_id, isolated).", type: list, returned: always}
 sites: {description: "Site files (file, deployment_id, hosts, upstream_port).", type: list, returned: always}
 probes: {description: "Container id -> {status, healthy, error}.", type: dict, returned: when probe}
+caddy:
+  description: "Caddy's admin API: running (it answered 200), config (its live JSON config as text, empty when not running)."
+  type: dict
+  returned: when caddy_admin
 """
 
 import glob
@@ -145,6 +152,7 @@ def main() -> None:
             "probe": {"type": "bool", "default": False},
             "probe_path": {"type": "str", "default": "/"},
             "probe_timeout": {"type": "float", "default": 3},
+            "caddy_admin": {"type": "str", "default": ""},
             "podman": {"type": "str", "default": "podman"},
         },
         supports_check_mode=True,
@@ -153,6 +161,9 @@ def main() -> None:
     result: dict[str, Any] = {"changed": False, "containers": containers(module, p["podman"], p["instance"], p["host"]),
                               "networks": networks(module, p["podman"], p["instance"], p["host"]),
                               "sites": sites(p["sites_dir"], p["instance"]) if p["sites_dir"] else []}
+    if p["caddy_admin"]:
+        status, config, _ = http_get(f"http://{p['caddy_admin']}/config/", 5, return_content=True)
+        result["caddy"] = {"running": status == 200, "config": config if status == 200 else ""}
     if p["probe"]:
         running = [c for c in result["containers"] if c["state"] == "running" and c["host_port"]]
         with ThreadPoolExecutor(max_workers=16) as pool:
