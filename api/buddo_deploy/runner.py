@@ -12,6 +12,7 @@ AWX's safe env): nothing else the worker was started with reaches the playbook.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -153,10 +154,12 @@ def _summarise(event: Mapping[str, Any]) -> EventSummary | None:
 
 
 def mitogen_strategy_dir() -> str:
-    """Where the pinned Mitogen keeps its Ansible strategy plugins (in this environment)."""
-    import ansible_mitogen  # noqa: PLC0415 - only runs with the mitogen strategy import it
-
-    return str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy")
+    """Where the pinned Mitogen keeps its Ansible strategy plugins (in this environment);
+    found, not imported: only ansible-playbook loads Mitogen."""
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("BUDDO_ANSIBLE_STRATEGY=mitogen_linear needs the mitogen package (pyproject.toml)")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "plugins" / "strategy")
 
 
 def ansible_env(strategy: str = DEFAULT_STRATEGY) -> dict[str, str]:

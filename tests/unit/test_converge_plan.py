@@ -482,7 +482,8 @@ def test_outcome_of_a_rejected_site() -> None:
                             "stderr": "  Error: adapting config using caddyfile: unrecognized directive\n",
                             "msg": "validation failed"}]}
     outcome = plan_filters.converge_outcomes(desired, plan, obs, started, written)["d1"]
-    assert outcome["ok"] is False and outcome["kind"] == "app" and outcome["task"] == "Write, remove and apply the Caddy sites"
+    assert outcome["ok"] is False and outcome["kind"] == "app"
+    assert outcome["task"] == "Write, remove and apply the Caddy sites"
     assert outcome["message"] == ("Caddy rejected the site; the running config is unchanged: "
                                   "Error: adapting config using caddyfile: unrecognized directive")
     assert outcome["container"] == new and outcome["actions"] == ["created"]
