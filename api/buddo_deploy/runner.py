@@ -54,6 +54,7 @@ class EventSummary:
     message: str | None
     # A failed loop task: the labels of the items that failed (the converge roles label
     # each item with its deployment's subdomain), so a batch's run can tell whose it is.
+    # None when the task is no_log (ansible-runner censors the item results).
     items: tuple[str, ...] = ()
 
 

@@ -44,10 +44,16 @@ class JobRun:
     then retried (by this or another worker).
 
     Events: a batch's run is each of its jobs' run, so each event is recorded in every
-    job's log; except a failed (or ignored) loop task whose failed items are labelled
-    with subdomains of the batch (runner.EventSummary.items: the converge roles label
-    each item with its deployment's subdomain): that failure belongs to those jobs
-    only, and the others' logs show no failure that is not theirs.
+    job's log, except the failures that belong to some of its deployments. Those are
+    the ``ignored`` ones: a deployment's own failure is registered and reported by the
+    playbook (ignore_errors) while the others go on. Such an event goes to the jobs
+    its failed loop items name (runner.EventSummary.items: the converge roles label
+    each item with its deployment's subdomain). A task that hides its items
+    (``no_log``: "Run the app containers" holds env values) names none; its event is
+    held until the run ends and then recorded in the jobs whose deployment's outcome
+    failed at that task (all of them if none did), so it follows the recap in their
+    logs. A ``failed`` or ``unreachable`` event fails the whole run, which retries
+    every job: it is every job's.
     """
 
     def __init__(self, settings: Settings, owner: str, lease_s: int) -> None:
@@ -62,6 +68,7 @@ class JobRun:
         cancel = threading.Event()
         done = threading.Event()
         why: list[str] = []
+        held: list[EventSummary] = []  # a batch's ignored failures that name no item yet
 
         def keep_lease() -> None:
             try:
@@ -82,8 +89,11 @@ class JobRun:
             if cancel.is_set():
                 return
             targets = jobs
-            if summary.status in {"failed", "ignored"} and summary.items:
-                targets = [by_subdomain[item] for item in summary.items if item in by_subdomain] or jobs
+            if plan.parts and summary.status == "ignored":
+                targets = [by_subdomain[item] for item in summary.items if item in by_subdomain]
+                if not targets:
+                    held.append(summary)
+                    return
             try:
                 engine.record_event(targets, summary)
             except Exception as exc:
@@ -114,6 +124,15 @@ class JobRun:
             heartbeat.join()
         if why and result.status == "canceled":
             result.message = f"canceled: {why[0]}"
+        outcomes = result.stats.get("buddo_outcomes") or {}
+        for summary in held:
+            owners = [part.job for part in plan.parts
+                      if (outcome := outcomes.get(part.items[0]["id"])) is not None and not outcome.get("ok")
+                      and outcome.get("task") == summary.task]
+            try:
+                engine.record_event(owners or jobs, summary)
+            except Exception:  # the run is over: its outcome counts more than this event
+                log.exception("job %s: recording an event failed", label)
         return result, time.monotonic() - started
 
 

@@ -18,6 +18,11 @@ from buddo_deploy.runner import EventSummary, PlaybookResult, _summarise
 from tests.helpers import auth, create_deployment
 
 TASK = "Run the app containers"
+SITE_TASK = "Render the Caddy sites"
+
+
+def _failure(task: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "kind": "app", "task": task, "message": message}
 
 
 def _outcome(item: dict[str, Any], ok: bool = True, **extra: Any) -> dict[str, Any]:
@@ -29,7 +34,12 @@ def _outcome(item: dict[str, Any], ok: bool = True, **extra: Any) -> dict[str, A
 
 
 class FakeRuns:
-    """Stands for run_playbook: records each run's document, reports what ``report`` makes of it."""
+    """Stands for run_playbook: records each run's document, reports what ``report`` makes of it.
+
+    Its events: a task start, an ``ignored`` event per task some deployment failed at
+    (labelled with their subdomains unless the task is no_log, as "Run the app
+    containers" is), the recap.
+    """
 
     def __init__(self, report: Any) -> None:
         self.report = report
@@ -41,11 +51,15 @@ class FakeRuns:
         self.runs.append({"playbook": playbook.name, "subdomains": [i["subdomain"] for i in items],
                           "secrets": dict(secrets or {}), "timeout_s": kwargs["timeout_s"]})
         result: PlaybookResult = self.report(items)
-        failed = [i["subdomain"] for i in items if not result.stats.get("buddo_outcomes", {}).get(i["id"], {}).get(
-            "ok", True)]
+        outcomes = result.stats.get("buddo_outcomes", {})
+        failed: dict[str, list[str]] = {}
+        for i in items:
+            if not outcomes.get(i["id"], {}).get("ok", True):
+                failed.setdefault(outcomes[i["id"]]["task"], []).append(i["subdomain"])
         on_event(EventSummary("playbook_on_task_start", None, TASK, None, None))
-        on_event(EventSummary("runner_on_failed", "container-host-1", TASK, "ignored", "One or more items failed",
-                              items=tuple(failed)))
+        for task, subdomains in failed.items():
+            on_event(EventSummary("runner_on_failed", "container-host-1", task, "ignored", "One or more items failed",
+                                  items=() if task == TASK else tuple(subdomains)))
         on_event(EventSummary("playbook_on_stats", None, None, None, '{"ok": 1}'))
         return result
 
@@ -68,33 +82,35 @@ def _events(ident: str) -> list[tuple[str, str | None]]:
 
 
 def test_one_run_converges_the_batch_and_an_app_failure_fails_its_job_only(client, settings, batch, monkeypatch):
+    failures = {"b": _failure(TASK, "image x could not be pulled"), "c": _failure(SITE_TASK, "bad site")}
     runs = FakeRuns(lambda items: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
-        i["id"]: _outcome(i) if i["subdomain"] != "b" else _outcome(
-            i, ok=False, kind="app", task=TASK, message="image x could not be pulled") for i in items}}))
+        i["id"]: _outcome(i, **failures.get(i["subdomain"], {})) for i in items}}))
     monkeypatch.setattr(worker, "run_playbook", runs)
     assert worker.Worker(settings, name="w").run_once()
 
     [run] = runs.runs
     assert run["playbook"] == "converge.yml" and run["subdomains"] == ["a", "b", "c"]
     assert run["secrets"] == {batch[s]: {"TOKEN": f"secret-{s}"} for s in "abc"}
-    assert [Deployment.get_by_id(batch[s]).status for s in "abcd"] == ["running", "failed", "running", "pending"]
-    assert [_job(batch[s]).state for s in "abcd"] == ["succeeded", "failed", "succeeded", "succeeded"]
-    assert "could not be pulled" in _job(batch["b"]).last_error
-    # Each job's log is the run it was part of; the failed item's event is b's only.
+    assert [Deployment.get_by_id(batch[s]).status for s in "abcd"] == ["running", "failed", "failed", "pending"]
+    assert [_job(batch[s]).state for s in "abcd"] == ["succeeded", "failed", "failed", "succeeded"]
+    assert "could not be pulled" in _job(batch["b"]).last_error and _job(batch["c"]).last_error == "bad site"
+    # Each job's log is the run it was part of; a failure is in its own deployment's job only:
+    # by its item's label when the event has one (c), else once the outcomes name it (b, no_log).
     start, stats = ("playbook_on_task_start", None), ("playbook_on_stats", None)
-    assert _events(batch["a"]) == _events(batch["c"]) == [start, stats]
-    assert _events(batch["b"]) == [start, ("runner_on_failed", "ignored"), stats]
+    ignored = ("runner_on_failed", "ignored")
+    assert _events(batch["a"]) == [start, stats]
+    assert _events(batch["b"]) == [start, stats, ignored]
+    assert _events(batch["c"]) == [start, ignored, stats]
     assert _events(batch["d"]) == []
     # The deploy log links each deployment's own job, and its job view works.
-    for sub in "abc":
+    for sub, task in (("a", None), ("b", TASK), ("c", SITE_TASK)):
         [entry] = AuditEntry.select().where((AuditEntry.deployment == batch[sub]) & (AuditEntry.action == "deploy"))
         assert entry.job_id == _job(batch[sub]).id
-        assert entry.status == ("failed" if sub == "b" else "completed")
+        assert entry.status == ("completed" if task is None else "failed")
         shown = client.simulate_get(f"/api/deploy/apps/{batch[sub]}/jobs/{entry.job_id}", headers=auth(f"op-{sub}"))
-        assert shown.status_code == 200
-        assert shown.json["job"]["failed_task"] == (TASK if sub == "b" else None)
-    assert json.loads(AuditEntry.get((AuditEntry.deployment == batch["b"])
-                                     & (AuditEntry.action == "deploy")).details)["task"] == TASK
+        assert shown.status_code == 200 and shown.json["job"]["failed_task"] == task
+        if task is not None:
+            assert json.loads(entry.details)["task"] == task
 
 
 def test_a_run_that_failed_retries_every_job_of_the_batch(client, settings, batch, monkeypatch):
