@@ -21,7 +21,9 @@ over), up to ``BUDDO_CONVERGE_BATCH`` jobs. The worker runs them in one playbook
 run (the converge role reports an outcome per deployment), and each job keeps its
 own lease, attempts, backoff and outcome. Reconcile and output jobs are claimed
 alone. A batch never holds two jobs of one lock_key, so it never holds two
-generations of one deployment.
+generations of one deployment. A job whose last run timed out is claimed alone:
+a batch that timed out is split up, so one app that hangs (or a batch too big for
+``BUDDO_JOB_TIMEOUT``) cannot hold the others back run after run.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from .db import is_postgres, write_transaction
 from .models import Deployment, Job, database_proxy, utcnow
 
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
+# last_error of a run that timed out (runner.run_playbook): such a job is claimed alone.
+_TIMED_OUT = "timed out%"
 
 
 def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
@@ -96,7 +100,7 @@ def abandon(job: Job, owner: str, error: str) -> None:
 
 
 _CLAIMABLE = """
-SELECT j.id, j.action, j.host FROM jobs j
+SELECT j.id, j.action, j.host, j.last_error FROM jobs j
 WHERE ((j.state = 'queued' AND j.run_after <= {p})
        OR (j.state = 'running' AND j.lease_expires_at < {p} AND j.reserved_for IS NULL))
   AND {only}
@@ -139,13 +143,14 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None, batch: int = 1
             found = runnable(f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner), 1)
         if not found:
             return []
-        first, action, host = found[0]
+        first, action, host, last_error = found[0]
         ids = [first]
-        if action == "converge" and batch > 1:
-            # The first is among them (nothing claimable comes before it): same rules, one host.
-            ids = [row[0] for row in runnable(
-                f"j.reserved_for IS NULL AND j.action = 'converge' AND j.host = {db.param}", (host,), batch)]
-            assert first in ids
+        if action == "converge" and batch > 1 and not (last_error or "").startswith(_TIMED_OUT.rstrip("%")):
+            # Same rules, one host; nothing claimable comes before the first, so it is among them.
+            alone = f"j.last_error IS NOT NULL AND j.last_error LIKE {db.param}"
+            more = runnable(f"j.reserved_for IS NULL AND j.action = 'converge' AND j.host = {db.param} "
+                            f"AND NOT ({alone})", (host, _TIMED_OUT), batch)
+            ids = sorted({first, *(row[0] for row in more)})[:batch]
         Job.update(
             state="running",
             attempts=Job.attempts + 1,

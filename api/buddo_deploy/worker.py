@@ -1,11 +1,12 @@
 """`buddo-deploy worker`: claim jobs and converge through ansible-runner; probe health; reconcile.
 
-Threads: N job runners, a health prober (one playbook run per host per cycle, on
-the hosts themselves), the custom domains' DNS check (services/domains.py), a
-reconcile timer (queues a host-wide reconcile every ``BUDDO_RECONCILE_INTERVAL``;
-any runner claims it, never beside a converge of the same host) and the billing
-clock (a billing pass every ``BUDDO_BILLING_INTERVAL`` by the one worker holding
-the billing lease).
+Threads: N job runners (each claims one job, or a batch of one host's queued
+converges run in one playbook run: jobqueue.claim, JobRun), a health prober (one
+playbook run per host per cycle, on the hosts themselves), the custom domains' DNS
+check (services/domains.py), a reconcile timer (queues a host-wide reconcile every
+``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of the
+same host) and the billing clock (a billing pass every ``BUDDO_BILLING_INTERVAL``
+by the one worker holding the billing lease).
 """
 
 from __future__ import annotations

@@ -222,3 +222,15 @@ def test_a_batch_holds_at_most_the_batch_size(client, settings):
     assert jobqueue.renew(mine, "w3", 30)
     Job.update(lease_owner="thief").where(Job.id == ids[4]).execute()
     assert not jobqueue.renew(mine, "w3", 30)
+
+
+def test_a_batch_that_timed_out_is_split_up(client, settings):
+    jobs = _queued(client, "a", "b", "c", "d", "e")
+    a, b, c, d, e = (jobs[sub].id for sub in "abcde")
+    Job.update(last_error="timed out after 600 s", attempts=1).where(Job.id.in_([b, d])).execute()
+    Job.update(last_error="host unreachable", attempts=1).where(Job.id == c).execute()
+    assert [j.id for j in jobqueue.claim("w1", lease_s=30, batch=32)] == [a, c, e]  # b and d are not taken along
+    Job.update(state="queued", lease_owner=None).where(Job.id == e).execute()  # e queued again (say, retried)
+    assert [j.id for j in jobqueue.claim("w2", lease_s=30, batch=32)] == [b]  # nor do they take others along
+    assert [j.id for j in jobqueue.claim("w3", lease_s=30, batch=32)] == [d]
+    assert [j.id for j in jobqueue.claim("w4", lease_s=30, batch=32)] == [e]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from typing import Any
 
 import pytest
@@ -124,6 +125,37 @@ def test_a_run_that_failed_retries_every_job_of_the_batch(client, settings, batc
         assert (job.state, job.last_error, job.lease_owner) == ("queued", "host unreachable", None)
         assert job.run_after > job.updated_at  # its own backoff
         assert Deployment.get_by_id(batch[sub]).status == "deploying"
+
+
+def test_after_a_batch_timed_out_its_jobs_run_one_by_one(client, settings, batch, monkeypatch):
+    timeouts = FakeRuns(lambda items: PlaybookResult(status="timeout", rc=None, message="timed out after 600 s"))
+    monkeypatch.setattr(worker, "run_playbook", timeouts)
+    assert worker.Worker(settings, name="w").run_once()
+    assert [r["subdomains"] for r in timeouts.runs] == [["a", "b", "c"]]
+    Job.update(run_after=Job.updated_at).where(Job.state == "queued").execute()  # their backoff is over
+    runs = FakeRuns(lambda items: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
+        i["id"]: _outcome(i) for i in items}}))
+    monkeypatch.setattr(worker, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["a"], ["b"], ["c"]]
+    assert [Deployment.get_by_id(batch[s]).status for s in "abc"] == ["running"] * 3
+
+
+def test_one_lost_lease_cancels_the_batch_run_and_the_others_are_retried(client, settings, batch, monkeypatch):
+    def stolen(playbook: Any, inventory: Any, extravars: dict[str, Any], **kwargs: Any) -> PlaybookResult:
+        Job.update(lease_owner="thief").where(Job.deployment == batch["b"]).execute()  # b is taken over
+        deadline = time.monotonic() + 30
+        while not kwargs["should_cancel"]():
+            assert time.monotonic() < deadline, "the run was never canceled"
+            time.sleep(0.05)
+        return PlaybookResult(status="canceled", rc=None, message="canceled: the job's lease was lost")
+
+    monkeypatch.setattr(worker, "run_playbook", stolen)
+    assert worker.Worker(dataclasses.replace(settings, job_lease_s=1), name="w").run_once()
+    assert [(_job(batch[s]).state, _job(batch[s]).lease_owner) for s in "abc"] == [
+        ("queued", None), ("running", "thief"), ("queued", None)]
+    assert "lease was lost" in _job(batch["a"]).last_error
 
 
 def test_a_deployment_missing_from_the_outcomes_retries_alone(client, settings, batch, monkeypatch):
