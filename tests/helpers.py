@@ -153,8 +153,7 @@ def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -
     from buddo_deploy import jobqueue
     from buddo_deploy.services import engine
 
-    job = jobqueue.claim(owner, 30)
-    assert job is not None
+    [job] = jobqueue.claim(owner, 30)
     plan = engine.start(job, owner, settings.secret_key)
     if plan is None:
         return job, None

@@ -184,14 +184,14 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         assert job is not None
         deadline = time.monotonic() + args.wait
         try:
-            while (claimed := jobqueue.claim(owner, lease, job_id=job.id)) is None:
+            while not (claimed := jobqueue.claim(owner, lease, job_id=job.id)):
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{host}: the host stayed busy for {args.wait:g} s; nothing was checked")
                 jobqueue.hold(job, owner, lease)
                 time.sleep(0.5)
         finally:
             jobqueue.abandon(job, owner, "the reconcile never started")
-        plan = engine.start(claimed, owner, settings.secret_key, check=args.dry_run)
+        plan = engine.start(claimed[0], owner, settings.secret_key, check=args.dry_run)
         assert plan is not None
         result, duration = JobRun(settings, owner, lease).run(plan)
         report = engine.finish_reconcile(plan, owner, result, duration)

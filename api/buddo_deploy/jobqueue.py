@@ -13,11 +13,24 @@ Jobs sharing a ``lock_key`` (host/subdomain: one Caddy site, one container name
 family) run one at a time in id order; a reconcile and a converge on the same
 host never run at once. Claims are serialised (SQLite: ``BEGIN IMMEDIATE``;
 PostgreSQL: a transaction advisory lock), so those rules hold across processes.
+
+Batches: a claim that takes a converge of host H takes, in the same transaction,
+every other converge of H that is runnable under the same rules (the earliest of
+its lock_key, none behind a queued reconcile of H, due, or a lapsed lease to take
+over), up to ``BUDDO_CONVERGE_BATCH`` jobs. The worker runs them in one playbook
+run (the converge role reports an outcome per deployment), and each job keeps its
+own lease, attempts, backoff and outcome. Reconcile and output jobs are claimed
+alone. A batch never holds two jobs of one lock_key, so it never holds two
+generations of one deployment. A job whose last run timed out is claimed alone:
+a batch that timed out is split up, so one app that hangs (or a batch too big for
+``BUDDO_JOB_TIMEOUT``) cannot hold the others back run after run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
 import peewee
 
@@ -25,6 +38,8 @@ from .db import is_postgres, write_transaction
 from .models import Deployment, Job, database_proxy, utcnow
 
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
+# last_error of a run that timed out (runner.run_playbook): such a job is claimed alone.
+_TIMED_OUT = "timed out%"
 
 
 def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
@@ -85,10 +100,10 @@ def abandon(job: Job, owner: str, error: str) -> None:
 
 
 _CLAIMABLE = """
-SELECT j.id FROM jobs j
+SELECT j.id, j.action, j.host, j.last_error FROM jobs j
 WHERE ((j.state = 'queued' AND j.run_after <= {p})
        OR (j.state = 'running' AND j.lease_expires_at < {p} AND j.reserved_for IS NULL))
-  AND {reserved}
+  AND {only}
   AND NOT EXISTS (
       SELECT 1 FROM jobs e
       WHERE e.lock_key = j.lock_key AND e.id < j.id AND e.state IN ('queued', 'running'))
@@ -101,26 +116,41 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
       WHERE q.host = j.host AND q.action = 'reconcile' AND q.state = 'queued' AND q.id < j.id
         AND q.run_after <= {p} AND (q.reserved_for IS NULL OR q.lease_expires_at >= {p})))
 ORDER BY j.id
-LIMIT 1
+LIMIT {limit}
 """
 
 
-def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
-    """Claim the next runnable job for ``owner`` (or the reserved job ``job_id``), or None."""
+def claim(owner: str, lease_s: int, *, job_id: int | None = None, batch: int = 1) -> list[Job]:
+    """Claim the next runnable job for ``owner`` (or the reserved job ``job_id``); [] when there is none.
+
+    When that job is a converge, up to ``batch`` runnable converges of its host are
+    claimed with it (the module's docstring): the first is the job claimed alone
+    before, the others are runnable beside it under the same rules. Ordered by id.
+    """
     db = database_proxy.obj
     now = utcnow()
+
+    def runnable(only: str, only_params: tuple[object, ...], limit: int) -> list[tuple[Any, ...]]:
+        params = (now, now, *only_params, now, now, now)
+        return list(db.execute_sql(_CLAIMABLE.format(p=db.param, only=only, limit=int(limit)), params).fetchall())
+
     with write_transaction(db):
         if is_postgres(db):
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
-        params: tuple[object, ...]
         if job_id is None:
-            reserved, params = "j.reserved_for IS NULL", (now, now, now, now, now)
+            found = runnable("j.reserved_for IS NULL", (), 1)
         else:
-            reserved = f"j.id = {db.param} AND j.reserved_for = {db.param}"
-            params = (now, now, job_id, owner, now, now, now)
-        row = db.execute_sql(_CLAIMABLE.format(p=db.param, reserved=reserved), params).fetchone()
-        if row is None:
-            return None
+            found = runnable(f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner), 1)
+        if not found:
+            return []
+        first, action, host, last_error = found[0]
+        ids = [first]
+        if action == "converge" and batch > 1 and not (last_error or "").startswith(_TIMED_OUT.rstrip("%")):
+            # Same rules, one host; nothing claimable comes before the first, so it is among them.
+            alone = f"j.last_error IS NOT NULL AND j.last_error LIKE {db.param}"
+            more = runnable(f"j.reserved_for IS NULL AND j.action = 'converge' AND j.host = {db.param} "
+                            f"AND NOT ({alone})", (host, _TIMED_OUT), batch)
+            ids = sorted({first, *(row[0] for row in more)})[:batch]
         Job.update(
             state="running",
             attempts=Job.attempts + 1,
@@ -128,22 +158,22 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
             lease_expires_at=now + dt.timedelta(seconds=lease_s),
             updated_at=now,
             started_at=now,
-        ).where(Job.id == row[0]).execute()
-        return Job.get_by_id(row[0])
+        ).where(Job.id.in_(ids)).execute()
+        return list(Job.select().where(Job.id.in_(ids)).order_by(Job.id))
 
 
 def _owned(job: Job, owner: str) -> peewee.Expression:
     return (Job.id == job.id) & (Job.lease_owner == owner) & (Job.state == "running")
 
 
-def renew(job: Job, owner: str, lease_s: int) -> bool:
-    """Extend the lease; False means another worker has taken the job over."""
+def renew(jobs: Sequence[Job], owner: str, lease_s: int) -> bool:
+    """Extend the leases of a run's jobs; False means another worker has taken one of them over."""
     now = utcnow()
     with write_transaction(database_proxy.obj):
         updated = Job.update(lease_expires_at=now + dt.timedelta(seconds=lease_s), updated_at=now).where(
-            _owned(job, owner)
+            (Job.id.in_([job.id for job in jobs])) & (Job.lease_owner == owner) & (Job.state == "running")
         ).execute()
-    return bool(updated)
+    return bool(updated == len(jobs))
 
 
 def finish(job: Job, owner: str, *, succeeded: bool, error: str | None = None, result: str | None = None) -> bool:

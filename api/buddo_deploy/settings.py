@@ -102,6 +102,7 @@ _INTEGERS = (
     "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
     "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR", "RELEASES_KEPT",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
+    "CONVERGE_BATCH",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
             "OUTPUT_WAIT")
@@ -199,6 +200,8 @@ class Settings:
     # Clients GET /metrics answers (no token there).
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
+    # Queued converges of one host a worker runs in one playbook run (jobqueue.claim); 1: one each.
+    converge_batch: int = 32
 
     @property
     def playbook_secret_files(self) -> dict[str, str]:
@@ -279,7 +282,10 @@ class Settings:
             "releases_kept": int(get("RELEASES_KEPT") or 3),
             "output_wait_s": float(get("OUTPUT_WAIT") or 12),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
+            "converge_batch": int(get("CONVERGE_BATCH") or 32),
         }
+        if int(kwargs["converge_batch"]) < 1:  # type: ignore[call-overload]
+            raise SettingsError("BUDDO_CONVERGE_BATCH must be 1 or more")
         if not 1 <= int(kwargs["releases_kept"]) <= RELEASE_HISTORY:  # type: ignore[call-overload]
             raise SettingsError(f"BUDDO_RELEASES_KEPT must be between 1 and {RELEASE_HISTORY}")
         if kwargs["ansible_strategy"] not in STRATEGIES:

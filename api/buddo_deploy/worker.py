@@ -1,11 +1,12 @@
 """`buddo-deploy worker`: claim jobs and converge through ansible-runner; probe health; reconcile.
 
-Threads: N job runners, a health prober (one playbook run per host per cycle, on
-the hosts themselves), the custom domains' DNS check (services/domains.py), a
-reconcile timer (queues a host-wide reconcile every ``BUDDO_RECONCILE_INTERVAL``;
-any runner claims it, never beside a converge of the same host) and the billing
-clock (a billing pass every ``BUDDO_BILLING_INTERVAL`` by the one worker holding
-the billing lease).
+Threads: N job runners (each claims one job, or a batch of one host's queued
+converges run in one playbook run: jobqueue.claim, JobRun), a health prober (one
+playbook run per host per cycle, on the hosts themselves), the custom domains' DNS
+check (services/domains.py), a reconcile timer (queues a host-wide reconcile every
+``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of the
+same host) and the billing clock (a billing pass every ``BUDDO_BILLING_INTERVAL``
+by the one worker holding the billing lease).
 """
 
 from __future__ import annotations
@@ -36,10 +37,24 @@ def _db_connect() -> None:
 
 
 class JobRun:
-    """One claimed job through ansible-runner, with its lease kept alive and its events recorded.
+    """One playbook run through ansible-runner, with its jobs' leases kept alive and its events recorded.
 
-    Any failure to renew the lease or to record an event cancels the run: a playbook
-    never goes on unsupervised. The job is then retried (by this or another worker).
+    A run stands for one job, or for a batch of converges of one host (engine.batch).
+    Any failure to renew a lease (one job of a batch taken over is enough) or to record
+    an event cancels the run: a playbook never goes on unsupervised. Every job of it is
+    then retried (by this or another worker).
+
+    Events: a batch's run is each of its jobs' run, so each event is recorded in every
+    job's log, except the failures that belong to some of its deployments. Those are
+    the ``ignored`` ones: a deployment's own failure is registered and reported by the
+    playbook (ignore_errors) while the others go on. Such an event goes to the jobs
+    its failed loop items name (runner.EventSummary.items: the converge roles label
+    each item with its deployment's subdomain). A task that hides its items
+    (``no_log``: "Run the app containers" holds env values) names none; its event is
+    held until the run ends and then recorded in the jobs whose deployment's outcome
+    failed at that task (all of them if none did), so it follows the recap in their
+    logs. A ``failed`` or ``unreachable`` event fails the whole run, which retries
+    every job: it is every job's.
     """
 
     def __init__(self, settings: Settings, owner: str, lease_s: int) -> None:
@@ -48,21 +63,24 @@ class JobRun:
         self.lease_s = lease_s
 
     def run(self, plan: engine.Plan) -> tuple[PlaybookResult, float]:
-        job = plan.job
+        jobs = plan.jobs
+        label = ",".join(str(job.id) for job in jobs)
+        by_subdomain = {part.items[0]["subdomain"]: part.job for part in plan.parts}
         cancel = threading.Event()
         done = threading.Event()
         why: list[str] = []
+        held: list[EventSummary] = []  # a batch's ignored failures that name no item yet
 
         def keep_lease() -> None:
             try:
                 _db_connect()
                 while not done.wait(self.lease_s / 3):
-                    if not jobqueue.renew(job, self.owner, self.lease_s):
+                    if not jobqueue.renew(jobs, self.owner, self.lease_s):
                         why.append("the job's lease was lost")
                         cancel.set()
                         return
             except Exception as exc:  # database down: stop rather than run unleased
-                log.exception("job %s: lease renewal failed", job.id)
+                log.exception("job %s: lease renewal failed", label)
                 why.append(f"lease renewal failed: {exc.__class__.__name__}")
                 cancel.set()
             finally:
@@ -71,14 +89,20 @@ class JobRun:
         def on_event(summary: EventSummary) -> None:
             if cancel.is_set():
                 return
+            targets = jobs
+            if plan.parts and summary.status == "ignored":
+                targets = [by_subdomain[item] for item in summary.items if item in by_subdomain]
+                if not targets:
+                    held.append(summary)
+                    return
             try:
-                engine.record_event(job, summary)
+                engine.record_event(targets, summary)
             except Exception as exc:
-                log.exception("job %s: recording an event failed", job.id)
+                log.exception("job %s: recording an event failed", label)
                 why.append(f"recording an event failed: {exc.__class__.__name__}")
                 cancel.set()
 
-        heartbeat = threading.Thread(target=keep_lease, name=f"lease-{job.id}", daemon=True)
+        heartbeat = threading.Thread(target=keep_lease, name=f"lease-{label}", daemon=True)
         heartbeat.start()
         started = time.monotonic()
         try:
@@ -90,7 +114,7 @@ class JobRun:
                 secret_files=self.settings.playbook_secret_files,
                 limit=plan.host,
                 check=plan.check,
-                timeout_s=job.timeout_s,
+                timeout_s=max(job.timeout_s for job in jobs),
                 on_event=on_event,
                 should_cancel=cancel.is_set,
                 work_dir=self.settings.var_dir / "runner",
@@ -102,6 +126,15 @@ class JobRun:
             heartbeat.join()
         if why and result.status == "canceled":
             result.message = f"canceled: {why[0]}"
+        outcomes = result.stats.get("buddo_outcomes") or {}
+        for summary in held:
+            owners = [part.job for part in plan.parts
+                      if (outcome := outcomes.get(part.items[0]["id"])) is not None and not outcome.get("ok")
+                      and outcome.get("task") == summary.task]
+            try:
+                engine.record_event(owners or jobs, summary)
+            except Exception:  # the run is over: its outcome counts more than this event
+                log.exception("job %s: recording an event failed", label)
         return result, time.monotonic() - started
 
 
@@ -112,6 +145,8 @@ def _outcome(job_id: int) -> str:
 
 
 class Worker:
+    """One job runner: claims a job (or a batch of one host's converges) and runs it."""
+
     def __init__(self, settings: Settings, name: str | None = None) -> None:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -120,18 +155,32 @@ class Worker:
         self.poll_s = settings.worker_poll_s
 
     def run_once(self) -> bool:
-        """Claim and run one job; False when there was nothing to do."""
+        """Claim and run one job, or one batch of converges; False when there was nothing to do.
+
+        Each job of a batch starts on its own (engine.start may find it converged
+        already, or its generation failed); the rest share one converge.yml run, and
+        each is finished from its own deployment's outcome (engine.finish).
+        """
         _db_connect()
-        job = jobqueue.claim(self.name, self.lease_s)
-        if job is None:
+        jobs = jobqueue.claim(self.name, self.lease_s, batch=self.settings.converge_batch)
+        if not jobs:
             return False
-        log.info("job %s: %s of %s (attempt %s)", job.id, job.action, job.deployment_id or job.host, job.attempts)
-        plan = engine.start(job, self.name, self.settings.secret_key)
-        if plan is None:
-            log.info("job %s: nothing to run", job.id)
-            metrics.observe_job(job.action, "skipped", None)
+        plans = []
+        for job in jobs:
+            log.info("job %s: %s of %s (attempt %s)", job.id, job.action, job.deployment_id or job.host, job.attempts)
+            started = engine.start(job, self.name, self.settings.secret_key)
+            if started is None:
+                log.info("job %s: nothing to run", job.id)
+                metrics.observe_job(job.action, "skipped", None)
+            else:
+                plans.append(started)
+        if not plans:
             return True
+        plan = engine.batch(plans)
+        if len(plans) > 1:
+            log.info("jobs %s: one converge run on %s", ", ".join(str(p.job.id) for p in plans), plan.host)
         result, duration = JobRun(self.settings, self.name, self.lease_s).run(plan)
+        job = plan.job
         if job.action == "reconcile":
             report = engine.finish_reconcile(plan, self.name, result, duration)
             metrics.observe_reconcile(report.host, report.deployments, report.orphans, dry_run=False)
@@ -139,17 +188,19 @@ class Worker:
             log.info("job %s: reconcile of %s: %s; repaired %s; orphans %s", job.id, job.host,
                      "converged" if report.converged else f"not converged ({report.message})",
                      repaired or "nothing", report.orphans or "none")
-            outcome = "succeeded" if report.converged else "failed"
+            metrics.observe_job(job.action, "succeeded" if report.converged else "failed", duration)
         elif job.action == "output":
             output.finish(job, self.name, result, plan.secrets, self.settings.output_wait_s)
-            outcome = _outcome(job.id)
-        elif not engine.finish(plan, self.name, result, duration):
-            log.warning("job %s: lease lost, outcome discarded", job.id)
-            outcome = "lease_lost"
+            metrics.observe_job(job.action, _outcome(job.id), duration)
         else:
-            log.info("job %s: %s (%s)", job.id, result.status, result.message or "ok")
-            outcome = _outcome(job.id)
-        metrics.observe_job(job.action, outcome, duration)
+            for part in plan.members:
+                if not engine.finish(part, self.name, result, duration):
+                    log.warning("job %s: lease lost, outcome discarded", part.job.id)
+                    outcome = "lease_lost"
+                else:
+                    outcome = _outcome(part.job.id)
+                    log.info("job %s: %s (%s)", part.job.id, outcome, result.message or "ok")
+                metrics.observe_job(part.job.action, outcome, duration)
         return True
 
     def loop(self, once: bool) -> None:

@@ -14,7 +14,7 @@ FAILED_TASK = "Start what should run"
 
 def _run_failing_deploy(settings):
     """Claim the deploy job, record the events a failed run sends, and record the app's failure."""
-    job = jobqueue.claim("w", 30)
+    [job] = jobqueue.claim("w", 30)
     plan = engine.start(job, "w", settings.secret_key)
     events = [
         EventSummary("playbook_on_play_start", None, None, None, "Converge deployments"),
@@ -26,7 +26,7 @@ def _run_failing_deploy(settings):
         EventSummary("playbook_on_stats", None, None, None, '{"ok": 1}'),
     ]
     for summary in events:
-        engine.record_event(job, summary)
+        engine.record_event([job], summary)
     result = converged(plan, ok=False, kind="app", task=FAILED_TASK, message="image could not be pulled")
     assert engine.finish(plan, "w", result, 3.0)
     return job, events
@@ -74,9 +74,9 @@ def test_events_are_paged_oldest_first(client, settings):
 
 def test_a_queued_retry_shows_when_it_runs_next(client, settings):
     ident = create_deployment(client)
-    job = jobqueue.claim("w", 30)
+    [job] = jobqueue.claim("w", 30)
     plan = engine.start(job, "w", settings.secret_key)
-    engine.record_event(job, EventSummary("runner_on_unreachable", "container-host-1", "Gathering Facts",
+    engine.record_event([job], EventSummary("runner_on_unreachable", "container-host-1", "Gathering Facts",
                                           "unreachable", "ssh: connect to host: Connection refused"))
     assert engine.finish(plan, "w", converged(plan, ok=False, kind="host", message="host down"), 1.0)
     body = client.simulate_get(f"/api/deploy/apps/{ident}/jobs/{job.id}", headers=auth()).json["job"]
@@ -126,17 +126,17 @@ def test_job_reads_have_the_read_rate_limit(client_with, settings):
 def test_a_failure_the_playbook_reported_per_deployment_names_its_task(client, settings):
     """Per-deployment failures are ignore_errors tasks in converge (the others on the host go on)."""
     first = create_deployment(client)
-    job = jobqueue.claim("w", 30)
+    [job] = jobqueue.claim("w", 30)
     plan = engine.start(job, "w", settings.secret_key)
-    engine.record_event(job, EventSummary("runner_on_failed", "container-host-1", "Probe something", "ignored", ""))
+    engine.record_event([job], EventSummary("runner_on_failed", "container-host-1", "Probe something", "ignored", ""))
     assert engine.finish(plan, "w", converged(plan), 1.0)
     assert client.simulate_get(f"/api/deploy/apps/{first}/jobs/{job.id}", headers=auth()).json[
         "job"]["failed_task"] is None  # succeeded: an ignored error is no failure
 
     second = create_deployment(client, subdomain="second")
-    job = jobqueue.claim("w", 30)
+    [job] = jobqueue.claim("w", 30)
     plan = engine.start(job, "w", settings.secret_key)
-    engine.record_event(job, EventSummary("runner_on_failed", "container-host-1", FAILED_TASK, "ignored", ""))
+    engine.record_event([job], EventSummary("runner_on_failed", "container-host-1", FAILED_TASK, "ignored", ""))
     assert engine.finish(plan, "w", converged(plan, ok=False, kind="app", task=FAILED_TASK,
                                               message="image x could not be pulled"), 1.0)
     body = client.simulate_get(f"/api/deploy/apps/{second}/jobs/{job.id}", headers=auth()).json["job"]

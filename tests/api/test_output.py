@@ -39,7 +39,7 @@ def answer(settings, lines, ok=True):
     """Act as the worker: claim the output job, 'run' output.yml, record what it returned."""
     job = None
     while job is None or job.action != "output":
-        job = jobqueue.claim("w", 30)
+        [job] = jobqueue.claim("w", 30)
         if job is not None and job.action != "output":
             jobqueue.finish(job, "w", succeeded=True)
     plan = engine.start(job, "w", settings.secret_key)
@@ -107,11 +107,11 @@ def test_a_failed_read_is_502_and_no_worker_is_504(client, settings, monkeypatch
 
 def test_an_output_job_does_not_wait_behind_a_converge_nor_block_health(client, settings):
     ident = create_deployment(client)
-    converge = jobqueue.claim("w", 30)  # the first deploy runs (and holds the deployment's lock key)
+    [converge] = jobqueue.claim("w", 30)  # the first deploy runs (and holds the deployment's lock key)
     assert converge.action == "converge"
     output.enqueue(engine.state.locked(ident), 10, None)
-    claimed = jobqueue.claim("w2", 30)
-    assert claimed is not None and claimed.action == "output"
+    [claimed] = jobqueue.claim("w2", 30)
+    assert claimed.action == "output"
 
 
 def test_a_since_before_the_epoch_asks_for_every_line():

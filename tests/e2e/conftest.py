@@ -92,9 +92,9 @@ class Stack:
         assert result.returncode == 0, result.stdout[-3000:]
         return f"127.0.0.1:5000/{self.repository}:{tag}"
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
         log = (self.root / "worker.log").open("ab")
-        proc = subprocess.Popen([str(BIN / "buddo-deploy"), "worker", "--concurrency", "2"], env=self.env,
+        proc = subprocess.Popen([str(BIN / "buddo-deploy"), "worker", "--concurrency", str(concurrency)], env=self.env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.workers.append(proc)
         return proc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,17 @@ class Plan:
     known: list[str] = field(default_factory=list)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     check: bool = False
+    # A batch (:func:`batch`): the converge plans whose items and secrets this run holds.
+    parts: tuple[Plan, ...] = ()
+
+    @property
+    def members(self) -> tuple[Plan, ...]:
+        """The one-job plans this run stands for: its parts, or itself."""
+        return self.parts or (self,)
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [part.job for part in self.members]
 
     def extravars(self, instance: str) -> dict[str, Any]:
         if self.job.action == "output":
@@ -103,6 +114,22 @@ def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan
         Deployment.update(status=status, updated_at=utcnow()).where(Deployment.id == d.id).execute()
         state.touch_entries(d.id, d.generation, "running", {"attempt": job.attempts})
     return Plan(job, "converge.yml", d.host, [item], secrets=secrets)
+
+
+def batch(plans: Sequence[Plan]) -> Plan:
+    """One converge.yml run for the converge plans of one host (jobqueue.claim's batch).
+
+    The run's document holds every plan's item and its secrets; each plan is still
+    finished on its own (:func:`finish`), from its deployment's outcome.
+    """
+    if len(plans) == 1:
+        return plans[0]
+    assert plans and all(p.playbook == "converge.yml" and p.host == plans[0].host for p in plans)
+    secrets: dict[str, dict[str, str]] = {}
+    for plan in plans:
+        secrets |= plan.secrets
+    return Plan(plans[0].job, "converge.yml", plans[0].host, [i for p in plans for i in p.items],
+                secrets=secrets, parts=tuple(plans))
 
 
 def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
@@ -203,12 +230,16 @@ def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s:
     return report
 
 
-def record_event(job: Job, summary: EventSummary) -> None:
-    JobEvent.create(
-        job=job.id, attempt=job.attempts, created_at=utcnow(), event=summary.event,
-        host=summary.host, task=(summary.task or None) and summary.task[:500], status=summary.status,
-        message=summary.message,
-    )
+def record_event(jobs: Sequence[Job], summary: EventSummary) -> None:
+    """Record one event of a run in the log of each of ``jobs`` (a batch's run is each job's run)."""
+    now = utcnow()
+    task = (summary.task or None) and summary.task[:500]
+    with write_transaction(database_proxy.obj):
+        JobEvent.insert_many([
+            {"job": job.id, "attempt": job.attempts, "created_at": now, "event": summary.event,
+             "host": summary.host, "task": task, "status": summary.status, "message": summary.message}
+            for job in jobs
+        ]).execute()
 
 
 # --- health ------------------------------------------------------------------
