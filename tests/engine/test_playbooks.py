@@ -171,6 +171,41 @@ def test_an_app_that_never_answers_fails_and_leaves_nothing_behind(engine: Engin
     assert containers_of(item) == []
 
 
+def test_one_module_run_converges_many_and_a_bad_one_fails_alone(engine: Engine) -> None:
+    """Four deployments start in one app_instance run; one with a missing image fails alone, the
+    task does not fail; then a replacement retires three at once and a destroy removes them all."""
+    image = f"{engine.registry}/demo/hello:v1"
+    good = [engine.deployment(f"many{n}", image) for n in range(3)]
+    bad = engine.deployment("manybad", f"{engine.registry}/demo/does-not-exist:v0")
+    try:
+        done = engine.converged([good[0], bad, *good[1:]])
+        failed = done.outcome(bad)
+        assert not failed["ok"] and failed["kind"] == "app" and failed["task"] == "Run the app containers"
+        assert f"image {bad['image']} could not be pulled" in failed["message"]
+        [run] = [e for e in done.events if e.task == "Run the app containers" and e.event.startswith("runner_on")]
+        assert run.event == "runner_on_ok"  # not a failed (ignored) task: each deployment fails on its own
+        for item in good:
+            assert done.outcome(item)["ok"] and engine.https_get(host_of(item))[0] == 200
+            assert network_of(item) is not None
+        assert containers_of(bad) == [] and network_of(bad) is None
+
+        # A new spec for the three: started beside the serving ones, then retired in one run.
+        newer = [{**item, "spec": f"{item['spec']}-2", "generation": 2} for item in good]
+        replaced = engine.converged(newer)
+        for old, item in zip(good, newer, strict=True):
+            assert replaced.outcome(item)["container"]["host_port"] == old["host_ports"][1]
+            assert [c["Names"][0] for c in containers_of(item)] == [item["container_name"]]
+            assert engine.https_get(host_of(item))[0] == 200
+        [retire] = [e for e in replaced.events
+                    if e.task == "Retire the replaced containers" and e.event.startswith("runner_on")]
+        assert retire.event == "runner_on_ok" and retire.status == "changed"
+    finally:
+        gone = engine.converged([absent(item) for item in [*good, bad]])
+    for item in good:
+        assert gone.outcome(item)["ok"] and containers_of(item) == [] and network_of(item) is None
+        assert not site_file(engine, item).exists()
+
+
 def test_a_malformed_document_fails_before_anything_changes(engine: Engine) -> None:
     done = engine.converge([{"id": "x", "host": "container-host-1", "subdomain": "Bad_Name", "state": "running"}])
     assert not done.result.ok and done.changed == 0

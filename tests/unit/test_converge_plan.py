@@ -390,18 +390,18 @@ def test_a_site_of_a_stopped_deployment_is_no_orphan() -> None:
 # --- converge_started, converge_sites, converge_retire ----------------------------------------------------
 
 
-def _started(*results: dict[str, Any]) -> dict[str, Any]:
-    return {"changed": True, "msg": "All items completed", "results": list(results)}
+def _started(*entries: dict[str, Any]) -> dict[str, Any]:
+    """As app_instance returns it: one entry per deployment."""
+    return {"changed": True, "msg": "3 deployment(s) started", "deployments": list(entries)}
 
 
 def test_converge_started_keeps_the_items_whose_container_runs() -> None:
     plan = plan_of([item(), item(id="d2", subdomain="blog", container_name="buddo-d2"),
                     item(id="d3", subdomain="wiki", container_name="buddo-d3")], observed(), "")
-    d1, d2, d3 = plan["start"]
     new = {"id": "c5", "name": "buddo-d1-next", "host_port": 20001}
-    started = _started({"item": d1, "changed": True, "container": new, "others": ["c1"]},
-                       {"item": d2, "failed": True, "failure_kind": "app", "msg": "exited 1"},
-                       {"item": d3, "changed": False, "container": {}})
+    started = _started({"deployment_id": "d1", "changed": True, "container": new, "others": ["c1"]},
+                       {"deployment_id": "d2", "failed": True, "failure_kind": "app", "msg": "exited 1"},
+                       {"deployment_id": "d3", "changed": False, "container": {}})
     up = plan_filters.converge_started(plan, started)
     assert [u["id"] for u in up] == ["d1"]
     assert up[0]["container"] == new and up[0]["container_id"] == "c5" and up[0]["others"] == ["c1"]
@@ -412,7 +412,7 @@ def test_converge_started_keeps_the_items_whose_container_runs() -> None:
 
 def test_converge_started_without_others_gives_an_empty_list() -> None:
     plan = plan_of([item()], observed(), "")
-    up = plan_filters.converge_started(plan, _started({"item": plan["start"][0], "container": {"id": "c5"}}))
+    up = plan_filters.converge_started(plan, _started({"deployment_id": "d1", "container": {"id": "c5"}}))
     assert up[0]["others"] == []
 
 
@@ -455,7 +455,7 @@ def test_outcome_of_a_failed_start() -> None:
     desired = [item()]
     obs = observed([container(spec="spec-1")], [site()])
     plan = plan_of(desired, obs, live({HOST: 20000}))
-    started = _started({"item": plan["start"][0], "failed": True, "failure_kind": "app",
+    started = _started({"deployment_id": "d1", "failed": True, "failure_kind": "app",
                         "msg": "the app exited with status 1", "actions": ["pulled", "created"]})
     outcome = plan_filters.converge_outcomes(desired, plan, obs, started, {})["d1"]
     assert outcome == {"ok": False, "state": "running", "drift": ["container runs an older spec"], "generation": 3,
@@ -466,10 +466,25 @@ def test_outcome_of_a_failed_start() -> None:
 def test_outcome_of_a_failed_start_without_kind_or_message() -> None:
     desired = [item()]
     plan = plan_of(desired, observed(), "")
-    started = _started({"item": plan["start"][0], "failed": True})
+    started = _started({"deployment_id": "d1", "failed": True})
     outcome = plan_filters.converge_outcomes(desired, plan, observed(), started)["d1"]
     assert outcome["ok"] is False and outcome["kind"] == "host"
     assert outcome["message"] == "the container could not be started" and outcome["actions"] == []
+
+
+def test_a_start_task_that_failed_as_a_whole_fails_each_deployment_it_was_to_start() -> None:
+    desired = [item(), item(id="d2", subdomain="blog", container_name="buddo-d2")]
+    obs = observed([container(id="c2", deployment_id="d2", name="buddo-d2")],
+                   [site(deployment_id="d2", hosts=[f"blog.{BASE}"])])
+    plan = plan_of(desired, obs, "")
+    assert [i["id"] for i in plan["start"]] == ["d1"]  # d2 runs its spec: not started, not failed
+    started = {"failed": True, "msg": "podman not found on this host", "failure_kind": "host"}
+    assert plan_filters.converge_started(plan, started) == []
+    outcomes = plan_filters.converge_outcomes(desired, plan, obs, started)
+    assert outcomes["d1"] | {"drift": []} == {"ok": False, "state": "running", "drift": [], "generation": 3,
+                                             "actions": [], "kind": "host", "task": "Run the app containers",
+                                             "message": "podman not found on this host"}
+    assert outcomes["d2"]["ok"] is True
 
 
 def test_outcome_of_a_rejected_site() -> None:
@@ -477,7 +492,7 @@ def test_outcome_of_a_rejected_site() -> None:
     obs = observed([], [])
     plan = plan_of(desired, obs, "")
     new = {"id": "c5", "name": "buddo-d1", "host_port": 20000}
-    started = _started({"item": plan["start"][0], "changed": True, "container": new, "actions": ["created"]})
+    started = _started({"deployment_id": "d1", "changed": True, "container": new, "actions": ["created"]})
     written = {"results": [{"site": {"subdomain": "shop", "deployment_id": "d1"}, "failed": True,
                             "stderr": "  Error: adapting config using caddyfile: unrecognized directive\n",
                             "msg": "validation failed"}]}
@@ -493,7 +508,7 @@ def test_outcome_of_a_rejected_site() -> None:
 def test_outcome_of_a_rejected_site_without_stderr_uses_msg() -> None:
     desired = [item()]
     plan = plan_of(desired, observed(), "")
-    started = _started({"item": plan["start"][0], "container": {"id": "c5"}})
+    started = _started({"deployment_id": "d1", "container": {"id": "c5"}})
     written = {"results": [{"site": {"deployment_id": "d1"}, "failed": True, "msg": "validation failed"}]}
     outcome = plan_filters.converge_outcomes(desired, plan, observed(), started, written)["d1"]
     assert outcome["message"].endswith("unchanged: validation failed")

@@ -215,9 +215,19 @@ def _by_item_id(results: dict[str, Any] | None, loop_var: str = "item") -> dict[
     return out
 
 
+def _start_results(plan: dict[str, Any], started: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """app_instance's entry per deployment; when its task failed as a whole (bad arguments, no
+    podman) every deployment it was to start failed with it."""
+    found = {str(e["deployment_id"]): e for e in (started or {}).get("deployments") or [] if e.get("deployment_id")}
+    if started and started.get("failed") and not found:
+        failure = {"failed": True, "failure_kind": "host", "msg": started.get("msg")}
+        found = {str(item["id"]): failure for item in plan.get("start") or []}
+    return found
+
+
 def converge_started(plan: dict[str, Any], started: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The plan's start items whose container now runs, with the container added."""
-    results = _by_item_id(started)
+    results = _start_results(plan, started)
     up = []
     for item in plan["start"]:
         result = results.get(str(item["id"])) or {}
@@ -248,7 +258,7 @@ def converge_outcomes(
     sites: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per deployment: ok, failure kind and message, drift found, the serving container."""
-    start_results = _by_item_id(started)
+    start_results = _start_results(plan, started)
     site_results = _by_item_id(sites, "site")
     outcomes: dict[str, Any] = {}
     for item in desired:

@@ -1,96 +1,133 @@
 #!/usr/bin/python
-"""One deployment's containers, converged in one module run."""
+"""The containers of many deployments of one host, converged in one module run."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: app_instance
-short_description: Converge the Podman containers of one deployment
+short_description: Converge the Podman containers of many deployments in one run
 description:
+  - Converges every deployment of O(deployments) to O(state) in one module run, working on
+    up to O(parallel) deployments at a time (their podman commands and HTTP waits overlap).
+    Each deployment gets its own entry in RV(deployments) - a failure of one (bad image, an
+    app that never answers, a podman error) is reported there and never fails the others
+    nor the task. The task fails only on bad arguments or a host-wide problem (no podman).
   - Every container of a deployment carries the labels C(buddo.deployment_id) and
     C(buddo.spec) (a hash of image reference, port, limits, env and revision that the
-    caller computes). This module finds them with one C(podman ps) and converges them.
-  - O(state=started) makes sure a container with O(spec) runs and answers HTTP on its
-    published port. When it must start a new one (spec changed, container missing,
-    O(recreate)), it starts it B(beside) the one that serves now, on whichever of the
-    deployment's two O(host_ports) that one does not use, and waits for it. If the
-    new container never answers it is removed and the module fails with
-    R(failure_kind=app); the serving container was never touched. Switching traffic
-    and retiring the old container are the caller's next steps (caddy_site, then
+    caller computes). This module finds them with one C(podman ps) per deployment.
+  - O(state=started) makes sure a container with the deployment's spec runs and answers
+    HTTP on its published port. When it must start a new one (spec changed, container
+    missing, recreate), it starts it B(beside) the one that serves now, on whichever of the
+    deployment's two host ports that one does not use, and waits for it. If the new
+    container never answers it is removed and the deployment fails with
+    C(failure_kind=app); the serving container was never touched. Switching traffic and
+    retiring the old container are the caller's next steps (caddy_site, then
     O(state=retired)).
-  - O(state=retired) removes every container of the deployment except O(keep), renames
-    O(keep) to O(name), tags the images of O(keep_images) (the newest releases) so they
-    stay for rollbacks, drops the tags of older ones and removes dangling images no
-    container uses.
-  - O(state=stopped) stops every container of the deployment; O(state=absent) removes
+  - O(state=retired) removes every container of each deployment except its C(keep), renames
+    C(keep) to C(name), tags the images of C(keep_images) (the newest releases) so they
+    stay for rollbacks and drops the tags of older ones; then one C(podman image prune)
+    for all of them removes dangling images no container uses.
+  - O(state=stopped) stops every container of each deployment; O(state=absent) removes
     them, the deployment's network and the image reference when no other container uses it.
   - Tenants apart - every container of a deployment runs on the deployment's own Podman
     network (C(buddo-<deployment_id>), created here, netavark option C(isolate), so no route
     to any other isolated network), so it is reachable from outside only through its
     published port on O(host_address), i.e. through Caddy. It runs with C(no-new-privileges),
     without C(NET_RAW), with a pids limit and a capped log file.
-  - Env values never reach a command line when they fit an env file (one line each),
-    nor a file (podman reads them from a pipe); every message is returned with env
-    values masked.
+  - Env values (O(env), never logged) never reach a command line when they fit an env file
+    (one line each), nor a file (podman reads them from a pipe); every message is returned
+    with env values masked.
 options:
-  deployment_id: {description: Deployment id (label buddo.deployment_id)., type: str, required: true}
-  name: {description: Container name of the serving container., type: str, required: true}
-  state: {description: Desired state., type: str, default: started, choices: [started, stopped, absent, retired]}
-  image: {description: Image reference., type: str, default: ""}
-  spec: {description: Hash of everything that makes a container; a different one means a new container., type: str, default: ""}
-  port: {description: Container port., type: int, default: 3000}
-  host_ports: {description: The deployment's two host ports., type: list, elements: int, default: []}
-  serving_port: {description: Host port Caddy routes to now (its container is never touched by started)., type: int}
+  state: {description: Desired state of every deployment., type: str, default: started, choices: [started, stopped, absent, retired]}
+  deployments:
+    description: The deployments to converge, each with its own options.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      deployment_id: {description: Deployment id (label buddo.deployment_id)., type: str, required: true}
+      name: {description: Container name of the serving container., type: str, required: true}
+      image: {description: "Image reference (required by O(state=started)).", type: str, default: ""}
+      spec: {description: "Hash of everything that makes a container; a different one means a new container (required by O(state=started)).", type: str, default: ""}
+      port: {description: Container port., type: int, default: 3000}
+      host_ports: {description: "The deployment's two host ports (required by O(state=started)).", type: list, elements: int, default: []}
+      serving_port: {description: Host port Caddy routes to now (its container is never touched by started)., type: int}
+      memory_mb: {description: Memory limit in MB., type: int, default: 256}
+      cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
+      pids_limit: {description: Most processes (and threads) the container may run., type: int, default: 256}
+      log_max_size_mb: {description: Size in MB at which the container's log file is truncated., type: int, default: 10}
+      labels: {description: Extra labels., type: dict, default: {}}
+      pull: {description: C(always) pulls the tag again before a new container; C(missing) only when absent., type: str, default: missing, choices: [always, missing]}
+      recreate: {description: "Start a new container even when one with the spec runs (wrong limits, unhealthy).", type: bool, default: false}
+      keep: {description: "Container id to keep (required by O(state=retired)).", type: str, default: ""}
+      keep_images: {description: "On retired, images (repository@digest, newest release first) to keep on the host; on absent every kept image is dropped.", type: list, elements: str, default: []}
+  env: {description: "Deployment id -> its environment variables (secret - never logged, masked in every message).", type: dict, default: {}}
+  parallel: {description: How many deployments are worked on at the same time., type: int, default: 4}
   host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
-  memory_mb: {description: Memory limit in MB., type: int, default: 256}
-  cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
-  pids_limit: {description: Most processes (and threads) the container may run., type: int, default: 256}
-  log_max_size_mb: {description: Size in MB at which the container's log file is truncated., type: int, default: 10}
-  env: {description: Environment variables (never logged)., type: dict, default: {}}
-  labels: {description: Extra labels., type: dict, default: {}}
   instance: {description: "Label buddo.instance: the platform the container belongs to (host_state lists only its own).", type: str, default: buddo}
-  pull: {description: C(always) pulls the tag again before a new container; C(missing) only when absent., type: str, default: missing, choices: [always, missing]}
-  recreate: {description: "Start a new container even when one with O(spec) runs (wrong limits, unhealthy).", type: bool, default: false}
-  keep: {description: Container id to keep (O(state=retired))., type: str, default: ""}
   init: {description: Run an init as PID 1., type: bool, default: true}
   restart_policy: {description: Podman restart policy., type: str, default: always}
   stop_timeout: {description: Seconds to wait for a graceful stop., type: int, default: 10}
   wait_timeout: {description: Seconds a new container has to answer., type: float, default: 60}
   wait_path: {description: Path requested to see whether the app answers., type: str, default: /}
   remove_image: {description: "On absent, remove the image reference when unused.", type: bool, default: true}
-  prune_images: {description: "On retired, remove dangling images no container uses.", type: bool, default: true}
-  keep_images: {description: "On retired, images (repository@digest, newest release first) to keep on the host; on absent every kept image is dropped.", type: list, elements: str, default: []}
-  keep_count: {description: "How many of O(keep_images) to keep (the newest releases).", type: int, default: 3}
+  prune_images: {description: "On retired, remove dangling images no container uses (once, after every deployment).", type: bool, default: true}
+  keep_count: {description: "How many of each deployment's keep_images to keep (the newest releases).", type: int, default: 3}
   output_dir: {description: "Where the output of a container that never answered is kept (0600) before it is removed; empty: nowhere.", type: str, default: ""}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
 EXAMPLES = r"""
-- name: Run the app
+- name: Run the apps
   buddo.deploy.app_instance:
-    deployment_id: 0b0f...
-    name: my-app-abc123
-    image: 127.0.0.1:5000/demo/hello:latest
-    spec: 6f1c...
-    host_ports: [20000, 20001]
-    env: {GREETING: hello}
+    state: started
+    deployments:
+      - deployment_id: 0b0f...
+        name: my-app-abc123
+        image: 127.0.0.1:5000/demo/hello:latest
+        spec: 6f1c...
+        host_ports: [20000, 20001]
+      - deployment_id: 5e2a...
+        name: blog-def456
+        image: 127.0.0.1:5000/demo/blog:v2
+        spec: 91d0...
+        host_ports: [20002, 20003]
+        serving_port: 20002
+    env: {"0b0f...": {GREETING: hello}}
   no_log: true
-  register: app
+  register: apps
 """
 
 RETURN = r"""
-container: {description: "The container that runs the spec (id, name, host_port, image_digest).", type: dict, returned: success}
-others: {description: Ids of the deployment's other containers (to retire once traffic moved)., type: list, returned: state=started}
-failure_kind: {description: "C(app) when the app itself failed (bad image, never answered).", type: str, returned: failure}
-actions: {description: What was done., type: list, returned: always}
+msg: {description: "How many deployments failed, and why (the task itself does not fail for them).", type: str, returned: always}
+deployments:
+  description: One entry per deployment of O(deployments), in that order.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    deployment_id: {description: The deployment this entry belongs to., type: str}
+    changed: {description: Whether anything of this deployment changed., type: bool}
+    failed: {description: Whether this deployment failed (the others are not affected)., type: bool}
+    msg: {description: "Why it failed (env values masked).", type: str, returned: failure}
+    failure_kind: {description: "C(app) when the app itself failed (bad image, never answered); C(host) for a podman error.", type: str, returned: failure}
+    container: {description: "The container that runs the spec (id, name, host_port, image_digest).", type: dict, returned: "state=started or retired, success"}
+    others: {description: Ids of the deployment's other containers (to retire once traffic moved)., type: list, returned: "state=started, success"}
+    actions: {description: What was done., type: list}
 """
 
 import json
 import os
+import shutil
+import subprocess
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.errors import UnsupportedError
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import (
     deployment_network,
@@ -104,27 +141,56 @@ from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
 # The most lines kept of a container that never answered (the API's tail bound).
 KEPT_OUTPUT_LINES = 5000
 
+# One deployment's options, validated item by item so that an error names its item.
+DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
+    "deployment_id": {"type": "str", "required": True},
+    "name": {"type": "str", "required": True},
+    "image": {"type": "str", "default": ""},
+    "spec": {"type": "str", "default": ""},
+    "port": {"type": "int", "default": 3000},
+    "host_ports": {"type": "list", "elements": "int", "default": []},
+    "serving_port": {"type": "int"},
+    "memory_mb": {"type": "int", "default": 256},
+    "cpu_millicores": {"type": "int", "default": 250},
+    "pids_limit": {"type": "int", "default": 256},
+    "log_max_size_mb": {"type": "int", "default": 10},
+    "labels": {"type": "dict", "default": {}},
+    "pull": {"type": "str", "default": "missing", "choices": ["always", "missing"]},
+    "recreate": {"type": "bool", "default": False},
+    "keep": {"type": "str", "default": ""},
+    "keep_images": {"type": "list", "elements": "str", "default": []},
+}
+# What a state needs of each deployment beyond its id and name.
+REQUIRED_BY_STATE = {"started": ("image", "spec", "host_ports"), "retired": ("keep",)}
+
 
 class AppFailure(Exception):
     """The app's own fault: retrying the same spec cannot help."""
 
 
+class HostFailure(Exception):
+    """Podman failed on this host (for one deployment: the others go on)."""
+
+
 class Podman:
-    def __init__(self, module: AnsibleModule) -> None:
-        self.module = module
-        self.binary = module.params["podman"]
-        self.secrets = list(module.params["env"].values())
+    """Podman commands of one deployment, with its env values masked in every message."""
+
+    def __init__(self, binary: str, secrets: list[str]) -> None:
+        self.binary = binary
+        self.secrets = secrets
 
     def mask(self, text: str) -> str:
         """Podman's own output may echo env values (Ansible masks them in results too)."""
         return redact(text, self.secrets)
 
     def run(self, *args: str, check: bool = True, data: str | None = None) -> tuple[int, str, str]:
-        rc, out, err = self.module.run_command([self.binary, *args], data=data)
-        if check and rc != 0:
-            self.module.fail_json(msg=self.mask(f"podman {args[0]} failed: {err.strip() or out.strip()}"),
-                                  rc=rc, failure_kind="host")
-        return rc, out, err
+        # subprocess, not AnsibleModule.run_command: that one is not meant for threads (shared
+        # state, and fail_json on an OSError would only end the thread).
+        proc = subprocess.run([self.binary, *args], input=data, stdin=None if data is not None else subprocess.DEVNULL,
+                              capture_output=True, encoding="utf-8", errors="replace", check=False)
+        if check and proc.returncode != 0:
+            raise HostFailure(self.mask(f"podman {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}"))
+        return proc.returncode, proc.stdout, proc.stderr
 
     def containers(self, deployment_id: str) -> list[dict[str, Any]]:
         _, out, _ = self.run("ps", "--all", "--format", "json", "--filter", f"label=buddo.deployment_id={deployment_id}")
@@ -148,6 +214,17 @@ class Podman:
     def digest(self, container_id: str) -> str:
         _, out, _ = self.run("inspect", "--format", "{{.ImageDigest}}", container_id, check=False)
         return out.strip()
+
+
+@dataclass
+class Deployment:
+    """One deployment's work: its options (the shared ones merged in), its podman, what was done."""
+
+    p: dict[str, Any]
+    podman: Podman
+    check_mode: bool
+    actions: list[str] = field(default_factory=list)
+    prune: bool = False  # retired: it left images for the prune after every deployment
 
 
 def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout: float) -> None:
@@ -178,8 +255,8 @@ def pull(podman: Podman, image: str, policy: str) -> bool:
     return True
 
 
-def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, Any]], actions: list[str]) -> dict[str, Any]:
-    p = module.params
+def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
+    p, podman, actions = d.p, d.podman, d.actions
     serving = p["serving_port"]
     ports = list(p["host_ports"]) or [0]
     busy = {c["host_port"] for c in existing}
@@ -235,15 +312,16 @@ def start_new(module: AnsibleModule, podman: Podman, existing: list[dict[str, An
     try:
         wait_until_answers(podman, container_id, url, p["wait_timeout"])
     except AppFailure:
-        keep_output(podman, p, container_id, name)
+        keep_output(d, container_id, name)
         podman.run("rm", "--force", "--time", "2", container_id, check=False)
         raise
     return {"id": container_id, "name": name, "host_port": port}
 
 
-def keep_output(podman: Podman, p: dict[str, Any], container_id: str, name: str) -> None:
+def keep_output(d: Deployment, container_id: str, name: str) -> None:
     """Keep what a container that never answered printed (masked, 0600): its removal must not
     take the reason with it (app_output reads this when the deployment has no container left)."""
+    p, podman = d.p, d.podman
     if not p["output_dir"]:
         return
     rc, out, _ = podman.run("inspect", "--format", "json", container_id, check=False)
@@ -259,27 +337,26 @@ def keep_output(podman: Podman, p: dict[str, Any], container_id: str, name: str)
         json.dump(kept, handle)
 
 
-def started(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
-    p = module.params
+def started(d: Deployment) -> dict[str, Any]:
+    p, podman = d.p, d.podman
     existing = podman.containers(p["deployment_id"])
     same = sorted((c for c in existing if c["spec"] == p["spec"]), key=lambda c: c["state"] != "running")
     current = same[0] if same and not p["recreate"] else None
     result: dict[str, Any] = {"changed": False}
     if current is not None and current["state"] == "running":
         container = {k: current[k] for k in ("id", "name", "host_port")}
-    elif module.check_mode:
-        actions.append("would start a container" if current else "would start a new container")
-        result |= {"changed": True, "container": {}, "others": [c["id"] for c in existing]}
-        return result
+    elif d.check_mode:
+        d.actions.append("would start a container" if current else "would start a new container")
+        return {"changed": True, "container": {}, "others": [c["id"] for c in existing]}
     elif current is not None:
         podman.run("start", current["id"])
-        actions.append(f"started container {current['name']} again")
+        d.actions.append(f"started container {current['name']} again")
         url = f"http://{p['host_address']}:{current['host_port']}{p['wait_path']}"
         wait_until_answers(podman, current["id"], url, p["wait_timeout"])
         container = {k: current[k] for k in ("id", "name", "host_port")}
         result["changed"] = True
     else:
-        container = start_new(module, podman, existing, actions)
+        container = start_new(d, existing)
         result["changed"] = True
     container["image_digest"] = podman.digest(container["id"])
     result |= {"container": container, "others": [c["id"] for c in existing if c["id"] != container["id"]]}
@@ -315,91 +392,123 @@ def keep_images(podman: Podman, deployment_id: str, refs: list[str], actions: li
     return bool(dropped)
 
 
-def retired(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
-    p = module.params
+def retired(d: Deployment) -> dict[str, Any]:
+    p, podman = d.p, d.podman
     existing = podman.containers(p["deployment_id"])
     keep = next((c for c in existing if c["id"] == p["keep"] or c["name"] == p["keep"]), None)
     if keep is None:
-        module.fail_json(msg=f"container {p['keep']} of deployment {p['deployment_id']} is gone", failure_kind="host",
-                         actions=actions)
+        raise HostFailure(f"container {p['keep']} of deployment {p['deployment_id']} is gone")
     old = [c for c in existing if c["id"] != keep["id"]]
     rename = keep["name"] != p["name"]
-    if module.check_mode:
+    if d.check_mode:
         return {"changed": bool(old) or rename, "container": keep}
     if old:
         podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *[c["id"] for c in old])
-        actions.append(f"retired {len(old)} old container(s)")
+        d.actions.append(f"retired {len(old)} old container(s)")
     if rename:
         podman.run("rename", keep["id"], p["name"])
-        actions.append(f"renamed {keep['name']} to {p['name']}")
+        d.actions.append(f"renamed {keep['name']} to {p['name']}")
         keep = {**keep, "name": p["name"]}
-    dropped = keep_images(podman, p["deployment_id"], p["keep_images"][:max(0, p["keep_count"])], actions)
-    if (old or dropped) and p["prune_images"]:
-        podman.run("image", "prune", "--force", check=False)
+    dropped = keep_images(podman, p["deployment_id"], p["keep_images"][:max(0, p["keep_count"])], d.actions)
+    d.prune = bool(old) or dropped
     return {"changed": bool(old) or rename, "container": keep}
 
 
-def stopped(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
-    p = module.params
-    running = [c for c in podman.containers(p["deployment_id"]) if c["state"] == "running"]
-    if running and not module.check_mode:
-        podman.run("stop", "--time", str(p["stop_timeout"]), *[c["id"] for c in running])
+def stopped(d: Deployment) -> dict[str, Any]:
+    running = [c for c in d.podman.containers(d.p["deployment_id"]) if c["state"] == "running"]
+    if running and not d.check_mode:
+        d.podman.run("stop", "--time", str(d.p["stop_timeout"]), *[c["id"] for c in running])
     if running:
-        actions.append(f"stopped {len(running)} container(s)")
+        d.actions.append(f"stopped {len(running)} container(s)")
     return {"changed": bool(running)}
 
 
-def absent(module: AnsibleModule, podman: Podman, actions: list[str]) -> dict[str, Any]:
-    p = module.params
+def absent(d: Deployment) -> dict[str, Any]:
+    p, podman = d.p, d.podman
     existing = podman.containers(p["deployment_id"])
     network = podman.has_network(p["deployment_id"])
-    if module.check_mode:
+    if d.check_mode:
         if existing:
-            actions.append(f"would remove {len(existing)} container(s)")
+            d.actions.append(f"would remove {len(existing)} container(s)")
         if network:
-            actions.append(f"would remove network {deployment_network(p['deployment_id'])}")
+            d.actions.append(f"would remove network {deployment_network(p['deployment_id'])}")
         return {"changed": bool(existing) or network}
     if existing:
         podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *[c["id"] for c in existing])
-        actions.append(f"removed {len(existing)} container(s)")
+        d.actions.append(f"removed {len(existing)} container(s)")
         if p["remove_image"] and p["image"]:
             _, users, _ = podman.run("ps", "--all", "--quiet", "--filter", f"ancestor={p['image']}", check=False)
             if not users.strip():
                 podman.run("image", "rm", p["image"], check=False)
-    keep_images(podman, p["deployment_id"], [], actions)
+    keep_images(podman, p["deployment_id"], [], d.actions)
     if network:
         podman.run("network", "rm", deployment_network(p["deployment_id"]))
-        actions.append(f"removed network {deployment_network(p['deployment_id'])}")
+        d.actions.append(f"removed network {deployment_network(p['deployment_id'])}")
     kept = saved_output_path(p["output_dir"], p["deployment_id"]) if p["output_dir"] else ""
     forgotten = bool(kept) and os.path.exists(kept)
     if forgotten:
         os.remove(kept)
-        actions.append("removed the kept output")
+        d.actions.append("removed the kept output")
     return {"changed": bool(existing) or network or forgotten}
+
+
+HANDLERS: dict[str, Callable[[Deployment], dict[str, Any]]] = {
+    "started": started, "stopped": stopped, "absent": absent, "retired": retired}
+
+
+def converge(state: str, d: Deployment) -> dict[str, Any]:
+    """One deployment's entry of the result: its failure stays its own."""
+    entry: dict[str, Any] = {"deployment_id": d.p["deployment_id"], "changed": False, "failed": False}
+    try:
+        entry |= HANDLERS[state](d)
+    except AppFailure as exc:
+        entry |= {"failed": True, "failure_kind": "app", "msg": str(exc), "changed": bool(d.actions)}
+    except HostFailure as exc:
+        entry |= {"failed": True, "failure_kind": "host", "msg": str(exc), "changed": bool(d.actions)}
+    except Exception as exc:  # noqa: BLE001 - e.g. an unwritable output_dir: this deployment's, not the others'
+        entry |= {"failed": True, "failure_kind": "host", "changed": bool(d.actions),
+                  "msg": d.podman.mask(f"{type(exc).__name__}: {exc}")}
+    entry["actions"] = d.actions
+    return entry
+
+
+def validate(items: list[dict[str, Any]], state: str, env: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each deployment checked on its own, so that an error says which one it is about."""
+    validator = ArgumentSpecValidator(DEPLOYMENT_OPTIONS)
+    valid: list[dict[str, Any]] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(items):
+        ident = raw.get("deployment_id")
+        where = f"deployments[{index}]" + (f" ({ident})" if ident else "")
+        result = validator.validate(raw)
+        item = result.validated_parameters
+        problems = [f"Unsupported parameters: {error}" if isinstance(error, UnsupportedError) else str(error)
+                    for error in result.errors]
+        missing = [key for key in REQUIRED_BY_STATE.get(state, ()) if not item.get(key)]
+        if missing:
+            problems.append(f"state={state} needs {', '.join(missing)}")
+        if ident in seen:
+            problems.append("listed twice")
+        if not isinstance(env.get(str(ident), {}), dict):
+            problems.append("its env is not a mapping")
+        seen.add(str(ident))
+        errors += [f"{where}: {problem}" for problem in problems]
+        valid.append(item)
+    return valid, errors
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "deployment_id": {"type": "str", "required": True},
-            "name": {"type": "str", "required": True},
             "state": {"type": "str", "default": "started", "choices": ["started", "stopped", "absent", "retired"]},
-            "image": {"type": "str", "default": ""},
-            "spec": {"type": "str", "default": ""},
-            "port": {"type": "int", "default": 3000},
-            "host_ports": {"type": "list", "elements": "int", "default": []},
-            "serving_port": {"type": "int"},
-            "host_address": {"type": "str", "default": "127.0.0.1"},
-            "memory_mb": {"type": "int", "default": 256},
-            "cpu_millicores": {"type": "int", "default": 250},
-            "pids_limit": {"type": "int", "default": 256},
-            "log_max_size_mb": {"type": "int", "default": 10},
+            "deployments": {"type": "list", "elements": "dict", "required": True},
+            # Keyed by deployment id and kept out of the items: declared no_log here, Ansible
+            # masks every value of it in whatever the module returns, even on bad arguments.
             "env": {"type": "dict", "default": {}, "no_log": True},
-            "labels": {"type": "dict", "default": {}},
+            "parallel": {"type": "int", "default": 4},
+            "host_address": {"type": "str", "default": "127.0.0.1"},
             "instance": {"type": "str", "default": "buddo"},
-            "pull": {"type": "str", "default": "missing", "choices": ["always", "missing"]},
-            "recreate": {"type": "bool", "default": False},
-            "keep": {"type": "str", "default": ""},
             "init": {"type": "bool", "default": True},
             "restart_policy": {"type": "str", "default": "always"},
             "stop_timeout": {"type": "int", "default": 10},
@@ -407,22 +516,36 @@ def main() -> None:
             "wait_path": {"type": "str", "default": "/"},
             "remove_image": {"type": "bool", "default": True},
             "prune_images": {"type": "bool", "default": True},
-            "keep_images": {"type": "list", "elements": "str", "default": []},
             "keep_count": {"type": "int", "default": 3},
             "output_dir": {"type": "str", "default": ""},
             "podman": {"type": "str", "default": "podman"},
         },
-        required_if=[("state", "started", ("image", "spec", "host_ports")), ("state", "retired", ("keep",))],
         supports_check_mode=True,
     )
-    podman = Podman(module)
-    actions: list[str] = []
-    handler = {"started": started, "stopped": stopped, "absent": absent, "retired": retired}[module.params["state"]]
-    try:
-        result = handler(module, podman, actions)
-    except AppFailure as exc:
-        module.fail_json(msg=str(exc), failure_kind="app", actions=actions)
-    module.exit_json(actions=actions, **result)
+    params = module.params
+    state: str = params["state"]
+    items, errors = validate(params["deployments"], state, params["env"])
+    if params["parallel"] < 1:
+        errors.append(f"parallel must be at least 1, not {params['parallel']}")
+    if errors:
+        module.fail_json(msg="; ".join(errors), errors=errors)
+    binary = shutil.which(params["podman"])
+    if binary is None:  # nothing can converge on this host
+        module.fail_json(msg=f"{params['podman']} not found on this host", failure_kind="host")
+    shared = {k: v for k, v in params.items() if k not in ("state", "deployments", "env", "parallel")}
+    work = []
+    for item in items:
+        env = {str(k): str(v) for k, v in (params["env"].get(item["deployment_id"]) or {}).items()}
+        work.append(Deployment({**shared, **item, "env": env}, Podman(binary, list(env.values())), module.check_mode))
+    with ThreadPoolExecutor(max_workers=max(1, min(params["parallel"], len(work)))) as pool:
+        entries = list(pool.map(lambda d: converge(state, d), work))
+    if state == "retired" and params["prune_images"] and any(d.prune for d in work):
+        # Once for every deployment: each prune walks all of the host's images.
+        Podman(binary, []).run("image", "prune", "--force", check=False)
+    failed = [e for e in entries if e["failed"]]
+    msg = f"{len(failed)} of {len(entries)} deployment(s) failed: " + "; ".join(
+        f"{e['deployment_id']}: {e['msg']}" for e in failed) if failed else f"{len(entries)} deployment(s) {state}"
+    module.exit_json(changed=any(e["changed"] for e in entries), deployments=entries, msg=msg)
 
 
 if __name__ == "__main__":

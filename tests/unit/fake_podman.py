@@ -1,0 +1,122 @@
+"""A stand-in for the podman commands app_instance runs, for unit tests of the module.
+
+State (containers, networks, images) lives in ``state.json`` beside the script, every call is
+appended to ``calls.jsonl`` with its start and end; a file lock serialises the state, not the
+calls, so calls of different deployments overlap as real ones do. Images whose name contains
+``missing`` cannot be pulled; ``run`` of an image containing ``echo-env`` fails and prints the
+env it read (to test masking); ``run`` takes ``FAKE_PODMAN_RUN_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(os.environ.get("FAKE_PODMAN_DIR", Path(__file__).resolve().parent))
+
+
+def load() -> dict[str, Any]:
+    path = HERE / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {"containers": [], "networks": [], "images": []}
+
+
+def ps_entry(c: dict[str, Any]) -> dict[str, Any]:
+    return {"Id": c["id"], "Names": [c["name"]], "State": c["state"], "Labels": c["labels"], "Image": c["image"],
+            "Ports": [{"host_port": c["host_port"]}]}
+
+
+def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str, str]:
+    containers: list[dict[str, Any]] = state["containers"]
+    by_ref = {**{c["id"]: c for c in containers}, **{c["name"]: c for c in containers}}
+    command = " ".join(args[:2])
+    if args[0] == "ps" and "--quiet" in args:
+        image = args[-1].removeprefix("ancestor=")
+        return 0, "".join(c["id"] + "\n" for c in containers if c["image"] == image), ""
+    if args[0] == "ps":
+        wanted = args[-1].removeprefix("label=buddo.deployment_id=")
+        return 0, json.dumps([ps_entry(c) for c in containers if c["labels"].get("buddo.deployment_id") == wanted]), ""
+    if command == "network exists":
+        return (0 if args[2] in state["networks"] else 1), "", ""
+    if command == "network create":
+        if args[-1] in state["networks"]:
+            return 125, "", f"Error: network name {args[-1]} already used\n"
+        state["networks"].append(args[-1])
+        return 0, args[-1] + "\n", ""
+    if command == "network rm":
+        state["networks"].remove(args[2])
+        return 0, "", ""
+    if command == "image exists":
+        return (0 if args[2] in state["images"] else 1), "", ""
+    if args[0] == "pull":
+        if "missing" in args[-1]:
+            return 125, "", f"Trying to pull {args[-1]}...\nError: initializing source {args[-1]}: manifest unknown\n"
+        state["images"].append(args[-1])
+        return 0, "sha256:1\n", ""
+    if args[0] == "run":
+        image = args[-1]
+        if "echo-env" in image:
+            return 126, "", f"Error: could not start with env {stdin.strip()}\n"
+        name = args[args.index("--name") + 1]
+        address, port, _ = args[args.index("--publish") + 1].split(":")
+        labels = dict(args[i + 1].split("=", 1) for i, arg in enumerate(args) if arg == "--label")
+        containers.append({"id": f"id-{name}", "name": name, "state": "running", "labels": labels, "image": image,
+                           "host_port": int(port), "env": stdin})
+        return 0, f"id-{name}\n", ""
+    if args[0] == "inspect" and "{{.ImageDigest}}" in args:
+        return 0, "sha256:feed\n", ""
+    if args[0] == "inspect" and "{{.State.Status}} {{.State.ExitCode}}" in args:
+        return 0, f"{by_ref[args[-1]]['state']} 0\n", ""
+    if args[0] == "inspect":
+        return 0, json.dumps([{"State": {"ExitCode": 0}}]), ""
+    if args[0] == "logs":
+        return 0, f"2026-01-01T00:00:00Z starting with {by_ref[args[-1]]['env'].strip()}\n", ""
+    if args[0] in ("rm", "stop", "start"):
+        for ref in args[1:]:
+            if ref in by_ref:
+                if args[0] == "rm":
+                    containers.remove(by_ref[ref])
+                else:
+                    by_ref[ref]["state"] = "exited" if args[0] == "stop" else "running"
+        return 0, "", ""
+    if args[0] == "rename":
+        by_ref[args[1]]["name"] = args[2]
+        return 0, "", ""
+    if args[0] == "images":
+        return 0, "".join(image + "\n" for image in state["images"]), ""
+    if args[0] == "tag":
+        state["images"].append(args[2])
+        return 0, "", ""
+    if command == "image rm":
+        if args[2] in state["images"]:
+            state["images"].remove(args[2])
+        return 0, "", ""
+    if command == "image prune":
+        return 0, "", ""
+    return 125, "", f"Error: the fake knows no {' '.join(args)}\n"
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    stdin = sys.stdin.read() if "--env-file" in args else ""
+    started = time.monotonic()
+    if args[0] == "run":
+        time.sleep(float(os.environ.get("FAKE_PODMAN_RUN_SECONDS", "0")))
+    with open(HERE / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = load()
+        rc, out, err = handle(state, args, stdin)
+        (HERE / "state.json").write_text(json.dumps(state))
+        with open(HERE / "calls.jsonl", "a") as calls:
+            calls.write(json.dumps({"args": args, "start": started, "end": time.monotonic(), "stdin": stdin}) + "\n")
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

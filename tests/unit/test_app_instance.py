@@ -1,0 +1,215 @@
+"""buddo.deploy.app_instance converges many deployments in one run, each failure its own.
+
+The module runs in-process against tests/unit/fake_podman.py (state in a temp dir, every call
+recorded) and small HTTP servers standing in for the apps.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))
+
+from ansible_collections.buddo.deploy.plugins.modules import app_instance  # noqa: E402
+
+FAKE = Path(__file__).with_name("fake_podman.py")
+SECRET = "s3cr3t-env-value"
+
+
+class Podman:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.binary = root / "podman"
+        self.binary.write_text(f"#!{sys.executable}\n" + FAKE.read_text())
+        self.binary.chmod(0o755)
+
+    def state(self) -> dict[str, Any]:
+        path = self.root / "state.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {"containers": [], "networks": [], "images": []}
+
+    def set_state(self, **state: Any) -> None:
+        (self.root / "state.json").write_text(json.dumps({"containers": [], "networks": [], "images": [], **state}))
+
+    def calls(self) -> list[dict[str, Any]]:
+        path = self.root / "calls.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def podman(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Podman:
+    monkeypatch.setenv("FAKE_PODMAN_DIR", str(tmp_path))
+    return Podman(tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def app_ports() -> Iterator[list[int]]:
+    """Ports on which an 'app' answers HTTP."""
+    servers = []
+    for _ in range(4):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        server.RequestHandlerClass.log_message = lambda *a: None  # type: ignore[method-assign]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield [int(s.server_address[1]) for s in servers]
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def run(podman: Podman, capsys: pytest.CaptureFixture[str], **args: Any) -> tuple[dict[str, Any], str]:
+    with patch_module_args({"podman": str(podman.binary), **args}), pytest.raises(SystemExit):
+        app_instance.main()
+    out = capsys.readouterr().out
+    return dict(json.loads(out)), out
+
+
+def deployment(ident: str, port: int, **over: Any) -> dict[str, Any]:
+    return {"deployment_id": ident, "name": f"app-{ident}", "image": f"reg/{ident}:v1", "spec": f"spec-{ident}",
+            "host_ports": [port, free_port()], "labels": {"buddo.host": "h1"}, **over}
+
+
+def test_one_run_starts_many_and_a_failure_stays_its_own(
+        podman: Podman, app_ports: list[int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items = [deployment("d1", app_ports[0]), deployment("bad", app_ports[1], image="reg/missing:v1"),
+             deployment("d3", app_ports[2]), deployment("deaf", free_port()), deployment("d5", app_ports[3])]
+    env = {"deaf": {"TOKEN": SECRET}, "d1": {"A": "one line", "B": "two\nlines"}}
+    result, out = run(podman, capsys, deployments=items, env=env, wait_timeout=1, output_dir=str(tmp_path / "out"))
+    assert "failed" not in result and result["changed"] is True
+    entries = {e["deployment_id"]: e for e in result["deployments"]}
+    assert list(entries) == ["d1", "bad", "d3", "deaf", "d5"]
+    for ident, port in (("d1", app_ports[0]), ("d3", app_ports[2]), ("d5", app_ports[3])):
+        assert not entries[ident]["failed"], entries[ident]
+        assert entries[ident]["container"] == {"id": f"id-app-{ident}", "name": f"app-{ident}", "host_port": port,
+                                               "image_digest": "sha256:feed"}
+        assert entries[ident]["others"] == []
+    assert entries["bad"]["failed"] and entries["bad"]["failure_kind"] == "app"
+    assert "image reg/missing:v1 could not be pulled: initializing source" in entries["bad"]["msg"]
+    assert entries["deaf"]["failed"] and entries["deaf"]["failure_kind"] == "app"
+    assert entries["deaf"]["msg"].startswith("app did not answer on http://127.0.0.1:")
+    assert result["msg"].startswith("2 of 5 deployment(s) failed: bad: image reg/missing:v1")
+    # The one that never answered is gone, its output kept, masked.
+    names = [c["name"] for c in podman.state()["containers"]]
+    assert sorted(names) == ["app-d1", "app-d3", "app-d5"]
+    kept = (tmp_path / "out" / "deaf.json").read_text()
+    assert "TOKEN=********" in kept and SECRET not in kept
+    assert SECRET not in out
+    # Each deployment on its own network; env through the pipe, a multi-line value on the command line.
+    assert sorted(podman.state()["networks"]) == ["buddo-d1", "buddo-d3", "buddo-d5", "buddo-deaf"]
+    [d1_run] = [c for c in podman.calls() if c["args"][0] == "run" and "app-d1" in c["args"]]
+    assert d1_run["stdin"] == "A=one line" and "B=two\nlines" in d1_run["args"]
+    assert {"--cap-drop", "NET_RAW", "--init", "buddo.host=h1"} <= set(d1_run["args"])
+
+
+def test_deployments_are_worked_on_at_the_same_time(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_PODMAN_RUN_SECONDS", "0.5")
+    items = [deployment(f"d{i}", port) for i, port in enumerate(app_ports)]
+
+    def runs_overlap() -> bool:
+        runs = sorted((c["start"], c["end"]) for c in podman.calls() if c["args"][0] == "run")
+        assert len(runs) == 4
+        return any(later[0] < earlier[1] for earlier, later in zip(runs, runs[1:], strict=False))
+
+    result, _ = run(podman, capsys, deployments=items, parallel=4)
+    assert not any(e["failed"] for e in result["deployments"]) and runs_overlap()
+    podman.set_state()
+    (podman.root / "calls.jsonl").unlink()
+    result, _ = run(podman, capsys, deployments=items, parallel=1)
+    assert not any(e["failed"] for e in result["deployments"]) and not runs_overlap()
+
+
+def test_a_podman_error_fails_its_deployment_only_and_masks_the_env(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    items = [deployment("d1", app_ports[0], image="reg/echo-env:v1"), deployment("d2", app_ports[1])]
+    result, out = run(podman, capsys, deployments=items, env={"d1": {"TOKEN": SECRET}, "d2": {"OTHER": "x"}})
+    first, second = result["deployments"]
+    assert first["failed"] and first["failure_kind"] == "app" and "TOKEN=********" in first["msg"]
+    assert not second["failed"] and second["container"]["name"] == "app-d2"
+    assert SECRET not in out
+
+
+def test_bad_items_are_named_and_fail_the_task_before_any_podman_call(
+        podman: Podman, capsys: pytest.CaptureFixture[str]) -> None:
+    items = [deployment("d1", 20000), {"deployment_id": "d2", "name": "app-d2", "port": "abc"},
+             {"name": "anonymous", "image": "i", "spec": "s", "host_ports": [1, 2], "colour": "red"},
+             deployment("d1", 20002)]
+    result, out = run(podman, capsys, deployments=items, env={"d1": {"TOKEN": SECRET}})
+    assert result["failed"] is True
+    errors = result["errors"]
+    assert any(e.startswith("deployments[1] (d2): argument 'port' is of type str") for e in errors), errors
+    assert "deployments[1] (d2): state=started needs image, spec, host_ports" in errors
+    assert any(e.startswith("deployments[2]: missing required arguments: deployment_id") for e in errors), errors
+    assert any(e.startswith("deployments[2]: Unsupported parameters: colour") for e in errors), errors
+    assert "deployments[3] (d1): listed twice" in errors
+    assert "Traceback" not in out and SECRET not in out and podman.calls() == []
+
+    result, _ = run(podman, capsys, state="retired", deployments=[{"deployment_id": "d1", "name": "app-d1"}])
+    assert result["errors"] == ["deployments[0] (d1): state=retired needs keep"]
+
+
+def test_retire_renames_each_and_prunes_once(podman: Podman, capsys: pytest.CaptureFixture[str]) -> None:
+    def container(ident: str, name: str, cid: str) -> dict[str, Any]:
+        return {"id": cid, "name": name, "state": "running", "image": "reg/x:v1", "host_port": 1, "env": "",
+                "labels": {"buddo.deployment_id": ident}}
+
+    podman.set_state(containers=[container("d1", "app-d1", "old1"), container("d1", "app-d1-next", "new1"),
+                                 container("d2", "app-d2", "old2"), container("d2", "app-d2-next", "new2"),
+                                 container("d3", "app-d3", "old3")],
+                     images=["reg/x@sha256:aa", "reg/x:buddo-keep-d2-bb"])
+    items = [{"deployment_id": "d1", "name": "app-d1", "keep": "new1", "keep_images": ["reg/x@sha256:aa"]},
+             {"deployment_id": "d2", "name": "app-d2", "keep": "new2"},
+             {"deployment_id": "d3", "name": "app-d3", "keep": "gone3"}]
+    result, _ = run(podman, capsys, state="retired", deployments=items)
+    d1, d2, d3 = result["deployments"]
+    assert d1["container"]["name"] == "app-d1" and d1["actions"] == [
+        "retired 1 old container(s)", "renamed app-d1-next to app-d1", "kept reg/x@sha256:aa"]
+    assert d2["actions"] == ["retired 1 old container(s)", "renamed app-d2-next to app-d2", "dropped 1 kept image(s)"]
+    assert d3["failed"] and d3["failure_kind"] == "host" and d3["msg"] == "container gone3 of deployment d3 is gone"
+    assert sorted(c["name"] for c in podman.state()["containers"]) == ["app-d1", "app-d2", "app-d3"]
+    assert [c["args"] for c in podman.calls() if c["args"][:2] == ["image", "prune"]] == [["image", "prune", "--force"]]
+
+
+def test_stop_and_absent_of_many(podman: Podman, app_ports: list[int], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    items = [deployment(f"d{i}", port) for i, port in enumerate(app_ports[:3])]
+    run(podman, capsys, deployments=items)
+    ids = [{"deployment_id": i["deployment_id"], "name": i["name"]} for i in items]
+    result, _ = run(podman, capsys, state="stopped", deployments=ids)
+    assert [e["actions"] for e in result["deployments"]] == [["stopped 1 container(s)"]] * 3
+    assert {c["state"] for c in podman.state()["containers"]} == {"exited"}
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "d0.json").write_text("{}")
+    gone = [{**i, "image": items[n]["image"]} for n, i in enumerate(ids)]
+    result, _ = run(podman, capsys, state="absent", deployments=gone, output_dir=str(tmp_path / "out"))
+    assert result["changed"] and not any(e["failed"] for e in result["deployments"])
+    assert result["deployments"][0]["actions"] == ["removed 1 container(s)", "removed network buddo-d0",
+                                                   "removed the kept output"]
+    state = podman.state()
+    assert state["containers"] == [] and state["networks"] == [] and state["images"] == []
+    result, _ = run(podman, capsys, state="absent", deployments=gone)
+    assert result["changed"] is False
+
+
+def test_check_mode_changes_nothing(podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    items = [deployment("d1", app_ports[0]), deployment("d2", app_ports[1])]
+    result, _ = run(podman, capsys, deployments=items, _ansible_check_mode=True)
+    assert result["changed"] and [e["actions"] for e in result["deployments"]] == [["would start a new container"]] * 2
+    assert podman.state()["containers"] == [] and not any(c["args"][0] == "run" for c in podman.calls())
