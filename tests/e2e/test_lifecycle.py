@@ -79,7 +79,7 @@ def test_missing_image_fails_with_a_reason(stack: Stack) -> None:
     assert (job["state"], job["action"], job["failed_task"]) == ("failed", "converge", deploy["details"]["task"])
     assert "does-not-exist" in job["last_error"] and job["duration_s"] is not None
     tasks = [e["task"] for e in job["events"] if e["event"] == "playbook_on_task_start"]
-    assert "Observe the containers and sites on this host" in tasks and deploy["details"]["task"] in tasks
+    assert "Observe the containers, sites and Caddy on this host" in tasks and deploy["details"]["task"] in tasks
     [failed] = [e for e in job["events"] if e["task"] == deploy["details"]["task"] and e["status"] == "ignored"]
     assert failed["host"] == "container-host-1"
     assert job["events"][-1]["event"] == "playbook_on_stats"
