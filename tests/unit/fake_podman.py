@@ -112,7 +112,8 @@ def main() -> int:
         rc, out, err = handle(state, args, stdin)
         (HERE / "state.json").write_text(json.dumps(state))
         with open(HERE / "calls.jsonl", "a") as calls:
-            calls.write(json.dumps({"args": args, "start": started, "end": time.monotonic(), "stdin": stdin}) + "\n")
+            calls.write(json.dumps({"args": args, "start": started, "end": time.monotonic(), "stdin": stdin,
+                                    "cpus": sorted(os.sched_getaffinity(0))}) + "\n")
     sys.stdout.write(out)
     sys.stderr.write(err)
     return rc

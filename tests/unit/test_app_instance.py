@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import sys
 import threading
@@ -213,3 +214,20 @@ def test_check_mode_changes_nothing(podman: Podman, app_ports: list[int], capsys
     result, _ = run(podman, capsys, deployments=items, _ansible_check_mode=True)
     assert result["changed"] and [e["actions"] for e in result["deployments"]] == [["would start a new container"]] * 2
     assert podman.state()["containers"] == [] and not any(c["args"][0] == "run" for c in podman.calls())
+
+
+def test_podman_may_use_every_cpu_even_when_the_module_was_pinned_to_one(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    """Mitogen pins what it starts to one CPU (on a local connection, this module too)."""
+    every = os.sched_getaffinity(0)
+    result: dict[str, Any] = {}
+
+    def pinned() -> None:  # affinity is per thread: pin only this one, as Mitogen pins its child
+        os.sched_setaffinity(0, {min(every)})
+        result.update(run(podman, capsys, deployments=[deployment("d1", app_ports[0])])[0])
+
+    thread = threading.Thread(target=pinned)
+    thread.start()
+    thread.join()
+    [run_call] = [c for c in podman.calls() if c["args"][0] == "run"]
+    assert not result["deployments"][0]["failed"] and set(run_call["cpus"]) == every

@@ -498,6 +498,16 @@ def validate(items: list[dict[str, Any]], state: str, env: dict[str, Any]) -> tu
     return valid, errors
 
 
+def use_every_cpu() -> None:
+    """Mitogen pins the processes it starts to one CPU; on a local connection this module and
+    every podman it runs inherit that, and the overlapping podman commands would share one
+    core. Threads started after this (the pool's) and their children may use them all."""
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except OSError:  # a cpuset that allows fewer: keep what we have
+        pass
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -537,6 +547,7 @@ def main() -> None:
     for item in items:
         env = {str(k): str(v) for k, v in (params["env"].get(item["deployment_id"]) or {}).items()}
         work.append(Deployment({**shared, **item, "env": env}, Podman(binary, list(env.values())), module.check_mode))
+    use_every_cpu()
     with ThreadPoolExecutor(max_workers=max(1, min(params["parallel"], len(work)))) as pool:
         entries = list(pool.map(lambda d: converge(state, d), work))
     if state == "retired" and params["prune_images"] and any(d.prune for d in work):
