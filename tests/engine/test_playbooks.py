@@ -182,8 +182,8 @@ def test_one_module_run_converges_many_and_a_bad_one_fails_alone(engine: Engine)
         failed = done.outcome(bad)
         assert not failed["ok"] and failed["kind"] == "app" and failed["task"] == "Run the app containers"
         assert f"image {bad['image']} could not be pulled" in failed["message"]
+        # One module run: one result event, failed and ignored (the worker files it in the bad one's job).
         [run] = [e for e in done.events if e.task == "Run the app containers" and e.event.startswith("runner_on")]
-        # The task reports the failure (the deploy log and the job view name it), ignored: the others go on.
         assert run.event == "runner_on_failed" and run.status == "ignored"
         for item in good:
             assert done.outcome(item)["ok"] and engine.https_get(host_of(item))[0] == 200

@@ -11,7 +11,7 @@ description:
     up to O(parallel) deployments at a time (their podman commands and HTTP waits overlap).
     Each deployment gets its own entry in RV(deployments) - a failure of one (bad image, an
     app that never answers, a podman error) is reported there and never fails the others
-    nor the task. The task fails only on bad arguments or a host-wide problem (no podman).
+    nor the module run, which fails only on bad arguments or a host-wide problem (no podman).
   - Every container of a deployment carries the labels C(buddo.deployment_id) and
     C(buddo.spec) (a hash of image reference, port, limits, env and revision that the
     caller computes). This module finds them with one C(podman ps) per deployment.
@@ -99,7 +99,7 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-msg: {description: "How many deployments failed, and why (the task itself does not fail for them).", type: str, returned: always}
+msg: {description: "How many deployments failed, and why (the module run does not fail for them).", type: str, returned: always}
 deployments:
   description: One entry per deployment of O(deployments), in that order.
   type: list
