@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="single creates (median)")
     parser.add_argument("--bursts", default="8,32")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--strategy", default="", help="BUDDO_ANSIBLE_STRATEGY of the worker (default: the platform's)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.bursts.split(",")]
     root = Path(tempfile.mkdtemp(prefix="buddo-bench-burst-"))
@@ -109,6 +110,8 @@ def main() -> None:
         return [ADMIN]
 
     stack = start_stack(root, room_for_all)
+    if args.strategy:
+        stack.restart_platform(stack.env | {"BUDDO_ANSIBLE_STRATEGY": args.strategy})
     singles: list[float] = []
     bursts: dict[int, tuple[float, int]] = {}
     try:
@@ -130,6 +133,7 @@ def main() -> None:
         stop_stack(stack)
         shutil.rmtree(root, ignore_errors=True)
     one = statistics.median(singles)
+    print(f"strategy: {args.strategy or 'default'}")
     print(f"one create -> running (median of {args.runs}): {one:6.2f} s")
     for size, (elapsed, runs) in bursts.items():
         aim = "   aim <= 2" if size == 8 else ""
