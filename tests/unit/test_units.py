@@ -40,6 +40,15 @@ def test_converge_batch_is_one_or_more(tmp_path: Path) -> None:
             Settings.from_env(base | {"BUDDO_CONVERGE_BATCH": bad})
 
 
+def test_ansible_strategy_is_one_the_runner_knows(tmp_path: Path) -> None:
+    base = {"BUDDO_VAR_DIR": str(tmp_path)}
+    assert Settings.from_env(base).ansible_strategy == "linear"
+    assert Settings.from_env(base | {"BUDDO_ANSIBLE_STRATEGY": "mitogen_linear"}).ansible_strategy == "mitogen_linear"
+    for bad in ("free", "mitogen", "linear "):
+        with pytest.raises(SettingsError, match="BUDDO_ANSIBLE_STRATEGY"):
+            Settings.from_env(base | {"BUDDO_ANSIBLE_STRATEGY": bad})
+
+
 def test_embedded_default_makes_its_secrets_once(tmp_path: Path) -> None:
     first = Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path)})
     again = Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path)})
