@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -210,6 +211,37 @@ class Stack:
     def inspect(self, name: str) -> dict[str, Any]:
         out = subprocess.run(["podman", "inspect", name], capture_output=True, text=True, check=True).stdout
         return dict(json.loads(out)[0])
+
+
+class Poller:
+    """GET the app through Caddy over HTTPS every 50 ms, in a thread, while in a ``with`` block.
+
+    Keeps every status code seen and, per request, which of ``versions`` the page said
+    ("version <v>", the first that matches) or the start of the body when none did.
+    """
+
+    def __init__(self, stack: Stack, subdomain: str, versions: tuple[str, ...]) -> None:
+        self.stack, self.subdomain, self.known = stack, subdomain, versions
+        self.codes: list[str] = []
+        self.versions: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            page = self.stack.https(self.subdomain)
+            body, _, code = page.stdout.rpartition("\n")
+            self.codes.append(code or f"curl:{page.returncode}")
+            self.versions.append(next((v for v in self.known if f"version {v}" in body), body[:60]))
+            time.sleep(0.05)
+
+    def __enter__(self) -> Poller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join()
 
 
 def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None,

@@ -3,37 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 
-from tests.e2e.conftest import Stack
-
-
-class Poller:
-    """GET the app through Caddy over HTTPS every 50 ms; keeps every status code and version seen."""
-
-    def __init__(self, stack: Stack, subdomain: str) -> None:
-        self.stack, self.subdomain = stack, subdomain
-        self.codes: list[str] = []
-        self.versions: list[str] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            page = self.stack.https(self.subdomain)
-            body, _, code = page.stdout.rpartition("\n")
-            self.codes.append(code or f"curl:{page.returncode}")
-            self.versions.append(next((v for v in ("v3-broken", "v2") if f"version {v}" in body), body[:60]))
-            time.sleep(0.05)
-
-    def __enter__(self) -> Poller:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join()
+from tests.e2e.conftest import Poller, Stack
 
 
 def test_rollback_from_a_broken_v3_to_v2_without_a_failed_request(stack: Stack) -> None:
@@ -54,7 +26,7 @@ def test_rollback_from_a_broken_v3_to_v2_without_a_failed_request(stack: Stack) 
     assert subprocess.run(["podman", "image", "exists", f"{repository}@{v2['image_digest']}"],
                           check=False).returncode == 0
 
-    with Poller(stack, "e2e-rollback") as poll:
+    with Poller(stack, "e2e-rollback", ("v3-broken", "v2")) as poll:
         resp = stack.call("POST", f"/api/deploy/apps/{ident}/rollback")
         assert resp.status_code == 200, resp.text
         entry = stack.wait_for_entry(ident, lambda e: e["action"] == "deploy" and e["status"] in {
