@@ -22,9 +22,8 @@ def job_timeline(stack: Any, ident: str) -> list[str]:
     path = stack.env["BUDDO_DATABASE_URL"].removeprefix("sqlite:///")
     with sqlite3.connect(path) as db:
         job = db.execute("SELECT id, created_at, started_at, finished_at, attempts FROM jobs "
-                         "WHERE deployment_id = ? ORDER BY id DESC LIMIT 1", (ident.replace("-", ""),)).fetchone() \
-            or db.execute("SELECT id, created_at, started_at, finished_at, attempts FROM jobs "
-                          "WHERE deployment_id = ? ORDER BY id DESC LIMIT 1", (ident,)).fetchone()
+                         "WHERE deployment_id IN (?, ?) ORDER BY id DESC LIMIT 1",
+                         (ident, ident.replace("-", ""))).fetchone()
         if job is None:
             return ["no job recorded"]
         job_id, created, started, finished, attempts = job
