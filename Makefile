@@ -44,10 +44,11 @@ test-api: venv postgres
 	$(BIN)/pytest -q tests/api tests/unit tests/integration
 
 # The e2e test of a second container host reaches it over real SSH (an sshd it starts on
-# loopback); RUNLEVEL=1 keeps the package from starting a system sshd on port 22.
+# loopback); the worker's playbook runs use ssh (openssh-client) for every remote host.
+# RUNLEVEL=1 keeps the package from starting a system sshd on port 22.
 sshd:
-	@test -x /usr/sbin/sshd || (apt-get update -qq \
-		&& RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server)
+	@test -x /usr/sbin/sshd -a -x /usr/bin/ssh || (apt-get update -qq \
+		&& RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client)
 
 bootstrap: venv
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/bootstrap.yml

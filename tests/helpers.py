@@ -19,6 +19,11 @@ from buddo_deploy.migrations import upgrade
 from buddo_deploy.services.tiers import sync_tiers
 from buddo_deploy.settings import Settings
 
+# Every port a test's Caddy serves on this machine (and `make up`'s): there is one egress
+# table per kernel and every bootstrap writes it, so each test inventory lets tenants reach
+# all of them (tests/e2e/test_isolation.py checks a tenant reaches its stack's Caddy).
+EGRESS_HOST_PORTS = [8080, 8443, 18080, 18443, 19080, 19180, 19443, 19543, 28080, 28443]
+
 # `make test` installs and starts PostgreSQL and exports this; running pytest by
 # hand without a server fails loudly rather than skipping.
 SERVER_URL = os.environ.get("BUDDO_TEST_POSTGRES_URL", "postgresql://buddo:buddo@127.0.0.1:5432/buddo_test")

@@ -18,9 +18,11 @@ from .resources.internal import DomainCheckResource
 from .resources.jobs import JobsResource
 from .resources.metrics import MetricsResource
 from .resources.openapi import OpenApiResource
+from .resources.registry_logins import RegistryLoginsResource
 from .resources.tiers import TiersResource
 from .schemas import ValidationContext
 from .services.lifecycle import Lifecycle
+from .services.registry_logins import RegistryLogins
 from .services.tiers import load_tier_file
 from .settings import Settings
 
@@ -66,6 +68,9 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     app.add_route("/api/deploy/billing", BillingResource(lifecycle.billing))
     app.add_route("/api/deploy/billing/payments", PaymentsResource(lifecycle.billing, settings.billing_webhook_secret))
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/jobs/{job_id}", JobsResource(lifecycle))
+    logins = RegistryLoginsResource(RegistryLogins(settings), context, settings.max_body_bytes)
+    app.add_route("/api/deploy/registry-logins", logins)
+    app.add_route("/api/deploy/registry-logins/{registry}", logins, suffix="item")
     app.add_route("/metrics", MetricsResource(lambda: metrics.exposition(metrics.fleet_families()),
                                               settings.metrics_allow))
     return app

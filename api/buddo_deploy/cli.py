@@ -216,16 +216,19 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
     document: dict[str, Any] = {"converge_deployments": items, "converge_known": known,
                                 "converge_instance": settings.instance, "converge_hosts": [host],
                                 "converge_releases_kept": settings.releases_kept}
-    if args.env_file:
+    for path, variable, values in ((args.env_file, "converge_env_file", engine.env_values),
+                                   (args.registry_auth_file, "converge_registry_auth_file", engine.registry_auths)):
+        if not path:
+            continue
         try:
-            env = engine.env_values(items, rows, settings.secret_key)
+            secrets = values(items, rows, settings.secret_key)
         except RuntimeError as exc:  # values encrypted under another BUDDO_SECRET_KEY
             raise UsageError(f"{exc}; check BUDDO_SECRET_KEY") from exc
-        fd = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as handle:
-            json.dump(env, handle)
-        document["converge_env_file"] = os.path.abspath(args.env_file)
+            json.dump(secrets, handle)
+        document[variable] = os.path.abspath(path)
     print(json.dumps(document, indent=2))
     return 0
 
@@ -284,6 +287,8 @@ def _parser() -> argparse.ArgumentParser:
     desired = sub.add_parser("desired", help="print a host's desired-state document (-e @file for ansible-playbook)")
     desired.add_argument("--host", help="the container host (default: BUDDO_DEFAULT_HOST)")
     desired.add_argument("--env-file", help="also write the env values there (0600) and point the document at it")
+    desired.add_argument("--registry-auth-file",
+                         help="also write the operators' registry logins there (0600) and point the document at it")
     billing = sub.add_parser("billing", help="credit an account, or run the billing clock once")
     billing_sub = billing.add_subparsers(dest="action", required=True)
     billing_sub.add_parser("run", help="start every due cycle and suspend what lapsed, now")

@@ -1,4 +1,4 @@
-"""Secrets at rest: env var values are stored Fernet-encrypted."""
+"""Secrets at rest: env var values and registry passwords are stored Fernet-encrypted."""
 
 from __future__ import annotations
 
@@ -32,3 +32,18 @@ def decrypt_env(secret_key: str, token: str | None) -> dict[str, str]:
     if not isinstance(data, dict):
         raise RuntimeError("env vars are corrupt")
     return {str(k): str(v) for k, v in data.items()}
+
+
+def encrypt_secret(secret_key: str, value: str) -> str:
+    """One secret string (a registry password), encrypted with the same key as env values."""
+    return _fernet(secret_key).encrypt(value.encode()).decode()
+
+
+def decrypt_secret(secret_key: str, token: str, what: str = "a secret") -> str:
+    """The secret ``encrypt_secret`` stored; ``what`` names it in the error (never the value)."""
+    try:
+        return _fernet(secret_key).decrypt(token.encode()).decode()
+    except InvalidToken as exc:
+        raise RuntimeError(f"{what} cannot be decrypted: BUDDO_SECRET_KEY changed?") from exc
+    except UnicodeDecodeError as exc:
+        raise RuntimeError(f"{what} is corrupt") from exc

@@ -62,6 +62,8 @@ class Tier(BaseModel):
     # Caps of each container (migration 0004): processes, and the size its log file may reach.
     pids_limit = peewee.IntegerField(default=128)
     log_max_size_mb = peewee.IntegerField(default=10)
+    # What its container may write (migration 0011).
+    disk_limit_mb = peewee.IntegerField(default=1024)
 
     class Meta:
         table_name = "tiers"
@@ -297,3 +299,22 @@ class Release(BaseModel):
 
     class Meta:
         table_name = "releases"
+
+
+class RegistryLogin(BaseModel):
+    """An operator's credentials for one registry host (migration 0010): used for every pull
+    of that host's images by the operator's deployments, and for no one else's."""
+
+    id = TextUUIDField(primary_key=True)
+    operator_id = peewee.CharField(index=True)
+    # host[:port], lowercase: the part of an image reference before its first "/".
+    registry = peewee.CharField()
+    username = peewee.CharField()
+    # Fernet (crypto.encrypt_secret with BUDDO_SECRET_KEY); the password is never stored in clear.
+    password_encrypted = peewee.TextField()
+    inserted_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "registry_logins"
+        indexes = ((("operator_id", "registry"), True),)

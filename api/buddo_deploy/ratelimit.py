@@ -34,6 +34,9 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     # Signed, not token-authenticated: counted per client address.
     ("POST", "/api/deploy/billing/payments"): "webhook",
     ("GET", "/api/deploy/apps/{deployment_id}/jobs/{job_id}"): "read",
+    ("GET", "/api/deploy/registry-logins"): "read",
+    ("PUT", "/api/deploy/registry-logins/{registry}"): "write",
+    ("DELETE", "/api/deploy/registry-logins/{registry}"): "write",
 }
 
 

@@ -142,6 +142,9 @@ def _summarise(event: Mapping[str, Any]) -> EventSummary | None:
     message = None
     if name in {"runner_on_failed", "runner_on_unreachable", "runner_on_async_failed"}:
         message = str(res.get("msg") or res.get("stderr") or res.get("module_stderr") or "")[:MAX_MESSAGE]
+        if status == "unreachable" and "Host key verification failed" in message:
+            message = (f"{data.get('host')}: its SSH host key is unknown or changed (not the one pinned in the "
+                       f"inventory's known_hosts): not connected. {message}")[:MAX_MESSAGE]
         if data.get("ignore_errors"):
             status = "ignored"
     elif name == "playbook_on_play_start":

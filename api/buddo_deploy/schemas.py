@@ -79,10 +79,34 @@ class ValidationContext(BaseModel):
         registries = "|".join(re.escape(prefix) for prefix in self.allowed_registries)
         return f"(?:{registries}){IMAGE_PATH_PATTERN}"
 
+    @property
+    def registry_hosts(self) -> tuple[str, ...]:
+        """The host[:port] of each allowed registry (lowercase, once each): what a registry login is for."""
+        return tuple(dict.fromkeys(registry_host(prefix) for prefix in self.allowed_registries))
+
+    @property
+    def registry_host_pattern(self) -> str:
+        """The registry hosts in any ASCII case (ECMA-262 has no inline flag for that)."""
+        return "|".join("".join(_any_case(char) for char in host) for host in self.registry_hosts)
+
+
+def registry_host(reference: str) -> str:
+    """The registry of an image reference or an allowed-registry prefix: the text before its first
+    "/", lowercased (ASCII only: no Unicode case folding makes another host of it)."""
+    host = reference.split("/", 1)[0]
+    return host.lower() if host.isascii() else host
+
+
+def _any_case(char: str) -> str:
+    if char.isascii() and char.isalpha():
+        return f"[{char.lower()}{char.upper()}]"
+    # `-` and `:` need no escape, and ECMA-262's unicode mode refuses re.escape's `\-`.
+    return char if char.isalnum() or char in "-:" else re.escape(char)
+
 
 def _context(info: ValidationInfo) -> ValidationContext:
     if not isinstance(info.context, ValidationContext):
-        raise TypeError("DeploymentCreate needs a ValidationContext")
+        raise TypeError("validating this model needs a ValidationContext")
     return info.context
 
 
@@ -117,6 +141,8 @@ PATTERN_HINTS = {
     "env_vars.[key]": "invalid variable name (use [A-Za-z_][A-Za-z0-9_]*)",
     "env_vars": "must not contain NUL",
     "cursor": "is not a cursor this API returned",
+    "username": "must not contain control characters or ':'",
+    "password": "must not contain a newline (CR or LF) or NUL",
 }
 
 
@@ -228,6 +254,7 @@ class TierOut(BaseModel):
     max_deployments: int
     pids_limit: int = Field(description="Most processes (and threads) a deployment's container may run")
     log_max_size_mb: int = Field(description="Size in MB at which a container's log is truncated")
+    disk_limit_mb: int = Field(description="Most MB a deployment's container may write; writes beyond fail in the app")
 
 
 class DeploymentOut(BaseModel):
@@ -503,3 +530,78 @@ class OutputContainer(BaseModel):
 class OutputOut(BaseModel):
     lines: list[OutputLine] = Field(description="Oldest first (newest last)")
     container: OutputContainer | None = Field(description="The container read; null when the deployment has none")
+
+
+# --- registry logins ------------------------------------------------------
+
+MAX_REGISTRY = 255
+MAX_REGISTRY_USERNAME = 255
+MAX_REGISTRY_PASSWORD = 4096
+# What a registry host looks like (a DNS name or an IPv4 address, an optional port): only
+# to tell a malformed {registry} from one that is merely not allowed.
+REGISTRY_HOST_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?"
+# No control characters; no ':' either, which ends the user-id of HTTP Basic auth (RFC 7617).
+REGISTRY_USERNAME_PATTERN = r"[^\x00-\x1f\x7f-\x9f:]+"
+# A newline would end the password `podman login --password-stdin` reads; NUL cannot reach it.
+REGISTRY_PASSWORD_PATTERN = r"[^\x00\n\r]+"
+
+
+class RegistryLoginKey(BaseModel):
+    """The {registry} of /api/deploy/registry-logins/{registry}: an allowed registry's host[:port]."""
+
+    registry: StrictStr = Field(min_length=1, max_length=MAX_REGISTRY)
+
+    @classmethod
+    def path_parameter(cls, context: ValidationContext) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_REGISTRY}
+        if context.registry_hosts:
+            schema["pattern"] = anchored(context.registry_host_pattern)
+            schema["examples"] = list(context.registry_hosts)
+        return {"name": "registry", "in": "path", "required": True, "schema": schema,
+                "description": "host[:port] of an allowed registry (case-insensitive), e.g. "
+                               f"{', '.join(context.registry_hosts) or 'ghcr.io'}"}
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str, info: ValidationInfo) -> str:
+        hosts = _context(info).registry_hosts
+        host = value.lower() if value.isascii() else value
+        if host in hosts:
+            return host
+        if not re.fullmatch(REGISTRY_HOST_PATTERN, value):
+            raise ValueError("is not a registry host (host[:port], e.g. ghcr.io)")
+        raise ValueError(f"registry not allowed; must be one of: {', '.join(hosts)}")
+
+
+class RegistryLoginIn(BaseModel):
+    """The body of PUT /api/deploy/registry-logins/{registry}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: StrictStr = Field(min_length=1, max_length=MAX_REGISTRY_USERNAME,
+                                pattern=anchored(REGISTRY_USERNAME_PATTERN),
+                                description="The registry account (no control characters, no ':')")
+    password: StrictStr = Field(min_length=1, max_length=MAX_REGISTRY_PASSWORD,
+                                pattern=anchored(REGISTRY_PASSWORD_PATTERN),
+                                json_schema_extra={"writeOnly": True, "format": "password"},
+                                description="Password or access token; write-only: stored encrypted, never shown")
+
+
+class RegistryLoginOut(BaseModel):
+    registry: str = Field(description="host[:port] of the registry, lowercase")
+    username: str
+    inserted_at: Timestamp
+    updated_at: Timestamp
+
+
+class RegistryLoginEnvelope(BaseModel):
+    registry_login: RegistryLoginOut
+
+
+class RegistryLoginList(BaseModel):
+    registry_logins: list[RegistryLoginOut] = Field(description="The caller's own, by registry")
+
+
+class RegistryLoginRemoved(BaseModel):
+    message: Literal["Registry login removed"]
+    registry: str

@@ -111,7 +111,7 @@ class JobRun:
                 self.settings.inventory,
                 plan.extravars(self.settings.instance) | {"converge_releases_kept": self.settings.releases_kept},
                 secrets=plan.secrets,
-                secret_files=self.settings.playbook_secret_files,
+                secret_files=self.settings.playbook_secret_files | plan.secret_files,
                 limit=plan.host,
                 check=plan.check,
                 timeout_s=max(job.timeout_s for job in jobs),

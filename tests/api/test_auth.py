@@ -133,6 +133,7 @@ def test_openapi_is_public_and_lists_every_endpoint(client):
         "/api/deploy/apps/{deployment_id}/releases", "/api/deploy/apps/{deployment_id}/rollback",
         "/api/deploy/apps/{deployment_id}/output",
         "/api/deploy/apps/{deployment_id}/jobs/{job_id}", "/metrics",
+        "/api/deploy/registry-logins", "/api/deploy/registry-logins/{registry}",
     }
     schemas = doc["components"]["schemas"]
     assert {"DeploymentCreate", "DeploymentOut", "StatusOut", "LogEntryOut", "ErrorOut", "TierOut", "JobOut",

@@ -13,7 +13,7 @@ from tests.helpers import auth, create_deployment
 FIELDS = {
     "id", "name", "slug", "payment_method", "monthly_cost_points", "monthly_cost_sats", "memory_limit_mb",
     "cpu_limit_millicores", "custom_domain_allowed", "monthly_stipend_points", "ad_reach_multiplier",
-    "max_deployments", "pids_limit", "log_max_size_mb",
+    "max_deployments", "pids_limit", "log_max_size_mb", "disk_limit_mb",
 }
 
 
@@ -33,6 +33,7 @@ def test_tiers_lists_the_catalogue(client):
     assert btc["ad_reach_multiplier"] > starter["ad_reach_multiplier"]
     assert btc["pids_limit"] > starter["pids_limit"] > 0
     assert btc["log_max_size_mb"] > starter["log_max_size_mb"] > 0
+    assert btc["disk_limit_mb"] > starter["disk_limit_mb"] > 0
 
 
 def test_tier_sync_is_idempotent(client, settings: Settings):

@@ -26,11 +26,13 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import JWT_SECRET, free_port, token, wait_until_up
+from tests.helpers import EGRESS_HOST_PORTS, JWT_SECRET, free_port, token, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HTTPS_PORT, HTTP_PORT, ADMIN = 18443, 18080, "127.0.0.1:12019"
+# A registry behind htpasswd (tests/e2e/test_registry_logins.py starts it): private images.
+PRIVATE_REGISTRY = "127.0.0.1:5001"
 
 
 def ansible(playbook: str, inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -50,6 +52,8 @@ def write_inventory(directory: Path, var_dir: Path, **overrides: Any) -> Path:
         "caddy_https_port": HTTPS_PORT,
         "caddy_admin_address": ADMIN,
         "app_container_wait_timeout": 15,
+        "container_host_egress_host_ports": EGRESS_HOST_PORTS,
+        "container_host_insecure_registries": ["127.0.0.1:5000", PRIVATE_REGISTRY],
         # The registry is shared with `make up`; keep its files where make up keeps them.
         "local_registry_dir": str(ROOT / "var" / "registry"),
     } | overrides
@@ -272,7 +276,7 @@ def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None
         # Handed to every converge run as a file (DNS is off in this inventory): it must
         # land in no file either.
         "BUDDO_CLOUDFLARE_API_TOKEN": "e2e-cloudflare-token-2d6b8f",
-        "BUDDO_ALLOWED_REGISTRIES": "127.0.0.1:5000/,ghcr.io/",
+        "BUDDO_ALLOWED_REGISTRIES": f"127.0.0.1:5000/,{PRIVATE_REGISTRY}/,ghcr.io/",
         "BUDDO_PUBLIC_HTTPS_PORT": str(HTTPS_PORT),
         "BUDDO_HOST_PORT_RANGE": "23000-23999",
         "BUDDO_INVENTORY": str(inventory),

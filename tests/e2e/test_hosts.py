@@ -173,6 +173,8 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoHosts]:
             "buddo_var_dir": str(root / "var" / "host2"),
             "caddy_http_port": HOST2["http"], "caddy_https_port": HOST2["https"],
             "caddy_admin_address": HOST2["admin"],
+            # Both bootstraps run at once on this one machine: each smoke test on its own port.
+            "container_host_smoke_port": 19998,
         }
         (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
         return admins
@@ -252,3 +254,41 @@ def test_two_hosts_deploy_restart_stop_reconcile_and_survive_an_ssh_outage(two_h
     assert stack.containers("e2e-far") == [] and stack.containers("e2e-near") == []
     rc, reports = two_hosts.reconcile()
     assert rc == 0 and all(r["converged"] for r in reports.values()), reports
+
+
+def test_a_changed_host_key_stops_runs_on_that_host_only(two_hosts: TwoHosts) -> None:
+    stack, ssh = two_hosts.stack, two_hosts.ssh
+    image = stack.push("v1", tag="hosts")
+    remote = stack.create(subdomain="e2e-far-key", image=image)
+    local = stack.create(subdomain="e2e-near-key", image=image)
+    assert (remote["host"], local["host"]) == ("container-host-2", "container-host-1")
+    for ident in (remote["id"], local["id"]):
+        assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+
+    # Someone else answers at host-2's address: a key the inventory never pinned.
+    pinned = (ssh.root / "known_hosts").read_text()
+    impostor = ssh.root / "impostor_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True)
+    kind, key = impostor.with_suffix(".pub").read_text().split()[:2]
+    (ssh.root / "known_hosts").write_text(f"[{SSH_ADDRESS}]:{ssh.port} {kind} {key}\n")
+    # New connections only: end the sessions Ansible keeps open (ControlPersist), verified before.
+    ssh.stop()
+    ssh.start()
+    try:
+        assert stack.call("POST", f"/api/deploy/apps/{remote['id']}/stop").status_code == 200
+        failing = stack.wait_for_entry(remote["id"], lambda e: e["action"] == "stop" and e["details"]
+                                       and e["details"].get("last_error"))
+        assert failing["status"] == "running" and failing["details"]["retrying_in_s"] > 0
+        assert "host key is unknown or changed" in failing["details"]["last_error"], failing
+        # The other host goes on.
+        assert stack.call("POST", f"/api/deploy/apps/{local['id']}/restart").status_code == 200
+        stack.wait_for_audit(local["id"], "restart")
+        assert stack.wait_for(local["id"], {"running"})["status"] == "running"
+        assert [c["State"] for c in stack.containers("e2e-far-key")] == ["running"]  # nothing reached host-2
+    finally:
+        (ssh.root / "known_hosts").write_text(pinned)
+    # The pinned key again: the retried stop converges.
+    stack.wait_for_audit(remote["id"], "stop", timeout=180)
+    assert [c["State"] for c in stack.containers("e2e-far-key")] == ["exited"]
+    for ident in (remote["id"], local["id"]):
+        stack.destroy(ident)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import HTTP_PORT, HTTPS_PORT, Stack
 
 
 def wget_from(container: str, url: str) -> subprocess.CompletedProcess[str]:
@@ -87,3 +92,104 @@ def test_podman_inspect_shows_the_tiers_caps_and_the_isolation(stack: Stack) -> 
     # The app itself survived its own fork bomb.
     assert "version v1" in stack.https("e2e-iso-c").stdout
     stack.destroy(ident)
+
+
+def uid_map(pid: int) -> tuple[int, int, int]:
+    """(inside, host start, count) of the first line of a process's uid map."""
+    inside, start, count = (int(x) for x in Path(f"/proc/{pid}/uid_map").read_text().split()[:3])
+    return inside, start, count
+
+
+def effective_uid(pid: int) -> int:
+    [line] = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:")]
+    return int(line.split()[2])
+
+
+@contextlib.contextmanager
+def listener(address: str) -> Iterator[int]:
+    """An HTTP server of the host's on ``address`` (a bridge gateway): what a tenant must not reach."""
+    server = http.server.ThreadingHTTPServer((address, 0), http.server.SimpleHTTPRequestHandler)
+    server.RequestHandlerClass.log_message = lambda *a: None  # type: ignore[method-assign]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def tcp_open_from(container: str, address: str, port: int) -> bool:
+    """Whether a TCP connection from inside ``container`` succeeds (busybox nc has no -z: -e runs
+    a program once connected)."""
+    probe = subprocess.run(["podman", "exec", container, "busybox", "nc", "-w", "3", address, str(port),
+                            "-e", "/bin/busybox", "true"], capture_output=True, text=True, check=False, timeout=30)
+    return probe.returncode == 0
+
+
+def test_a_tenant_is_not_root_on_the_host_reaches_only_what_it_may_and_cannot_fill_the_disk(stack: Stack) -> None:
+    tiers = {t["slug"]: t for t in stack.call("GET", "/api/deploy/tiers").json()}
+    image = stack.push("v1", tag="iso")
+    a = str(stack.create(subdomain="e2e-iso-d", image=image, tier="buddo-starter")["id"])
+    b = create(stack, "e2e-iso-e", image)
+    for ident in (a, b):
+        assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+    [ca] = stack.containers("e2e-iso-d")
+    [cb] = stack.containers("e2e-iso-e")
+    info_a, info_b = stack.inspect(ca["Id"]), stack.inspect(cb["Id"])
+
+    # Root in the image is not root on the host, and two tenants' id ranges never overlap.
+    maps = []
+    for info in (info_a, info_b):
+        pid = int(info["State"]["Pid"])
+        app = [p for p in [pid, *children(pid)] if Path(f"/proc/{p}/comm").read_text().strip() == "busybox"]
+        assert app, "the app's process"
+        assert all(effective_uid(p) != 0 for p in app)
+        inside, start, count = uid_map(app[0])
+        assert inside == 0 and start > 0 and count >= 65536
+        maps.append(range(start, start + count))
+    assert maps[0].stop <= maps[1].start or maps[1].stop <= maps[0].start, maps
+    assert "CAP_SYS_ADMIN" not in info_a["EffectiveCaps"] and "CAP_SETUID" in info_a["EffectiveCaps"]
+
+    # From inside A: its own app, and Caddy's ports on the host, yes; a service of the host on
+    # the bridge gateway, and B (its address, and its published port through the gateway), no.
+    _, addr_a = network_of(info_a)
+    _, addr_b = network_of(info_b)
+    port_b = int(info_b["HostConfig"]["PortBindings"]["3000/tcp"][0]["HostPort"])
+    assert "version v1" in wget_from(ca["Id"], "http://127.0.0.1:3000/").stdout
+    assert tcp_open_from(ca["Id"], addr_a["Gateway"], HTTPS_PORT)
+    assert tcp_open_from(ca["Id"], addr_a["Gateway"], HTTP_PORT)
+    with listener(addr_a["Gateway"]) as port:
+        here = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                               f"http://{addr_a['Gateway']}:{port}/"], capture_output=True, text=True, check=False)
+        assert here.stdout == "200", here  # the listener answers the host
+        assert not tcp_open_from(ca["Id"], addr_a["Gateway"], port)
+        assert wget_from(ca["Id"], f"http://{addr_a['Gateway']}:{port}/").returncode != 0
+    for address, port in ((addr_b["IPAddress"], 3000), (addr_a["Gateway"], port_b), (addr_b["Gateway"], port_b)):
+        assert not tcp_open_from(ca["Id"], address, port), (address, port)
+
+    # Disk: writing 2 GiB stops short at the tier's limit, inside the container; the app goes on.
+    limit = tiers["buddo-starter"]["disk_limit_mb"]
+    assert limit < 2048
+    fill = subprocess.run(["podman", "exec", ca["Id"], "busybox", "dd", "if=/dev/zero", "of=/fill", "bs=1M",
+                           "count=2048"], capture_output=True, text=True, check=False, timeout=300)
+    assert fill.returncode != 0 and "quota" in fill.stderr.lower(), fill.stderr
+    size = subprocess.run(["podman", "exec", ca["Id"], "busybox", "stat", "-c", "%s", "/fill"],
+                          capture_output=True, text=True, check=True).stdout
+    assert int(size) <= limit * 1024 * 1024
+    assert "version v1" in stack.https("e2e-iso-d").stdout
+
+    for ident in (a, b):
+        stack.destroy(ident)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found += [int(entry.name), *children(int(entry.name))]
+    return found

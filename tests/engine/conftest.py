@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import free_port
+from tests.helpers import EGRESS_HOST_PORTS, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -189,6 +189,7 @@ class Engine:
             "cpu_limit_millicores": 250,
             "pids_limit": 64,
             "log_max_size_mb": 5,
+            "disk_limit_mb": 256,
             "custom_domain": "",
             "spec": uuid.uuid4().hex[:24],
             "revision": 1,
@@ -335,6 +336,7 @@ def _inventory(
                 "local_registry_address": registry,
                 "local_registry_dir": str(root / "registry"),
                 "app_container_wait_timeout": 30,
+                "container_host_egress_host_ports": EGRESS_HOST_PORTS,
             },
         },
         # This machine is the controller too: bootstrap installs the nightly reconcile

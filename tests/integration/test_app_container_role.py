@@ -30,9 +30,10 @@ def app_port() -> Iterator[int]:
 
 
 def item(ident: str, port: int, **over: Any) -> dict[str, Any]:
-    return {"id": ident, "container_name": f"app-{ident}", "subdomain": ident, "image": f"reg/{ident}:v1",
+    return {"id": ident, "container_name": f"app-{ident}", "subdomain": ident, "image": f"registry.test/{ident}:v1",
             "spec": f"spec-{ident}", "port": 3000, "host_ports": [port, port + 1], "memory_limit_mb": 64,
-            "cpu_limit_millicores": 250, "pids_limit": 64, "log_max_size_mb": 5, "labels": {}, **over}
+            "cpu_limit_millicores": 250, "pids_limit": 64, "log_max_size_mb": 5, "disk_limit_mb": 0, "labels": {},
+            **over}
 
 
 def play(tmp_path: Path, tasks: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
@@ -63,7 +64,7 @@ def dump(variable: str, path: Path) -> dict[str, Any]:
 
 def test_each_entry_point_is_one_module_run_for_all(tmp_path: Path, app_port: int) -> None:
     good = item("d1", app_port)
-    bad = item("d2", app_port + 10, image="reg/missing:v1")
+    bad = item("d2", app_port + 10, image="registry.test/missing:v1")
     secret = "role-secret-value"
     started = play(tmp_path, [
         role("main", app_container_deployments=[good, bad], app_container_env={"d1": {"TOKEN": secret},
@@ -82,7 +83,7 @@ def test_each_entry_point_is_one_module_run_for_all(tmp_path: Path, app_port: in
     assert second["failed"] and second["failure_kind"] == "app" and "could not be pulled" in second["msg"]
     assert secret not in started.stdout and secret not in (tmp_path / "started.json").read_text()
     calls = [json.loads(line)["args"] for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
-    [run] = [c for c in calls if c[0] == "run"]
+    [run] = [c for c in calls if c[0] == "create"]
     assert "buddo.host=localhost" in run and "buddo.subdomain=d1" in run
     assert json.loads((tmp_path / "state.json").read_text())["containers"] == []
     # Only the env of the deployments in the list reaches the host.

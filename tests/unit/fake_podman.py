@@ -3,8 +3,10 @@
 State (containers, networks, images) lives in ``state.json`` beside the script, every call is
 appended to ``calls.jsonl`` with its start and end; a file lock serialises the state, not the
 calls, so calls of different deployments overlap as real ones do. Images whose name contains
-``missing`` cannot be pulled; ``run`` of an image containing ``echo-env`` fails and prints the
-env it read (to test masking); ``run`` takes ``FAKE_PODMAN_RUN_SECONDS``.
+``missing`` cannot be pulled, those containing ``private`` only with the auth file
+``{"auths": {"registry.test": ...}}`` podman is given; ``create`` of an image containing
+``echo-env`` fails and prints the env it read (to test masking); ``create`` takes
+``FAKE_PODMAN_RUN_SECONDS``. Secrets (``secret create NAME -``) keep their data in the state.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ HERE = Path(os.environ.get("FAKE_PODMAN_DIR", Path(__file__).resolve().parent))
 
 def load() -> dict[str, Any]:
     path = HERE / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {"containers": [], "networks": [], "images": []}
+    state = json.loads(path.read_text()) if path.exists() else {"containers": [], "networks": [], "images": []}
+    state.setdefault("secrets", {})
+    return dict(state)
 
 
 def ps_entry(c: dict[str, Any]) -> dict[str, Any]:
@@ -55,18 +59,33 @@ def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str
     if args[0] == "pull":
         if "missing" in args[-1]:
             return 125, "", f"Trying to pull {args[-1]}...\nError: initializing source {args[-1]}: manifest unknown\n"
+        auths = json.loads(Path(args[args.index("--authfile") + 1]).read_text())["auths"]
+        if "private" in args[-1] and "registry.test" not in auths:
+            return 125, "", f"Error: initializing source {args[-1]}: reading manifest: unauthorized\n"
         state["images"].append(args[-1])
         return 0, "sha256:1\n", ""
-    if args[0] == "run":
+    if args[0] == "create":
         image = args[-1]
         if "echo-env" in image:
             return 126, "", f"Error: could not start with env {stdin.strip()}\n"
         name = args[args.index("--name") + 1]
         address, port, _ = args[args.index("--publish") + 1].split(":")
         labels = dict(args[i + 1].split("=", 1) for i, arg in enumerate(args) if arg == "--label")
-        containers.append({"id": f"id-{name}", "name": name, "state": "running", "labels": labels, "image": image,
-                           "host_port": int(port), "env": stdin})
+        secrets = dict(args[i + 1].split(",")[0::2] for i, arg in enumerate(args) if arg == "--secret")
+        containers.append({"id": f"id-{name}", "name": name, "state": "created", "labels": labels, "image": image,
+                           "host_port": int(port), "env": stdin, "secrets": sorted(secrets)})
         return 0, f"id-{name}\n", ""
+    if command == "secret inspect":
+        return (0 if args[2] in state["secrets"] else 125), "", ""
+    if command == "secret create":
+        state["secrets"][args[2]] = stdin
+        return 0, "", ""
+    if command == "secret ls":
+        return 0, "".join(name + "\n" for name in state["secrets"]), ""
+    if command == "secret rm":
+        for name in args[2:]:
+            state["secrets"].pop(name, None)
+        return 0, "", ""
     if args[0] == "inspect" and "{{.ImageDigest}}" in args:
         return 0, "sha256:feed\n", ""
     if args[0] == "inspect" and "{{.State.Status}} {{.State.ExitCode}}" in args:
@@ -102,9 +121,9 @@ def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str
 
 def main() -> int:
     args = sys.argv[1:]
-    stdin = sys.stdin.read() if "--env-file" in args else ""
+    stdin = sys.stdin.read() if "--env-file" in args or args[:2] == ["secret", "create"] else ""
     started = time.monotonic()
-    if args[0] == "run":
+    if args[0] == "create":
         time.sleep(float(os.environ.get("FAKE_PODMAN_RUN_SECONDS", "0")))
     with open(HERE / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -6,6 +6,7 @@ recorded) and small HTTP servers standing in for the apps.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
@@ -81,13 +82,13 @@ def run(podman: Podman, capsys: pytest.CaptureFixture[str], **args: Any) -> tupl
 
 
 def deployment(ident: str, port: int, **over: Any) -> dict[str, Any]:
-    return {"deployment_id": ident, "name": f"app-{ident}", "image": f"reg/{ident}:v1", "spec": f"spec-{ident}",
-            "host_ports": [port, free_port()], "labels": {"buddo.host": "h1"}, **over}
+    return {"deployment_id": ident, "name": f"app-{ident}", "image": f"registry.test/{ident}:v1",
+            "spec": f"spec-{ident}", "host_ports": [port, free_port()], "labels": {"buddo.host": "h1"}, **over}
 
 
 def test_one_run_starts_many_and_a_failure_stays_its_own(
         podman: Podman, app_ports: list[int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    items = [deployment("d1", app_ports[0]), deployment("bad", app_ports[1], image="reg/missing:v1"),
+    items = [deployment("d1", app_ports[0]), deployment("bad", app_ports[1], image="registry.test/missing:v1"),
              deployment("d3", app_ports[2]), deployment("deaf", free_port()), deployment("d5", app_ports[3])]
     env = {"deaf": {"TOKEN": SECRET}, "d1": {"A": "one line", "B": "two\nlines"}}
     result, out = run(podman, capsys, deployments=items, env=env, wait_timeout=1, output_dir=str(tmp_path / "out"))
@@ -100,21 +101,36 @@ def test_one_run_starts_many_and_a_failure_stays_its_own(
                                                "image_digest": "sha256:feed"}
         assert entries[ident]["others"] == []
     assert entries["bad"]["failed"] and entries["bad"]["failure_kind"] == "app"
-    assert "image reg/missing:v1 could not be pulled: initializing source" in entries["bad"]["msg"]
+    assert "image registry.test/missing:v1 could not be pulled: initializing source" in entries["bad"]["msg"]
     assert entries["deaf"]["failed"] and entries["deaf"]["failure_kind"] == "app"
     assert entries["deaf"]["msg"].startswith("app did not answer on http://127.0.0.1:")
-    assert result["msg"].startswith("2 of 5 deployment(s) failed: bad: image reg/missing:v1")
+    assert result["msg"].startswith("2 of 5 deployment(s) failed: bad: image registry.test/missing:v1")
     # The one that never answered is gone, its output kept, masked.
     names = [c["name"] for c in podman.state()["containers"]]
     assert sorted(names) == ["app-d1", "app-d3", "app-d5"]
     kept = (tmp_path / "out" / "deaf.json").read_text()
     assert "TOKEN=********" in kept and SECRET not in kept
     assert SECRET not in out
-    # Each deployment on its own network; env through the pipe, a multi-line value on the command line.
+    # Each deployment on its own network; env through the pipe, a multi-line value as a podman
+    # secret (its data from a pipe too): no value on any command line.
     assert sorted(podman.state()["networks"]) == ["buddo-d1", "buddo-d3", "buddo-d5", "buddo-deaf"]
-    [d1_run] = [c for c in podman.calls() if c["args"][0] == "run" and "app-d1" in c["args"]]
-    assert d1_run["stdin"] == "A=one line" and "B=two\nlines" in d1_run["args"]
-    assert {"--cap-drop", "NET_RAW", "--init", "buddo.host=h1"} <= set(d1_run["args"])
+    [d1_create] = [c for c in podman.calls() if c["args"][0] == "create" and "app-d1" in c["args"]]
+    assert d1_create["stdin"] == "A=one line"
+    secret = "buddo-d1-spec-d1-B"
+    assert podman.state()["secrets"] == {secret: "two\nlines"}
+    assert f"{secret},type=env,target=B" in d1_create["args"]
+    assert not any(value in arg for c in podman.calls() for arg in c["args"]
+                   for value in ("one line", "two\nlines", SECRET))
+    # Its own user namespace, only the kept capabilities, its own IPC, volumes in its layer; started after create.
+    args = d1_create["args"]
+    assert {"--init", "buddo.host=h1", "--security-opt", "no-new-privileges"} <= set(args)
+    assert args[args.index("--userns") + 1] == "auto:size=65536"
+    assert args[args.index("--cap-drop") + 1] == "all"
+    assert {args[i + 1] for i, a in enumerate(args) if a == "--cap-add"} == {
+        "CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"}
+    assert args[args.index("--ipc") + 1] == "none" and args[args.index("--image-volume") + 1] == "ignore"
+    assert ["start", "id-app-d1"] in [c["args"] for c in podman.calls()]
+    assert {c["state"] for c in podman.state()["containers"]} == {"running"}
 
 
 def test_deployments_are_worked_on_at_the_same_time(
@@ -124,7 +140,7 @@ def test_deployments_are_worked_on_at_the_same_time(
     items = [deployment(f"d{i}", port) for i, port in enumerate(app_ports)]
 
     def runs_overlap() -> bool:
-        runs = sorted((c["start"], c["end"]) for c in podman.calls() if c["args"][0] == "run")
+        runs = sorted((c["start"], c["end"]) for c in podman.calls() if c["args"][0] == "create")
         assert len(runs) == 4
         return any(later[0] < earlier[1] for earlier, later in zip(runs, runs[1:], strict=False))
 
@@ -138,7 +154,7 @@ def test_deployments_are_worked_on_at_the_same_time(
 
 def test_a_podman_error_fails_its_deployment_only_and_masks_the_env(
         podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
-    items = [deployment("d1", app_ports[0], image="reg/echo-env:v1"), deployment("d2", app_ports[1])]
+    items = [deployment("d1", app_ports[0], image="registry.test/echo-env:v1"), deployment("d2", app_ports[1])]
     result, out = run(podman, capsys, deployments=items, env={"d1": {"TOKEN": SECRET}, "d2": {"OTHER": "x"}})
     first, second = result["deployments"]
     assert first["failed"] and first["failure_kind"] == "app" and "TOKEN=********" in first["msg"]
@@ -167,20 +183,20 @@ def test_bad_items_are_named_and_fail_the_task_before_any_podman_call(
 
 def test_retire_renames_each_and_prunes_once(podman: Podman, capsys: pytest.CaptureFixture[str]) -> None:
     def container(ident: str, name: str, cid: str) -> dict[str, Any]:
-        return {"id": cid, "name": name, "state": "running", "image": "reg/x:v1", "host_port": 1, "env": "",
+        return {"id": cid, "name": name, "state": "running", "image": "registry.test/x:v1", "host_port": 1, "env": "",
                 "labels": {"buddo.deployment_id": ident}}
 
     podman.set_state(containers=[container("d1", "app-d1", "old1"), container("d1", "app-d1-next", "new1"),
                                  container("d2", "app-d2", "old2"), container("d2", "app-d2-next", "new2"),
                                  container("d3", "app-d3", "old3")],
-                     images=["reg/x@sha256:aa", "reg/x:buddo-keep-d2-bb"])
-    items = [{"deployment_id": "d1", "name": "app-d1", "keep": "new1", "keep_images": ["reg/x@sha256:aa"]},
+                     images=["registry.test/x@sha256:aa", "registry.test/x:buddo-keep-d2-bb"])
+    items = [{"deployment_id": "d1", "name": "app-d1", "keep": "new1", "keep_images": ["registry.test/x@sha256:aa"]},
              {"deployment_id": "d2", "name": "app-d2", "keep": "new2"},
              {"deployment_id": "d3", "name": "app-d3", "keep": "gone3"}]
     result, _ = run(podman, capsys, state="retired", deployments=items)
     d1, d2, d3 = result["deployments"]
     assert d1["container"]["name"] == "app-d1" and d1["actions"] == [
-        "retired 1 old container(s)", "renamed app-d1-next to app-d1", "kept reg/x@sha256:aa"]
+        "retired 1 old container(s)", "renamed app-d1-next to app-d1", "kept registry.test/x@sha256:aa"]
     assert d2["actions"] == ["retired 1 old container(s)", "renamed app-d2-next to app-d2", "dropped 1 kept image(s)"]
     assert d3["failed"] and d3["failure_kind"] == "host" and d3["msg"] == "container gone3 of deployment d3 is gone"
     assert sorted(c["name"] for c in podman.state()["containers"]) == ["app-d1", "app-d2", "app-d3"]
@@ -229,5 +245,29 @@ def test_podman_may_use_every_cpu_even_when_the_module_was_pinned_to_one(
     thread = threading.Thread(target=pinned)
     thread.start()
     thread.join()
-    [run_call] = [c for c in podman.calls() if c["args"][0] == "run"]
+    [run_call] = [c for c in podman.calls() if c["args"][0] == "create"]
     assert not result["deployments"][0]["failed"] and set(run_call["cpus"]) == every
+
+
+def test_every_pull_asks_the_registry_with_the_operators_own_login(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    private = "registry.test/private/app:v1"
+    token = base64.b64encode(b"alice:alice-registry-pw").decode()
+    login = {"registry.test": {"auth": token}}
+    # The image is cached on the host (another tenant pulled it): without a login, still refused.
+    podman.set_state(images=[private])
+    items = [deployment("bob", app_ports[0], image=private), deployment("alice", app_ports[1], image=private)]
+    result, out = run(podman, capsys, deployments=items, registry_auth={"alice": login})
+    bob, alice = result["deployments"]
+    assert bob["failed"] and bob["failure_kind"] == "app" and "unauthorized" in bob["msg"], bob
+    assert not alice["failed"] and alice["container"]["name"] == "app-alice"
+    assert token not in out
+    pulls = [c["args"] for c in podman.calls() if c["args"][0] == "pull"]
+    assert len(pulls) == 2 and all(args[args.index("--authfile") + 1].startswith("/proc/self/fd/") for args in pulls)
+    assert not any(token in arg or "alice-registry-pw" in arg for c in podman.calls() for arg in c["args"])
+    # A local image (no registry: the smoke test's) is not pulled.
+    podman.set_state(images=["localhost/smoke:1"])
+    (podman.root / "calls.jsonl").unlink()
+    result, _ = run(podman, capsys, deployments=[deployment("s", app_ports[2], image="localhost/smoke:1")])
+    assert not result["deployments"][0]["failed"]
+    assert not [c for c in podman.calls() if c["args"][0] == "pull"]

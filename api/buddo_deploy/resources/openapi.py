@@ -13,7 +13,7 @@ from .. import schemas
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
     400: "Malformed JSON", 401: "Missing or invalid OAuth token", 403: "Forbidden (scope or owner)",
-    404: "Not found (deployment, tier, or a malformed deployment id)", 413: "Request body too large",
+    404: "Not found (deployment, tier, registry login, or a malformed deployment id)", 413: "Request body too large",
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
     409: "Reference already used for a different payment", 429: "Rate or deployment limit reached",
     503: "Unavailable (no container host has room: capacity_exhausted; payment webhook not configured)",
@@ -100,9 +100,10 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         schemas.TierOut, schemas.DeploymentEnvelope, schemas.DeploymentList,
         schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut, schemas.JobEnvelope,
         schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut, schemas.ReleaseList, schemas.RollbackIn,
-        schemas.OutputOut,
+        schemas.OutputOut, schemas.RegistryLoginIn, schemas.RegistryLoginEnvelope, schemas.RegistryLoginList,
+        schemas.RegistryLoginRemoved,
     ]
-    inputs = (schemas.PaymentIn, schemas.RollbackIn)
+    inputs = (schemas.PaymentIn, schemas.RollbackIn, schemas.RegistryLoginIn)
     _, top = models_json_schema(
         [(m, "validation" if m in inputs else "serialization") for m in models], ref_template=_REF,
     )
@@ -158,6 +159,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         "/api/deploy/apps/{deployment_id}/rollback": {"parameters": item, "post": rollback},
     }
     paths |= _billing_paths()
+    paths |= _registry_login_paths(context)
     paths |= _ops_paths(item)
     return {
         "openapi": "3.1.0",
@@ -187,6 +189,27 @@ def _billing_paths() -> dict[str, Any]:
     payment["responses"]["200"] = {"description": "A replayed reference: the original credit, nothing changed",
                                    "content": _json("PaymentOut")}
     return {"/api/deploy/billing": {"get": billing}, "/api/deploy/billing/payments": {"post": payment}}
+
+
+def _registry_login_paths(context: schemas.ValidationContext) -> dict[str, Any]:
+    listing = _operation("listRegistryLogins", "The caller's registry logins, by registry (never a password)",
+                         "RegistryLoginList")
+    put = _operation("putRegistryLogin", "Create (201) or replace (200) the caller's login for a registry; "
+                     "every pull of that registry's images by the caller's deployments uses it",
+                     "RegistryLoginEnvelope", (400, 404, 413, 422), ok_status="201")
+    put["requestBody"] = {"required": True, "content": _json("RegistryLoginIn")}
+    put["responses"]["200"] = {"description": "Replaced", "content": _json("RegistryLoginEnvelope")}
+    remove = _operation("deleteRegistryLogin", "Remove the caller's login for a registry (pulls are then anonymous)",
+                        "RegistryLoginRemoved", (404, 422))
+    link = {"deleteRegistryLogin": {"operationId": "deleteRegistryLogin",
+                                    "parameters": {"registry": "$response.body#/registry_login/registry"}}}
+    put["responses"]["201"]["links"] = link
+    return {
+        "/api/deploy/registry-logins": {"get": listing},
+        "/api/deploy/registry-logins/{registry}": {
+            "parameters": [schemas.RegistryLoginKey.path_parameter(context)], "put": put, "delete": remove,
+        },
+    }
 
 
 class OpenApiResource:

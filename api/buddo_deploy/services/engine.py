@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -15,6 +16,7 @@ from ..db import write_transaction
 from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy, utcnow
 from ..runner import EventSummary, PlaybookResult
 from . import output, state
+from .registry_logins import registry_login_for
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class Plan:
     items: list[dict[str, Any]]
     known: list[str] = field(default_factory=list)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Deployment id -> its operator's login for its image's registry (a secret like env).
+    registry_auth: dict[str, dict[str, str]] = field(default_factory=dict)
     check: bool = False
     # A batch (:func:`batch`): the converge plans whose items and secrets this run holds.
     parts: tuple[Plan, ...] = ()
@@ -44,6 +48,11 @@ class Plan:
     @property
     def jobs(self) -> list[Job]:
         return [part.job for part in self.members]
+
+    @property
+    def secret_files(self) -> dict[str, str]:
+        """Secrets of this run beside the env values: extra var name -> the file's content."""
+        return {"converge_registry_auth_file": json.dumps(self.registry_auth)} if self.registry_auth else {}
 
     def extravars(self, instance: str) -> dict[str, Any]:
         if self.job.action == "output":
@@ -83,6 +92,23 @@ def env_values(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_
             for i in items if i["state"] == "running" and rows[i["id"]].env_vars_encrypted}
 
 
+def registry_auths(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_key: str) -> dict[str, Any]:
+    """Deployment id -> its operator's login for the registry of its image, for the items
+    that run (each pull asks the registry with the operator's own credentials, or none).
+
+    Raises RuntimeError when a login cannot be decrypted (a changed BUDDO_SECRET_KEY).
+    """
+    found = {}
+    for item in items:
+        if item["state"] == "running":
+            login = registry_login_for(rows[item["id"]].operator_id, item["image"], secret_key)
+            if login:
+                # As a containers-auth.json entry: the host stays a key, only the token is secret.
+                token = base64.b64encode(f"{login['username']}:{login['password']}".encode()).decode()
+                found[item["id"]] = {login["registry"]: {"auth": token}}
+    return found
+
+
 def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan | None:
     """Mark the work as begun; None when there is nothing to run (and the job is now finished).
 
@@ -106,6 +132,7 @@ def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan
         item = state.desired_item(d)
         try:
             secrets = env_values([item], {item["id"]: d}, secret_key)
+            logins = registry_auths([item], {item["id"]: d}, secret_key)
         except RuntimeError as exc:  # a changed BUDDO_SECRET_KEY: retrying cannot help
             state.record_outcome(item, {"ok": False, "kind": "config", "message": str(exc)}, {"attempt": job.attempts})
             jobqueue.finish(job, owner, succeeded=False, error=str(exc))
@@ -113,7 +140,7 @@ def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan
         status = state.derive_status(d, working=True)
         Deployment.update(status=status, updated_at=utcnow()).where(Deployment.id == d.id).execute()
         state.touch_entries(d.id, d.generation, "running", {"attempt": job.attempts})
-    return Plan(job, "converge.yml", d.host, [item], secrets=secrets)
+    return Plan(job, "converge.yml", d.host, [item], secrets=secrets, registry_auth=logins)
 
 
 def batch(plans: Sequence[Plan]) -> Plan:
@@ -126,10 +153,12 @@ def batch(plans: Sequence[Plan]) -> Plan:
         return plans[0]
     assert plans and all(p.playbook == "converge.yml" and p.host == plans[0].host for p in plans)
     secrets: dict[str, dict[str, str]] = {}
+    logins: dict[str, dict[str, str]] = {}
     for plan in plans:
         secrets |= plan.secrets
+        logins |= plan.registry_auth
     return Plan(plans[0].job, "converge.yml", plans[0].host, [i for p in plans for i in p.items],
-                secrets=secrets, parts=tuple(plans))
+                secrets=secrets, registry_auth=logins, parts=tuple(plans))
 
 
 def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
@@ -149,14 +178,17 @@ def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[st
 def _start_reconcile(job: Job, secret_key: str, check: bool) -> Plan:
     items, known, rows = reconcile_scope(job.host)
     secrets: dict[str, Any] = {}
+    logins: dict[str, Any] = {}
     for item in items:
         try:
             secrets |= env_values([item], rows, secret_key)
+            logins |= registry_auths([item], rows, secret_key)
         except RuntimeError as exc:
             log.warning("reconcile of %s: %s", item["id"], exc)
             known.append(item["id"])
     items = [i for i in items if i["id"] not in known]
-    return Plan(job, "reconcile.yml", job.host, items, known=known, secrets=secrets, check=check)
+    return Plan(job, "reconcile.yml", job.host, items, known=known, secrets=secrets, registry_auth=logins,
+                check=check)
 
 
 def _retry(plan: Plan, owner: str, result: PlaybookResult) -> bool:

@@ -67,10 +67,15 @@ def env_digest(d: Deployment) -> str:
     return hashlib.sha256((d.env_vars_encrypted or "").encode()).hexdigest()[:16]
 
 
+# How app containers are isolated (user namespace, capabilities, disk quota): raised when that
+# changes, so every container made before is replaced (beside the serving one, as any spec change).
+ISOLATION = 2
+
+
 def spec_of(d: Deployment) -> str:
     """Everything that makes a container: a different spec means a new container."""
     parts: list[Any] = [d.container_image, d.port, d.memory_limit_mb, d.cpu_limit_millicores, env_digest(d),
-                        d.revision]
+                        d.revision, ISOLATION, d.tier.disk_limit_mb]
     if d.pinned_digest:  # only then, so the spec of every unpinned container stays what it was
         parts.append(d.pinned_digest)
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
@@ -97,6 +102,7 @@ def desired_item(d: Deployment) -> dict[str, Any]:
         # The tier's current caps (not copied at create time): a changed tier is drift, and the
         # converge plan replaces containers whose caps differ, as it does for memory and CPU.
         "pids_limit": d.tier.pids_limit, "log_max_size_mb": d.tier.log_max_size_mb,
+        "disk_limit_mb": d.tier.disk_limit_mb,
         "spec": spec_of(d), "revision": d.revision, "pull": "always" if d.pull_image else "missing",
         "releases": [releases.by_digest(d.container_image, digest) for digest in releases.history(d.id)],
     }

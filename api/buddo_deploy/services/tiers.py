@@ -17,6 +17,7 @@ _FIELDS = (
     "name", "payment_method", "monthly_cost_points", "monthly_cost_sats", "memory_limit_mb",
     "cpu_limit_millicores", "custom_domain_allowed", "monthly_stipend_points",
     "ad_reach_multiplier", "max_deployments", "pids_limit", "log_max_size_mb",
+    "disk_limit_mb",
 )
 
 

@@ -10,8 +10,8 @@ short_description: Desired deployment items as app_instance's deployments
 description:
   - Maps items of the desired-state document (see playbooks/README.md) to the per-deployment
     options of M(buddo.deploy.app_instance) for one state, so one module run converges them all.
-  - Its companion C(app_instance_env) keeps only the env of the listed deployments, so no other
-    deployment's secrets travel to the host.
+  - Its companion C(app_instance_env) keeps only the env (or registry login) of the listed
+    deployments, so no other deployment's secrets travel to the host.
 positional: state, host
 options:
   _input: {description: "Desired deployment items (the converge role adds serving_port, recreate, container_id).", type: list, required: true}
@@ -33,6 +33,7 @@ def app_instance_items(items: list[dict[str, Any]], state: str, host: str = "") 
                 "image": item["image"], "spec": item["spec"], "port": item["port"], "host_ports": item["host_ports"],
                 "memory_mb": item["memory_limit_mb"], "cpu_millicores": item["cpu_limit_millicores"],
                 "pids_limit": item["pids_limit"], "log_max_size_mb": item["log_max_size_mb"],
+                "disk_limit_mb": item["disk_limit_mb"],
                 # buddo.host: host_state of this inventory host observes (and prunes) only its own.
                 "labels": {**(item.get("labels") or {}), "buddo.subdomain": item["subdomain"], "buddo.host": host},
                 "pull": item.get("pull") or "missing", "recreate": bool(item.get("recreate")),
@@ -48,7 +49,7 @@ def app_instance_items(items: list[dict[str, Any]], state: str, host: str = "") 
 
 
 def app_instance_env(env: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Deployment id -> env, for the listed deployments only."""
+    """Deployment id -> env (or registry login), for the listed deployments only."""
     wanted = {str(item["id"]) for item in items}
     return {str(ident): values for ident, values in (env or {}).items() if str(ident) in wanted}
 

@@ -32,11 +32,19 @@ description:
   - Tenants apart - every container of a deployment runs on the deployment's own Podman
     network (C(buddo-<deployment_id>), created here, netavark option C(isolate), so no route
     to any other isolated network), so it is reachable from outside only through its
-    published port on O(host_address), i.e. through Caddy. It runs with C(no-new-privileges),
-    without C(NET_RAW), with a pids limit and a capped log file.
-  - Env values (O(env), never logged) never reach a command line when they fit an env file
-    (one line each), nor a file (podman reads them from a pipe); every message is returned
-    with env values masked.
+    published port on O(host_address), i.e. through Caddy. It runs in a user namespace of its
+    own (C(--userns=auto), O(userns)), so its root is an unprivileged host uid whose range no
+    other container shares; with C(no-new-privileges), only the capabilities an ordinary image
+    needs to drop privileges (CHOWN, DAC_OVERRIDE, FOWNER, SETUID, SETGID, KILL,
+    NET_BIND_SERVICE), a private IPC namespace, a pids limit, a capped log file, and a disk
+    quota on its writable layer (C(disk_limit_mb), a btrfs qgroup of the storage pool that
+    role container_host sets up; image VOLUMEs stay in that layer).
+  - Every start of an image from a registry asks the registry with the operator's own login
+    (O(registry_auth), from an auth file that exists only in memory), or anonymously; a
+    cached image is pulled again by its digest, so it is never a way around the registry.
+  - Env values (O(env), never logged) never reach a command line nor a file; one-line values
+    are read from a pipe as an env file, others become podman secrets of type env. Every
+    message is returned with env values and passwords masked.
 options:
   state: {description: Desired state of every deployment., type: str, default: started, choices: [started, stopped, absent, retired]}
   deployments:
@@ -57,11 +65,19 @@ options:
       pids_limit: {description: Most processes (and threads) the container may run., type: int, default: 256}
       log_max_size_mb: {description: Size in MB at which the container's log file is truncated., type: int, default: 10}
       labels: {description: Extra labels., type: dict, default: {}}
-      pull: {description: C(always) pulls the tag again before a new container; C(missing) only when absent., type: str, default: missing, choices: [always, missing]}
+      pull: {description: "C(always) pulls the reference as it is now; C(missing) keeps the version that is cached (pulled again by its digest, so the registry still answers) and pulls the reference only when absent.", type: str, default: missing, choices: [always, missing]}
+      disk_limit_mb: {description: "Most MB the container may write (its writable layer); 0 - no limit.", type: int, default: 0}
       recreate: {description: "Start a new container even when one with the spec runs (wrong limits, unhealthy).", type: bool, default: false}
       keep: {description: "Container id to keep (required by O(state=retired)).", type: str, default: ""}
       keep_images: {description: "On retired, images (repository@digest, newest release first) to keep on the host; on absent every kept image is dropped.", type: list, elements: str, default: []}
   env: {description: "Deployment id -> its environment variables (secret - never logged, masked in every message).", type: dict, default: {}}
+  registry_auth:
+    description:
+      - "Deployment id -> C({<registry host>: {auth: <base64 of user:password>}}), the operator's login for its
+        image's registry, as in a containers-auth.json (secret; the host is a key, so it is not masked)."
+    type: dict
+    default: {}
+  userns: {description: "Run each container in a user namespace of its own (C(--userns=auto)).", type: bool, default: true}
   parallel: {description: How many deployments are worked on at the same time., type: int, default: 4}
   host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
   instance: {description: "Label buddo.instance: the platform the container belongs to (host_state lists only its own).", type: str, default: buddo}
@@ -118,12 +134,14 @@ deployments:
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -140,6 +158,24 @@ from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
 
 # The most lines kept of a container that never answered (the API's tail bound).
 KEPT_OUTPUT_LINES = 5000
+# Host ids per container (--userns=auto): each container's range is its own, taken from the
+# subordinate ids of the host's `containers` user (role container_host).
+USERNS_SIZE = 65536
+# Capabilities an app keeps: what an ordinary image's entrypoint uses to set itself up and
+# drop privileges (chown its files, switch user, signal its workers, bind a port below 1024).
+KEPT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL", "NET_BIND_SERVICE")
+HARDENING = (
+    "--security-opt", "no-new-privileges",
+    "--cap-drop", "all", *(arg for cap in KEPT_CAPABILITIES for arg in ("--cap-add", cap)),
+    # IPC namespace of its own, and a /dev/shm that runc mounts inside the container: with a
+    # user namespace, podman's shared shm mount made `podman rm` fail now and then (EBUSY).
+    "--ipc", "none", "--tmpfs", "/dev/shm:rw,nosuid,nodev,noexec,size=64m",
+    # An image's VOLUMEs are plain directories of the writable layer: under the disk quota,
+    # and gone with the container.
+    "--image-volume", "ignore",
+)
+# A registry's answer that no other reference of the image would change.
+DENIED = re.compile(r"unauthorized|denied|authentication required|forbidden|401|403", re.IGNORECASE)
 
 # One deployment's options, validated item by item so that an error names its item.
 DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
@@ -156,6 +192,7 @@ DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
     "log_max_size_mb": {"type": "int", "default": 10},
     "labels": {"type": "dict", "default": {}},
     "pull": {"type": "str", "default": "missing", "choices": ["always", "missing"]},
+    "disk_limit_mb": {"type": "int", "default": 0},
     "recreate": {"type": "bool", "default": False},
     "keep": {"type": "str", "default": ""},
     "keep_images": {"type": "list", "elements": "str", "default": []},
@@ -183,11 +220,13 @@ class Podman:
         """Podman's own output may echo env values (Ansible masks them in results too)."""
         return redact(text, self.secrets)
 
-    def run(self, *args: str, check: bool = True, data: str | None = None) -> tuple[int, str, str]:
+    def run(self, *args: str, check: bool = True, data: str | None = None,
+            pass_fds: tuple[int, ...] = ()) -> tuple[int, str, str]:
         # subprocess, not AnsibleModule.run_command: that one is not meant for threads (shared
         # state, and fail_json on an OSError would only end the thread).
         proc = subprocess.run([self.binary, *args], input=data, stdin=None if data is not None else subprocess.DEVNULL,
-                              capture_output=True, encoding="utf-8", errors="replace", check=False)
+                              capture_output=True, encoding="utf-8", errors="replace", check=False,
+                              pass_fds=pass_fds)
         if check and proc.returncode != 0:
             raise HostFailure(self.mask(f"podman {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}"))
         return proc.returncode, proc.stdout, proc.stderr
@@ -244,15 +283,62 @@ def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout
     raise AppFailure(f"app did not answer on {url} within {wait_timeout:g} s")
 
 
-def pull(podman: Podman, image: str, policy: str) -> bool:
-    if policy == "missing" and podman.run("image", "exists", image, check=False)[0] == 0:
-        return False
-    rc, _, err = podman.run("pull", "--quiet", image, check=False)
-    if rc != 0:
-        reasons = [line.removeprefix("Error: ") for line in err.splitlines() if line.startswith("Error")]
-        raise AppFailure(podman.mask(
-            f"image {image} could not be pulled: {' '.join(reasons) or err.strip() or 'unknown error'}"))
-    return True
+def registry_of(image: str) -> str:
+    """The registry host of an image reference; "" for a local one (localhost/...)."""
+    first, sep, _ = image.partition("/")
+    if not sep or first == "localhost" or not ("." in first or ":" in first):
+        return ""
+    return first.lower()
+
+
+def repository_of(image: str) -> str:
+    """registry/path of a reference, without its tag or digest."""
+    name = image.partition("@")[0]
+    last = name.rpartition("/")[2]
+    return name[:len(name) - len(last) + last.index(":")] if ":" in last else name
+
+
+@contextmanager
+def authfile(auths: dict[str, Any] | None) -> Iterator[int]:
+    """An auth file that exists only in memory (memfd), read by podman as its /proc/self/fd path.
+
+    Holds the operator's login for the image's registry, or nothing: podman then pulls
+    anonymously and never falls back to the host's credentials."""
+    fd = os.memfd_create("buddo-auth", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, json.dumps({"auths": auths or {}}).encode())
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -> bool:
+    """Every start of a registry's image asks that registry, with the operator's own login.
+
+    A cached image is never a way around it: ``missing`` (keep the version that is here)
+    pulls the cached image by its digest, which the registry answers like any pull; a tag
+    moved since is not taken. ``always`` pulls the reference as it is now."""
+    if not registry_of(image):
+        return False  # a local image (the smoke test's): no registry to ask
+    cached = podman.run("image", "exists", image, check=False)[0] == 0
+    refs = [image]
+    if policy == "missing" and cached:
+        repository = repository_of(image)
+        _, out, _ = podman.run("image", "inspect", "--format", "{{json .RepoDigests}}", image, check=False)
+        digests = [ref for ref in json.loads(out.strip() or "[]") or [] if ref.partition("@")[0] == repository]
+        refs = digests[:2] + [image]
+    with authfile(auth) as fd:
+        errors = []
+        for ref in refs:
+            rc, _, err = podman.run("pull", "--quiet", "--authfile", f"/proc/self/fd/{fd}", ref, check=False,
+                                    pass_fds=(fd,))
+            if rc == 0:
+                return ref == image or not cached
+            reasons = [line.removeprefix("Error: ") for line in err.splitlines() if line.startswith("Error")]
+            errors.append(" ".join(reasons) or err.strip() or "unknown error")
+            if DENIED.search(errors[-1]):
+                break  # the registry refused this login: no other reference will do
+    raise AppFailure(podman.mask(f"image {image} could not be pulled: {errors[-1]}"))
 
 
 def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
@@ -269,53 +355,106 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
         n for n in names if holders[n]["host_port"] != serving)
     stale = [c["id"] for c in existing if c["host_port"] == port or c["name"] == name]
     if stale:
-        podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *stale)
+        podman.run("rm", "--force", "--volumes", "--time", str(p["stop_timeout"]), *stale)
         actions.append(f"removed {len(stale)} container(s) in the way of the new one")
-    if pull(podman, p["image"], p["pull"]):
+    if pull(podman, p["image"], p["pull"], p["registry_auth"]):
         actions.append(f"pulled {p['image']}")
     if podman.ensure_network(p["deployment_id"], p["instance"], p["labels"].get("buddo.host", "")):
         actions.append(f"created network {deployment_network(p['deployment_id'])}")
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
-    args = ["run", "--detach", "--name", name, "--memory", f"{p['memory_mb']}m",
+    args = ["create", "--pull", "never", "--name", name, "--memory", f"{p['memory_mb']}m",
             "--cpus", f"{p['cpu_millicores'] / 1000:g}", "--restart", p["restart_policy"],
-            "--stop-timeout", str(p["stop_timeout"]), "--security-opt", "no-new-privileges",
-            "--pids-limit", str(p["pids_limit"]),
+            "--stop-timeout", str(p["stop_timeout"]), "--pids-limit", str(p["pids_limit"]),
             # k8s-file whatever the host's default: conmon truncates it at max-size (journald would not).
             "--log-driver", "k8s-file", "--log-opt", f"max-size={p['log_max_size_mb']}m",
-            # Netavark sets route_localnet on its bridges: a raw socket could reach 127.0.0.1 ports.
-            "--cap-drop", "NET_RAW",
+            *HARDENING,
             "--network", deployment_network(p["deployment_id"]),
             "--publish", f"{p['host_address']}:{port}:{p['port']}"]
+    if p["userns"]:
+        args += ["--userns", f"auto:size={USERNS_SIZE}"]
     if p["init"]:
         args.append("--init")
     for key, value in sorted(labels.items()):
         args += ["--label", f"{key}={value}"]
-    env: dict[str, str] = p["env"]
-    # Podman reads the env values from a pipe: they never touch a file, not even one a
-    # killed run would leave behind on tmpfs.
-    lines = []
-    for key, value in env.items():
-        if "\n" in value or "\r" in value:
-            args += ["--env", f"{key}={value}"]  # an env file holds one line per variable
-        else:
-            lines.append(f"{key}={value}")
+    lines, secrets = env_arguments(d)
+    args += secrets
     if lines:
+        # From a pipe: the values never touch a file, nor podman's command line.
         args += ["--env-file", "/dev/stdin"]
     rc, out, err = podman.run(*args, p["image"], check=False, data="\n".join(lines) or None)
     if rc != 0:
-        raise AppFailure(podman.mask(f"container {name} could not be started from {p['image']}: "
+        raise AppFailure(podman.mask(f"container {name} could not be created from {p['image']}: "
                                      f"{err.strip() or out.strip()}"))
     container_id = out.strip().splitlines()[-1]
+    try:
+        limit_disk(podman, container_id, p["disk_limit_mb"])
+        rc, out, err = podman.run("start", container_id, check=False)
+        if rc != 0:
+            raise AppFailure(podman.mask(f"container {name} could not be started from {p['image']}: "
+                                         f"{err.strip() or out.strip()}"))
+    except (AppFailure, HostFailure):
+        podman.run("rm", "--force", "--volumes", "--time", "0", container_id, check=False)
+        raise
     actions.append(f"started container {name} on port {port}")
     url = f"http://{p['host_address']}:{port}{p['wait_path']}"
     try:
         wait_until_answers(podman, container_id, url, p["wait_timeout"])
     except AppFailure:
         keep_output(d, container_id, name)
-        podman.run("rm", "--force", "--time", "2", container_id, check=False)
+        podman.run("rm", "--force", "--volumes", "--time", "2", container_id, check=False)
         raise
     return {"id": container_id, "name": name, "host_port": port}
+
+
+def secret_prefix(deployment_id: str) -> str:
+    return f"buddo-{deployment_id}-"
+
+
+def env_arguments(d: Deployment) -> tuple[list[str], list[str]]:
+    """The env of a new container: one-line values as env-file lines (read from a pipe), and
+    the others as podman secrets of type env (an env file holds one line per variable; a
+    value must never go on a command line). A secret is named after the deployment and its
+    spec, which covers the values: containers of one spec share it."""
+    p, podman = d.p, d.podman
+    lines, args = [], []
+    for key, value in p["env"].items():
+        if "\n" not in value and "\r" not in value:
+            lines.append(f"{key}={value}")
+            continue
+        name = f"{secret_prefix(p['deployment_id'])}{p['spec'][:12]}-{key}"
+        if podman.run("secret", "inspect", name, check=False)[0] != 0:
+            podman.run("secret", "create", name, "-", data=value)
+        args += ["--secret", f"{name},type=env,target={key}"]
+    return lines, args
+
+
+def drop_secrets(d: Deployment, keep_spec: str = "") -> None:
+    """Remove the deployment's env secrets but those of ``keep_spec``."""
+    prefix = secret_prefix(d.p["deployment_id"])
+    kept = f"{prefix}{keep_spec[:12]}-" if keep_spec else None
+    names = [n for n in d.p["_secret_names"] if n.startswith(prefix) and not (kept and n.startswith(kept))]
+    if names:
+        d.podman.run("secret", "rm", *names, check=False)
+        d.actions.append(f"removed {len(names)} env secret(s)")
+
+
+def limit_disk(podman: Podman, container_id: str, limit_mb: int) -> None:
+    """Cap what the container may write (its writable layer, a btrfs subvolume of the storage
+    pool) at ``limit_mb``: writes beyond it fail inside the container (EDQUOT)."""
+    if limit_mb <= 0:
+        return
+    _, path, _ = podman.run("mount", container_id)
+    try:
+        proc = subprocess.run(["btrfs", "qgroup", "limit", "-e", f"{limit_mb}M", path.strip()],
+                              capture_output=True, encoding="utf-8", errors="replace", check=False)
+    except OSError as exc:
+        raise HostFailure(f"disk limit: btrfs cannot run ({exc}); run the bootstrap playbook") from exc
+    finally:
+        podman.run("umount", container_id, check=False)
+    if proc.returncode != 0:
+        raise HostFailure("disk limit: podman's storage is not on the btrfs pool (run the bootstrap playbook): "
+                          + (proc.stderr.strip() or proc.stdout.strip()))
 
 
 def keep_output(d: Deployment, container_id: str, name: str) -> None:
@@ -403,13 +542,14 @@ def retired(d: Deployment) -> dict[str, Any]:
     if d.check_mode:
         return {"changed": bool(old) or rename, "container": keep}
     if old:
-        podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *[c["id"] for c in old])
+        podman.run("rm", "--force", "--volumes", "--time", str(p["stop_timeout"]), *[c["id"] for c in old])
         d.actions.append(f"retired {len(old)} old container(s)")
     if rename:
         podman.run("rename", keep["id"], p["name"])
         d.actions.append(f"renamed {keep['name']} to {p['name']}")
         keep = {**keep, "name": p["name"]}
     dropped = keep_images(podman, p["deployment_id"], p["keep_images"][:max(0, p["keep_count"])], d.actions)
+    drop_secrets(d, keep["spec"])
     d.prune = bool(old) or dropped
     return {"changed": bool(old) or rename, "container": keep}
 
@@ -434,13 +574,14 @@ def absent(d: Deployment) -> dict[str, Any]:
             d.actions.append(f"would remove network {deployment_network(p['deployment_id'])}")
         return {"changed": bool(existing) or network}
     if existing:
-        podman.run("rm", "--force", "--time", str(p["stop_timeout"]), *[c["id"] for c in existing])
+        podman.run("rm", "--force", "--volumes", "--time", str(p["stop_timeout"]), *[c["id"] for c in existing])
         d.actions.append(f"removed {len(existing)} container(s)")
         if p["remove_image"] and p["image"]:
             _, users, _ = podman.run("ps", "--all", "--quiet", "--filter", f"ancestor={p['image']}", check=False)
             if not users.strip():
                 podman.run("image", "rm", p["image"], check=False)
     keep_images(podman, p["deployment_id"], [], d.actions)
+    drop_secrets(d)
     if network:
         podman.run("network", "rm", deployment_network(p["deployment_id"]))
         d.actions.append(f"removed network {deployment_network(p['deployment_id'])}")
@@ -516,6 +657,11 @@ def main() -> None:
             # Keyed by deployment id and kept out of the items: declared no_log here, Ansible
             # masks every value of it in whatever the module returns, even on bad arguments.
             "env": {"type": "dict", "default": {}, "no_log": True},
+            # Deployment id -> {registry host: {auth: base64 user:password}}: the operator's login
+            # for the registry of that deployment's image (secret, like env; Ansible masks the
+            # values of a no_log option, so the host is a key and stays readable).
+            "registry_auth": {"type": "dict", "default": {}, "no_log": True},
+            "userns": {"type": "bool", "default": True},
             "parallel": {"type": "int", "default": 4},
             "host_address": {"type": "str", "default": "127.0.0.1"},
             "instance": {"type": "str", "default": "buddo"},
@@ -542,11 +688,19 @@ def main() -> None:
     binary = shutil.which(params["podman"])
     if binary is None:  # nothing can converge on this host
         module.fail_json(msg=f"{params['podman']} not found on this host", failure_kind="host")
-    shared = {k: v for k, v in params.items() if k not in ("state", "deployments", "env", "parallel")}
+    shared = {k: v for k, v in params.items() if k not in ("state", "deployments", "env", "registry_auth", "parallel")}
+    # Once for every deployment: the env secrets on the host (retired and absent drop theirs).
+    shared["_secret_names"] = []
+    if state in ("retired", "absent") and not module.check_mode:
+        _, out, _ = Podman(binary, []).run("secret", "ls", "--format", "{{.Name}}", check=False)
+        shared["_secret_names"] = out.split()
     work = []
     for item in items:
         env = {str(k): str(v) for k, v in (params["env"].get(item["deployment_id"]) or {}).items()}
-        work.append(Deployment({**shared, **item, "env": env}, Podman(binary, list(env.values())), module.check_mode))
+        auth = params["registry_auth"].get(item["deployment_id"]) or None
+        masked = [*env.values(), *(str(login.get("auth", "")) for login in (auth or {}).values())]
+        work.append(Deployment({**shared, **item, "env": env, "registry_auth": auth}, Podman(binary, masked),
+                               module.check_mode))
     use_every_cpu()
     with ThreadPoolExecutor(max_workers=max(1, min(params["parallel"], len(work)))) as pool:
         entries = list(pool.map(lambda d: converge(state, d), work))

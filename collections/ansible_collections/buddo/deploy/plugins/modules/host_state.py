@@ -17,6 +17,8 @@ description:
   - With O(probe), sends one GET (no redirects, no proxy) to the published port of
     every running container and reports whether the app answered with a status
     below 500.
+  - With O(egress_table), also says whether the egress policy of tenant containers (role
+    container_host) is loaded, so a converge never starts an app on a host without it.
   - Only reads; safe in check mode.
 options:
   sites_dir: {description: Directory of the per-deployment Caddy site files (none when empty)., type: path, default: ""}
@@ -27,6 +29,7 @@ options:
   probe_path: {description: Path requested by the probe., type: str, default: /}
   probe_timeout: {description: Seconds one probe may take., type: float, default: 3}
   caddy_admin: {description: "Caddy's admin address (host:port); empty: Caddy is not read.", type: str, default: ""}
+  egress_table: {description: "nftables table of the egress policy (C(inet buddo_egress)); empty - not read.", type: str, default: ""}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -40,6 +43,7 @@ containers:
 networks: {description: "The deployments' networks (name, deployment_id, isolated).", type: list, returned: always}
 sites: {description: "Site files (file, deployment_id, hosts, upstream_port).", type: list, returned: always}
 probes: {description: "Container id -> {status, healthy, error}.", type: dict, returned: when probe}
+egress: {description: Whether the nftables table O(egress_table) is loaded., type: bool, returned: when egress_table}
 caddy:
   description: "Caddy's admin API: running (it answered 200), config (its live JSON config as text, empty when not running)."
   type: dict
@@ -153,6 +157,7 @@ def main() -> None:
             "probe_path": {"type": "str", "default": "/"},
             "probe_timeout": {"type": "float", "default": 3},
             "caddy_admin": {"type": "str", "default": ""},
+            "egress_table": {"type": "str", "default": ""},
             "podman": {"type": "str", "default": "podman"},
         },
         supports_check_mode=True,
@@ -164,6 +169,9 @@ def main() -> None:
     if p["caddy_admin"]:
         status, config, _ = http_get(f"http://{p['caddy_admin']}/config/", 5, return_content=True)
         result["caddy"] = {"running": status == 200, "config": config if status == 200 else ""}
+    if p["egress_table"]:
+        nft = module.get_bin_path("nft", opt_dirs=["/usr/sbin", "/sbin"])
+        result["egress"] = bool(nft) and module.run_command([nft, "list", "table", *p["egress_table"].split()])[0] == 0
     if p["probe"]:
         running = [c for c in result["containers"] if c["state"] == "running" and c["host_port"]]
         with ThreadPoolExecutor(max_workers=16) as pool:
