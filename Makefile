@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-burst bench-reconcile clean sshd
+.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-burst bench-reconcile bench-userns clean sshd
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -78,6 +78,9 @@ bench-burst: venv
 
 bench-reconcile: venv
 	$(BIN)/python bench/reconcile.py
+
+bench-userns: venv bootstrap
+	$(BIN)/python bench/userns.py
 
 clean:
 	rm -rf var/ $(VENV) *.egg-info api/*.egg-info

@@ -107,6 +107,7 @@ def test_env_values_reach_the_container_verbatim_and_stay_out_of_files(engine: E
     item = engine.deployment("env", f"{engine.registry}/demo/hello:v1")
     try:
         done = engine.converged([item], env={item["id"]: TRICKY_VALUES})
+        assert done.outcome(item)["ok"], json.dumps(done.outcome(item))
         [container] = containers_of(item)
         env = engine.container_env(container["Id"])
         for key, value in TRICKY_VALUES.items():

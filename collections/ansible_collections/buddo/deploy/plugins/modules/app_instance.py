@@ -132,6 +132,7 @@ deployments:
     actions: {description: What was done., type: list}
 """
 
+import hashlib
 import json
 import os
 import re
@@ -408,7 +409,8 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def secret_prefix(deployment_id: str) -> str:
-    return f"buddo-{deployment_id}-"
+    # Podman allows 64 characters: b + the id's 32 hex digits + - + 12 of the spec + - + 12 of the key's hash.
+    return f"b{deployment_id.replace('-', '')[:32]}-"
 
 
 def env_arguments(d: Deployment) -> tuple[list[str], list[str]]:
@@ -422,7 +424,7 @@ def env_arguments(d: Deployment) -> tuple[list[str], list[str]]:
         if "\n" not in value and "\r" not in value:
             lines.append(f"{key}={value}")
             continue
-        name = f"{secret_prefix(p['deployment_id'])}{p['spec'][:12]}-{key}"
+        name = f"{secret_prefix(p['deployment_id'])}{p['spec'][:12]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
         if podman.run("secret", "inspect", name, check=False)[0] != 0:
             podman.run("secret", "create", name, "-", data=value)
         args += ["--secret", f"{name},type=env,target={key}"]
