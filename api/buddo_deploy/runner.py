@@ -69,6 +69,8 @@ class PlaybookResult:
     failed_host: str | None = None
     message: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    # The status of the event that failed the run: ``unreachable`` (the host, not an app) or ``failed``.
+    failed_status: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -228,6 +230,7 @@ def run_playbook(
             return False
         if summary.status in {"failed", "unreachable"} and outcome.failed_task is None:
             outcome.failed_task, outcome.failed_host, outcome.message = summary.task, summary.host, summary.message
+            outcome.failed_status = summary.status
         if summary.event == "playbook_on_stats":
             outcome.stats = dict((event.get("event_data") or {}).get("artifact_data") or {})
         if on_event is not None:

@@ -55,6 +55,12 @@ class JobRun:
     failed at that task (all of them if none did), so it follows the recap in their
     logs. A ``failed`` or ``unreachable`` event fails the whole run, which retries
     every job: it is every job's.
+
+    Nothing of one tenant reaches another: in a batch's run, a failure's text (which may
+    name any deployment the module run covered) is recorded without it
+    (engine.shared_event), and a run-level failure that is not a job's own reaches its
+    audit entry as engine.SHARED_FAILURE; each job's own failure text comes from its own
+    deployment's outcome.
     """
 
     def __init__(self, settings: Settings, owner: str, lease_s: int) -> None:
@@ -96,7 +102,10 @@ class JobRun:
                     held.append(summary)
                     return
             try:
-                engine.record_event(targets, summary)
+                # In a batch's run, a failure's text may name any deployment the module run covered
+                # (several of its failures in one message): recorded without it; each job's own
+                # failure reaches its audit entry through its outcome.
+                engine.record_event(targets, engine.shared_event(summary) if plan.parts else summary)
             except Exception as exc:
                 log.exception("job %s: recording an event failed", label)
                 why.append(f"recording an event failed: {exc.__class__.__name__}")
@@ -132,7 +141,7 @@ class JobRun:
                       if (outcome := outcomes.get(part.items[0]["id"])) is not None and not outcome.get("ok")
                       and outcome.get("task") == summary.task]
             try:
-                engine.record_event(owners or jobs, summary)
+                engine.record_event(owners or jobs, engine.shared_event(summary))
             except Exception:  # the run is over: its outcome counts more than this event
                 log.exception("job %s: recording an event failed", label)
         return result, time.monotonic() - started
@@ -194,7 +203,7 @@ class Worker:
             metrics.observe_job(job.action, _outcome(job.id), duration)
         else:
             for part in plan.members:
-                if not engine.finish(part, self.name, result, duration):
+                if not engine.finish(part, self.name, result, duration, shared=len(plan.members) > 1):
                     log.warning("job %s: lease lost, outcome discarded", part.job.id)
                     outcome = "lease_lost"
                 else:

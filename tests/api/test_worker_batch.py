@@ -116,7 +116,7 @@ def test_one_run_converges_the_batch_and_an_app_failure_fails_its_job_only(clien
 
 def test_a_run_that_failed_retries_every_job_of_the_batch(client, settings, batch, monkeypatch):
     runs = FakeRuns(lambda items: PlaybookResult(status="failed", rc=4, failed_task="Observe the containers",
-                                                 message="host unreachable"))
+                                                 message="host unreachable", failed_status="unreachable"))
     monkeypatch.setattr(worker, "run_playbook", runs)
     assert worker.Worker(settings, name="w").run_once()
     assert len(runs.runs) == 1
@@ -125,6 +125,39 @@ def test_a_run_that_failed_retries_every_job_of_the_batch(client, settings, batc
         assert (job.state, job.last_error, job.lease_owner) == ("queued", "host unreachable", None)
         assert job.run_after > job.updated_at  # its own backoff
         assert Deployment.get_by_id(batch[sub]).status == "deploying"
+
+
+def test_nothing_of_one_tenant_reaches_a_batch_mates_log_or_audit(client, settings, batch, monkeypatch):
+    """b's container cannot be removed: the run fails with a message naming b. a and c share the
+    run: they are retried, and neither their job logs nor their audit entries say anything of b."""
+    leak = f"1 of 3 deployment(s) failed: {batch['b']}: podman rm failed: secret-b is busy"
+
+    def report(items: list[dict[str, Any]]) -> PlaybookResult:
+        outcomes = {i["id"]: _outcome(i) for i in items}
+        outcomes[batch["b"]] = {"ok": False, "kind": "host", "task": "Remove", "message": "podman rm failed: busy",
+                                "state": "running", "drift": [], "generation": 1}
+        return PlaybookResult(status="failed", rc=2, failed_task="Remove", message=leak, failed_status="failed",
+                              stats={"buddo_outcomes": outcomes})
+
+    runs = FakeRuns(report)
+
+    def run(*args: Any, on_event: Any = None, **kwargs: Any) -> PlaybookResult:
+        on_event(EventSummary("runner_on_failed", "container-host-1", "Remove", "failed", leak))
+        return runs(*args, on_event=on_event, **kwargs)
+
+    monkeypatch.setattr(worker, "run_playbook", run)
+    assert worker.Worker(settings, name="w").run_once()
+    b_id = batch["b"]
+    for sub in "ac":
+        job = _job(batch[sub])
+        assert job.state == "queued" and b_id not in (job.last_error or "") and "secret-b" not in job.last_error
+        texts = [e.message or "" for e in JobEvent.select().where(JobEvent.job == job.id)]
+        assert texts and not any(b_id in t or "secret-b" in t for t in texts), texts
+        details = [e.details or "" for e in AuditEntry.select().where(AuditEntry.deployment == batch[sub])]
+        assert not any(b_id in d or "secret-b" in d for d in details), details
+    # b's own audit entry has its own failure.
+    [entry] = AuditEntry.select().where((AuditEntry.deployment == b_id) & (AuditEntry.action == "deploy"))
+    assert json.loads(entry.details)["last_error"] == "podman rm failed: busy"
 
 
 def test_after_a_batch_timed_out_its_jobs_run_one_by_one(client, settings, batch, monkeypatch):

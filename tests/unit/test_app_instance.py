@@ -272,3 +272,20 @@ def test_every_pull_asks_the_registry_with_the_operators_own_login(
     result, _ = run(podman, capsys, deployments=[deployment("s", app_ports[2], image="localhost/smoke:1")])
     assert not result["deployments"][0]["failed"]
     assert not [c for c in podman.calls() if c["args"][0] == "pull"]
+
+
+def test_a_dripping_app_fails_alone_and_on_time(podman: Podman, app_ports: list[int],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """An app that answers a byte every 0.2 s: its wait ends at wait_timeout, the others start."""
+    from tests.unit.test_http_deadline import Server
+
+    drip = Server("drip")
+    try:
+        items = [deployment("drip", drip.port), deployment("d1", app_ports[0]), deployment("d2", app_ports[1])]
+        result, _ = run(podman, capsys, deployments=items, wait_timeout=1)
+    finally:
+        drip.close()
+    entries = {e["deployment_id"]: e for e in result["deployments"]}
+    assert entries["drip"]["failed"] and entries["drip"]["msg"].startswith("app did not answer"), entries["drip"]
+    assert not entries["d1"]["failed"] and not entries["d2"]["failed"]
+    assert drip.sent < 100  # the wait gave up long before the app's 2,000 bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -204,11 +205,25 @@ def _retry(plan: Plan, owner: str, result: PlaybookResult) -> bool:
     return True
 
 
-def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> bool:
+# What a job of a batch is told of a failure in the run it shared: the failure's own text may
+# be about another tenant's deployment (its id, its podman error).
+SHARED_FAILURE = "a step of this run, shared with other deployments of the host, failed"
+
+
+def shared_event(summary: EventSummary) -> EventSummary:
+    """An event of a batch's run as every job of it may see it: a failure's text withheld (it may
+    name another tenant's deployment); which failure was whose is each job's own outcome."""
+    if summary.status in {"failed", "ignored"} and summary.message:
+        return dataclasses.replace(summary, message=SHARED_FAILURE)
+    return summary
+
+
+def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float, *, shared: bool = False) -> bool:
     """Record a converge's outcome; False when the lease was lost (another worker owns the job now).
 
     A run that failed outside the app (host unreachable, Podman or Caddy error,
-    timeout, lost lease) goes back to the queue with a backoff.
+    timeout, lost lease) goes back to the queue with a backoff. ``shared``: the run was a
+    batch's, so a failure that is not this deployment's own is told without its text.
     """
     job = plan.job
     outcomes = result.stats.get("buddo_outcomes") or {}
@@ -219,6 +234,8 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
             if outcome is not None and not outcome.get("ok"):
                 result = PlaybookResult(status="failed", rc=result.rc, failed_task=outcome.get("task"),
                                         message=outcome.get("message"))
+            elif shared and result.status == "failed" and result.failed_status != "unreachable":
+                result = dataclasses.replace(result, message=SHARED_FAILURE)
             return _retry(plan, owner, result)
         if not jobqueue.finish(job, owner, succeeded=bool(outcome.get("ok")), error=outcome.get("message")):
             return False

@@ -271,7 +271,9 @@ def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout
     deadline = time.monotonic() + wait_timeout
     checks = 0
     while time.monotonic() < deadline:
-        if http_get(url, 2)[0] > 0:  # any HTTP answer: the app is up
+        # Each try has its own deadline within the wait's: an app that answers a byte a second,
+        # or never ends its headers, fails its own wait on time, never its batch-mates'.
+        if http_get(url, max(0.05, min(2.0, deadline - time.monotonic())))[0] > 0:  # any HTTP answer: up
             return
         checks += 1
         if checks % 5 == 0:  # an app that died will never answer: say so early
