@@ -1,0 +1,75 @@
+"""Anything the platform waits on has a deadline: a dripping app fails alone, on the real stack.
+
+The app answers its first request (so it comes up), then sends every later answer a byte a
+second, forever. Its health verdicts go bad on time; its batch-mate comes up; another
+tenant's create reaches running while it drips; the others' health verdicts keep coming.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.e2e.conftest import Stack
+
+DRIP = """#!/bin/busybox sh
+if [ -e /tmp/served ]; then
+  for c in H T T P / 1 . 0 ' ' 2 0 0 ' ' O K; do printf '%s' "$c"; /bin/busybox sleep 1; done
+  /bin/busybox sleep 3600
+else
+  /bin/busybox touch /tmp/served
+  printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n'
+fi
+"""
+
+
+def push_drip_image() -> str:
+    image = f"127.0.0.1:5000/e2e/drip-{os.getpid()}:v1"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "rootfs"
+        (root / "bin").mkdir(parents=True)
+        (root / "tmp").mkdir()
+        busybox = subprocess.run(["sh", "-c", "command -v busybox"], capture_output=True, text=True, check=True)
+        subprocess.run(["cp", busybox.stdout.strip(), str(root / "bin" / "busybox")], check=True)
+        (root / "bin" / "drip").write_text(DRIP)
+        (root / "bin" / "drip").chmod(0o755)
+        (root / "tmp").chmod(0o1777)
+        subprocess.run(["tar", "-C", str(root), "-cf", f"{tmp}/rootfs.tar", "."], check=True)
+        serve = 'CMD ["/bin/busybox", "sh", "-c", "while true; do /bin/busybox nc -l -p 3000 -e /bin/drip; done"]'
+        subprocess.run(["podman", "import", "--change", serve, f"{tmp}/rootfs.tar", image], check=True,
+                       capture_output=True)
+    subprocess.run(["podman", "push", "--tls-verify=false", image], check=True, capture_output=True)
+    return image
+
+
+def status(stack: Stack, ident: str) -> dict[str, str]:
+    return dict(stack.call("GET", f"/api/deploy/apps/{ident}/status").json())
+
+
+def test_a_dripping_app_fails_alone_and_the_host_goes_on(stack: Stack) -> None:
+    drip_image = push_drip_image()
+    healthy_image = stack.push("v1", tag="deadline")
+    drip = stack.create(subdomain="e2e-drip", image=drip_image)["id"]
+    mate = stack.create(subdomain="e2e-drip-mate", image=healthy_image)["id"]
+    for ident in (drip, mate):  # its first answer is prompt: both come up
+        assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+
+    # Now every answer of the drip app takes 15 s and more: its health goes bad, on time.
+    deadline = time.monotonic() + 120
+    while status(stack, drip)["health_status"] == "healthy":
+        assert time.monotonic() < deadline, status(stack, drip)
+        time.sleep(1)
+    # Meanwhile the host goes on: another tenant's create comes up, and the mate's verdicts keep coming.
+    before = status(stack, mate)["last_health_check"]
+    other = stack.create(subdomain="e2e-drip-other", image=healthy_image)["id"]
+    assert stack.wait_for(other, {"running", "failed"}, timeout=90)["status"] == "running", stack.logs(other)
+    deadline = time.monotonic() + 60
+    while status(stack, mate)["last_health_check"] == before:
+        assert time.monotonic() < deadline, "the mate's health verdicts stopped"
+        time.sleep(1)
+    assert status(stack, mate)["health_status"] == "healthy"
+    for ident in (drip, mate, other):
+        stack.destroy(ident)
