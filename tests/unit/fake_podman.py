@@ -56,7 +56,11 @@ def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str
         return 0, "", ""
     if command == "image exists":
         return (0 if args[2] in state["images"] else 1), "", ""
+    if command == "image inspect":  # {{json .RepoDigests}}: what set_state(repo_digests=...) says
+        return 0, json.dumps(state.get("repo_digests", {}).get(args[-1], [])), ""
     if args[0] == "pull":
+        if args[-1] in state.get("unknown", []):
+            return 125, "", f"Error: reading manifest {args[-1].partition('@')[2]}: manifest unknown\n"
         if "missing" in args[-1]:
             return 125, "", f"Trying to pull {args[-1]}...\nError: initializing source {args[-1]}: manifest unknown\n"
         auths = json.loads(Path(args[args.index("--authfile") + 1]).read_text())["auths"]

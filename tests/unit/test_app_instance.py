@@ -289,3 +289,15 @@ def test_a_dripping_app_fails_alone_and_on_time(podman: Podman, app_ports: list[
     assert entries["drip"]["failed"] and entries["drip"]["msg"].startswith("app did not answer"), entries["drip"]
     assert not entries["d1"]["failed"] and not entries["d2"]["failed"]
     assert drip.sent < 100  # the wait gave up long before the app's 2,000 bytes
+
+
+def test_a_cached_image_is_pulled_again_by_a_digest_the_registry_knows(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    """A locally built digest first (unknown to the registry, and with '401' in its hex), then the
+    pushed one: the second pull succeeds, the tag is not pulled (the cached version stays)."""
+    image = "registry.test/app:v1"
+    local, pushed = "registry.test/app@sha256:92625d5401b0d9", "registry.test/app@sha256:95017a675552a5"
+    podman.set_state(images=[image], repo_digests={image: [local, pushed]}, unknown=[local])
+    result, _ = run(podman, capsys, deployments=[deployment("d1", app_ports[0], image=image)])
+    assert not result["deployments"][0]["failed"], result
+    assert [c["args"][-1] for c in podman.calls() if c["args"][0] == "pull"] == [local, pushed]

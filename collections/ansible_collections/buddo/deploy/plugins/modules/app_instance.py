@@ -176,7 +176,7 @@ HARDENING = (
     "--image-volume", "ignore",
 )
 # A registry's answer that no other reference of the image would change.
-DENIED = re.compile(r"unauthorized|denied|authentication required|forbidden|401|403", re.IGNORECASE)
+DENIED = re.compile(r"\b(unauthorized|denied|authentication required|forbidden|401|403)\b", re.IGNORECASE)
 
 # One deployment's options, validated item by item so that an error names its item.
 DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
