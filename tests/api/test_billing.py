@@ -765,3 +765,7 @@ def test_openapi_describes_billing(env):
     assert {"BillingOut", "PaymentIn", "PaymentOut"} <= set(doc["components"]["schemas"])
     status = doc["components"]["schemas"]["DeploymentOut"]["properties"]["billing_status"]
     assert set(status["enum"]) == {"active", "past_due", "suspended", "cancelled"}
+    assert "debt" in doc["components"]["schemas"]["BillingOut"]["required"]
+    refused = doc["paths"]["/api/deploy/apps"]["post"]["responses"]["402"]
+    assert "payment_required" in refused["description"]
+    assert refused["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
