@@ -75,6 +75,8 @@ def main() -> None:
         # Rate limiting stays on (it is part of the cost), with a budget the bench cannot exhaust.
         "BUDDO_RATE_LIMIT_READ": "1000000000", "BUDDO_RATE_LIMIT_WRITE": "1000000000",
         "BUDDO_RATE_LIMITS_ENABLED": os.environ.get("BUDDO_RATE_LIMITS_ENABLED", "true"),
+        # The create below pays its first cycle (btc-pro).
+        "BUDDO_BILLING_STARTING_SATS": "1000000",
     }
     subprocess.run([sys.executable, "-m", "buddo_deploy.cli", "db", "upgrade"], env=env, check=True,
                    capture_output=True)

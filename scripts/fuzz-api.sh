@@ -29,6 +29,10 @@ export BUDDO_RATE_LIMIT_READ=1000000 BUDDO_RATE_LIMIT_WRITE=1000000 BUDDO_RATE_L
 # Enough room for every deployment the stateful phase creates, so limits do not hide the
 # per-deployment operations (the tiers' own limits still apply and answer 429).
 export BUDDO_MAX_DEPLOYMENTS_PER_ACCOUNT=1000000
+# A create pays its first cycle (402 payment_required otherwise) and a non-embedded
+# database opens accounts empty: balances the run never spends, for the same reason.
+# No worker runs, so no later cycle starts and no debt can arise.
+export BUDDO_BILLING_STARTING_POINTS=1000000000000 BUDDO_BILLING_STARTING_SATS=1000000000000000
 # No worker runs here: GET .../output answers its 504 at once instead of after 12 s.
 export BUDDO_OUTPUT_WAIT=0.2
 # The same for placement: one container host with memory for them all (destroyed

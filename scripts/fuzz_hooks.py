@@ -8,6 +8,11 @@ custom domains, a destroyed deployment, a cursor the API never returned. This
 check keeps that allowance narrow: a schema-valid request answered 422 must name
 one of those state conflicts, never `validation_failed` (the spec said yes, the
 validator said no).
+
+402 is allowed the same way and as narrowly: a create the account cannot pay for
+(its first cycle is charged at creation, or the account owes for earlier cycles)
+answers `payment_required`; no other operation and no other code may. fuzz-api.sh
+opens accounts with balances the run never spends, so a 402 there means a bug.
 """
 
 from __future__ import annotations
@@ -32,4 +37,18 @@ def schema_valid_requests_pass_validation(ctx: CheckContext, response: Response,
     code = (response.json().get("error") or {}).get("code")
     if code not in STATE_CONFLICTS:
         raise AssertionError(f"schema-valid request rejected as {code!r}: {response.text[:500]}")
+    return None
+
+
+# The one operation that charges: creating a deployment.
+CHARGED = ("POST", "/api/deploy/apps")
+
+
+@schemathesis.check
+def payment_is_required_only_to_create(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+    if response.status_code != 402:
+        return None
+    code = (response.json().get("error") or {}).get("code")
+    if (case.method.upper(), case.path) != CHARGED or code != "payment_required":
+        raise AssertionError(f"{case.method} {case.path} answered 402 {code!r}: {response.text[:500]}")
     return None

@@ -74,6 +74,10 @@ def make_settings(tmp_path: Path, backend: str, **overrides: Any) -> Settings:
             "BUDDO_DATABASE_URL": url,
             "BUDDO_JWT_SECRET": JWT_SECRET,
             "BUDDO_SECRET_KEY": "test-encryption-passphrase",
+            # A create is paid for up front (402 otherwise): balances no test that is not
+            # about billing runs out of. Billing tests set their own.
+            "BUDDO_BILLING_STARTING_POINTS": "1000000000",
+            "BUDDO_BILLING_STARTING_SATS": "1000000000000",
         }
     )
     return dataclasses.replace(settings, **overrides)

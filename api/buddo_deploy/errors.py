@@ -46,6 +46,10 @@ class Unauthorized(ApiError):
     status, code = falcon.HTTP_401, "unauthorized"
 
 
+class PaymentRequired(ApiError):
+    status, code = falcon.HTTP_402, "payment_required"
+
+
 class Forbidden(ApiError):
     status, code = falcon.HTTP_403, "forbidden"
 

@@ -223,6 +223,8 @@ class JobEvent(BaseModel):
 BILLING_STATUSES = ("active", "past_due", "suspended", "cancelled")
 BILLING_TRACKS = ("buddo_points", "bitcoin")
 LEDGER_KINDS = ("charge", "stipend", "credit", "adjustment")
+# "waived": only cycles of deployments destroyed before a destroy stopped waiving what they owed;
+# nothing writes it now (a started cycle stays unpaid until a credit pays it).
 CYCLE_STATES = ("unpaid", "paid", "waived")
 
 

@@ -399,6 +399,23 @@ class DeploymentBillingOut(BaseModel):
     outstanding: list[OutstandingOut] = Field(description="Unpaid cycles, oldest first")
 
 
+class DebtCycleOut(BaseModel):
+    deployment_id: uuid.UUID
+    subdomain: str
+    billing_status: BillingStatus = Field(description="cancelled: the deployment was destroyed; the cycle is owed")
+    cycle: int
+    track: BillingTrack
+    amount: int
+    starts_at: Timestamp
+
+
+class DebtOut(BaseModel):
+    buddo_points: int = Field(description="Points owed for started cycles not yet paid")
+    bitcoin: int = Field(description="Satoshis owed for started cycles not yet paid")
+    cycles: list[DebtCycleOut] = Field(description="Every unpaid cycle, destroyed deployments' included, oldest "
+                                       "first: later credits pay them in this order")
+
+
 class LedgerEntryOut(BaseModel):
     id: int
     kind: Literal["charge", "stipend", "credit", "adjustment"]
@@ -418,6 +435,8 @@ class BillingOut(BaseModel):
     billing_enabled: bool
     cycle_seconds: int
     grace_seconds: int
+    debt: DebtOut = Field(description="While anything is owed, creating a deployment is refused "
+                          "(402 payment_required)")
     deployments: list[DeploymentBillingOut]
     ledger: list[LedgerEntryOut] = Field(description="Newest first")
     next_cursor: str | None

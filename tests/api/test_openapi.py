@@ -110,4 +110,4 @@ def test_every_error_response_is_the_envelope(document):
             for response in errors.values():
                 assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
     create = document["paths"]["/api/deploy/apps"]["post"]["responses"]
-    assert {"201", "400", "404", "413", "422", "503"} <= set(create)
+    assert {"201", "400", "402", "404", "413", "422", "503"} <= set(create)

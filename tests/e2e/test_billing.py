@@ -61,6 +61,8 @@ def test_out_of_points_suspends_and_a_payment_reactivates(short_cycle: Stack) ->
                       json={"subdomain": "e2e-bill", "image": image, "tier": "buddo-starter"})
     assert resp.status_code == 201, resp.text
     ident = resp.json()["deployment"]["id"]
+    # The create paid cycle 0 itself (500, stipend 50).
+    assert stack.call("GET", "/api/deploy/billing", headers=headers).json()["points_balance"] == 550
 
     def logs() -> list[dict]:
         return list(stack.call("GET", f"/api/deploy/apps/{ident}/logs", headers=headers).json()["logs"])
@@ -76,7 +78,7 @@ def test_out_of_points_suspends_and_a_payment_reactivates(short_cycle: Stack) ->
         raise AssertionError(f"no completed {action}: {logs()}")
 
     wait_serving(stack, "e2e-bill")
-    # Cycle 0 (paid), cycle 1 at 30 s (paid), cycle 2 at 60 s (unpaid), suspended 4 s later.
+    # Cycle 0 (paid by the create), cycle 1 at 30 s (paid), cycle 2 at 60 s (unpaid), suspended 4 s later.
     suspend = wait_completed("suspend", timeout=3 * CYCLE_S + 60)
     assert suspend["initiated_by"] is None and suspend["details"]["reason"] == "payment_lapsed"
     assert suspend["details"]["cycle"] == 2

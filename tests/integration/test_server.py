@@ -39,6 +39,9 @@ def servers(tmp_path: Path, backend: str) -> Iterator[list[str]]:
         "BUDDO_RATE_LIMIT_WRITE": "8",
         # A window no test run can straddle, so counts never reset mid-test.
         "BUDDO_RATE_LIMIT_WINDOW": "86400",
+        # A create pays its first cycle: balances these tests never run out of.
+        "BUDDO_BILLING_STARTING_POINTS": "1000000000",
+        "BUDDO_BILLING_STARTING_SATS": "1000000000000",
     }
     subprocess.run([sys.executable, "-m", "buddo_deploy.cli", "db", "upgrade"], env=env, check=True,
                    capture_output=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import falcon.testing
 import pytest
 from buddo_deploy import cli
 from buddo_deploy.app import create_app
-from buddo_deploy.models import BillingCycle, Deployment, LedgerEntry, database_proxy
+from buddo_deploy.models import BillingCycle, Deployment, LedgerEntry, database_proxy, utcnow
 from buddo_deploy.settings import Settings, parse_duration
 
 from tests.helpers import JWT_SECRET, create_deployment, make_settings, migrate
@@ -83,12 +85,16 @@ def test_cli_refuses_bad_credits(cli_env, capsys):
 
 
 def test_cli_run_bills_what_is_due(cli_env, capsys):
-    client = falcon.testing.TestClient(create_app(cli_env))
+    # One buddo-starter cycle (500 points): the create pays cycle 0, 50 points (its stipend) are left.
+    client = falcon.testing.TestClient(create_app(dataclasses.replace(cli_env, billing_starting_points=500)))
     ident = create_deployment(client)
     assert cli.main(["billing", "run"]) == 0
+    assert json.loads(capsys.readouterr().out)["cycles_started"] == []  # cycle 0 was paid by the create
+    Deployment.update(next_billing_at=utcnow() - dt.timedelta(seconds=1)).where(Deployment.id == ident).execute()
+    assert cli.main(["billing", "run"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["cycles_started"] == [[ident, 0]] and report["cycles_paid"] == []  # no balance: unpaid
+    assert report["cycles_started"] == [[ident, 1]] and report["cycles_paid"] == []  # 50 points: unpaid
     assert Deployment.get_by_id(ident).billing_status == "past_due"
-    assert BillingCycle.select().count() == 1
+    assert BillingCycle.select().count() == 2
     assert cli.main(["billing", "run"]) == 0
     assert json.loads(capsys.readouterr().out)["cycles_started"] == []

@@ -12,7 +12,11 @@ from .. import schemas
 
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
-    400: "Malformed JSON", 401: "Missing or invalid OAuth token", 403: "Forbidden (scope or owner)",
+    400: "Malformed JSON", 401: "Missing or invalid OAuth token",
+    402: "payment_required: the first cycle is charged at creation and the balance on the tier's track does not "
+         "cover it (details.reason insufficient_balance), or the account still owes for cycles already started "
+         "(unpaid_debt); details: tier, track, price, balance, debt (owed per track); nothing was created",
+    403: "Forbidden (scope or owner)",
     404: "Not found (deployment, tier, registry login, or a malformed deployment id)", 413: "Request body too large",
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
     409: "Reference already used for a different payment", 429: "Rate or deployment limit reached",
@@ -112,7 +116,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     components["TierList"] = {"type": "array", "items": {"$ref": _REF.format(model="TierOut")}}
     item = [{"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
     create = _operation("createDeployment", "Create a deployment", "DeploymentEnvelope",
-                        (400, 404, 413, 422, 503), ok_status="201")
+                        (400, 402, 404, 413, 422, 503), ok_status="201")
     create["requestBody"] = {"required": True, "content": _json("DeploymentCreate")}
     create["responses"]["201"]["links"] = {
         operation_id: {"operationId": operation_id, "parameters": {"deployment_id": "$response.body#/deployment/id"}}

@@ -10,8 +10,15 @@ an unpaid cycle is ``past_due``; when the oldest unpaid cycle is older than the
 grace, it is suspended (desired state ``stopped``, which the engine converges). A
 credit pays what is outstanding and reactivates what it paid for.
 
+Cycle 0 is started and paid by the create itself, in its transaction: an account
+that owes anything, or whose balance on the tier's track does not cover the cycle,
+cannot create (402 ``payment_required``). A started cycle is owed whatever happens
+to the deployment afterwards: destroying it ends its billing but not its debt, which
+later credits pay first.
+
 Locks are taken in one order everywhere: the operator's account, then deployments,
-then cycles. The API's lifecycle locks a deployment only and never an account.
+then cycles. The API's lifecycle locks no account, except a create's (after the create
+lock, before its new deployment exists).
 """
 
 from __future__ import annotations
@@ -24,12 +31,12 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import peewee
 
 from ..db import is_postgres, write_transaction
-from ..errors import ApiError, Unauthorized, Unprocessable
+from ..errors import ApiError, PaymentRequired, Unauthorized, Unprocessable
 from ..models import (
     BillingAccount,
     BillingCycle,
@@ -157,6 +164,64 @@ class Billing:
         )
         return entry
 
+    def debt(self, operator_id: str) -> dict[str, int]:
+        """What the operator owes per track: every unpaid cycle, destroyed deployments' included."""
+        owed = dict.fromkeys(BALANCE, 0)
+        # .tuples() rows; the stubs type a select's rows as models.
+        rows = cast(Iterable[tuple[Any, ...]], (
+            BillingCycle.select(BillingCycle.track, peewee.fn.SUM(BillingCycle.amount))
+            .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid"))
+            .group_by(BillingCycle.track).tuples()))
+        for track, total in rows:
+            owed[track] = int(total or 0)
+        return owed
+
+    # --- the create (called inside the lifecycle's transaction, creates serialised) ------------
+
+    def admit(self, operator_id: str, tier: Tier, now: dt.datetime) -> dict[str, Any]:
+        """Refuse a create the account cannot pay for; the new deployment's billing fields.
+
+        Its first cycle is charged by :meth:`charge_first_cycle` right after the insert, so
+        the balance must cover it, and an account that owes for cycles already started
+        pays that first. The account stays locked until the create's transaction ends.
+        """
+        if not self.policy.enabled:
+            return {"billing_cycle": 0, "next_billing_at": now}  # the pass charges it if billing is turned on
+        self.open_account(operator_id, now)
+        account = _locked_account(operator_id)
+        track, price = price_of(tier)
+        balance = int(getattr(account, BALANCE[track]))
+        debt = self.debt(operator_id)
+        unit = UNIT[track]
+        details: dict[str, Any] = {"tier": tier.slug, "track": track, "price": price, "balance": balance,
+                                   "debt": debt}
+        if any(debt.values()):
+            owed = " and ".join(f"{amount} {UNIT[t]}" for t, amount in debt.items() if amount)
+            raise PaymentRequired(
+                f"The account owes {owed} for billing cycles already started; a credit pays them first, "
+                "then deployments can be created again", details={"reason": "unpaid_debt", **details})
+        if balance < price:
+            raise PaymentRequired(
+                f"Tier '{tier.slug}' costs {price} {unit} a cycle, charged at creation; the {unit} balance is "
+                f"{balance}", details={"reason": "insufficient_balance", "shortfall": price - balance, **details})
+        return {"billing_cycle": 1, "next_billing_at": now + self.policy.cycle}
+
+    def charge_first_cycle(self, d: Deployment) -> None:
+        """Start and pay cycle 0 of a deployment just inserted (after :meth:`admit`, same transaction)."""
+        if not self.policy.enabled:
+            return
+        tier = Tier.get_by_id(d.tier_id)
+        track, amount = price_of(tier)
+        cycle: BillingCycle = BillingCycle.create(
+            deployment=d.id, cycle=0, operator_id=d.operator_id, track=track, amount=amount,
+            stipend_points=tier.monthly_stipend_points or 0, starts_at=d.inserted_at, state="unpaid",
+            created_at=d.inserted_at,
+        )
+        if not self._pay(cycle, d.inserted_at):  # admit checked it under the account's lock
+            raise PaymentRequired(f"The balance no longer covers the first cycle of tier '{tier.slug}'",
+                                  details={"reason": "insufficient_balance", "tier": tier.slug, "track": track,
+                                           "price": amount})
+
     # --- the clock --------------------------------------------------------
 
     def run_pass(self, now: dt.datetime | None = None) -> PassReport:
@@ -242,25 +307,30 @@ class Billing:
     def _settle(self, operator_id: str, now: dt.datetime, report: PassReport) -> list[Any]:
         """Pay the operator's outstanding cycles oldest first (per track); the deployments paid for.
 
-        The caller holds the account's lock.
+        Destroyed deployments' cycles count too: a started cycle is owed. The caller holds
+        the account's lock.
         """
         paid: list[Any] = []
-        blocked: set[str] = set()
-        outstanding = (BillingCycle.select().join(Deployment)
-                       .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid")
-                              & (Deployment.desired_state != "absent"))
-                       .order_by(BillingCycle.starts_at, BillingCycle.id))
-        for cycle in list(outstanding):
-            if cycle.track in blocked:
-                continue
-            state.locked(cycle.deployment_id)
-            if not self._pay(cycle, now):
-                blocked.add(cycle.track)  # strictly oldest first: a newer one must not jump the queue
-                continue
-            report.paid.append((str(cycle.deployment_id), cycle.cycle))
-            if cycle.deployment_id not in paid:
-                paid.append(cycle.deployment_id)
-        return paid
+        while True:
+            blocked: set[str] = set()
+            progressed = False
+            outstanding = (BillingCycle.select()
+                           .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid"))
+                           .order_by(BillingCycle.starts_at, BillingCycle.id))
+            for cycle in list(outstanding):
+                if cycle.track in blocked:
+                    continue
+                state.locked(cycle.deployment_id)
+                if not self._pay(cycle, now):
+                    blocked.add(cycle.track)  # strictly oldest first: a newer one must not jump the queue
+                    continue
+                progressed = True
+                report.paid.append((str(cycle.deployment_id), cycle.cycle))
+                if cycle.deployment_id not in paid:
+                    paid.append(cycle.deployment_id)
+            # A stipend paid on the way may now cover a points cycle that was blocked: once more.
+            if not (progressed and blocked):
+                return paid
 
     def _pay(self, cycle: BillingCycle, now: dt.datetime) -> bool:
         fresh = BillingCycle.get_by_id(cycle.id)
@@ -358,9 +428,7 @@ class Billing:
 
     @staticmethod
     def on_destroy(d: Deployment) -> dict[str, Any]:
-        """A destroyed deployment is never billed again; what it still owed is waived."""
-        BillingCycle.update(state="waived").where(
-            (BillingCycle.deployment == d.id) & (BillingCycle.state == "unpaid")).execute()
+        """A destroyed deployment starts no more cycles; those it started and did not pay stay owed."""
         return {"billing_status": "cancelled"}
 
     # --- the worker's lease -------------------------------------------------
@@ -383,7 +451,7 @@ class Billing:
     # --- reads --------------------------------------------------------------
 
     def overview(self, operator_id: str, *, limit: int, before: int | None) -> dict[str, Any]:
-        """Balances, each live deployment's billing, and a page of the ledger (newest first)."""
+        """Balances, the debt, each live deployment's billing, and a page of the ledger (newest first)."""
         if BillingAccount.get_or_none(BillingAccount.operator_id == operator_id) is None:
             with write_transaction(database_proxy.obj):
                 self.open_account(operator_id, self.clock())
@@ -403,6 +471,7 @@ class Billing:
             "billing_enabled": self.policy.enabled,
             "cycle_seconds": int(self.policy.cycle.total_seconds()),
             "grace_seconds": int(self.policy.grace.total_seconds()),
+            "debt": _debt_view(operator_id),
             "deployments": [self._deployment_billing(d, outstanding.get(str(d.id), [])) for d in deployments],
             "ledger": entries[:limit],
             "next_cursor": str(entries[limit - 1].id) if len(entries) > limit else None,
@@ -430,6 +499,20 @@ def _outstanding(deployment_ids: Iterable[Any]) -> dict[str, list[BillingCycle]]
                   .order_by(BillingCycle.cycle)):
         found.setdefault(str(cycle.deployment_id), []).append(cycle)
     return found
+
+
+def _debt_view(operator_id: str) -> dict[str, Any]:
+    """Every unpaid cycle of the operator, destroyed deployments' included, oldest first, and the totals."""
+    cycles = list(BillingCycle.select(BillingCycle, Deployment).join(Deployment)
+                  .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid"))
+                  .order_by(BillingCycle.starts_at, BillingCycle.id))
+    view: dict[str, Any] = dict.fromkeys(BALANCE, 0)
+    for c in cycles:
+        view[c.track] += c.amount
+    view["cycles"] = [{"deployment_id": c.deployment_id, "subdomain": c.deployment.subdomain,
+                       "billing_status": c.deployment.billing_status, "cycle": c.cycle, "track": c.track,
+                       "amount": c.amount, "starts_at": c.starts_at} for c in cycles]
+    return view
 
 
 def new_reference() -> str:

@@ -137,8 +137,12 @@ class Lifecycle:
                 with write_transaction(db):
                     self._serialise_creates()
                     self._check_limits(principal, tier)
+                    now = utcnow()
+                    # Paid for up front: the whole create rolls back if the first cycle is not paid.
+                    billing = self.billing.admit(principal.operator_id, tier, now)
                     with db.atomic():  # a savepoint: a lost race must not poison the transaction
-                        deployment = self._insert(principal, request, tier)
+                        deployment = self._insert(principal, request, tier, now, billing)
+                    self.billing.charge_first_cycle(deployment)
                     state.audit(deployment, "create", "completed", principal.client_id)
                     state.request(deployment, "deploy", None, timeout_s=self._timeout)
                     return deployment
@@ -312,8 +316,8 @@ class Lifecycle:
             details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb},
         )
 
-    def _insert(self, principal: Principal, request: DeploymentCreate, tier: Tier) -> Deployment:
-        now = utcnow()
+    def _insert(self, principal: Principal, request: DeploymentCreate, tier: Tier, now: dt.datetime,
+                billing: dict[str, Any]) -> Deployment:
         host, host_port = self._place(tier)
         suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(6))
         return Deployment.create(
@@ -332,8 +336,8 @@ class Lifecycle:
             status="pending",
             health_status="unknown",
             billing_status="active",
-            # The first cycle starts at creation; the billing pass charges it.
-            next_billing_at=now,
+            # billing_cycle and next_billing_at: cycle 0 starts (and is paid) now, with the create.
+            **billing,
             memory_limit_mb=tier.memory_limit_mb,
             cpu_limit_millicores=tier.cpu_limit_millicores,
             env_var_names=json.dumps(sorted(request.env_vars)),
