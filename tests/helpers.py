@@ -52,6 +52,8 @@ def drop_session_database() -> None:
         cur.execute(f'DROP DATABASE IF EXISTS "{SESSION_DATABASE}" WITH (FORCE)')
     conn.close()
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+# Caddy's on-demand TLS ask URL carries it (?token=).
+ASK_SECRET = "test-ask-secret-3f9a1c7e"
 
 
 def reset_postgres(url: str) -> None:
@@ -74,6 +76,7 @@ def make_settings(tmp_path: Path, backend: str, **overrides: Any) -> Settings:
             "BUDDO_DATABASE_URL": url,
             "BUDDO_JWT_SECRET": JWT_SECRET,
             "BUDDO_SECRET_KEY": "test-encryption-passphrase",
+            "BUDDO_ASK_SECRET": ASK_SECRET,
         }
     )
     return dataclasses.replace(settings, **overrides)

@@ -1,4 +1,5 @@
-"""Custom domains: the DNS check's transitions (a fake resolver), routing, the ask endpoint and its budget."""
+"""Custom domains: the DNS check's transitions (a fake resolver), routing, the ask endpoint (its secret, its
+rate limit) and its budget."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import json
 import logging
 
 import pytest
-from buddo_deploy.models import AuditEntry, Deployment, Job, utcnow
+from buddo_deploy.models import AuditEntry, Deployment, Job, RateLimitCounter, utcnow
 from buddo_deploy.services import domains, state
 
-from tests.helpers import auth, create_body, run_job
+from tests.helpers import ASK_SECRET, auth, create_body, run_job
 
 DOMAIN = "shop.example.com"
 TARGET = "shop.localhost"  # <subdomain>.<base domain> of the test settings
@@ -51,8 +52,14 @@ def transitions(ident):
         if e.details and json.loads(e.details).get("reason") == "custom_domain"]
 
 
-def ask(client, domain=DOMAIN):
-    return client.simulate_get("/api/deploy/internal/domain-check", params={"domain": domain})
+def ask(client, domain=DOMAIN, token=ASK_SECRET, remote_addr="10.0.0.5"):
+    """Caddy's ask, from a container host (10.0.0.5) with the secret in the URL."""
+    params = {"domain": domain} | ({"token": token} if token is not None else {})
+    return client.simulate_get("/api/deploy/internal/domain-check", params=params, remote_addr=remote_addr)
+
+
+def budget_spent():
+    return {row.key: row.count for row in RateLimitCounter.select() if row.key.startswith("certificate|")}
 
 
 def test_status_in_the_object_and_the_openapi_schema(client):
@@ -183,11 +190,42 @@ def test_the_ask_endpoint_approves_only_verified_domains_of_live_deployments(cli
     assert ask(client, "SHOP.example.com").status_code == 200
     unknown = ask(client, "other.example.com")
     assert unknown.status_code == 404 and unknown.json["error"]["code"] == "domain_not_bound"
-    assert client.simulate_get("/api/deploy/internal/domain-check").status_code == 404
+    assert client.simulate_get("/api/deploy/internal/domain-check", params={"token": ASK_SECRET}).status_code == 404
     for malformed in ("shop.example.com\n", "shop.example.com\x00", "a\x00b.com", "-x.com"):
         assert ask(client, malformed).status_code == 404, repr(malformed)
     client.simulate_delete(f"/api/deploy/apps/{created['id']}", headers=auth())
     assert ask(client).status_code == 404
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong", ASK_SECRET[:-1], ASK_SECRET + "x", ASK_SECRET.upper(),
+                                   "é" * 8])
+def test_only_the_ask_secret_opens_the_ask_endpoint(client, caplog, token):
+    activate(create(client)["id"])
+    caplog.set_level(logging.WARNING, logger="buddo_deploy")
+    refused = ask(client, token=token)
+    assert refused.status_code == 403 and refused.json["error"]["code"] == "ask_forbidden"
+    assert refused.json["error"]["request_id"]
+    assert budget_spent() == {}
+    assert '"ask_forbidden"' in caplog.text and ASK_SECRET not in caplog.text
+    assert ask(client).status_code == 200
+
+
+def test_without_an_ask_secret_the_endpoint_refuses_everyone(client_with):
+    client = client_with(ask_secret=None)
+    activate(create(client)["id"])
+    for token in (None, ASK_SECRET, ""):
+        resp = ask(client, token=token)
+        assert resp.status_code == 503 and resp.json["error"]["code"] == "ask_not_configured"
+    assert budget_spent() == {}
+
+
+def test_caddys_asks_are_rate_limited_per_address(client_with):
+    client = client_with(rate_limit_ask=3, rate_limit_window_s=86400, cert_budget_per_domain=10)
+    activate(create(client)["id"])
+    assert [ask(client).status_code for _ in range(4)] == [200, 200, 200, 429]
+    limited = ask(client)
+    assert limited.json["error"]["code"] == "rate_limited" and limited.headers["Retry-After"]
+    assert ask(client, remote_addr="10.0.0.6").status_code == 200  # another host
 
 
 def test_the_issuance_budget_per_domain_and_overall(client_with, caplog):

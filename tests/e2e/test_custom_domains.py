@@ -143,8 +143,12 @@ def test_a_verified_domain_gets_a_pebble_certificate_and_a_misdirected_one_nothi
 
     refused = https(bad, pebble["roots"])
     assert refused.returncode != 0 and not refused.stdout.endswith("\n200")
-    ask = requests.get(f"{stack.api}/api/deploy/internal/domain-check", params={"domain": bad}, timeout=10)
+    check = f"{stack.api}/api/deploy/internal/domain-check"
+    ask = requests.get(check, params={"domain": bad, "token": stack.env["BUDDO_ASK_SECRET"]}, timeout=10)
     assert ask.status_code == 403 and ask.json()["error"]["code"] == "domain_not_verified"
+    # Without the ask secret nobody is answered, not even about a verified domain.
+    anonymous = requests.get(check, params={"domain": good}, timeout=10)
+    assert anonymous.status_code == 403 and anonymous.json()["error"]["code"] == "ask_forbidden"
     entries = [e for e in stack.logs(shop["id"]) if (e["details"] or {}).get("reason") == "custom_domain"]
     assert [(e["details"]["previous_status"], e["details"]["custom_domain_status"]) for e in entries] == [
         ("pending", "active")]
