@@ -111,6 +111,9 @@ class Deployment(BaseModel):
     # The custom domain's DNS check (services/domains.py); null without a custom domain.
     custom_domain_status = peewee.CharField(null=True)
     custom_domain_checked_at = peewee.DateTimeField(null=True)
+    # When the ask endpoint first approved a certificate for the claim (migration 0014): asks
+    # after that spend no issuance budget.
+    custom_domain_approved_at = peewee.DateTimeField(null=True)
     # The number of the next billing cycle to start (at next_billing_at).
     billing_cycle = peewee.IntegerField(default=0)
     # A rollback's image digest: the container runs <repository>@<digest> (null: the tag).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import uuid
 
 import pytest
 from buddo_deploy.models import AuditEntry, Deployment, Job, RateLimitCounter, utcnow
@@ -39,9 +40,9 @@ def checker(settings, resolver, addresses=()):
     return domains.DomainChecker(settings.base_domain, 300, 60, resolver, lambda host: tuple(addresses))
 
 
-def create(client, **body):
-    resp = client.simulate_post("/api/deploy/apps", headers=auth(), json=create_body(
-        tier="btc-starter", subdomain="shop", custom_domain=DOMAIN, **body))
+def create(client, operator="operator-1", subdomain="shop", domain=DOMAIN, **body):
+    resp = client.simulate_post("/api/deploy/apps", headers=auth(operator), json=create_body(
+        tier="btc-starter", subdomain=subdomain, custom_domain=domain, **body))
     assert resp.status_code == 201, resp.text
     return resp.json["deployment"]
 
@@ -228,57 +229,135 @@ def test_caddys_asks_are_rate_limited_per_address(client_with):
     assert ask(client, remote_addr="10.0.0.6").status_code == 200  # another host
 
 
-def test_the_issuance_budget_per_domain_and_overall(client_with, caplog):
-    client = client_with(cert_budget_per_domain=2, cert_budget_per_hour=3)
+def test_a_thousand_asks_without_the_secret_leave_the_budget_untouched(client_with):
+    """The measured attack: 4 anonymous asks for each of 10 active domains spent the hour's budget."""
+    client = client_with(cert_budget_per_domain=3, cert_budget_per_hour=3)
+    names = [f"shop{i}.example.com" for i in range(10)]
+    for i, name in enumerate(names):
+        ident = create(client, operator=f"operator-{i}", subdomain=f"shop{i}", domain=name)["id"]
+        activate(ident)
+        # Their certificates were approved (and issued) in an earlier hour.
+        Deployment.update(custom_domain_approved_at=utcnow() - dt.timedelta(days=3)).where(
+            Deployment.id == ident).execute()
+    codes = {ask(client, names[i % 10], token=None if i % 2 else "guess", remote_addr="203.0.113.9").status_code
+             for i in range(1000)}
+    assert codes == {403, 429}  # refused, then rate-limited per address; never approved
+    assert budget_spent() == {}
+    # Caddy (a container host, with the secret) asks for them again, as after a restart: free.
+    assert [ask(client, name).status_code for name in names] == [200] * 10
+    assert budget_spent() == {}
+    # A legitimate new domain is approved, and is the hour's first issuance.
+    activate(create(client, subdomain="new", domain="new.example.com")["id"])
+    approved = ask(client, "new.example.com")
+    assert approved.status_code == 200, approved.text
+    assert budget_spent() == {"certificate|new.example.com": 1, "certificate|*": 1}
+
+
+def test_asks_for_an_already_approved_domain_cost_nothing(client_with):
+    client = client_with(cert_budget_per_domain=1, cert_budget_per_hour=2)
     first = create(client)["id"]
-    other = client.simulate_post("/api/deploy/apps", headers=auth(), json=create_body(
-        tier="btc-starter", subdomain="other", custom_domain="other.example.com")).json["deployment"]["id"]
     activate(first)
+    assert ask(client).status_code == 200  # the first certificate: spends
+    spent = budget_spent()
+    assert spent == {f"certificate|{DOMAIN}": 1, "certificate|*": 1}
+    # Caddy asks again (another host's handshake while it obtains, a renewal, a restart): free.
+    assert [ask(client).status_code for _ in range(20)] == [200] * 20
+    assert budget_spent() == spent
+    assert Deployment.get_by_id(first).custom_domain_approved_at is not None
+    # ... and after the hour too.
+    assert domains.approve_certificate(DOMAIN, 1, 2, now=utcnow().timestamp() + 86400) == domains.Decision(True)
+    # A new domain is then approved, and spends the hour's second issuance.
+    other = create(client, subdomain="other", domain="other.example.com")["id"]
     activate(other)
-    caplog.set_level(logging.WARNING, logger="buddo_deploy")
-    assert [ask(client).status_code for _ in range(3)] == [200, 200, 429]
-    assert ask(client).json["error"]["code"] == "certificate_budget_exhausted"
-    assert ask(client, "other.example.com").status_code == 200  # the third approval of the hour
-    refused = ask(client, "other.example.com")
+    assert ask(client, "other.example.com").status_code == 200
+    assert budget_spent()["certificate|*"] == 2
+    third = create(client, subdomain="third", domain="third.example.com")["id"]
+    activate(third)
+    refused = ask(client, "third.example.com")
     assert refused.status_code == 429 and "all domains" in refused.json["error"]["message"]
-    assert caplog.text.count("certificate_budget_exhausted") == 3
+
+
+def test_the_issuance_budget_counts_each_claims_first_certificate(client_with, caplog):
+    client = client_with(cert_budget_per_domain=1, cert_budget_per_hour=10)
+    first = create(client)["id"]
+    activate(first)
+    caplog.set_level(logging.WARNING, logger="buddo_deploy")
+    assert ask(client).status_code == 200
+    # The claim ends (destroyed, torn down) and a new claim of the same name wants a certificate
+    # in the same hour: a new issuance, over the name's budget.
+    client.simulate_delete(f"/api/deploy/apps/{first}", headers=auth())
+    Deployment.update(released_at=utcnow()).where(Deployment.id == first).execute()
+    activate(create(client, subdomain="again")["id"])
+    refused = ask(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "certificate_budget_exhausted"
+    assert f"for {DOMAIN!r} this hour" in refused.json["error"]["message"]
+    assert caplog.text.count("certificate_budget_exhausted") == 1
 
 
 def test_the_budget_window_is_the_hour(client):
     ident = create(client)["id"]
     activate(ident)
     hour = 1_800_000_000 // 3600 * 3600
-    assert [domains.approve_certificate(DOMAIN, 1, 10, now=hour + 10).approved for _ in range(2)] == [True, False]
-    assert domains.approve_certificate(DOMAIN, 1, 10, now=hour + 3600).approved
+    assert domains.approve_certificate(DOMAIN, 1, 10, now=hour + 10).spent
+    Deployment.update(custom_domain_approved_at=None).execute()  # as a new claim of the name
+    assert not domains.approve_certificate(DOMAIN, 1, 10, now=hour + 20).approved
+    assert domains.approve_certificate(DOMAIN, 1, 10, now=hour + 3600).spent
 
 
-def test_migration_0007_makes_existing_custom_domains_pending(settings, monkeypatch):
-    import uuid
-
+def _old_schema(settings, monkeypatch, before):
+    """The database as migrations before ``before`` left it, with a btc-starter tier row; restore() upgrades."""
     import peewee
     from buddo_deploy import migrations
     from buddo_deploy.db import open_database
     from buddo_deploy.services.tiers import load_tier_file
 
     everything = migrations.available
-    monkeypatch.setattr(migrations, "available", lambda: [m for m in everything() if m.version < 7])
+    monkeypatch.setattr(migrations, "available", lambda: [m for m in everything() if m.version < before])
     db = open_database(settings.database_url)
     migrations.upgrade(db)
     # The tier as a row of that schema (the model knows later columns, and writes their defaults).
     [entry] = [t for t in load_tier_file(settings.tiers_file) if t["slug"] == "btc-starter"]
     tier = str(uuid.uuid4())
     peewee.Table("tiers").bind(db).insert(id=tier, **{k: v for k, v in entry.items() if k != "disk_limit_mb"}).execute()
+
+    def restore():
+        monkeypatch.setattr(migrations, "available", everything)
+        return [m.version for m in migrations.upgrade(db)]
+
+    return db, tier, restore
+
+
+def _old_row(tier, name, domain, **columns):
+    ident = uuid.uuid4()
     now = utcnow()
-    ids = []
-    for name, domain in (("with", DOMAIN), ("without", None)):
-        ident = uuid.uuid4()
-        ids.append(ident)
-        # Only the columns that existed before 0007.
-        Deployment.insert(id=ident, operator_id="o", app_id="a", tier=tier, container_name=name,
-                          container_image="i", subdomain=name, custom_domain=domain, port=80, host="h",
-                          host_port=20000 + len(ids) * 2, status="running", next_billing_at=now,
-                          memory_limit_mb=1, cpu_limit_millicores=1, inserted_at=now, updated_at=now).execute()
-    monkeypatch.setattr(migrations, "available", everything)
-    assert [m.version for m in migrations.upgrade(db)][0] == 7
+    # Only the columns that existed before 0007 (and what the caller adds).
+    Deployment.insert(id=ident, operator_id="o", app_id="a", tier=tier, container_name=name,
+                      container_image="i", subdomain=name, custom_domain=domain, port=80, host="h",
+                      host_port=20000 + 2 * Deployment.select().count(), status="running", next_billing_at=now,
+                      memory_limit_mb=1, cpu_limit_millicores=1, inserted_at=now, updated_at=now,
+                      **columns).execute()
+    return ident
+
+
+def test_migration_0007_makes_existing_custom_domains_pending(settings, monkeypatch):
+    db, tier, restore = _old_schema(settings, monkeypatch, 7)
+    ids = [_old_row(tier, "with", DOMAIN), _old_row(tier, "without", None)]
+    assert restore()[0] == 7
     assert [Deployment.get_by_id(i).custom_domain_status for i in ids] == ["pending", None]
+    db.close()
+
+
+def test_migration_0014_counts_active_domains_as_approved(settings, monkeypatch):
+    db, tier, restore = _old_schema(settings, monkeypatch, 14)
+    now = utcnow()
+    ids = {
+        "active": _old_row(tier, "act", "act.example.com", custom_domain_status="active"),
+        "pending": _old_row(tier, "pen", "pen.example.com", custom_domain_status="pending"),
+        "released": _old_row(tier, "rel", "rel.example.com", custom_domain_status="active", released_at=now),
+    }
+    assert restore() == [14]
+    rows = {k: Deployment.get_by_id(i) for k, i in ids.items()}
+    # Naive UTC, like every stored time.
+    assert abs(rows["active"].custom_domain_approved_at - now) < dt.timedelta(minutes=1)
+    assert rows["pending"].custom_domain_approved_at is None and rows["released"].custom_domain_approved_at is None
     db.close()

@@ -13,8 +13,10 @@ A change between routed (active) and not routed is a desired-state change
 audit entry with ``details.reason == "custom_domain"``; a change that does not
 alter routing (pending -> misconfigured) is a completed entry of the same kind.
 
-Caddy's on-demand TLS asks :func:`approve_certificate` before every issuance:
-only an active domain of a live deployment, within the issuance budget.
+Caddy's on-demand TLS asks :func:`approve_certificate` before issuing (and, in newer
+versions, again on renewals and restarts): only an active domain of a live
+deployment; the first approval of a claim spends the issuance budget, later ones
+nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import dns.exception
 import dns.nameserver
@@ -202,39 +204,63 @@ class Decision:
     approved: bool
     code: str = "approved"
     message: str = ""
+    # Whether this approval spent the issuance budget (the claim's first).
+    spent: bool = False
 
 
 def _spend(key: str, window_start: int) -> int:
     return RateLimitCounter.hit(key, window_start)
 
 
-def approve_certificate(domain: str, per_domain: int, per_hour: int, now: float | None = None) -> Decision:
-    """May Caddy obtain a certificate for ``domain`` now? Approvals spend the hour's budget.
+def _refusal(name: str, status: str | None) -> Decision:
+    if status is None:
+        return Decision(False, "domain_not_bound", f"No live deployment is bound to {name!r}")
+    return Decision(False, "domain_not_verified", f"{name!r} is {status}: its DNS does not prove the claim")
 
-    Caddy asks before each issuance attempt (not for names it holds a certificate
-    for), so a flood of handshakes for a name whose issuance keeps failing stops at
-    the budget instead of at the ACME account's rate limits.
+
+def approve_certificate(domain: str, per_domain: int, per_hour: int, now: float | None = None) -> Decision:
+    """May Caddy obtain a certificate for ``domain`` now?
+
+    Only for an active custom domain of a live deployment. The first approval of a claim
+    is an issuance attempt and spends the hour's budget (``per_domain`` for the name,
+    ``per_hour`` for all): a burst of new names stops at the budget instead of at the ACME
+    account's rate limits. Every later ask for the same claim (Caddy asking again while it
+    obtains, on renewal, after a restart) costs nothing, so asks for names that already
+    have a certificate cannot exhaust the budget that new names need.
     """
     name = domain.lower()
-    row = (Deployment.select(Deployment.custom_domain_status)
+    clock = time.time() if now is None else now
+    row = (Deployment.select(Deployment.id, Deployment.custom_domain_status, Deployment.custom_domain_approved_at)
            .where((Deployment.custom_domain == name) & (Deployment.status != "destroyed")
                   & Deployment.released_at.is_null()).first())
-    if row is None:
-        decision = Decision(False, "domain_not_bound", f"No live deployment is bound to {name!r}")
-    elif row.custom_domain_status != "active":
-        decision = Decision(False, "domain_not_verified",
-                            f"{name!r} is {row.custom_domain_status}: its DNS does not point at the app")
+    if row is None or row.custom_domain_status != "active":
+        decision = _refusal(name, None if row is None else row.custom_domain_status)
+    elif row.custom_domain_approved_at is not None:
+        decision = Decision(True)
     else:
-        window_start = int((time.time() if now is None else now) // BUDGET_WINDOW_S * BUDGET_WINDOW_S)
         with write_transaction(database_proxy.obj):
-            if _spend(f"certificate|{name}", window_start) > per_domain:
-                decision = Decision(False, "certificate_budget_exhausted",
-                                    f"{per_domain} certificate requests for {name!r} this hour")
-            elif _spend("certificate|*", window_start) > per_hour:
-                decision = Decision(False, "certificate_budget_exhausted",
-                                    f"{per_hour} certificate requests for all domains this hour")
-            else:
-                decision = Decision(True)
+            decision = _first_approval(row.id, name, per_domain, per_hour, clock)
     if not decision.approved:
         log.warning("on-demand certificate refused: %s", json.dumps({"domain": name, "code": decision.code}))
     return decision
+
+
+def _first_approval(deployment_id: Any, name: str, per_domain: int, per_hour: int, clock: float) -> Decision:
+    """Spend the budget for a claim's first approval, once: the row lock orders concurrent asks."""
+    d = state.locked(deployment_id)
+    if d is None or d.custom_domain != name or d.status == "destroyed" or d.released_at is not None:
+        return _refusal(name, None)
+    if d.custom_domain_status != "active":
+        return _refusal(name, d.custom_domain_status)
+    if d.custom_domain_approved_at is not None:
+        return Decision(True)  # another ask approved it meanwhile
+    window_start = int(clock // BUDGET_WINDOW_S * BUDGET_WINDOW_S)
+    if _spend(f"certificate|{name}", window_start) > per_domain:
+        return Decision(False, "certificate_budget_exhausted",
+                        f"{per_domain} certificate requests for {name!r} this hour")
+    if _spend("certificate|*", window_start) > per_hour:
+        return Decision(False, "certificate_budget_exhausted",
+                        f"{per_hour} certificate requests for all domains this hour")
+    approved_at = dt.datetime.fromtimestamp(clock, dt.UTC).replace(tzinfo=None)
+    Deployment.update(custom_domain_approved_at=approved_at).where(Deployment.id == d.id).execute()
+    return Decision(True, spent=True)
