@@ -195,6 +195,9 @@ class Settings:
     # the ask endpoint refuses everyone (503). Asks per client address and rate-limit window.
     ask_secret: str | None = field(default=None, repr=False)
     rate_limit_ask: int = 300
+    # A custom domain claim that is not verified for this long is released (the owner may
+    # then claim it); a verified one, this long after its DNS stopped proving it.
+    domain_claim_expiry_s: int = 72 * 3600
     # Debugging (and the secrets test): keep each ansible-runner private data dir.
     keep_runner_data: bool = False
     # Ansible strategy of the worker's playbook runs: linear (Ansible's own) or
@@ -297,6 +300,7 @@ class Settings:
             "cert_budget_per_hour": int(get("CERT_BUDGET_PER_HOUR") or 30),
             "ask_secret": ask_secret,
             "rate_limit_ask": int(get("RATE_LIMIT_ASK") or 300),
+            "domain_claim_expiry_s": _duration("DOMAIN_CLAIM_EXPIRY", get("DOMAIN_CLAIM_EXPIRY") or "72h"),
             "billing_enabled": _bool(get("BILLING_ENABLED") or "true"),
             "billing_cycle_s": _duration("BILLING_CYCLE", get("BILLING_CYCLE") or "30d"),
             "billing_grace_s": _duration("BILLING_GRACE", get("BILLING_GRACE") or "3d"),
@@ -320,6 +324,8 @@ class Settings:
                                 f"got {kwargs['ansible_strategy']!r}")
         if kwargs["billing_cycle_s"] == 0:
             raise SettingsError("BUDDO_BILLING_CYCLE must be longer than 0 s")
+        if kwargs["domain_claim_expiry_s"] == 0:
+            raise SettingsError("BUDDO_DOMAIN_CLAIM_EXPIRY must be longer than 0 s")
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):
             if get(variable):
                 kwargs[name] = Path(str(get(variable)))

@@ -1,4 +1,4 @@
-"""The on-demand TLS ask secret: settings, and the access log that never shows it."""
+"""The on-demand TLS ask secret: settings, the claim expiry setting, and the access log that never shows it."""
 
 from __future__ import annotations
 
@@ -47,12 +47,15 @@ def test_an_ask_secret_must_be_long_and_url_safe(tmp_path: Path, bad: str) -> No
         Settings.from_env(PRODUCTION | {"BUDDO_VAR_DIR": str(tmp_path)})
 
 
-def test_the_ask_rate_limit(tmp_path: Path) -> None:
+def test_the_claim_expiry_and_the_ask_rate_limit(tmp_path: Path) -> None:
     base = {"BUDDO_VAR_DIR": str(tmp_path)}
-    assert Settings.from_env(base).rate_limit_ask == 300
-    assert Settings.from_env(base | {"BUDDO_RATE_LIMIT_ASK": "50"}).rate_limit_ask == 50
-    with pytest.raises(SettingsError, match="BUDDO_RATE_LIMIT_ASK"):
-        Settings.from_env(base | {"BUDDO_RATE_LIMIT_ASK": "-1"})
+    default = Settings.from_env(base)
+    assert default.domain_claim_expiry_s == 72 * 3600 and default.rate_limit_ask == 300
+    custom = Settings.from_env(base | {"BUDDO_DOMAIN_CLAIM_EXPIRY": "2d", "BUDDO_RATE_LIMIT_ASK": "50"})
+    assert dt.timedelta(seconds=custom.domain_claim_expiry_s) == dt.timedelta(days=2) and custom.rate_limit_ask == 50
+    for name, bad in (("DOMAIN_CLAIM_EXPIRY", "0s"), ("DOMAIN_CLAIM_EXPIRY", "soon"), ("RATE_LIMIT_ASK", "-1")):
+        with pytest.raises(SettingsError, match=f"BUDDO_{name}"):
+            Settings.from_env(base | {f"BUDDO_{name}": bad})
 
 
 @pytest.mark.parametrize(("text", "shown"), [
