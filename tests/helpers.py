@@ -52,6 +52,8 @@ def drop_session_database() -> None:
         cur.execute(f'DROP DATABASE IF EXISTS "{SESSION_DATABASE}" WITH (FORCE)')
     conn.close()
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+# Caddy's on-demand TLS ask URL carries it (?token=).
+ASK_SECRET = "test-ask-secret-3f9a1c7e"
 
 
 def reset_postgres(url: str) -> None:
@@ -78,6 +80,7 @@ def make_settings(tmp_path: Path, backend: str, **overrides: Any) -> Settings:
             # about billing runs out of. Billing tests set their own.
             "BUDDO_BILLING_STARTING_POINTS": "1000000000",
             "BUDDO_BILLING_STARTING_SATS": "1000000000000",
+            "BUDDO_ASK_SECRET": ASK_SECRET,
         }
     )
     return dataclasses.replace(settings, **overrides)

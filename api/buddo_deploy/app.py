@@ -53,7 +53,8 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     context = validation_context(settings)
     apps = AppsResource(lifecycle, context)
     app.add_route("/api/deploy/openapi.json", OpenApiResource(context))
-    ask = DomainCheckResource(settings.cert_budget_per_domain, settings.cert_budget_per_hour)
+    ask = DomainCheckResource(settings.ask_secret, settings.cert_budget_per_domain, settings.cert_budget_per_hour,
+                              limiter.rejected)
     app.add_route("/api/deploy/internal/domain-check", ask)
     app.add_route("/api/deploy/tiers", TiersResource())
     app.add_route("/api/deploy/apps", apps)

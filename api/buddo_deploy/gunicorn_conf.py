@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from gunicorn.glogging import Logger
+
 from .metrics import mark_process_dead
+
+# Caddy's ask URL carries the ask secret as ?token=: the access log shows it blanked.
+_TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s]*")
+
+
+def redact(text: str) -> str:
+    return _TOKEN.sub(r"\1-", text)
+
+
+class AccessLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, with the ask secret kept out of the access log (request line and query)."""
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        for key in ("r", "q"):
+            if isinstance(atoms.get(key), str):
+                atoms[key] = redact(atoms[key])
+        return atoms
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -12,6 +33,7 @@ def child_exit(server: Any, worker: Any) -> None:
     mark_process_dead(worker.pid)
 
 
+logger_class = AccessLogger
 # gunicorn's own answer to a longer request line is an undocumented HTML 414; 8190 is the
 # most it allows (0 would mean no bound), twice its default, room for every query we define.
 limit_request_line = 8190

@@ -16,7 +16,8 @@ DEPLOYMENT_STATUSES = (*LIVE_STATUSES, "destroyed")
 AUDIT_ACTIONS = ("create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate")
 AUDIT_STATUSES = ("pending", "running", "completed", "failed")
 JOB_STATES = ("queued", "running", "succeeded", "failed")
-CUSTOM_DOMAIN_STATUSES = ("pending", "active", "misconfigured")
+# expired: the claim was released (custom_domain is null again; the audit log names the domain).
+CUSTOM_DOMAIN_STATUSES = ("pending", "active", "misconfigured", "expired")
 COUNTER_RETENTION_S = 86400
 
 
@@ -111,6 +112,14 @@ class Deployment(BaseModel):
     # The custom domain's DNS check (services/domains.py); null without a custom domain.
     custom_domain_status = peewee.CharField(null=True)
     custom_domain_checked_at = peewee.DateTimeField(null=True)
+    # When the ask endpoint first approved a certificate for the claim (migration 0014): asks
+    # after that spend no issuance budget.
+    custom_domain_approved_at = peewee.DateTimeField(null=True)
+    # The claim's proof of ownership (migration 0015): the TXT record _buddo-challenge.<domain>
+    # holds buddo-verify=<token>. Since when the claim is not verified (null while active): it
+    # is released once that is longer ago than BUDDO_DOMAIN_CLAIM_EXPIRY.
+    custom_domain_token = peewee.CharField(null=True)
+    custom_domain_unverified_since = peewee.DateTimeField(null=True)
     # The number of the next billing cycle to start (at next_billing_at).
     billing_cycle = peewee.IntegerField(default=0)
     # A rollback's image digest: the container runs <repository>@<digest> (null: the tag).

@@ -37,7 +37,11 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/api/deploy/registry-logins"): "read",
     ("PUT", "/api/deploy/registry-logins/{registry}"): "write",
     ("DELETE", "/api/deploy/registry-logins/{registry}"): "write",
+    # Caddy's on-demand TLS ask (a secret in its URL, no token): counted per client address.
+    ("GET", "/api/deploy/internal/domain-check"): "ask",
 }
+# Classes of requests without a bearer token, counted per client address.
+ADDRESS_CLASSES = frozenset({"webhook", "ask"})
 
 
 def _route_key(method: str, template: str) -> tuple[str, str]:
@@ -62,7 +66,7 @@ class RateLimit:
         self.enabled = settings.rate_limits_enabled
         self.window = settings.rate_limit_window_s
         self.limits = {"read": settings.rate_limit_read, "write": settings.rate_limit_write,
-                       "webhook": settings.rate_limit_webhook}
+                       "webhook": settings.rate_limit_webhook, "ask": settings.rate_limit_ask}
         self.anonymous_limit = settings.rate_limit_anonymous
         self.trusted_proxies = frozenset(settings.trusted_proxies)
 
@@ -79,7 +83,8 @@ class RateLimit:
         }
 
     def rejected(self, req: falcon.Request) -> dict[str, str]:
-        """Count a request that failed authentication against its client address.
+        """Count a request that failed authentication (a bad token, a wrong ask secret) against
+        its client address.
 
         Without this a flood of bad tokens costs a signature check each and is never
         slowed down. Returns the headers for the 401/403; raises 429 once over the limit.
@@ -109,7 +114,7 @@ class RateLimit:
             return
         method, route = _route_key(req.method, req.uri_template)
         limit_class = ENDPOINT_CLASSES.get((method, route))
-        if limit_class is None or (principal is None and limit_class != "webhook"):
+        if limit_class is None or (principal is None and limit_class not in ADDRESS_CLASSES):
             return
         caller = (principal.operator_id if principal is not None
                   else f"addr:{client_address(req, self.trusted_proxies)}")

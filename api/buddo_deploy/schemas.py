@@ -257,6 +257,19 @@ class TierOut(BaseModel):
     disk_limit_mb: int = Field(description="Most MB a deployment's container may write; writes beyond fail in the app")
 
 
+class DnsRecordOut(BaseModel):
+    type: Literal["TXT", "CNAME"]
+    name: str = Field(description="The record's name (fully qualified, without the final dot)")
+    value: str = Field(description="TXT: the text; CNAME: the name it points to")
+
+
+class CustomDomainVerificationOut(DnsRecordOut):
+    """The TXT record that proves the claim of a custom domain (any one of the records does)."""
+
+    alternatives: list[DnsRecordOut] = Field(
+        description="Records that prove it as well: a CNAME to the deployment's own name (not at a zone apex)")
+
+
 class DeploymentOut(BaseModel):
     id: uuid.UUID
     app_id: str
@@ -267,9 +280,14 @@ class DeploymentOut(BaseModel):
     subdomain: str
     url: str
     custom_domain: str | None
-    custom_domain_status: Literal["pending", "active", "misconfigured"] | None = Field(
-        description="`pending` until the custom domain's DNS points at the app, then `active` (routed, "
-                    "certificate on the first request) or `misconfigured` (points elsewhere); null without one")
+    custom_domain_status: Literal["pending", "active", "misconfigured", "expired"] | None = Field(
+        description="`pending` until the custom domain's DNS proves the claim (custom_domain_verification), then "
+                    "`active` (routed, certificate on the first request) or `misconfigured` (the proof is gone); "
+                    "`expired`: not proved in time, the claim was released (custom_domain is null, the audit log "
+                    "names it); null without one")
+    custom_domain_verification: CustomDomainVerificationOut | None = Field(
+        description="The DNS record that proves the custom domain claim (keep it while the domain is used), "
+                    "or its alternative; null without a custom domain")
     port: int
     status: DeploymentStatus
     desired_state: Literal["running", "stopped", "absent"] = Field(

@@ -1,8 +1,8 @@
 """Settings: every knob is an environment variable prefixed ``BUDDO_``.
 
 The embedded default needs no configuration at all: SQLite under ``var/``, a
-generated JWT secret and encryption key kept in ``var/`` (mode 0600), base domain
-``localhost`` on port 8443.
+generated JWT secret, encryption key and ask secret kept in ``var/`` (mode 0600),
+base domain ``localhost`` on port 8443.
 """
 
 from __future__ import annotations
@@ -49,7 +49,11 @@ class SettingsError(ValueError):
     """A BUDDO_ variable is missing or malformed; the message says which and what to set."""
 
 
-def _persistent_secret(path: Path, make: bool) -> str | None:
+def _new_secret() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def _persistent_secret(path: Path, make: bool, new: Callable[[], str] = _new_secret) -> str | None:
     """Read a secret kept under var/, creating it on first use (embedded default only); None: missing."""
     if path.exists():
         make_private(path)
@@ -57,7 +61,7 @@ def _persistent_secret(path: Path, make: bool) -> str | None:
     if not make:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    value = new()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
@@ -102,7 +106,7 @@ _INTEGERS = (
     "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
     "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR", "RELEASES_KEPT",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
-    "CONVERGE_BATCH",
+    "CONVERGE_BATCH", "RATE_LIMIT_ASK",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
             "OUTPUT_WAIT")
@@ -123,6 +127,19 @@ def _check_numbers(get: Callable[[str], str | None]) -> None:
     ports = get("HOST_PORT_RANGE")
     if ports and not re.fullmatch(r"[0-9]+(-[0-9]+)?", ports):
         raise SettingsError(f"BUDDO_HOST_PORT_RANGE must be LOW-HIGH, e.g. 20000-29999, got {ports!r}")
+
+
+# The ask secret travels in Caddy's ask URL (?token=): URL-safe characters only, and long
+# enough that guessing it is out of the question.
+_ASK_SECRET = re.compile(r"[A-Za-z0-9._~-]{16,256}")
+
+
+def _ask_secret(value: str | None, source: str) -> str | None:
+    if value is not None and not _ASK_SECRET.fullmatch(value):
+        raise SettingsError(f"{source} must be 16 to 256 characters of A-Z a-z 0-9 . _ ~ - (it is sent in "
+                            "Caddy's ask URL), e.g. the output of: python3 -c 'import secrets; "
+                            "print(secrets.token_urlsafe(32))'")
+    return value
 
 
 @dataclass(frozen=True)
@@ -174,6 +191,13 @@ class Settings:
     domain_check_interval_s: float = 300.0
     cert_budget_per_domain: int = 3
     cert_budget_per_hour: int = 30
+    # The secret in Caddy's ask URL (?token=): only Caddy on the container hosts may ask. None:
+    # the ask endpoint refuses everyone (503). Asks per client address and rate-limit window.
+    ask_secret: str | None = field(default=None, repr=False)
+    rate_limit_ask: int = 300
+    # A custom domain claim that is not verified for this long is released (the owner may
+    # then claim it); a verified one, this long after its DNS stopped proving it.
+    domain_claim_expiry_s: int = 72 * 3600
     # Debugging (and the secrets test): keep each ansible-runner private data dir.
     keep_runner_data: bool = False
     # Ansible strategy of the worker's playbook runs: linear (Ansible's own) or
@@ -232,6 +256,10 @@ class Settings:
             raise SettingsError(f"{' and '.join(missing)} not set: with BUDDO_DATABASE_URL set, set "
                                 f"{'them' if len(missing) > 1 else 'it'} too (secrets are generated only for "
                                 "the embedded default)")
+        # Not required (unset: the ask endpoint refuses everyone), so never an error when missing.
+        ask_file = var_dir / "ask-secret"
+        ask_secret = (_ask_secret(get("ASK_SECRET"), "BUDDO_ASK_SECRET") if get("ASK_SECRET") else _ask_secret(
+            _persistent_secret(ask_file, make=embedded, new=lambda: secrets.token_urlsafe(32)), str(ask_file)))
         low, _, high = (get("HOST_PORT_RANGE") or "20000-29999").partition("-")
         kwargs: dict[str, object] = {
             "var_dir": var_dir,
@@ -270,6 +298,9 @@ class Settings:
             "domain_check_interval_s": float(get("DOMAIN_CHECK_INTERVAL") or 300),
             "cert_budget_per_domain": int(get("CERT_BUDGET_PER_DOMAIN") or 3),
             "cert_budget_per_hour": int(get("CERT_BUDGET_PER_HOUR") or 30),
+            "ask_secret": ask_secret,
+            "rate_limit_ask": int(get("RATE_LIMIT_ASK") or 300),
+            "domain_claim_expiry_s": _duration("DOMAIN_CLAIM_EXPIRY", get("DOMAIN_CLAIM_EXPIRY") or "72h"),
             "billing_enabled": _bool(get("BILLING_ENABLED") or "true"),
             "billing_cycle_s": _duration("BILLING_CYCLE", get("BILLING_CYCLE") or "30d"),
             "billing_grace_s": _duration("BILLING_GRACE", get("BILLING_GRACE") or "3d"),
@@ -293,6 +324,8 @@ class Settings:
                                 f"got {kwargs['ansible_strategy']!r}")
         if kwargs["billing_cycle_s"] == 0:
             raise SettingsError("BUDDO_BILLING_CYCLE must be longer than 0 s")
+        if kwargs["domain_claim_expiry_s"] == 0:
+            raise SettingsError("BUDDO_DOMAIN_CLAIM_EXPIRY must be longer than 0 s")
         for name, variable in (("inventory", "INVENTORY"), ("playbook_dir", "PLAYBOOK_DIR")):
             if get(variable):
                 kwargs[name] = Path(str(get(variable)))

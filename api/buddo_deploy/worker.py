@@ -285,7 +285,15 @@ _DOMAIN_TICK_S = 2.0
 def domain_checker(settings: Settings) -> domains.DomainChecker:
     return domains.DomainChecker(
         settings.base_domain, settings.domain_check_interval_s, settings.job_timeout_s,
-        domains.DnsResolver(settings.dns_resolvers), lambda host: host_addresses(settings.inventory, host))
+        domains.DnsResolver(settings.dns_resolvers), lambda host: host_addresses(settings.inventory, host),
+        claim_expiry_s=settings.domain_claim_expiry_s)
+
+
+def check_domains(checker: domains.DomainChecker) -> None:
+    """One tick of the custom domain timer: the due DNS checks, then the claims that expired."""
+    log.debug("custom domains checked: %s", checker.check_due())
+    if released := checker.expire_due():
+        log.info("custom domain claims released (not verified in time): %s", released)
 
 
 class BillingClock:
@@ -322,7 +330,7 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         if settings.domain_check_interval_s > 0:
             checker = domain_checker(settings)
             timers.append(Every("custom domain check", min(settings.domain_check_interval_s, _DOMAIN_TICK_S),
-                                lambda: log.debug("custom domains checked: %s", checker.check_due())))
+                                lambda: check_domains(checker)))
         if settings.reconcile_interval_s > 0:
             timers.append(Every("reconcile timer", settings.reconcile_interval_s, lambda: queue_reconciles(settings)))
         if settings.billing_enabled and settings.billing_interval_s > 0:

@@ -1,19 +1,24 @@
-"""Custom domains: the DNS check's transitions (a fake resolver), routing, the ask endpoint and its budget."""
+"""Custom domains: proof of a claim (a fake resolver), expiry of unverified claims, routing, the ask
+endpoint (its secret, its rate limit) and the issuance budget."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
+import re
+import uuid
 
 import pytest
-from buddo_deploy.models import AuditEntry, Deployment, Job, utcnow
+from buddo_deploy.models import AuditEntry, Deployment, Job, RateLimitCounter, utcnow
 from buddo_deploy.services import domains, state
 
-from tests.helpers import auth, create_body, run_job
+from tests.helpers import ASK_SECRET, auth, create_body, run_job
 
 DOMAIN = "shop.example.com"
 TARGET = "shop.localhost"  # <subdomain>.<base domain> of the test settings
+CHALLENGE = f"_buddo-challenge.{DOMAIN}"
+EXPIRY = dt.timedelta(hours=72)  # the default BUDDO_DOMAIN_CLAIM_EXPIRY
 
 
 class FakeResolver:
@@ -38,11 +43,17 @@ def checker(settings, resolver, addresses=()):
     return domains.DomainChecker(settings.base_domain, 300, 60, resolver, lambda host: tuple(addresses))
 
 
-def create(client, **body):
-    resp = client.simulate_post("/api/deploy/apps", headers=auth(), json=create_body(
-        tier="btc-starter", subdomain="shop", custom_domain=DOMAIN, **body))
+def create(client, operator="operator-1", subdomain="shop", domain=DOMAIN, **body):
+    resp = client.simulate_post("/api/deploy/apps", headers=auth(operator), json=create_body(
+        tier="btc-starter", subdomain=subdomain, custom_domain=domain, **body))
     assert resp.status_code == 201, resp.text
     return resp.json["deployment"]
+
+
+def claim(client, operator="operator-2", subdomain="owner", domain=DOMAIN):
+    """A create by someone else: the response, whatever it is."""
+    return client.simulate_post("/api/deploy/apps", headers=auth(operator), json=create_body(
+        tier="btc-starter", subdomain=subdomain, custom_domain=domain))
 
 
 def transitions(ident):
@@ -51,20 +62,59 @@ def transitions(ident):
         if e.details and json.loads(e.details).get("reason") == "custom_domain"]
 
 
-def ask(client, domain=DOMAIN):
-    return client.simulate_get("/api/deploy/internal/domain-check", params={"domain": domain})
+def ask(client, domain=DOMAIN, token=ASK_SECRET, remote_addr="10.0.0.5"):
+    """Caddy's ask, from a container host (10.0.0.5) with the secret in the URL."""
+    params = {"domain": domain} | ({"token": token} if token is not None else {})
+    return client.simulate_get("/api/deploy/internal/domain-check", params=params, remote_addr=remote_addr)
 
 
-def test_status_in_the_object_and_the_openapi_schema(client):
+def txt(deployment):
+    """The TXT record the API shows for a deployment: (name, value)."""
+    record = deployment["custom_domain_verification"]
+    return record["name"], record["value"]
+
+
+def recheck(check):
+    Deployment.update(custom_domain_checked_at=None).execute()  # due (as after the interval)
+    return check.check_due()
+
+
+def age(ident, by):
+    """Pretend the claim has been unverified for ``by`` longer."""
+    d = Deployment.get_by_id(ident)
+    Deployment.update(custom_domain_unverified_since=d.custom_domain_unverified_since - by).where(
+        Deployment.id == ident).execute()
+
+
+def budget_spent():
+    return {row.key: row.count for row in RateLimitCounter.select() if row.key.startswith("certificate|")}
+
+
+# --- the claim and its proof ---------------------------------------------------
+
+
+def test_status_and_verification_records_in_the_object_and_the_openapi_schema(client):
     plain = client.simulate_post("/api/deploy/apps", headers=auth(), json=create_body()).json["deployment"]
-    assert plain["custom_domain_status"] is None
+    assert plain["custom_domain_status"] is None and plain["custom_domain_verification"] is None
     created = create(client)
     assert created["custom_domain_status"] == "pending"
+    verification = created["custom_domain_verification"]
+    assert verification["type"] == "TXT" and verification["name"] == CHALLENGE
+    assert re.fullmatch(r"buddo-verify=[0-9a-f]{32}", verification["value"])
+    assert verification["alternatives"] == [{"type": "CNAME", "name": DOMAIN, "value": TARGET}]
     assert client.simulate_get(f"/api/deploy/apps/{created['id']}", headers=auth()).json["deployment"] == created
-    schema = client.simulate_get("/api/deploy/openapi.json").json["components"]["schemas"]["DeploymentOut"]
-    prop = schema["properties"]["custom_domain_status"]
-    assert "custom_domain_status" in schema["required"]
-    assert {"enum": ["pending", "active", "misconfigured"], "type": "string"} in prop["anyOf"]
+    # A token of its own per claim.
+    other = create(client, subdomain="other", domain="other.example.com")
+    assert other["custom_domain_verification"]["value"] != verification["value"]
+
+    schemas = client.simulate_get("/api/deploy/openapi.json").json["components"]["schemas"]
+    out = schemas["DeploymentOut"]
+    prop = out["properties"]["custom_domain_status"]
+    assert {"custom_domain_status", "custom_domain_verification"} <= set(out["required"])
+    assert {"enum": ["pending", "active", "misconfigured", "expired"], "type": "string"} in prop["anyOf"]
+    assert {"$ref": "#/components/schemas/CustomDomainVerificationOut"} in (
+        out["properties"]["custom_domain_verification"]["anyOf"])
+    assert set(schemas["CustomDomainVerificationOut"]["required"]) == {"type", "name", "value", "alternatives"}
 
 
 def test_pending_until_the_cname_points_here_then_routed(client, settings, dns_zone):
@@ -79,10 +129,10 @@ def test_pending_until_the_cname_points_here_then_routed(client, settings, dns_z
     assert Deployment.get_by_id(ident).generation == d.generation and transitions(ident) == []
 
     dns_zone.zone[(DOMAIN, "CNAME")] = [f"{TARGET}."]
-    Deployment.update(custom_domain_checked_at=None).execute()  # due (as after the interval)
-    assert check.check_due() == {ident: "active"}
+    assert recheck(check) == {ident: "active"}
     d = Deployment.get_by_id(ident)
     assert d.custom_domain_status == "active" and d.status == "deploying"
+    assert d.custom_domain_unverified_since is None  # verified: the expiry clock stops
     # Routing changed: a new generation, converged by a job whose document routes the domain.
     job = Job.get(Job.deployment == ident, Job.state == "queued")
     assert job.generation == d.generation
@@ -91,11 +141,52 @@ def test_pending_until_the_cname_points_here_then_routed(client, settings, dns_z
     [entry] = transitions(ident)
     assert entry["custom_domain_status"] == "active" and entry["previous_status"] == "pending"
     assert entry["records"] == [f"CNAME {TARGET}"] and entry["status"] == "completed"
+    assert "CNAME" in entry["message"]
     body = client.simulate_get(f"/api/deploy/apps/{ident}", headers=auth()).json["deployment"]
     assert body["custom_domain_status"] == "active" and body["status"] == "running"
 
 
-def test_misconfigured_when_it_points_elsewhere_and_active_again_when_fixed(client, settings, dns_zone):
+def test_the_claims_txt_token_verifies_and_another_claims_token_does_not(client, settings, dns_zone):
+    mine = create(client)
+    other = create(client, operator="operator-2", subdomain="other", domain="other.example.com")
+    run_job(settings)
+    run_job(settings)
+    check = checker(settings, dns_zone)
+    name, value = txt(mine)
+    assert name == CHALLENGE
+    # Someone else's token (and unrelated TXT records) at the challenge name prove nothing.
+    dns_zone.zone[(name, "TXT")] = [txt(other)[1], "v=spf1 -all"]
+    assert check.check_due() == {mine["id"]: "misconfigured", other["id"]: "pending"}
+    assert transitions(mine["id"])[-1]["records"] == [f"TXT {txt(other)[1]}"]
+
+    dns_zone.zone[(name, "TXT")] = [txt(other)[1], value]  # the TXT record the API showed
+    assert recheck(check)[mine["id"]] == "active"
+    _, plan = run_job(settings)
+    assert plan.items[0]["custom_domain"] == DOMAIN
+    entry = transitions(mine["id"])[-1]
+    assert entry["records"] == [f"TXT {value}"] and "TXT record" in entry["message"]
+
+
+def test_a_and_aaaa_records_to_the_shared_host_prove_nothing(client, settings, dns_zone):
+    created = create(client)
+    ident = created["id"]
+    run_job(settings)
+    check = checker(settings, dns_zone, addresses=("192.0.2.10", "2001:db8::10"))
+    dns_zone.zone[(DOMAIN, "A")] = ["192.0.2.10"]
+    dns_zone.zone[(DOMAIN, "AAAA")] = ["2001:db8:0:0::10"]
+    assert check.check_due() == {ident: "misconfigured"}
+    assert state.desired_item(Deployment.get_by_id(ident))["custom_domain"] == ""  # not routed
+    [entry] = transitions(ident)
+    assert entry["records"] == ["A/AAAA 192.0.2.10", "A/AAAA 2001:db8:0:0::10"]
+    assert "point at the host, which proves no ownership" in entry["message"]
+    assert CHALLENGE in entry["message"] and txt(created)[1] in entry["message"]
+    assert recheck(check) == {ident: "misconfigured"}  # still, however often it is checked
+    # An apex domain (no CNAME there): its A records stay, the TXT record proves the claim.
+    dns_zone.zone[(CHALLENGE, "TXT")] = [txt(created)[1]]
+    assert recheck(check) == {ident: "active"}
+
+
+def test_misconfigured_when_the_proof_goes_and_active_again_when_it_is_back(client, settings, dns_zone):
     ident = create(client)["id"]
     run_job(settings)
     check = checker(settings, dns_zone)
@@ -103,21 +194,19 @@ def test_misconfigured_when_it_points_elsewhere_and_active_again_when_fixed(clie
     check.check_due()
     run_job(settings)
 
-    def recheck():
-        Deployment.update(custom_domain_checked_at=utcnow() - dt.timedelta(seconds=301)).execute()
-        return check.check_due()
-
     dns_zone.zone[(DOMAIN, "CNAME")] = ["someone-else.example.net."]
-    assert recheck() == {ident: "misconfigured"}
+    assert recheck(check) == {ident: "misconfigured"}
+    assert Deployment.get_by_id(ident).custom_domain_unverified_since is not None  # the expiry clock runs
     _, plan = run_job(settings)
     assert plan.items[0]["custom_domain"] == ""  # no longer routed
     dns_zone.failing = True  # no answer: nothing concluded
-    assert recheck() == {ident: "misconfigured"}
+    assert recheck(check) == {ident: "misconfigured"}
     dns_zone.failing = False
     del dns_zone.zone[(DOMAIN, "CNAME")]
-    assert recheck() == {ident: "misconfigured"}  # gone after it was active: still not routed
+    assert recheck(check) == {ident: "misconfigured"}  # gone after it was active: still not routed
     dns_zone.zone[(DOMAIN, "CNAME")] = [f"{TARGET}."]
-    assert recheck() == {ident: "active"}
+    assert recheck(check) == {ident: "active"}
+    assert Deployment.get_by_id(ident).custom_domain_unverified_since is None
     _, plan = run_job(settings)
     assert plan.items[0]["custom_domain"] == DOMAIN
     assert [(e["previous_status"], e["custom_domain_status"], e["status"]) for e in transitions(ident)] == [
@@ -133,18 +222,6 @@ def test_pending_to_misconfigured_does_not_change_routing(client, settings, dns_
     assert checker(settings, dns_zone).check_due() == {ident: "misconfigured"}
     assert Deployment.get_by_id(ident).generation == generation
     assert [e["status"] for e in transitions(ident)] == ["completed"]
-
-
-def test_a_and_aaaa_records_must_all_be_the_hosts_addresses(client, settings, dns_zone):
-    ident = create(client)["id"]
-    run_job(settings)
-    check = checker(settings, dns_zone, addresses=("192.0.2.10", "2001:db8::10"))
-    dns_zone.zone[(DOMAIN, "A")] = ["192.0.2.10", "198.51.100.7"]
-    assert check.check_due() == {ident: "misconfigured"}
-    dns_zone.zone[(DOMAIN, "A")] = ["192.0.2.10"]
-    dns_zone.zone[(DOMAIN, "AAAA")] = ["2001:db8:0:0::10"]
-    Deployment.update(custom_domain_checked_at=None).execute()
-    assert check.check_due() == {ident: "active"}
 
 
 def test_only_running_deployments_are_checked(client, settings, dns_zone):
@@ -168,8 +245,102 @@ def test_host_addresses_from_the_inventory(tmp_path):
     assert host_addresses(tmp_path, "h3") == ()
 
 
+# --- expiry: a claim nobody proves is released -------------------------------
+
+
+def test_an_unverified_claim_expires_and_the_owner_then_claims_it(client, settings, dns_zone):
+    squatter = create(client, operator="squatter", subdomain="squat")
+    check = checker(settings, dns_zone)
+    assert check.check_due() == {squatter["id"]: "pending"}  # the squatter cannot make DNS prove it
+
+    taken = claim(client)
+    assert taken.status_code == 422 and taken.json["error"]["code"] == "custom_domain_taken"
+    details = taken.json["error"]["details"]
+    assert details[0]["field"] == "custom_domain" and "released 72 h after" in details[0]["message"]
+    assert "squat" not in taken.text  # nothing of the other claim shows
+    age(squatter["id"], EXPIRY - dt.timedelta(minutes=1))
+    assert check.expire_due() == {}
+    assert claim(client).json["error"]["code"] == "custom_domain_taken"  # not expired yet
+
+    age(squatter["id"], dt.timedelta(minutes=2))
+    assert check.expire_due() == {squatter["id"]: DOMAIN}
+    released = client.simulate_get(f"/api/deploy/apps/{squatter['id']}", headers=auth("squatter")).json["deployment"]
+    assert released["custom_domain"] is None and released["custom_domain_status"] == "expired"
+    assert released["custom_domain_verification"] is None
+    assert released["status"] == squatter["status"]  # the app itself goes on
+    [entry] = transitions(squatter["id"])
+    assert (entry["custom_domain"], entry["previous_status"], entry["custom_domain_status"], entry["status"]) == (
+        DOMAIN, "pending", "expired", "completed")
+    assert "not verified for 72 h" in entry["message"]
+    assert check.expire_due() == {}  # once
+
+    owner = claim(client)
+    assert owner.status_code == 201, owner.text
+    owner = owner.json["deployment"]
+    assert owner["custom_domain"] == DOMAIN and owner["custom_domain_status"] == "pending"
+    dns_zone.zone[(CHALLENGE, "TXT")] = [txt(owner)[1]]
+    assert recheck(check) == {owner["id"]: "active"}
+
+
+def test_a_create_releases_an_expired_claim_without_waiting_for_the_sweep(client):
+    squatter = create(client, operator="squatter", subdomain="squat")
+    client.simulate_post(f"/api/deploy/apps/{squatter['id']}/stop", headers=auth("squatter"))  # not checked
+    age(squatter["id"], EXPIRY + dt.timedelta(seconds=1))
+    owner = claim(client)
+    assert owner.status_code == 201, owner.text
+    d = Deployment.get_by_id(squatter["id"])
+    assert d.custom_domain is None and d.custom_domain_status == "expired"
+    assert [e["custom_domain_status"] for e in transitions(squatter["id"])] == ["expired"]
+
+
+def test_a_verified_domain_cannot_be_taken_while_it_points_here(client, settings, dns_zone):
+    holder = create(client)
+    ident = holder["id"]
+    run_job(settings)
+    check = checker(settings, dns_zone)
+    dns_zone.zone[(DOMAIN, "CNAME")] = [f"{TARGET}."]
+    assert check.check_due() == {ident: "active"}
+    run_job(settings)
+    # However long ago it was claimed: a verified claim never expires.
+    assert check.expire_due(utcnow() + 10 * EXPIRY) == {}
+    assert claim(client).json["error"]["code"] == "custom_domain_taken"
+
+    # The domain's DNS moves away: misconfigured (not routed), and the same expiry runs from now.
+    dns_zone.zone[(DOMAIN, "CNAME")] = ["owner.localhost."]
+    assert recheck(check) == {ident: "misconfigured"}
+    run_job(settings)
+    assert claim(client).json["error"]["code"] == "custom_domain_taken"
+    assert check.expire_due(utcnow() + EXPIRY - dt.timedelta(minutes=1)) == {}
+    age(ident, EXPIRY + dt.timedelta(seconds=1))
+    assert check.expire_due() == {ident: DOMAIN}
+    assert [(e["previous_status"], e["custom_domain_status"]) for e in transitions(ident)] == [
+        ("pending", "active"), ("active", "misconfigured"), ("misconfigured", "expired")]
+    new = claim(client)
+    assert new.status_code == 201, new.text
+    assert recheck(check) == {new.json["deployment"]["id"]: "active"}  # its CNAME: to owner.localhost
+
+
+def test_verified_again_in_time_the_claim_stays(client, settings, dns_zone):
+    ident = create(client)["id"]
+    run_job(settings)
+    check = checker(settings, dns_zone)
+    dns_zone.zone[(DOMAIN, "CNAME")] = [f"{TARGET}."]
+    check.check_due()
+    del dns_zone.zone[(DOMAIN, "CNAME")]
+    assert recheck(check) == {ident: "misconfigured"}
+    age(ident, EXPIRY - dt.timedelta(hours=1))
+    dns_zone.zone[(DOMAIN, "CNAME")] = [f"{TARGET}."]
+    assert recheck(check) == {ident: "active"}
+    assert check.expire_due(utcnow() + 2 * EXPIRY) == {}
+    assert Deployment.get_by_id(ident).custom_domain == DOMAIN
+
+
+# --- the ask endpoint ----------------------------------------------------------
+
+
 def activate(ident):
-    Deployment.update(custom_domain_status="active").where(Deployment.id == ident).execute()
+    Deployment.update(custom_domain_status="active", custom_domain_unverified_since=None).where(
+        Deployment.id == ident).execute()
 
 
 def test_the_ask_endpoint_approves_only_verified_domains_of_live_deployments(client, caplog):
@@ -183,64 +354,184 @@ def test_the_ask_endpoint_approves_only_verified_domains_of_live_deployments(cli
     assert ask(client, "SHOP.example.com").status_code == 200
     unknown = ask(client, "other.example.com")
     assert unknown.status_code == 404 and unknown.json["error"]["code"] == "domain_not_bound"
-    assert client.simulate_get("/api/deploy/internal/domain-check").status_code == 404
+    assert client.simulate_get("/api/deploy/internal/domain-check", params={"token": ASK_SECRET}).status_code == 404
     for malformed in ("shop.example.com\n", "shop.example.com\x00", "a\x00b.com", "-x.com"):
         assert ask(client, malformed).status_code == 404, repr(malformed)
     client.simulate_delete(f"/api/deploy/apps/{created['id']}", headers=auth())
     assert ask(client).status_code == 404
 
 
-def test_the_issuance_budget_per_domain_and_overall(client_with, caplog):
-    client = client_with(cert_budget_per_domain=2, cert_budget_per_hour=3)
-    first = create(client)["id"]
-    other = client.simulate_post("/api/deploy/apps", headers=auth(), json=create_body(
-        tier="btc-starter", subdomain="other", custom_domain="other.example.com")).json["deployment"]["id"]
-    activate(first)
-    activate(other)
+@pytest.mark.parametrize("token", [None, "", "wrong", ASK_SECRET[:-1], ASK_SECRET + "x", ASK_SECRET.upper(),
+                                   "é" * 8])
+def test_only_the_ask_secret_opens_the_ask_endpoint(client, caplog, token):
+    activate(create(client)["id"])
     caplog.set_level(logging.WARNING, logger="buddo_deploy")
-    assert [ask(client).status_code for _ in range(3)] == [200, 200, 429]
-    assert ask(client).json["error"]["code"] == "certificate_budget_exhausted"
-    assert ask(client, "other.example.com").status_code == 200  # the third approval of the hour
-    refused = ask(client, "other.example.com")
+    refused = ask(client, token=token)
+    assert refused.status_code == 403 and refused.json["error"]["code"] == "ask_forbidden"
+    assert refused.json["error"]["request_id"]
+    assert budget_spent() == {}
+    assert '"ask_forbidden"' in caplog.text and ASK_SECRET not in caplog.text
+    assert ask(client).status_code == 200
+
+
+def test_without_an_ask_secret_the_endpoint_refuses_everyone(client_with):
+    client = client_with(ask_secret=None)
+    activate(create(client)["id"])
+    for token in (None, ASK_SECRET, ""):
+        resp = ask(client, token=token)
+        assert resp.status_code == 503 and resp.json["error"]["code"] == "ask_not_configured"
+    assert budget_spent() == {}
+
+
+def test_a_thousand_asks_without_the_secret_leave_the_budget_untouched(client_with):
+    """The measured attack: 4 anonymous asks for each of 10 active domains spent the hour's budget."""
+    client = client_with(cert_budget_per_domain=3, cert_budget_per_hour=3)
+    names = [f"shop{i}.example.com" for i in range(10)]
+    for i, name in enumerate(names):
+        ident = create(client, operator=f"operator-{i}", subdomain=f"shop{i}", domain=name)["id"]
+        activate(ident)
+        # Their certificates were approved (and issued) in an earlier hour.
+        Deployment.update(custom_domain_approved_at=utcnow() - dt.timedelta(days=3)).where(
+            Deployment.id == ident).execute()
+    codes = {ask(client, names[i % 10], token=None if i % 2 else "guess", remote_addr="203.0.113.9").status_code
+             for i in range(1000)}
+    assert codes == {403, 429}  # refused, then rate-limited per address; never approved
+    assert budget_spent() == {}
+    # Caddy (a container host, with the secret) asks for them again, as after a restart: free.
+    assert [ask(client, name).status_code for name in names] == [200] * 10
+    assert budget_spent() == {}
+    # A legitimate new domain is approved, and is the hour's first issuance.
+    activate(create(client, subdomain="new", domain="new.example.com")["id"])
+    approved = ask(client, "new.example.com")
+    assert approved.status_code == 200, approved.text
+    assert budget_spent() == {"certificate|new.example.com": 1, "certificate|*": 1}
+
+
+def test_asks_for_an_already_approved_domain_cost_nothing(client_with):
+    client = client_with(cert_budget_per_domain=1, cert_budget_per_hour=2)
+    first = create(client)["id"]
+    activate(first)
+    assert ask(client).status_code == 200  # the first certificate: spends
+    spent = budget_spent()
+    assert spent == {f"certificate|{DOMAIN}": 1, "certificate|*": 1}
+    # Caddy asks again (another host's handshake while it obtains, a renewal, a restart): free.
+    assert [ask(client).status_code for _ in range(20)] == [200] * 20
+    assert budget_spent() == spent
+    assert Deployment.get_by_id(first).custom_domain_approved_at is not None
+    # ... and after the hour too.
+    assert domains.approve_certificate(DOMAIN, 1, 2, now=utcnow().timestamp() + 86400) == domains.Decision(True)
+    # A new domain is then approved, and spends the hour's second issuance.
+    other = create(client, subdomain="other", domain="other.example.com")["id"]
+    activate(other)
+    assert ask(client, "other.example.com").status_code == 200
+    assert budget_spent()["certificate|*"] == 2
+    third = create(client, subdomain="third", domain="third.example.com")["id"]
+    activate(third)
+    refused = ask(client, "third.example.com")
     assert refused.status_code == 429 and "all domains" in refused.json["error"]["message"]
-    assert caplog.text.count("certificate_budget_exhausted") == 3
+
+
+def test_the_issuance_budget_counts_each_claims_first_certificate(client_with, caplog):
+    client = client_with(cert_budget_per_domain=1, cert_budget_per_hour=10)
+    first = create(client)["id"]
+    activate(first)
+    caplog.set_level(logging.WARNING, logger="buddo_deploy")
+    assert ask(client).status_code == 200
+    # The claim ends (destroyed, torn down) and a new claim of the same name wants a certificate
+    # in the same hour: a new issuance, over the name's budget.
+    client.simulate_delete(f"/api/deploy/apps/{first}", headers=auth())
+    Deployment.update(released_at=utcnow()).where(Deployment.id == first).execute()
+    activate(create(client, subdomain="again")["id"])
+    refused = ask(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "certificate_budget_exhausted"
+    assert f"for {DOMAIN!r} this hour" in refused.json["error"]["message"]
+    assert caplog.text.count("certificate_budget_exhausted") == 1
 
 
 def test_the_budget_window_is_the_hour(client):
     ident = create(client)["id"]
     activate(ident)
     hour = 1_800_000_000 // 3600 * 3600
-    assert [domains.approve_certificate(DOMAIN, 1, 10, now=hour + 10).approved for _ in range(2)] == [True, False]
-    assert domains.approve_certificate(DOMAIN, 1, 10, now=hour + 3600).approved
+    assert domains.approve_certificate(DOMAIN, 1, 10, now=hour + 10).spent
+    Deployment.update(custom_domain_approved_at=None).execute()  # as a new claim of the name
+    assert not domains.approve_certificate(DOMAIN, 1, 10, now=hour + 20).approved
+    assert domains.approve_certificate(DOMAIN, 1, 10, now=hour + 3600).spent
 
 
-def test_migration_0007_makes_existing_custom_domains_pending(settings, monkeypatch):
-    import uuid
+def test_caddys_asks_are_rate_limited_per_address(client_with):
+    client = client_with(rate_limit_ask=3, rate_limit_window_s=86400)
+    activate(create(client)["id"])
+    assert [ask(client).status_code for _ in range(4)] == [200, 200, 200, 429]
+    limited = ask(client)
+    assert limited.json["error"]["code"] == "rate_limited" and limited.headers["Retry-After"]
+    assert ask(client, remote_addr="10.0.0.6").status_code == 200  # another host
 
+
+# --- migrations ------------------------------------------------------------------
+
+
+def _old_schema(settings, monkeypatch, before):
+    """The database as migrations before ``before`` left it, with a btc-starter tier row; restore() upgrades."""
     import peewee
     from buddo_deploy import migrations
     from buddo_deploy.db import open_database
     from buddo_deploy.services.tiers import load_tier_file
 
     everything = migrations.available
-    monkeypatch.setattr(migrations, "available", lambda: [m for m in everything() if m.version < 7])
+    monkeypatch.setattr(migrations, "available", lambda: [m for m in everything() if m.version < before])
     db = open_database(settings.database_url)
     migrations.upgrade(db)
     # The tier as a row of that schema (the model knows later columns, and writes their defaults).
     [entry] = [t for t in load_tier_file(settings.tiers_file) if t["slug"] == "btc-starter"]
     tier = str(uuid.uuid4())
     peewee.Table("tiers").bind(db).insert(id=tier, **{k: v for k, v in entry.items() if k != "disk_limit_mb"}).execute()
+
+    def restore():
+        monkeypatch.setattr(migrations, "available", everything)
+        return [m.version for m in migrations.upgrade(db)]
+
+    return db, tier, restore
+
+
+def _old_row(tier, name, domain, **columns):
+    ident = uuid.uuid4()
     now = utcnow()
-    ids = []
-    for name, domain in (("with", DOMAIN), ("without", None)):
-        ident = uuid.uuid4()
-        ids.append(ident)
-        # Only the columns that existed before 0007.
-        Deployment.insert(id=ident, operator_id="o", app_id="a", tier=tier, container_name=name,
-                          container_image="i", subdomain=name, custom_domain=domain, port=80, host="h",
-                          host_port=20000 + len(ids) * 2, status="running", next_billing_at=now,
-                          memory_limit_mb=1, cpu_limit_millicores=1, inserted_at=now, updated_at=now).execute()
-    monkeypatch.setattr(migrations, "available", everything)
-    assert [m.version for m in migrations.upgrade(db)][0] == 7
+    # Only the columns that existed before 0007 (and what the caller adds).
+    Deployment.insert(id=ident, operator_id="o", app_id="a", tier=tier, container_name=name,
+                      container_image="i", subdomain=name, custom_domain=domain, port=80, host="h",
+                      host_port=20000 + 2 * Deployment.select().count(), status="running", next_billing_at=now,
+                      memory_limit_mb=1, cpu_limit_millicores=1, inserted_at=now, updated_at=now,
+                      **columns).execute()
+    return ident
+
+
+def test_migration_0007_makes_existing_custom_domains_pending(settings, monkeypatch):
+    db, tier, restore = _old_schema(settings, monkeypatch, 7)
+    ids = [_old_row(tier, "with", DOMAIN), _old_row(tier, "without", None)]
+    assert restore()[0] == 7
     assert [Deployment.get_by_id(i).custom_domain_status for i in ids] == ["pending", None]
+    db.close()
+
+
+def test_migrations_0014_0015_give_existing_claims_a_token_an_expiry_clock_and_their_approval(settings, monkeypatch):
+    db, tier, restore = _old_schema(settings, monkeypatch, 14)
+    now = utcnow()
+    ids = {
+        "active": _old_row(tier, "act", "act.example.com", custom_domain_status="active"),
+        "pending": _old_row(tier, "pen", "pen.example.com", custom_domain_status="pending"),
+        "misconfigured": _old_row(tier, "mis", "mis.example.com", custom_domain_status="misconfigured"),
+        "released": _old_row(tier, "rel", "rel.example.com", custom_domain_status="pending", released_at=now),
+        "none": _old_row(tier, "non", None),
+    }
+    assert restore() == [14, 15]
+    rows = {k: Deployment.get_by_id(i) for k, i in ids.items()}
+    tokens = [rows[k].custom_domain_token for k in ("active", "pending", "misconfigured")]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in tokens) and len(set(tokens)) == 3
+    assert rows["released"].custom_domain_token is None and rows["none"].custom_domain_token is None
+    # Naive UTC, like every stored time: the expiry of existing unverified claims starts now.
+    for k in ("pending", "misconfigured"):
+        assert abs(rows[k].custom_domain_unverified_since - now) < dt.timedelta(minutes=1), k
+    assert rows["active"].custom_domain_unverified_since is None
+    assert abs(rows["active"].custom_domain_approved_at - now) < dt.timedelta(minutes=1)
+    assert rows["pending"].custom_domain_approved_at is None
     db.close()

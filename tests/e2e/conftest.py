@@ -26,7 +26,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import EGRESS_HOST_PORTS, JWT_SECRET, free_port, token, wait_until_up
+from tests.helpers import ASK_SECRET, EGRESS_HOST_PORTS, JWT_SECRET, free_port, token, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -258,7 +258,9 @@ def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None
     """
     var_dir = root / "var"
     port = free_port()
-    group_vars = {"caddy_on_demand_tls_ask": f"http://127.0.0.1:{port}/api/deploy/internal/domain-check",
+    # Caddy asks the stack's API with the stack's ask secret (BUDDO_ASK_SECRET below).
+    group_vars = {"caddy_on_demand_tls_ask":
+                  f"http://127.0.0.1:{port}/api/deploy/internal/domain-check?token={ASK_SECRET}",
                   **(group_vars or {})}
     inventory = write_inventory(root / "inventory", var_dir, **group_vars)
     admins = configure(inventory) if configure else [str(group_vars.get("caddy_admin_address", ADMIN))]
@@ -270,6 +272,7 @@ def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None
         "BUDDO_DATABASE_URL": f"sqlite:///{var_dir / 'buddo.db'}",
         "BUDDO_JWT_SECRET": JWT_SECRET,
         "BUDDO_SECRET_KEY": "e2e-fernet-passphrase-4b8d1e",
+        "BUDDO_ASK_SECRET": ASK_SECRET,
         # Stands for a PostgreSQL deployment's database password (this stack is on SQLite):
         # a secret the worker holds that no playbook run may inherit.
         "PGPASSWORD": "e2e-db-password-9c3f7a",

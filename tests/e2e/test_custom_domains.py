@@ -143,14 +143,23 @@ def test_a_verified_domain_gets_a_pebble_certificate_and_a_misdirected_one_nothi
 
     refused = https(bad, pebble["roots"])
     assert refused.returncode != 0 and not refused.stdout.endswith("\n200")
-    ask = requests.get(f"{stack.api}/api/deploy/internal/domain-check", params={"domain": bad}, timeout=10)
+    check = f"{stack.api}/api/deploy/internal/domain-check"
+    ask = requests.get(check, params={"domain": bad, "token": stack.env["BUDDO_ASK_SECRET"]}, timeout=10)
     assert ask.status_code == 403 and ask.json()["error"]["code"] == "domain_not_verified"
+    # Without the ask secret nobody is answered, not even about a verified domain.
+    anonymous = requests.get(check, params={"domain": good}, timeout=10)
+    assert anonymous.status_code == 403 and anonymous.json()["error"]["code"] == "ask_forbidden"
     entries = [e for e in stack.logs(shop["id"]) if (e["details"] or {}).get("reason") == "custom_domain"]
     assert [(e["details"]["previous_status"], e["details"]["custom_domain_status"]) for e in entries] == [
         ("pending", "active")]
 
-    # The operator fixes the record: verified, routed and issued; a record moved away: no route.
-    dns.set(bad, "CNAME", f"cd-blog-{tag}.localhost.")
+    # The operator proves the claim with the TXT record the API shows (its name is an apex, say,
+    # with an A record to the host): verified, routed and issued; a record moved away: no route.
+    record = blog["custom_domain_verification"]
+    assert (record["type"], record["name"]) == ("TXT", f"_buddo-challenge.{bad}")
+    dns.set(bad, "CNAME")
+    dns.set(bad, "A", "127.0.0.1")
+    dns.set(record["name"], "TXT", f'"{record["value"]}"')
     wait_for_domain(stack, blog["id"], "active")
     fixed = https(bad, pebble["roots"])
     assert fixed.returncode == 0 and fixed.stdout.endswith("\n200"), fixed

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import falcon
 from pydantic import ValidationError
@@ -9,6 +10,7 @@ from ..schemas import (
     DeploymentCreate,
     DeploymentEnvelope,
     DeploymentList,
+    DeploymentOut,
     DestroyOut,
     ListQuery,
     LogList,
@@ -40,9 +42,12 @@ class AppsResource:
         self.max_body = lifecycle.settings.max_body_bytes
         self.context = context
 
+    def _out(self, deployment: Any) -> DeploymentOut:
+        return deployment_out(deployment, self.lifecycle.url_for(deployment),
+                              self.lifecycle.custom_domain_verification(deployment))
+
     def _send_deployment(self, resp: falcon.Response, deployment: object, status: str = falcon.HTTP_200) -> None:
-        url = self.lifecycle.url_for(deployment)  # type: ignore[arg-type]
-        send(resp, DeploymentEnvelope(deployment=deployment_out(deployment, url)), status)
+        send(resp, DeploymentEnvelope(deployment=self._out(deployment)), status)
 
     # collection
 
@@ -55,7 +60,7 @@ class AppsResource:
             status=query.status,
             include_destroyed=query.include_destroyed,
         )
-        items = [deployment_out(d, self.lifecycle.url_for(d)) for d in page.deployments]
+        items = [self._out(d) for d in page.deployments]
         send(resp, DeploymentList(deployments=items, next_cursor=page.next_cursor))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:

@@ -9,7 +9,7 @@ import falcon
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ApiError, BadRequest, Unprocessable
-from ..schemas import PATTERN_HINTS, DeploymentOut, LogEntryOut
+from ..schemas import PATTERN_HINTS, CustomDomainVerificationOut, DeploymentOut, LogEntryOut
 
 
 def _reject_constant(name: str) -> Any:
@@ -53,7 +53,7 @@ def send(resp: falcon.Response, model: BaseModel, status: str = falcon.HTTP_200)
     resp.text = model.model_dump_json()
 
 
-def deployment_out(deployment: Any, url: str) -> DeploymentOut:
+def deployment_out(deployment: Any, url: str, verification: dict[str, Any] | None = None) -> DeploymentOut:
     return DeploymentOut(
         id=deployment.id,
         app_id=deployment.app_id,
@@ -65,6 +65,7 @@ def deployment_out(deployment: Any, url: str) -> DeploymentOut:
         url=url,
         custom_domain=deployment.custom_domain,
         custom_domain_status=deployment.custom_domain_status,
+        custom_domain_verification=CustomDomainVerificationOut.model_validate(verification) if verification else None,
         port=deployment.port,
         status=deployment.status,
         desired_state=deployment.desired_state,

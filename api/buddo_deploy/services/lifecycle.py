@@ -28,7 +28,7 @@ from ..inventory import container_hosts
 from ..models import LIVE_STATUSES, AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
 from ..schemas import DeploymentCreate
 from ..settings import Settings
-from . import output, releases, state
+from . import domains, output, releases, state
 from .billing import Billing
 from .tiers import get_tier
 
@@ -54,6 +54,11 @@ class Lifecycle:
 
     def url_for(self, deployment: Deployment) -> str:
         return f"https://{deployment.subdomain}.{self.settings.base_domain}{self.settings.public_url_suffix}"
+
+    def custom_domain_verification(self, deployment: Deployment) -> dict[str, Any] | None:
+        """The DNS records that prove the deployment's custom domain claim (any one of them)."""
+        return domains.verification_records(deployment.custom_domain, deployment.custom_domain_token,
+                                            f"{deployment.subdomain}.{self.settings.base_domain}")
 
     def get_owned(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
         deployment = Deployment.get_or_none(Deployment.id == deployment_id)
@@ -140,6 +145,9 @@ class Lifecycle:
                     now = utcnow()
                     # Paid for up front: the whole create rolls back if the first cycle is not paid.
                     billing = self.billing.admit(principal.operator_id, tier, now)
+                    if request.custom_domain:
+                        # An expired claim of someone else's is released now, not at the next sweep.
+                        domains.release_expired_claim(request.custom_domain, self.settings.domain_claim_expiry_s)
                     with db.atomic():  # a savepoint: a lost race must not poison the transaction
                         deployment = self._insert(principal, request, tier, now, billing)
                     self.billing.charge_first_cycle(deployment)
@@ -149,8 +157,7 @@ class Lifecycle:
             except peewee.IntegrityError as exc:
                 message = str(exc)
                 if "custom_domain" in message:
-                    raise Unprocessable.for_field("custom_domain", "is already bound to another deployment",
-                                       "custom_domain_taken") from exc
+                    raise self._custom_domain_taken() from exc
                 if "host_port" in message or "container_name" in message:
                     continue  # another create took the same host port (or name): pick again
                 if "subdomain" in message:
@@ -235,6 +242,14 @@ class Lifecycle:
                                 desired_state="absent", destroyed_at=utcnow(), **self.billing.on_destroy(deployment))
 
     # --- helpers -----------------------------------------------------------
+
+    def _custom_domain_taken(self) -> Unprocessable:
+        # The same words whoever holds it and however: nothing of another tenant's claim shows.
+        expiry = f"{self.settings.domain_claim_expiry_s / 3600:g} h"
+        return Unprocessable.for_field(
+            "custom_domain", f"is claimed by another deployment; a claim its DNS does not prove (a CNAME to "
+            f"that deployment or its TXT record at {domains.CHALLENGE_LABEL}.<domain>) is released {expiry} after "
+            "it was made or last proved", "custom_domain_taken")
 
     @property
     def _timeout(self) -> int:
@@ -330,6 +345,8 @@ class Lifecycle:
             subdomain=request.subdomain,
             custom_domain=request.custom_domain,
             custom_domain_status="pending" if request.custom_domain else None,
+            custom_domain_token=domains.new_token() if request.custom_domain else None,
+            custom_domain_unverified_since=now if request.custom_domain else None,
             port=request.port,
             host=host,
             host_port=host_port,
