@@ -125,6 +125,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 def _token(settings: Settings, args: argparse.Namespace) -> None:
     from .auth import mint_token
 
+    if settings.jwt_jwks_url:
+        raise UsageError("BUDDO_JWT_JWKS_URL is set: tokens come from its identity provider (this command mints "
+                         "HS256 tokens with BUDDO_JWT_SECRET, which that API does not accept)")
     print(mint_token(settings, args.operator, client_id=args.client_id, scope=args.scope,
                      ttl=dt.timedelta(hours=args.hours)))
 
