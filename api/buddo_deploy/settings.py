@@ -119,10 +119,10 @@ _INTEGERS = (
     "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
     "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR", "RELEASES_KEPT",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
-    "CONVERGE_BATCH",
+    "CONVERGE_BATCH", "RETENTION_DAYS",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
-            "OUTPUT_WAIT")
+            "OUTPUT_WAIT", "RETENTION_INTERVAL")
 
 
 def _check_numbers(get: Callable[[str], str | None]) -> None:
@@ -259,6 +259,10 @@ class Settings:
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
     # Queued converges of one host a worker runs in one playbook run (jobqueue.claim); 1: one each.
     converge_batch: int = 32
+    # Finished jobs and their events are pruned this many days after they finished (0: kept
+    # forever), by the worker every retention_interval_s (0: never) and `buddo-deploy prune`.
+    retention_days: int = 30
+    retention_interval_s: float = 3600.0
 
     @property
     def playbook_secret_files(self) -> dict[str, str]:
@@ -344,6 +348,8 @@ class Settings:
             "output_wait_s": float(get("OUTPUT_WAIT") or 12),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
             "converge_batch": int(get("CONVERGE_BATCH") or 32),
+            "retention_days": int(get("RETENTION_DAYS") or 30),
+            "retention_interval_s": float(get("RETENTION_INTERVAL") or 3600),
         }
         if int(kwargs["converge_batch"]) < 1:  # type: ignore[call-overload]
             raise SettingsError("BUDDO_CONVERGE_BATCH must be 1 or more")
