@@ -22,7 +22,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import JWT_SECRET, token  # noqa: E402
+from tests.helpers import JWT_SECRET, PRODUCTION_AUTH, token  # noqa: E402
 
 
 def start(app: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -71,7 +71,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="buddo-bench-"))
     env = os.environ | {
         "BUDDO_VAR_DIR": str(tmp), "BUDDO_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
-        "BUDDO_JWT_SECRET": JWT_SECRET, "BUDDO_SECRET_KEY": "bench",
+        "BUDDO_JWT_SECRET": JWT_SECRET, "BUDDO_SECRET_KEY": "bench", **PRODUCTION_AUTH,
         # Rate limiting stays on (it is part of the cost), with a budget the bench cannot exhaust.
         "BUDDO_RATE_LIMIT_READ": "1000000000", "BUDDO_RATE_LIMIT_WRITE": "1000000000",
         "BUDDO_RATE_LIMITS_ENABLED": os.environ.get("BUDDO_RATE_LIMITS_ENABLED", "true"),

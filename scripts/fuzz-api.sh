@@ -23,6 +23,8 @@ trap cleanup EXIT
 export BUDDO_VAR_DIR="$work"
 export BUDDO_DATABASE_URL="sqlite:///$work/buddo.db"
 export BUDDO_JWT_SECRET=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))')
+# Whom `buddo-deploy token` mints the fuzzer's token for, and the API expects (required with a database URL).
+export BUDDO_JWT_AUDIENCE=buddo-deploy-fuzz BUDDO_JWT_ISSUER=buddo-deploy-fuzz
 export BUDDO_SECRET_KEY=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))')
 export BUDDO_BILLING_WEBHOOK_SECRET=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))')
 export BUDDO_RATE_LIMIT_READ=1000000 BUDDO_RATE_LIMIT_WRITE=1000000 BUDDO_RATE_LIMIT_ANONYMOUS=1000000 BUDDO_RATE_LIMIT_WEBHOOK=1000000

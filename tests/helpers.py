@@ -54,6 +54,10 @@ def drop_session_database() -> None:
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
 # Caddy's on-demand TLS ask URL carries it (?token=).
 ASK_SECRET = "test-ask-secret-3f9a1c7e"
+# Whom the tests' tokens are for (production settings must name both): token() puts them in.
+AUDIENCE = "buddo-deploy-test"
+ISSUER = "https://auth.test.buddo"
+PRODUCTION_AUTH = {"BUDDO_JWT_AUDIENCE": AUDIENCE, "BUDDO_JWT_ISSUER": ISSUER}
 
 
 def reset_postgres(url: str) -> None:
@@ -81,6 +85,7 @@ def make_settings(tmp_path: Path, backend: str, **overrides: Any) -> Settings:
             "BUDDO_BILLING_STARTING_POINTS": "1000000000",
             "BUDDO_BILLING_STARTING_SATS": "1000000000000",
             "BUDDO_ASK_SECRET": ASK_SECRET,
+            **PRODUCTION_AUTH,
         }
     )
     return dataclasses.replace(settings, **overrides)
@@ -100,12 +105,12 @@ def token(
     expires_in: float = 3600,
     **claims: Any,
 ) -> str:
+    """An HS256 token for the tests' settings; a claim given as None is left out (e.g. ``aud=None``)."""
     now = dt.datetime.now(dt.UTC)
-    body: dict[str, Any] = {"sub": operator, "iat": now, "exp": now + dt.timedelta(seconds=expires_in)}
-    if scope is not None:
-        body["scope"] = scope
+    body: dict[str, Any] = {"sub": operator, "iat": now, "exp": now + dt.timedelta(seconds=expires_in),
+                            "scope": scope, "aud": AUDIENCE, "iss": ISSUER}
     body.update(claims)
-    return jwt.encode(body, secret, algorithm="HS256")
+    return jwt.encode({name: value for name, value in body.items() if value is not None}, secret, algorithm="HS256")
 
 
 def auth(operator: str = "operator-1", **kwargs: Any) -> dict[str, str]:

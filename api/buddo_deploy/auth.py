@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -18,6 +19,10 @@ from .settings import Settings
 
 REQUIRED_SCOPE = "deploy:manage"
 REALM = "buddo-deploy"
+# A JWKS that does not answer within this fails the request's token (401), not the worker.
+JWKS_TIMEOUT_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,13 @@ class TokenVerifier:
     """
 
     CACHE_SIZE = 4096
+    # Kept at most this long, whatever its exp says (an exp of 10**400 is still an int).
+    CACHE_TTL_S = 3600
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+        self._jwks = (jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, timeout=JWKS_TIMEOUT_S)
+                      if settings.jwt_jwks_url else None)
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -80,27 +88,49 @@ class TokenVerifier:
                 self._verified.popitem(last=False)
         return principal
 
-    def _key(self, token: str) -> Any:
-        if self._jwks is not None:
-            return self._jwks.get_signing_key_from_jwt(token).key
-        return self.settings.jwt_secret
+    def _key(self, token: str) -> tuple[Any, str]:
+        """The key that may verify ``token``, and the one algorithm it may be verified with.
+
+        The header's ``alg`` must be configured (BUDDO_JWT_ALGORITHMS); with a JWKS it must
+        also be the algorithm of the key its ``kid`` names (the JWK's ``alg``, else its
+        type's: RS256 for RSA, ES256/384/512 by curve, EdDSA), so a public key never
+        serves as an HMAC secret, nor an RSA key for another family.
+        """
+        alg = jwt.get_unverified_header(token).get("alg")
+        if not isinstance(alg, str) or alg not in self.settings.jwt_algorithms:
+            raise jwt.InvalidAlgorithmError("algorithm not allowed")
+        if self._jwks is None:
+            return self.settings.jwt_secret, alg
+        signing_key = self._jwks.get_signing_key_from_jwt(token)
+        if signing_key.algorithm_name != alg:
+            raise jwt.InvalidAlgorithmError("algorithm not the key's")
+        return signing_key.key, alg
 
     def _verify(self, token: str) -> tuple[Principal, float]:
-        options = {"require": ["exp", "sub"], "verify_aud": self.settings.jwt_audience is not None}
+        audience, issuer = self.settings.jwt_audience, self.settings.jwt_issuer
+        required = ["exp", "sub", *(["aud"] if audience else []), *(["iss"] if issuer else [])]
+        options = {"require": required, "verify_aud": audience is not None}
         try:
+            key, alg = self._key(token)
             claims = jwt.decode(
                 token,
-                self._key(token),
-                algorithms=list(self.settings.jwt_algorithms),
-                audience=self.settings.jwt_audience,
-                issuer=self.settings.jwt_issuer,
+                key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=issuer,
                 options=options,  # type: ignore[arg-type]
                 leeway=30,
             )
         except jwt.ExpiredSignatureError as exc:
             raise self._invalid("The access token expired") from exc
+        except jwt.PyJWKClientConnectionError as exc:
+            log.warning("cannot fetch the JWKS %s: %s", self.settings.jwt_jwks_url, exc)
+            raise self._invalid("The access token could not be checked (key set unavailable)") from exc
         except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:
             raise self._invalid(f"The access token is invalid ({type(exc).__name__})") from exc
+        except Exception as exc:  # what else a crafted token makes the library raise: still the token's fault
+            log.info("token refused: %s: %s", type(exc).__name__, exc)
+            raise self._invalid("The access token is invalid") from exc
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise self._invalid("The access token has no subject")
@@ -110,7 +140,7 @@ class TokenVerifier:
             client_id=client_id if isinstance(client_id, str) and client_id else sub,
             scopes=_scopes(claims),
         )
-        return principal, float(claims["exp"])
+        return principal, float(min(int(claims["exp"]), int(time.time()) + self.CACHE_TTL_S))
 
     @staticmethod
     def _invalid(description: str) -> Unauthorized:
@@ -176,7 +206,8 @@ def mint_token(
     scope: str = REQUIRED_SCOPE,
     ttl: dt.timedelta = dt.timedelta(hours=12),
 ) -> str:
-    """An HS256 token for the embedded default (`buddo-deploy token`)."""
+    """An HS256 token for the embedded default (`buddo-deploy token`), for the audience and
+    issuer the API expects (none when BUDDO_JWT_AUDIENCE / BUDDO_JWT_ISSUER say ``none``)."""
     now = dt.datetime.now(dt.UTC)
     claims: dict[str, Any] = {"sub": operator, "scope": scope, "iat": now, "exp": now + ttl}
     if client_id:

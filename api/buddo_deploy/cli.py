@@ -1,4 +1,4 @@
-"""`buddo-deploy` command line: serve, db upgrade, token, worker, reconcile, desired, billing."""
+"""`buddo-deploy` command line: serve, db upgrade, token, worker, reconcile, desired, billing, prune."""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ class _Parser(argparse.ArgumentParser):
 def _positive_int(value: str) -> int:
     if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {value!r}")
+    return int(value)
+
+
+def _whole_days(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days, 0 or more, got {value!r}")
     return int(value)
 
 
@@ -125,6 +131,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 def _token(settings: Settings, args: argparse.Namespace) -> None:
     from .auth import mint_token
 
+    if settings.jwt_jwks_url:
+        raise UsageError("BUDDO_JWT_JWKS_URL is set: tokens come from its identity provider (this command mints "
+                         "HS256 tokens with BUDDO_JWT_SECRET, which that API does not accept)")
     print(mint_token(settings, args.operator, client_id=args.client_id, scope=args.scope,
                      ttl=dt.timedelta(hours=args.hours)))
 
@@ -260,6 +269,25 @@ def _billing(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(settings: Settings, args: argparse.Namespace) -> int:
+    from .db import open_database
+    from .services import retention
+
+    open_database(settings.database_url)
+    days = settings.retention_days if args.days is None else args.days
+    report = retention.prune(days)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif report.cutoff is None:
+        print("retention is off (0 days: BUDDO_RETENTION_DAYS or --days): nothing pruned")
+    else:
+        by_action = ", ".join(f"{action} {n}" for action, n in sorted(report.jobs.items()))
+        print(f"pruned {report.jobs_removed} job(s){f' ({by_action})' if by_action else ''} and {report.events} "
+              f"event(s) finished before {report.cutoff.isoformat(timespec='seconds')}Z ({days} days; output jobs "
+              f"after 1 day), in {report.transactions} transaction(s)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="buddo-deploy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,6 +326,11 @@ def _parser() -> argparse.ArgumentParser:
     amount.add_argument("--points", type=int, help="Buddo points to credit")
     amount.add_argument("--sats", type=int, help="satoshis to credit")
     credit.add_argument("--reference", help="the payment's id (default: a new one); a repeated one credits nothing")
+    prune = sub.add_parser("prune", help="remove finished jobs and their events older than BUDDO_RETENTION_DAYS")
+    prune.add_argument("--days", type=_whole_days, default=None,
+                       help="prune what finished this many days ago or earlier (default: BUDDO_RETENTION_DAYS; "
+                            "0: nothing)")
+    prune.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -327,6 +360,8 @@ def _run(args: argparse.Namespace) -> int:
         return _desired(settings, args)
     elif args.command == "billing":
         return _billing(settings, args)
+    elif args.command == "prune":
+        return _prune(settings, args)
     return 0
 
 

@@ -224,6 +224,14 @@ class ListQuery(BaseModel):
     include_destroyed: bool = Field(False, description="Also list destroyed deployments")
 
 
+class LogsQuery(BaseModel):
+    """The query of GET /api/deploy/apps/{id}/logs (unknown parameters are ignored): pages as GET /apps does."""
+
+    limit: int = Field(20, ge=1, le=MAX_PAGE, description="Page size")
+    cursor: StrictStr | None = Field(None, min_length=1, max_length=MAX_CURSOR, pattern=r"^[A-Za-z0-9_-]+$",
+                                     description="next_cursor of the previous page")
+
+
 class BillingQuery(BaseModel):
     """The query of GET /api/deploy/billing (unknown parameters are ignored)."""
 
@@ -336,7 +344,8 @@ class LogEntryOut(BaseModel):
 
 
 class LogList(BaseModel):
-    logs: list[LogEntryOut]
+    logs: list[LogEntryOut] = Field(description="Oldest first (chronological), one page")
+    next_cursor: str | None = Field(description="The next (newer) page; null on the last")
 
 
 class DestroyOut(BaseModel):

@@ -2,7 +2,12 @@
 
 The embedded default needs no configuration at all: SQLite under ``var/``, a
 generated JWT secret, encryption key and ask secret kept in ``var/`` (mode 0600),
-base domain ``localhost`` on port 8443.
+base domain ``localhost`` on port 8443, tokens (``buddo-deploy token``) for audience
+``buddo-deploy`` from issuer ``buddo-deploy-local``.
+
+Production is any setup with ``BUDDO_DATABASE_URL`` or ``BUDDO_JWT_JWKS_URL`` set: its
+secrets, the tokens' audience and issuer must be named (``none`` says, explicitly, that
+tokens are accepted without that check).
 """
 
 from __future__ import annotations
@@ -47,6 +52,18 @@ def make_private(*paths: Path) -> None:
 
 class SettingsError(ValueError):
     """A BUDDO_ variable is missing or malformed; the message says which and what to set."""
+
+
+# The embedded default's tokens: what `buddo-deploy token` mints and the API expects.
+EMBEDDED_AUDIENCE = "buddo-deploy"
+EMBEDDED_ISSUER = "buddo-deploy-local"
+# BUDDO_JWT_AUDIENCE / BUDDO_JWT_ISSUER set to this: tokens are accepted without that check.
+NO_CHECK = "none"
+# What a key of each kind can verify: a shared secret (BUDDO_JWT_SECRET) only HMAC, a
+# JWKS only public-key algorithms (its HS256 "key" would be a public key, known to all).
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+PUBLIC_KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                         "ES256", "ES256K", "ES384", "ES512", "EdDSA")
 
 
 def _new_secret() -> str:
@@ -106,10 +123,10 @@ _INTEGERS = (
     "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
     "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR", "RELEASES_KEPT",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
-    "CONVERGE_BATCH", "RATE_LIMIT_ASK",
+    "CONVERGE_BATCH", "RATE_LIMIT_ASK", "RETENTION_DAYS",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
-            "OUTPUT_WAIT")
+            "OUTPUT_WAIT", "RETENTION_INTERVAL")
 
 
 def _check_numbers(get: Callable[[str], str | None]) -> None:
@@ -142,6 +159,45 @@ def _ask_secret(value: str | None, source: str) -> str | None:
     return value
 
 
+def _jwt_algorithms(value: str | None, jwks_url: str | None) -> tuple[str, ...]:
+    if jwks_url is not None and not re.match(r"https?://[^/\s]", jwks_url):
+        raise SettingsError(f"BUDDO_JWT_JWKS_URL must be an https:// (or http://) URL, got {jwks_url!r}")
+    allowed = PUBLIC_KEY_ALGORITHMS if jwks_url else HMAC_ALGORITHMS
+    algorithms = _csv(value or allowed[0])
+    wrong = [name for name in algorithms if name not in allowed]
+    if wrong or not algorithms:
+        keys = "with BUDDO_JWT_JWKS_URL (public keys)" if jwks_url else \
+            "with BUDDO_JWT_SECRET (a shared secret; set BUDDO_JWT_JWKS_URL for public-key tokens)"
+        raise SettingsError(f"BUDDO_JWT_ALGORITHMS: {', '.join(wrong) or 'nothing'} cannot be used {keys}; "
+                            f"choose from {','.join(allowed)}")
+    return algorithms
+
+
+def _expected_claims(get: Callable[[str], str | None], production: bool) -> tuple[str | None, str | None]:
+    """(audience, issuer) every token must carry; None: not checked (``none``, said explicitly)."""
+    found: dict[str, str | None] = {}
+    missing = []
+    for name, claim, default in (("JWT_AUDIENCE", "audience", EMBEDDED_AUDIENCE),
+                                 ("JWT_ISSUER", "issuer", EMBEDDED_ISSUER)):
+        value = (get(name) or "").strip()
+        if value.lower() == NO_CHECK:
+            found[name] = None
+        elif value:
+            found[name] = value
+        elif production:
+            missing.append((f"BUDDO_{name}", claim))
+        else:
+            found[name] = default
+    if missing:
+        names, claims = " and ".join(m[0] for m in missing), " and ".join(m[1] for m in missing)
+        them = "them" if len(missing) > 1 else "it"
+        raise SettingsError(
+            f"{names} not set: with BUDDO_DATABASE_URL or BUDDO_JWT_JWKS_URL set, name the {claims} your "
+            f"tokens carry (a token minted for another service is refused), or set {them} to '{NO_CHECK}' to "
+            "accept tokens without that check")
+    return found["JWT_AUDIENCE"], found["JWT_ISSUER"]
+
+
 @dataclass(frozen=True)
 class Settings:
     var_dir: Path
@@ -150,6 +206,7 @@ class Settings:
     secret_key: str
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_jwks_url: str | None = None
+    # What every token's iss and aud must be; None: not checked (BUDDO_JWT_ISSUER=none, ...).
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     base_domain: str = "localhost"
@@ -226,6 +283,10 @@ class Settings:
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
     # Queued converges of one host a worker runs in one playbook run (jobqueue.claim); 1: one each.
     converge_batch: int = 32
+    # Finished jobs and their events are pruned this many days after they finished (0: kept
+    # forever), by the worker every retention_interval_s (0: never) and `buddo-deploy prune`.
+    retention_days: int = 30
+    retention_interval_s: float = 3600.0
 
     @property
     def playbook_secret_files(self) -> dict[str, str]:
@@ -260,16 +321,20 @@ class Settings:
         ask_file = var_dir / "ask-secret"
         ask_secret = (_ask_secret(get("ASK_SECRET"), "BUDDO_ASK_SECRET") if get("ASK_SECRET") else _ask_secret(
             _persistent_secret(ask_file, make=embedded, new=lambda: secrets.token_urlsafe(32)), str(ask_file)))
+        jwks_url = get("JWT_JWKS_URL") or None
+        jwt_algorithms = _jwt_algorithms(get("JWT_ALGORITHMS"), jwks_url)
+        # Tokens from an identity provider, or a production database: say whom tokens are for.
+        audience, issuer = _expected_claims(get, production=not embedded or jwks_url is not None)
         low, _, high = (get("HOST_PORT_RANGE") or "20000-29999").partition("-")
         kwargs: dict[str, object] = {
             "var_dir": var_dir,
             "database_url": database_url,
             "jwt_secret": jwt_secret,
             "secret_key": secret_key,
-            "jwt_algorithms": _csv(get("JWT_ALGORITHMS") or "HS256"),
-            "jwt_jwks_url": get("JWT_JWKS_URL") or None,
-            "jwt_issuer": get("JWT_ISSUER") or None,
-            "jwt_audience": get("JWT_AUDIENCE") or None,
+            "jwt_algorithms": jwt_algorithms,
+            "jwt_jwks_url": jwks_url,
+            "jwt_issuer": issuer,
+            "jwt_audience": audience,
             "base_domain": get("BASE_DOMAIN") or "localhost",
             "public_https_port": int(get("PUBLIC_HTTPS_PORT") or 8443),
             "allowed_registries": _csv(get("ALLOWED_REGISTRIES") or ",".join(DEFAULT_REGISTRIES)),
@@ -314,6 +379,8 @@ class Settings:
             "output_wait_s": float(get("OUTPUT_WAIT") or 12),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
             "converge_batch": int(get("CONVERGE_BATCH") or 32),
+            "retention_days": int(get("RETENTION_DAYS") or 30),
+            "retention_interval_s": float(get("RETENTION_INTERVAL") or 3600),
         }
         if int(kwargs["converge_batch"]) < 1:  # type: ignore[call-overload]
             raise SettingsError("BUDDO_CONVERGE_BATCH must be 1 or more")

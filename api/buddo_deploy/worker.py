@@ -5,8 +5,9 @@ converges run in one playbook run: jobqueue.claim, JobRun), a health prober (one
 playbook run per host per cycle, on the hosts themselves), the custom domains' DNS
 check (services/domains.py), a reconcile timer (queues a host-wide reconcile every
 ``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of the
-same host) and the billing clock (a billing pass every ``BUDDO_BILLING_INTERVAL``
-by the one worker holding the billing lease).
+same host), the billing clock (a billing pass every ``BUDDO_BILLING_INTERVAL``
+by the one worker holding the billing lease) and retention (old finished jobs pruned
+every ``BUDDO_RETENTION_INTERVAL`` by the one worker holding the retention lease).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .db import open_database, write_transaction
 from .inventory import container_hosts, host_addresses
 from .models import Job, database_proxy
 from .runner import EventSummary, PlaybookResult, run_playbook, sweep_stale_secrets
-from .services import billing, domains, engine, output
+from .services import billing, domains, engine, output, retention
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,24 @@ class BillingClock:
                      report.reactivated or "none", report.failed or "none")
 
 
+class Pruner:
+    """Retention's periodic pass (services/retention.py), run by whichever worker holds its lease."""
+
+    def __init__(self, settings: Settings, owner: str) -> None:
+        self.days = settings.retention_days
+        self.owner = owner
+        # Outlives a long pass (a backlog of millions of rows takes a while, batch by batch).
+        self.ttl = dt.timedelta(seconds=max(600.0, 3 * settings.retention_interval_s))
+
+    def tick(self) -> None:
+        if not retention.take_lease(self.owner, self.ttl):
+            return
+        report = retention.prune(self.days)
+        if report.jobs_removed or report.events:
+            log.info("retention: pruned %d job(s) %s and %d event(s) finished before %s, in %d transaction(s)",
+                     report.jobs_removed, dict(report.jobs), report.events, report.cutoff, report.transactions)
+
+
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
     container_hosts(settings.inventory, settings.host_port_range)  # a malformed inventory stops the start
     open_database(settings.database_url)
@@ -325,6 +344,7 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
     threads = [threading.Thread(target=w.loop, args=(once,), name=f"worker-{i}") for i, w in enumerate(workers)]
     timers: list[Every] = []
     clock: BillingClock | None = None
+    pruner: Pruner | None = None
     if not once:
         timers.append(Every("health probe", settings.health_interval_s, HealthProber(settings).probe_all))
         if settings.domain_check_interval_s > 0:
@@ -336,6 +356,9 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         if settings.billing_enabled and settings.billing_interval_s > 0:
             clock = BillingClock(settings, workers[0].name)
             timers.append(Every("billing clock", settings.billing_interval_s, clock.tick))
+        if settings.retention_days > 0 and settings.retention_interval_s > 0:
+            pruner = Pruner(settings, workers[0].name)
+            timers.append(Every("retention", settings.retention_interval_s, pruner.tick))
     threads += [threading.Thread(target=t.loop, name=t.name, daemon=True) for t in timers]
     for thread in threads:
         thread.start()
@@ -358,4 +381,6 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
             thread.join()
     if clock is not None:
         clock.billing.release_lease(clock.owner)  # the next worker need not wait for it to expire
+    if pruner is not None:
+        retention.release_lease(pruner.owner)
 

@@ -682,15 +682,41 @@ def test_bad_payments_change_nothing(make_env, name, body, status):
     assert LedgerEntry.select().count() == before and BillingAccount.select().count() == 0
 
 
-@pytest.mark.parametrize("signature", [None, "", "sha256=" + "0" * 64, "md5=abc", sign(b"{}"),
-                                       sign(json.dumps(payment()).encode(), "another-secret")])
+GOOD = sign(json.dumps(payment()).encode())
+BAD_SIGNATURES = {
+    "missing": None, "empty": "", "blank": "  \t", "zeros": "sha256=" + "0" * 64, "md5": "md5=abc",
+    "other-body": sign(b"{}"), "other-secret": sign(json.dumps(payment()).encode(), "another-secret"),
+    "non-ascii": "sha256=\u00e9", "non-ascii-hex": "sha256=" + "\u00e9" * 64, "latin-1": "\u00ff" * 10,
+    "fullwidth-digits": "sha256=" + "\uff10" * 64, "arabic-digits": "sha256=" + "\u0661" * 64,
+    "huge": "sha256=" + "a" * 100_000, "no-hex": "sha256=", "short": GOOD[:-1], "long": GOOD + "0",
+    "not-hex": "sha256=" + "g" * 64, "scheme-case": "SHA256=" + GOOD[7:], "scheme-space": "sha256 =" + GOOD[7:],
+    "other-scheme": "sha512=" + GOOD[7:], "no-scheme": GOOD[7:], "bearer": "Bearer " + GOOD,
+    "nul": GOOD + "\x00", "newline": GOOD + "\n" + GOOD, "two-in-one": GOOD + "," + GOOD,
+    "two-headers": [GOOD, GOOD], "good-and-bad": [GOOD, "sha256=" + "0" * 64],
+}
+
+
+@pytest.mark.parametrize("signature", list(BAD_SIGNATURES.values()), ids=list(BAD_SIGNATURES))
 def test_a_bad_signature_is_401_and_changes_nothing(make_env, signature):
     env = make_env()
     raw = json.dumps(payment()).encode()
-    headers = {"Content-Type": "application/json"} | ({"X-Buddo-Signature": signature} if signature is not None else {})
+    headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
+    if signature is not None:
+        # Two headers of one name reach the app joined (as WSGI servers join them).
+        values = [signature] if isinstance(signature, str) else signature
+        headers += [("X-Buddo-Signature", value) for value in values]
     resp = env.client.simulate_post("/api/deploy/billing/payments", body=raw, headers=headers)
-    assert resp.status_code == 401 and resp.json["error"]["code"] == "invalid_signature"
+    assert resp.status_code == 401, resp.text
+    assert resp.json["error"]["code"] == "invalid_signature" and resp.json["error"]["request_id"]
+    assert len(resp.text) < 500  # the header is never echoed back
     assert LedgerEntry.select().count() == 0 and BillingAccount.select().count() == 0
+
+
+@pytest.mark.parametrize("signature", [GOOD, GOOD.upper().replace("SHA256=", "sha256="), f" {GOOD}\t"],
+                         ids=["lower", "upper-hex", "padded"])
+def test_a_good_signature_in_any_hex_case_credits(make_env, signature):
+    resp = make_env().pay(payment(), signature=signature)
+    assert resp.status_code == 201, resp.text
 
 
 def test_malformed_and_oversized_bodies(make_env):

@@ -26,7 +26,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ASK_SECRET, EGRESS_HOST_PORTS, JWT_SECRET, free_port, token, wait_until_up
+from tests.helpers import ASK_SECRET, EGRESS_HOST_PORTS, JWT_SECRET, PRODUCTION_AUTH, free_port, token, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -271,6 +271,7 @@ def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None
         "BUDDO_VAR_DIR": str(var_dir),
         "BUDDO_DATABASE_URL": f"sqlite:///{var_dir / 'buddo.db'}",
         "BUDDO_JWT_SECRET": JWT_SECRET,
+        **PRODUCTION_AUTH,  # what tests.helpers.token() puts in its tokens
         "BUDDO_SECRET_KEY": "e2e-fernet-passphrase-4b8d1e",
         "BUDDO_ASK_SECRET": ASK_SECRET,
         # Stands for a PostgreSQL deployment's database password (this stack is on SQLite):

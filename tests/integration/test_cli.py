@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import JWT_SECRET, free_port
+from tests.helpers import JWT_SECRET, PRODUCTION_AUTH, free_port
 
 
 def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +38,8 @@ def test_a_database_url_without_the_secret_key_names_the_variable(tmp_path):
 
 def test_an_unreachable_database_says_so_without_the_password(tmp_path):
     url = f"postgresql://buddo:hunter2@127.0.0.1:{free_port()}/buddo"
-    result = cli(tmp_path, "db", "upgrade", BUDDO_DATABASE_URL=url, BUDDO_JWT_SECRET="j", BUDDO_SECRET_KEY="k")
+    result = cli(tmp_path, "db", "upgrade", BUDDO_DATABASE_URL=url, BUDDO_JWT_SECRET="j", BUDDO_SECRET_KEY="k",
+                 **PRODUCTION_AUTH)
     assert result.returncode == 1
     line = one_line(result)
     assert "cannot reach the database postgresql://buddo:***@127.0.0.1" in line and "BUDDO_DATABASE_URL" in line
@@ -53,13 +54,21 @@ def test_an_unreachable_database_says_so_without_the_password(tmp_path):
     (("db", "upgrade"), {"BUDDO_METRICS_ALLOW": "everyone"}, "BUDDO_METRICS_ALLOW must be comma-separated CIDRs"),
     (("db", "upgrade"), {"BUDDO_LOG_LEVEL": "loud"}, "BUDDO_LOG_LEVEL must be"),
     (("db", "upgrade"), {"BUDDO_CONVERGE_BATCH": "0"}, "BUDDO_CONVERGE_BATCH must be 1 or more"),
+    (("serve",), {"BUDDO_DATABASE_URL": "sqlite:///x.db", "BUDDO_JWT_AUDIENCE": "", "BUDDO_JWT_ISSUER": ""},
+     "BUDDO_JWT_AUDIENCE and BUDDO_JWT_ISSUER not set: with BUDDO_DATABASE_URL or BUDDO_JWT_JWKS_URL set"),
+    (("worker",), {"BUDDO_JWT_JWKS_URL": "https://id.example/jwks.json", "BUDDO_JWT_AUDIENCE": "buddo"},
+     "BUDDO_JWT_ISSUER not set"),
+    (("serve",), {"BUDDO_JWT_ALGORITHMS": "RS256"}, "BUDDO_JWT_ALGORITHMS: RS256 cannot be used"),
+    (("token", "--operator", "me"), {"BUDDO_JWT_JWKS_URL": "https://id.example/jwks.json", "BUDDO_JWT_AUDIENCE": "a",
+                                     "BUDDO_JWT_ISSUER": "i"}, "BUDDO_JWT_JWKS_URL is set: tokens come from"),
+    (("prune",), {"BUDDO_RETENTION_DAYS": "thirty"}, "BUDDO_RETENTION_DAYS must be a whole number of 0 or more"),
     (("worker", "--once"), {}, "run `buddo-deploy db upgrade` first"),
     (("desired",), {}, "run `buddo-deploy db upgrade` first"),
-], ids=["scheme", "integer", "number", "port-range", "metrics-allow", "log-level", "converge-batch", "worker-schema",
-        "desired-schema"])
+], ids=["scheme", "integer", "number", "port-range", "metrics-allow", "log-level", "converge-batch", "no-audience",
+        "jwks-no-issuer", "rs256-with-secret", "token-with-jwks", "retention-days", "worker-schema", "desired-schema"])
 def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):
     if "BUDDO_DATABASE_URL" in env:
-        env |= {"BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k"}
+        env = {"BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k"} | PRODUCTION_AUTH | env
     result = cli(tmp_path, *args, **env)
     assert result.returncode == 1, result
     assert expected in one_line(result)
@@ -72,14 +81,31 @@ def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):
     (("token", "--operator", "me", "--hours", "1e300"), {}, "argument --hours"),
     (("token", "--operator", "me", "--hours", "nan"), {}, "argument --hours"),
     (("reconcile", "--wait", "soon"), {}, "argument --wait"),
+    (("prune", "--days", "-1"), {}, "argument --days: must be a whole number of days"),
     (("db", "downgrade"), {}, "invalid choice: 'downgrade'"),
     ((), {}, "the following arguments are required: command"),
-], ids=["workers", "workers-env", "concurrency", "hours-huge", "hours-nan", "wait", "db-action", "no-command"])
+], ids=["workers", "workers-env", "concurrency", "hours-huge", "hours-nan", "wait", "prune-days", "db-action",
+        "no-command"])
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, env, expected):
     result = cli(tmp_path, *args, **env)
     assert result.returncode == 2, result
     line = one_line(result)
     assert expected in line and line.endswith("--help)")
+
+
+def test_the_embedded_token_is_for_the_embedded_api(tmp_path):
+    """`buddo-deploy token` out of the box: an audience and an issuer, which the API checks."""
+    import jwt
+    from buddo_deploy.auth import TokenVerifier
+    from buddo_deploy.settings import Settings
+
+    result = cli(tmp_path, "token", "--operator", "me")
+    assert result.returncode == 0, result.stderr
+    minted = result.stdout.strip()
+    claims = jwt.decode(minted, options={"verify_signature": False})
+    assert (claims["aud"], claims["iss"]) == ("buddo-deploy", "buddo-deploy-local")
+    settings = Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path / "var")})
+    assert TokenVerifier(settings).verify(minted).operator_id == "me"
 
 
 def test_an_unwritable_env_file_is_one_line(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +16,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import JWT_SECRET, auth, create_body, free_port, postgres_url, reset_postgres, wait_until_up
+from tests.helpers import (
+    JWT_SECRET,
+    PRODUCTION_AUTH,
+    auth,
+    create_body,
+    free_port,
+    postgres_url,
+    reset_postgres,
+    wait_until_up,
+)
 
 
 @pytest.fixture
@@ -34,6 +45,7 @@ def servers(tmp_path: Path, backend: str) -> Iterator[list[str]]:
         "BUDDO_VAR_DIR": str(tmp_path),
         "BUDDO_DATABASE_URL": url,
         "BUDDO_JWT_SECRET": JWT_SECRET,
+        **PRODUCTION_AUTH,
         "BUDDO_SECRET_KEY": "k",
         "BUDDO_RATE_LIMIT_READ": "6",
         "BUDDO_RATE_LIMIT_WRITE": "8",
@@ -42,6 +54,8 @@ def servers(tmp_path: Path, backend: str) -> Iterator[list[str]]:
         # A create pays its first cycle: balances these tests never run out of.
         "BUDDO_BILLING_STARTING_POINTS": "1000000000",
         "BUDDO_BILLING_STARTING_SATS": "1000000000000",
+        "BUDDO_RATE_LIMIT_ANONYMOUS": "1000",
+        "BUDDO_BILLING_WEBHOOK_SECRET": "webhook-secret",
     }
     subprocess.run([sys.executable, "-m", "buddo_deploy.cli", "db", "upgrade"], env=env, check=True,
                    capture_output=True)
@@ -153,3 +167,58 @@ def test_placement_never_overcommits_across_processes(servers):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = sorted(pool.map(create, range(8)))
     assert results == [(201, "host-a"), (201, "host-a"), (201, "host-b")] + [(503, "capacity_exhausted")] * 5
+
+
+def _raw(base: str, request: bytes) -> tuple[int, bytes]:
+    """Send bytes as they are (requests would refuse or re-encode them); the status and the body."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+_GOOD_SIGNATURE = b"sha256=" + b"0" * 64
+# One server for all of them: each value alone, and as a second header of the name.
+_BAD_SIGNATURES = [
+    "sha256=\u00e9".encode(), b"sha256=\xff\xfe" + b"a" * 62, "\u20ac".encode() * 30, b"", b"sha256=" + b"a" * 7000,
+    b"SHA256=" + b"0" * 64, b"sha256=" + b"g" * 64, b"sha256=" + b"0" * 64 + b"\x80",
+]
+_BAD_AUTHORIZATIONS = [
+    "Bearer \u00e9t\u00e9".encode(), b"Bearer \xff\xfe.\x80.\x81", b"Bearer " + b"a" * 7000, b"Bearer a.b.c",
+    b"Bearer eyJhbGciOiJIUzI1NiJ9.W10.c2ln", "Bearer \u20ac.\u20ac.\u20ac".encode(), b"Bearer\t\xa0", b"\xa0",
+]
+
+
+def test_malformed_signatures_and_tokens_over_http_are_401_in_the_envelope(servers):
+    for value in _BAD_SIGNATURES:
+        for headers in ([value], [_GOOD_SIGNATURE, value]):
+            status, answer = _payment(servers[0], headers)
+            assert status == 401, (value, answer)
+            assert json.loads(answer)["error"]["code"] == "invalid_signature"
+    good = b"Bearer " + auth()["Authorization"].split()[1].encode()
+    for value in _BAD_AUTHORIZATIONS:
+        for headers in ([value], [good, value]):
+            lines = b"".join(b"Authorization: " + h + b"\r\n" for h in headers)
+            status, answer = _raw(servers[1], b"GET /api/deploy/apps HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                                  + lines + b"\r\n")
+            assert status == 401, (value, answer)
+            assert json.loads(answer)["error"]["code"] in {"invalid_token", "invalid_request"}
+
+
+def test_headers_that_are_not_http_are_refused_by_gunicorn_before_the_api(servers):
+    """Its own 400 or 431 (a plain page), never the API's 500, never a credit."""
+    for value in (b"\x01\x02", b"sha256=" + b"0" * 9000):
+        status, _ = _payment(servers[0], [value])
+        assert status in {400, 431}, value
+
+
+def _payment(base: str, signatures: list[bytes]) -> tuple[int, bytes]:
+    body = b'{"operator_id": "x", "track": "bitcoin", "amount": 1, "reference": "r"}'
+    lines = b"".join(b"X-Buddo-Signature: " + h + b"\r\n" for h in signatures)
+    return _raw(base, b"POST /api/deploy/billing/payments HTTP/1.1\r\nHost: t\r\n"
+                b"Content-Type: application/json\r\nConnection: close\r\n" + lines +
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)

@@ -14,7 +14,7 @@ from buddo_deploy.app import create_app
 from buddo_deploy.models import BillingCycle, Deployment, LedgerEntry, database_proxy, utcnow
 from buddo_deploy.settings import Settings, parse_duration
 
-from tests.helpers import JWT_SECRET, create_deployment, make_settings, migrate
+from tests.helpers import JWT_SECRET, PRODUCTION_AUTH, create_deployment, make_settings, migrate
 
 
 @pytest.mark.parametrize("text,seconds", [("30d", 30 * 86400), ("3d", 259200), ("12h", 43200), ("15m", 900),
@@ -30,7 +30,7 @@ def test_bad_durations_are_refused(text):
 
 
 def test_billing_settings_from_the_environment(tmp_path):
-    base = {"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_JWT_SECRET": "x", "BUDDO_SECRET_KEY": "y"}
+    base = {"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_JWT_SECRET": "x", "BUDDO_SECRET_KEY": "y", **PRODUCTION_AUTH}
     embedded = Settings.from_env(base)
     assert (embedded.billing_cycle_s, embedded.billing_grace_s) == (30 * 86400, 3 * 86400)
     assert embedded.billing_enabled and embedded.billing_starting_points > 0 and embedded.billing_starting_sats > 0
@@ -55,7 +55,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     migrate(settings)
     for name, value in {"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_DATABASE_URL": settings.database_url,
                         "BUDDO_JWT_SECRET": JWT_SECRET, "BUDDO_SECRET_KEY": "k", "BUDDO_BILLING_STARTING_POINTS": "0",
-                        "BUDDO_BILLING_STARTING_SATS": "0"}.items():
+                        "BUDDO_BILLING_STARTING_SATS": "0", **PRODUCTION_AUTH}.items():
         monkeypatch.setenv(name, value)
     yield settings
     database_proxy.obj.close()

@@ -20,7 +20,9 @@ def test_settings_from_env(tmp_path: Path) -> None:
         "BUDDO_DATABASE_URL": "postgresql://u:p@h/db", "BUDDO_ALLOWED_REGISTRIES": "a/, b/ ,",
         "BUDDO_HOST_PORT_RANGE": "100-200", "BUDDO_PUBLIC_HTTPS_PORT": "443", "BUDDO_RATE_LIMITS_ENABLED": "no",
         "BUDDO_RATE_LIMIT_ANONYMOUS": "7", "BUDDO_TRUSTED_PROXIES": "10.0.0.1, 10.0.0.2",
+        "BUDDO_JWT_AUDIENCE": "buddo-api", "BUDDO_JWT_ISSUER": "https://id.example",
     })
+    assert (settings.jwt_audience, settings.jwt_issuer) == ("buddo-api", "https://id.example")
     assert settings.rate_limit_anonymous == 7 and settings.trusted_proxies == ("10.0.0.1", "10.0.0.2")
     assert settings.allowed_registries == ("a/", "b/")
     assert settings.host_port_range == (100, 200)
@@ -60,6 +62,53 @@ def test_embedded_default_makes_its_secrets_once(tmp_path: Path) -> None:
 def test_production_without_secrets_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="BUDDO_JWT_SECRET and BUDDO_SECRET_KEY not set"):
         Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_DATABASE_URL": "postgresql://u@h/db"})
+
+
+PRODUCTION = {"BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k", "BUDDO_DATABASE_URL": "postgresql://u@h/db"}
+
+
+@pytest.mark.parametrize(("env", "missing"), [
+    (PRODUCTION, "BUDDO_JWT_AUDIENCE and BUDDO_JWT_ISSUER not set"),
+    (PRODUCTION | {"BUDDO_JWT_AUDIENCE": "buddo-api"}, "BUDDO_JWT_ISSUER not set"),
+    (PRODUCTION | {"BUDDO_JWT_ISSUER": "https://id.example", "BUDDO_JWT_AUDIENCE": " "}, "BUDDO_JWT_AUDIENCE not set"),
+    # Tokens from an identity provider: even on the embedded SQLite, say whom they are for.
+    ({"BUDDO_JWT_JWKS_URL": "https://id.example/jwks.json"}, "BUDDO_JWT_AUDIENCE and BUDDO_JWT_ISSUER not set"),
+], ids=["database", "no-issuer", "blank-audience", "jwks"])
+def test_production_must_say_whom_tokens_are_for(tmp_path: Path, env: dict[str, str], missing: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path)} | env)
+    message = str(caught.value)
+    assert message.startswith(missing) and "'none'" in message and "\n" not in message
+
+
+def test_none_says_explicitly_that_a_claim_is_not_checked(tmp_path: Path) -> None:
+    settings = Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path), **PRODUCTION, "BUDDO_JWT_AUDIENCE": "none",
+                                  "BUDDO_JWT_ISSUER": "None"})
+    assert (settings.jwt_audience, settings.jwt_issuer) == (None, None)
+    embedded = Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_JWT_ISSUER": "none"})
+    assert (embedded.jwt_audience, embedded.jwt_issuer) == ("buddo-deploy", None)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, ("HS256",)),
+    ({"BUDDO_JWT_ALGORITHMS": "HS256,HS512"}, ("HS256", "HS512")),
+    ({"BUDDO_JWT_JWKS_URL": "https://id.example/jwks.json"}, ("RS256",)),
+    ({"BUDDO_JWT_JWKS_URL": "http://127.0.0.1:9/jwks", "BUDDO_JWT_ALGORITHMS": "RS256, ES256"}, ("RS256", "ES256")),
+    ({"BUDDO_JWT_ALGORITHMS": "RS256"}, "RS256 cannot be used with BUDDO_JWT_SECRET"),
+    ({"BUDDO_JWT_ALGORITHMS": "none"}, "none cannot be used"),
+    ({"BUDDO_JWT_ALGORITHMS": ","}, "nothing cannot be used"),
+    ({"BUDDO_JWT_JWKS_URL": "https://id.example/jwks.json", "BUDDO_JWT_ALGORITHMS": "RS256,HS256"},
+     "HS256 cannot be used with BUDDO_JWT_JWKS_URL"),
+    ({"BUDDO_JWT_JWKS_URL": "file:///etc/passwd"}, "BUDDO_JWT_JWKS_URL must be an https://"),
+], ids=["default", "hmac", "jwks-default", "jwks", "rs256-with-secret", "none", "empty", "hs256-with-jwks",
+        "jwks-file"])
+def test_jwt_algorithms_fit_the_key(tmp_path: Path, env: dict[str, str], expected: object) -> None:
+    base = {"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_JWT_AUDIENCE": "a", "BUDDO_JWT_ISSUER": "i"}
+    if isinstance(expected, tuple):
+        assert Settings.from_env(base | env).jwt_algorithms == expected
+        return
+    with pytest.raises(SettingsError, match=re.escape(str(expected))):
+        Settings.from_env(base | env)
 
 
 def test_env_encryption_round_trip() -> None:

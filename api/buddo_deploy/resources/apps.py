@@ -14,6 +14,7 @@ from ..schemas import (
     DestroyOut,
     ListQuery,
     LogList,
+    LogsQuery,
     OutputOut,
     OutputQuery,
     ReleaseList,
@@ -86,8 +87,10 @@ class AppsResource:
         send(resp, StatusOut(**self.lifecycle.status_of(req.context.principal, deployment_id)))
 
     def on_get_logs(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
-        entries = self.lifecycle.audit_log(req.context.principal, deployment_id)
-        send(resp, LogList(logs=[log_entry_out(entry) for entry in entries]))
+        query = parse_query(req, LogsQuery)
+        entries, next_cursor = self.lifecycle.audit_log(req.context.principal, deployment_id, limit=query.limit,
+                                                        cursor=query.cursor)
+        send(resp, LogList(logs=[log_entry_out(entry) for entry in entries], next_cursor=next_cursor))
 
     def on_post_restart(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         self._send_deployment(resp, self.lifecycle.restart(req.context.principal, deployment_id))

@@ -47,5 +47,6 @@ class JobsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID, job_id: str) -> None:
         query = parse_query(req, JobQuery)
         deployment = self.lifecycle.get_owned(req.context.principal, deployment_id)
-        log = job_log(deployment, job_id, limit=query.limit, cursor=query.cursor)
+        log = job_log(deployment, job_id, limit=query.limit, cursor=query.cursor,
+                      retention_days=self.lifecycle.settings.retention_days)
         send(resp, JobEnvelope(job=job_out(log)))

@@ -138,7 +138,8 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         },
         "/api/deploy/apps/{deployment_id}/logs": {
             "parameters": item,
-            "get": _operation("getDeploymentLogs", "Audit log", "LogList", (404,)),
+            "get": _operation("getDeploymentLogs", "Audit log, oldest first", "LogList", (404, 422))
+            | {"parameters": _query_parameters(schemas.LogsQuery)},
         },
         "/api/deploy/apps/{deployment_id}/restart": {
             "parameters": item,

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -519,18 +520,25 @@ def new_reference() -> str:
     return f"cli-{uuid.uuid4()}"
 
 
-SIGNATURE_PREFIX = "sha256="
+# The whole header, ASCII only: one signature, 64 hex digits. Anything else (another scheme,
+# non-ASCII, a wrong length, two headers joined by the server) is refused before any compare.
+_SIGNATURE = re.compile(r"sha256=([0-9A-Fa-f]{64})")
 
 
 def verify_signature(secret: str | None, body: bytes, header: str | None) -> None:
-    """The webhook's ``X-Buddo-Signature: sha256=<hex HMAC-SHA256 of the raw body>``."""
+    """The webhook's ``X-Buddo-Signature: sha256=<hex HMAC-SHA256 of the raw body>``.
+
+    Whatever the header holds, the answer is 401 ``invalid_signature`` (never the header's
+    text back, never a 500): the digests are compared as bytes, in constant time.
+    """
     if not secret:
         raise ApiError("Payment webhook is not configured (BUDDO_BILLING_WEBHOOK_SECRET)",
                        code="webhook_disabled", status="503 Service Unavailable")
-    if not header:
+    if header is None or not header.strip(" \t"):
         raise Unauthorized("Missing X-Buddo-Signature header", code="invalid_signature")
-    if not header.startswith(SIGNATURE_PREFIX):
-        raise Unauthorized("X-Buddo-Signature must be 'sha256=<hex>'", code="invalid_signature")
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, header[len(SIGNATURE_PREFIX):].strip().lower()):
+    match = _SIGNATURE.fullmatch(header.strip(" \t"))
+    if match is None:
+        raise Unauthorized("X-Buddo-Signature must be one 'sha256=<64 hex digits>'", code="invalid_signature")
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, bytes.fromhex(match.group(1))):
         raise Unauthorized("The signature does not match the body", code="invalid_signature")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import NotFound, Unprocessable
-from ..models import Deployment, Job, JobEvent
+from ..models import AuditEntry, Deployment, Job, JobEvent
 
 # A job id is a 64-bit integer; anything longer cannot name one.
 _MAX_ID_DIGITS = 18
@@ -36,12 +36,23 @@ def _cursor(raw: str | None) -> int:
     return int(raw)
 
 
-def job_log(deployment: Deployment, raw_job_id: str, *, limit: int, cursor: str | None) -> JobLog:
-    """One job of ``deployment`` with a page of its events; 404 for any other job id."""
+def job_log(deployment: Deployment, raw_job_id: str, *, limit: int, cursor: str | None,
+            retention_days: int = 0) -> JobLog:
+    """One job of ``deployment`` with a page of its events; 404 for any other job id.
+
+    A job an audit entry of the deployment names that is gone was pruned (services/retention.py):
+    the 404 says so.
+    """
     job = None
     if _digits(raw_job_id):
         job = Job.get_or_none((Job.id == int(raw_job_id)) & (Job.deployment == deployment.id))
     if job is None:
+        if _digits(raw_job_id) and AuditEntry.select().where(
+                (AuditEntry.deployment == deployment.id) & (AuditEntry.job_id == int(raw_job_id))).exists():
+            kept = f"after {retention_days} days" if retention_days > 0 else "by an earlier retention setting"
+            raise NotFound(f"Job {int(raw_job_id)} was pruned {kept} (BUDDO_RETENTION_DAYS); its audit entry is kept",
+                           code="job_not_found",
+                           details={"job_id": int(raw_job_id), "pruned": True, "retention_days": retention_days})
         raise NotFound("Job not found for this deployment", code="job_not_found")
     rows = list(
         JobEvent.select()

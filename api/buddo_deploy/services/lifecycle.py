@@ -118,13 +118,20 @@ class Lifecycle:
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return Page(rows[:limit], next_cursor)
 
-    def audit_log(self, principal: Principal, deployment_id: uuid.UUID) -> list[AuditEntry]:
+    def audit_log(self, principal: Principal, deployment_id: uuid.UUID, *, limit: int,
+                  cursor: str | None) -> tuple[list[AuditEntry], str | None]:
+        """A page of the audit log, oldest first; the cursor of the next (newer) page, if any."""
         deployment = self.get_owned(principal, deployment_id)
-        return list(
-            AuditEntry.select()
-            .where(AuditEntry.deployment == deployment)
-            .order_by(AuditEntry.inserted_at, AuditEntry.id)
-        )
+        query = (AuditEntry.select().where(AuditEntry.deployment == deployment)
+                 .order_by(AuditEntry.inserted_at, AuditEntry.id))
+        if cursor:
+            inserted_at, last_id = _decode_cursor(cursor)
+            query = query.where(
+                (AuditEntry.inserted_at > inserted_at)
+                | ((AuditEntry.inserted_at == inserted_at) & (AuditEntry.id > str(last_id)))
+            )
+        rows = list(query.limit(limit + 1))
+        return rows[:limit], (_encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
 
     # --- changes -----------------------------------------------------------
 
@@ -367,8 +374,9 @@ class Lifecycle:
         )
 
 
-def _encode_cursor(deployment: Deployment) -> str:
-    raw = json.dumps([deployment.inserted_at.isoformat(), str(deployment.id)])
+def _encode_cursor(row: Deployment | AuditEntry) -> str:
+    """Where a page ended, in a list ordered by (inserted_at, id): opaque to clients."""
+    raw = json.dumps([row.inserted_at.isoformat(), str(row.id)])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
