@@ -11,7 +11,10 @@ import pytest
 from buddo_deploy.gunicorn_conf import AccessLogger, redact
 from buddo_deploy.settings import Settings, SettingsError
 
-PRODUCTION = {"BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k", "BUDDO_DATABASE_URL": "postgresql://u:p@h/db"}
+from tests.helpers import PRODUCTION_AUTH
+
+PRODUCTION = {"BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k", "BUDDO_DATABASE_URL": "postgresql://u:p@h/db",
+              **PRODUCTION_AUTH}
 
 
 def test_the_embedded_default_makes_an_ask_secret_once_private_and_url_safe(tmp_path: Path) -> None:
