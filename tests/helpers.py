@@ -23,6 +23,8 @@ from buddo_deploy.settings import Settings
 # table per kernel and every bootstrap writes it, so each test inventory lets tenants reach
 # all of them (tests/e2e/test_isolation.py checks a tenant reaches its stack's Caddy).
 EGRESS_HOST_PORTS = [8080, 8443, 18080, 18443, 19080, 19180, 19443, 19543, 28080, 28443]
+# ... and every admin port of those Caddys (only root may connect to them): the same one table.
+CADDY_ADMIN_PORTS = [2019, 12019, 12020, 12021, 12029, 12119]
 
 # `make test` installs and starts PostgreSQL and exports this; running pytest by
 # hand without a server fails loudly rather than skipping.

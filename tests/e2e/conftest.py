@@ -26,7 +26,16 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ASK_SECRET, EGRESS_HOST_PORTS, JWT_SECRET, PRODUCTION_AUTH, free_port, token, wait_until_up
+from tests.helpers import (
+    ASK_SECRET,
+    CADDY_ADMIN_PORTS,
+    EGRESS_HOST_PORTS,
+    JWT_SECRET,
+    PRODUCTION_AUTH,
+    free_port,
+    token,
+    wait_until_up,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -53,6 +62,7 @@ def write_inventory(directory: Path, var_dir: Path, **overrides: Any) -> Path:
         "caddy_admin_address": ADMIN,
         "app_container_wait_timeout": 15,
         "container_host_egress_host_ports": EGRESS_HOST_PORTS,
+        "container_host_caddy_admin_ports": CADDY_ADMIN_PORTS,
         "container_host_insecure_registries": ["127.0.0.1:5000", PRIVATE_REGISTRY],
         # The registry is shared with `make up`; keep its files where make up keeps them.
         "local_registry_dir": str(ROOT / "var" / "registry"),

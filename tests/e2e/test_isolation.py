@@ -193,3 +193,17 @@ def children(pid: int) -> list[int]:
             if ppid == pid:
                 found += [int(entry.name), *children(int(entry.name))]
     return found
+
+
+def test_only_root_reaches_caddys_admin_api(stack: Stack) -> None:
+    """Caddy's admin API (TCP on loopback) rewrites every route: another local user of the host
+    (here nobody) is refused by the egress table's output rule; root is not."""
+    admin = stack.caddy_admins[0]
+    url = f"http://{admin}/config/"
+    as_root = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url],
+                             capture_output=True, text=True, check=False)
+    assert as_root.stdout == "200", as_root
+    as_nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS",
+                                "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url],
+                               capture_output=True, text=True, check=False)
+    assert as_nobody.returncode != 0 and as_nobody.stdout in ("", "000"), as_nobody

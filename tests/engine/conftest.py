@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import EGRESS_HOST_PORTS, free_port
+from tests.helpers import CADDY_ADMIN_PORTS, EGRESS_HOST_PORTS, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -337,6 +337,7 @@ def _inventory(
                 "local_registry_dir": str(root / "registry"),
                 "app_container_wait_timeout": 30,
                 "container_host_egress_host_ports": EGRESS_HOST_PORTS,
+                "container_host_caddy_admin_ports": CADDY_ADMIN_PORTS,
             },
         },
         # This machine is the controller too: bootstrap installs the nightly reconcile
