@@ -18,6 +18,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# The longest request body the API reads (413 beyond it).
+MAX_BODY_BYTES = 256 * 1024
 # The desired-state document lists the image digests of this many newest releases at most.
 RELEASE_HISTORY = 10
 # BUDDO_ANSIBLE_STRATEGY: what the worker's playbook runs may use (runner.ansible_env);
@@ -105,7 +107,7 @@ _INTEGERS = (
     "CONVERGE_BATCH",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
-            "OUTPUT_WAIT")
+            "OUTPUT_WAIT", "API_REQUEST_TIMEOUT")
 
 
 def _check_numbers(get: Callable[[str], str | None]) -> None:
@@ -123,6 +125,17 @@ def _check_numbers(get: Callable[[str], str | None]) -> None:
     ports = get("HOST_PORT_RANGE")
     if ports and not re.fullmatch(r"[0-9]+(-[0-9]+)?", ports):
         raise SettingsError(f"BUDDO_HOST_PORT_RANGE must be LOW-HIGH, e.g. 20000-29999, got {ports!r}")
+
+
+def api_request_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """BUDDO_API_REQUEST_TIMEOUT: how long a request may take to arrive (serving.py reads it
+    before the app exists; ``Settings.from_env`` the same way)."""
+    env = os.environ if env is None else env
+    _check_numbers(lambda name: env.get(f"BUDDO_{name}") if name == "API_REQUEST_TIMEOUT" else None)
+    seconds = float(env.get("BUDDO_API_REQUEST_TIMEOUT") or 10)
+    if seconds <= 0:
+        raise SettingsError("BUDDO_API_REQUEST_TIMEOUT must be above 0 seconds")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -153,7 +166,7 @@ class Settings:
     rate_limit_anonymous: int = 30
     # Proxies whose X-Forwarded-For is believed; otherwise the client is the socket peer.
     trusted_proxies: tuple[str, ...] = ()
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = MAX_BODY_BYTES
     job_timeout_s: int = 600
     job_lease_s: int = 20
     worker_poll_s: float = 0.2
@@ -197,6 +210,8 @@ class Settings:
     releases_kept: int = 3
     # How long GET .../output waits for a worker to read the container's output (seconds).
     output_wait_s: float = 12.0
+    # How long a request may take to arrive (serving.HeadFirstWorker), seconds.
+    api_request_timeout_s: float = 10.0
     # Clients GET /metrics answers (no token there).
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
@@ -281,6 +296,7 @@ class Settings:
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
             "releases_kept": int(get("RELEASES_KEPT") or 3),
             "output_wait_s": float(get("OUTPUT_WAIT") or 12),
+            "api_request_timeout_s": api_request_timeout_s(env),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
             "converge_batch": int(get("CONVERGE_BATCH") or 32),
         }

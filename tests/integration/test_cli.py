@@ -53,10 +53,11 @@ def test_an_unreachable_database_says_so_without_the_password(tmp_path):
     (("db", "upgrade"), {"BUDDO_METRICS_ALLOW": "everyone"}, "BUDDO_METRICS_ALLOW must be comma-separated CIDRs"),
     (("db", "upgrade"), {"BUDDO_LOG_LEVEL": "loud"}, "BUDDO_LOG_LEVEL must be"),
     (("db", "upgrade"), {"BUDDO_CONVERGE_BATCH": "0"}, "BUDDO_CONVERGE_BATCH must be 1 or more"),
+    (("db", "upgrade"), {"BUDDO_API_REQUEST_TIMEOUT": "0"}, "BUDDO_API_REQUEST_TIMEOUT must be above 0 seconds"),
     (("worker", "--once"), {}, "run `buddo-deploy db upgrade` first"),
     (("desired",), {}, "run `buddo-deploy db upgrade` first"),
-], ids=["scheme", "integer", "number", "port-range", "metrics-allow", "log-level", "converge-batch", "worker-schema",
-        "desired-schema"])
+], ids=["scheme", "integer", "number", "port-range", "metrics-allow", "log-level", "converge-batch",
+        "request-timeout", "worker-schema", "desired-schema"])
 def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):
     if "BUDDO_DATABASE_URL" in env:
         env |= {"BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k"}
@@ -68,13 +69,15 @@ def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):
 @pytest.mark.parametrize(("args", "env", "expected"), [
     (("serve", "--workers", "many"), {}, "argument --workers: must be a whole number of 1 or more, got 'many'"),
     (("serve",), {"BUDDO_API_WORKERS": "0"}, "argument --workers: must be a whole number of 1 or more, got '0'"),
+    (("serve",), {"BUDDO_API_THREADS": "1.5"}, "argument --threads: must be a whole number of 1 or more, got '1.5'"),
     (("worker", "--concurrency", "-2"), {}, "argument --concurrency"),
     (("token", "--operator", "me", "--hours", "1e300"), {}, "argument --hours"),
     (("token", "--operator", "me", "--hours", "nan"), {}, "argument --hours"),
     (("reconcile", "--wait", "soon"), {}, "argument --wait"),
     (("db", "downgrade"), {}, "invalid choice: 'downgrade'"),
     ((), {}, "the following arguments are required: command"),
-], ids=["workers", "workers-env", "concurrency", "hours-huge", "hours-nan", "wait", "db-action", "no-command"])
+], ids=["workers", "workers-env", "threads-env", "concurrency", "hours-huge", "hours-nan", "wait", "db-action",
+        "no-command"])
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, env, expected):
     result = cli(tmp_path, *args, **env)
     assert result.returncode == 2, result

@@ -1,11 +1,15 @@
-"""The real gunicorn server over HTTP: two API processes sharing one database."""
+"""The real gunicorn server over HTTP: two API processes sharing one database; slow clients."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -150,3 +154,119 @@ def test_placement_never_overcommits_across_processes(servers):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = sorted(pool.map(create, range(8)))
     assert results == [(201, "host-a"), (201, "host-a"), (201, "host-b")] + [(503, "capacity_exhausted")] * 5
+
+
+# --- slow clients (serving.HeadFirstWorker) ----------------------------------------------
+
+REQUEST_TIMEOUT_S = 2
+
+
+@pytest.fixture
+def small_server(tmp_path: Path) -> Iterator[str]:
+    """One gunicorn of this checkout with fewer threads than the slow clients below, SQLite."""
+    env = os.environ | {
+        "BUDDO_VAR_DIR": str(tmp_path),
+        "BUDDO_DATABASE_URL": f"sqlite:///{tmp_path / 'buddo.db'}",
+        "BUDDO_JWT_SECRET": JWT_SECRET,
+        "BUDDO_SECRET_KEY": "k",
+        "BUDDO_API_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
+    }
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "buddo_deploy.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/api/deploy/openapi.json", proc)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class Slowloris:
+    """Connections that send a request head a byte at a time and never finish it."""
+
+    def __init__(self, base: str, count: int) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.socks = [socket.create_connection((host, int(port))) for _ in range(count)]
+        for sock in self.socks:
+            sock.sendall(b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._trickle, daemon=True)
+        self.thread.start()
+
+    def _trickle(self) -> None:
+        while not self.stop.wait(0.2):
+            for sock in self.socks:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for sock in self.socks:
+            sock.close()
+
+
+def _raw(base: str, data: bytes, *pieces: bytes, pause: float = 0.3) -> bytes:
+    """Send ``data`` then each piece after a pause; everything the server answers until it closes."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        for piece in pieces:
+            time.sleep(pause)
+            sock.sendall(piece)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def test_slow_clients_hold_no_thread(small_server):
+    """Six slow heads against two threads: another operator's request is answered all the same."""
+    slow = Slowloris(small_server, 6)
+    try:
+        time.sleep(0.5)
+        resp = requests.get(f"{small_server}/api/deploy/tiers", headers=auth("someone-else"), timeout=10)
+        assert resp.status_code == 200
+    finally:
+        slow.close()
+
+
+def test_a_request_that_does_not_arrive_in_time_is_408(small_server):
+    host, port = small_server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_S + 5) as partial, \
+            socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_S + 5) as idle:
+        partial.sendall(b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\n")
+        assert partial.recv(200).startswith(b"HTTP/1.1 408 ")
+        assert idle.recv(200) == b""  # never sent a byte: closed without an answer
+
+
+def test_requests_in_pieces_pipelined_chunked_and_too_large(small_server):
+    body = json.dumps(create_body(subdomain="pieces")).encode()
+    head = (f"POST /api/deploy/apps HTTP/1.1\r\nHost: x\r\nAuthorization: {auth()['Authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    answer = _raw(small_server, head[:20], head[20:60], head[60:] + body[:10], body[10:])
+    assert answer.startswith(b"HTTP/1.1 201 "), answer[:300]
+
+    get = b"GET /api/deploy/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = _raw(small_server, get + get.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+
+    def chunks() -> Iterator[bytes]:
+        yield json.dumps(create_body(subdomain="chunked")).encode()
+
+    # A chunked body is read by the thread itself; answered (Falcon reads no body without a
+    # Content-Length, so the API finds none), never left waiting.
+    resp = requests.post(f"{small_server}/api/deploy/apps", data=chunks(), timeout=10,
+                         headers=auth() | {"Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "malformed_json"
+
+    with requests.Session() as session:  # kept alive between requests
+        codes = [session.get(f"{small_server}/api/deploy/tiers", headers=auth(), timeout=5).status_code
+                 for _ in range(3)]
+    assert codes == [200] * 3
+
+    huge = b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: " + b"a" * 70_000 + b"\r\n\r\n"
+    assert _raw(small_server, huge).startswith(b"HTTP/1.1 431 ")
