@@ -29,8 +29,6 @@ export BUDDO_RATE_LIMIT_READ=1000000 BUDDO_RATE_LIMIT_WRITE=1000000 BUDDO_RATE_L
 # Enough room for every deployment the stateful phase creates, so limits do not hide the
 # per-deployment operations (the tiers' own limits still apply and answer 429).
 export BUDDO_MAX_DEPLOYMENTS_PER_ACCOUNT=1000000
-# No worker runs here: GET .../output answers its 504 at once instead of after 12 s.
-export BUDDO_OUTPUT_WAIT=0.2
 # The same for placement: one container host with memory for them all (destroyed
 # deployments hold theirs until a worker tore them down, and no worker runs here).
 mkdir -p "$work/inventory"

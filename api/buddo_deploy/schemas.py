@@ -527,9 +527,24 @@ class OutputContainer(BaseModel):
     exit_code: int | None
 
 
+class OutputRefresh(BaseModel):
+    job_id: int = Field(description="The read's job (GET /api/deploy/apps/{id}/jobs/{job_id})")
+    state: Literal["queued", "running"]
+    queued_at: Timestamp
+
+
 class OutputOut(BaseModel):
     lines: list[OutputLine] = Field(description="Oldest first (newest last)")
-    container: OutputContainer | None = Field(description="The container read; null when the deployment has none")
+    container: OutputContainer | None = Field(
+        description="The container read; null when the deployment has none (or no read covers this request yet)")
+    collected_at: Timestamp | None = Field(
+        description="When a worker read these lines on the host; null (with status 202): no read yet")
+    age_s: float | None = Field(description="Seconds since collected_at")
+    refresh: OutputRefresh | None = Field(
+        description="A newer read, queued or running (for a read older than BUDDO_OUTPUT_MAX_AGE, or none yet): "
+        "ask again after Retry-After (202) or a second or two")
+    last_error: str | None = Field(
+        description="Why the latest read failed (e.g. the host is unreachable); the lines are from an earlier one")
 
 
 # --- registry logins ------------------------------------------------------

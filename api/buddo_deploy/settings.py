@@ -107,7 +107,7 @@ _INTEGERS = (
     "CONVERGE_BATCH",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
-            "OUTPUT_WAIT", "API_REQUEST_TIMEOUT")
+            "OUTPUT_MAX_AGE", "API_REQUEST_TIMEOUT")
 
 
 def _check_numbers(get: Callable[[str], str | None]) -> None:
@@ -208,8 +208,9 @@ class Settings:
     rate_limit_webhook: int = 120
     # Images of this many newest releases stay on the host for rollbacks; older ones are pruned.
     releases_kept: int = 3
-    # How long GET .../output waits for a worker to read the container's output (seconds).
-    output_wait_s: float = 12.0
+    # GET .../output answers from the latest read of the container's output at once; a read
+    # older than this (seconds) is answered as it is while a new one is queued for a worker.
+    output_max_age_s: float = 5.0
     # How long a request may take to arrive (serving.HeadFirstWorker), seconds.
     api_request_timeout_s: float = 10.0
     # Clients GET /metrics answers (no token there).
@@ -295,7 +296,7 @@ class Settings:
             "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
             "releases_kept": int(get("RELEASES_KEPT") or 3),
-            "output_wait_s": float(get("OUTPUT_WAIT") or 12),
+            "output_max_age_s": float(get("OUTPUT_MAX_AGE") or 5),
             "api_request_timeout_s": api_request_timeout_s(env),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
             "converge_batch": int(get("CONVERGE_BATCH") or 32),

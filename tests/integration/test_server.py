@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -223,15 +224,29 @@ def _raw(base: str, data: bytes, *pieces: bytes, pause: float = 0.3) -> bytes:
         return received
 
 
-def test_slow_clients_hold_no_thread(small_server):
-    """Six slow heads against two threads: another operator's request is answered all the same."""
+def test_slow_clients_and_output_requests_leave_the_api_available(small_server, tmp_path: Path):
+    """Six slow heads and three output requests against two threads: another operator's request
+    is answered all the same (timings: bench/api.py), and the three requests queue one read."""
+    created = requests.post(f"{small_server}/api/deploy/apps", json=create_body(), headers=auth(), timeout=10)
+    assert created.status_code == 201, created.text
+    url = f"{small_server}/api/deploy/apps/{created.json()['deployment']['id']}/output"
     slow = Slowloris(small_server, 6)
     try:
         time.sleep(0.5)
-        resp = requests.get(f"{small_server}/api/deploy/tiers", headers=auth("someone-else"), timeout=10)
-        assert resp.status_code == 200
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            outputs = [pool.submit(requests.get, url, params={"tail": "20"}, headers=auth(), timeout=30)
+                       for _ in range(3)]
+            tiers = requests.get(f"{small_server}/api/deploy/tiers", headers=auth("someone-else"), timeout=30)
+            answers = [future.result() for future in outputs]
     finally:
         slow.close()
+    assert tiers.status_code == 200
+    # No worker runs: a read is queued (202) and every request joins it; one over the
+    # operator's concurrency cap is 429 at once.
+    codes = [resp.status_code for resp in answers]
+    assert set(codes) <= {202, 429} and 202 in codes, [resp.text for resp in answers]
+    with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db:
+        assert db.execute("SELECT count(*) FROM jobs WHERE action = 'output'").fetchone() == (1,)
 
 
 def test_a_request_that_does_not_arrive_in_time_is_408(small_server):
