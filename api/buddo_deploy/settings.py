@@ -104,7 +104,7 @@ _INTEGERS = (
     "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
     "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR", "RELEASES_KEPT",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
-    "CONVERGE_BATCH",
+    "CONVERGE_BATCH", "OPERATOR_CONCURRENCY",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
             "OUTPUT_MAX_AGE", "API_REQUEST_TIMEOUT")
@@ -211,6 +211,9 @@ class Settings:
     # GET .../output answers from the latest read of the container's output at once; a read
     # older than this (seconds) is answered as it is while a new one is queued for a worker.
     output_max_age_s: float = 5.0
+    # Expensive reads (ratelimit.EXPENSIVE_READS) one operator may have in flight in one API
+    # process; one more is 429 at once.
+    operator_concurrency: int = 2
     # How long a request may take to arrive (serving.HeadFirstWorker), seconds.
     api_request_timeout_s: float = 10.0
     # Clients GET /metrics answers (no token there).
@@ -297,12 +300,15 @@ class Settings:
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
             "releases_kept": int(get("RELEASES_KEPT") or 3),
             "output_max_age_s": float(get("OUTPUT_MAX_AGE") or 5),
+            "operator_concurrency": int(get("OPERATOR_CONCURRENCY") or 2),
             "api_request_timeout_s": api_request_timeout_s(env),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
             "converge_batch": int(get("CONVERGE_BATCH") or 32),
         }
         if int(kwargs["converge_batch"]) < 1:  # type: ignore[call-overload]
             raise SettingsError("BUDDO_CONVERGE_BATCH must be 1 or more")
+        if int(kwargs["operator_concurrency"]) < 1:  # type: ignore[call-overload]
+            raise SettingsError("BUDDO_OPERATOR_CONCURRENCY must be 1 or more")
         if not 1 <= int(kwargs["releases_kept"]) <= RELEASE_HISTORY:  # type: ignore[call-overload]
             raise SettingsError(f"BUDDO_RELEASES_KEPT must be between 1 and {RELEASE_HISTORY}")
         if kwargs["ansible_strategy"] not in STRATEGIES:

@@ -53,11 +53,12 @@ def test_an_unreachable_database_says_so_without_the_password(tmp_path):
     (("db", "upgrade"), {"BUDDO_METRICS_ALLOW": "everyone"}, "BUDDO_METRICS_ALLOW must be comma-separated CIDRs"),
     (("db", "upgrade"), {"BUDDO_LOG_LEVEL": "loud"}, "BUDDO_LOG_LEVEL must be"),
     (("db", "upgrade"), {"BUDDO_CONVERGE_BATCH": "0"}, "BUDDO_CONVERGE_BATCH must be 1 or more"),
+    (("db", "upgrade"), {"BUDDO_OPERATOR_CONCURRENCY": "0"}, "BUDDO_OPERATOR_CONCURRENCY must be 1 or more"),
     (("db", "upgrade"), {"BUDDO_API_REQUEST_TIMEOUT": "0"}, "BUDDO_API_REQUEST_TIMEOUT must be above 0 seconds"),
     (("worker", "--once"), {}, "run `buddo-deploy db upgrade` first"),
     (("desired",), {}, "run `buddo-deploy db upgrade` first"),
 ], ids=["scheme", "integer", "number", "port-range", "metrics-allow", "log-level", "converge-batch",
-        "request-timeout", "worker-schema", "desired-schema"])
+        "operator-concurrency", "request-timeout", "worker-schema", "desired-schema"])
 def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):
     if "BUDDO_DATABASE_URL" in env:
         env |= {"BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k"}

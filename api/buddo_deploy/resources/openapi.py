@@ -15,7 +15,8 @@ _ERRORS = {
     400: "Malformed JSON", 401: "Missing or invalid OAuth token", 403: "Forbidden (scope or owner)",
     404: "Not found (deployment, tier, registry login, or a malformed deployment id)", 413: "Request body too large",
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
-    409: "Reference already used for a different payment", 429: "Rate or deployment limit reached",
+    409: "Reference already used for a different payment",
+    429: "Rate or deployment limit reached, or too many expensive reads in flight",
     503: "Unavailable (no container host has room: capacity_exhausted; payment webhook not configured)",
     502: "The latest read of the host failed and no earlier one covers the request (app output); "
          "Retry-After says when a request queues the next",
