@@ -1,22 +1,29 @@
-"""The API's gunicorn worker: gthread, but a thread only for a request that has arrived.
+"""The API's gunicorn worker: gthread, but no thread waits for a request to arrive.
 
 gunicorn's gthread worker hands a connection to a thread as soon as it is readable, and
 the thread reads the request with blocking reads: a client that sends its request
 slowly (slowloris) holds a thread for as long as it likes, and a few such clients hold
-them all. This worker reads each request in its main loop instead, without blocking,
-and hands it to a thread only once its head is in, with its body when the head declares
-a length up to the API's body limit. A request that has not arrived in full within
-``BUDDO_API_REQUEST_TIMEOUT`` of its first byte (or of the connection, for the first
-request) is answered 408 and the connection closed; a head over ``HEAD_MAX`` is 431.
-Idle kept-alive connections wait in gunicorn's poller as before (``keepalive``).
+them all. Here a thread reads only what has arrived (non-blocking) and serves the
+request once its head is in, with its body when the head declares a length up to the
+API's body limit; until then the connection goes back to the worker's event loop, which
+hands it to a thread again when more arrives. A request that has not arrived in full
+within ``BUDDO_API_REQUEST_TIMEOUT`` of its first byte (or of the connection, for the
+first request) is answered 408 and the connection closed; a head over ``HEAD_MAX`` is
+431. Idle kept-alive connections wait in the event loop as before (``keepalive``).
 
-What a thread still reads or writes itself (a chunked or ``Expect: 100-continue`` body,
+Why the thread reads, not the event loop: every recv gives up the GIL, and taking it back
+on a busy worker takes up to the switch interval (5 ms). The event loop is on every
+request's path, so a read there costs throughput (measured: a fifth of it); a thread's
+read is what gthread does anyway.
+
+What a thread still reads or writes blocking (a chunked or ``Expect: 100-continue`` body,
 a response the client does not read) is bounded per read and write by the same timeout
 (``SO_RCVTIMEO``/``SO_SNDTIMEO``), so no client holds a thread indefinitely.
 
-Everything here runs on the worker's main thread (``enqueue_req`` is only called there),
-so the bookkeeping needs no lock. TLS and cleartext HTTP/2 (not used: Caddy terminates
-TLS in front) fall back to gthread's own behaviour.
+A connection is with one thread or with the event loop at a time (gthread's rule), so
+the request's bytes need no lock; the deadlines (``arriving``) are the event loop's
+alone. TLS and cleartext HTTP/2 (not used: Caddy terminates TLS in front) fall back to
+gthread's own behaviour.
 """
 
 from __future__ import annotations
@@ -33,9 +40,9 @@ from gunicorn.workers import gthread
 
 from .settings import MAX_BODY_BYTES, api_request_timeout_s
 
-# The longest request head read here; the API's longest is a few kB (a JWT and the usual headers).
+# The longest request head waited for; the API's longest is a few kB (a JWT and the usual headers).
 HEAD_MAX = 64 * 1024
-# A declared body up to this is read before the request gets a thread: the API's own limit
+# A declared body up to this is in before a thread serves the request: the API's own limit
 # (a longer one is answered 413 from Content-Length, unread).
 BODY_MAX = MAX_BODY_BYTES
 _RECV = 64 * 1024
@@ -77,12 +84,15 @@ def ready(buffer: bytes | bytearray, body_max: int = BODY_MAX) -> bool | None:
 class _Arrival:
     """What has arrived of a connection's next request, and until when the rest may take."""
 
-    __slots__ = ("buffer", "deadline", "registered")
+    __slots__ = ("buffer", "deadline")
 
     def __init__(self, buffer: bytes, deadline: float) -> None:
         self.buffer = bytearray(buffer)
         self.deadline = deadline
-        self.registered = False
+
+
+# What a thread's handle() returns for a request not in yet: back to the event loop.
+_MORE = object()
 
 
 def _bound_blocking_io(sock: socket.socket, seconds: float) -> None:
@@ -94,91 +104,96 @@ def _bound_blocking_io(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
+def _receive(sock: socket.socket, buffer: bytearray) -> tuple[bool, bool | None]:
+    """Read what the (non-blocking) socket holds until the request is ready, mostly one recv;
+    (peer gone, ready(buffer))."""
+    while True:
+        try:
+            chunk = sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return False, ready(buffer)
+        except OSError:
+            return True, ready(buffer)
+        buffer += chunk
+        verdict = ready(buffer)
+        if not chunk or verdict is not False or len(chunk) < _RECV:
+            # Not ready after a short read: the rest is not here yet (the event loop says when).
+            return not chunk, verdict
+
+
 class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gunicorn ``--worker-class buddo_deploy.serving.HeadFirstWorker`` (gunicorn_conf.py)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_timeout = api_request_timeout_s()
-        # Insertion order is deadline order: every deadline is "now + request_timeout".
+        # Connections in the event loop whose request has not arrived in full (main thread only).
         self.arriving: dict[Any, _Arrival] = {}
 
-    def _stock(self) -> bool:
-        return bool(self.cfg.is_ssl or self.cfg.http2_cleartext != "off")
+    def _stock(self, conn: Any) -> bool:
+        return bool(self.cfg.is_ssl or self.cfg.http2_cleartext != "off" or conn.is_http2)
 
-    def enqueue_req(self, conn: Any) -> None:
-        if self._stock() or conn.is_http2:
-            super().enqueue_req(conn)
-            return
-        if not getattr(conn, "buddo_bounded", False):
-            _bound_blocking_io(conn.sock, self.request_timeout)
-            conn.buddo_bounded = True
-        # A thread may have read ahead into the next request (pipelining, a drained body).
-        early = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+    def handle(self, conn: Any) -> Any:
+        """In a thread: serve the request if it has arrived, else hand the connection back."""
+        if self._stock(conn):
+            return super().handle(conn)
+        arrival = getattr(conn, "buddo_arrival", None)
+        if arrival is None:
+            if not getattr(conn, "buddo_bounded", False):
+                _bound_blocking_io(conn.sock, self.request_timeout)
+                conn.buddo_bounded = True
+            # A thread may have read ahead into this request (pipelining, a drained body).
+            early = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+            arrival = conn.buddo_arrival = _Arrival(early, time.monotonic() + self.request_timeout)
         conn.sock.setblocking(False)
-        self.arriving[conn] = _Arrival(early, time.monotonic() + self.request_timeout)
-        self._advance(conn)
+        try:
+            closed, verdict = _receive(conn.sock, arrival.buffer)
+        finally:
+            conn.sock.setblocking(True)
+        if verdict:
+            conn.buddo_arrival = None
+            conn.init()  # the parser of a new connection (HTTP/1 without TLS: reads nothing)
+            conn.parser.unreader.unread(bytes(arrival.buffer))
+            return super().handle(conn)
+        if verdict is None:
+            with contextlib.suppress(OSError):
+                conn.sock.sendall(_431)
+            return False
+        return False if closed else _MORE
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """On the event loop: a request not in yet waits there for more, with its deadline."""
+        if fs.cancelled() or fs.exception() is not None or fs.result() is not _MORE:
+            super().finish_request(conn, fs)
+            return
+        arrival = conn.buddo_arrival
+        if not self.alive or arrival.deadline <= time.monotonic():
+            self._drop(conn, arrival)
+            return
+        conn.sock.setblocking(False)
+        self.arriving[conn] = arrival
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def _on_readable(self, conn: Any, _sock: Any) -> None:
-        self._advance(conn)
-
-    def _advance(self, conn: Any) -> None:
-        arrival = self.arriving[conn]
-        closed = self._receive(conn.sock, arrival.buffer)
-        verdict = ready(arrival.buffer)
-        if verdict:
-            self._dispatch(conn, arrival)
-        elif verdict is None:
-            self._drop(conn, arrival, _431)
-        elif closed:
-            self._drop(conn, arrival)
-        elif not arrival.registered:
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
-            arrival.registered = True
-
-    @staticmethod
-    def _receive(sock: socket.socket, buffer: bytearray) -> bool:
-        """Read what the socket holds (up to a head and a body's worth); True when the peer is gone."""
-        while len(buffer) <= HEAD_MAX + BODY_MAX:
-            try:
-                chunk = sock.recv(_RECV)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError:
-                return True
-            if not chunk:
-                return True
-            buffer += chunk
-        return False
-
-    def _unregister(self, conn: Any, arrival: _Arrival) -> None:
         del self.arriving[conn]
-        if arrival.registered:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self.poller.unregister(conn.sock)
+        self.poller.unregister(conn.sock)
+        self.enqueue_req(conn)
 
-    def _dispatch(self, conn: Any, arrival: _Arrival) -> None:
-        self._unregister(conn, arrival)
-        if conn.parser is None:
-            conn.init()  # HTTP/1 without TLS: makes the parser, reads nothing
-        conn.parser.unreader.unread(bytes(arrival.buffer))
-        super().enqueue_req(conn)
-
-    def _drop(self, conn: Any, arrival: _Arrival, answer: bytes | None = None) -> None:
-        self._unregister(conn, arrival)
-        if answer is not None:
+    def _drop(self, conn: Any, arrival: _Arrival) -> None:
+        if arrival.buffer and self.alive:
             with contextlib.suppress(OSError):  # best effort: the socket is non-blocking
-                conn.sock.send(answer)
+                conn.sock.send(_408)
         self.nr_conns -= 1
         conn.close()
 
     def murder_pending(self) -> None:
-        """gthread's timeouts (called every turn of the main loop), then requests that are late."""
+        """gthread's timeouts (called every turn of the event loop), then requests that are late."""
         super().murder_pending()
         now = time.monotonic()
         for conn, arrival in list(self.arriving.items()):
             if self.alive and arrival.deadline > now:
-                break
-            # Stopping: a request not yet in is not waited for.
-            self._drop(conn, arrival, _408 if arrival.buffer and self.alive else None)
-
+                continue
+            del self.arriving[conn]
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(conn.sock)
+            self._drop(conn, arrival)  # stopping: a request not yet in is not waited for
