@@ -497,6 +497,7 @@ class ReleaseList(BaseModel):
 # --- app output -----------------------------------------------------------
 
 MAX_TAIL = 5000
+_RFC3339_DATE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]")
 
 
 class OutputQuery(BaseModel):
@@ -504,6 +505,14 @@ class OutputQuery(BaseModel):
 
     tail: int = Field(100, ge=1, le=MAX_TAIL, description="Lines at most (stdout and stderr together)")
     since: AwareDatetime | None = Field(None, description="Only lines after this RFC 3339 time (with offset)")
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        # pydantic would take a number ("0.5") as Unix time; the parameter is an RFC 3339 time.
+        if isinstance(value, str) and not _RFC3339_DATE.match(value):
+            raise ValueError("must be an RFC 3339 time with offset, e.g. 2026-01-01T00:00:00Z")
+        return value
 
     @field_validator("since")
     @classmethod

@@ -21,6 +21,7 @@ LINES = [{"at": "2026-12-04T20:51:05.100000001Z", "stream": "stdout", "text": "t
 @pytest.mark.parametrize("params", [
     {"tail": "0"}, {"tail": "5001"}, {"tail": "²"}, {"tail": "ten"},
     {"since": "yesterday"}, {"since": "2026-01-01T00:00:00"}, {"since": "2026-13-01T00:00:00Z"},
+    {"since": "0.5"}, {"since": "1767225600"},
 ])
 def test_bad_tail_and_since_are_422_and_queue_nothing(client, params):
     ident = create_deployment(client)
