@@ -46,6 +46,9 @@ HEAD_MAX = 64 * 1024
 # (a longer one is answered 413 from Content-Length, unread).
 BODY_MAX = MAX_BODY_BYTES
 _RECV = 64 * 1024
+# A closing connection is drained this long and this much at most (gunicorn's close_graceful).
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 64 * 1024
 _END = b"\r\n\r\n"
 _408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -91,6 +94,16 @@ class _Arrival:
         self.deadline = deadline
 
 
+class _Lingering:
+    """A connection closing: until when the event loop drains it, and how much it drained."""
+
+    __slots__ = ("deadline", "drained")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.drained = 0
+
+
 # What a thread's handle() returns for a request not in yet: back to the event loop.
 _MORE = object()
 
@@ -127,8 +140,10 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_timeout = api_request_timeout_s()
-        # Connections in the event loop whose request has not arrived in full (main thread only).
+        # Connections in the event loop whose request has not arrived in full, and connections
+        # closing (the event loop's alone).
         self.arriving: dict[Any, _Arrival] = {}
+        self.lingering: dict[Any, _Lingering] = {}
 
     def _stock(self, conn: Any) -> bool:
         return bool(self.cfg.is_ssl or self.cfg.http2_cleartext != "off" or conn.is_http2)
@@ -148,6 +163,10 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
         conn.sock.setblocking(False)
         try:
             closed, verdict = _receive(conn.sock, arrival.buffer)
+            if verdict is None:
+                with contextlib.suppress(OSError):  # best effort, never waiting on the client
+                    conn.sock.send(_431)
+                return False
         finally:
             conn.sock.setblocking(True)
         if verdict:
@@ -155,24 +174,27 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
             conn.init()  # the parser of a new connection (HTTP/1 without TLS: reads nothing)
             conn.parser.unreader.unread(bytes(arrival.buffer))
             return super().handle(conn)
-        if verdict is None:
-            with contextlib.suppress(OSError):
-                conn.sock.sendall(_431)
-            return False
         return False if closed else _MORE
 
     def finish_request(self, conn: Any, fs: Any) -> None:
-        """On the event loop: a request not in yet waits there for more, with its deadline."""
-        if fs.cancelled() or fs.exception() is not None or fs.result() is not _MORE:
+        """On the event loop: a request not in yet waits there for more, with its deadline; a
+        connection to close lingers there (gthread would linger blocking the event loop)."""
+        if fs.cancelled() or fs.exception() is not None:
             super().finish_request(conn, fs)
             return
-        arrival = conn.buddo_arrival
-        if not self.alive or arrival.deadline <= time.monotonic():
-            self._drop(conn, arrival)
-            return
-        conn.sock.setblocking(False)
-        self.arriving[conn] = arrival
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        result = fs.result()
+        if result is _MORE:
+            arrival = conn.buddo_arrival
+            if not self.alive or arrival.deadline <= time.monotonic():
+                self._drop(conn, arrival)
+                return
+            conn.sock.setblocking(False)
+            self.arriving[conn] = arrival
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        elif result:
+            super().finish_request(conn, fs)  # kept alive
+        else:
+            self._linger(conn)
 
     def _on_readable(self, conn: Any, _sock: Any) -> None:
         del self.arriving[conn]
@@ -180,14 +202,53 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.enqueue_req(conn)
 
     def _drop(self, conn: Any, arrival: _Arrival) -> None:
+        """A request that did not arrive in time (408) or a connection that sent none."""
         if arrival.buffer and self.alive:
-            with contextlib.suppress(OSError):  # best effort: the socket is non-blocking
+            conn.sock.setblocking(False)
+            with contextlib.suppress(OSError):  # best effort, never waiting on the client
                 conn.sock.send(_408)
+            self._linger(conn)
+            return
+        self.nr_conns -= 1
+        conn.close()
+
+    def _linger(self, conn: Any) -> None:
+        """Close as RFC 9112 9.6 says (gunicorn's close_graceful), without blocking: send FIN,
+        then read and drop what the peer still sends until it closes, for LINGER_S at most, so
+        that unread request bytes do not make the kernel reset the connection (and truncate
+        the answer)."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.sock.setblocking(False)
+        self.lingering[conn] = _Lingering(time.monotonic() + LINGER_S)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
+
+    def _on_lingering_readable(self, conn: Any, _sock: Any) -> None:
+        lingering = self.lingering[conn]
+        try:
+            drained = len(conn.sock.recv(_RECV))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            drained = 0
+        lingering.drained += drained
+        if not drained or lingering.drained >= LINGER_MAX_BYTES:
+            self._close_lingering(conn)
+
+    def _close_lingering(self, conn: Any) -> None:
+        del self.lingering[conn]
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
         self.nr_conns -= 1
         conn.close()
 
     def murder_pending(self) -> None:
-        """gthread's timeouts (called every turn of the event loop), then requests that are late."""
+        """gthread's timeouts (called every turn of the event loop), then requests that are
+        late and lingering closes that are done waiting."""
         super().murder_pending()
         now = time.monotonic()
         for conn, arrival in list(self.arriving.items()):
@@ -197,3 +258,6 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.poller.unregister(conn.sock)
             self._drop(conn, arrival)  # stopping: a request not yet in is not waited for
+        for conn, lingering in list(self.lingering.items()):
+            if lingering.deadline <= now or not self.alive:
+                self._close_lingering(conn)

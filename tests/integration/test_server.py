@@ -258,6 +258,24 @@ def test_a_request_that_does_not_arrive_in_time_is_408(small_server):
         assert idle.recv(200) == b""  # never sent a byte: closed without an answer
 
 
+def test_clients_that_never_close_do_not_stall_the_event_loop(small_server):
+    """gthread closes a "Connection: close" connection by waiting (up to 2 s) for the client to
+    close too, on the worker's event loop; here it waits in the event loop without blocking it."""
+    host, port = small_server.removeprefix("http://").split(":")
+    stubborn = []
+    try:
+        for _ in range(10):  # 20 s of a blocked event loop, were each close waited for in turn
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /api/deploy/openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            stubborn.append(sock)  # never reads, never closes
+        time.sleep(0.5)
+        for _ in range(3):
+            assert requests.get(f"{small_server}/api/deploy/tiers", headers=auth(), timeout=5).status_code == 200
+    finally:
+        for sock in stubborn:
+            sock.close()
+
+
 def test_requests_in_pieces_pipelined_chunked_and_too_large(small_server):
     body = json.dumps(create_body(subdomain="pieces")).encode()
     head = (f"POST /api/deploy/apps HTTP/1.1\r\nHost: x\r\nAuthorization: {auth()['Authorization']}\r\n"
