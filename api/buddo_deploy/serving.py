@@ -16,9 +16,10 @@ on a busy worker takes up to the switch interval (5 ms). The event loop is on ev
 request's path, so a read there costs throughput (measured: a fifth of it); a thread's
 read is what gthread does anyway.
 
-What a thread still reads or writes blocking (a chunked or ``Expect: 100-continue`` body,
-a response the client does not read) is bounded per read and write by the same timeout
-(``SO_RCVTIMEO``/``SO_SNDTIMEO``), so no client holds a thread indefinitely.
+An answer the client has not taken within the same timeout of its first byte is abandoned
+(a small one goes to the kernel's send buffer at once), and each blocking read or write of
+a thread (a chunked or ``Expect: 100-continue`` body, an answer) is bounded by it too
+(``SO_RCVTIMEO``/``SO_SNDTIMEO``), so no client holds a thread for long.
 
 A connection is with one thread or with the event loop at a time (gthread's rule), so
 the request's bytes need no lock; the deadlines (``arriving``) are the event loop's
@@ -134,6 +135,34 @@ def _receive(sock: socket.socket, buffer: bytearray) -> tuple[bool, bool | None]
             return not chunk, verdict
 
 
+class _WriteDeadline:
+    """The socket a thread answers on: an answer the client has not taken within ``seconds`` of
+    its first byte is abandoned (checked before each write; a write itself blocks for
+    ``seconds`` at most, SO_SNDTIMEO), so a client that reads slowly holds the thread no
+    longer. A small answer goes to the kernel's send buffer at once."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._seconds = seconds
+        self._deadline: float | None = None
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view):]
+
+    def send(self, data: Any) -> int:
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self._seconds
+        elif now > self._deadline:
+            raise TimeoutError("the client did not take the answer in time")
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gunicorn ``--worker-class buddo_deploy.serving.HeadFirstWorker`` (gunicorn_conf.py)."""
 
@@ -173,7 +202,11 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
             conn.buddo_arrival = None
             conn.init()  # the parser of a new connection (HTTP/1 without TLS: reads nothing)
             conn.parser.unreader.unread(bytes(arrival.buffer))
-            return super().handle(conn)
+            raw, conn.sock = conn.sock, _WriteDeadline(conn.sock, self.request_timeout)
+            try:
+                return super().handle(conn)
+            finally:
+                conn.sock = raw
         return False if closed else _MORE
 
     def finish_request(self, conn: Any, fs: Any) -> None:

@@ -1,9 +1,12 @@
-"""When the API's gunicorn worker hands a request to a thread (serving.ready)."""
+"""The API's gunicorn worker: when a thread serves a request (serving.ready), how long it writes one."""
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
-from buddo_deploy.serving import BODY_MAX, HEAD_MAX, ready
+from buddo_deploy.serving import BODY_MAX, HEAD_MAX, _bound_blocking_io, _WriteDeadline, ready
 
 GET = b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -27,3 +30,30 @@ GET = b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\n\r\n"
 ])
 def test_ready(buffer, expected):
     assert ready(buffer) is expected
+
+
+def test_an_answer_the_client_takes_too_slowly_is_abandoned():
+    """A client reading a trickle holds the thread writing to it for the timeout, not for as
+    long as it likes (each write blocks the timeout at most, SO_SNDTIMEO)."""
+    server, client = socket.socketpair()
+    with server, client:
+        for sock in (server, client):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        _bound_blocking_io(server, 0.2)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.wait(0.05):
+                client.recv(512)
+
+        reader = threading.Thread(target=trickle)
+        reader.start()
+        try:
+            answer = _WriteDeadline(server, 0.5)
+            answer.sendall(b"small")
+            with pytest.raises(OSError):
+                answer.sendall(b"x" * 4_000_000)
+        finally:
+            stop.set()
+            reader.join()
