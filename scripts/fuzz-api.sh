@@ -35,8 +35,6 @@ export BUDDO_MAX_DEPLOYMENTS_PER_ACCOUNT=1000000
 # database opens accounts empty: balances the run never spends, for the same reason.
 # No worker runs, so no later cycle starts and no debt can arise.
 export BUDDO_BILLING_STARTING_POINTS=1000000000000 BUDDO_BILLING_STARTING_SATS=1000000000000000
-# No worker runs here: GET .../output answers its 504 at once instead of after 12 s.
-export BUDDO_OUTPUT_WAIT=0.2
 # The same for placement: one container host with memory for them all (destroyed
 # deployments hold theirs until a worker tore them down, and no worker runs here).
 mkdir -p "$work/inventory"

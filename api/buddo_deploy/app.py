@@ -11,7 +11,7 @@ from .auth import Auth
 from .db import open_database
 from .inventory import container_hosts, host_labels
 from .middleware import Database, RequestId, RequestMetrics
-from .ratelimit import RateLimit
+from .ratelimit import ConcurrencyLimit, RateLimit
 from .resources.apps import AppsResource
 from .resources.billing import BillingResource, PaymentsResource
 from .resources.internal import DomainCheckResource
@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     metrics.prepare(settings.var_dir)
     limiter = RateLimit(settings)
     middleware: list[Any] = [RequestId(), RequestMetrics(metrics.observe_request), Database(db),
-                             Auth(settings, limiter.rejected), limiter]
+                             Auth(settings, limiter.rejected), ConcurrencyLimit(settings.operator_concurrency),
+                             limiter]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)

@@ -122,7 +122,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     argv = [
         sys.executable, "-m", "gunicorn", "buddo_deploy.wsgi:app",
         "--config", "python:buddo_deploy.gunicorn_conf",
-        "--bind", args.bind, "--workers", str(args.workers),
+        "--bind", args.bind, "--workers", str(args.workers), "--threads", str(args.threads),
         "--access-logfile", "-", "--error-logfile", "-",
     ]
     os.execv(sys.executable, argv)  # noqa: S606 - replace this process with gunicorn
@@ -296,6 +296,8 @@ def _parser() -> argparse.ArgumentParser:
     # A string default goes through `type` too, so a bad BUDDO_API_WORKERS is a usage error.
     serve.add_argument("--workers", type=_positive_int, default=os.environ.get("BUDDO_API_WORKERS", "2"),
                        help="gunicorn workers (default: BUDDO_API_WORKERS or 2)")
+    serve.add_argument("--threads", type=_positive_int, default=os.environ.get("BUDDO_API_THREADS", "8"),
+                       help="request threads per worker (default: BUDDO_API_THREADS or 8)")
     db = sub.add_parser("db", help="database commands")
     db.add_argument("action", choices=["upgrade"])
     token = sub.add_parser("token", help="mint a local access token (HS256, embedded default)")

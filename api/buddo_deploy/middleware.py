@@ -25,7 +25,12 @@ class RequestId:
 
 
 class Database:
-    """One connection per process, opened lazily (after gunicorn forks) and reused."""
+    """One connection per request thread, opened lazily (after gunicorn forks) and reused.
+
+    peewee keeps the connection and its transaction state per thread (``thread_safe``,
+    its default), so the gthread worker's threads never share a connection or a
+    transaction; on PostgreSQL each gunicorn worker holds up to ``--threads`` connections.
+    """
 
     def __init__(self, db: peewee.Database) -> None:
         self.db = db

@@ -1,4 +1,5 @@
-"""Per caller, per endpoint rate limits, counted in the database so they hold across processes.
+"""Per caller, per endpoint rate limits, counted in the database so they hold across processes;
+and per operator, how many expensive reads may be in flight at once in this process.
 
 Fixed one-minute windows (configurable): one upsert per request. Headers follow the
 IETF RateLimit header fields draft (`RateLimit-Limit/-Remaining/-Reset`) plus
@@ -7,6 +8,7 @@ IETF RateLimit header fields draft (`RateLimit-Limit/-Remaining/-Reset`) plus
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -42,6 +44,18 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
 }
 # Classes of requests without a bearer token, counted per client address.
 ADDRESS_CLASSES = frozenset({"webhook", "ask"})
+
+
+# Reads that cost more than a row or two (listings, the deploy log, the app's output): one
+# operator may have at most BUDDO_OPERATOR_CONCURRENCY of them in flight in one API process.
+EXPENSIVE_READS: frozenset[tuple[str, str]] = frozenset({
+    ("GET", "/api/deploy/apps/{deployment_id}/output"),
+    ("GET", "/api/deploy/apps/{deployment_id}/logs"),
+    ("GET", "/api/deploy/apps/{deployment_id}/jobs/{job_id}"),
+    ("GET", "/api/deploy/apps/{deployment_id}/releases"),
+})
+# What a 429 for too many reads in flight says to wait: they are short.
+IN_FLIGHT_RETRY_AFTER_S = 1
 
 
 def _route_key(method: str, template: str) -> tuple[str, str]:
@@ -130,3 +144,49 @@ class RateLimit:
                 headers=headers | {"Retry-After": str(reset)},
             )
         resp.set_headers(headers)
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` expensive reads (EXPENSIVE_READS) in flight per operator, across the
+    threads of this process; the next is 429 at once (no database write: it is refused before
+    RateLimit counts it). Across processes the rate limit (RateLimit) still holds."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
+        principal = getattr(req.context, "principal", None)
+        if principal is None or req.uri_template is None:
+            return
+        if _route_key(req.method, req.uri_template) not in EXPENSIVE_READS:
+            return
+        operator = principal.operator_id
+        with self._lock:
+            count = self._in_flight.get(operator, 0)
+            if count >= self.limit:
+                raise TooManyRequests(
+                    f"Too many requests in flight: at most {self.limit} listings or output reads at once",
+                    code="too_many_in_flight",
+                    details={"limit": self.limit, "retry_after": IN_FLIGHT_RETRY_AFTER_S},
+                    headers={"Retry-After": str(IN_FLIGHT_RETRY_AFTER_S)},
+                )
+            self._in_flight[operator] = count + 1
+        req.context.in_flight_of = operator
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool) -> None:
+        operator = getattr(req.context, "in_flight_of", None)
+        if operator is None:
+            return
+        req.context.in_flight_of = None
+        with self._lock:
+            left = self._in_flight[operator] - 1
+            if left:
+                self._in_flight[operator] = left
+            else:
+                del self._in_flight[operator]
+
+    def in_flight(self, operator: str) -> int:
+        with self._lock:
+            return self._in_flight.get(operator, 0)

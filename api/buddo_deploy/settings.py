@@ -23,6 +23,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# The longest request body the API reads (413 beyond it).
+MAX_BODY_BYTES = 256 * 1024
 # The desired-state document lists the image digests of this many newest releases at most.
 RELEASE_HISTORY = 10
 # BUDDO_ANSIBLE_STRATEGY: what the worker's playbook runs may use (runner.ansible_env);
@@ -123,10 +125,10 @@ _INTEGERS = (
     "JOB_TIMEOUT", "JOB_LEASE", "HEALTH_FAILURES", "HEALTH_MAX_RESTARTS", "RATE_LIMIT_ANONYMOUS",
     "CERT_BUDGET_PER_DOMAIN", "CERT_BUDGET_PER_HOUR", "RELEASES_KEPT",
     "RATE_LIMIT_WEBHOOK", "BILLING_STARTING_POINTS", "BILLING_STARTING_SATS",
-    "CONVERGE_BATCH", "RATE_LIMIT_ASK", "RETENTION_DAYS",
+    "CONVERGE_BATCH", "RATE_LIMIT_ASK", "RETENTION_DAYS", "OPERATOR_CONCURRENCY",
 )
 _NUMBERS = ("WORKER_POLL", "HEALTH_INTERVAL", "RECONCILE_INTERVAL", "BILLING_INTERVAL", "DOMAIN_CHECK_INTERVAL",
-            "OUTPUT_WAIT", "RETENTION_INTERVAL")
+            "OUTPUT_MAX_AGE", "API_REQUEST_TIMEOUT", "RETENTION_INTERVAL")
 
 
 def _check_numbers(get: Callable[[str], str | None]) -> None:
@@ -198,6 +200,17 @@ def _expected_claims(get: Callable[[str], str | None], production: bool) -> tupl
     return found["JWT_AUDIENCE"], found["JWT_ISSUER"]
 
 
+def api_request_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """BUDDO_API_REQUEST_TIMEOUT: how long a request may take to arrive (serving.py reads it
+    before the app exists; ``Settings.from_env`` the same way)."""
+    env = os.environ if env is None else env
+    _check_numbers(lambda name: env.get(f"BUDDO_{name}") if name == "API_REQUEST_TIMEOUT" else None)
+    seconds = float(env.get("BUDDO_API_REQUEST_TIMEOUT") or 10)
+    if seconds <= 0:
+        raise SettingsError("BUDDO_API_REQUEST_TIMEOUT must be above 0 seconds")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     var_dir: Path
@@ -227,7 +240,7 @@ class Settings:
     rate_limit_anonymous: int = 30
     # Proxies whose X-Forwarded-For is believed; otherwise the client is the socket peer.
     trusted_proxies: tuple[str, ...] = ()
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = MAX_BODY_BYTES
     job_timeout_s: int = 600
     job_lease_s: int = 20
     worker_poll_s: float = 0.2
@@ -276,8 +289,14 @@ class Settings:
     rate_limit_webhook: int = 120
     # Images of this many newest releases stay on the host for rollbacks; older ones are pruned.
     releases_kept: int = 3
-    # How long GET .../output waits for a worker to read the container's output (seconds).
-    output_wait_s: float = 12.0
+    # GET .../output answers from the latest read of the container's output at once; a read
+    # older than this (seconds) is answered as it is while a new one is queued for a worker.
+    output_max_age_s: float = 5.0
+    # Expensive reads (ratelimit.EXPENSIVE_READS) one operator may have in flight in one API
+    # process; one more is 429 at once.
+    operator_concurrency: int = 2
+    # How long a request may take to arrive (serving.HeadFirstWorker), seconds.
+    api_request_timeout_s: float = 10.0
     # Clients GET /metrics answers (no token there).
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
@@ -376,7 +395,9 @@ class Settings:
             "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
             "releases_kept": int(get("RELEASES_KEPT") or 3),
-            "output_wait_s": float(get("OUTPUT_WAIT") or 12),
+            "output_max_age_s": float(get("OUTPUT_MAX_AGE") or 5),
+            "operator_concurrency": int(get("OPERATOR_CONCURRENCY") or 2),
+            "api_request_timeout_s": api_request_timeout_s(env),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
             "converge_batch": int(get("CONVERGE_BATCH") or 32),
             "retention_days": int(get("RETENTION_DAYS") or 30),
@@ -384,6 +405,8 @@ class Settings:
         }
         if int(kwargs["converge_batch"]) < 1:  # type: ignore[call-overload]
             raise SettingsError("BUDDO_CONVERGE_BATCH must be 1 or more")
+        if int(kwargs["operator_concurrency"]) < 1:  # type: ignore[call-overload]
+            raise SettingsError("BUDDO_OPERATOR_CONCURRENCY must be 1 or more")
         if not 1 <= int(kwargs["releases_kept"]) <= RELEASE_HISTORY:  # type: ignore[call-overload]
             raise SettingsError(f"BUDDO_RELEASES_KEPT must be between 1 and {RELEASE_HISTORY}")
         if kwargs["ansible_strategy"] not in STRATEGIES:

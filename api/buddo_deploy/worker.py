@@ -200,7 +200,7 @@ class Worker:
                      repaired or "nothing", report.orphans or "none")
             metrics.observe_job(job.action, "succeeded" if report.converged else "failed", duration)
         elif job.action == "output":
-            output.finish(job, self.name, result, plan.secrets, self.settings.output_wait_s)
+            output.finish(job, self.name, result, plan.secrets)
             metrics.observe_job(job.action, _outcome(job.id), duration)
         else:
             for part in plan.members:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 from tests.helpers import auth, create_body
 
 
@@ -93,3 +95,54 @@ def test_forwarded_for_counts_only_behind_a_trusted_proxy(client_with):
     assert status(proxied, "192.0.2.51") == 401  # another client behind the proxy
     # What a client writes left of the address the proxy appended is not believed.
     assert status(proxied, "203.0.113.9, 192.0.2.50") == 429
+
+
+def test_expensive_reads_in_flight_are_capped_per_operator(client_with, monkeypatch):
+    """Two audit-log reads of one operator hang: a third expensive read of theirs is 429 at once,
+    anyone else's and their cheap reads are served, and the slots come back when they end."""
+    from buddo_deploy.models import database_proxy
+    from buddo_deploy.services.lifecycle import Lifecycle
+
+    client = client_with(operator_concurrency=2)
+    ident = client.simulate_post("/api/deploy/apps", json=create_body(), headers=auth()).json["deployment"]["id"]
+    other = client.simulate_post("/api/deploy/apps", json=create_body(subdomain="other"),
+                                 headers=auth("operator-2")).json["deployment"]["id"]
+    release, entered = threading.Event(), threading.Semaphore(0)
+    real = Lifecycle.audit_log
+
+    def slow_audit_log(self, principal, deployment_id):
+        if principal.operator_id == "operator-1" and not release.is_set():
+            entered.release()
+            release.wait(30)
+        return real(self, principal, deployment_id)
+
+    monkeypatch.setattr(Lifecycle, "audit_log", slow_audit_log)
+    codes: list[int] = []
+
+    def read_logs() -> None:
+        try:
+            codes.append(client.simulate_get(f"/api/deploy/apps/{ident}/logs", headers=auth()).status_code)
+        finally:
+            database_proxy.obj.close()  # this thread's connection
+
+    hanging = [threading.Thread(target=read_logs) for _ in range(2)]
+    for thread in hanging:
+        thread.start()
+    try:
+        for _ in hanging:
+            assert entered.acquire(timeout=30)
+        capped = client.simulate_get(f"/api/deploy/apps/{ident}/releases", headers=auth())
+        assert capped.status_code == 429 and capped.json["error"]["code"] == "too_many_in_flight"
+        assert capped.headers["Retry-After"] == "1" and capped.json["error"]["details"]["retry_after"] == 1
+        assert client.simulate_get(f"/api/deploy/apps/{ident}/status", headers=auth()).status_code == 200
+        assert client.simulate_get(f"/api/deploy/apps/{other}/logs", headers=auth("operator-2")).status_code == 200
+    finally:
+        release.set()
+        for thread in hanging:
+            thread.join()
+    assert codes == [200, 200]
+    # Slots come back, whatever the answer was (here a 404).
+    missing = "00000000-0000-0000-0000-000000000000"
+    for _ in range(3):
+        assert client.simulate_get(f"/api/deploy/apps/{missing}/logs", headers=auth()).status_code == 404
+    assert client.simulate_get(f"/api/deploy/apps/{ident}/output", headers=auth()).status_code == 202

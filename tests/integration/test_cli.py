@@ -62,10 +62,13 @@ def test_an_unreachable_database_says_so_without_the_password(tmp_path):
     (("token", "--operator", "me"), {"BUDDO_JWT_JWKS_URL": "https://id.example/jwks.json", "BUDDO_JWT_AUDIENCE": "a",
                                      "BUDDO_JWT_ISSUER": "i"}, "BUDDO_JWT_JWKS_URL is set: tokens come from"),
     (("prune",), {"BUDDO_RETENTION_DAYS": "thirty"}, "BUDDO_RETENTION_DAYS must be a whole number of 0 or more"),
+    (("db", "upgrade"), {"BUDDO_OPERATOR_CONCURRENCY": "0"}, "BUDDO_OPERATOR_CONCURRENCY must be 1 or more"),
+    (("db", "upgrade"), {"BUDDO_API_REQUEST_TIMEOUT": "0"}, "BUDDO_API_REQUEST_TIMEOUT must be above 0 seconds"),
     (("worker", "--once"), {}, "run `buddo-deploy db upgrade` first"),
     (("desired",), {}, "run `buddo-deploy db upgrade` first"),
 ], ids=["scheme", "integer", "number", "port-range", "metrics-allow", "log-level", "converge-batch", "no-audience",
-        "jwks-no-issuer", "rs256-with-secret", "token-with-jwks", "retention-days", "worker-schema", "desired-schema"])
+        "jwks-no-issuer", "rs256-with-secret", "token-with-jwks", "retention-days", "operator-concurrency",
+        "request-timeout", "worker-schema", "desired-schema"])
 def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):
     if "BUDDO_DATABASE_URL" in env:
         env = {"BUDDO_JWT_SECRET": "j", "BUDDO_SECRET_KEY": "k"} | PRODUCTION_AUTH | env
@@ -77,6 +80,7 @@ def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):
 @pytest.mark.parametrize(("args", "env", "expected"), [
     (("serve", "--workers", "many"), {}, "argument --workers: must be a whole number of 1 or more, got 'many'"),
     (("serve",), {"BUDDO_API_WORKERS": "0"}, "argument --workers: must be a whole number of 1 or more, got '0'"),
+    (("serve",), {"BUDDO_API_THREADS": "1.5"}, "argument --threads: must be a whole number of 1 or more, got '1.5'"),
     (("worker", "--concurrency", "-2"), {}, "argument --concurrency"),
     (("token", "--operator", "me", "--hours", "1e300"), {}, "argument --hours"),
     (("token", "--operator", "me", "--hours", "nan"), {}, "argument --hours"),
@@ -84,8 +88,8 @@ def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):
     (("prune", "--days", "-1"), {}, "argument --days: must be a whole number of days"),
     (("db", "downgrade"), {}, "invalid choice: 'downgrade'"),
     ((), {}, "the following arguments are required: command"),
-], ids=["workers", "workers-env", "concurrency", "hours-huge", "hours-nan", "wait", "prune-days", "db-action",
-        "no-command"])
+], ids=["workers", "workers-env", "threads-env", "concurrency", "hours-huge", "hours-nan", "wait", "prune-days",
+        "db-action", "no-command"])
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, env, expected):
     result = cli(tmp_path, *args, **env)
     assert result.returncode == 2, result

@@ -1,13 +1,16 @@
-"""The real gunicorn server over HTTP: two API processes sharing one database."""
+"""The real gunicorn server over HTTP: two API processes sharing one database; slow clients."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -222,3 +225,154 @@ def _payment(base: str, signatures: list[bytes]) -> tuple[int, bytes]:
     return _raw(base, b"POST /api/deploy/billing/payments HTTP/1.1\r\nHost: t\r\n"
                 b"Content-Type: application/json\r\nConnection: close\r\n" + lines +
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+# --- slow clients (serving.HeadFirstWorker) ----------------------------------------------
+
+REQUEST_TIMEOUT_S = 2
+
+
+@pytest.fixture
+def small_server(tmp_path: Path) -> Iterator[str]:
+    """One gunicorn of this checkout with fewer threads than the slow clients below, SQLite."""
+    env = os.environ | {
+        "BUDDO_VAR_DIR": str(tmp_path),
+        "BUDDO_DATABASE_URL": f"sqlite:///{tmp_path / 'buddo.db'}",
+        "BUDDO_JWT_SECRET": JWT_SECRET,
+        "BUDDO_SECRET_KEY": "k",
+        "BUDDO_API_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
+        **PRODUCTION_AUTH,
+        "BUDDO_BILLING_STARTING_POINTS": "1000000000",
+        "BUDDO_BILLING_STARTING_SATS": "1000000000000",
+    }
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "buddo_deploy.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/api/deploy/openapi.json", proc)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class Slowloris:
+    """Connections that send a request head a byte at a time and never finish it."""
+
+    def __init__(self, base: str, count: int) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.socks = [socket.create_connection((host, int(port))) for _ in range(count)]
+        for sock in self.socks:
+            sock.sendall(b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._trickle, daemon=True)
+        self.thread.start()
+
+    def _trickle(self) -> None:
+        while not self.stop.wait(0.2):
+            for sock in self.socks:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for sock in self.socks:
+            sock.close()
+
+
+def _raw(base: str, data: bytes, *pieces: bytes, pause: float = 0.3) -> bytes:
+    """Send ``data`` then each piece after a pause; everything the server answers until it closes."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        for piece in pieces:
+            time.sleep(pause)
+            sock.sendall(piece)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def test_slow_clients_and_output_requests_leave_the_api_available(small_server, tmp_path: Path):
+    """Six slow heads and three output requests against two threads: another operator's request
+    is answered all the same (timings: bench/api.py), and the three requests queue one read."""
+    created = requests.post(f"{small_server}/api/deploy/apps", json=create_body(), headers=auth(), timeout=10)
+    assert created.status_code == 201, created.text
+    url = f"{small_server}/api/deploy/apps/{created.json()['deployment']['id']}/output"
+    slow = Slowloris(small_server, 6)
+    try:
+        time.sleep(0.5)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            outputs = [pool.submit(requests.get, url, params={"tail": "20"}, headers=auth(), timeout=30)
+                       for _ in range(3)]
+            tiers = requests.get(f"{small_server}/api/deploy/tiers", headers=auth("someone-else"), timeout=30)
+            answers = [future.result() for future in outputs]
+    finally:
+        slow.close()
+    assert tiers.status_code == 200
+    # No worker runs: a read is queued (202) and every request joins it; one over the
+    # operator's concurrency cap is 429 at once.
+    codes = [resp.status_code for resp in answers]
+    assert set(codes) <= {202, 429} and 202 in codes, [resp.text for resp in answers]
+    with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db:
+        assert db.execute("SELECT count(*) FROM jobs WHERE action = 'output'").fetchone() == (1,)
+
+
+def test_a_request_that_does_not_arrive_in_time_is_408(small_server):
+    host, port = small_server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_S + 5) as partial, \
+            socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_S + 5) as idle:
+        partial.sendall(b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\n")
+        assert partial.recv(200).startswith(b"HTTP/1.1 408 ")
+        assert idle.recv(200) == b""  # never sent a byte: closed without an answer
+
+
+def test_clients_that_never_close_do_not_stall_the_event_loop(small_server):
+    """gthread closes a "Connection: close" connection by waiting (up to 2 s) for the client to
+    close too, on the worker's event loop; here it waits in the event loop without blocking it."""
+    host, port = small_server.removeprefix("http://").split(":")
+    stubborn = []
+    try:
+        for _ in range(10):  # 20 s of a blocked event loop, were each close waited for in turn
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /api/deploy/openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            stubborn.append(sock)  # never reads, never closes
+        time.sleep(0.5)
+        for _ in range(3):
+            assert requests.get(f"{small_server}/api/deploy/tiers", headers=auth(), timeout=5).status_code == 200
+    finally:
+        for sock in stubborn:
+            sock.close()
+
+
+def test_requests_in_pieces_pipelined_chunked_and_too_large(small_server):
+    body = json.dumps(create_body(subdomain="pieces")).encode()
+    head = (f"POST /api/deploy/apps HTTP/1.1\r\nHost: x\r\nAuthorization: {auth()['Authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    answer = _raw(small_server, head[:20], head[20:60], head[60:] + body[:10], body[10:])
+    assert answer.startswith(b"HTTP/1.1 201 "), answer[:300]
+
+    get = b"GET /api/deploy/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = _raw(small_server, get + get.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+
+    def chunks() -> Iterator[bytes]:
+        yield json.dumps(create_body(subdomain="chunked")).encode()
+
+    # A chunked body is read by the thread itself; answered (Falcon reads no body without a
+    # Content-Length, so the API finds none), never left waiting.
+    resp = requests.post(f"{small_server}/api/deploy/apps", data=chunks(), timeout=10,
+                         headers=auth() | {"Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "malformed_json"
+
+    with requests.Session() as session:  # kept alive between requests
+        codes = [session.get(f"{small_server}/api/deploy/tiers", headers=auth(), timeout=5).status_code
+                 for _ in range(3)]
+    assert codes == [200] * 3
+
+    huge = b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: " + b"a" * 70_000 + b"\r\n\r\n"
+    assert _raw(small_server, huge).startswith(b"HTTP/1.1 431 ")

@@ -17,6 +17,7 @@ from ..schemas import (
     LogsQuery,
     OutputOut,
     OutputQuery,
+    OutputRefresh,
     ReleaseList,
     ReleaseOut,
     ReleasesQuery,
@@ -35,6 +36,9 @@ from .common import (
     send,
     validation_error,
 )
+
+# A read is one short playbook run on the host: about this long (bench/api.py).
+OUTPUT_RETRY_AFTER_S = 2
 
 
 class AppsResource:
@@ -106,9 +110,21 @@ class AppsResource:
         send(resp, ReleaseList(releases=items, next_cursor=str(next_number) if next_number is not None else None))
 
     def on_get_output(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        """At once: the latest read (maybe with a newer one queued), or 202 while the first is."""
         query = parse_query(req, OutputQuery)
         found = self.lifecycle.app_output(req.context.principal, deployment_id, tail=query.tail, since=query.since)
-        send(resp, OutputOut(lines=found.get("lines") or [], container=found.get("container") or None))
+        pending = found.pending
+        body = OutputOut(
+            lines=found.lines, container=found.container, collected_at=found.collected_at, age_s=found.age_s,
+            refresh=OutputRefresh(job_id=pending.id, state=pending.state, queued_at=pending.created_at)
+            if pending is not None else None,
+            last_error=found.failed.last_error if found.failed is not None else None)
+        if found.collected_at is None:
+            resp.location = req.relative_uri  # ask here again
+            resp.retry_after = OUTPUT_RETRY_AFTER_S
+            send(resp, body, falcon.HTTP_202)
+            return
+        send(resp, body)
 
     def on_post_rollback(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         raw = read_body(req, self.max_body)

@@ -19,9 +19,11 @@ _ERRORS = {
     403: "Forbidden (scope or owner)",
     404: "Not found (deployment, tier, registry login, or a malformed deployment id)", 413: "Request body too large",
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
-    409: "Reference already used for a different payment", 429: "Rate or deployment limit reached",
+    409: "Reference already used for a different payment",
+    429: "Rate or deployment limit reached, or too many expensive reads in flight",
     503: "Unavailable (no container host has room: capacity_exhausted; payment webhook not configured)",
-    502: "The host could not be read (app output)", 504: "No worker answered in time (app output)",
+    502: "The latest read of the host failed and no earlier one covers the request (app output); "
+         "Retry-After says when a request queues the next",
 }
 _RATE_HEADERS = {
     name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
@@ -156,8 +158,21 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
                           "DeploymentEnvelope", (400, 404, 413, 422))
     rollback["requestBody"] = {"required": False, "content": _json("RollbackIn")}
     app_output = _operation("getDeploymentOutput", "The container's stdout and stderr, newest last, env values "
-                            "masked (read on the host by a worker)", "OutputOut", (404, 422, 502, 504))
+                            "masked, from the latest read on the host (at once; a read older than "
+                            "BUDDO_OUTPUT_MAX_AGE is answered while a newer one is queued)", "OutputOut",
+                            (404, 422, 502))
     app_output["parameters"] = _query_parameters(schemas.OutputQuery)
+    app_output["responses"]["202"] = {
+        "description": "No read covers this request yet; one is queued (refresh): ask again after Retry-After",
+        "content": _json("OutputOut"),
+        "headers": {
+            "Location": {"description": "Where to ask again (this request)", "schema": {"type": "string"}},
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 0}},
+        },
+    }
+    app_output["responses"]["502"]["headers"] = {
+        "Retry-After": {"description": "Seconds until a request queues the next read",
+                        "schema": {"type": "integer", "minimum": 1}}}
     paths |= {
         "/api/deploy/apps/{deployment_id}/output": {"parameters": item, "get": app_output},
         "/api/deploy/apps/{deployment_id}/releases": {"parameters": item, "get": releases},

@@ -192,13 +192,22 @@ class Lifecycle:
         return rows[:limit], (rows[limit - 1].number if len(rows) > limit else None)
 
     def app_output(self, principal: Principal, deployment_id: uuid.UUID, *, tail: int,
-                   since: dt.datetime | None) -> dict[str, Any]:
-        """What the container printed, read from its host by a worker (bounded wait)."""
+                   since: dt.datetime | None) -> output.Output:
+        """What the container printed, from the latest read on its host; never waits for a read
+        (one is queued when none is fresh or under way)."""
         deployment = self.get_owned(principal, deployment_id)
         if deployment.desired_state == "absent":
             raise Unprocessable("A destroyed deployment has no output", code="deployment_destroyed",
                                 details={"status": deployment.status})
-        return output.wait(output.enqueue(deployment, tail, since), self.settings.output_wait_s)
+        max_age = self.settings.output_max_age_s
+        found = output.current(deployment, tail=tail, since=since, max_age_s=max_age)
+        if found.collected_at is None and found.failed is not None:
+            wait = output.retry_after_s(found.failed, max_age)
+            raise ApiError(f"Could not read the app's output: {found.failed.last_error or 'the run failed'}; "
+                           f"the next read is queued by a request in {wait} s or later", code="output_failed",
+                           status="502 Bad Gateway", details={"job_id": found.failed.id, "retry_after": wait},
+                           headers={"Retry-After": str(wait)})
+        return found
 
     def release_kept(self, release: Release) -> bool:
         return release.image_digest in releases.kept(release.deployment_id, self.settings.releases_kept)
@@ -245,6 +254,7 @@ class Lifecycle:
         """The subdomain is free at once; ports and the custom domain once the teardown converged."""
         with write_transaction(database_proxy.obj):
             deployment = self._live(principal, deployment_id, "destroy")
+            output.forget(deployment.id)
             return state.change(deployment, "destroy", principal.client_id, timeout_s=self._timeout,
                                 desired_state="absent", destroyed_at=utcnow(), **self.billing.on_destroy(deployment))
 

@@ -1,65 +1,158 @@
-"""App output: what a deployment's container printed, read from its host by a worker.
+"""App output: what a deployment's container printed, read on its host by a worker.
 
-The API never runs Ansible in a request (DESIGN.md), so GET .../output queues a
-short ``output`` job, waits a bounded time for a worker to run ``output.yml`` (one
-``podman logs``), and answers with the lines. The worker masks env values (the
-module did already; this is the second line) before it stores the lines in the
-job row; the API deletes them once read. A result nobody waits for any more is
-not stored.
+The API never runs Ansible and never waits for it. A read is an ``output`` job: a worker
+runs ``output.yml`` (one ``podman logs``) and stores the lines, env values masked (the
+module did already; this is the second line), in the job row. GET .../output answers at
+once from the latest read: fresh enough (``BUDDO_OUTPUT_MAX_AGE``), as it is; older, as
+it is too, while a new read is queued (stale-while-revalidate); none yet, 202 with the
+queued read. Reads coalesce: while one is queued or running, or the latest is fresh (or
+failed) within the max age, no GET queues another. Each deployment keeps one read's
+lines (a newer read clears the older ones); destroy clears them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import time
-import uuid
+import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from ..crypto import decrypt_env
-from ..db import write_transaction
-from ..errors import ApiError
+from ..db import is_postgres, write_transaction
 from ..models import Deployment, Job, database_proxy, utcnow
 from ..runner import PlaybookResult
 from . import state
 
-POLL_S = 0.1
 JOB_TIMEOUT_S = 30
 MASK = "********"
+# What a read asks for at least, so that the usual requests (tail up to the default) share one.
+READ_TAIL = 100
+# pg_advisory_xact_lock(class, hashtext(deployment)) while a GET decides whether to queue a read.
+_READ_LOCK = 74_217_004
+_NANOS = re.compile(r"(\.\d{6})\d+")
 
 
-def enqueue(d: Deployment, tail: int, since: dt.datetime | None) -> int:
-    """Queue the read; its own lock key, so it never waits behind a converge of the deployment."""
+@dataclass(frozen=True)
+class Output:
+    """What GET .../output answers: the lines of the latest read that covers the request
+    (none yet: ``collected_at`` is None), and the read under way or the latest one's failure."""
+
+    lines: list[dict[str, Any]]
+    container: dict[str, Any] | None
+    collected_at: dt.datetime | None
+    age_s: float | None
+    pending: Job | None
+    failed: Job | None
+
+
+def _result(job: Job | None) -> dict[str, Any]:
+    return dict(json.loads(job.result or "{}")) if job is not None else {}
+
+
+def _reads(deployment_id: Any) -> tuple[Job | None, Job | None]:
+    """(the latest read, whatever its state; the latest read with lines)."""
+    reads = Job.select().where((Job.deployment == deployment_id) & (Job.action == "output")).order_by(Job.id.desc())
+    latest = reads.first()
+    if latest is None or (latest.state == "succeeded" and latest.result):
+        return latest, latest
+    kept = reads.where((Job.state == "succeeded") & Job.result.is_null(False)).first()
+    return latest, kept
+
+
+def _covers(read: Job | None, tail: int) -> bool:
+    """A read of N lines answers any tail up to N; one that found fewer lines than it asked
+    for has them all, so it answers any tail."""
+    if read is None:
+        return False
+    data = _result(read)
+    asked = int((data.get("request") or {}).get("tail") or 0)
+    return asked >= tail or len(data.get("lines") or []) < asked
+
+
+def _fresh(read: Job | None, max_age_s: float, now: dt.datetime) -> bool:
+    return bool(read is not None and read.finished_at is not None
+                and now - read.finished_at <= dt.timedelta(seconds=max_age_s))
+
+
+def _instant(stamp: str) -> dt.datetime | None:
+    """RFC 3339 with up to nanoseconds (podman's) as an aware datetime; None when it is not one."""
+    try:
+        parsed = dt.datetime.fromisoformat(_NANOS.sub(r"\1", stamp.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def select_lines(lines: list[dict[str, Any]], tail: int, since: dt.datetime | None) -> list[dict[str, Any]]:
+    """The last ``tail`` lines after ``since`` (as ``podman logs --since --tail`` would have
+    read them: lines are in time order, so the newest ``tail`` of a longer read are the same)."""
+    if since is not None:
+        lines = [line for line in lines if (at := _instant(str(line.get("at", "")))) is None or at > since]
+    return lines[-tail:]
+
+
+def current(d: Deployment, *, tail: int, since: dt.datetime | None, max_age_s: float) -> Output:
+    """The answer to GET .../output, queueing a read when none is under way, fresh or failed lately."""
     now = utcnow()
-    request = {"tail": tail, "since": since.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if since else ""}
+    latest, read = _reads(d.id)
+    if not (_covers(read, tail) and _fresh(read, max_age_s, now)):
+        with write_transaction(database_proxy.obj):
+            if is_postgres(database_proxy.obj):  # two API processes must not both queue one
+                database_proxy.obj.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                                               (_READ_LOCK, str(d.id)))
+            latest, read = _reads(d.id)
+            latest = _queue_unless_under_way(d, latest, read, tail, max_age_s, utcnow())
+    now = utcnow()
+    pending = latest if latest is not None and latest.state in {"queued", "running"} else None
+    failed = latest if latest is not None and latest.state == "failed" else None
+    if read is None or read.finished_at is None or not _covers(read, tail):
+        return Output([], None, None, None, pending, failed)
+    data = _result(read)
+    return Output(select_lines(list(data.get("lines") or []), tail, since), data.get("container") or None,
+                  read.finished_at, round(max(0.0, (now - read.finished_at).total_seconds()), 1), pending, failed)
+
+
+def retry_after_s(failed: Job, max_age_s: float) -> int:
+    """Seconds until a GET queues a new read after ``failed`` (at least 1)."""
+    finished = failed.finished_at or utcnow()
+    return max(1, math.ceil(max_age_s - (utcnow() - finished).total_seconds()))
+
+
+def _queue_unless_under_way(d: Deployment, latest: Job | None, read: Job | None, tail: int, max_age_s: float,
+                            now: dt.datetime) -> Job | None:
+    """The latest read after this request: a new one unless one is queued or running, or the
+    latest covers it and is fresh, or failed within the max age (no read per GET while a host is down)."""
+    if latest is not None and latest.state in {"queued", "running"}:
+        asked = int((_result(latest).get("request") or {}).get("tail") or 0)
+        if latest.state == "queued" and asked < tail:  # not started yet: let it read enough for this one too
+            Job.update(result=json.dumps({"request": {"tail": max(tail, READ_TAIL), "since": ""}}),
+                       updated_at=now).where(
+                (Job.id == latest.id) & (Job.state == "queued")).execute()
+        return latest
+    if latest is not None and latest.state == "failed" and _fresh(latest, max_age_s, now):
+        return latest
+    if _covers(read, tail) and _fresh(read, max_age_s, now):
+        return latest
+    return enqueue(d, max(tail, READ_TAIL))
+
+
+def enqueue(d: Deployment, tail: int) -> Job:
+    """Queue a read of the last ``tail`` lines; its own lock key, so it never waits behind a
+    converge of the deployment, and reads of one deployment run in order."""
+    now = utcnow()
     with write_transaction(database_proxy.obj):
-        job = Job.create(deployment=d.id, action="output", host="", lock_key=f"output/{uuid.uuid4()}",
-                         timeout_s=JOB_TIMEOUT_S, run_after=now, created_at=now, updated_at=now,
-                         result=json.dumps({"request": request}))
-    return int(job.id)
+        job: Job = Job.create(deployment=d.id, action="output", host="", lock_key=f"output/{d.id}",
+                              timeout_s=JOB_TIMEOUT_S, run_after=now, created_at=now, updated_at=now,
+                              result=json.dumps({"request": {"tail": tail, "since": ""}}))
+    return job
 
 
-def wait(job_id: int, wait_s: float) -> dict[str, Any]:
-    """The job's lines once a worker stored them (deleted from the row as they are read).
-
-    ``wait_s`` (BUDDO_OUTPUT_WAIT): how long the API waits for a worker; then the job has no reader.
-    """
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        job = Job.get_by_id(job_id)
-        if job.state in {"succeeded", "failed"}:
-            with write_transaction(database_proxy.obj):
-                Job.update(result=None).where(Job.id == job_id).execute()
-            if job.state == "failed":
-                raise ApiError(f"Could not read the app's output: {job.last_error or 'the run failed'}",
-                               code="output_failed", status="502 Bad Gateway")
-            return dict(json.loads(job.result or "{}"))
-        time.sleep(POLL_S)
-    with write_transaction(database_proxy.obj):  # not started yet: nobody needs it any more
-        Job.update(state="failed", finished_at=utcnow(), updated_at=utcnow(), last_error="abandoned").where(
-            (Job.id == job_id) & (Job.state == "queued")).execute()
-    raise ApiError(f"No worker read the app's output within {wait_s:g} s; try again", code="output_timeout",
-                   status="504 Gateway Timeout")
+def forget(deployment_id: Any) -> None:
+    """Drop every read's lines of a deployment (it is destroyed); call inside its transaction."""
+    Job.update(result=None).where((Job.deployment == deployment_id) & (Job.action == "output")
+                                  & (Job.state != "queued") & Job.result.is_null(False)).execute()
 
 
 def start(job: Job, owner: str, secret_key: str) -> tuple[str, list[dict[str, Any]], list[str],
@@ -69,7 +162,7 @@ def start(job: Job, owner: str, secret_key: str) -> tuple[str, list[dict[str, An
 
     d = state.locked(job.deployment_id)
     request = json.loads(job.result or "{}").get("request")
-    if d is None or request is None:
+    if d is None or request is None or d.desired_state == "absent":
         jobqueue.finish(job, owner, succeeded=False, error="nothing to read")
         return None
     try:
@@ -92,17 +185,22 @@ def mask(lines: list[dict[str, Any]], secrets: list[str]) -> list[dict[str, Any]
     return out
 
 
-def finish(job: Job, owner: str, result: PlaybookResult, secrets: dict[str, dict[str, str]],
-           wait_s: float) -> None:
+def finish(job: Job, owner: str, result: PlaybookResult, secrets: dict[str, dict[str, str]]) -> None:
+    """Store the read's lines (masked) in its job row, and drop the older reads' lines."""
     from .. import jobqueue
 
     data = result.stats.get("buddo_output") if result.ok else None
-    late = utcnow() - job.created_at > dt.timedelta(seconds=wait_s + 1)  # the API stopped waiting
     with write_transaction(database_proxy.obj):
         if data is None:
             jobqueue.finish(job, owner, succeeded=False, error=result.message or "the playbook run failed")
             return
         values = [v for env in secrets.values() for v in env.values()]
-        body = None if late else json.dumps({"lines": mask(list(data.get("lines") or []), values),
-                                             "container": data.get("container") or {}})
-        jobqueue.finish(job, owner, succeeded=True, result=body)
+        request = json.loads(job.result or "{}").get("request") or {}
+        body: str | None = json.dumps({"request": request, "lines": mask(list(data.get("lines") or []), values),
+                           "container": data.get("container") or {}})
+        if Deployment.select(Deployment.desired_state).where(Deployment.id == job.deployment_id).scalar() == "absent":
+            body = None  # destroyed while it was read: nothing of it is kept
+        if jobqueue.finish(job, owner, succeeded=True, result=body):
+            Job.update(result=None).where((Job.deployment == job.deployment_id) & (Job.action == "output")
+                                          & (Job.id < job.id) & (Job.state != "queued")
+                                          & Job.result.is_null(False)).execute()

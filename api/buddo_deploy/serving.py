@@ -1,0 +1,296 @@
+"""The API's gunicorn worker: gthread, but no thread waits for a request to arrive.
+
+gunicorn's gthread worker hands a connection to a thread as soon as it is readable, and
+the thread reads the request with blocking reads: a client that sends its request
+slowly (slowloris) holds a thread for as long as it likes, and a few such clients hold
+them all. Here a thread reads only what has arrived (non-blocking) and serves the
+request once its head is in, with its body when the head declares a length up to the
+API's body limit; until then the connection goes back to the worker's event loop, which
+hands it to a thread again when more arrives. A request that has not arrived in full
+within ``BUDDO_API_REQUEST_TIMEOUT`` of its first byte (or of the connection, for the
+first request) is answered 408 and the connection closed; a head over ``HEAD_MAX`` is
+431. Idle kept-alive connections wait in the event loop as before (``keepalive``).
+
+Why the thread reads, not the event loop: every recv gives up the GIL, and taking it back
+on a busy worker takes up to the switch interval (5 ms). The event loop is on every
+request's path, so a read there costs throughput (measured: a fifth of it); a thread's
+read is what gthread does anyway.
+
+An answer the client has not taken within the same timeout of its first byte is abandoned
+(a small one goes to the kernel's send buffer at once), and each blocking read or write of
+a thread (a chunked or ``Expect: 100-continue`` body, an answer) is bounded by it too
+(``SO_RCVTIMEO``/``SO_SNDTIMEO``), so no client holds a thread for long.
+
+A connection is with one thread or with the event loop at a time (gthread's rule), so
+the request's bytes need no lock; the deadlines (``arriving``) are the event loop's
+alone. TLS and cleartext HTTP/2 (not used: Caddy terminates TLS in front) fall back to
+gthread's own behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import struct
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn.workers import gthread
+
+from .settings import MAX_BODY_BYTES, api_request_timeout_s
+
+# The longest request head waited for; the API's longest is a few kB (a JWT and the usual headers).
+HEAD_MAX = 64 * 1024
+# A declared body up to this is in before a thread serves the request: the API's own limit
+# (a longer one is answered 413 from Content-Length, unread).
+BODY_MAX = MAX_BODY_BYTES
+_RECV = 64 * 1024
+# A closing connection is drained this long and this much at most (gunicorn's close_graceful).
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 64 * 1024
+_END = b"\r\n\r\n"
+_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+def ready(buffer: bytes | bytearray, body_max: int = BODY_MAX) -> bool | None:
+    """Whether what has arrived is a request a thread can serve without waiting on the client.
+
+    True: hand it over (complete, or malformed in a way gunicorn refuses at once).
+    False: wait for more. None: a head longer than HEAD_MAX (431).
+    """
+    end = buffer.find(_END)
+    if end < 0:
+        head = bytes(buffer)
+        if head.count(b"\n") != head.count(b"\r\n"):  # a bare LF: gunicorn answers 400 at once
+            return True
+        return None if len(buffer) > HEAD_MAX else False
+    if end + len(_END) > HEAD_MAX:
+        return None
+    lengths = []
+    for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding" or (name == b"expect" and b"100-continue" in value.lower()):
+            return True  # the thread reads that body itself (bounded per read)
+        if name == b"content-length":
+            lengths.append(value.strip())
+    if not lengths:
+        return True
+    if len(set(lengths)) != 1 or not (lengths[0].isdigit() and len(lengths[0]) <= 18):
+        return True  # gunicorn refuses it
+    declared = int(lengths[0])
+    return declared > body_max or len(buffer) >= end + len(_END) + declared
+
+
+class _Arrival:
+    """What has arrived of a connection's next request, and until when the rest may take."""
+
+    __slots__ = ("buffer", "deadline")
+
+    def __init__(self, buffer: bytes, deadline: float) -> None:
+        self.buffer = bytearray(buffer)
+        self.deadline = deadline
+
+
+class _Lingering:
+    """A connection closing: until when the event loop drains it, and how much it drained."""
+
+    __slots__ = ("deadline", "drained")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.drained = 0
+
+
+# What a thread's handle() returns for a request not in yet: back to the event loop.
+_MORE = object()
+
+
+def _bound_blocking_io(sock: socket.socket, seconds: float) -> None:
+    """Bound each blocking recv/send of a thread on this socket (the kernel's timeouts:
+    gunicorn's setblocking(True) leaves them in place)."""
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _receive(sock: socket.socket, buffer: bytearray) -> tuple[bool, bool | None]:
+    """Read what the (non-blocking) socket holds until the request is ready, mostly one recv;
+    (peer gone, ready(buffer))."""
+    while True:
+        try:
+            chunk = sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return False, ready(buffer)
+        except OSError:
+            return True, ready(buffer)
+        buffer += chunk
+        verdict = ready(buffer)
+        if not chunk or verdict is not False or len(chunk) < _RECV:
+            # Not ready after a short read: the rest is not here yet (the event loop says when).
+            return not chunk, verdict
+
+
+class _WriteDeadline:
+    """The socket a thread answers on: an answer the client has not taken within ``seconds`` of
+    its first byte is abandoned (checked before each write; a write itself blocks for
+    ``seconds`` at most, SO_SNDTIMEO), so a client that reads slowly holds the thread no
+    longer. A small answer goes to the kernel's send buffer at once."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._seconds = seconds
+        self._deadline: float | None = None
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view):]
+
+    def send(self, data: Any) -> int:
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self._seconds
+        elif now > self._deadline:
+            raise TimeoutError("the client did not take the answer in time")
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
+    """gunicorn ``--worker-class buddo_deploy.serving.HeadFirstWorker`` (gunicorn_conf.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request_timeout = api_request_timeout_s()
+        # Connections in the event loop whose request has not arrived in full, and connections
+        # closing (the event loop's alone).
+        self.arriving: dict[Any, _Arrival] = {}
+        self.lingering: dict[Any, _Lingering] = {}
+
+    def _stock(self, conn: Any) -> bool:
+        return bool(self.cfg.is_ssl or self.cfg.http2_cleartext != "off" or conn.is_http2)
+
+    def handle(self, conn: Any) -> Any:
+        """In a thread: serve the request if it has arrived, else hand the connection back."""
+        if self._stock(conn):
+            return super().handle(conn)
+        arrival = getattr(conn, "buddo_arrival", None)
+        if arrival is None:
+            if not getattr(conn, "buddo_bounded", False):
+                _bound_blocking_io(conn.sock, self.request_timeout)
+                conn.buddo_bounded = True
+            # A thread may have read ahead into this request (pipelining, a drained body).
+            early = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+            arrival = conn.buddo_arrival = _Arrival(early, time.monotonic() + self.request_timeout)
+        conn.sock.setblocking(False)
+        try:
+            closed, verdict = _receive(conn.sock, arrival.buffer)
+            if verdict is None:
+                with contextlib.suppress(OSError):  # best effort, never waiting on the client
+                    conn.sock.send(_431)
+                return False
+        finally:
+            conn.sock.setblocking(True)
+        if verdict:
+            conn.buddo_arrival = None
+            conn.init()  # the parser of a new connection (HTTP/1 without TLS: reads nothing)
+            conn.parser.unreader.unread(bytes(arrival.buffer))
+            raw, conn.sock = conn.sock, _WriteDeadline(conn.sock, self.request_timeout)
+            try:
+                return super().handle(conn)
+            finally:
+                conn.sock = raw
+        return False if closed else _MORE
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """On the event loop: a request not in yet waits there for more, with its deadline; a
+        connection to close lingers there (gthread would linger blocking the event loop)."""
+        if fs.cancelled() or fs.exception() is not None:
+            super().finish_request(conn, fs)
+            return
+        result = fs.result()
+        if result is _MORE:
+            arrival = conn.buddo_arrival
+            if not self.alive or arrival.deadline <= time.monotonic():
+                self._drop(conn, arrival)
+                return
+            conn.sock.setblocking(False)
+            self.arriving[conn] = arrival
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        elif result:
+            super().finish_request(conn, fs)  # kept alive
+        else:
+            self._linger(conn)
+
+    def _on_readable(self, conn: Any, _sock: Any) -> None:
+        del self.arriving[conn]
+        self.poller.unregister(conn.sock)
+        self.enqueue_req(conn)
+
+    def _drop(self, conn: Any, arrival: _Arrival) -> None:
+        """A request that did not arrive in time (408) or a connection that sent none."""
+        if arrival.buffer and self.alive:
+            conn.sock.setblocking(False)
+            with contextlib.suppress(OSError):  # best effort, never waiting on the client
+                conn.sock.send(_408)
+            self._linger(conn)
+            return
+        self.nr_conns -= 1
+        conn.close()
+
+    def _linger(self, conn: Any) -> None:
+        """Close as RFC 9112 9.6 says (gunicorn's close_graceful), without blocking: send FIN,
+        then read and drop what the peer still sends until it closes, for LINGER_S at most, so
+        that unread request bytes do not make the kernel reset the connection (and truncate
+        the answer)."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.sock.setblocking(False)
+        self.lingering[conn] = _Lingering(time.monotonic() + LINGER_S)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
+
+    def _on_lingering_readable(self, conn: Any, _sock: Any) -> None:
+        lingering = self.lingering[conn]
+        try:
+            drained = len(conn.sock.recv(_RECV))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            drained = 0
+        lingering.drained += drained
+        if not drained or lingering.drained >= LINGER_MAX_BYTES:
+            self._close_lingering(conn)
+
+    def _close_lingering(self, conn: Any) -> None:
+        del self.lingering[conn]
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """gthread's timeouts (called every turn of the event loop), then requests that are
+        late and lingering closes that are done waiting."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, arrival in list(self.arriving.items()):
+            if self.alive and arrival.deadline > now:
+                continue
+            del self.arriving[conn]
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(conn.sock)
+            self._drop(conn, arrival)  # stopping: a request not yet in is not waited for
+        for conn, lingering in list(self.lingering.items()):
+            if lingering.deadline <= now or not self.alive:
+                self._close_lingering(conn)
