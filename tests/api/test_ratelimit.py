@@ -110,11 +110,11 @@ def test_expensive_reads_in_flight_are_capped_per_operator(client_with, monkeypa
     release, entered = threading.Event(), threading.Semaphore(0)
     real = Lifecycle.audit_log
 
-    def slow_audit_log(self, principal, deployment_id):
+    def slow_audit_log(self, principal, *args, **kwargs):
         if principal.operator_id == "operator-1" and not release.is_set():
             entered.release()
             release.wait(30)
-        return real(self, principal, deployment_id)
+        return real(self, principal, *args, **kwargs)
 
     monkeypatch.setattr(Lifecycle, "audit_log", slow_audit_log)
     codes: list[int] = []

@@ -301,3 +301,4 @@ def test_a_cached_image_is_pulled_again_by_a_digest_the_registry_knows(
     result, _ = run(podman, capsys, deployments=[deployment("d1", app_ports[0], image=image)])
     assert not result["deployments"][0]["failed"], result
     assert [c["args"][-1] for c in podman.calls() if c["args"][0] == "pull"] == [local, pushed]
+    assert ["image", "rm", pushed] in [c["args"] for c in podman.calls()]  # no name of the pull stays

@@ -325,7 +325,7 @@ def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -
         return False  # a local image (the smoke test's): no registry to ask
     cached = podman.run("image", "exists", image, check=False)[0] == 0
     refs = [image]
-    if policy == "missing" and cached:
+    if policy == "missing" and cached and "@" not in image:  # a digest is asked for as it is
         repository = repository_of(image)
         _, out, _ = podman.run("image", "inspect", "--format", "{{json .RepoDigests}}", image, check=False)
         digests = [ref for ref in json.loads(out.strip() or "[]") or [] if ref.partition("@")[0] == repository]
@@ -336,6 +336,8 @@ def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -
             rc, _, err = podman.run("pull", "--quiet", "--authfile", f"/proc/self/fd/{fd}", ref, check=False,
                                     pass_fds=(fd,))
             if rc == 0:
+                if ref != image:  # the pull named the image by this digest too: only the tag names it
+                    podman.run("image", "rm", ref, check=False)
                 return ref == image or not cached
             reasons = [line.removeprefix("Error: ") for line in err.splitlines() if line.startswith("Error")]
             errors.append(" ".join(reasons) or err.strip() or "unknown error")
