@@ -325,11 +325,13 @@ def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -
         return False  # a local image (the smoke test's): no registry to ask
     cached = podman.run("image", "exists", image, check=False)[0] == 0
     refs = [image]
-    if policy == "missing" and cached and "@" not in image:  # a digest is asked for as it is
+    if policy == "missing" and cached:
         repository = repository_of(image)
         _, out, _ = podman.run("image", "inspect", "--format", "{{json .RepoDigests}}", image, check=False)
         digests = [ref for ref in json.loads(out.strip() or "[]") or [] if ref.partition("@")[0] == repository]
-        refs = digests[:2] + [image]
+        # A digest is asked for as it is first (an image built here and pushed has a local digest
+        # the registry does not know: then one it knows); a tag only after its digests.
+        refs = list(dict.fromkeys([image, *digests[:2]] if "@" in image else [*digests[:2], image]))
     with authfile(auth) as fd:
         errors = []
         for ref in refs:
