@@ -73,6 +73,24 @@ def write_inventory(directory: Path, var_dir: Path, **overrides: Any) -> Path:
     return directory
 
 
+def descendants(pid: int) -> list[int]:
+    """Processes started by ``pid`` (an sshd's sessions, a container's app), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 @dataclass
 class Stack:
     root: Path

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import Stack, start_stack, stop_stack
+from tests.e2e.conftest import Stack, descendants, start_stack, stop_stack
 
 SSH_ADDRESS = "127.0.0.2"
 # Both hosts get a Caddy of their own: the session stack's Caddy (conftest's ADMIN, 18443)
@@ -37,24 +37,6 @@ def _free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])
-
-
-def _descendants(pid: int) -> list[int]:
-    """Processes started by ``pid`` (an sshd's sessions), read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 @dataclass
@@ -104,7 +86,7 @@ class SshHost:
         """As if the host went down: the listener and every session it holds (Ansible's ControlPersist)."""
         if self.process is None:
             return
-        for pid in [*_descendants(self.process.pid), self.process.pid]:
+        for pid in [*descendants(self.process.pid), self.process.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import HTTP_PORT, HTTPS_PORT, Stack
+from tests.e2e.conftest import HTTP_PORT, HTTPS_PORT, Stack, descendants
 
 
 def wget_from(container: str, url: str) -> subprocess.CompletedProcess[str]:
@@ -141,7 +141,7 @@ def test_a_tenant_is_not_root_on_the_host_reaches_only_what_it_may_and_cannot_fi
     maps = []
     for info in (info_a, info_b):
         pid = int(info["State"]["Pid"])
-        app = [p for p in [pid, *children(pid)] if Path(f"/proc/{p}/comm").read_text().strip() == "busybox"]
+        app = [p for p in [pid, *descendants(pid)] if Path(f"/proc/{p}/comm").read_text().strip() == "busybox"]
         assert app, "the app's process"
         assert all(effective_uid(p) != 0 for p in app)
         inside, start, count = uid_map(app[0])
@@ -181,18 +181,6 @@ def test_a_tenant_is_not_root_on_the_host_reaches_only_what_it_may_and_cannot_fi
     for ident in (a, b):
         stack.destroy(ident)
 
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found += [int(entry.name), *children(int(entry.name))]
-    return found
 
 
 def test_only_root_reaches_caddys_admin_api(stack: Stack) -> None:
