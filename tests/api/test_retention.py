@@ -52,8 +52,8 @@ def test_old_finished_jobs_go_and_what_explains_a_deployment_stays(client, setti
     _finished(j7, old)
     _finished(j8, 10 * DAY)
     with write_transaction(database_proxy.obj):
-        read_long_ago = output.enqueue(Deployment.get_by_id(d1), 100, None)
-        read_now = output.enqueue(Deployment.get_by_id(d1), 100, None)
+        read_long_ago = output.enqueue(Deployment.get_by_id(d1), 100).id
+        read_now = output.enqueue(Deployment.get_by_id(d1), 100).id
         stale_reconcile = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60)
     _finished(read_long_ago, 2 * DAY)
     _finished(read_now, dt.timedelta(hours=1))

@@ -42,14 +42,13 @@ from ..models import (
     BillingAccount,
     BillingCycle,
     Deployment,
-    Lease,
     LedgerEntry,
     Tier,
     database_proxy,
     utcnow,
 )
 from ..settings import Settings
-from . import state
+from . import leases, state
 
 log = logging.getLogger(__name__)
 
@@ -436,18 +435,10 @@ class Billing:
 
     def take_lease(self, owner: str, ttl: dt.timedelta, now: dt.datetime | None = None) -> bool:
         """Hold (or renew) the billing lease: one worker at a time runs the pass."""
-        now = now or self.clock()
-        with write_transaction(database_proxy.obj):
-            taken = Lease.update(owner=owner, expires_at=now + ttl).where(
-                (Lease.name == LEASE_NAME)
-                & ((Lease.owner == owner) | Lease.owner.is_null() | (Lease.expires_at < now))
-            ).execute()
-        return bool(taken == 1)
+        return leases.take(LEASE_NAME, owner, ttl, now or self.clock())
 
     def release_lease(self, owner: str) -> None:
-        with write_transaction(database_proxy.obj):
-            Lease.update(owner=None, expires_at=None).where(
-                (Lease.name == LEASE_NAME) & (Lease.owner == owner)).execute()
+        leases.release(LEASE_NAME, owner)
 
     # --- reads --------------------------------------------------------------
 

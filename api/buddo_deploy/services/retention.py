@@ -26,7 +26,8 @@ from typing import Any, cast
 import peewee
 
 from ..db import write_transaction
-from ..models import AuditEntry, Job, JobEvent, Lease, database_proxy, utcnow
+from ..models import AuditEntry, Job, JobEvent, database_proxy, utcnow
+from . import leases
 
 BATCH = 500
 # Output jobs hold nothing once read: a day covers any debugging of the queue.
@@ -103,15 +104,8 @@ def _tuples(query: peewee.ModelSelect[Job]) -> list[tuple[Any, ...]]:
 
 def take_lease(owner: str, ttl: dt.timedelta, now: dt.datetime | None = None) -> bool:
     """Hold (or renew) the retention lease: one worker at a time prunes."""
-    now = now or utcnow()
-    with write_transaction(database_proxy.obj):
-        taken = Lease.update(owner=owner, expires_at=now + ttl).where(
-            (Lease.name == LEASE_NAME)
-            & ((Lease.owner == owner) | Lease.owner.is_null() | (Lease.expires_at < now))
-        ).execute()
-    return bool(taken == 1)
+    return leases.take(LEASE_NAME, owner, ttl, now or utcnow())
 
 
 def release_lease(owner: str) -> None:
-    with write_transaction(database_proxy.obj):
-        Lease.update(owner=None, expires_at=None).where((Lease.name == LEASE_NAME) & (Lease.owner == owner)).execute()
+    leases.release(LEASE_NAME, owner)
