@@ -172,7 +172,7 @@ def test_placement_never_overcommits_across_processes(servers):
     assert results == [(201, "host-a"), (201, "host-a"), (201, "host-b")] + [(503, "capacity_exhausted")] * 5
 
 
-def _raw(base: str, request: bytes) -> tuple[int, bytes]:
+def _status_and_body(base: str, request: bytes) -> tuple[int, bytes]:
     """Send bytes as they are (requests would refuse or re-encode them); the status and the body."""
     host, port = base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -206,8 +206,8 @@ def test_malformed_signatures_and_tokens_over_http_are_401_in_the_envelope(serve
     for value in _BAD_AUTHORIZATIONS:
         for headers in ([value], [good, value]):
             lines = b"".join(b"Authorization: " + h + b"\r\n" for h in headers)
-            status, answer = _raw(servers[1], b"GET /api/deploy/apps HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
-                                  + lines + b"\r\n")
+            status, answer = _status_and_body(
+                servers[1], b"GET /api/deploy/apps HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + lines + b"\r\n")
             assert status == 401, (value, answer)
             assert json.loads(answer)["error"]["code"] in {"invalid_token", "invalid_request"}
 
@@ -222,7 +222,7 @@ def test_headers_that_are_not_http_are_refused_by_gunicorn_before_the_api(server
 def _payment(base: str, signatures: list[bytes]) -> tuple[int, bytes]:
     body = b'{"operator_id": "x", "track": "bitcoin", "amount": 1, "reference": "r"}'
     lines = b"".join(b"X-Buddo-Signature: " + h + b"\r\n" for h in signatures)
-    return _raw(base, b"POST /api/deploy/billing/payments HTTP/1.1\r\nHost: t\r\n"
+    return _status_and_body(base, b"POST /api/deploy/billing/payments HTTP/1.1\r\nHost: t\r\n"
                 b"Content-Type: application/json\r\nConnection: close\r\n" + lines +
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
