@@ -19,11 +19,9 @@ Run: make bench-api   (or .venv/bin/python bench/api.py --duration 10)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +37,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "api")]
 
-from tests.helpers import JWT_SECRET, PRODUCTION_AUTH, free_port, token  # noqa: E402
+from tests.helpers import JWT_SECRET, PRODUCTION_AUTH, Slowloris, free_port, token  # noqa: E402
 
 CONFIG = "python:buddo_deploy.gunicorn_conf"
 
@@ -140,28 +138,6 @@ class StandInWorker:
         db.close()
 
 
-class Slowloris:
-    def __init__(self, port: int, count: int) -> None:
-        self.socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
-        for sock in self.socks:
-            sock.sendall(b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.trickle, daemon=True)
-        self.thread.start()
-
-    def trickle(self) -> None:
-        while not self.stop.wait(0.5):
-            for sock in self.socks:
-                with contextlib.suppress(OSError):
-                    sock.sendall(b"x")
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        for sock in self.socks:
-            sock.close()
-
-
 def poll_output(base: str, operator: str, ident: str, until: float, times: list[float], codes: Counter[int],
                 first_lines: list[float]) -> None:
     """One operator polling its app's output as a `logs -f` would: ask, then again after
@@ -193,7 +169,7 @@ def under_load(base: str, port: int, idents: dict[str, str], duration: float, sl
     codes: Counter[int] = Counter()
     pollers = [threading.Thread(target=poll_output, args=(base, op, ident, until, output_s, codes, first_lines))
                for op, ident in idents.items()]
-    slow = Slowloris(port, slowloris) if slowloris else None
+    slow = Slowloris(f"http://127.0.0.1:{port}", slowloris, interval=0.5) if slowloris else None
     tiers_s: list[float] = []
     try:
         time.sleep(0.3)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -178,3 +180,29 @@ def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -
         return job, None
     assert engine.finish(plan, owner, result_for(plan), 1.0)
     return job, plan
+
+
+class Slowloris:
+    """Connections that send a request head a byte every ``interval`` seconds and never finish it."""
+
+    def __init__(self, base: str, count: int, interval: float = 0.2) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.socks = [socket.create_connection((host, int(port))) for _ in range(count)]
+        for sock in self.socks:
+            sock.sendall(b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._trickle, daemon=True)
+        self.thread.start()
+
+    def _trickle(self) -> None:
+        while not self.stop.wait(self.interval):
+            for sock in self.socks:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for sock in self.socks:
+            sock.close()

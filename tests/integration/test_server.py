@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ import requests
 from tests.helpers import (
     JWT_SECRET,
     PRODUCTION_AUTH,
+    Slowloris,
     auth,
     create_body,
     free_port,
@@ -256,31 +256,6 @@ def small_server(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-class Slowloris:
-    """Connections that send a request head a byte at a time and never finish it."""
-
-    def __init__(self, base: str, count: int) -> None:
-        host, port = base.removeprefix("http://").split(":")
-        self.socks = [socket.create_connection((host, int(port))) for _ in range(count)]
-        for sock in self.socks:
-            sock.sendall(b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._trickle, daemon=True)
-        self.thread.start()
-
-    def _trickle(self) -> None:
-        while not self.stop.wait(0.2):
-            for sock in self.socks:
-                with contextlib.suppress(OSError):
-                    sock.sendall(b"x")
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        for sock in self.socks:
-            sock.close()
 
 
 def _raw(base: str, data: bytes, *pieces: bytes, pause: float = 0.3) -> bytes:
