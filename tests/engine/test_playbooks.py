@@ -187,7 +187,8 @@ def test_one_module_run_converges_many_and_a_bad_one_fails_alone(engine: Engine)
         [run] = [e for e in done.events if e.task == "Run the app containers" and e.event.startswith("runner_on")]
         assert run.event == "runner_on_failed" and run.status == "ignored"
         for item in good:
-            assert done.outcome(item)["ok"] and engine.https_get(host_of(item))[0] == 200
+            assert done.outcome(item)["ok"], done.outcome(item)
+            assert engine.https_get(host_of(item))[0] == 200
             assert network_of(item) is not None
         assert containers_of(bad) == [] and network_of(bad) is None
 

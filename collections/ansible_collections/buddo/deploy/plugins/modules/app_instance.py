@@ -132,6 +132,7 @@ deployments:
     actions: {description: What was done., type: list}
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -156,6 +157,8 @@ from ansible_collections.buddo.deploy.plugins.module_utils.podman import (
 )
 from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
 
+
+LOCK_DIR = "/run/lock/buddo"
 
 # The most lines kept of a container that never answered (the API's tail bound).
 KEPT_OUTPUT_LINES = 5000
@@ -315,6 +318,23 @@ def authfile(auths: dict[str, Any] | None) -> Iterator[int]:
         os.close(fd)
 
 
+@contextmanager
+def image_lock(repository: str) -> Iterator[None]:
+    """One pull of a repository at a time on this host, across threads and module runs.
+
+    A digest pull names the image by that digest until it is untagged; ``image rm`` of a
+    digest the image no longer carries as a name removes the image itself. Two deployments of
+    one image pulling and untagging at once would do exactly that to each other."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    path = os.path.join(LOCK_DIR, f"pull-{hashlib.sha256(repository.encode()).hexdigest()[:16]}.lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -> bool:
     """Every start of a registry's image asks that registry, with the operator's own login.
 
@@ -323,6 +343,11 @@ def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -
     moved since is not taken. ``always`` pulls the reference as it is now."""
     if not registry_of(image):
         return False  # a local image (the smoke test's): no registry to ask
+    with image_lock(repository_of(image)):
+        return pull_locked(podman, image, policy, auth)
+
+
+def pull_locked(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -> bool:
     cached = podman.run("image", "exists", image, check=False)[0] == 0
     refs = [image]
     if policy == "missing" and cached:
