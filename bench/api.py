@@ -112,8 +112,8 @@ class StandInWorker:
     def loop(self) -> None:
         from buddo_deploy import jobqueue
         from buddo_deploy.db import open_database
-        from buddo_deploy.runner import PlaybookResult
-        from buddo_deploy.services import engine, output
+        from buddo_deploy.results import PlaybookResult
+        from buddo_deploy.services import output
 
         db = open_database(self.env["BUDDO_DATABASE_URL"])
         lines = [{"at": f"2026-12-05T10:00:{i:02d}Z", "stream": "stdout", "text": f"line {i}"} for i in range(60)]
@@ -126,14 +126,14 @@ class StandInWorker:
                 for job in jobs:
                     jobqueue.finish(job, "bench-worker", succeeded=True)
                 continue
-            plan = engine.start(jobs[0], "bench-worker", self.env["BUDDO_SECRET_KEY"])
-            if plan is None:
+            found = output.start(jobs[0], "bench-worker", self.env["BUDDO_SECRET_KEY"])
+            if found is None:
                 continue
             time.sleep(self.read_s)
             stats = {"buddo_output": {"lines": lines, "container": {"id": "c", "name": "n", "state": "running",
                                                                     "exit_code": None}}}
             output.finish(jobs[0], "bench-worker", PlaybookResult(status="successful", rc=0, stats=stats),
-                          plan.secrets)
+                          found[3])
             self.reads += 1
         db.close()
 

@@ -159,7 +159,7 @@ def create_deployment(client: Any, operator: str = "operator-1", **body: Any) ->
 
 def converged(plan: Any, ok: bool = True, **outcome: Any) -> Any:
     """What the converge playbook reports for a plan's deployment (a PlaybookResult)."""
-    from buddo_deploy.runner import PlaybookResult
+    from buddo_deploy.results import PlaybookResult
 
     item = plan.items[0]
     body = {"ok": ok, "state": item["state"], "drift": [], "generation": item["generation"], **outcome}
@@ -175,7 +175,7 @@ def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -
     from buddo_deploy.services import engine
 
     [job] = jobqueue.claim(owner, 30)
-    plan = engine.start(job, owner, settings.secret_key)
+    plan = engine.start_converge(job, owner, settings.secret_key)
     if plan is None:
         return job, None
     assert engine.finish(plan, owner, result_for(plan), 1.0)

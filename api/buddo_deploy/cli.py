@@ -178,7 +178,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from . import jobqueue
     from .db import open_database, write_transaction
     from .services import engine
-    from .worker import JobRun
+    from .tasks import ReconcileTask
 
     open_database(settings.database_url)
     counting = _count_into(settings)
@@ -200,13 +200,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
                 time.sleep(0.5)
         finally:
             jobqueue.abandon(job, owner, "the reconcile never started")
-        plan = engine.start(claimed[0], owner, settings.secret_key, check=args.dry_run)
-        assert plan is not None
-        result, duration = JobRun(settings, owner, lease).run(plan)
-        report = engine.finish_reconcile(plan, owner, result, duration)
-        if counting:
-            metrics.observe_reconcile(report.host, report.deployments, report.orphans, dry_run=args.dry_run)
-        reports.append(report)
+        reports.append(ReconcileTask(settings, owner, check=args.dry_run, count=counting).run(claimed))
     _print_report(reports, args.json, args.dry_run)
     if not all(r.converged for r in reports):
         return 1
@@ -222,9 +216,8 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
     open_database(settings.database_url)
     host = args.host or settings.default_host
     items, known, rows = engine.reconcile_scope(host)
-    document: dict[str, Any] = {"converge_deployments": items, "converge_known": known,
-                                "converge_instance": settings.instance, "converge_hosts": [host],
-                                "converge_releases_kept": settings.releases_kept}
+    document: dict[str, Any] = engine.converge_variables(items, known, hosts=[host]) | {
+        "converge_instance": settings.instance, "converge_releases_kept": settings.releases_kept}
     for path, variable, values in ((args.env_file, "converge_env_file", engine.env_values),
                                    (args.registry_auth_file, "converge_registry_auth_file", engine.registry_auths)):
         if not path:

@@ -20,13 +20,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
 import yaml
 
+from .results import EventSummary, PlaybookResult
 from .settings import REPO_ROOT, STRATEGIES
 
 DEFAULT_STRATEGY = STRATEGIES[0]
@@ -46,35 +46,6 @@ INHERITED_ENV = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", 
 RUNNER_ENV = ("ANSIBLE_CALLBACK_PLUGINS", "ANSIBLE_STDOUT_CALLBACK", "ANSIBLE_CACHE_PLUGIN",
               "ANSIBLE_CACHE_PLUGIN_CONNECTION", "AWX_ISOLATED_DATA_DIR", "RUNNER_OMIT_EVENTS",
               "RUNNER_ONLY_FAILED_EVENTS")
-
-
-@dataclass(frozen=True)
-class EventSummary:
-    event: str
-    host: str | None
-    task: str | None
-    status: str | None
-    message: str | None
-    # A failed loop task: the labels of the items that failed (the converge roles label
-    # each item with its deployment's subdomain), so a batch's run can tell whose it is.
-    # None when the task is no_log (ansible-runner censors the item results).
-    items: tuple[str, ...] = ()
-
-
-@dataclass
-class PlaybookResult:
-    status: str  # successful | failed | timeout | canceled
-    rc: int | None
-    failed_task: str | None = None
-    failed_host: str | None = None
-    message: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    # The status of the event that failed the run: ``unreachable`` (the host, not an app) or ``failed``.
-    failed_status: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "successful"
 
 
 class _UnsafeDumper(yaml.SafeDumper):

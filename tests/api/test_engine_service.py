@@ -8,7 +8,7 @@ import threading
 import pytest
 from buddo_deploy import jobqueue
 from buddo_deploy.models import AuditEntry, Deployment, Job, database_proxy
-from buddo_deploy.runner import PlaybookResult
+from buddo_deploy.results import PlaybookResult
 from buddo_deploy.services import engine
 
 from tests.helpers import auth, converged, create_deployment, run_job
@@ -26,10 +26,10 @@ def entries(ident):
 def test_start_then_success_records_running_and_digest(client, settings):
     ident = create(client, env_vars={"TOKEN": "t0ps3cret"})
     [job] = jobqueue.claim("w", 30)
-    plan = engine.start(job, "w", settings.secret_key)
+    plan = engine.start_converge(job, "w", settings.secret_key)
     assert plan is not None and plan.secrets == {ident: {"TOKEN": "t0ps3cret"}}
-    assert "t0ps3cret" not in repr(plan.extravars("buddo"))
-    [item] = plan.extravars("buddo")["converge_deployments"]
+    assert "t0ps3cret" not in repr(plan.variables)
+    [item] = plan.variables["converge_deployments"]
     assert item["subdomain"] == "my-app" and item["state"] == "running" and plan.playbook == "converge.yml"
     assert Deployment.get_by_id(ident).status == "deploying"
     assert engine.finish(plan, "w", converged(plan), 4.2)
@@ -61,7 +61,7 @@ def test_a_first_deploy_that_fails_for_the_app_ends_failed_and_is_not_retried(cl
 def test_a_failure_outside_the_app_is_retried_with_backoff(client, settings):
     ident = create(client)
     [job] = jobqueue.claim("w", 30)
-    plan = engine.start(job, "w", settings.secret_key)
+    plan = engine.start_converge(job, "w", settings.secret_key)
     failed = PlaybookResult(status="failed", rc=4, failed_task="Observe the containers", message="host unreachable")
     assert engine.finish(plan, "w", failed, 1.0)
     stored = Job.get_by_id(job.id)
@@ -119,7 +119,7 @@ def test_a_destroyed_deployment_holds_its_port_until_the_teardown_converged(clie
 def test_outcome_of_a_lost_lease_is_discarded(client, settings):
     ident = create(client)
     [job] = jobqueue.claim("w", 30)
-    plan = engine.start(job, "w", settings.secret_key)
+    plan = engine.start_converge(job, "w", settings.secret_key)
     Job.update(lease_owner="someone-else").where(Job.id == job.id).execute()
     assert not engine.finish(plan, "w", converged(plan), 1.0)
     assert Deployment.get_by_id(ident).status == "deploying"
@@ -128,7 +128,7 @@ def test_outcome_of_a_lost_lease_is_discarded(client, settings):
 def test_undecryptable_env_fails_at_once_with_a_reason(client, settings):
     ident = create(client, env_vars={"A": "b"})
     [job] = jobqueue.claim("w", 30)
-    assert engine.start(job, "w", "a different key") is None
+    assert engine.start_converge(job, "w", "a different key") is None
     assert Deployment.get_by_id(ident).status == "failed"
     assert Job.get_by_id(job.id).state == "failed"
     assert "cannot be decrypted" in AuditEntry.select().where(AuditEntry.action == "deploy").get().details
@@ -138,7 +138,7 @@ def test_a_job_for_a_generation_reached_already_finishes_without_a_run(client, s
     ident = create(client)
     [job] = jobqueue.claim("w", 30)
     Deployment.update(observed_generation=1, serving_port=20000).where(Deployment.id == ident).execute()
-    assert engine.start(job, "w", settings.secret_key) is None
+    assert engine.start_converge(job, "w", settings.secret_key) is None
     assert Job.get_by_id(job.id).state == "succeeded"
     assert entries(ident)[1][:2] == ("deploy", "completed")
 

@@ -7,7 +7,7 @@ import json
 
 from buddo_deploy import jobqueue
 from buddo_deploy.models import AuditEntry, Deployment, Job, database_proxy, utcnow
-from buddo_deploy.runner import PlaybookResult
+from buddo_deploy.results import PlaybookResult
 from buddo_deploy.services import engine, state
 from buddo_deploy.worker import queue_reconciles
 
@@ -95,7 +95,7 @@ def _reconcile(settings, outcomes, ok=True, check=False):
         job = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60)
     [claimed] = jobqueue.claim("w", 30)
     assert claimed.id == job.id
-    plan = engine.start(claimed, "w", settings.secret_key, check=check)
+    plan = engine.start_reconcile(claimed, settings.secret_key, check=check)
     stats = {"buddo_outcomes": outcomes(plan), "buddo_orphans": ["container ghost"]} if ok else {}
     result = PlaybookResult(status="successful" if ok else "failed", rc=0 if ok else 4,
                             message=None if ok else "host unreachable", stats=stats)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from buddo_deploy import jobqueue
-from buddo_deploy.runner import EventSummary
+from buddo_deploy.results import EventSummary
 from buddo_deploy.schemas import JobEnvelope, LogList
 from buddo_deploy.services import engine
 
@@ -15,7 +15,7 @@ FAILED_TASK = "Start what should run"
 def _run_failing_deploy(settings):
     """Claim the deploy job, record the events a failed run sends, and record the app's failure."""
     [job] = jobqueue.claim("w", 30)
-    plan = engine.start(job, "w", settings.secret_key)
+    plan = engine.start_converge(job, "w", settings.secret_key)
     events = [
         EventSummary("playbook_on_play_start", None, None, None, "Converge deployments"),
         EventSummary("playbook_on_task_start", None, "Observe the host", None, None),
@@ -75,7 +75,7 @@ def test_events_are_paged_oldest_first(client, settings):
 def test_a_queued_retry_shows_when_it_runs_next(client, settings):
     ident = create_deployment(client)
     [job] = jobqueue.claim("w", 30)
-    plan = engine.start(job, "w", settings.secret_key)
+    plan = engine.start_converge(job, "w", settings.secret_key)
     engine.record_event([job], EventSummary("runner_on_unreachable", "container-host-1", "Gathering Facts",
                                           "unreachable", "ssh: connect to host: Connection refused"))
     assert engine.finish(plan, "w", converged(plan, ok=False, kind="host", message="host down"), 1.0)
@@ -127,7 +127,7 @@ def test_a_failure_the_playbook_reported_per_deployment_names_its_task(client, s
     """Per-deployment failures are ignore_errors tasks in converge (the others on the host go on)."""
     first = create_deployment(client)
     [job] = jobqueue.claim("w", 30)
-    plan = engine.start(job, "w", settings.secret_key)
+    plan = engine.start_converge(job, "w", settings.secret_key)
     engine.record_event([job], EventSummary("runner_on_failed", "container-host-1", "Probe something", "ignored", ""))
     assert engine.finish(plan, "w", converged(plan), 1.0)
     assert client.simulate_get(f"/api/deploy/apps/{first}/jobs/{job.id}", headers=auth()).json[
@@ -135,7 +135,7 @@ def test_a_failure_the_playbook_reported_per_deployment_names_its_task(client, s
 
     second = create_deployment(client, subdomain="second")
     [job] = jobqueue.claim("w", 30)
-    plan = engine.start(job, "w", settings.secret_key)
+    plan = engine.start_converge(job, "w", settings.secret_key)
     engine.record_event([job], EventSummary("runner_on_failed", "container-host-1", FAILED_TASK, "ignored", ""))
     assert engine.finish(plan, "w", converged(plan, ok=False, kind="app", task=FAILED_TASK,
                                               message="image x could not be pulled"), 1.0)

@@ -12,10 +12,11 @@ import uuid
 
 import falcon.testing
 import pytest
+from buddo_deploy import tasks
 from buddo_deploy import worker as worker_module
 from buddo_deploy.app import create_app
 from buddo_deploy.models import Deployment, Job, utcnow
-from buddo_deploy.runner import PlaybookResult
+from buddo_deploy.results import PlaybookResult
 from buddo_deploy.services import state
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -102,7 +103,7 @@ def _worker_run(settings, monkeypatch, result_for):
     def run(self, plan):
         return result_for(plan), 2.0
 
-    monkeypatch.setattr(worker_module.JobRun, "run", run)
+    monkeypatch.setattr(tasks.JobRun, "run", run)
     assert worker_module.Worker(settings, name="w").run_once()
 
 

@@ -8,8 +8,9 @@ import json
 import pytest
 from buddo_deploy import jobqueue
 from buddo_deploy.models import Job, JobEvent, utcnow
-from buddo_deploy.runner import PlaybookResult
-from buddo_deploy.services import engine, output
+from buddo_deploy.results import PlaybookResult
+from buddo_deploy.services import output
+from buddo_deploy.tasks import OutputTask
 
 from tests.helpers import auth, create_deployment, run_job
 
@@ -47,9 +48,9 @@ def answer(settings, lines=LINES, ok=True):
         [job] = jobqueue.claim("w", 30)
         if job.action != "output":
             jobqueue.finish(job, "w", succeeded=True)
-    plan = engine.start(job, "w", settings.secret_key)
+    plan = OutputTask(settings, "w").start([job])
     assert plan is not None and plan.playbook == "output.yml"
-    variables = plan.extravars("buddo")
+    variables = plan.variables
     stats = {"buddo_output": {"lines": lines, "container": {"id": "c1", "name": "x", "state": "exited",
                                                             "exit_code": 3}}}
     result = PlaybookResult(status="successful" if ok else "failed", rc=0 if ok else 2, stats=stats if ok else {},

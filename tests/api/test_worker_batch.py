@@ -1,7 +1,7 @@
 """A batch: the queued converges of one host in one playbook run, each job with its own outcome and log.
 
 The worker runs for real (claim, start, lease, events, finish, metrics); only the
-playbook run is made up (worker.run_playbook), as the converge role would report it.
+playbook run is made up (tasks.base.run_playbook), as the converge role would report it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from buddo_deploy import worker
 from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent
-from buddo_deploy.runner import EventSummary, PlaybookResult, _summarise
+from buddo_deploy.results import EventSummary, PlaybookResult
+from buddo_deploy.runner import _summarise
+from buddo_deploy.tasks import base as tasks_base
 
 from tests.helpers import auth, create_deployment
 
@@ -86,7 +88,7 @@ def test_one_run_converges_the_batch_and_an_app_failure_fails_its_job_only(clien
     failures = {"b": _failure(TASK, "image x could not be pulled"), "c": _failure(SITE_TASK, "bad site")}
     runs = FakeRuns(lambda items: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
         i["id"]: _outcome(i, **failures.get(i["subdomain"], {})) for i in items}}))
-    monkeypatch.setattr(worker, "run_playbook", runs)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
     assert worker.Worker(settings, name="w").run_once()
 
     [run] = runs.runs
@@ -117,7 +119,7 @@ def test_one_run_converges_the_batch_and_an_app_failure_fails_its_job_only(clien
 def test_a_run_that_failed_retries_every_job_of_the_batch(client, settings, batch, monkeypatch):
     runs = FakeRuns(lambda items: PlaybookResult(status="failed", rc=4, failed_task="Observe the containers",
                                                  message="host unreachable", failed_status="unreachable"))
-    monkeypatch.setattr(worker, "run_playbook", runs)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
     assert worker.Worker(settings, name="w").run_once()
     assert len(runs.runs) == 1
     for sub in "abc":
@@ -145,7 +147,7 @@ def test_nothing_of_one_tenant_reaches_a_batch_mates_log_or_audit(client, settin
         on_event(EventSummary("runner_on_failed", "container-host-1", "Remove", "failed", leak))
         return runs(*args, on_event=on_event, **kwargs)
 
-    monkeypatch.setattr(worker, "run_playbook", run)
+    monkeypatch.setattr(tasks_base, "run_playbook", run)
     assert worker.Worker(settings, name="w").run_once()
     b_id = batch["b"]
     for sub in "ac":
@@ -162,13 +164,13 @@ def test_nothing_of_one_tenant_reaches_a_batch_mates_log_or_audit(client, settin
 
 def test_after_a_batch_timed_out_its_jobs_run_one_by_one(client, settings, batch, monkeypatch):
     timeouts = FakeRuns(lambda items: PlaybookResult(status="timeout", rc=None, message="timed out after 600 s"))
-    monkeypatch.setattr(worker, "run_playbook", timeouts)
+    monkeypatch.setattr(tasks_base, "run_playbook", timeouts)
     assert worker.Worker(settings, name="w").run_once()
     assert [r["subdomains"] for r in timeouts.runs] == [["a", "b", "c"]]
     Job.update(run_after=Job.updated_at).where(Job.state == "queued").execute()  # their backoff is over
     runs = FakeRuns(lambda items: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
         i["id"]: _outcome(i) for i in items}}))
-    monkeypatch.setattr(worker, "run_playbook", runs)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
     while worker.Worker(settings, name="w").run_once():
         pass
     assert [r["subdomains"] for r in runs.runs] == [["a"], ["b"], ["c"]]
@@ -184,7 +186,7 @@ def test_one_lost_lease_cancels_the_batch_run_and_the_others_are_retried(client,
             time.sleep(0.05)
         return PlaybookResult(status="canceled", rc=None, message="canceled: the job's lease was lost")
 
-    monkeypatch.setattr(worker, "run_playbook", stolen)
+    monkeypatch.setattr(tasks_base, "run_playbook", stolen)
     assert worker.Worker(dataclasses.replace(settings, job_lease_s=1), name="w").run_once()
     assert [(_job(batch[s]).state, _job(batch[s]).lease_owner) for s in "abc"] == [
         ("queued", None), ("running", "thief"), ("queued", None)]
@@ -194,7 +196,7 @@ def test_one_lost_lease_cancels_the_batch_run_and_the_others_are_retried(client,
 def test_a_deployment_missing_from_the_outcomes_retries_alone(client, settings, batch, monkeypatch):
     runs = FakeRuns(lambda items: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
         i["id"]: _outcome(i) for i in items if i["subdomain"] != "c"}}))
-    monkeypatch.setattr(worker, "run_playbook", runs)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
     assert worker.Worker(settings, name="w").run_once()
     assert [_job(batch[s]).state for s in "abc"] == ["succeeded", "succeeded", "queued"]
 
@@ -202,7 +204,7 @@ def test_a_deployment_missing_from_the_outcomes_retries_alone(client, settings, 
 def test_a_batch_of_one_runs_each_converge_on_its_own(client, settings, batch, monkeypatch):
     runs = FakeRuns(lambda items: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
         i["id"]: _outcome(i) for i in items}}))
-    monkeypatch.setattr(worker, "run_playbook", runs)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
     one = worker.Worker(dataclasses.replace(settings, converge_batch=1), name="w")
     while one.run_once():
         pass

@@ -212,7 +212,8 @@ class Engine:
         keep_data_dir: bool = False,
     ) -> Converged:
         """converge.yml (or reconcile.yml) through the runner bridge, as the worker runs it."""
-        from buddo_deploy.runner import EventSummary, run_playbook
+        from buddo_deploy.results import EventSummary
+        from buddo_deploy.runner import run_playbook
 
         recap: dict[str, Any] = {}
         events: list[EventSummary] = []

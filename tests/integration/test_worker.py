@@ -10,7 +10,7 @@ import pytest
 from buddo_deploy import jobqueue
 from buddo_deploy.models import Job
 from buddo_deploy.services import engine
-from buddo_deploy.worker import JobRun
+from buddo_deploy.tasks import JobRun
 
 from tests.integration.test_runner import PLAYBOOKS, inventory
 

@@ -15,8 +15,8 @@ from .. import jobqueue
 from ..crypto import decrypt_env
 from ..db import write_transaction
 from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy, utcnow
-from ..runner import EventSummary, PlaybookResult
-from . import output, state
+from ..results import EventSummary, PlaybookResult
+from . import state
 from .registry_logins import registry_login_for
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class Plan:
     # Deployment id -> its operator's login for its image's registry (a secret like env).
     registry_auth: dict[str, dict[str, str]] = field(default_factory=dict)
     check: bool = False
+    # The run's extra vars (the task adds the settings' own, such as the instance).
+    variables: dict[str, Any] = field(default_factory=dict)
     # A batch (:func:`batch`): the converge plans whose items and secrets this run holds.
     parts: tuple[Plan, ...] = ()
 
@@ -55,13 +57,16 @@ class Plan:
         """Secrets of this run beside the env values: extra var name -> the file's content."""
         return {"converge_registry_auth_file": json.dumps(self.registry_auth)} if self.registry_auth else {}
 
-    def extravars(self, instance: str) -> dict[str, Any]:
-        if self.job.action == "output":
-            return {"output_request": self.items[0], "converge_instance": instance}
-        variables = {"converge_deployments": self.items, "converge_known": self.known, "converge_instance": instance}
-        if self.job.action == "reconcile":
-            variables["converge_hosts"] = [self.host]  # the document lists every deployment of this host
-        return variables
+
+def converge_variables(items: list[dict[str, Any]], known: Sequence[str] = (),
+                       hosts: Sequence[str] = ()) -> dict[str, Any]:
+    """The desired-state document of converge.yml and reconcile.yml (``buddo-deploy desired`` prints it).
+
+    ``hosts``: a reconcile's, whose document lists every deployment of those hosts."""
+    variables: dict[str, Any] = {"converge_deployments": items, "converge_known": list(known)}
+    if hosts:
+        variables["converge_hosts"] = list(hosts)
+    return variables
 
 
 @dataclass
@@ -110,17 +115,9 @@ def registry_auths(items: list[dict[str, Any]], rows: dict[str, Deployment], sec
     return found
 
 
-def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan | None:
-    """Mark the work as begun; None when there is nothing to run (and the job is now finished).
-
-    ``check``: a reconcile in check mode (``--dry-run``), which records nothing.
-    """
+def start_converge(job: Job, owner: str, secret_key: str) -> Plan | None:
+    """Mark a converge as begun; None when there is nothing to run (and the job is now finished)."""
     with write_transaction(database_proxy.obj):
-        if job.action == "reconcile":
-            return _start_reconcile(job, secret_key, check)
-        if job.action == "output":
-            found = output.start(job, owner, secret_key)
-            return Plan(job, "output.yml", *found) if found else None
         d = state.locked(job.deployment_id)
         assert d is not None
         if d.observed_generation >= d.generation:  # converged already (a reconcile, or a coalesced request)
@@ -141,7 +138,8 @@ def start(job: Job, owner: str, secret_key: str, *, check: bool = False) -> Plan
         status = state.derive_status(d, working=True)
         Deployment.update(status=status, updated_at=utcnow()).where(Deployment.id == d.id).execute()
         state.touch_entries(d.id, d.generation, "running", {"attempt": job.attempts})
-    return Plan(job, "converge.yml", d.host, [item], secrets=secrets, registry_auth=logins)
+    return Plan(job, "converge.yml", d.host, [item], secrets=secrets, registry_auth=logins,
+                variables=converge_variables([item]))
 
 
 def batch(plans: Sequence[Plan]) -> Plan:
@@ -158,8 +156,9 @@ def batch(plans: Sequence[Plan]) -> Plan:
     for plan in plans:
         secrets |= plan.secrets
         logins |= plan.registry_auth
-    return Plan(plans[0].job, "converge.yml", plans[0].host, [i for p in plans for i in p.items],
-                secrets=secrets, registry_auth=logins, parts=tuple(plans))
+    items = [i for p in plans for i in p.items]
+    return Plan(plans[0].job, "converge.yml", plans[0].host, items, secrets=secrets, registry_auth=logins,
+                parts=tuple(plans), variables=converge_variables(items))
 
 
 def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
@@ -176,20 +175,22 @@ def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[st
     return items, known, rows
 
 
-def _start_reconcile(job: Job, secret_key: str, check: bool) -> Plan:
-    items, known, rows = reconcile_scope(job.host)
-    secrets: dict[str, Any] = {}
-    logins: dict[str, Any] = {}
-    for item in items:
-        try:
-            secrets |= env_values([item], rows, secret_key)
-            logins |= registry_auths([item], rows, secret_key)
-        except RuntimeError as exc:
-            log.warning("reconcile of %s: %s", item["id"], exc)
-            known.append(item["id"])
+def start_reconcile(job: Job, secret_key: str, *, check: bool = False) -> Plan:
+    """The whole host's desired state; ``check``: a dry run (``--check --diff``), which records nothing."""
+    with write_transaction(database_proxy.obj):
+        items, known, rows = reconcile_scope(job.host)
+        secrets: dict[str, Any] = {}
+        logins: dict[str, Any] = {}
+        for item in items:
+            try:
+                secrets |= env_values([item], rows, secret_key)
+                logins |= registry_auths([item], rows, secret_key)
+            except RuntimeError as exc:
+                log.warning("reconcile of %s: %s", item["id"], exc)
+                known.append(item["id"])
     items = [i for i in items if i["id"] not in known]
     return Plan(job, "reconcile.yml", job.host, items, known=known, secrets=secrets, registry_auth=logins,
-                check=check)
+                check=check, variables=converge_variables(items, known, hosts=[job.host]))
 
 
 def _retry(plan: Plan, owner: str, result: PlaybookResult) -> bool:

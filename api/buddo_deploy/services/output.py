@@ -22,7 +22,7 @@ from typing import Any
 from ..crypto import decrypt_env
 from ..db import is_postgres, write_transaction
 from ..models import Deployment, Job, database_proxy, utcnow
-from ..runner import PlaybookResult
+from ..results import PlaybookResult
 from . import state
 
 JOB_TIMEOUT_S = 30
@@ -160,18 +160,19 @@ def start(job: Job, owner: str, secret_key: str) -> tuple[str, list[dict[str, An
     """(host, [request], known, secrets) for the worker's Plan; None when there is nothing to read."""
     from .. import jobqueue
 
-    d = state.locked(job.deployment_id)
-    request = json.loads(job.result or "{}").get("request")
-    if d is None or request is None or d.desired_state == "absent":
-        jobqueue.finish(job, owner, succeeded=False, error="nothing to read")
-        return None
-    try:
-        env = decrypt_env(secret_key, d.env_vars_encrypted) if d.env_vars_encrypted else {}
-    except RuntimeError as exc:
-        jobqueue.finish(job, owner, succeeded=False, error=str(exc))
-        return None
-    item = {"id": str(d.id), "host": d.host, "container_name": d.container_name, **request}
-    return d.host, [item], [], {str(d.id): env} if env else {}
+    with write_transaction(database_proxy.obj):
+        d = state.locked(job.deployment_id)
+        request = json.loads(job.result or "{}").get("request")
+        if d is None or request is None or d.desired_state == "absent":
+            jobqueue.finish(job, owner, succeeded=False, error="nothing to read")
+            return None
+        try:
+            env = decrypt_env(secret_key, d.env_vars_encrypted) if d.env_vars_encrypted else {}
+        except RuntimeError as exc:
+            jobqueue.finish(job, owner, succeeded=False, error=str(exc))
+            return None
+        item = {"id": str(d.id), "host": d.host, "container_name": d.container_name, **request}
+        return d.host, [item], [], {str(d.id): env} if env else {}
 
 
 def mask(lines: list[dict[str, Any]], secrets: list[str]) -> list[dict[str, Any]]:
