@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ansible.errors import AnsibleFilterError
+from ansible_collections.buddo.deploy.plugins.module_utils.desired import bad_names
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import deployment_network
 
 DOCUMENTATION = r"""
@@ -101,6 +103,8 @@ def converge_plan(
     known: list[str] | None = None,
     prune: bool = False,
 ) -> dict[str, Any]:
+    if bad := bad_names(desired):  # before anything changes: names become file and container names
+        raise AnsibleFilterError("converge_deployments: " + "; ".join(bad))
     containers: list[dict[str, Any]] = list(observed.get("containers") or [])
     sites: list[dict[str, Any]] = list(observed.get("sites") or [])
     live = live_config or ""
