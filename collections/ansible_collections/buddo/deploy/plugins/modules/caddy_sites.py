@@ -153,8 +153,8 @@ def main() -> None:
                 module.fail_json(msg=f"sites[{index}] needs a file name (no /) and a content string")
             path = os.path.join(sites_dir, name)
             before = read_text(path)
-            entry = {"site": {k: v for k, v in site.items() if k != "content"}, "path": path,
-                     "changed": before != content, "failed": False}
+            entry: dict[str, Any] = {"site": {k: v for k, v in site.items() if k != "content"}, "path": path,
+                                     "changed": before != content, "failed": False}
             results.append(entry)
             if before != content:
                 diffs.append({"before": before or "", "after": content, "before_header": path, "after_header": path})
