@@ -49,8 +49,9 @@ EXAMPLES = r"""
   buddo.deploy.caddy_sites:
     sites_dir: /etc/caddy/sites
     sites:
-      - {name: my-app.caddy, content: "my-app.localhost {\n\treverse_proxy 127.0.0.1:20001\n}\n",
-          deployment_id: 0b0f...}
+      - name: my-app.caddy
+        content: "my-app.localhost {\n\treverse_proxy 127.0.0.1:20001\n}\n"
+        deployment_id: 0b0f...
     validate: /etc/caddy/validate.sh
     reload_command: [caddy, reload, --config, /etc/caddy/Caddyfile, --adapter, caddyfile, --address, "127.0.0.1:2019"]
     lock_file: /var/lib/caddy/.config/reload.lock
