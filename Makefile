@@ -19,7 +19,7 @@ $(BIN)/activate: pyproject.toml
 venv: $(BIN)/activate
 
 lint: venv
-	$(BIN)/ruff check api tests bench
+	$(BIN)/ruff check api tests bench collections
 	$(BIN)/mypy
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-lint
 

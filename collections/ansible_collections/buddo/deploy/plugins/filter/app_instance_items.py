@@ -14,7 +14,8 @@ description:
     deployments, so no other deployment's secrets travel to the host.
 positional: state, host
 options:
-  _input: {description: "Desired deployment items (the converge role adds serving_port, recreate, container_id).", type: list, required: true}
+  _input: {description: "Desired deployment items (the converge role adds serving_port, recreate, container_id).",
+      type: list, required: true}
   state: {description: "The module's state: started, stopped, absent or retired.", type: str, required: true}
   host: {description: "Inventory host (label buddo.host of new containers).", type: str, default: ""}
 """

@@ -24,7 +24,8 @@ options:
   live_config: {description: Caddy's live JSON config as text (empty when unknown)., type: str, required: true}
   base_domain: {description: Base domain of every deployment., type: str, required: true}
   known: {description: Ids of deployments that are neither desired here nor orphans., type: list, default: []}
-  prune: {description: Also remove orphans (containers and sites naming no known deployment)., type: bool, default: false}
+  prune: {description: Also remove orphans (containers and sites naming no known deployment)., type: bool,
+      default: false}
 """
 
 RETURN = r"""

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 try:
-    import requests
+    import requests as requests  # re-exported: the modules test it for None
 except ImportError:  # reported by the module (missing_required_lib), not as a traceback
     requests = None  # type: ignore[assignment]
 

@@ -46,7 +46,8 @@ description:
     are read from a pipe as an env file, others become podman secrets of type env. Every
     message is returned with env values and passwords masked.
 options:
-  state: {description: Desired state of every deployment., type: str, default: started, choices: [started, stopped, absent, retired]}
+  state: {description: Desired state of every deployment., type: str, default: started,
+      choices: [started, stopped, absent, retired]}
   deployments:
     description: The deployments to converge, each with its own options.
     type: list
@@ -56,40 +57,53 @@ options:
       deployment_id: {description: Deployment id (label buddo.deployment_id)., type: str, required: true}
       name: {description: Container name of the serving container., type: str, required: true}
       image: {description: "Image reference (required by O(state=started)).", type: str, default: ""}
-      spec: {description: "Hash of everything that makes a container; a different one means a new container (required by O(state=started)).", type: str, default: ""}
+      spec: {description: "Hash of everything that makes a container; a different one means a new container (required
+          by O(state=started)).", type: str, default: ""}
       port: {description: Container port., type: int, default: 3000}
-      host_ports: {description: "The deployment's two host ports (required by O(state=started)).", type: list, elements: int, default: []}
+      host_ports: {description: "The deployment's two host ports (required by O(state=started)).", type: list,
+          elements: int, default: []}
       serving_port: {description: Host port Caddy routes to now (its container is never touched by started)., type: int}
       memory_mb: {description: Memory limit in MB., type: int, default: 256}
       cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
       pids_limit: {description: Most processes (and threads) the container may run., type: int, default: 256}
       log_max_size_mb: {description: Size in MB at which the container's log file is truncated., type: int, default: 10}
       labels: {description: Extra labels., type: dict, default: {}}
-      pull: {description: "C(always) pulls the reference as it is now; C(missing) keeps the version that is cached (pulled again by its digest, so the registry still answers) and pulls the reference only when absent.", type: str, default: missing, choices: [always, missing]}
-      disk_limit_mb: {description: "Most MB the container may write (its writable layer); 0 - no limit.", type: int, default: 0}
-      recreate: {description: "Start a new container even when one with the spec runs (wrong limits, unhealthy).", type: bool, default: false}
+      pull: {description: "C(always) pulls the reference as it is now; C(missing) keeps the version that is cached
+          (pulled again by its digest, so the registry still answers) and pulls the reference only when absent.",
+          type: str, default: missing, choices: [always, missing]}
+      disk_limit_mb: {description: "Most MB the container may write (its writable layer); 0 - no limit.", type: int,
+          default: 0}
+      recreate: {description: "Start a new container even when one with the spec runs (wrong limits, unhealthy).",
+          type: bool, default: false}
       keep: {description: "Container id to keep (required by O(state=retired)).", type: str, default: ""}
-      keep_images: {description: "On retired, images (repository@digest, newest release first) to keep on the host; on absent every kept image is dropped.", type: list, elements: str, default: []}
-  env: {description: "Deployment id -> its environment variables (secret - never logged, masked in every message).", type: dict, default: {}}
+      keep_images: {description: "On retired, images (repository@digest, newest release first) to keep on the host; on
+          absent every kept image is dropped.", type: list, elements: str, default: []}
+  env: {description: "Deployment id -> its environment variables (secret - never logged, masked in every message).",
+      type: dict, default: {}}
   registry_auth:
     description:
       - "Deployment id -> C({<registry host>: {auth: <base64 of user:password>}}), the operator's login for its
         image's registry, as in a containers-auth.json (secret; the host is a key, so it is not masked)."
     type: dict
     default: {}
-  userns: {description: "Run each container in a user namespace of its own (C(--userns=auto)).", type: bool, default: true}
+  userns: {description: "Run each container in a user namespace of its own (C(--userns=auto)).", type: bool,
+      default: true}
   parallel: {description: How many deployments are worked on at the same time., type: int, default: 4}
   host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
-  instance: {description: "Label buddo.instance: the platform the container belongs to (host_state lists only its own).", type: str, default: buddo}
+  instance: {description: "Label buddo.instance: the platform the container belongs to (host_state lists only its
+      own).", type: str, default: buddo}
   init: {description: Run an init as PID 1., type: bool, default: true}
   restart_policy: {description: Podman restart policy., type: str, default: always}
   stop_timeout: {description: Seconds to wait for a graceful stop., type: int, default: 10}
   wait_timeout: {description: Seconds a new container has to answer., type: float, default: 60}
   wait_path: {description: Path requested to see whether the app answers., type: str, default: /}
   remove_image: {description: "On absent, remove the image reference when unused.", type: bool, default: true}
-  prune_images: {description: "On retired, remove dangling images no container uses (once, after every deployment).", type: bool, default: true}
-  keep_count: {description: "How many of each deployment's keep_images to keep (the newest releases).", type: int, default: 3}
-  output_dir: {description: "Where the output of a container that never answered is kept (0600) before it is removed; empty: nowhere.", type: str, default: ""}
+  prune_images: {description: "On retired, remove dangling images no container uses (once, after every deployment).",
+      type: bool, default: true}
+  keep_count: {description: "How many of each deployment's keep_images to keep (the newest releases).", type: int,
+      default: 3}
+  output_dir: {description: "Where the output of a container that never answered is kept (0600) before it is removed;
+      empty: nowhere.", type: str, default: ""}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -115,7 +129,8 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-msg: {description: "How many deployments failed, and why (the module run does not fail for them).", type: str, returned: always}
+msg: {description: "How many deployments failed, and why (the module run does not fail for them).", type: str,
+    returned: always}
 deployments:
   description: One entry per deployment of O(deployments), in that order.
   type: list
@@ -126,9 +141,12 @@ deployments:
     changed: {description: Whether anything of this deployment changed., type: bool}
     failed: {description: Whether this deployment failed (the others are not affected)., type: bool}
     msg: {description: "Why it failed (env values masked).", type: str, returned: failure}
-    failure_kind: {description: "C(app) when the app itself failed (bad image, never answered); C(host) for a podman error.", type: str, returned: failure}
-    container: {description: "The container that runs the spec (id, name, host_port, image_digest).", type: dict, returned: "state=started or retired, success"}
-    others: {description: Ids of the deployment's other containers (to retire once traffic moved)., type: list, returned: "state=started, success"}
+    failure_kind: {description: "C(app) when the app itself failed (bad image, never answered); C(host) for a podman
+        error.", type: str, returned: failure}
+    container: {description: "The container that runs the spec (id, name, host_port, image_digest).", type: dict,
+        returned: "state=started or retired, success"}
+    others: {description: Ids of the deployment's other containers (to retire once traffic moved)., type: list,
+        returned: "state=started, success"}
     actions: {description: What was done., type: list}
 """
 
@@ -140,10 +158,11 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -156,7 +175,6 @@ from ansible_collections.buddo.deploy.plugins.module_utils.podman import (
     saved_output_path,
 )
 from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
-
 
 LOCK_DIR = "/run/lock/buddo"
 
@@ -173,7 +191,7 @@ HARDENING = (
     "--cap-drop", "all", *(arg for cap in KEPT_CAPABILITIES for arg in ("--cap-add", cap)),
     # IPC namespace of its own, and a /dev/shm that runc mounts inside the container: with a
     # user namespace, podman's shared shm mount made `podman rm` fail now and then (EBUSY).
-    "--ipc", "none", "--tmpfs", "/dev/shm:rw,nosuid,nodev,noexec,size=64m",
+    "--ipc", "none", "--tmpfs", "/dev/shm:rw,nosuid,nodev,noexec,size=64m",  # noqa: S108 (a mount, not a temp file)
     # An image's VOLUMEs are plain directories of the writable layer: under the disk quota,
     # and gone with the container.
     "--image-volume", "ignore",
@@ -236,7 +254,8 @@ class Podman:
         return proc.returncode, proc.stdout, proc.stderr
 
     def containers(self, deployment_id: str) -> list[dict[str, Any]]:
-        _, out, _ = self.run("ps", "--all", "--format", "json", "--filter", f"label=buddo.deployment_id={deployment_id}")
+        _, out, _ = self.run("ps", "--all", "--format", "json",
+                             "--filter", f"label=buddo.deployment_id={deployment_id}")
         return parse_ps(out)
 
     def ensure_network(self, deployment_id: str, instance: str, host: str) -> bool:
@@ -676,10 +695,8 @@ def use_every_cpu() -> None:
     """Mitogen pins the processes it starts to one CPU; on a local connection this module and
     every podman it runs inherit that, and the overlapping podman commands would share one
     core. Threads started after this (the pool's) and their children may use them all."""
-    try:
+    with suppress(OSError):  # a cpuset that allows fewer: keep what we have
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
-    except OSError:  # a cpuset that allows fewer: keep what we have
-        pass
 
 
 def main() -> None:

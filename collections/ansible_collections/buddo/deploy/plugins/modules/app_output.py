@@ -20,7 +20,8 @@ options:
   tail: {description: Lines to return at most (of both streams together)., type: int, default: 100}
   since: {description: "Only lines after this RFC 3339 time (empty: all)." , type: str, default: ""}
   env: {description: Environment variables whose values are masked (never logged)., type: dict, default: {}}
-  output_dir: {description: "Where app_instance keeps the output of a container that never answered (read when no container is left; empty: nowhere).", type: str, default: ""}
+  output_dir: {description: "Where app_instance keeps the output of a container that never answered (read when no
+      container is left; empty: nowhere).", type: str, default: ""}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -36,8 +37,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-lines: {description: "Oldest first: at (RFC 3339), stream (stdout or stderr), text (masked).", type: list, returned: always}
-container: {description: "The container read (id, name, state, exit_code); empty when there is none.", type: dict, returned: always}
+lines: {description: "Oldest first: at (RFC 3339), stream (stdout or stderr), text (masked).", type: list,
+    returned: always}
+container: {description: "The container read (id, name, state, exit_code); empty when there is none.", type: dict,
+    returned: always}
 """
 
 import datetime

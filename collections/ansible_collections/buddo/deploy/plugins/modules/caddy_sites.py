@@ -23,7 +23,8 @@ description:
 options:
   sites_dir: {description: Directory of the site files., type: path, required: true}
   sites:
-    description: "Files to write: name (file name in O(sites_dir)), content, and any other keys (returned as R(results[].site))."
+    description: "Files to write: name (file name in O(sites_dir)), content, and any other keys (returned as
+        R(results[].site))."
     type: list
     elements: dict
     default: []
@@ -36,8 +37,10 @@ options:
     type: str
     default: ""
   reload: {description: Reload even when no file changed., type: bool, default: false}
-  reload_command: {description: Command (argv) that makes Caddy load the files; empty never reloads., type: list, elements: str, default: []}
-  reload_environment: {description: Environment variables of O(reload_command) and O(validate)., type: dict, default: {}}
+  reload_command: {description: Command (argv) that makes Caddy load the files; empty never reloads., type: list,
+      elements: str, default: []}
+  reload_environment: {description: Environment variables of O(reload_command) and O(validate)., type: dict,
+      default: {}}
   lock_file: {description: File locked while reloading; empty takes no lock., type: path, default: ""}
 """
 
@@ -46,7 +49,9 @@ EXAMPLES = r"""
   buddo.deploy.caddy_sites:
     sites_dir: /etc/caddy/sites
     sites:
-      - {name: my-app.caddy, content: "my-app.localhost {\n\treverse_proxy 127.0.0.1:20001\n}\n", deployment_id: 0b0f...}
+      - name: my-app.caddy
+        content: "my-app.localhost {\n\treverse_proxy 127.0.0.1:20001\n}\n"
+        deployment_id: 0b0f...
     validate: /etc/caddy/validate.sh
     reload_command: [caddy, reload, --config, /etc/caddy/Caddyfile, --adapter, caddyfile, --address, "127.0.0.1:2019"]
     lock_file: /var/lib/caddy/.config/reload.lock
@@ -55,7 +60,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 results:
-  description: "Per item of O(sites): site (the item without its content), path, changed, failed, msg, stderr (why Caddy rejected it)."
+  description: "Per item of O(sites): site (the item without its content), path, changed, failed, msg, stderr (why
+      Caddy rejected it)."
   type: list
   returned: always
 removed: {description: Paths removed., type: list, returned: always}
@@ -67,6 +73,7 @@ import os
 import shlex
 import tempfile
 import time
+from contextlib import suppress
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -102,10 +109,8 @@ def remove_stale(sites_dir: str) -> None:
     cutoff = time.time() - STALE_S
     for entry in os.scandir(sites_dir):
         if entry.name.startswith(".") and entry.is_file() and entry.stat().st_mtime < cutoff:
-            try:
+            with suppress(FileNotFoundError):
                 os.unlink(entry.path)
-            except FileNotFoundError:
-                pass
 
 
 def reload_caddy(module: AnsibleModule) -> None:
@@ -149,8 +154,8 @@ def main() -> None:
                 module.fail_json(msg=f"sites[{index}] needs a file name (no /) and a content string")
             path = os.path.join(sites_dir, name)
             before = read_text(path)
-            entry = {"site": {k: v for k, v in site.items() if k != "content"}, "path": path,
-                     "changed": before != content, "failed": False}
+            entry: dict[str, Any] = {"site": {k: v for k, v in site.items() if k != "content"}, "path": path,
+                                     "changed": before != content, "failed": False}
             results.append(entry)
             if before != content:
                 diffs.append({"before": before or "", "after": content, "before_header": path, "after_header": path})

@@ -21,12 +21,15 @@ options:
   api_token: {description: "API token (DNS edit on the zone).", type: str, required: true}
   zone: {description: "The zone, by name or by id (32 hex digits).", type: str, required: true}
   type: {description: Record type., type: str, required: true, choices: [A, AAAA, CNAME]}
-  name: {description: "Record name, fully qualified or relative to the zone (@ is the apex).", type: str, required: true}
-  content: {description: "IPv4 address (A), IPv6 address (AAAA) or host name (CNAME). Required when present.", type: str}
+  name: {description: "Record name, fully qualified or relative to the zone (@ is the apex).", type: str,
+      required: true}
+  content: {description: "IPv4 address (A), IPv6 address (AAAA) or host name (CNAME). Required when present.",
+      type: str}
   ttl: {description: "TTL in seconds, 1 for automatic.", type: int, default: 1}
   proxied: {description: "Proxy through Cloudflare.", type: bool, default: false}
   comment: {description: "The marker comment that identifies the record (see above).", type: str}
-  exclusive: {description: "Fail when the name has a record of the type that is not this one (a name someone else uses).", type: bool, default: false}
+  exclusive: {description: "Fail when the name has a record of the type that is not this one (a name someone else
+      uses).", type: bool, default: false}
   state: {description: Whether the record exists., type: str, choices: [present, absent], default: present}
   per_page: {description: "Records per page when listing.", type: int, default: 100}
   timeout: {description: "Seconds one API call may take.", type: float, default: 30}
@@ -47,7 +50,8 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-record: {description: "The record after the run (id, type, name, content, ttl, proxied, comment); null when absent.", type: dict, returned: always}
+record: {description: "The record after the run (id, type, name, content, ttl, proxied, comment); null when absent.",
+    type: dict, returned: always}
 action: {description: "created, updated, deleted or none.", type: str, returned: always}
 deleted: {description: Ids of the records removed (or that would be)., type: list, returned: always}
 zone: {description: "The zone (id, name).", type: dict, returned: always}

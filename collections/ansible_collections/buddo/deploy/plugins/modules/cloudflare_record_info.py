@@ -35,7 +35,8 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-records: {description: "The records (id, type, name, content, ttl, proxied, comment).", type: list, elements: dict, returned: success}
+records: {description: "The records (id, type, name, content, ttl, proxied, comment).", type: list, elements: dict,
+    returned: success}
 zone: {description: "The zone (id, name).", type: dict, returned: success}
 pages: {description: Pages read., type: int, returned: success}
 """

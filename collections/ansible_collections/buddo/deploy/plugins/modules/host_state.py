@@ -22,14 +22,17 @@ description:
   - Only reads; safe in check mode.
 options:
   sites_dir: {description: Directory of the per-deployment Caddy site files (none when empty)., type: path, default: ""}
-  instance: {description: Only containers labelled C(buddo.instance) with this value (one platform's own)., type: str, default: buddo}
-  host: {description: "Only containers and networks labelled C(buddo.host) with this value, or with no such label (made before
-    hosts were labelled). Empty: every host's. Two inventory hosts may share one machine's Podman.", type: str, default: ""}
+  instance: {description: Only containers labelled C(buddo.instance) with this value (one platform's own)., type: str,
+      default: buddo}
+  host: {description: "Only containers and networks labelled C(buddo.host) with this value, or with no such label
+      (made before hosts were labelled). Empty: every host's. Two inventory hosts may share one machine's Podman.",
+      type: str, default: ""}
   probe: {description: Probe the running containers over HTTP., type: bool, default: false}
   probe_path: {description: Path requested by the probe., type: str, default: /}
   probe_timeout: {description: Seconds one probe may take., type: float, default: 3}
   caddy_admin: {description: "Caddy's admin address (host:port); empty: Caddy is not read.", type: str, default: ""}
-  egress_table: {description: "nftables table of the egress policy (C(inet buddo_egress)); empty - not read.", type: str, default: ""}
+  egress_table: {description: "nftables table of the egress policy (C(inet buddo_egress)); empty - not read.",
+      type: str, default: ""}
   podman: {description: Podman binary., type: str, default: podman}
 """
 
@@ -45,7 +48,8 @@ sites: {description: "Site files (file, deployment_id, hosts, upstream_port).", 
 probes: {description: "Container id -> {status, healthy, error}.", type: dict, returned: when probe}
 egress: {description: Whether the nftables table O(egress_table) is loaded., type: bool, returned: when egress_table}
 caddy:
-  description: "Caddy's admin API: running (it answered 200), config (its live JSON config as text, empty when not running)."
+  description: "Caddy's admin API: running (it answered 200), config (its live JSON config as text, empty when not
+      running)."
   type: dict
   returned: when caddy_admin
 """
