@@ -1,65 +1,117 @@
 """The job queue: the seam between what should be (the database) and the hosts.
 
-Two kinds of job. ``converge``: bring deployment D to at least generation G; a
-newer request coalesces with a queued one (ten restarts queued while one runs
-cost one more run). ``reconcile``: converge every deployment of one host and
-remove orphans (the worker's periodic run, or ``buddo-deploy reconcile``, which
-reserves its job for itself).
+Work is queued per host (controller-runtime's key-only request). ``converge``: a change
+marks its deployment's host as needing a converge; a host has at most one queued
+converge, which every later change joins as a target (the deployment and the generation
+to reach: ten restarts queued while one runs cost one more run). A worker runs the
+host's targets in one playbook run and records each deployment's outcome on its target.
+``reconcile``: converge every deployment of one host and remove orphans (the worker's
+periodic run, or ``buddo-deploy reconcile``, which reserves its job for itself).
+``output``: read one deployment's container output.
 
-Workers claim jobs with a lease; a worker that dies stops renewing, its lease
-expires and the next claim takes the job over. A run that failed for a reason
-outside the app goes back to the queue with a backoff, as often as it takes.
-Jobs sharing a ``lock_key`` (host/subdomain: one Caddy site, one container name
-family) run one at a time in id order; a reconcile and a converge on the same
-host never run at once. Claims are serialised (SQLite: ``BEGIN IMMEDIATE``;
-PostgreSQL: a transaction advisory lock), so those rules hold across processes.
-
-Batches: a claim that takes a converge of host H takes, in the same transaction,
-every other converge of H that is runnable under the same rules (the earliest of
-its lock_key, none behind a queued reconcile of H, due, or a lapsed lease to take
-over), up to ``BUDDO_CONVERGE_BATCH`` jobs. The worker runs them in one playbook
-run (the converge role reports an outcome per deployment), and each job keeps its
-own lease, attempts, backoff and outcome. Reconcile and output jobs are claimed
-alone. A batch never holds two jobs of one lock_key, so it never holds two
-generations of one deployment. A job whose last run timed out is claimed alone:
-a batch that timed out is split up, so one app that hangs (or a batch too big for
-``BUDDO_JOB_TIMEOUT``) cannot hold the others back run after run.
+Workers claim jobs with a lease; a worker that dies stops renewing, its lease expires
+and the next claim takes the job over. A run that failed for a reason outside the apps
+goes back to the queue with a backoff, as often as it takes. Jobs sharing a
+``lock_key`` run one at a time in id order: a host's converges and reconciles share
+``<host>/`` (one Caddy, one set of containers), so they never run at once. Claims are
+serialised (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction advisory lock), so
+those rules hold across processes; so are a host's enqueues on PostgreSQL (an advisory
+lock per host), so two API processes never queue two converges of one host.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import zlib
 from typing import Any
 
 import peewee
 
 from .db import is_postgres, write_transaction
-from .models import Deployment, Job, database_proxy, utcnow
+from .models import Deployment, Job, JobTarget, database_proxy, utcnow
 
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
-# last_error of a run that timed out (runner.run_playbook): such a job is claimed alone.
-_TIMED_OUT = "timed out%"
+_ENQUEUE_LOCK = 74_217_005  # pg_advisory_xact_lock(class, crc32(host)) of a host's enqueue
+
+
+def host_lock_key(host: str) -> str:
+    return f"{host}/"
 
 
 def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
-    """Make sure a converge of ``deployment`` to its current generation is queued.
+    """Make sure the deployment's host has a queued converge with the deployment as a target at
+    its current generation; the job (a new one, or the queued one the change joined).
 
     Call inside the transaction that changed the desired state.
     """
+    db = database_proxy.obj
+    if is_postgres(db):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)",
+                       (_ENQUEUE_LOCK, zlib.crc32(deployment.host.encode()) - 2**31))
     now = utcnow()
-    queued = Job.select().where(
-        (Job.deployment == deployment.id) & (Job.action == "converge") & (Job.state == "queued")
-    ).first()
-    if queued is not None:
-        Job.update(generation=max(queued.generation, deployment.generation), run_after=now, updated_at=now).where(
-            Job.id == queued.id).execute()
-        return Job.get_by_id(queued.id)
-    return Job.create(
-        deployment=deployment.id, action="converge", host=deployment.host,
-        lock_key=f"{deployment.host}/{deployment.subdomain}", generation=deployment.generation,
-        timeout_s=timeout_s, run_after=now, created_at=now, updated_at=now,
-    )
+    job = Job.select().where((Job.action == "converge") & (Job.host == deployment.host) & (Job.state == "queued")
+                             ).order_by(Job.id.desc()).first()
+    if job is None:
+        job = Job.create(deployment=None, action="converge", host=deployment.host,
+                         lock_key=host_lock_key(deployment.host), timeout_s=timeout_s, run_after=now,
+                         created_at=now, updated_at=now)
+    else:  # joins it, and a change is worth trying now (a retry's backoff ends)
+        Job.update(run_after=now, timeout_s=max(job.timeout_s, timeout_s), updated_at=now).where(
+            Job.id == job.id).execute()
+    target = JobTarget.get_or_none((JobTarget.job == job.id) & (JobTarget.deployment == deployment.id))
+    if target is None:
+        JobTarget.create(job=job.id, deployment=deployment.id, generation=deployment.generation, state="queued")
+    elif target.generation < deployment.generation:
+        JobTarget.update(generation=deployment.generation).where(
+            (JobTarget.job == job.id) & (JobTarget.deployment == deployment.id)).execute()
+    return Job.get_by_id(job.id)
+
+
+def targets(job: Job, *, open_only: bool = False) -> list[JobTarget]:
+    """The deployments a converge covers (``open_only``: those without an outcome yet)."""
+    query = JobTarget.select().where(JobTarget.job == job.id)
+    if open_only:
+        query = query.where(JobTarget.state.in_(("queued", "running")))
+    return list(query.order_by(JobTarget.deployment))
+
+
+def finish_target(job: Job, deployment_id: Any, *, succeeded: bool, error: str | None = None,
+                  task: str | None = None) -> None:
+    """A target's own outcome (call inside the transaction that records it)."""
+    JobTarget.update(state="succeeded" if succeeded else "failed", last_error=error, failed_task=task).where(
+        (JobTarget.job == job.id) & (JobTarget.deployment == deployment_id)).execute()
+
+
+def set_target_generation(job: Job, deployment_id: Any, generation: int) -> None:
+    """The generation a run converges the target to (the deployment's current one)."""
+    JobTarget.update(generation=generation).where(
+        (JobTarget.job == job.id) & (JobTarget.deployment == deployment_id)).execute()
+
+
+def set_target_error(job: Job, deployment_id: Any, error: str, task: str | None) -> None:
+    """Why the target is tried again (it stays open)."""
+    JobTarget.update(last_error=error, failed_task=task).where(
+        (JobTarget.job == job.id) & (JobTarget.deployment == deployment_id)).execute()
+
+
+def all_succeeded(job: Job) -> bool:
+    return not JobTarget.select().where((JobTarget.job == job.id) & (JobTarget.state != "succeeded")).exists()
+
+
+def owns(job: Job, owner: str) -> bool:
+    """``owner`` still holds the job's lease (PostgreSQL: the row stays locked until the transaction ends)."""
+    query = Job.select(Job.id).where(_owned(job, owner))
+    if is_postgres(database_proxy.obj):
+        query = query.for_update()
+    return query.exists()
+
+
+def open_converge(deployment: Deployment) -> Job | None:
+    """The queued or running converge that still has to act on the deployment, if any."""
+    found: Job | None = Job.select().join(JobTarget, on=(JobTarget.job == Job.id)).where(
+        (JobTarget.deployment == deployment.id) & JobTarget.state.in_(("queued", "running"))
+        & (Job.action == "converge") & Job.state.in_(("queued", "running"))).first()
+    return found
 
 
 def enqueue_reconcile(host: str, *, timeout_s: int, reserved_for: str | None = None,
@@ -76,7 +128,7 @@ def enqueue_reconcile(host: str, *, timeout_s: int, reserved_for: str | None = N
     ).exists():
         return None
     return Job.create(
-        deployment=None, action="reconcile", host=host, lock_key=f"{host}/" if reserved_for is None else
+        deployment=None, action="reconcile", host=host, lock_key=host_lock_key(host) if reserved_for is None else
         f"{host}/#{reserved_for}", timeout_s=timeout_s, run_after=now, reserved_for=reserved_for,
         lease_owner=reserved_for, lease_expires_at=now + dt.timedelta(seconds=lease_s) if reserved_for else None,
         created_at=now, updated_at=now,
@@ -100,7 +152,7 @@ def abandon(job: Job, owner: str, error: str) -> None:
 
 
 _CLAIMABLE = """
-SELECT j.id, j.action, j.host, j.last_error FROM jobs j
+SELECT j.id FROM jobs j
 WHERE ((j.state = 'queued' AND j.run_after <= {p})
        OR (j.state = 'running' AND j.lease_expires_at < {p} AND j.reserved_for IS NULL))
   AND {only}
@@ -116,41 +168,26 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
       WHERE q.host = j.host AND q.action = 'reconcile' AND q.state = 'queued' AND q.id < j.id
         AND q.run_after <= {p} AND (q.reserved_for IS NULL OR q.lease_expires_at >= {p})))
 ORDER BY j.id
-LIMIT {limit}
+LIMIT 1
 """
 
 
-def claim(owner: str, lease_s: int, *, job_id: int | None = None, batch: int = 1) -> list[Job]:
-    """Claim the next runnable job for ``owner`` (or the reserved job ``job_id``); [] when there is none.
-
-    When that job is a converge, up to ``batch`` runnable converges of its host are
-    claimed with it (the module's docstring): the first is the job claimed alone
-    before, the others are runnable beside it under the same rules. Ordered by id.
-    """
+def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> list[Job]:
+    """Claim the next runnable job for ``owner`` (or the reserved job ``job_id``): [it], or []."""
     db = database_proxy.obj
     now = utcnow()
-
-    def runnable(only: str, only_params: tuple[object, ...], limit: int) -> list[tuple[Any, ...]]:
-        params = (now, now, *only_params, now, now, now)
-        return list(db.execute_sql(_CLAIMABLE.format(p=db.param, only=only, limit=int(limit)), params).fetchall())
-
     with write_transaction(db):
         if is_postgres(db):
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+        only_params: tuple[object, ...] = ()
         if job_id is None:
-            found = runnable("j.reserved_for IS NULL", (), 1)
+            only = "j.reserved_for IS NULL"
         else:
-            found = runnable(f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner), 1)
-        if not found:
+            only, only_params = f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner)
+        found = db.execute_sql(_CLAIMABLE.format(p=db.param, only=only),
+                               (now, now, *only_params, now, now, now)).fetchone()
+        if found is None:
             return []
-        first, action, host, last_error = found[0]
-        ids = [first]
-        if action == "converge" and batch > 1 and not (last_error or "").startswith(_TIMED_OUT.rstrip("%")):
-            # Same rules, one host; nothing claimable comes before the first, so it is among them.
-            alone = f"j.last_error IS NOT NULL AND j.last_error LIKE {db.param}"
-            more = runnable(f"j.reserved_for IS NULL AND j.action = 'converge' AND j.host = {db.param} "
-                            f"AND NOT ({alone})", (host, _TIMED_OUT), batch)
-            ids = sorted({first, *(row[0] for row in more)})[:batch]
         Job.update(
             state="running",
             attempts=Job.attempts + 1,
@@ -158,22 +195,22 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None, batch: int = 1
             lease_expires_at=now + dt.timedelta(seconds=lease_s),
             updated_at=now,
             started_at=now,
-        ).where(Job.id.in_(ids)).execute()
-        return list(Job.select().where(Job.id.in_(ids)).order_by(Job.id))
+        ).where(Job.id == found[0]).execute()
+        JobTarget.update(state="running").where((JobTarget.job == found[0]) & (JobTarget.state == "queued")).execute()
+        return [Job.get_by_id(found[0])]
 
 
 def _owned(job: Job, owner: str) -> peewee.Expression:
     return (Job.id == job.id) & (Job.lease_owner == owner) & (Job.state == "running")
 
 
-def renew(jobs: Sequence[Job], owner: str, lease_s: int) -> bool:
-    """Extend the leases of a run's jobs; False means another worker has taken one of them over."""
+def renew(job: Job, owner: str, lease_s: int) -> bool:
+    """Extend a run's lease; False means another worker has taken the job over."""
     now = utcnow()
     with write_transaction(database_proxy.obj):
         updated = Job.update(lease_expires_at=now + dt.timedelta(seconds=lease_s), updated_at=now).where(
-            (Job.id.in_([job.id for job in jobs])) & (Job.lease_owner == owner) & (Job.state == "running")
-        ).execute()
-    return bool(updated == len(jobs))
+            _owned(job, owner)).execute()
+    return bool(updated)
 
 
 def finish(job: Job, owner: str, *, succeeded: bool, error: str | None = None, result: str | None = None) -> bool:
@@ -201,4 +238,6 @@ def retry_later(job: Job, owner: str, *, delay: dt.timedelta, error: str) -> boo
         state="queued", run_after=now + delay, lease_owner=None, lease_expires_at=None, updated_at=now,
         last_error=error,
     ).where(_owned(job, owner)).execute()
+    if updated:
+        JobTarget.update(state="queued").where((JobTarget.job == job.id) & (JobTarget.state == "running")).execute()
     return bool(updated)

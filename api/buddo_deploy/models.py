@@ -165,7 +165,7 @@ class Job(BaseModel):
     # When the latest attempt was claimed.
     started_at = peewee.DateTimeField(null=True)
     host = peewee.CharField(default="")
-    # converge: bring the deployment to at least this generation.
+    # Unused since host-keyed converges (0016): each target holds its own generation.
     generation = peewee.IntegerField(default=0)
     # A reconcile started by `buddo-deploy reconcile` is run by that process only.
     reserved_for = peewee.CharField(null=True)
@@ -173,6 +173,24 @@ class Job(BaseModel):
 
     class Meta:
         table_name = "jobs"
+
+
+class JobTarget(BaseModel):
+    """A deployment a host's converge covers, and that deployment's own outcome of the run."""
+
+    job = peewee.ForeignKeyField(Job, backref="targets")
+    deployment = peewee.ForeignKeyField(Deployment, backref="job_targets")
+    job_id: int
+    deployment_id: uuid.UUID
+    # Converge the deployment to at least this generation.
+    generation = peewee.IntegerField()
+    state = peewee.CharField(default="queued")
+    last_error = peewee.TextField(null=True)
+    failed_task = peewee.CharField(null=True)
+
+    class Meta:
+        table_name = "job_targets"
+        primary_key = peewee.CompositeKey("job", "deployment")
 
 
 class RateLimitCounter(BaseModel):
@@ -224,6 +242,8 @@ class JobEvent(BaseModel):
     task = peewee.CharField(null=True)
     status = peewee.CharField(null=True)
     message = peewee.TextField(null=True)
+    # The deployment of a shared run this event belongs to; None: the run's own.
+    deployment_id = peewee.CharField(null=True)
 
     class Meta:
         table_name = "job_events"

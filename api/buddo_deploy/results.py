@@ -17,10 +17,6 @@ class EventSummary:
     task: str | None
     status: str | None
     message: str | None
-    # A failed loop task: the labels of the items that failed (the converge roles label
-    # each item with its deployment's subdomain), so a batch's run can tell whose it is.
-    # None when the task is no_log (ansible-runner censors the item results).
-    items: tuple[str, ...] = ()
 
 
 @dataclass

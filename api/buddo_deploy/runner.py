@@ -124,17 +124,12 @@ def _summarise(event: Mapping[str, Any]) -> EventSummary | None:
         message = str(data.get("play") or "")
     elif name == "playbook_on_stats":
         message = json.dumps({k: data.get(k) for k in ("ok", "changed", "failures", "dark", "skipped")})
-    items: tuple[str, ...] = ()
-    if status in {"failed", "ignored"} and isinstance(res.get("results"), list):
-        items = tuple(str(r["_ansible_item_label"]) for r in res["results"]
-                      if isinstance(r, dict) and r.get("failed") and isinstance(r.get("_ansible_item_label"), str))
     return EventSummary(
         event=name,
         host=data.get("host") or data.get("remote_addr"),
         task=(data.get("task") or None) if name != "playbook_on_play_start" else None,
         status=status,
         message=message,
-        items=items,
     )
 
 

@@ -300,8 +300,6 @@ class Settings:
     # Clients GET /metrics answers (no token there).
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
-    # Queued converges of one host a worker runs in one playbook run (jobqueue.claim); 1: one each.
-    converge_batch: int = 32
     # Finished jobs and their events are pruned this many days after they finished (0: kept
     # forever), by the worker every retention_interval_s (0: never) and `buddo-deploy prune`.
     retention_days: int = 30
@@ -399,12 +397,9 @@ class Settings:
             "operator_concurrency": int(get("OPERATOR_CONCURRENCY") or 2),
             "api_request_timeout_s": api_request_timeout_s(env),
             "metrics_allow": _networks(get("METRICS_ALLOW") or "127.0.0.0/8,::1"),
-            "converge_batch": int(get("CONVERGE_BATCH") or 32),
             "retention_days": int(get("RETENTION_DAYS") or 30),
             "retention_interval_s": float(get("RETENTION_INTERVAL") or 3600),
         }
-        if int(kwargs["converge_batch"]) < 1:  # type: ignore[call-overload]
-            raise SettingsError("BUDDO_CONVERGE_BATCH must be 1 or more")
         if int(kwargs["operator_concurrency"]) < 1:  # type: ignore[call-overload]
             raise SettingsError("BUDDO_OPERATOR_CONCURRENCY must be 1 or more")
         if not 1 <= int(kwargs["releases_kept"]) <= RELEASE_HISTORY:  # type: ignore[call-overload]

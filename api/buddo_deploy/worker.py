@@ -1,7 +1,7 @@
 """`buddo-deploy worker`: threads and timers. What a job does is its kind's task (tasks/).
 
-Threads: N job runners (each claims one job, or a batch of one host's queued
-converges run in one playbook run: jobqueue.claim, then tasks.task_for), a health prober (one
+Threads: N job runners (each claims one job, a host's converge, reconcile or an output read:
+jobqueue.claim, then tasks.task_for), a health prober (one
 playbook run per host per cycle, on the hosts themselves), the custom domains' DNS
 check (services/domains.py), a reconcile timer (queues a host-wide reconcile every
 ``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of the
@@ -38,7 +38,7 @@ def _db_connect() -> None:
 
 
 class Worker:
-    """One job runner: claims a job (or a batch of one host's converges) and runs it."""
+    """One job runner: claims a job and runs it."""
 
     def __init__(self, settings: Settings, name: str | None = None) -> None:
         self.settings = settings
@@ -48,10 +48,9 @@ class Worker:
         self.poll_s = settings.worker_poll_s
 
     def run_once(self) -> bool:
-        """Claim a job (or a batch of one host's converges) and run it as its kind does; False when
-        there was nothing to do."""
+        """Claim a job and run it as its kind does; False when there was nothing to do."""
         _db_connect()
-        jobs = jobqueue.claim(self.name, self.lease_s, batch=self.settings.converge_batch)
+        jobs = jobqueue.claim(self.name, self.lease_s)
         if not jobs:
             return False
         task_for(jobs[0].action)(self.settings, self.name).run(jobs)

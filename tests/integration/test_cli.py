@@ -53,7 +53,6 @@ def test_an_unreachable_database_says_so_without_the_password(tmp_path):
     (("db", "upgrade"), {"BUDDO_HOST_PORT_RANGE": "20000:29999"}, "BUDDO_HOST_PORT_RANGE must be LOW-HIGH"),
     (("db", "upgrade"), {"BUDDO_METRICS_ALLOW": "everyone"}, "BUDDO_METRICS_ALLOW must be comma-separated CIDRs"),
     (("db", "upgrade"), {"BUDDO_LOG_LEVEL": "loud"}, "BUDDO_LOG_LEVEL must be"),
-    (("db", "upgrade"), {"BUDDO_CONVERGE_BATCH": "0"}, "BUDDO_CONVERGE_BATCH must be 1 or more"),
     (("serve",), {"BUDDO_DATABASE_URL": "sqlite:///x.db", "BUDDO_JWT_AUDIENCE": "", "BUDDO_JWT_ISSUER": ""},
      "BUDDO_JWT_AUDIENCE and BUDDO_JWT_ISSUER not set: with BUDDO_DATABASE_URL or BUDDO_JWT_JWKS_URL set"),
     (("worker",), {"BUDDO_JWT_JWKS_URL": "https://id.example/jwks.json", "BUDDO_JWT_AUDIENCE": "buddo"},
@@ -66,7 +65,7 @@ def test_an_unreachable_database_says_so_without_the_password(tmp_path):
     (("db", "upgrade"), {"BUDDO_API_REQUEST_TIMEOUT": "0"}, "BUDDO_API_REQUEST_TIMEOUT must be above 0 seconds"),
     (("worker", "--once"), {}, "run `buddo-deploy db upgrade` first"),
     (("desired",), {}, "run `buddo-deploy db upgrade` first"),
-], ids=["scheme", "integer", "number", "port-range", "metrics-allow", "log-level", "converge-batch", "no-audience",
+], ids=["scheme", "integer", "number", "port-range", "metrics-allow", "log-level", "no-audience",
         "jwks-no-issuer", "rs256-with-secret", "token-with-jwks", "retention-days", "operator-concurrency",
         "request-timeout", "worker-schema", "desired-schema"])
 def test_bad_settings_are_one_line_and_exit_1(tmp_path, args, env, expected):

@@ -33,15 +33,6 @@ def test_settings_from_env(tmp_path: Path) -> None:
     assert token.playbook_secret_files == {"cloudflare_dns_api_token_file": "cf-t"} and "cf-t" not in repr(token)
 
 
-def test_converge_batch_is_one_or_more(tmp_path: Path) -> None:
-    base = {"BUDDO_VAR_DIR": str(tmp_path)}
-    assert Settings.from_env(base).converge_batch == 32
-    assert Settings.from_env(base | {"BUDDO_CONVERGE_BATCH": "1"}).converge_batch == 1
-    for bad in ("0", "-3", "many"):
-        with pytest.raises(SettingsError, match="BUDDO_CONVERGE_BATCH"):
-            Settings.from_env(base | {"BUDDO_CONVERGE_BATCH": bad})
-
-
 def test_ansible_strategy_is_one_the_runner_knows(tmp_path: Path) -> None:
     base = {"BUDDO_VAR_DIR": str(tmp_path)}
     assert Settings.from_env(base).ansible_strategy == "linear"

@@ -19,17 +19,17 @@ def job_out(log: JobLog) -> JobOut:
         duration_s = round((job.finished_at - job.started_at).total_seconds(), 1)
     return JobOut(
         id=job.id,
-        deployment_id=job.deployment_id,
+        deployment_id=log.target.deployment_id if log.target is not None else job.deployment_id,
         action=job.action,
-        state=job.state,
-        generation=job.generation,
+        state=log.state,
+        generation=log.generation,
         attempts=job.attempts,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
         duration_s=duration_s,
-        run_after=job.run_after if job.state == "queued" else None,
-        last_error=job.last_error,
+        run_after=job.run_after if log.state == "queued" else None,
+        last_error=log.last_error,
         failed_task=log.failed_task,
         events=[
             JobEventOut(id=e.id, attempt=e.attempt, created_at=e.created_at, event=e.event, task=e.task,

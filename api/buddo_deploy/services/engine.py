@@ -40,17 +40,11 @@ class Plan:
     check: bool = False
     # The run's extra vars (the task adds the settings' own, such as the instance).
     variables: dict[str, Any] = field(default_factory=dict)
-    # A batch (:func:`batch`): the converge plans whose items and secrets this run holds.
-    parts: tuple[Plan, ...] = ()
 
     @property
-    def members(self) -> tuple[Plan, ...]:
-        """The one-job plans this run stands for: its parts, or itself."""
-        return self.parts or (self,)
-
-    @property
-    def jobs(self) -> list[Job]:
-        return [part.job for part in self.members]
+    def shared(self) -> bool:
+        """The run acts on more than one deployment: a failure's text may be another tenant's."""
+        return len(self.items) > 1
 
     @property
     def secret_files(self) -> dict[str, str]:
@@ -116,49 +110,47 @@ def registry_auths(items: list[dict[str, Any]], rows: dict[str, Deployment], sec
 
 
 def start_converge(job: Job, owner: str, secret_key: str) -> Plan | None:
-    """Mark a converge as begun; None when there is nothing to run (and the job is now finished)."""
-    with write_transaction(database_proxy.obj):
-        d = state.locked(job.deployment_id)
-        assert d is not None
-        if d.observed_generation >= d.generation:  # converged already (a reconcile, or a coalesced request)
-            state.close_entries(d.id, d.observed_generation, d.desired_state, True, {"attempt": job.attempts})
-            jobqueue.finish(job, owner, succeeded=True)
-            return None
-        if d.desired_state == "running" and d.failed_generation == d.generation:
-            jobqueue.finish(job, owner, succeeded=False, error="this generation failed; waiting for a new request")
-            return None
-        item = state.desired_item(d)
-        try:
-            secrets = env_values([item], {item["id"]: d}, secret_key)
-            logins = registry_auths([item], {item["id"]: d}, secret_key)
-        except RuntimeError as exc:  # a changed BUDDO_SECRET_KEY: retrying cannot help
-            state.record_outcome(item, {"ok": False, "kind": "config", "message": str(exc)}, {"attempt": job.attempts})
-            jobqueue.finish(job, owner, succeeded=False, error=str(exc))
-            return None
-        status = state.derive_status(d, working=True)
-        Deployment.update(status=status, updated_at=utcnow()).where(Deployment.id == d.id).execute()
-        state.touch_entries(d.id, d.generation, "running", {"attempt": job.attempts})
-    return Plan(job, "converge.yml", d.host, [item], secrets=secrets, registry_auth=logins,
-                variables=converge_variables([item]))
+    """Mark a host's converge as begun: the items of its targets still behind their desired state.
 
-
-def batch(plans: Sequence[Plan]) -> Plan:
-    """One converge.yml run for the converge plans of one host (jobqueue.claim's batch).
-
-    The run's document holds every plan's item and its secrets; each plan is still
-    finished on its own (:func:`finish`), from its deployment's outcome.
+    None when there is nothing to run (every target converged already, by a reconcile or an
+    earlier run, or its generation failed): the job is finished then.
     """
-    if len(plans) == 1:
-        return plans[0]
-    assert plans and all(p.playbook == "converge.yml" and p.host == plans[0].host for p in plans)
-    secrets: dict[str, dict[str, str]] = {}
-    logins: dict[str, dict[str, str]] = {}
-    for plan in plans:
-        secrets |= plan.secrets
-        logins |= plan.registry_auth
-    items = [i for p in plans for i in p.items]
-    return Plan(plans[0].job, "converge.yml", plans[0].host, items, secrets=secrets, registry_auth=logins,
-                parts=tuple(plans), variables=converge_variables(items))
+    items: list[dict[str, Any]] = []
+    secrets: dict[str, Any] = {}
+    logins: dict[str, Any] = {}
+    with write_transaction(database_proxy.obj):
+        for target in jobqueue.targets(job, open_only=True):
+            d = state.locked(target.deployment_id)
+            assert d is not None
+            if d.observed_generation >= d.generation:  # converged already (a reconcile, or an earlier run)
+                state.close_entries(d.id, d.observed_generation, d.desired_state, True, {"attempt": job.attempts})
+                jobqueue.finish_target(job, d.id, succeeded=True)
+                continue
+            if d.desired_state == "running" and d.failed_generation == d.generation:
+                jobqueue.finish_target(job, d.id, succeeded=False,
+                                       error="this generation failed; waiting for a new request")
+                continue
+            item = state.desired_item(d)
+            try:
+                mine = env_values([item], {item["id"]: d}, secret_key)
+                login = registry_auths([item], {item["id"]: d}, secret_key)
+            except RuntimeError as exc:  # a changed BUDDO_SECRET_KEY: retrying cannot help
+                state.record_outcome(item, {"ok": False, "kind": "config", "message": str(exc)},
+                                     {"attempt": job.attempts})
+                jobqueue.finish_target(job, d.id, succeeded=False, error=str(exc))
+                continue
+            secrets |= mine
+            logins |= login
+            jobqueue.set_target_generation(job, d.id, d.generation)
+            Deployment.update(status=state.derive_status(d, working=True), updated_at=utcnow()).where(
+                Deployment.id == d.id).execute()
+            state.touch_entries(d.id, d.generation, "running", {"attempt": job.attempts})
+            items.append(item)
+        if not items:
+            jobqueue.finish(job, owner, succeeded=jobqueue.all_succeeded(job))
+            return None
+    return Plan(job, "converge.yml", job.host, items, secrets=secrets, registry_auth=logins,
+                variables=converge_variables(items))
 
 
 def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
@@ -193,54 +185,63 @@ def start_reconcile(job: Job, secret_key: str, *, check: bool = False) -> Plan:
                 check=check, variables=converge_variables(items, known, hosts=[job.host]))
 
 
-def _retry(plan: Plan, owner: str, result: PlaybookResult) -> bool:
-    job = plan.job
-    delay = dt.timedelta(seconds=min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, job.attempts - 1)))
-    message = result.message or "the playbook run failed"
-    if not jobqueue.retry_later(job, owner, delay=delay, error=message):
-        return False
-    details = {"attempt": job.attempts, "retrying_in_s": delay.total_seconds(), "last_error": message,
-               "task": result.failed_task}
-    for item in plan.items:
-        state.touch_entries(item["id"], int(item["generation"]), "running", details)
-    return True
-
-
-# What a job of a batch is told of a failure in the run it shared: the failure's own text may
-# be about another tenant's deployment (its id, its podman error).
+# What a deployment is told of a failure in a run it shared with others of its host: the
+# failure's own text may be about another tenant's deployment (its id, its podman error).
 SHARED_FAILURE = "a step of this run, shared with other deployments of the host, failed"
 
 
 def shared_event(summary: EventSummary) -> EventSummary:
-    """An event of a batch's run as every job of it may see it: a failure's text withheld (it may
-    name another tenant's deployment); which failure was whose is each job's own outcome."""
+    """An event of a shared run as every target may see it: a failure's text withheld (it may
+    name another tenant's deployment); which failure was whose is each target's own outcome."""
     if summary.status in {"failed", "ignored"} and summary.message:
         return dataclasses.replace(summary, message=SHARED_FAILURE)
     return summary
 
 
-def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float, *, shared: bool = False) -> bool:
-    """Record a converge's outcome; False when the lease was lost (another worker owns the job now).
+def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> bool:
+    """Record a host converge's outcome on each target; False when the lease was lost (another
+    worker owns the job now, and nothing was recorded).
 
-    A run that failed outside the app (host unreachable, Podman or Caddy error,
-    timeout, lost lease) goes back to the queue with a backoff. ``shared``: the run was a
-    batch's, so a failure that is not this deployment's own is told without its text.
+    A deployment's own outcome (ok, or the app's own failure) is final for this run. The
+    others (the run failed outside the apps: host unreachable, Podman or Caddy error,
+    timeout, lost lease; or a deployment's step failed on the host) go back to the queue
+    with the job, with a backoff; the next run skips what converged meanwhile. In a shared
+    run, a failure that is not the deployment's own is told without its text.
     """
     job = plan.job
     outcomes = result.stats.get("buddo_outcomes") or {}
+    details = {"attempt": job.attempts, "duration_s": round(duration_s, 1)}
     with write_transaction(database_proxy.obj):
-        item = plan.items[0]
-        outcome = outcomes.get(item["id"])
-        if not result.ok or outcome is None or (not outcome.get("ok") and outcome.get("kind") == "host"):
-            if outcome is not None and not outcome.get("ok"):
-                result = PlaybookResult(status="failed", rc=result.rc, failed_task=outcome.get("task"),
-                                        message=outcome.get("message"))
-            elif shared and result.status == "failed" and result.failed_status != "unreachable":
-                result = dataclasses.replace(result, message=SHARED_FAILURE)
-            return _retry(plan, owner, result)
-        if not jobqueue.finish(job, owner, succeeded=bool(outcome.get("ok")), error=outcome.get("message")):
+        if not jobqueue.owns(job, owner):
             return False
-        state.record_outcome(item, outcome, {"attempt": job.attempts, "duration_s": round(duration_s, 1)})
+        run_message = result.message or "the playbook run failed"
+        if plan.shared and result.failed_status != "unreachable":
+            run_message = SHARED_FAILURE
+        retry: dict[str, tuple[str, str | None]] = {}
+        for item in plan.items:
+            outcome = outcomes.get(item["id"])
+            if not result.ok or outcome is None:
+                retry[item["id"]] = (run_message, result.failed_task if not plan.shared else None)
+            elif not outcome.get("ok") and outcome.get("kind") == "host":
+                retry[item["id"]] = (str(outcome.get("message") or run_message), outcome.get("task"))
+            else:
+                ok = bool(outcome.get("ok"))
+                jobqueue.finish_target(job, item["id"], succeeded=ok, error=None if ok else outcome.get("message"),
+                                       task=None if ok else outcome.get("task"))
+                state.record_outcome(item, outcome, details)
+        if not retry:
+            jobqueue.finish(job, owner, succeeded=jobqueue.all_succeeded(job))
+            return True
+        delay = dt.timedelta(seconds=min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, job.attempts - 1)))
+        jobqueue.retry_later(job, owner, delay=delay,
+                             error=run_message if plan.shared else next(iter(retry.values()))[0])
+        for item in plan.items:
+            if item["id"] in retry:
+                message, task = retry[item["id"]]
+                jobqueue.set_target_error(job, item["id"], message, task)
+                state.touch_entries(item["id"], int(item["generation"]), "running", {
+                    "attempt": job.attempts, "retrying_in_s": delay.total_seconds(), "last_error": message,
+                    "task": task})
     return True
 
 
@@ -280,16 +281,13 @@ def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s:
     return report
 
 
-def record_event(jobs: Sequence[Job], summary: EventSummary) -> None:
-    """Record one event of a run in the log of each of ``jobs`` (a batch's run is each job's run)."""
-    now = utcnow()
+def record_event(job: Job, summary: EventSummary, deployment_id: str | None = None) -> None:
+    """Record one event of a run in its job's log (``deployment_id``: one target's own event)."""
     task = (summary.task or None) and summary.task[:500]
     with write_transaction(database_proxy.obj):
-        JobEvent.insert_many([
-            {"job": job.id, "attempt": job.attempts, "created_at": now, "event": summary.event,
-             "host": summary.host, "task": task, "status": summary.status, "message": summary.message}
-            for job in jobs
-        ]).execute()
+        JobEvent.create(job=job.id, attempt=job.attempts, created_at=utcnow(), event=summary.event,
+                        host=summary.host, task=task, status=summary.status, message=summary.message,
+                        deployment_id=deployment_id)
 
 
 # --- health ------------------------------------------------------------------
@@ -360,7 +358,7 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
                 continue  # changing: its own job decides
             if not state.serving(d):
                 continue
-            if state.converge_job_for(d) is not None:
+            if jobqueue.open_converge(d) is not None:
                 continue
             spec = state.spec_of(d)
             mine = [c for c in by_deployment.get(str(d.id), []) if c.get("spec") == spec]

@@ -1,5 +1,9 @@
 """A deployment's jobs as the deploy log shows them: the run, and the playbook events it recorded.
 
+A host's converge is shared by the deployments it converges (its targets): a deployment's
+view of it is its own target (state, generation, error, failed task) with the run's
+events, a shared run's failure texts withheld already when they were recorded
+(engine.shared_event), and the events recorded as another deployment's left out.
 Events are the summaries the worker recorded (task, host, status, and for a failed
 task its message); the raw ansible-runner events, which may hold module arguments,
 are never stored (runner.py), so nothing here can show a secret.
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import NotFound, Unprocessable
-from ..models import AuditEntry, Deployment, Job, JobEvent
+from ..models import AuditEntry, Deployment, Job, JobEvent, JobTarget
 
 # A job id is a 64-bit integer; anything longer cannot name one.
 _MAX_ID_DIGITS = 18
@@ -26,6 +30,20 @@ class JobLog:
     events: list[JobEvent]
     next_cursor: str | None
     failed_task: str | None
+    # The deployment's part of a host converge (None: a job of the deployment's own).
+    target: JobTarget | None = None
+
+    @property
+    def state(self) -> str:
+        return str(self.target.state if self.target is not None else self.job.state)
+
+    @property
+    def generation(self) -> int:
+        return int(self.target.generation if self.target is not None else self.job.generation)
+
+    @property
+    def last_error(self) -> str | None:
+        return self.target.last_error if self.target is not None else self.job.last_error
 
 
 def _cursor(raw: str | None) -> int:
@@ -43,9 +61,12 @@ def job_log(deployment: Deployment, raw_job_id: str, *, limit: int, cursor: str 
     A job an audit entry of the deployment names that is gone was pruned (services/retention.py):
     the 404 says so.
     """
-    job = None
+    job = target = None
     if _digits(raw_job_id):
-        job = Job.get_or_none((Job.id == int(raw_job_id)) & (Job.deployment == deployment.id))
+        target = JobTarget.get_or_none((JobTarget.job == int(raw_job_id)) & (JobTarget.deployment == deployment.id))
+        # A host converge the deployment is a target of, or a job of the deployment's own.
+        mine = (Job.id == int(raw_job_id)) if target is not None else (Job.deployment == deployment.id)
+        job = Job.get_or_none((Job.id == int(raw_job_id)) & mine)
     if job is None:
         if _digits(raw_job_id) and AuditEntry.select().where(
                 (AuditEntry.deployment == deployment.id) & (AuditEntry.job_id == int(raw_job_id))).exists():
@@ -54,23 +75,21 @@ def job_log(deployment: Deployment, raw_job_id: str, *, limit: int, cursor: str 
                            code="job_not_found",
                            details={"job_id": int(raw_job_id), "pruned": True, "retention_days": retention_days})
         raise NotFound("Job not found for this deployment", code="job_not_found")
+    mine = JobEvent.deployment_id.is_null() | (JobEvent.deployment_id == str(deployment.id))
     rows = list(
         JobEvent.select()
-        .where((JobEvent.job == job.id) & (JobEvent.id > _cursor(cursor)))
+        .where((JobEvent.job == job.id) & mine & (JobEvent.id > _cursor(cursor)))
         .order_by(JobEvent.id)
         .limit(limit + 1)
     )
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
+    if target is not None:
+        return JobLog(job, rows[:limit], next_cursor, target.failed_task if target.last_error else None, target)
     return JobLog(job, rows[:limit], next_cursor, _failed_task(job))
 
 
 def _failed_task(job: Job) -> str | None:
-    """The task the latest attempt failed at, if it failed.
-
-    A failure that belongs to one deployment is registered and reported by the
-    playbook (``ignore_errors``, so the others on the host go on): its event says
-    ``ignored``, and counts when nothing failed outright.
-    """
+    """The task the latest attempt of a deployment's own job (an output read) failed at, if it failed."""
     if job.last_error is None:
         return None
     failed = list(

@@ -1,9 +1,10 @@
 """Retention: finished jobs and their playbook events are pruned after ``BUDDO_RETENTION_DAYS``.
 
 What goes: a job that finished (``succeeded`` or ``failed``) more than N days ago, with
-its events; an ``output`` job (one per GET .../output, its lines gone once the API read
+its events and targets; an ``output`` job (one per GET .../output, its lines gone once the API read
 them) one day after it finished. What stays: every ``queued`` or ``running`` job; the
-newest job an audit entry of its deployment names (the deploy log of the entry that
+newest job an audit entry of its deployment (of one of its targets, for a host converge)
+names (the deploy log of the entry that
 explains the deployment's current state stays readable however old); every audit entry,
 forever. An older entry keeps its ``job_id``; the job view then answers 404 saying the
 job was pruned (services/jobs.py).
@@ -26,7 +27,7 @@ from typing import Any, cast
 import peewee
 
 from ..db import write_transaction
-from ..models import AuditEntry, Job, JobEvent, database_proxy, utcnow
+from ..models import AuditEntry, Job, JobEvent, JobTarget, database_proxy, utcnow
 from . import leases
 
 BATCH = 500
@@ -60,9 +61,13 @@ def _prunable(cutoff: dt.datetime, output_cutoff: dt.datetime) -> peewee.Express
     # The newest job an audit entry of the job's deployment names (0: none names one).
     newest_referenced = audit.select(peewee.fn.COALESCE(peewee.fn.MAX(audit.job_id), 0)).where(
         audit.deployment == Job.deployment)
+    # ... for a host converge: of any deployment it converged (its targets).
+    newest_of_target = audit.select(peewee.fn.MAX(audit.job_id)).where(audit.deployment == JobTarget.deployment)
+    explains = JobTarget.select(JobTarget.job).where((JobTarget.job == Job.id) & (Job.id == newest_of_target))
     old = (((Job.action != "output") & (Job.finished_at < cutoff))
            | ((Job.action == "output") & (Job.finished_at < output_cutoff)))
-    return Job.state.in_(FINISHED) & old & (Job.deployment.is_null() | (Job.id != newest_referenced))
+    kept: peewee.Expression = ~peewee.fn.EXISTS(explains)
+    return Job.state.in_(FINISHED) & old & (Job.deployment.is_null() | (Job.id != newest_referenced)) & kept
 
 
 def prune(days: int, *, now: dt.datetime | None = None, batch: int = BATCH) -> PruneReport:
@@ -91,6 +96,8 @@ def prune(days: int, *, now: dt.datetime | None = None, batch: int = BATCH) -> P
             if removed < batch:
                 break
         with write_transaction(db):
+            finished = Job.select(Job.id).where(Job.id.in_(ids) & Job.state.in_(FINISHED))
+            JobTarget.delete().where(JobTarget.job.in_(finished)).execute()
             gone = Job.delete().where(Job.id.in_(ids) & Job.state.in_(FINISHED)).execute()
             kept = set() if gone == len(ids) else {row[0] for row in _tuples(Job.select(Job.id).where(Job.id.in_(ids)))}
         report.transactions += 1

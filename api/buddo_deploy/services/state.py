@@ -18,7 +18,7 @@ from typing import Any
 from .. import jobqueue
 from ..db import is_postgres
 from ..errors import ApiError
-from ..models import AuditEntry, Deployment, Job, database_proxy, utcnow
+from ..models import AuditEntry, Deployment, database_proxy, utcnow
 from . import releases
 
 # What each audit action asks the deployment to be.
@@ -242,11 +242,3 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
         entry_details["release"] = releases.record(
             d, release_entry, values["image_digest"], target, pinned=item["image"] != d.container_image).number
     close_entries(d.id, target, item["state"], bool(outcome.get("ok")), entry_details)
-
-
-def converge_job_for(d: Deployment) -> Job | None:
-    job: Job | None = Job.select().where((Job.deployment == d.id) & (Job.action == "converge")
-                                         & (Job.state.in_(("queued", "running")))).first()
-    return job
-
-

@@ -1,4 +1,4 @@
-"""Converge: bring deployments to their desired state (a batch of one host's converges in one run)."""
+"""Converge: bring the deployments of one host that are behind to their desired state, in one run."""
 
 from __future__ import annotations
 
@@ -17,30 +17,22 @@ class ConvergeTask(BaseTask):
     kind = "converge"
 
     def start(self, jobs: list[Job]) -> engine.Plan | None:
-        """Each job starts on its own (it may be converged already, or its generation failed);
-        the rest share one converge.yml run."""
-        plans = []
-        for job in jobs:
-            plan = engine.start_converge(job, self.owner, self.settings.secret_key)
-            if plan is None:
-                log.info("job %s: nothing to run", job.id)
-                metrics.observe_job(job.action, "skipped", None)
-            else:
-                plans.append(plan)
-        if not plans:
-            return None
-        if len(plans) > 1:
-            log.info("jobs %s: one converge run on %s", ", ".join(str(p.job.id) for p in plans), plans[0].host)
-        return engine.batch(plans)
+        [job] = jobs
+        plan = engine.start_converge(job, self.owner, self.settings.secret_key)
+        if plan is None:
+            log.info("job %s: nothing to run on %s", job.id, job.host)
+            metrics.observe_job(job.action, "skipped", None)
+        else:
+            log.info("job %s: converging %d deployment(s) on %s", job.id, len(plan.items), job.host)
+        return plan
 
     def finish(self, plan: engine.Plan, result: PlaybookResult, duration_s: float) -> None:
-        """Each job is finished from its own deployment's outcome."""
-        shared = len(plan.members) > 1
-        for part in plan.members:
-            if not engine.finish(part, self.owner, result, duration_s, shared=shared):
-                log.warning("job %s: lease lost, outcome discarded", part.job.id)
-                outcome = "lease_lost"
-            else:
-                outcome = job_outcome(part.job.id)
-                log.info("job %s: %s (%s)", part.job.id, outcome, result.message or "ok")
-            metrics.observe_job(part.job.action, outcome, duration_s)
+        """Each target is finished from its own deployment's outcome."""
+        job = plan.job
+        if not engine.finish(plan, self.owner, result, duration_s):
+            log.warning("job %s: lease lost, outcome discarded", job.id)
+            outcome = "lease_lost"
+        else:
+            outcome = job_outcome(job.id)
+            log.info("job %s: %s (%s)", job.id, outcome, result.message or "ok")
+        metrics.observe_job(job.action, outcome, duration_s)
