@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import jobqueue
 from ..db import is_postgres
-from ..errors import ApiError
+from ..domain_errors import Conflict
 from ..models import AuditEntry, Deployment, Job, database_proxy, utcnow
 from . import releases
 
@@ -25,12 +25,6 @@ from . import releases
 INTENT = {"create": "running", "deploy": "running", "restart": "running", "reactivate": "running",
           "stop": "stopped", "suspend": "stopped", "destroy": "absent"}
 OPEN_AUDIT = ("pending", "running")
-
-
-class Conflict(ApiError):
-    def __init__(self) -> None:
-        super().__init__("The deployment changed while this request ran; try again", code="conflict",
-                         status="409 Conflict")
 
 
 def locked(deployment_id: Any) -> Deployment | None:
@@ -134,7 +128,7 @@ def change(d: Deployment, action: str, initiated_by: str | None, *, timeout_s: i
         (Deployment.id == d.id) & (Deployment.generation == d.generation - 1)
     ).execute()
     if updated != 1:
-        raise Conflict()
+        raise Conflict("The deployment changed while this request ran; try again", code="conflict")
     request(d, action, initiated_by, timeout_s=timeout_s, details=details)
     return d
 
