@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from .common import MAX_PAGE, BillingStatus, BillingTrack, DeploymentStatus, Timestamp
+from .common import MAX_PAGE, BillingStatusField, BillingTrackField, DeploymentStatusField, LedgerKindField, Timestamp
 
 
 class BillingQuery(BaseModel):
@@ -30,7 +30,7 @@ class PaymentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     operator_id: StrictStr = Field(pattern=OPERATOR_ID, description="The operator (the token's subject)")
-    track: BillingTrack = Field(description="buddo_points credits points, bitcoin credits sats")
+    track: BillingTrackField = Field(description="buddo_points credits points, bitcoin credits sats")
     amount: StrictInt = Field(gt=0, le=MAX_PAYMENT, description="Points or satoshis, a positive integer")
     reference: StrictStr = Field(pattern=REFERENCE,
                                  description="The payment's id at its source: the idempotency key")
@@ -44,7 +44,7 @@ class SettledOut(BaseModel):
 class PaymentOut(BaseModel):
     reference: str
     operator_id: str
-    track: BillingTrack
+    track: BillingTrackField
     amount: int
     credited_at: Timestamp
     replayed: bool = Field(description="True when this reference was credited before: nothing changed now")
@@ -55,14 +55,14 @@ class PaymentOut(BaseModel):
 
 
 class ChargeOut(BaseModel):
-    track: BillingTrack
+    track: BillingTrackField
     amount: int
     at: Timestamp
 
 
 class OutstandingOut(BaseModel):
     cycle: int
-    track: BillingTrack
+    track: BillingTrackField
     amount: int
     starts_at: Timestamp
 
@@ -71,8 +71,8 @@ class DeploymentBillingOut(BaseModel):
     id: uuid.UUID
     subdomain: str
     tier: str
-    status: DeploymentStatus
-    billing_status: BillingStatus
+    status: DeploymentStatusField
+    billing_status: BillingStatusField
     next_billing_at: Timestamp
     next_charge: ChargeOut | None = Field(description="Null while no cycle will start (stopped or suspended)")
     outstanding: list[OutstandingOut] = Field(description="Unpaid cycles, oldest first")
@@ -81,9 +81,9 @@ class DeploymentBillingOut(BaseModel):
 class DebtCycleOut(BaseModel):
     deployment_id: uuid.UUID
     subdomain: str
-    billing_status: BillingStatus = Field(description="cancelled: the deployment was destroyed; the cycle is owed")
+    billing_status: BillingStatusField = Field(description="cancelled: the deployment was destroyed; the cycle is owed")
     cycle: int
-    track: BillingTrack
+    track: BillingTrackField
     amount: int
     starts_at: Timestamp
 
@@ -97,8 +97,8 @@ class DebtOut(BaseModel):
 
 class LedgerEntryOut(BaseModel):
     id: int
-    kind: Literal["charge", "stipend", "credit", "adjustment"]
-    track: BillingTrack
+    kind: LedgerKindField
+    track: BillingTrackField
     amount: int = Field(description="Signed: a charge is negative")
     deployment_id: uuid.UUID | None
     cycle: int | None

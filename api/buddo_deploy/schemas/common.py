@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, PlainSerializer, StrictInt, ValidationInfo
+from pydantic import BaseModel, BeforeValidator, GetCoreSchemaHandler, PlainSerializer, StrictInt, ValidationInfo
+from pydantic_core import CoreSchema, core_schema
+
+from ..vocabulary import (
+    AuditAction,
+    AuditStatus,
+    BillingStatus,
+    BillingTrack,
+    CustomDomainStatus,
+    DeploymentStatus,
+    DesiredState,
+    Health,
+    JobState,
+    LedgerKind,
+)
 
 # Patterns are written once, unanchored, and always applied whole: `re.fullmatch` here,
 # `^(?:...)$` in the JSON schema (ECMA-262 and pydantic's Rust engine end `$` at the end of
@@ -38,13 +53,26 @@ def anchored(pattern: str) -> str:
     return f"^(?:{pattern})$"
 
 
-DeploymentStatus = Literal["pending", "deploying", "running", "stopped", "failed", "destroyed"]
-HealthStatus = Literal["unknown", "healthy", "unhealthy"]
-AuditAction = Literal["create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate"]
-AuditStatus = Literal["pending", "running", "completed", "failed"]
-BillingStatus = Literal["active", "past_due", "suspended", "cancelled"]
-BillingTrack = Literal["buddo_points", "bitcoin"]
-JobState = Literal["queued", "running", "succeeded", "failed"]
+class _AsLiteral:
+    """A vocabulary enum validated and described as a Literal of its values: the same JSON schema
+    (in place, no $defs entry, the field's title kept) and the same 422 messages; the value is the member."""
+
+    def __get_pydantic_core_schema__(self, source: type[StrEnum], handler: GetCoreSchemaHandler) -> CoreSchema:
+        values = core_schema.literal_schema([member.value for member in source])
+        return core_schema.no_info_after_validator_function(source, values)
+
+
+# The vocabulary's enums as fields: a row's string validates to the member, JSON is the value.
+DesiredStateField = Annotated[DesiredState, _AsLiteral()]
+DeploymentStatusField = Annotated[DeploymentStatus, _AsLiteral()]
+HealthField = Annotated[Health, _AsLiteral()]
+AuditActionField = Annotated[AuditAction, _AsLiteral()]
+AuditStatusField = Annotated[AuditStatus, _AsLiteral()]
+BillingStatusField = Annotated[BillingStatus, _AsLiteral()]
+BillingTrackField = Annotated[BillingTrack, _AsLiteral()]
+LedgerKindField = Annotated[LedgerKind, _AsLiteral()]
+JobStateField = Annotated[JobState, _AsLiteral()]
+CustomDomainStatusField = Annotated[CustomDomainStatus, _AsLiteral()]
 
 
 def _rfc3339(value: dt.datetime) -> str:

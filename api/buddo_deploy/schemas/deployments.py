@@ -22,11 +22,13 @@ from .common import (
     MAX_PAGE,
     SUBDOMAIN_PATTERN,
     TIER_SLUG_PATTERN,
-    AuditAction,
-    AuditStatus,
-    BillingStatus,
-    DeploymentStatus,
-    HealthStatus,
+    AuditActionField,
+    AuditStatusField,
+    BillingStatusField,
+    CustomDomainStatusField,
+    DeploymentStatusField,
+    DesiredStateField,
+    HealthField,
     JsonInt,
     Timestamp,
     ValidationContext,
@@ -124,7 +126,7 @@ class ListQuery(BaseModel):
     limit: int = Field(20, ge=1, le=MAX_PAGE, description="Page size")
     cursor: StrictStr | None = Field(None, min_length=1, max_length=MAX_CURSOR, pattern=r"^[A-Za-z0-9_-]+$",
                                      description="next_cursor of the previous page")
-    status: DeploymentStatus | None = Field(None, description="Only deployments with this status")
+    status: DeploymentStatusField | None = Field(None, description="Only deployments with this status")
     include_destroyed: bool = Field(False, description="Also list destroyed deployments")
 
 
@@ -159,7 +161,7 @@ class DeploymentOut(BaseModel):
     subdomain: str
     url: str
     custom_domain: str | None
-    custom_domain_status: Literal["pending", "active", "misconfigured", "expired"] | None = Field(
+    custom_domain_status: CustomDomainStatusField | None = Field(
         description="`pending` until the custom domain's DNS proves the claim (custom_domain_verification), then "
                     "`active` (routed, certificate on the first request) or `misconfigured` (the proof is gone); "
                     "`expired`: not proved in time, the claim was released (custom_domain is null, the audit log "
@@ -168,14 +170,14 @@ class DeploymentOut(BaseModel):
         description="The DNS record that proves the custom domain claim (keep it while the domain is used), "
                     "or its alternative; null without a custom domain")
     port: int
-    status: DeploymentStatus
-    desired_state: Literal["running", "stopped", "absent"] = Field(
+    status: DeploymentStatusField
+    desired_state: DesiredStateField = Field(
         description="What the deployment should be; `status` says how far the host has got there")
     generation: int = Field(description="Bumped by every change of the desired state")
     observed_generation: int = Field(description="The generation the host has converged to")
-    health_status: HealthStatus
+    health_status: HealthField
     last_health_check: Timestamp | None
-    billing_status: BillingStatus
+    billing_status: BillingStatusField
     next_billing_at: Timestamp
     memory_limit_mb: int
     cpu_limit_millicores: int
@@ -197,16 +199,16 @@ class DeploymentList(BaseModel):
 
 class StatusOut(BaseModel):
     id: uuid.UUID
-    status: DeploymentStatus
+    status: DeploymentStatusField
     subdomain: str
-    health_status: HealthStatus
+    health_status: HealthField
     last_health_check: Timestamp | None
 
 
 class LogEntryOut(BaseModel):
     id: uuid.UUID
-    action: AuditAction
-    status: AuditStatus
+    action: AuditActionField
+    status: AuditStatusField
     initiated_by: str | None
     inserted_at: Timestamp
     details: Any

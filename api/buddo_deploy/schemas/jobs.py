@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, StrictStr
 
-from .common import JobState, Timestamp
+from .common import JobStateField, Timestamp
 
 
 class JobQuery(BaseModel):
@@ -32,7 +32,7 @@ class JobOut(BaseModel):
     id: int
     deployment_id: uuid.UUID
     action: str = Field(description="converge: bring the deployment to `generation`")
-    state: JobState
+    state: JobStateField
     generation: int
     attempts: int
     created_at: Timestamp

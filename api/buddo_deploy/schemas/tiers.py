@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from .common import BillingTrackField
 
 
 class TierOut(BaseModel):
     id: uuid.UUID
     name: str
     slug: str
-    payment_method: Literal["buddo_points", "bitcoin"]
+    payment_method: BillingTrackField
     monthly_cost_points: int | None
     monthly_cost_sats: int | None
     memory_limit_mb: int
