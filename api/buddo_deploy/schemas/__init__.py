@@ -43,6 +43,8 @@ from .common import (
     AuditStatusField,
     BillingStatusField,
     BillingTrackField,
+    ConditionStatusField,
+    ConditionTypeField,
     CustomDomainStatusField,
     DeploymentStatusField,
     DesiredStateField,
@@ -60,6 +62,7 @@ from .common import (
     registry_host,
 )
 from .deployments import (
+    ConditionOut,
     CustomDomainVerificationOut,
     DeploymentCreate,
     DeploymentEnvelope,
@@ -118,6 +121,8 @@ __all__ = [
     "AuditStatusField",
     "BillingStatusField",
     "BillingTrackField",
+    "ConditionStatusField",
+    "ConditionTypeField",
     "CustomDomainStatusField",
     "DeploymentStatusField",
     "DesiredStateField",
@@ -127,6 +132,7 @@ __all__ = [
     "BillingOut",
     "BillingQuery",
     "ChargeOut",
+    "ConditionOut",
     "CustomDomainVerificationOut",
     "DNS_LABEL_PATTERN",
     "DOMAIN_PATTERN",

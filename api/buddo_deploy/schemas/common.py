@@ -15,6 +15,8 @@ from ..vocabulary import (
     AuditStatus,
     BillingStatus,
     BillingTrack,
+    ConditionStatus,
+    ConditionType,
     CustomDomainStatus,
     DeploymentStatus,
     DesiredState,
@@ -73,6 +75,8 @@ BillingTrackField = Annotated[BillingTrack, _AsLiteral()]
 LedgerKindField = Annotated[LedgerKind, _AsLiteral()]
 JobStateField = Annotated[JobState, _AsLiteral()]
 CustomDomainStatusField = Annotated[CustomDomainStatus, _AsLiteral()]
+ConditionTypeField = Annotated[ConditionType, _AsLiteral()]
+ConditionStatusField = Annotated[ConditionStatus, _AsLiteral()]
 
 
 def _rfc3339(value: dt.datetime) -> str:

@@ -25,6 +25,8 @@ from .common import (
     AuditActionField,
     AuditStatusField,
     BillingStatusField,
+    ConditionStatusField,
+    ConditionTypeField,
     CustomDomainStatusField,
     DeploymentStatusField,
     DesiredStateField,
@@ -151,6 +153,19 @@ class CustomDomainVerificationOut(DnsRecordOut):
         description="Records that prove it as well: a CNAME to the deployment's own name (not at a zone apex)")
 
 
+class ConditionOut(BaseModel):
+    """One status condition (as in Kubernetes): what is or is not so about the deployment, and why."""
+
+    type: ConditionTypeField
+    status: ConditionStatusField
+    reason: str = Field(description="Why, in one CamelCase word (e.g. Running, ConvergeFailed, PaymentOverdue)")
+    message: str
+    observed_generation: int = Field(description="The generation the host had converged to when this was derived")
+    last_transition_time: Timestamp | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="When the status last changed; left out where the platform keeps no such time")
+
+
 class DeploymentOut(BaseModel):
     id: uuid.UUID
     app_id: str
@@ -186,6 +201,9 @@ class DeploymentOut(BaseModel):
     image_digest: str | None
     inserted_at: Timestamp
     updated_at: Timestamp
+    conditions: list[ConditionOut] = Field(
+        description="Ready, Progressing, Degraded, Suspended, and DomainVerified with a custom domain claim: "
+                    "derived from the desired and observed state, health, billing and the custom domain's check")
 
 
 class DeploymentEnvelope(BaseModel):
