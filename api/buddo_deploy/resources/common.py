@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import falcon
 from pydantic import BaseModel, ValidationError
 
 from ..domain_errors import Invalid, Malformed, TooLarge
-from ..schemas import PATTERN_HINTS, CustomDomainVerificationOut, DeploymentOut, LogEntryOut
+from ..schemas import PATTERN_HINTS, ConditionOut, CustomDomainVerificationOut, DeploymentOut, LogEntryOut
+from ..services.conditions import conditions
 
 
 def _reject_constant(name: str) -> Any:
@@ -80,6 +82,7 @@ def deployment_out(deployment: Any, url: str, verification: dict[str, Any] | Non
         image_digest=deployment.image_digest,
         inserted_at=deployment.inserted_at,
         updated_at=deployment.updated_at,
+        conditions=[ConditionOut(**asdict(condition)) for condition in conditions(deployment)],
     )
 
 

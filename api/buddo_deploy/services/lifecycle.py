@@ -25,9 +25,10 @@ from ..crypto import encrypt_env
 from ..db import is_postgres, write_transaction
 from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable, UpstreamFailed
 from ..inventory import container_hosts
-from ..models import LIVE_STATUSES, AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
+from ..models import AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
 from ..schemas import DeploymentCreate
 from ..settings import Settings
+from ..vocabulary import DeploymentStatus
 from . import domains, output, releases, state
 from .billing import Billing
 from .tiers import get_tier
@@ -299,7 +300,7 @@ class Lifecycle:
 
     def _check_limits(self, principal: Principal, tier: Tier) -> None:
         live = Deployment.select().where(
-            (Deployment.operator_id == principal.operator_id) & (Deployment.status.in_(LIVE_STATUSES))
+            (Deployment.operator_id == principal.operator_id) & (Deployment.status != DeploymentStatus.DESTROYED)
         )
         on_tier = live.where(Deployment.tier == tier).count()
         if on_tier >= tier.max_deployments:
