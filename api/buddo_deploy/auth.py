@@ -14,7 +14,7 @@ from typing import Any
 import falcon
 import jwt
 
-from .errors import Forbidden, Unauthorized
+from .domain_errors import Forbidden, Unauthenticated
 from .settings import Settings
 
 REQUIRED_SCOPE = "deploy:manage"
@@ -143,8 +143,8 @@ class TokenVerifier:
         return principal, float(min(int(claims["exp"]), int(time.time()) + self.CACHE_TTL_S))
 
     @staticmethod
-    def _invalid(description: str) -> Unauthorized:
-        return Unauthorized(
+    def _invalid(description: str) -> Unauthenticated:
+        return Unauthenticated(
             description,
             code="invalid_token",
             headers={"WWW-Authenticate": _challenge("invalid_token", description)},
@@ -168,7 +168,7 @@ class Auth:
             return
         try:
             req.context.principal = self._authenticate(req)
-        except (Unauthorized, Forbidden) as exc:
+        except (Unauthenticated, Forbidden) as exc:
             if self.on_rejected is not None:
                 exc.headers = self.on_rejected(req) | exc.headers
             raise
@@ -176,12 +176,12 @@ class Auth:
     def _authenticate(self, req: falcon.Request) -> Principal:
         header = req.get_header("Authorization")
         if not header:
-            raise Unauthorized(
+            raise Unauthenticated(
                 "Missing bearer token", code="unauthorized", headers={"WWW-Authenticate": _challenge()}
             )
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized(
+            raise Unauthenticated(
                 "The Authorization header must be 'Bearer <token>'",
                 code="invalid_request",
                 headers={"WWW-Authenticate": _challenge("invalid_request", "Bearer token expected")},

@@ -237,7 +237,7 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
 
 def _billing(settings: Settings, args: argparse.Namespace) -> int:
     from .db import open_database
-    from .errors import ApiError
+    from .domain_errors import DomainError
     from .services.billing import Billing, new_reference
 
     open_database(settings.database_url)
@@ -253,7 +253,7 @@ def _billing(settings: Settings, args: argparse.Namespace) -> int:
     track, amount = ("buddo_points", args.points) if args.points is not None else ("bitcoin", args.sats)
     try:
         credit = billing.credit(args.operator, track, amount, args.reference or new_reference(), source="cli")
-    except ApiError as exc:
+    except DomainError as exc:
         print(f"buddo-deploy billing: {exc.message}", file=sys.stderr)
         return 2
     print(json.dumps({"reference": credit.entry.reference, "replayed": credit.replayed,

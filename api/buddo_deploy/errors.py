@@ -1,74 +1,64 @@
-"""One error envelope for every failure: {"error": {"code", "message", "details", "request_id"}}."""
+"""Domain errors mapped to HTTP in one place, and one error envelope for every failure:
+{"error": {"code", "message", "details", "request_id"}}."""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import falcon
+
+from .domain_errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    LimitReached,
+    Malformed,
+    NotFound,
+    PaymentRequired,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    UpstreamFailed,
+)
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    status = falcon.HTTP_400
-    code = "bad_request"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        details: Any = None,
-        headers: dict[str, str] | None = None,
-        status: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-        self.headers = headers or {}
-        if code:
-            self.code = code
-        if status:
-            self.status = status
-
-    @staticmethod
-    def handle(req: falcon.Request, resp: falcon.Response, ex: ApiError, params: Any) -> None:
-        render(req, resp, ex.status, ex.code, ex.message, ex.details, ex.headers)
+class Http(NamedTuple):
+    status: str
+    code: str  # when the error names none
 
 
-class BadRequest(ApiError):
-    status, code = falcon.HTTP_400, "bad_request"
+# The one table: how each kind of domain error is answered. Every kind has exactly one row.
+HTTP: dict[type[DomainError], Http] = {
+    Malformed: Http(falcon.HTTP_400, "bad_request"),
+    Unauthenticated: Http(falcon.HTTP_401, "unauthorized"),
+    PaymentRequired: Http(falcon.HTTP_402, "payment_required"),
+    Forbidden: Http(falcon.HTTP_403, "forbidden"),
+    NotFound: Http(falcon.HTTP_404, "not_found"),
+    Conflict: Http(falcon.HTTP_409, "conflict"),
+    TooLarge: Http(falcon.HTTP_413, "payload_too_large"),
+    Invalid: Http(falcon.HTTP_422, "validation_failed"),
+    LimitReached: Http(falcon.HTTP_429, "rate_limited"),
+    UpstreamFailed: Http(falcon.HTTP_502, "upstream_failed"),
+    Unavailable: Http(falcon.HTTP_503, "unavailable"),
+}
 
 
-class Unauthorized(ApiError):
-    status, code = falcon.HTTP_401, "unauthorized"
+def http_for(kind: type[DomainError]) -> Http | None:
+    """The row of the kind, or of the kind a service's own subclass refines (None: a bare DomainError)."""
+    return next((HTTP[k] for k in kind.__mro__ if k in HTTP), None)
 
 
-class PaymentRequired(ApiError):
-    status, code = falcon.HTTP_402, "payment_required"
-
-
-class Forbidden(ApiError):
-    status, code = falcon.HTTP_403, "forbidden"
-
-
-class NotFound(ApiError):
-    status, code = falcon.HTTP_404, "not_found"
-
-
-class Unprocessable(ApiError):
-    status, code = falcon.HTTP_422, "validation_failed"
-
-    @classmethod
-    def for_field(cls, field: str, message: str, code: str = "validation_failed") -> Unprocessable:
-        """One field's error, in the shape pydantic's validation errors are reported in."""
-        return cls(f"{field}: {message}", code=code, details=[{"field": field, "message": message}])
-
-
-class TooManyRequests(ApiError):
-    status, code = falcon.HTTP_429, "rate_limited"
+def handle_domain_error(req: falcon.Request, resp: falcon.Response, ex: DomainError, params: Any) -> None:
+    http = http_for(type(ex))
+    if http is None:
+        handle_unexpected(req, resp, ex, params)
+        return
+    render(req, resp, http.status, ex.code or http.code, ex.message, ex.details, ex.headers)
 
 
 def render(
@@ -117,4 +107,4 @@ def install(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     # Falcon picks the most specific handler, so the order here does not matter.
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
-    app.add_error_handler(ApiError, ApiError.handle)
+    app.add_error_handler(DomainError, handle_domain_error)

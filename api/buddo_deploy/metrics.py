@@ -34,8 +34,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .models import DEPLOYMENT_STATUSES
 from .services import fleet
+from .vocabulary import DeploymentStatus, Health, JobKind
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # counter_123.db, histogram_123.db, gauge_livesum_123.db: the pid is the last part.
@@ -203,15 +203,14 @@ def exposition(families: Iterable[GaugeMetricFamily]) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-JOB_ACTIONS = ("converge", "reconcile")
-HEALTH_STATUSES = ("unknown", "healthy", "unhealthy")
+JOB_ACTIONS = (JobKind.CONVERGE, JobKind.RECONCILE)
 
 
 def fleet_families() -> list[GaugeMetricFamily]:
     """The job queue and the deployments as the database has them now (every combination, zeros too)."""
     queue = {(row.action, row.state): row for row in fleet.job_queue()}
     actions = sorted(set(JOB_ACTIONS) | {action for action, _ in queue})
-    counts = {(status, health): 0 for status in DEPLOYMENT_STATUSES for health in HEALTH_STATUSES}
+    counts: dict[tuple[str, str], int] = {(status, health): 0 for status in DeploymentStatus for health in Health}
     for status, health, count in fleet.deployments_by_status():
         counts[(status, health)] = count
 

@@ -1,24 +1,42 @@
-"""Peewee models. The schema itself is owned by the numbered migrations."""
+"""Peewee models. The schema itself is owned by the numbered migrations.
+
+Closed sets of values come from ``vocabulary`` (stdlib only; schemas uses the same enums).
+Their ``choices`` document a column; the database does not check them.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
 import uuid
+from enum import StrEnum
 from typing import Any
 
 import peewee
 
+from .vocabulary import (
+    AuditAction,
+    AuditStatus,
+    BillingStatus,
+    BillingTrack,
+    CustomDomainStatus,
+    CycleState,
+    DeploymentStatus,
+    DesiredState,
+    Health,
+    JobKind,
+    JobState,
+    LedgerKind,
+)
+
 database_proxy = peewee.DatabaseProxy()
 
-LIVE_STATUSES = ("pending", "deploying", "running", "stopped", "failed")
-DEPLOYMENT_STATUSES = (*LIVE_STATUSES, "destroyed")
-AUDIT_ACTIONS = ("create", "deploy", "stop", "restart", "destroy", "suspend", "reactivate")
-AUDIT_STATUSES = ("pending", "running", "completed", "failed")
-JOB_STATES = ("queued", "running", "succeeded", "failed")
-# expired: the claim was released (custom_domain is null again; the audit log names the domain).
-CUSTOM_DOMAIN_STATUSES = ("pending", "active", "misconfigured", "expired")
 COUNTER_RETENTION_S = 86400
+
+
+def choices(values: type[StrEnum]) -> list[tuple[str, str]]:
+    """A peewee field's ``choices`` from a vocabulary enum."""
+    return [(member.value, member.value) for member in values]
 
 
 def utcnow() -> dt.datetime:
@@ -50,7 +68,7 @@ class Tier(BaseModel):
     id = TextUUIDField(primary_key=True)
     slug = peewee.CharField(unique=True)
     name = peewee.CharField()
-    payment_method = peewee.CharField()
+    payment_method = peewee.CharField(choices=choices(BillingTrack))
     monthly_cost_points = peewee.IntegerField(null=True)
     monthly_cost_sats = peewee.IntegerField(null=True)
     memory_limit_mb = peewee.IntegerField()
@@ -83,10 +101,10 @@ class Deployment(BaseModel):
     port = peewee.IntegerField()
     host = peewee.CharField()
     host_port = peewee.IntegerField()
-    status = peewee.CharField()
-    health_status = peewee.CharField(default="unknown")
+    status = peewee.CharField(choices=choices(DeploymentStatus))
+    health_status = peewee.CharField(default=Health.UNKNOWN, choices=choices(Health))
     last_health_check = peewee.DateTimeField(null=True)
-    billing_status = peewee.CharField(default="active")
+    billing_status = peewee.CharField(default=BillingStatus.ACTIVE, choices=choices(BillingStatus))
     next_billing_at = peewee.DateTimeField()
     memory_limit_mb = peewee.IntegerField()
     cpu_limit_millicores = peewee.IntegerField()
@@ -97,7 +115,7 @@ class Deployment(BaseModel):
     updated_at = peewee.DateTimeField()
     destroyed_at = peewee.DateTimeField(null=True)
     # Desired state (what the API, billing and health verdicts ask for) ...
-    desired_state = peewee.CharField(default="running")
+    desired_state = peewee.CharField(default=DesiredState.RUNNING, choices=choices(DesiredState))
     generation = peewee.IntegerField(default=1)
     revision = peewee.IntegerField(default=1)
     pull_image = peewee.BooleanField(default=False)
@@ -110,7 +128,7 @@ class Deployment(BaseModel):
     health_failures = peewee.IntegerField(default=0)
     released_at = peewee.DateTimeField(null=True)
     # The custom domain's DNS check (services/domains.py); null without a custom domain.
-    custom_domain_status = peewee.CharField(null=True)
+    custom_domain_status = peewee.CharField(null=True, choices=choices(CustomDomainStatus))
     custom_domain_checked_at = peewee.DateTimeField(null=True)
     # When the ask endpoint first approved a certificate for the claim (migration 0014): asks
     # after that spend no issuance budget.
@@ -132,8 +150,8 @@ class Deployment(BaseModel):
 class AuditEntry(BaseModel):
     id = TextUUIDField(primary_key=True)
     deployment = peewee.ForeignKeyField(Deployment, backref="audit_entries")
-    action = peewee.CharField()
-    status = peewee.CharField()
+    action = peewee.CharField(choices=choices(AuditAction))
+    status = peewee.CharField(choices=choices(AuditStatus))
     initiated_by = peewee.CharField(null=True)
     details = peewee.TextField(null=True)
     inserted_at = peewee.DateTimeField()
@@ -150,9 +168,9 @@ class Job(BaseModel):
     deployment = peewee.ForeignKeyField(Deployment, backref="jobs", null=True)
     # Foreign-key id accessor peewee adds (declared for the type checker only).
     deployment_id: uuid.UUID | None
-    action = peewee.CharField()
+    action = peewee.CharField(choices=choices(JobKind))
     lock_key = peewee.CharField()
-    state = peewee.CharField(default="queued")
+    state = peewee.CharField(default=JobState.QUEUED, choices=choices(JobState))
     attempts = peewee.IntegerField(default=0)
     timeout_s = peewee.IntegerField()
     run_after = peewee.DateTimeField()
@@ -249,14 +267,6 @@ class JobEvent(BaseModel):
         table_name = "job_events"
 
 
-BILLING_STATUSES = ("active", "past_due", "suspended", "cancelled")
-BILLING_TRACKS = ("buddo_points", "bitcoin")
-LEDGER_KINDS = ("charge", "stipend", "credit", "adjustment")
-# "waived": only cycles of deployments destroyed before a destroy stopped waiving what they owed;
-# nothing writes it now (a started cycle stays unpaid until a credit pays it).
-CYCLE_STATES = ("unpaid", "paid", "waived")
-
-
 class BillingAccount(BaseModel):
     operator_id = peewee.CharField(primary_key=True)
     points_balance = peewee.BigIntegerField(default=0)
@@ -274,11 +284,11 @@ class BillingCycle(BaseModel):
     deployment_id: uuid.UUID
     cycle = peewee.IntegerField()
     operator_id = peewee.CharField()
-    track = peewee.CharField()
+    track = peewee.CharField(choices=choices(BillingTrack))
     amount = peewee.BigIntegerField()
     stipend_points = peewee.BigIntegerField()
     starts_at = peewee.DateTimeField()
-    state = peewee.CharField()
+    state = peewee.CharField(choices=choices(CycleState))
     paid_at = peewee.DateTimeField(null=True)
     created_at = peewee.DateTimeField()
 
@@ -289,8 +299,8 @@ class BillingCycle(BaseModel):
 class LedgerEntry(BaseModel):
     id = peewee.AutoField()
     operator_id = peewee.CharField()
-    kind = peewee.CharField()
-    track = peewee.CharField()
+    kind = peewee.CharField(choices=choices(LedgerKind))
+    track = peewee.CharField(choices=choices(BillingTrack))
     amount = peewee.BigIntegerField()
     deployment = peewee.ForeignKeyField(Deployment, null=True, backref="ledger_entries")
     deployment_id: uuid.UUID | None

@@ -14,7 +14,7 @@ from typing import Any
 
 import falcon
 
-from .errors import TooManyRequests
+from .domain_errors import LimitReached
 from .models import RateLimitCounter
 from .settings import Settings
 
@@ -111,7 +111,7 @@ class RateLimit:
         count = self._hit(f"anonymous|{address}", window_start)
         headers = self._headers(limit, count, reset)
         if count > limit:
-            raise TooManyRequests(
+            raise LimitReached(
                 f"Too many unauthenticated requests from {address}: {limit} per {self.window}s",
                 code="rate_limited",
                 details={"limit": limit, "window_seconds": self.window, "retry_after": reset},
@@ -137,7 +137,7 @@ class RateLimit:
         count = self._hit(f"{caller}|{method} {route}", window_start)
         headers = self._headers(limit, count, reset)
         if count > limit:
-            raise TooManyRequests(
+            raise LimitReached(
                 f"Rate limit of {limit} requests per {self.window}s exceeded for {method} {route}",
                 code="rate_limited",
                 details={"limit": limit, "window_seconds": self.window, "retry_after": reset},
@@ -166,7 +166,7 @@ class ConcurrencyLimit:
         with self._lock:
             count = self._in_flight.get(operator, 0)
             if count >= self.limit:
-                raise TooManyRequests(
+                raise LimitReached(
                     f"Too many requests in flight: at most {self.limit} listings or output reads at once",
                     code="too_many_in_flight",
                     details={"limit": self.limit, "retry_after": IN_FLIGHT_RETRY_AFTER_S},

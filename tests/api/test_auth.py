@@ -12,7 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
-from buddo_deploy.errors import Unauthorized
+from buddo_deploy.domain_errors import Unauthenticated
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -125,7 +125,7 @@ def test_the_embedded_default_mints_and_expects_its_own_audience_and_issuer(tmp_
     verifier = TokenVerifier(embedded)
     assert verifier.verify(minted).operator_id == "me"
     other = jwt.encode(claims | {"aud": "billing-service"}, embedded.jwt_secret, algorithm="HS256")
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Unauthenticated):
         verifier.verify(other)
 
 

@@ -41,6 +41,27 @@ def test_create_returns_pending_deployment_and_enqueues_deploy(client):
     assert (deploy.generation, deploy.job_id) == (1, job.id)
 
 
+# The contract's Deployment object (seed/deploy-lifecycle.txt), then what the platform adds.
+CONTRACT_FIELDS = {"id", "app_id", "deploy_tier_id", "container_name", "container_image", "subdomain", "status",
+                   "memory_limit_mb", "cpu_limit_millicores", "inserted_at"}
+PLATFORM_FIELDS = {"tier", "url", "custom_domain", "custom_domain_status", "custom_domain_verification", "port",
+                   "desired_state", "generation", "observed_generation", "health_status", "last_health_check",
+                   "billing_status", "next_billing_at", "env_var_names", "host", "image_digest", "updated_at",
+                   "conditions"}
+
+
+def test_the_deployment_object_and_its_conditions(client):
+    deployment = post(client, create_body()).json["deployment"]
+    assert set(deployment) == CONTRACT_FIELDS | PLATFORM_FIELDS
+    conditions = {c["type"]: c for c in deployment["conditions"]}
+    assert list(conditions) == ["Ready", "Progressing", "Degraded", "Suspended"]  # no custom domain
+    assert {name: (c["status"], c["reason"]) for name, c in conditions.items()} == {
+        "Ready": ("False", "Pending"), "Progressing": ("True", "Converging"),
+        "Degraded": ("False", "AsExpected"), "Suspended": ("False", "BillingActive")}
+    assert all(set(c) == {"type", "status", "reason", "message", "observed_generation"}
+               and c["observed_generation"] == 0 for c in conditions.values())
+
+
 def test_app_id_is_the_client_id(client):
     resp = post(client, create_body(), client_id="client-abc")
     assert resp.status_code == 201

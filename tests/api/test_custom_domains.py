@@ -144,6 +144,19 @@ def test_pending_until_the_cname_points_here_then_routed(client, settings, dns_z
     assert "CNAME" in entry["message"]
     body = client.simulate_get(f"/api/deploy/apps/{ident}", headers=auth()).json["deployment"]
     assert body["custom_domain_status"] == "active" and body["status"] == "running"
+    verified = {c["type"]: c for c in body["conditions"]}["DomainVerified"]
+    # Since when it is verified, the row does not say: no transition time rather than a guess.
+    assert (verified["status"], verified["reason"]) == ("True", "Verified") and "last_transition_time" not in verified
+
+
+def test_an_unverified_claim_shows_since_when_in_its_condition(client):
+    created = create(client)
+    verified = {c["type"]: c for c in created["conditions"]}["DomainVerified"]
+    assert (verified["status"], verified["reason"]) == ("False", "AwaitingProof")
+    since = Deployment.get_by_id(created["id"]).custom_domain_unverified_since
+    assert verified["last_transition_time"] == since.isoformat(timespec="seconds") + "Z"
+    plain = client.simulate_post("/api/deploy/apps", headers=auth(), json=create_body()).json["deployment"]
+    assert "DomainVerified" not in {c["type"] for c in plain["conditions"]}
 
 
 def test_the_claims_txt_token_verifies_and_another_claims_token_does_not(client, settings, dns_zone):

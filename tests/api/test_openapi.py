@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import get_args
 
 import pytest
 from buddo_deploy.app import validation_context
 from buddo_deploy.resources.openapi import build_document
-from buddo_deploy.schemas import DeploymentStatus
 from buddo_deploy.services.tiers import load_tier_file
+from buddo_deploy.vocabulary import DeploymentStatus
 
 from tests.helpers import auth, make_settings
 
@@ -79,7 +78,7 @@ def test_list_query_parameters(document):
     assert set(params) == {"limit", "cursor", "status", "include_destroyed"}
     assert all(p["in"] == "query" and not p["required"] for p in params.values())
     assert params["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}
-    assert params["status"]["schema"] == {"type": "string", "enum": list(get_args(DeploymentStatus))}
+    assert params["status"]["schema"] == {"type": "string", "enum": [status.value for status in DeploymentStatus]}
     assert params["cursor"]["schema"]["type"] == "string" and params["cursor"]["schema"]["maxLength"] == 200
     assert params["include_destroyed"]["schema"]["type"] == "boolean"
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import falcon
 from pydantic import BaseModel, ValidationError
 
-from ..errors import ApiError, BadRequest, Unprocessable
-from ..schemas import PATTERN_HINTS, CustomDomainVerificationOut, DeploymentOut, LogEntryOut
+from ..domain_errors import Invalid, Malformed, TooLarge
+from ..schemas import PATTERN_HINTS, ConditionOut, CustomDomainVerificationOut, DeploymentOut, LogEntryOut
+from ..services.conditions import conditions
 
 
 def _reject_constant(name: str) -> Any:
@@ -24,26 +26,24 @@ def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
     length = req.content_length
     if length is not None and length > max_bytes:
-        raise ApiError(f"Request body exceeds {max_bytes} bytes", code="payload_too_large",
-                       status=falcon.HTTP_413)
+        raise TooLarge(f"Request body exceeds {max_bytes} bytes", code="payload_too_large")
     raw: bytes = req.bounded_stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
-        raise ApiError(f"Request body exceeds {max_bytes} bytes", code="payload_too_large",
-                       status=falcon.HTTP_413)
+        raise TooLarge(f"Request body exceeds {max_bytes} bytes", code="payload_too_large")
     return raw
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
-        raise BadRequest("Request body must be a JSON object", code="malformed_json")
+        raise Malformed("Request body must be a JSON object", code="malformed_json")
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"Malformed JSON: {exc}", code="malformed_json") from exc
+        raise Malformed(f"Malformed JSON: {exc}", code="malformed_json") from exc
     except RecursionError as exc:
-        raise BadRequest("Malformed JSON: nested too deeply", code="malformed_json") from exc
+        raise Malformed("Malformed JSON: nested too deeply", code="malformed_json") from exc
     if not isinstance(body, dict):
-        raise BadRequest("Request body must be a JSON object", code="malformed_json")
+        raise Malformed("Request body must be a JSON object", code="malformed_json")
     return body
 
 
@@ -82,6 +82,7 @@ def deployment_out(deployment: Any, url: str, verification: dict[str, Any] | Non
         image_digest=deployment.image_digest,
         inserted_at=deployment.inserted_at,
         updated_at=deployment.updated_at,
+        conditions=[ConditionOut(**asdict(condition)) for condition in conditions(deployment)],
     )
 
 
@@ -97,7 +98,7 @@ def log_entry_out(entry: Any) -> LogEntryOut:
     )
 
 
-def validation_error(exc: ValidationError) -> Unprocessable:
+def validation_error(exc: ValidationError) -> Invalid:
     details = []
     for error in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in error["loc"]) or "body"
@@ -108,7 +109,7 @@ def validation_error(exc: ValidationError) -> Unprocessable:
             message = PATTERN_HINTS.get(hint, message)
         details.append({"field": field, "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
-    return Unprocessable(f"Validation failed: {summary}", code="validation_failed", details=details)
+    return Invalid(f"Validation failed: {summary}", code="validation_failed", details=details)
 
 
 Query = TypeVar("Query", bound=BaseModel)

@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 import falcon
 
-from ..errors import ApiError, Forbidden, NotFound
+from ..domain_errors import DomainError, Forbidden, LimitReached, NotFound, Unavailable
 from ..schemas import DOMAIN_PATTERN
 from ..services import domains
 
 log = logging.getLogger(__name__)
 
-_REFUSALS = {"domain_not_bound": "404 Not Found", "domain_not_verified": "403 Forbidden",
-             "certificate_budget_exhausted": "429 Too Many Requests"}
+_REFUSALS: dict[str, type[DomainError]] = {"domain_not_bound": NotFound, "domain_not_verified": Forbidden,
+                                           "certificate_budget_exhausted": LimitReached}
 
 
 class DomainCheckResource:
@@ -50,13 +50,12 @@ class DomainCheckResource:
             raise NotFound(f"No deployment is bound to {domain!r}", code="domain_not_bound")
         decision = domains.approve_certificate(domain, self.per_domain, self.per_hour)
         if not decision.approved:
-            raise ApiError(decision.message, code=decision.code, status=_REFUSALS[decision.code])
+            raise _REFUSALS[decision.code](decision.message, code=decision.code)
         resp.media = {"domain": domain, "bound": True, "verified": True}
 
     def _authorise(self, req: falcon.Request) -> None:
         if self.secret is None:
-            raise ApiError("The ask endpoint is not configured (BUDDO_ASK_SECRET)", code="ask_not_configured",
-                           status=falcon.HTTP_503)
+            raise Unavailable("The ask endpoint is not configured (BUDDO_ASK_SECRET)", code="ask_not_configured")
         given = (req.get_param("token") or "").encode()
         if hmac.compare_digest(given, self.secret):
             return

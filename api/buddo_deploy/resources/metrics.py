@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import falcon
 
-from ..errors import Forbidden
+from ..domain_errors import Forbidden
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -37,7 +37,7 @@ from typing import Any, cast
 import peewee
 
 from ..db import is_postgres, write_transaction
-from ..errors import ApiError, PaymentRequired, Unauthorized, Unprocessable
+from ..domain_errors import Conflict, Invalid, PaymentRequired, Unauthenticated, Unavailable
 from ..models import (
     BillingAccount,
     BillingCycle,
@@ -59,11 +59,11 @@ LEASE_NAME = "billing"
 BILLABLE = ("active", "past_due")
 
 
-class ReferenceConflict(ApiError):
+class ReferenceConflict(Conflict):
     def __init__(self, reference: str) -> None:
         super().__init__(
             f"Reference '{reference}' was already used for a different payment", code="reference_conflict",
-            status="409 Conflict", details={"reference": reference},
+            details={"reference": reference},
         )
 
 
@@ -373,9 +373,9 @@ class Billing:
                now: dt.datetime | None = None) -> Credit:
         """Credit an account once per reference, then pay what is outstanding and reactivate."""
         if track not in BALANCE:
-            raise Unprocessable.for_field("track", f"must be one of {', '.join(BALANCE)}")
+            raise Invalid.for_field("track", f"must be one of {', '.join(BALANCE)}")
         if amount <= 0:
-            raise Unprocessable.for_field("amount", "must be a positive integer")
+            raise Invalid.for_field("amount", "must be a positive integer")
         now = now or self.clock()
         report = PassReport()
         with write_transaction(database_proxy.obj):
@@ -411,7 +411,7 @@ class Billing:
     def on_restart(self, d: Deployment, now: dt.datetime) -> dict[str, Any]:
         """What a restart changes about billing; a suspended deployment waits for payment."""
         if d.billing_status == "suspended":
-            raise Unprocessable(
+            raise Invalid(
                 "The deployment is suspended for non-payment; it restarts by itself once the account is credited",
                 code="deployment_suspended", details={"billing_status": "suspended"},
             )
@@ -523,13 +523,13 @@ def verify_signature(secret: str | None, body: bytes, header: str | None) -> Non
     text back, never a 500): the digests are compared as bytes, in constant time.
     """
     if not secret:
-        raise ApiError("Payment webhook is not configured (BUDDO_BILLING_WEBHOOK_SECRET)",
-                       code="webhook_disabled", status="503 Service Unavailable")
+        raise Unavailable("Payment webhook is not configured (BUDDO_BILLING_WEBHOOK_SECRET)",
+                          code="webhook_disabled")
     if header is None or not header.strip(" \t"):
-        raise Unauthorized("Missing X-Buddo-Signature header", code="invalid_signature")
+        raise Unauthenticated("Missing X-Buddo-Signature header", code="invalid_signature")
     match = _SIGNATURE.fullmatch(header.strip(" \t"))
     if match is None:
-        raise Unauthorized("X-Buddo-Signature must be one 'sha256=<64 hex digits>'", code="invalid_signature")
+        raise Unauthenticated("X-Buddo-Signature must be one 'sha256=<64 hex digits>'", code="invalid_signature")
     expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()
     if not hmac.compare_digest(expected, bytes.fromhex(match.group(1))):
-        raise Unauthorized("The signature does not match the body", code="invalid_signature")
+        raise Unauthenticated("The signature does not match the body", code="invalid_signature")

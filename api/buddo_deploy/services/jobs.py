@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import NotFound, Unprocessable
+from ..domain_errors import Invalid, NotFound
 from ..models import AuditEntry, Deployment, Job, JobEvent, JobTarget
 
 # A job id is a 64-bit integer; anything longer cannot name one.
@@ -50,7 +50,7 @@ def _cursor(raw: str | None) -> int:
     if raw is None:
         return 0
     if not _digits(raw):
-        raise Unprocessable.for_field("cursor", "is not a cursor this API returned", "invalid_cursor")
+        raise Invalid.for_field("cursor", "is not a cursor this API returned", "invalid_cursor")
     return int(raw)
 
 

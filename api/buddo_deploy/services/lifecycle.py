@@ -23,11 +23,12 @@ from .. import jobqueue
 from ..auth import Principal
 from ..crypto import encrypt_env
 from ..db import is_postgres, write_transaction
-from ..errors import ApiError, Forbidden, NotFound, TooManyRequests, Unprocessable
+from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable, UpstreamFailed
 from ..inventory import container_hosts
-from ..models import LIVE_STATUSES, AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
+from ..models import AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
 from ..schemas import DeploymentCreate
 from ..settings import Settings
+from ..vocabulary import DeploymentStatus
 from . import domains, output, releases, state
 from .billing import Billing
 from .tiers import get_tier
@@ -141,8 +142,8 @@ class Lifecycle:
             raise NotFound(f"Tier '{request.tier}' not found", code="tier_not_found",
                            details=[{"field": "tier", "message": "unknown tier"}])
         if request.custom_domain and not tier.custom_domain_allowed:
-            raise Unprocessable.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains",
-                                          "custom_domain_not_allowed")
+            raise Invalid.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains",
+                                    "custom_domain_not_allowed")
         db = database_proxy.obj
         for _ in range(_PORT_ATTEMPTS):
             try:
@@ -168,9 +169,9 @@ class Lifecycle:
                 if "host_port" in message or "container_name" in message:
                     continue  # another create took the same host port (or name): pick again
                 if "subdomain" in message:
-                    raise Unprocessable.for_field("subdomain", "is already taken", "subdomain_taken") from exc
+                    raise Invalid.for_field("subdomain", "is already taken", "subdomain_taken") from exc
                 raise
-        raise ApiError("No free host port, try again", code="capacity_exhausted", status="503 Service Unavailable")
+        raise Unavailable("No free host port, try again", code="capacity_exhausted")
 
     def restart(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
         """A new container from the image as the tag is now, started beside the serving one."""
@@ -197,16 +198,16 @@ class Lifecycle:
         (one is queued when none is fresh or under way)."""
         deployment = self.get_owned(principal, deployment_id)
         if deployment.desired_state == "absent":
-            raise Unprocessable("A destroyed deployment has no output", code="deployment_destroyed",
-                                details={"status": deployment.status})
+            raise Invalid("A destroyed deployment has no output", code="deployment_destroyed",
+                          details={"status": deployment.status})
         max_age = self.settings.output_max_age_s
         found = output.current(deployment, tail=tail, since=since, max_age_s=max_age)
         if found.collected_at is None and found.failed is not None:
             wait = output.retry_after_s(found.failed, max_age)
-            raise ApiError(f"Could not read the app's output: {found.failed.last_error or 'the run failed'}; "
-                           f"the next read is queued by a request in {wait} s or later", code="output_failed",
-                           status="502 Bad Gateway", details={"job_id": found.failed.id, "retry_after": wait},
-                           headers={"Retry-After": str(wait)})
+            raise UpstreamFailed(f"Could not read the app's output: {found.failed.last_error or 'the run failed'}; "
+                                 f"the next read is queued by a request in {wait} s or later", code="output_failed",
+                                 details={"job_id": found.failed.id, "retry_after": wait},
+                                 headers={"Retry-After": str(wait)})
         return found
 
     def release_kept(self, release: Release) -> bool:
@@ -219,14 +220,14 @@ class Lifecycle:
             newest = releases.latest(deployment.id)
             if number is None:
                 if newest is None or newest.number < 2:
-                    raise Unprocessable.for_field("release", "there is no previous release to roll back to",
-                                                  "no_previous_release")
+                    raise Invalid.for_field("release", "there is no previous release to roll back to",
+                                            "no_previous_release")
                 number = newest.number - 1
             target = Release.get_or_none((Release.deployment == deployment.id) & (Release.number == number))
             if target is None:
-                raise Unprocessable.for_field("release", f"release {number} does not exist", "release_not_found")
+                raise Invalid.for_field("release", f"release {number} does not exist", "release_not_found")
             if not self.release_kept(target):
-                raise Unprocessable.for_field(
+                raise Invalid.for_field(
                     "release", f"the image of release {number} is no longer kept on the host (only the newest "
                     f"{self.settings.releases_kept} releases' images are)", "release_image_pruned")
             billing = self.billing.on_restart(deployment, utcnow())
@@ -260,10 +261,10 @@ class Lifecycle:
 
     # --- helpers -----------------------------------------------------------
 
-    def _custom_domain_taken(self) -> Unprocessable:
+    def _custom_domain_taken(self) -> Invalid:
         # The same words whoever holds it and however: nothing of another tenant's claim shows.
         expiry = f"{self.settings.domain_claim_expiry_s / 3600:g} h"
-        return Unprocessable.for_field(
+        return Invalid.for_field(
             "custom_domain", f"is claimed by another deployment; a claim its DNS does not prove (a CNAME to "
             f"that deployment or its TXT record at {domains.CHALLENGE_LABEL}.<domain>) is released {expiry} after "
             "it was made or last proved", "custom_domain_taken")
@@ -277,7 +278,7 @@ class Lifecycle:
         deployment = state.locked(deployment_id)  # re-read under the row lock
         assert deployment is not None  # rows are never deleted
         if deployment.desired_state == "absent":
-            raise Unprocessable(
+            raise Invalid(
                 f"Cannot {action} a destroyed deployment", code="deployment_destroyed",
                 details={"status": deployment.status},
             )
@@ -299,18 +300,18 @@ class Lifecycle:
 
     def _check_limits(self, principal: Principal, tier: Tier) -> None:
         live = Deployment.select().where(
-            (Deployment.operator_id == principal.operator_id) & (Deployment.status.in_(LIVE_STATUSES))
+            (Deployment.operator_id == principal.operator_id) & (Deployment.status != DeploymentStatus.DESTROYED)
         )
         on_tier = live.where(Deployment.tier == tier).count()
         if on_tier >= tier.max_deployments:
-            raise TooManyRequests(
+            raise LimitReached(
                 f"Deployment limit reached for tier '{tier.slug}' ({tier.max_deployments})",
                 code="tier_deployment_limit",
                 details={"tier": tier.slug, "limit": tier.max_deployments},
             )
         total = live.count()
         if total >= self.settings.max_deployments_per_account:
-            raise TooManyRequests(
+            raise LimitReached(
                 f"Deployment limit reached for this account ({self.settings.max_deployments_per_account})",
                 code="account_deployment_limit",
                 details={"limit": self.settings.max_deployments_per_account},
@@ -342,9 +343,9 @@ class Lifecycle:
             free = [port for port in range(low, high, 2) if port not in held and port + 1 not in held]
             if free:
                 return host.name, random.choice(free)  # noqa: S311 - spreads concurrent creates, not a secret
-        raise ApiError(
+        raise Unavailable(
             f"No container host has room for a '{tier.slug}' deployment ({tier.memory_limit_mb} MB); try again later",
-            code="capacity_exhausted", status="503 Service Unavailable",
+            code="capacity_exhausted",
             details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb},
         )
 
@@ -391,7 +392,7 @@ def _encode_cursor(row: Deployment | AuditEntry) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    invalid = Unprocessable.for_field("cursor", "is not a cursor this API returned", "invalid_cursor")
+    invalid = Invalid.for_field("cursor", "is not a cursor this API returned", "invalid_cursor")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))

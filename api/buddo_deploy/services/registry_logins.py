@@ -20,7 +20,7 @@ import peewee
 
 from ..crypto import decrypt_secret, encrypt_secret
 from ..db import is_postgres, write_transaction
-from ..errors import NotFound
+from ..domain_errors import NotFound
 from ..models import RegistryLogin, database_proxy, utcnow
 from ..schemas import registry_host
 from ..settings import Settings

@@ -17,20 +17,26 @@ from typing import Any
 
 from .. import jobqueue
 from ..db import is_postgres
-from ..errors import ApiError
+from ..domain_errors import Conflict
 from ..models import AuditEntry, Deployment, database_proxy, utcnow
+from ..vocabulary import (
+    AuditAction,
+    AuditStatus,
+    CustomDomainStatus,
+    DeploymentStatus,
+    DesiredState,
+    Health,
+)
 from . import releases
 
 # What each audit action asks the deployment to be.
-INTENT = {"create": "running", "deploy": "running", "restart": "running", "reactivate": "running",
-          "stop": "stopped", "suspend": "stopped", "destroy": "absent"}
-OPEN_AUDIT = ("pending", "running")
-
-
-class Conflict(ApiError):
-    def __init__(self) -> None:
-        super().__init__("The deployment changed while this request ran; try again", code="conflict",
-                         status="409 Conflict")
+INTENT: dict[str, DesiredState] = {
+    AuditAction.CREATE: DesiredState.RUNNING, AuditAction.DEPLOY: DesiredState.RUNNING,
+    AuditAction.RESTART: DesiredState.RUNNING, AuditAction.REACTIVATE: DesiredState.RUNNING,
+    AuditAction.STOP: DesiredState.STOPPED, AuditAction.SUSPEND: DesiredState.STOPPED,
+    AuditAction.DESTROY: DesiredState.ABSENT,
+}
+OPEN_AUDIT = (AuditStatus.PENDING, AuditStatus.RUNNING)
 
 
 def locked(deployment_id: Any) -> Deployment | None:
@@ -46,19 +52,19 @@ def serving(deployment: Deployment) -> bool:
     return deployment.serving_port is not None
 
 
-def derive_status(d: Deployment, *, working: bool = False) -> str:
+def derive_status(d: Deployment, *, working: bool = False) -> DeploymentStatus:
     """The contract's status from desired and observed state (DESIGN.md)."""
-    if d.desired_state == "absent":
-        return "destroyed"
-    if d.desired_state == "stopped":
-        return "stopped"
+    if d.desired_state == DesiredState.ABSENT:
+        return DeploymentStatus.DESTROYED
+    if d.desired_state == DesiredState.STOPPED:
+        return DeploymentStatus.STOPPED
     if d.observed_generation >= d.generation and serving(d):
-        return "running"
+        return DeploymentStatus.RUNNING
     if d.failed_generation == d.generation and not serving(d):
-        return "failed"
+        return DeploymentStatus.FAILED
     if not working and d.generation == 1 and d.observed_generation == 0:
-        return "pending"  # created, nothing asked since, no worker on it yet
-    return "deploying"
+        return DeploymentStatus.PENDING  # created, nothing asked since, no worker on it yet
+    return DeploymentStatus.DEPLOYING
 
 
 def env_digest(d: Deployment) -> str:
@@ -84,7 +90,7 @@ def spec_of(d: Deployment) -> str:
 def routed_custom_domain(d: Deployment) -> str:
     """Caddy routes a custom domain only once its DNS points at the app: otherwise anyone could
     claim a name (and its certificate) that merely has a dangling CNAME to the platform."""
-    return (d.custom_domain or "") if d.custom_domain_status == "active" else ""
+    return (d.custom_domain or "") if d.custom_domain_status == CustomDomainStatus.ACTIVE else ""
 
 
 def desired_item(d: Deployment) -> dict[str, Any]:
@@ -134,7 +140,7 @@ def change(d: Deployment, action: str, initiated_by: str | None, *, timeout_s: i
         (Deployment.id == d.id) & (Deployment.generation == d.generation - 1)
     ).execute()
     if updated != 1:
-        raise Conflict()
+        raise Conflict("The deployment changed while this request ran; try again", code="conflict")
     request(d, action, initiated_by, timeout_s=timeout_s, details=details)
     return d
 
@@ -142,7 +148,7 @@ def change(d: Deployment, action: str, initiated_by: str | None, *, timeout_s: i
 def request(d: Deployment, action: str, initiated_by: str | None, *, timeout_s: int,
             details: dict[str, Any] | None = None) -> AuditEntry:
     """The audit entry of an action on the current generation, and the job that converges it."""
-    entry = audit(d, action, "pending", initiated_by, details=details, generation=d.generation)
+    entry = audit(d, action, AuditStatus.PENDING, initiated_by, details=details, generation=d.generation)
     job = jobqueue.enqueue_converge(d, timeout_s=timeout_s)
     AuditEntry.update(job_id=job.id).where(AuditEntry.id == entry.id).execute()
     return entry
@@ -172,10 +178,10 @@ def close_entries(deployment_id: Any, up_to: int, state: str, ok: bool, details:
         # Keep why the entry was made (a heal's reason); a retry's last error is history now.
         mine = {k: v for k, v in _details(entry).items() if k not in {"last_error", "retrying_in_s"}} | details
         if ok and INTENT.get(entry.action) != state:
-            status, mine = "failed", {"reason": "superseded",
+            status, mine = AuditStatus.FAILED, {"reason": "superseded",
                                       "message": f"a later request made the deployment {state}"}
         else:
-            status = "completed" if ok else "failed"
+            status = AuditStatus.COMPLETED if ok else AuditStatus.FAILED
         AuditEntry.update(status=status, updated_at=utcnow(), details=json.dumps(mine)).where(
             AuditEntry.id == entry.id).execute()
 
@@ -196,32 +202,32 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
     values: dict[str, Any] = {"updated_at": now}
     entry_details = dict(details)
     release_entry = None
-    if outcome.get("ok") and item["state"] == "running":
+    if outcome.get("ok") and item["state"] == DesiredState.RUNNING:
         release_entry = releases.releasing(open_entries(d.id, target))
     if outcome.get("ok"):
         if target > d.observed_generation:
             values["observed_generation"] = target
         container = outcome.get("container") or {}
-        if item["state"] == "running":
+        if item["state"] == DesiredState.RUNNING:
             values |= {"observed_revision": item["revision"], "serving_port": container.get("host_port"),
-                       "container_id": container.get("id"), "health_status": "healthy",
+                       "container_id": container.get("id"), "health_status": Health.HEALTHY,
                        "last_health_check": now, "health_failures": 0}
             if container.get("image_digest"):
                 values["image_digest"] = container["image_digest"]
                 entry_details["image_digest"] = container["image_digest"]
             if d.generation == target:
                 values["pull_image"] = False
-        elif item["state"] == "stopped":
-            values |= {"serving_port": None, "health_status": "unknown"}
+        elif item["state"] == DesiredState.STOPPED:
+            values |= {"serving_port": None, "health_status": Health.UNKNOWN}
         else:
-            values |= {"serving_port": None, "container_id": None, "health_status": "unknown"}
-            if d.desired_state == "absent":
+            values |= {"serving_port": None, "container_id": None, "health_status": Health.UNKNOWN}
+            if d.desired_state == DesiredState.ABSENT:
                 values["released_at"] = now
     else:
         values["failed_generation"] = target
         entry_details |= {"reason": outcome.get("kind") or "error", "task": outcome.get("task"),
                           "message": outcome.get("message")}
-        if d.generation == target and d.desired_state == "running" and serving(d):
+        if d.generation == target and d.desired_state == DesiredState.RUNNING and serving(d):
             # The new version never came up: the old one still serves, so that is the
             # desired state again (a new generation, converged already).
             values |= {"revision": d.observed_revision, "pull_image": False, "generation": target + 1,
@@ -235,8 +241,8 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
                 values["pinned_digest"] = None
             entry_details["message"] = f"{outcome.get('message')}; the previous version keeps serving"
             entry_details["rolled_back"] = True
-        elif item["state"] == "running":
-            values["health_status"] = "unhealthy"
+        elif item["state"] == DesiredState.RUNNING:
+            values["health_status"] = Health.UNHEALTHY
     Deployment.update(**_apply(d, values)).where(Deployment.id == d.id).execute()
     if release_entry is not None and values.get("image_digest"):
         entry_details["release"] = releases.record(
