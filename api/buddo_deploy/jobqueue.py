@@ -69,10 +69,10 @@ def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
 
 def targets(job: Job, *, open_only: bool = False) -> list[JobTarget]:
     """The deployments a converge covers (``open_only``: those without an outcome yet)."""
-    query = JobTarget.select().where(JobTarget.job == job.id)
+    query = JobTarget.select().join(Deployment).where(JobTarget.job == job.id)
     if open_only:
         query = query.where(JobTarget.state.in_(("queued", "running")))
-    return list(query.order_by(JobTarget.deployment))
+    return list(query.order_by(Deployment.inserted_at, Deployment.id))  # in the order they were created
 
 
 def finish_target(job: Job, deployment_id: Any, *, succeeded: bool, error: str | None = None,

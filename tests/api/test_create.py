@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from buddo_deploy.models import AuditEntry, Deployment, Job
+from buddo_deploy.models import AuditEntry, Deployment, Job, JobTarget
 
 from tests.helpers import auth, create_body
 
@@ -34,9 +34,11 @@ def test_create_returns_pending_deployment_and_enqueues_deploy(client):
     assert "s3cret" not in (stored.env_vars_encrypted or "") and stored.env_vars_encrypted
     actions = [(e.action, e.status, e.initiated_by) for e in AuditEntry.select().order_by(AuditEntry.inserted_at)]
     assert actions == [("create", "completed", "operator-1"), ("deploy", "pending", None)]
-    job = Job.get()
-    assert (job.action, job.state, str(job.deployment_id), job.generation) == ("converge", "queued",
-                                                                                 deployment["id"], 1)
+    job = Job.get()  # the host's converge, with the deployment as its target
+    assert (job.action, job.state, job.host, job.deployment_id) == ("converge", "queued", stored.host, None)
+    [target] = JobTarget.select()
+    assert (target.job_id, str(target.deployment_id), target.generation, target.state) == (
+        job.id, deployment["id"], 1, "queued")
     deploy = AuditEntry.get(AuditEntry.action == "deploy")
     assert (deploy.generation, deploy.job_id) == (1, job.id)
 

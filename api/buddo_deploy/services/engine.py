@@ -220,10 +220,12 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
         retry: dict[str, tuple[str, str | None]] = {}
         for item in plan.items:
             outcome = outcomes.get(item["id"])
-            if not result.ok or outcome is None:
-                retry[item["id"]] = (run_message, result.failed_task if not plan.shared else None)
-            elif not outcome.get("ok") and outcome.get("kind") == "host":
-                retry[item["id"]] = (str(outcome.get("message") or run_message), outcome.get("task"))
+            own_failure = outcome is not None and not outcome.get("ok")
+            if not result.ok or outcome is None or (own_failure and outcome.get("kind") == "host"):
+                if outcome is not None and own_failure:
+                    retry[item["id"]] = (str(outcome.get("message") or run_message), outcome.get("task"))
+                else:
+                    retry[item["id"]] = (run_message, None if plan.shared else result.failed_task)
             else:
                 ok = bool(outcome.get("ok"))
                 jobqueue.finish_target(job, item["id"], succeeded=ok, error=None if ok else outcome.get("message"),

@@ -1,0 +1,248 @@
+"""A host run: one playbook run converges the deployments of a host that are behind, each with its
+own outcome (its target), audit entry and job view.
+
+The worker runs for real (claim, start, lease, events, finish, metrics); only the
+playbook run is made up (tasks.base.run_playbook), as the converge role would report it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import pytest
+from buddo_deploy import jobqueue, worker
+from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, JobTarget
+from buddo_deploy.results import EventSummary, PlaybookResult
+from buddo_deploy.services.engine import SHARED_FAILURE
+from buddo_deploy.tasks import base as tasks_base
+
+from tests.helpers import auth, create_deployment
+
+TASK = "Run the app containers"
+SITE_TASK = "Render the Caddy sites"
+
+
+def _failure(task: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "kind": "app", "task": task, "message": message}
+
+
+def _outcome(item: dict[str, Any], ok: bool = True, **extra: Any) -> dict[str, Any]:
+    body = {"ok": ok, "state": item["state"], "drift": [], "generation": item["generation"], **extra}
+    if ok:
+        body["container"] = {"id": f"c-{item['subdomain']}", "name": item["container_name"],
+                             "host_port": item["host_ports"][0], "image_digest": "sha256:abc"}
+    return body
+
+
+class FakeRuns:
+    """Stands for run_playbook: records each run's document, reports what ``report`` makes of it.
+
+    Its events: a task start, an ``ignored`` event per task some deployment failed at
+    (its message naming them, as a module's would), the recap.
+    """
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+        self.runs: list[dict[str, Any]] = []
+
+    def __call__(self, playbook: Any, inventory: Any, extravars: dict[str, Any], *, secrets: Any = None,
+                 on_event: Any = None, **kwargs: Any) -> PlaybookResult:
+        items = extravars["converge_deployments"]
+        self.runs.append({"playbook": playbook.name, "subdomains": [i["subdomain"] for i in items],
+                          "secrets": dict(secrets or {}), "timeout_s": kwargs["timeout_s"]})
+        result: PlaybookResult = self.report(items)
+        outcomes = result.stats.get("buddo_outcomes", {})
+        failed: dict[str, list[str]] = {}
+        for i in items:
+            if not outcomes.get(i["id"], {}).get("ok", True):
+                failed.setdefault(outcomes[i["id"]]["task"], []).append(i["subdomain"])
+        on_event(EventSummary("playbook_on_task_start", None, TASK, None, None))
+        for task, subdomains in failed.items():
+            on_event(EventSummary("runner_on_failed", "container-host-1", task, "ignored",
+                                  f"failed: {', '.join(subdomains)}"))
+        on_event(EventSummary("playbook_on_stats", None, None, None, '{"ok": 1}'))
+        return result
+
+
+@pytest.fixture
+def host(client, settings):
+    """Four deployments queued on container-host-1; 'd' converged already (nothing to run for it)."""
+    ids = {sub: create_deployment(client, f"op-{sub}", subdomain=sub, tier="btc-pro",
+                                  env_vars={"TOKEN": f"secret-{sub}"}) for sub in "abcd"}
+    Deployment.update(observed_generation=1, serving_port=20000).where(Deployment.id == ids["d"]).execute()
+    return ids
+
+
+def _target(ident: str) -> JobTarget:
+    """The deployment's part of its latest host converge."""
+    found: JobTarget = JobTarget.select().where(JobTarget.deployment == ident).order_by(JobTarget.job.desc()).get()
+    return found
+
+
+def _job(ident: str) -> Job:
+    found: Job = Job.get_by_id(_target(ident).job_id)
+    return found
+
+
+def _view(client: Any, ident: str, owner: str) -> dict[str, Any]:
+    shown = client.simulate_get(f"/api/deploy/apps/{ident}/jobs/{_job(ident).id}", headers=auth(owner))
+    assert shown.status_code == 200, shown.text
+    job: dict[str, Any] = shown.json["job"]
+    return job
+
+
+def _succeed(items: list[dict[str, Any]]) -> PlaybookResult:
+    return PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {i["id"]: _outcome(i) for i in items}})
+
+
+def test_one_run_converges_the_host_and_an_app_failure_fails_its_deployment_only(client, settings, host,
+                                                                                 monkeypatch):
+    failures = {"b": _failure(TASK, "image x could not be pulled"), "c": _failure(SITE_TASK, "bad site")}
+    runs = FakeRuns(lambda items: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
+        i["id"]: _outcome(i, **failures.get(i["subdomain"], {})) for i in items}}))
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    assert worker.Worker(settings, name="w").run_once()
+
+    [run] = runs.runs
+    assert run["playbook"] == "converge.yml" and run["subdomains"] == ["a", "b", "c"]
+    assert run["secrets"] == {host[s]: {"TOKEN": f"secret-{s}"} for s in "abc"}
+    assert [Deployment.get_by_id(host[s]).status for s in "abcd"] == ["running", "failed", "failed", "pending"]
+    assert [_target(host[s]).state for s in "abcd"] == ["succeeded", "failed", "failed", "succeeded"]
+    assert len({_job(host[s]).id for s in "abcd"}) == 1 and _job(host["a"]).state == "failed"
+    assert "could not be pulled" in _target(host["b"]).last_error and _target(host["c"]).last_error == "bad site"
+    # The run's events are recorded once; a failure's text (it names b and c) is withheld.
+    events = [(e.event, e.status, e.message) for e in JobEvent.select().order_by(JobEvent.id)]
+    assert [e[:2] for e in events] == [("playbook_on_task_start", None), ("runner_on_failed", "ignored"),
+                                       ("runner_on_failed", "ignored"), ("playbook_on_stats", None)]
+    assert {e[2] for e in events if e[1] == "ignored"} == {SHARED_FAILURE}
+    # The deploy log links each deployment's part of the run; its job view is its own.
+    for sub, task, error in (("a", None, None), ("b", TASK, "image x could not be pulled"),
+                             ("c", SITE_TASK, "bad site")):
+        [entry] = AuditEntry.select().where((AuditEntry.deployment == host[sub]) & (AuditEntry.action == "deploy"))
+        assert entry.job_id == _job(host[sub]).id
+        assert entry.status == ("completed" if task is None else "failed")
+        view = _view(client, host[sub], f"op-{sub}")
+        assert (view["deployment_id"], view["failed_task"], view["state"]) == (
+            host[sub], task, "succeeded" if task is None else "failed")
+        assert view["last_error"] == error and len(view["events"]) == 4
+        if task is not None:
+            assert json.loads(entry.details)["task"] == task
+    # Another operator cannot read it through a deployment of theirs that the run did not cover.
+    other = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")
+    assert client.simulate_get(f"/api/deploy/apps/{other}/jobs/{_job(host['a']).id}",
+                               headers=auth("op-x")).status_code == 404
+
+
+def test_a_run_that_failed_retries_the_host_converge(client, settings, host, monkeypatch):
+    runs = FakeRuns(lambda items: PlaybookResult(status="failed", rc=4, failed_task="Observe the containers",
+                                                 message="host unreachable", failed_status="unreachable"))
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    assert worker.Worker(settings, name="w").run_once()
+    assert len(runs.runs) == 1
+    job = _job(host["a"])
+    assert (job.state, job.last_error, job.lease_owner) == ("queued", "host unreachable", None)
+    assert job.run_after > job.updated_at  # its backoff
+    for sub in "abc":
+        assert (_target(host[sub]).state, _target(host[sub]).last_error) == ("queued", "host unreachable")
+        assert Deployment.get_by_id(host[sub]).status == "deploying"
+        assert _view(client, host[sub], f"op-{sub}")["run_after"] is not None
+
+
+def test_nothing_of_one_tenant_reaches_another_in_a_shared_run(client, settings, host, monkeypatch):
+    """b's container cannot be removed: the run fails with a message naming b. a and c share the
+    run: they are retried, and neither their job views nor their audit entries say anything of b."""
+    leak = f"1 of 3 deployment(s) failed: {host['b']}: podman rm failed: secret-b is busy"
+
+    def report(items: list[dict[str, Any]]) -> PlaybookResult:
+        outcomes = {i["id"]: _outcome(i) for i in items}
+        outcomes[host["b"]] = {"ok": False, "kind": "host", "task": "Remove", "message": "podman rm failed: busy",
+                               "state": "running", "drift": [], "generation": 1}
+        return PlaybookResult(status="failed", rc=2, failed_task="Remove", message=leak, failed_status="failed",
+                              stats={"buddo_outcomes": outcomes})
+
+    runs = FakeRuns(report)
+
+    def run(*args: Any, on_event: Any = None, **kwargs: Any) -> PlaybookResult:
+        on_event(EventSummary("runner_on_failed", "container-host-1", "Remove", "failed", leak))
+        return runs(*args, on_event=on_event, **kwargs)
+
+    monkeypatch.setattr(tasks_base, "run_playbook", run)
+    assert worker.Worker(settings, name="w").run_once()
+    b_id = host["b"]
+    assert b_id not in (_job(b_id).last_error or "")
+    for sub in "ac":
+        view = _view(client, host[sub], f"op-{sub}")
+        assert view["state"] == "queued" and view["last_error"] == SHARED_FAILURE
+        texts = [e["message"] or "" for e in view["events"]]
+        assert texts and not any(b_id in t or "secret-b" in t for t in texts), texts
+        details = [e.details or "" for e in AuditEntry.select().where(AuditEntry.deployment == host[sub])]
+        assert not any(b_id in d or "secret-b" in d for d in details), details
+    # b's own target and audit entry have its own failure.
+    assert _view(client, b_id, "op-b")["last_error"] == "podman rm failed: busy"
+    [entry] = AuditEntry.select().where((AuditEntry.deployment == b_id) & (AuditEntry.action == "deploy"))
+    assert json.loads(entry.details)["last_error"] == "podman rm failed: busy"
+
+
+def test_a_retried_run_skips_what_converged_meanwhile(client, settings, host, monkeypatch):
+    timeouts = FakeRuns(lambda items: PlaybookResult(status="timeout", rc=None, message="timed out after 600 s"))
+    monkeypatch.setattr(tasks_base, "run_playbook", timeouts)
+    assert worker.Worker(settings, name="w").run_once()
+    assert [r["subdomains"] for r in timeouts.runs] == [["a", "b", "c"]]
+    # 'a' converged meanwhile (a reconcile, say).
+    Deployment.update(observed_generation=1, serving_port=20002).where(Deployment.id == host["a"]).execute()
+    Job.update(run_after=Job.updated_at).where(Job.state == "queued").execute()  # the backoff is over
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["b", "c"]]
+    assert [_target(host[s]).state for s in "abc"] == ["succeeded"] * 3 and _job(host["a"]).state == "succeeded"
+    assert [Deployment.get_by_id(host[s]).status for s in "bc"] == ["running"] * 2
+
+
+def test_a_lost_lease_cancels_the_run_and_records_nothing(client, settings, host, monkeypatch):
+    def stolen(playbook: Any, inventory: Any, extravars: dict[str, Any], **kwargs: Any) -> PlaybookResult:
+        Job.update(lease_owner="thief").where(Job.action == "converge").execute()  # taken over
+        deadline = time.monotonic() + 30
+        while not kwargs["should_cancel"]():
+            assert time.monotonic() < deadline, "the run was never canceled"
+            time.sleep(0.05)
+        return PlaybookResult(status="canceled", rc=None, message="canceled: the job's lease was lost")
+
+    monkeypatch.setattr(tasks_base, "run_playbook", stolen)
+    assert worker.Worker(dataclasses.replace(settings, job_lease_s=1), name="w").run_once()
+    job = _job(host["a"])
+    assert (job.state, job.lease_owner) == ("running", "thief")
+    assert [_target(host[s]).state for s in "abc"] == ["running"] * 3
+    assert [Deployment.get_by_id(host[s]).status for s in "abc"] == ["deploying"] * 3
+
+
+def test_a_deployment_missing_from_the_outcomes_is_retried_alone(client, settings, host, monkeypatch):
+    runs = FakeRuns(lambda items: PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {
+        i["id"]: _outcome(i) for i in items if i["subdomain"] != "c"}}))
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    assert worker.Worker(settings, name="w").run_once()
+    assert [_target(host[s]).state for s in "abc"] == ["succeeded", "succeeded", "queued"]
+    assert _job(host["c"]).state == "queued"
+    Job.update(run_after=Job.updated_at).where(Job.state == "queued").execute()
+    again = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", again)
+    assert worker.Worker(settings, name="w").run_once()
+    assert [r["subdomains"] for r in again.runs] == [["c"]] and _target(host["c"]).state == "succeeded"
+
+
+def test_many_changes_cost_one_run(client, settings, host, monkeypatch):
+    """Ten restarts queued while nothing runs: one converge of the host, one playbook run."""
+    for _ in range(10):
+        client.simulate_post(f"/api/deploy/apps/{host['a']}/restart", headers=auth("op-a"))
+    assert Job.select().where(Job.action == "converge").count() == 1
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert len(runs.runs) == 1 and jobqueue.open_converge(Deployment.get_by_id(host["a"])) is None
+    d = Deployment.get_by_id(host["a"])
+    assert d.generation == 11 and d.observed_generation == 11 and d.status == "running"
