@@ -158,23 +158,29 @@ def create_deployment(client: Any, operator: str = "operator-1", **body: Any) ->
 
 
 def converged(plan: Any, ok: bool = True, **outcome: Any) -> Any:
-    """What the converge playbook reports for a plan's deployment (a PlaybookResult)."""
+    """What the converge playbook reports for each deployment of a plan (a PlaybookResult)."""
     from buddo_deploy.results import PlaybookResult
 
-    item = plan.items[0]
-    body = {"ok": ok, "state": item["state"], "drift": [], "generation": item["generation"], **outcome}
-    if ok and item["state"] == "running":
-        body.setdefault("container", {"id": "c1", "name": item["container_name"], "host_port": item["host_ports"][0],
-                                      "image_digest": "sha256:abc"})
-    return PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": {item["id"]: body}})
+    outcomes = {}
+    for item in plan.items:
+        body = {"ok": ok, "state": item["state"], "drift": [], "generation": item["generation"], **outcome}
+        if ok and item["state"] == "running":
+            body.setdefault("container", {"id": f"c-{item['subdomain']}", "name": item["container_name"],
+                                          "host_port": item["host_ports"][0], "image_digest": "sha256:abc"})
+        outcomes[item["id"]] = body
+    return PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": outcomes})
 
 
 def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -> tuple[Any, Any]:
-    """Claim the next job and run it through the engine service with a made-up playbook result."""
+    """Claim the next job (a host's converge) and run it through the engine service with a made-up
+    playbook result; (None, None) when nothing is queued."""
     from buddo_deploy import jobqueue
     from buddo_deploy.services import engine
 
-    [job] = jobqueue.claim(owner, 30)
+    claimed = jobqueue.claim(owner, 30)
+    if not claimed:
+        return None, None
+    [job] = claimed
     plan = engine.start_converge(job, owner, settings.secret_key)
     if plan is None:
         return job, None

@@ -10,7 +10,7 @@ import re
 import uuid
 
 import pytest
-from buddo_deploy.models import AuditEntry, Deployment, Job, RateLimitCounter, utcnow
+from buddo_deploy.models import AuditEntry, Deployment, Job, JobTarget, RateLimitCounter, utcnow
 from buddo_deploy.services import domains, state
 
 from tests.helpers import ASK_SECRET, auth, create_body, run_job
@@ -134,8 +134,8 @@ def test_pending_until_the_cname_points_here_then_routed(client, settings, dns_z
     assert d.custom_domain_status == "active" and d.status == "deploying"
     assert d.custom_domain_unverified_since is None  # verified: the expiry clock stops
     # Routing changed: a new generation, converged by a job whose document routes the domain.
-    job = Job.get(Job.deployment == ident, Job.state == "queued")
-    assert job.generation == d.generation
+    target = JobTarget.select().join(Job).where((JobTarget.deployment == ident) & (Job.state == "queued")).get()
+    assert target.generation == d.generation
     _, plan = run_job(settings)
     assert plan.items[0]["custom_domain"] == DOMAIN
     [entry] = transitions(ident)
@@ -536,7 +536,7 @@ def test_migrations_0014_0015_give_existing_claims_a_token_an_expiry_clock_and_t
         "released": _old_row(tier, "rel", "rel.example.com", custom_domain_status="pending", released_at=now),
         "none": _old_row(tier, "non", None),
     }
-    assert restore() == [14, 15]
+    assert restore() == [14, 15, 16]
     rows = {k: Deployment.get_by_id(i) for k, i in ids.items()}
     tokens = [rows[k].custom_domain_token for k in ("active", "pending", "misconfigured")]
     assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in tokens) and len(set(tokens)) == 3

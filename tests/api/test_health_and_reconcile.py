@@ -55,7 +55,7 @@ def test_three_failed_probes_replace_the_container(client, settings):
     entry = AuditEntry.get((AuditEntry.deployment == d.id) & (AuditEntry.action == "restart"))
     assert entry.initiated_by is None and entry.status == "pending"
     [job] = jobqueue.claim("w", 30)
-    assert job is not None and str(job.deployment_id) == str(d.id)
+    assert [str(t.deployment_id) for t in jobqueue.targets(job)] == [str(d.id)]
 
 
 def test_an_exited_or_missing_container_is_converged_at_once(client, settings):

@@ -26,7 +26,7 @@ def _run_failing_deploy(settings):
         EventSummary("playbook_on_stats", None, None, None, '{"ok": 1}'),
     ]
     for summary in events:
-        engine.record_event([job], summary)
+        engine.record_event(job, summary)
     result = converged(plan, ok=False, kind="app", task=FAILED_TASK, message="image could not be pulled")
     assert engine.finish(plan, "w", result, 3.0)
     return job, events
@@ -76,7 +76,7 @@ def test_a_queued_retry_shows_when_it_runs_next(client, settings):
     ident = create_deployment(client)
     [job] = jobqueue.claim("w", 30)
     plan = engine.start_converge(job, "w", settings.secret_key)
-    engine.record_event([job], EventSummary("runner_on_unreachable", "container-host-1", "Gathering Facts",
+    engine.record_event(job, EventSummary("runner_on_unreachable", "container-host-1", "Gathering Facts",
                                           "unreachable", "ssh: connect to host: Connection refused"))
     assert engine.finish(plan, "w", converged(plan, ok=False, kind="host", message="host down"), 1.0)
     body = client.simulate_get(f"/api/deploy/apps/{ident}/jobs/{job.id}", headers=auth()).json["job"]
@@ -86,8 +86,8 @@ def test_a_queued_retry_shows_when_it_runs_next(client, settings):
 
 def test_another_operators_job_is_403_and_other_jobs_are_404(client, settings):
     ident = create_deployment(client, operator="owner")
-    other = create_deployment(client, operator="owner", subdomain="other-app")
     job, _ = _run_failing_deploy(settings)
+    other = create_deployment(client, operator="owner", subdomain="other-app")  # not a target of that run
     path = f"/api/deploy/apps/{ident}/jobs/{job.id}"
     denied = client.simulate_get(path, headers=auth("intruder"))
     assert denied.status_code == 403 and denied.json["error"]["code"] == "forbidden"
@@ -128,7 +128,7 @@ def test_a_failure_the_playbook_reported_per_deployment_names_its_task(client, s
     first = create_deployment(client)
     [job] = jobqueue.claim("w", 30)
     plan = engine.start_converge(job, "w", settings.secret_key)
-    engine.record_event([job], EventSummary("runner_on_failed", "container-host-1", "Probe something", "ignored", ""))
+    engine.record_event(job, EventSummary("runner_on_failed", "container-host-1", "Probe something", "ignored", ""))
     assert engine.finish(plan, "w", converged(plan), 1.0)
     assert client.simulate_get(f"/api/deploy/apps/{first}/jobs/{job.id}", headers=auth()).json[
         "job"]["failed_task"] is None  # succeeded: an ignored error is no failure
@@ -136,7 +136,7 @@ def test_a_failure_the_playbook_reported_per_deployment_names_its_task(client, s
     second = create_deployment(client, subdomain="second")
     [job] = jobqueue.claim("w", 30)
     plan = engine.start_converge(job, "w", settings.secret_key)
-    engine.record_event([job], EventSummary("runner_on_failed", "container-host-1", FAILED_TASK, "ignored", ""))
+    engine.record_event(job, EventSummary("runner_on_failed", "container-host-1", FAILED_TASK, "ignored", ""))
     assert engine.finish(plan, "w", converged(plan, ok=False, kind="app", task=FAILED_TASK,
                                               message="image x could not be pulled"), 1.0)
     body = client.simulate_get(f"/api/deploy/apps/{second}/jobs/{job.id}", headers=auth()).json["job"]

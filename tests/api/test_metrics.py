@@ -12,12 +12,11 @@ import uuid
 
 import falcon.testing
 import pytest
-from buddo_deploy import tasks
+from buddo_deploy import jobqueue, tasks
 from buddo_deploy import worker as worker_module
 from buddo_deploy.app import create_app
 from buddo_deploy.models import Deployment, Job, utcnow
 from buddo_deploy.results import PlaybookResult
-from buddo_deploy.services import state
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import auth, converged, create_deployment, run_job
@@ -60,8 +59,8 @@ def test_requests_are_counted_by_route_template_and_status(client):
 
 def test_queue_and_deployments_come_from_the_database(client, settings):
     first = create_deployment(client, subdomain="first")
-    create_deployment(client, subdomain="second")
-    run_job(settings)  # `first` is running now; `second` still queued
+    run_job(settings)  # `first` is running now
+    create_deployment(client, subdomain="second")  # queued
     Job.update(created_at=utcnow() - dt.timedelta(seconds=120)).where(Job.state == "queued").execute()
     samples = scrape(client)
     assert value(samples, "buddo_jobs_queued", action="converge") == 1
@@ -146,7 +145,7 @@ def test_reconcile_drift_and_automatic_restarts_are_counted(client, settings, mo
                         lambda *a, **k: PlaybookResult(status="successful", rc=0, stats={"buddo_health": health}))
     prober = worker_module.HealthProber(dataclasses.replace(settings, health_failures=3))
     assert prober.probe_host(d.host) == {ident: "restarted"}
-    assert state.converge_job_for(Deployment.get_by_id(ident)) is not None
+    assert jobqueue.open_converge(Deployment.get_by_id(ident)) is not None
     after = scrape(client)
 
     def delta(name, **labels):

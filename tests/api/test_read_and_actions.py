@@ -5,7 +5,7 @@ import json
 import uuid
 
 import pytest
-from buddo_deploy.models import Job
+from buddo_deploy.models import Job, JobTarget
 from buddo_deploy.schemas import DeploymentEnvelope, DeploymentList, LogList, StatusOut
 
 from tests.helpers import auth, create_body
@@ -140,8 +140,9 @@ def test_restart_stop_destroy_and_audit_log(client):
     assert entries[0]["initiated_by"] == "operator-1" and entries[1]["initiated_by"] is None
     assert all(set(e) == {"id", "action", "status", "initiated_by", "inserted_at", "details", "job_id"}
                for e in entries)
-    # One converge job, coalesced: to generation 4 (create, restart, stop, destroy).
-    assert [(j.action, j.generation) for j in Job.select().order_by(Job.id)] == [("converge", 4)]
+    # One converge of the host, coalesced: the deployment to generation 4 (create, restart, stop, destroy).
+    assert [j.action for j in Job.select()] == ["converge"]
+    assert [(t.deployment_id, t.generation) for t in JobTarget.select()] == [(uuid.UUID(created["id"]), 4)]
 
 
 def test_a_request_id_is_echoed_only_when_it_is_sane_as_a_whole():

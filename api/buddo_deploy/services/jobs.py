@@ -84,12 +84,14 @@ def job_log(deployment: Deployment, raw_job_id: str, *, limit: int, cursor: str 
     )
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
     if target is not None:
-        return JobLog(job, rows[:limit], next_cursor, target.failed_task if target.last_error else None, target)
+        # Its own failure's task; for a failure of the run's (not the deployment's), the run's.
+        failed_task = (target.failed_task or _failed_task(job)) if target.last_error else None
+        return JobLog(job, rows[:limit], next_cursor, failed_task, target)
     return JobLog(job, rows[:limit], next_cursor, _failed_task(job))
 
 
 def _failed_task(job: Job) -> str | None:
-    """The task the latest attempt of a deployment's own job (an output read) failed at, if it failed."""
+    """The task the latest attempt failed at, if it failed (a failed event of the run's)."""
     if job.last_error is None:
         return None
     failed = list(
