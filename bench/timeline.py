@@ -21,9 +21,9 @@ def job_timeline(stack: Any, ident: str) -> list[str]:
     """Lines: claim latency, runner start-up, each task, and the finish, for the deployment's last job."""
     path = stack.env["BUDDO_DATABASE_URL"].removeprefix("sqlite:///")
     with sqlite3.connect(path) as db:
-        job = db.execute("SELECT id, created_at, started_at, finished_at, attempts FROM jobs "
-                         "WHERE deployment_id IN (?, ?) ORDER BY id DESC LIMIT 1",
-                         (ident, ident.replace("-", ""))).fetchone()
+        job = db.execute("SELECT j.id, j.created_at, j.started_at, j.finished_at, j.attempts FROM jobs j "
+                         "JOIN job_targets t ON t.job_id = j.id WHERE t.deployment_id IN (?, ?) "
+                         "ORDER BY j.id DESC LIMIT 1", (ident, ident.replace("-", ""))).fetchone()
         if job is None:
             return ["no job recorded"]
         job_id, created, started, finished, attempts = job
@@ -45,14 +45,13 @@ def job_timeline(stack: Any, ident: str) -> list[str]:
 
 
 def playbook_runs(stack: Any, idents: list[str]) -> int:
-    """How many playbook runs brought these deployments up: jobs claimed together (one batch,
-    one run) share their claim time."""
+    """How many playbook runs brought these deployments up: the host converges that had them as targets."""
     path = stack.env["BUDDO_DATABASE_URL"].removeprefix("sqlite:///")
-    claims = set()
+    runs = set()
     with sqlite3.connect(path) as db:
         for ident in idents:
-            row = db.execute("SELECT started_at FROM jobs WHERE deployment_id IN (?, ?) AND action = 'converge' "
-                             "ORDER BY id LIMIT 1", (ident, ident.replace("-", ""))).fetchone()
+            row = db.execute("SELECT job_id FROM job_targets WHERE deployment_id IN (?, ?) AND state = 'succeeded' "
+                             "ORDER BY job_id LIMIT 1", (ident, ident.replace("-", ""))).fetchone()
             if row:
-                claims.add(row[0])
-    return len(claims)
+                runs.add(row[0])
+    return len(runs)
