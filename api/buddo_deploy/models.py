@@ -260,8 +260,6 @@ class JobEvent(BaseModel):
     task = peewee.CharField(null=True)
     status = peewee.CharField(null=True)
     message = peewee.TextField(null=True)
-    # The deployment of a shared run this event belongs to; None: the run's own.
-    deployment_id = peewee.CharField(null=True)
 
     class Meta:
         table_name = "job_events"

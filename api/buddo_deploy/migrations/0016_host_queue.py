@@ -3,9 +3,8 @@
 ``job_targets``: one row per deployment a host's converge covers, with the generation it
 converges that deployment to and that deployment's own outcome (state, last_error,
 failed_task): the deployment's view of the shared run. Existing converge jobs (one
-deployment each) become host runs of one target. ``job_events.deployment_id``: an event
-that belongs to one deployment of a shared run (NULL: the run's own, shown to every
-target). Converges and reconciles of a host share the lock key ``<host>/``.
+deployment each) become host runs of one target. Converges and reconciles of a host
+share the lock key ``<host>/``.
 """
 
 from __future__ import annotations
@@ -27,5 +26,4 @@ def statements(dialect: str) -> list[str]:
         " SELECT id, deployment_id, generation, state, last_error FROM jobs"
         " WHERE action = 'converge' AND deployment_id IS NOT NULL",
         "UPDATE jobs SET deployment_id = NULL, lock_key = host || '/' WHERE action = 'converge'",
-        "ALTER TABLE job_events ADD COLUMN deployment_id VARCHAR(36)",
     ]

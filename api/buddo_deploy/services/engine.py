@@ -283,13 +283,12 @@ def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s:
     return report
 
 
-def record_event(job: Job, summary: EventSummary, deployment_id: str | None = None) -> None:
-    """Record one event of a run in its job's log (``deployment_id``: one target's own event)."""
+def record_event(job: Job, summary: EventSummary) -> None:
+    """Record one event of a run in its job's log (every target's view shows it)."""
     task = (summary.task or None) and summary.task[:500]
     with write_transaction(database_proxy.obj):
         JobEvent.create(job=job.id, attempt=job.attempts, created_at=utcnow(), event=summary.event,
-                        host=summary.host, task=task, status=summary.status, message=summary.message,
-                        deployment_id=deployment_id)
+                        host=summary.host, task=task, status=summary.status, message=summary.message)
 
 
 # --- health ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 A host's converge is shared by the deployments it converges (its targets): a deployment's
 view of it is its own target (state, generation, error, failed task) with the run's
 events, a shared run's failure texts withheld already when they were recorded
-(engine.shared_event), and the events recorded as another deployment's left out.
+(engine.shared_event): each deployment's own failure is its target's.
 Events are the summaries the worker recorded (task, host, status, and for a failed
 task its message); the raw ansible-runner events, which may hold module arguments,
 are never stored (runner.py), so nothing here can show a secret.
@@ -75,10 +75,9 @@ def job_log(deployment: Deployment, raw_job_id: str, *, limit: int, cursor: str 
                            code="job_not_found",
                            details={"job_id": int(raw_job_id), "pruned": True, "retention_days": retention_days})
         raise NotFound("Job not found for this deployment", code="job_not_found")
-    mine = JobEvent.deployment_id.is_null() | (JobEvent.deployment_id == str(deployment.id))
     rows = list(
         JobEvent.select()
-        .where((JobEvent.job == job.id) & mine & (JobEvent.id > _cursor(cursor)))
+        .where((JobEvent.job == job.id) & (JobEvent.id > _cursor(cursor)))
         .order_by(JobEvent.id)
         .limit(limit + 1)
     )
