@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))
 
 from ansible_collections.buddo.deploy.plugins.filter import converge_plan as plan_filters  # noqa: E402
+from ansible_collections.buddo.deploy.plugins.module_utils import container as container_spec  # noqa: E402
 from ansible_collections.buddo.deploy.plugins.modules import host_state  # noqa: E402
 
 BASE = "apps.example.com"
@@ -612,7 +613,7 @@ def test_sites_feed_the_plan(tmp_path: Path) -> None:
     assert empty(plan_of([desired], obs, live({HOST: 20000, "shop.example.org": 20000})))
 
 
-# --- host_state.settings ----------------------------------------------------------------------------------
+# --- module_utils.container.observed ----------------------------------------------------------------------------------
 
 # Shapes of `podman inspect` (Podman 4.3): an isolated app container, and one from before isolation.
 INSPECT_ISOLATED = {"Id": "c1", "NetworkSettings": {"Networks": {"buddo-d1": {"IPAddress": "10.89.3.2"}}},
@@ -626,14 +627,14 @@ INSPECT_SHARED = {"Id": "c2", "NetworkSettings": {"Networks": {"podman": {"IPAdd
 
 
 def test_settings_of_an_isolated_container_match_its_item() -> None:
-    found = host_state.settings(INSPECT_ISOLATED)
+    found = container_spec.observed(INSPECT_ISOLATED)
     assert found == {"memory_mb": 256, "cpu_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
                      "networks": ["buddo-d1"], "no_new_privileges": True}
     assert empty(plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000})))
 
 
 def test_settings_of_a_container_from_before_isolation_are_drift() -> None:
-    found = host_state.settings(INSPECT_SHARED)
+    found = container_spec.observed(INSPECT_SHARED)
     assert found == {"memory_mb": 256, "cpu_millicores": 500, **BEFORE_ISOLATION}
     plan = plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000}))
     assert plan["drift"]["d1"][0].startswith("settings differ") and plan["start"][0]["recreate"] is True
@@ -642,7 +643,7 @@ def test_settings_of_a_container_from_before_isolation_are_drift() -> None:
 @pytest.mark.parametrize(("size", "mb"), [("10MB", 10), ("1.5GB", 1500), ("500kB", 0), ("0B", 0), ("", 0),
                                           ("junk", 0)])
 def test_log_size_as_podman_shows_it(size: str, mb: int) -> None:
-    assert host_state.log_size_mb(size) == mb
+    assert container_spec.log_size_mb(size) == mb
 
 
 # --- host_state.probe -------------------------------------------------------------------------------------

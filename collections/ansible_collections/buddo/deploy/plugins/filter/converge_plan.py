@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.buddo.deploy.plugins.module_utils.container import drift as container_drift
 from ansible_collections.buddo.deploy.plugins.module_utils.desired import bad_names
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import deployment_network
 
@@ -80,22 +81,6 @@ def _routes_of(live_config: str) -> dict[str, set[str]] | None:
         return None
 
 
-def _settings_drift(container: dict[str, Any], item: dict[str, Any]) -> list[str]:
-    """How a container's isolation and per-tier caps differ from the item's (unknown ones are not compared)."""
-    found: list[str] = []
-    pids, log = container.get("pids_limit"), container.get("log_max_size_mb")
-    if pids is not None and pids != item["pids_limit"]:
-        found.append(f"pids limit {pids}, want {item['pids_limit']}")
-    if log is not None and log != item["log_max_size_mb"]:
-        found.append(f"log cap {log} MB, want {item['log_max_size_mb']} MB")
-    network = deployment_network(str(item["id"]))
-    if container.get("networks") is not None and container["networks"] != [network]:
-        found.append(f"network {','.join(container['networks']) or 'none'}, want {network}")
-    if container.get("no_new_privileges") is False:
-        found.append("no-new-privileges unset")
-    return found
-
-
 def converge_plan(
     desired: list[dict[str, Any]],
     observed: dict[str, Any],
@@ -136,21 +121,16 @@ def converge_plan(
                     drift.append("container not running")
                 else:
                     drift.append("container runs an older spec")
-            else:
-                current = serving[0]
-                memory, cpu = current.get("memory_mb"), current.get("cpu_millicores")
-                if memory is not None and (memory != item["memory_limit_mb"] or cpu != item["cpu_limit_millicores"]):
-                    drift.append(f"limits differ ({memory} MB/{cpu} m, want {item['memory_limit_mb']} MB/"
-                                 f"{item['cpu_limit_millicores']} m)")
-                    recreate = True
-                if len(mine) > 1:
-                    drift.append("old containers left over")
-            # A container made before its tier's caps changed, or before tenants had networks of
-            # their own, is replaced (beside the serving one), never started again as it was.
-            settings = _settings_drift((serving or same)[0], item) if serving or same else []
-            if settings:
-                drift.append(f"settings differ ({'; '.join(settings)})")
-                recreate = True
+            elif len(mine) > 1:
+                drift.append("old containers left over")
+            # A container whose limits differ, or made before its tier's caps changed or before
+            # tenants had networks of their own, is replaced (beside the serving one), never
+            # started again as it was.
+            if serving or same:
+                differs = container_drift((serving or same)[0], item, deployment_network(str(item["id"])),
+                                          limits=bool(serving))
+                drift += differs
+                recreate = bool(differs)
             hosts = _site_hosts(item, base_domain)
             if site is None:
                 drift.append("site missing")

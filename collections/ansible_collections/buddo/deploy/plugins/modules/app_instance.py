@@ -167,6 +167,7 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.errors import UnsupportedError
+from ansible_collections.buddo.deploy.plugins.module_utils.container import run_arguments
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import (
     deployment_network,
@@ -180,22 +181,6 @@ LOCK_DIR = "/run/lock/buddo"
 
 # The most lines kept of a container that never answered (the API's tail bound).
 KEPT_OUTPUT_LINES = 5000
-# Host ids per container (--userns=auto): each container's range is its own, taken from the
-# subordinate ids of the host's `containers` user (role container_host).
-USERNS_SIZE = 65536
-# Capabilities an app keeps: what an ordinary image's entrypoint uses to set itself up and
-# drop privileges (chown its files, switch user, signal its workers, bind a port below 1024).
-KEPT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL", "NET_BIND_SERVICE")
-HARDENING = (
-    "--security-opt", "no-new-privileges",
-    "--cap-drop", "all", *(arg for cap in KEPT_CAPABILITIES for arg in ("--cap-add", cap)),
-    # IPC namespace of its own, and a /dev/shm that runc mounts inside the container: with a
-    # user namespace, podman's shared shm mount made `podman rm` fail now and then (EBUSY).
-    "--ipc", "none", "--tmpfs", "/dev/shm:rw,nosuid,nodev,noexec,size=64m",  # noqa: S108 (a mount, not a temp file)
-    # An image's VOLUMEs are plain directories of the writable layer: under the disk quota,
-    # and gone with the container.
-    "--image-volume", "ignore",
-)
 # A registry's answer that no other reference of the image would change.
 DENIED = re.compile(r"\b(unauthorized|denied|authentication required|forbidden|401|403)\b", re.IGNORECASE)
 
@@ -414,20 +399,11 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
         actions.append(f"created network {deployment_network(p['deployment_id'])}")
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
-    args = ["create", "--pull", "never", "--name", name, "--memory", f"{p['memory_mb']}m",
-            "--cpus", f"{p['cpu_millicores'] / 1000:g}", "--restart", p["restart_policy"],
-            "--stop-timeout", str(p["stop_timeout"]), "--pids-limit", str(p["pids_limit"]),
-            # k8s-file whatever the host's default: conmon truncates it at max-size (journald would not).
-            "--log-driver", "k8s-file", "--log-opt", f"max-size={p['log_max_size_mb']}m",
-            *HARDENING,
-            "--network", deployment_network(p["deployment_id"]),
-            "--publish", f"{p['host_address']}:{port}:{p['port']}"]
-    if p["userns"]:
-        args += ["--userns", f"auto:size={USERNS_SIZE}"]
-    if p["init"]:
-        args.append("--init")
-    for key, value in sorted(labels.items()):
-        args += ["--label", f"{key}={value}"]
+    args = ["create", "--pull", "never", *run_arguments(
+        name=name, memory_mb=p["memory_mb"], cpu_millicores=p["cpu_millicores"], pids_limit=p["pids_limit"],
+        log_max_size_mb=p["log_max_size_mb"], restart_policy=p["restart_policy"], stop_timeout=p["stop_timeout"],
+        network=deployment_network(p["deployment_id"]), publish=f"{p['host_address']}:{port}:{p['port']}",
+        userns=p["userns"], init=p["init"], labels=labels)]
     lines, secrets = env_arguments(d)
     args += secrets
     if lines:

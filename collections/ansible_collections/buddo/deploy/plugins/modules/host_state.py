@@ -62,6 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.buddo.deploy.plugins.module_utils.container import observed
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_networks, parse_ps
 
@@ -70,8 +71,6 @@ _INSTANCE = re.compile(r"^# instance (\S+)\s*$", re.MULTILINE)
 _UPSTREAM = re.compile(r"reverse_proxy\s+\S*:(\d+)")
 _SITE_HOSTS = re.compile(r"^([^\s#{}][^{}]*?)\s*\{\s*$", re.MULTILINE)
 # `podman inspect` shows the log cap as go-units' HumanSize: decimal units, e.g. "10MB", "0B".
-_SIZE = re.compile(r"^([0-9.]+)\s*([kMGT]?)B$")
-_DECIMAL = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
 def probe(url: str, timeout: float) -> dict[str, Any]:
@@ -98,26 +97,8 @@ def containers(module: AnsibleModule, podman: str, instance: str, host: str) -> 
         for info in json.loads(out or "[]") if rc == 0 else []:
             entry = found.get(info.get("Id", ""))
             if entry is not None:
-                entry |= settings(info)
+                entry |= observed(info)
     return list(found.values())
-
-
-def log_size_mb(size: str) -> int:
-    match = _SIZE.match(size.strip())
-    return round(float(match.group(1)) * _DECIMAL[match.group(2)] / 10**6) if match else 0
-
-
-def settings(info: dict[str, Any]) -> dict[str, Any]:
-    """The limits and isolation of one container, from its `podman inspect`."""
-    host = info.get("HostConfig") or {}
-    return {
-        "memory_mb": int(host.get("Memory") or 0) // (1024 * 1024),
-        "cpu_millicores": int(host.get("NanoCpus") or 0) // 1_000_000,
-        "pids_limit": int(host.get("PidsLimit") or 0),
-        "log_max_size_mb": log_size_mb(str((host.get("LogConfig") or {}).get("Size") or "")),
-        "networks": sorted((info.get("NetworkSettings") or {}).get("Networks") or {}),
-        "no_new_privileges": "no-new-privileges" in (host.get("SecurityOpt") or []),
-    }
 
 
 def networks(module: AnsibleModule, podman: str, instance: str, host: str) -> list[dict[str, Any]]:
