@@ -35,8 +35,8 @@ def item(**over: Any) -> dict[str, Any]:
 def container(**over: Any) -> dict[str, Any]:
     """One container as host_state reports it (on its deployment's own network, with the item's caps)."""
     return {"id": "c1", "name": "buddo-d1", "deployment_id": "d1", "spec": "spec-2", "state": "running",
-            "exit_code": 0, "host_port": 20000, "image": "registry.example.com/demo/shop:v2", "memory_mb": 256,
-            "cpu_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
+            "exit_code": 0, "host_port": 20000, "image": "registry.example.com/demo/shop:v2", "memory_limit_mb": 256,
+            "cpu_limit_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
             "networks": [f"buddo-{over.get('deployment_id', 'd1')}"], "no_new_privileges": True,
             **over}
 
@@ -113,21 +113,21 @@ def test_the_container_drifts(containers: list[dict[str, Any]], reason: str) -> 
 
 
 def test_limits_differ_recreates_the_container() -> None:
-    obs = observed([container(memory_mb=128, cpu_millicores=250)], [site()])
+    obs = observed([container(memory_limit_mb=128, cpu_limit_millicores=250)], [site()])
     plan = plan_of([item()], obs, live({HOST: 20000}))
     assert plan["drift"] == {"d1": ["limits differ (128 MB/250 m, want 256 MB/500 m)"]}
     assert [s["recreate"] for s in plan["start"]] == [True]
 
 
 def test_only_the_cpu_limit_differs() -> None:
-    plan = plan_of([item()], observed([container(cpu_millicores=1000)], [site()]), live({HOST: 20000}))
+    plan = plan_of([item()], observed([container(cpu_limit_millicores=1000)], [site()]), live({HOST: 20000}))
     assert plan["start"][0]["recreate"] is True
     assert plan["drift"]["d1"][0].startswith("limits differ")
 
 
 def test_unknown_limits_are_no_drift() -> None:
-    # podman inspect failed: host_state leaves memory_mb None.
-    obs = observed([container(memory_mb=None, cpu_millicores=None)], [site()])
+    # podman inspect failed: host_state leaves memory_limit_mb None.
+    obs = observed([container(memory_limit_mb=None, cpu_limit_millicores=None)], [site()])
     assert empty(plan_of([item()], obs, live({HOST: 20000})))
 
 
@@ -628,14 +628,14 @@ INSPECT_SHARED = {"Id": "c2", "NetworkSettings": {"Networks": {"podman": {"IPAdd
 
 def test_settings_of_an_isolated_container_match_its_item() -> None:
     found = container_spec.observed(INSPECT_ISOLATED)
-    assert found == {"memory_mb": 256, "cpu_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
+    assert found == {"memory_limit_mb": 256, "cpu_limit_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
                      "networks": ["buddo-d1"], "no_new_privileges": True}
     assert empty(plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000})))
 
 
 def test_settings_of_a_container_from_before_isolation_are_drift() -> None:
     found = container_spec.observed(INSPECT_SHARED)
-    assert found == {"memory_mb": 256, "cpu_millicores": 500, **BEFORE_ISOLATION}
+    assert found == {"memory_limit_mb": 256, "cpu_limit_millicores": 500, **BEFORE_ISOLATION}
     plan = plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000}))
     assert plan["drift"]["d1"][0].startswith("settings differ") and plan["start"][0]["recreate"] is True
 

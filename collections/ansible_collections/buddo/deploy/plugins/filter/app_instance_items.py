@@ -32,7 +32,7 @@ def app_instance_items(items: list[dict[str, Any]], state: str, host: str = "") 
         if state == "started":
             entry |= {
                 "image": item["image"], "spec": item["spec"], "port": item["port"], "host_ports": item["host_ports"],
-                "memory_mb": item["memory_limit_mb"], "cpu_millicores": item["cpu_limit_millicores"],
+                "memory_limit_mb": item["memory_limit_mb"], "cpu_limit_millicores": item["cpu_limit_millicores"],
                 "pids_limit": item["pids_limit"], "log_max_size_mb": item["log_max_size_mb"],
                 "disk_limit_mb": item["disk_limit_mb"],
                 # buddo.host: host_state of this inventory host observes (and prunes) only its own.

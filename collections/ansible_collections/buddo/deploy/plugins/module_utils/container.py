@@ -33,11 +33,11 @@ _SIZE = re.compile(r"^([0-9.]+)\s*([kMGT]?)B$")
 _DECIMAL = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
-def run_arguments(*, name: str, memory_mb: int, cpu_millicores: int, pids_limit: int, log_max_size_mb: int,
+def run_arguments(*, name: str, memory_limit_mb: int, cpu_limit_millicores: int, pids_limit: int, log_max_size_mb: int,
                   restart_policy: str, stop_timeout: int, network: str, publish: str, userns: bool, init: bool,
                   labels: dict[str, str]) -> list[str]:
     """``podman create`` options of a deployment's container (the image and env are the caller's)."""
-    args = ["--name", name, "--memory", f"{memory_mb}m", "--cpus", f"{cpu_millicores / 1000:g}",
+    args = ["--name", name, "--memory", f"{memory_limit_mb}m", "--cpus", f"{cpu_limit_millicores / 1000:g}",
             "--restart", restart_policy, "--stop-timeout", str(stop_timeout), "--pids-limit", str(pids_limit),
             # k8s-file whatever the host's default: conmon truncates it at max-size (journald would not).
             "--log-driver", "k8s-file", "--log-opt", f"max-size={log_max_size_mb}m",
@@ -60,8 +60,8 @@ def observed(info: dict[str, Any]) -> dict[str, Any]:
     """The limits and isolation of one container, from its ``podman inspect``."""
     host = info.get("HostConfig") or {}
     return {
-        "memory_mb": int(host.get("Memory") or 0) // (1024 * 1024),
-        "cpu_millicores": int(host.get("NanoCpus") or 0) // 1_000_000,
+        "memory_limit_mb": int(host.get("Memory") or 0) // (1024 * 1024),
+        "cpu_limit_millicores": int(host.get("NanoCpus") or 0) // 1_000_000,
         "pids_limit": int(host.get("PidsLimit") or 0),
         "log_max_size_mb": log_size_mb(str((host.get("LogConfig") or {}).get("Size") or "")),
         "networks": sorted((info.get("NetworkSettings") or {}).get("Networks") or {}),
@@ -75,7 +75,7 @@ def drift(container: dict[str, Any], item: dict[str, Any], network: str, *, limi
     ``limits``: compare memory and CPU too (the serving container's; a stopped one is
     started again as it is unless its isolation or per-tier caps changed)."""
     found: list[str] = []
-    memory, cpu = container.get("memory_mb"), container.get("cpu_millicores")
+    memory, cpu = container.get("memory_limit_mb"), container.get("cpu_limit_millicores")
     if limits and memory is not None and (memory != item["memory_limit_mb"] or cpu != item["cpu_limit_millicores"]):
         found.append(f"limits differ ({memory} MB/{cpu} m, want {item['memory_limit_mb']} MB/"
                      f"{item['cpu_limit_millicores']} m)")

@@ -63,8 +63,8 @@ options:
       host_ports: {description: "The deployment's two host ports (required by O(state=started)).", type: list,
           elements: int, default: []}
       serving_port: {description: Host port Caddy routes to now (its container is never touched by started)., type: int}
-      memory_mb: {description: Memory limit in MB., type: int, default: 256}
-      cpu_millicores: {description: CPU limit in millicores., type: int, default: 250}
+      memory_limit_mb: {description: Memory limit in MB., type: int, default: 256}
+      cpu_limit_millicores: {description: CPU limit in millicores., type: int, default: 250}
       pids_limit: {description: Most processes (and threads) the container may run., type: int, default: 256}
       log_max_size_mb: {description: Size in MB at which the container's log file is truncated., type: int, default: 10}
       labels: {description: Extra labels., type: dict, default: {}}
@@ -193,8 +193,8 @@ DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
     "port": {"type": "int", "default": 3000},
     "host_ports": {"type": "list", "elements": "int", "default": []},
     "serving_port": {"type": "int"},
-    "memory_mb": {"type": "int", "default": 256},
-    "cpu_millicores": {"type": "int", "default": 250},
+    "memory_limit_mb": {"type": "int", "default": 256},
+    "cpu_limit_millicores": {"type": "int", "default": 250},
     "pids_limit": {"type": "int", "default": 256},
     "log_max_size_mb": {"type": "int", "default": 10},
     "labels": {"type": "dict", "default": {}},
@@ -400,10 +400,10 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
     args = ["create", "--pull", "never", *run_arguments(
-        name=name, memory_mb=p["memory_mb"], cpu_millicores=p["cpu_millicores"], pids_limit=p["pids_limit"],
-        log_max_size_mb=p["log_max_size_mb"], restart_policy=p["restart_policy"], stop_timeout=p["stop_timeout"],
-        network=deployment_network(p["deployment_id"]), publish=f"{p['host_address']}:{port}:{p['port']}",
-        userns=p["userns"], init=p["init"], labels=labels)]
+        name=name, memory_limit_mb=p["memory_limit_mb"], cpu_limit_millicores=p["cpu_limit_millicores"],
+        pids_limit=p["pids_limit"], log_max_size_mb=p["log_max_size_mb"], restart_policy=p["restart_policy"],
+        stop_timeout=p["stop_timeout"], network=deployment_network(p["deployment_id"]),
+        publish=f"{p['host_address']}:{port}:{p['port']}", userns=p["userns"], init=p["init"], labels=labels)]
     lines, secrets = env_arguments(d)
     args += secrets
     if lines:

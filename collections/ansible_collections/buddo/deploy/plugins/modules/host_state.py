@@ -39,7 +39,7 @@ options:
 RETURN = r"""
 containers:
   description: >-
-    Managed containers (id, name, deployment_id, spec, state, host_port, memory_mb, cpu_millicores,
+    Managed containers (id, name, deployment_id, spec, state, host_port, memory_limit_mb, cpu_limit_millicores,
     pids_limit, log_max_size_mb, networks, no_new_privileges).
   type: list
   returned: always
@@ -89,7 +89,7 @@ def containers(module: AnsibleModule, podman: str, instance: str, host: str) -> 
                                        f"label=buddo.instance={instance}"])
     if rc != 0:
         module.fail_json(msg=f"podman ps failed: {err.strip()}")
-    unknown = dict.fromkeys(("memory_mb", "cpu_millicores", "pids_limit", "log_max_size_mb", "networks",
+    unknown = dict.fromkeys(("memory_limit_mb", "cpu_limit_millicores", "pids_limit", "log_max_size_mb", "networks",
                              "no_new_privileges"))
     found = {c["id"]: {**c, **unknown} for c in of_host(parse_ps(out), host)}
     if found:
