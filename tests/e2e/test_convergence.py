@@ -145,14 +145,16 @@ def test_a_destroy_that_failed_is_retried_until_gone_and_holds_its_resources(sta
                                        and e["details"].get("last_error"))
         assert failing["status"] == "running" and failing["details"]["retrying_in_s"] > 0
         assert len(stack.containers("e2e-retry")) == 1
-        # The subdomain is free at once, but the new deployment waits for the teardown.
+        # The subdomain is free at once; the new deployment joins the host's queued converge, which
+        # tears the old one down before it starts anything.
         successor = stack.create(subdomain="e2e-retry", image=image)["id"]
         report = stack.cli("reconcile", "--json")
         assert report.returncode == 1
         unchecked = json.loads(report.stdout)["hosts"][0]["unchecked"]
         assert ident in unchecked and successor in unchecked
         time.sleep(2)
-        assert stack.call("GET", f"/api/deploy/apps/{successor}/status").json()["status"] == "pending"
+        assert stack.call("GET", f"/api/deploy/apps/{successor}/status").json()["status"] in {"pending", "deploying"}
+        assert [c["Labels"]["buddo.deployment_id"] for c in stack.containers("e2e-retry")] == [ident]
     stack.wait_for_audit(ident, "destroy", timeout=120)
     assert stack.wait_for(successor, {"running", "failed"}, timeout=120)["status"] == "running"
     [container] = stack.containers("e2e-retry")

@@ -209,6 +209,23 @@ def test_one_module_run_converges_many_and_a_bad_one_fails_alone(engine: Engine)
         assert not site_file(engine, item).exists()
 
 
+def test_a_new_deployment_takes_over_the_site_of_one_destroyed_in_the_same_run(engine: Engine) -> None:
+    """A host run holds both: the destroy of the old one and the create of its successor on the same
+    subdomain (one site file). The file is the successor's afterwards, and Caddy serves it."""
+    image = f"{engine.registry}/demo/hello:v1"
+    old = engine.deployment("takeover", image)
+    assert engine.converged([old]).outcome(old)["ok"]
+    new = engine.deployment("takeover", image, container_name=f"{old['container_name']}-2")
+    try:
+        done = engine.converged([absent(old), new])
+        assert done.outcome(old)["ok"] and done.outcome(new)["ok"], done.outcomes
+        assert containers_of(old) == [] and len(containers_of(new)) == 1
+        assert new["id"] in site_file(engine, new).read_text()
+        assert engine.https_get(host_of(new))[0] == 200
+    finally:
+        engine.converged([absent(new)])
+
+
 def test_a_malformed_document_fails_before_anything_changes(engine: Engine) -> None:
     done = engine.converge([{"id": "x", "host": "container-host-1", "subdomain": "Bad_Name", "state": "running"}])
     assert not done.result.ok and done.changed == 0

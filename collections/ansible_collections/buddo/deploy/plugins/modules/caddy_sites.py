@@ -181,7 +181,10 @@ def main() -> None:
     for entry in results:  # an unchanged file may still need its mode fixed (check mode only reports it)
         if os.path.exists(entry["path"]) and not entry["failed"]:
             entry["changed"] = module.set_mode_if_different(entry["path"], p["mode"], entry["changed"])
-    removed = [path for path in p["remove"] if os.path.lexists(path)]
+    # A new deployment may take over the file of one destroyed in the same run: a file just
+    # written is its new owner's (when its site was rejected, the old one goes all the same).
+    written = {os.path.realpath(entry["path"]) for entry in results if not entry["failed"]}
+    removed = [path for path in p["remove"] if os.path.lexists(path) and os.path.realpath(path) not in written]
     if not module.check_mode:
         for path in removed:
             os.unlink(path)
