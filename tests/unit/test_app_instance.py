@@ -302,3 +302,20 @@ def test_a_cached_image_is_pulled_again_by_a_digest_the_registry_knows(
     assert not result["deployments"][0]["failed"], result
     assert [c["args"][-1] for c in podman.calls() if c["args"][0] == "pull"] == [local, pushed]
     assert ["image", "rm", pushed] in [c["args"] for c in podman.calls()]  # no name of the pull stays
+
+
+def test_deployments_of_one_cached_image_untag_its_digest_once_after_every_create(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    """Each pull asks the registry (its operator's login); the digest name the pulls add goes once,
+    after the containers were made: an untag racing another deployment's pull would remove the image."""
+    image = "registry.test/app:v1"
+    pushed = "registry.test/app@sha256:95017a675552a5"
+    podman.set_state(images=[image], repo_digests={image: [pushed]})
+    items = [deployment(f"d{i}", port, image=image) for i, port in enumerate(app_ports[:3])]
+    result, _ = run(podman, capsys, deployments=items)
+    assert not any(entry["failed"] for entry in result["deployments"]), result
+    calls = [c["args"] for c in podman.calls()]
+    assert [args[-1] for args in calls if args[0] == "pull"] == [pushed] * 3
+    removals = [i for i, args in enumerate(calls) if args[:2] == ["image", "rm"]]
+    assert [calls[i] for i in removals] == [["image", "rm", pushed]]
+    assert removals[0] > max(i for i, args in enumerate(calls) if args[0] == "create")

@@ -150,7 +150,6 @@ deployments:
     actions: {description: What was done., type: list}
 """
 
-import fcntl
 import hashlib
 import json
 import os
@@ -176,8 +175,6 @@ from ansible_collections.buddo.deploy.plugins.module_utils.podman import (
     saved_output_path,
 )
 from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
-
-LOCK_DIR = "/run/lock/buddo"
 
 # The most lines kept of a container that never answered (the API's tail bound).
 KEPT_OUTPUT_LINES = 5000
@@ -272,6 +269,18 @@ class Deployment:
     check_mode: bool
     actions: list[str] = field(default_factory=list)
     prune: bool = False  # retired: it left images for the prune after every deployment
+    untag: list[str] = field(default_factory=list)  # digest names its pulls added (untag_digests)
+
+
+def untag_digests(podman: Podman, work: list[Deployment]) -> None:
+    """Drop the digest names the run's pulls added, each once, after every container was made.
+
+    ``image rm`` of a digest name untags it while the image has another name; of a digest the
+    image no longer carries as a name, it removes the image itself. Two deployments of one
+    image untagging at once (each after its own pull) would do that to each other; once for
+    the run, with the run's containers made, it only untags (an image in use is never removed)."""
+    for ref in sorted({ref for d in work for ref in d.untag}):
+        podman.run("image", "rm", ref, check=False)
 
 
 def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout: float) -> None:
@@ -322,36 +331,17 @@ def authfile(auths: dict[str, Any] | None) -> Iterator[int]:
         os.close(fd)
 
 
-@contextmanager
-def image_lock(repository: str) -> Iterator[None]:
-    """One pull of a repository at a time on this host, across threads and module runs.
-
-    A digest pull names the image by that digest until it is untagged; ``image rm`` of a
-    digest the image no longer carries as a name removes the image itself. Two deployments of
-    one image pulling and untagging at once would do exactly that to each other."""
-    os.makedirs(LOCK_DIR, exist_ok=True)
-    path = os.path.join(LOCK_DIR, f"pull-{hashlib.sha256(repository.encode()).hexdigest()[:16]}.lock")
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -> bool:
+def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None, untag: list[str]) -> bool:
     """Every start of a registry's image asks that registry, with the operator's own login.
 
     A cached image is never a way around it: ``missing`` (keep the version that is here)
     pulls the cached image by its digest, which the registry answers like any pull; a tag
-    moved since is not taken. ``always`` pulls the reference as it is now."""
+    moved since is not taken. ``always`` pulls the reference as it is now.
+
+    A digest pull names the image by that digest too: the name goes in ``untag``, removed
+    once for the whole run after every container was made (:func:`untag_digests`)."""
     if not registry_of(image):
         return False  # a local image (the smoke test's): no registry to ask
-    with image_lock(repository_of(image)):
-        return pull_locked(podman, image, policy, auth)
-
-
-def pull_locked(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None) -> bool:
     cached = podman.run("image", "exists", image, check=False)[0] == 0
     refs = [image]
     if policy == "missing" and cached:
@@ -367,8 +357,8 @@ def pull_locked(podman: Podman, image: str, policy: str, auth: dict[str, Any] | 
             rc, _, err = podman.run("pull", "--quiet", "--authfile", f"/proc/self/fd/{fd}", ref, check=False,
                                     pass_fds=(fd,))
             if rc == 0:
-                if ref != image:  # the pull named the image by this digest too: only the tag names it
-                    podman.run("image", "rm", ref, check=False)
+                if ref != image:  # the pull named the image by this digest too: only the tag is to name it
+                    untag.append(ref)
                 return ref == image or not cached
             reasons = [line.removeprefix("Error: ") for line in err.splitlines() if line.startswith("Error")]
             errors.append(" ".join(reasons) or err.strip() or "unknown error")
@@ -393,7 +383,7 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
     if stale:
         podman.run("rm", "--force", "--volumes", "--time", str(p["stop_timeout"]), *stale)
         actions.append(f"removed {len(stale)} container(s) in the way of the new one")
-    if pull(podman, p["image"], p["pull"], p["registry_auth"]):
+    if pull(podman, p["image"], p["pull"], p["registry_auth"], d.untag):
         actions.append(f"pulled {p['image']}")
     if podman.ensure_network(p["deployment_id"], p["instance"], p["labels"].get("buddo.host", "")):
         actions.append(f"created network {deployment_network(p['deployment_id'])}")
@@ -730,6 +720,7 @@ def main() -> None:
     use_every_cpu()
     with ThreadPoolExecutor(max_workers=max(1, min(params["parallel"], len(work)))) as pool:
         entries = list(pool.map(lambda d: converge(state, d), work))
+    untag_digests(Podman(binary, []), work)
     if state == "retired" and params["prune_images"] and any(d.prune for d in work):
         # Once for every deployment: each prune walks all of the host's images.
         Podman(binary, []).run("image", "prune", "--force", check=False)
