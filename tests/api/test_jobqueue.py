@@ -56,6 +56,22 @@ def test_changes_while_the_host_converges_queue_one_more_run(client, deployments
     assert jobqueue.claim("w2", lease_s=30)[0].id == queued.id
 
 
+def test_a_converge_of_other_deployments_runs_beside_the_running_one(client, deployments):
+    [first] = jobqueue.claim("w1", lease_s=30)  # 'one' and 'two'
+    three = create_deployment(client, subdomain="three")
+    [second] = jobqueue.claim("w2", lease_s=30)  # 'three' only: nothing in common with the first
+    assert second.id != first.id and list(targets(second)) == [three]
+    client.simulate_post(f"/api/deploy/apps/{three}/restart", headers=auth())
+    client.simulate_post(f"/api/deploy/apps/{deployments[0]}/restart", headers=auth())
+    assert jobqueue.claim("w3", lease_s=30) == []  # shares 'three' and 'one' with the running ones
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(second, "w2", succeeded=True)
+    assert jobqueue.claim("w3", lease_s=30) == []  # still 'one'
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(first, "w1", succeeded=True)
+    assert list(targets(jobqueue.claim("w3", lease_s=30)[0])) == [deployments[0], three]
+
+
 def test_concurrent_changes_on_one_host_queue_one_converge(client, settings):
     ids = [create_deployment(client, f"op{i}", subdomain=f"c{i}", tier="btc-pro") for i in range(6)]
     [running] = jobqueue.claim("w", lease_s=30)  # the creates' converge runs: the changes queue a new one
