@@ -11,9 +11,10 @@ periodic run, or ``buddo-deploy reconcile``, which reserves its job for itself).
 
 Workers claim jobs with a lease; a worker that dies stops renewing, its lease expires
 and the next claim takes the job over. A run that failed for a reason outside the apps
-goes back to the queue with a backoff, as often as it takes. A deployment is converged
-by one run at a time, in order: a host's converge waits for an earlier one only when they
-share a deployment (the next changes of a host start while the first ones still come up).
+goes back to the queue with a backoff, as often as it takes. A deployment (and a
+subdomain: one site file, one container name family) is converged by one run at a time,
+in order: a host's converge waits for an earlier one only when they share one (the next
+changes of a host start while the first ones still come up).
 A reconcile never runs beside another job of its host, and converges queued after it wait
 for it; other jobs sharing a ``lock_key`` run one at a time in id order. Claims are
 serialised (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction advisory lock), so
@@ -163,7 +164,9 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
       WHERE e.lock_key = j.lock_key AND e.id < j.id AND e.state IN ('queued', 'running')))
   AND (j.action <> 'converge' OR NOT EXISTS (
       SELECT 1 FROM job_targets mine
-      JOIN job_targets theirs ON theirs.deployment_id = mine.deployment_id AND theirs.job_id < mine.job_id
+      JOIN deployments md ON md.id = mine.deployment_id
+      JOIN deployments td ON td.id = md.id OR td.subdomain = md.subdomain
+      JOIN job_targets theirs ON theirs.deployment_id = td.id AND theirs.job_id < mine.job_id
       JOIN jobs e ON e.id = theirs.job_id
       WHERE mine.job_id = j.id AND e.state IN ('queued', 'running')))
   AND NOT EXISTS (

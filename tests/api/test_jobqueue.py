@@ -72,6 +72,20 @@ def test_a_converge_of_other_deployments_runs_beside_the_running_one(client, dep
     assert list(targets(jobqueue.claim("w3", lease_s=30)[0])) == [deployments[0], three]
 
 
+def test_a_successor_on_a_destroyed_subdomain_waits_for_the_teardown(client, deployments):
+    """Another deployment, but the same subdomain (one site file): never in two runs at once."""
+    [first] = jobqueue.claim("w1", lease_s=30)
+    assert client.simulate_delete(f"/api/deploy/apps/{deployments[1]}", headers=auth()).status_code == 200
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(first, "w1", succeeded=True)
+    [teardown] = jobqueue.claim("w1", lease_s=30)  # 'two' destroyed (and 'one' restarted)
+    successor = create_deployment(client, subdomain="two")
+    assert jobqueue.claim("w2", lease_s=30) == []
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(teardown, "w1", succeeded=True)
+    assert list(targets(jobqueue.claim("w2", lease_s=30)[0])) == [successor]
+
+
 def test_concurrent_changes_on_one_host_queue_one_converge(client, settings):
     ids = [create_deployment(client, f"op{i}", subdomain=f"c{i}", tier="btc-pro") for i in range(6)]
     [running] = jobqueue.claim("w", lease_s=30)  # the creates' converge runs: the changes queue a new one
