@@ -45,7 +45,8 @@ def wait_running(stack: Stack, owners: dict[str, str], started: float) -> float:
         for ident, operator in list(pending.items()):
             status = stack.call("GET", f"/api/deploy/apps/{ident}/status", headers=stack.headers(operator)).json()
             if status["status"] == "failed":
-                raise RuntimeError(f"{ident} failed: {stack.logs(ident)}")
+                logs = stack.call("GET", f"/api/deploy/apps/{ident}/logs", headers=stack.headers(operator)).json()
+                raise RuntimeError(f"{ident} failed: {logs}")
             if status["status"] == "running":
                 del pending[ident]
         if pending:
