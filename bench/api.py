@@ -118,21 +118,20 @@ class StandInWorker:
         db = open_database(self.env["BUDDO_DATABASE_URL"])
         lines = [{"at": f"2026-12-05T10:00:{i:02d}Z", "stream": "stdout", "text": f"line {i}"} for i in range(60)]
         while not self.stop.is_set():
-            jobs = jobqueue.claim("bench-worker", 30)
-            if not jobs:
+            job = jobqueue.claim("bench-worker", 30)
+            if job is None:
                 self.stop.wait(0.2)  # BUDDO_WORKER_POLL
                 continue
-            if jobs[0].action != "output":  # the creates' converges: nothing to run here
-                for job in jobs:
-                    jobqueue.finish(job, "bench-worker", succeeded=True)
+            if job.action != "output":  # the creates' converges: nothing to run here
+                jobqueue.finish(job, "bench-worker", succeeded=True)
                 continue
-            found = output.start(jobs[0], "bench-worker", self.env["BUDDO_SECRET_KEY"])
+            found = output.start(job, "bench-worker", self.env["BUDDO_SECRET_KEY"])
             if found is None:
                 continue
             time.sleep(self.read_s)
             stats = {"buddo_output": {"lines": lines, "container": {"id": "c", "name": "n", "state": "running",
                                                                     "exit_code": None}}}
-            output.finish(jobs[0], "bench-worker", PlaybookResult(status="successful", rc=0, stats=stats),
+            output.finish(job, "bench-worker", PlaybookResult(status="successful", rc=0, stats=stats),
                           found[3])
             self.reads += 1
         db.close()

@@ -177,10 +177,9 @@ def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -
     from buddo_deploy import jobqueue
     from buddo_deploy.services import engine
 
-    claimed = jobqueue.claim(owner, 30)
-    if not claimed:
+    job = jobqueue.claim(owner, 30)
+    if job is None:
         return None, None
-    [job] = claimed
     plan = engine.start_converge(job, owner, settings.secret_key)
     if plan is None:
         return job, None

@@ -193,7 +193,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         assert job is not None
         deadline = time.monotonic() + args.wait
         try:
-            while not (claimed := jobqueue.claim(owner, lease, job_id=job.id)):
+            while (claimed := jobqueue.claim(owner, lease, job_id=job.id)) is None:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{host}: the host stayed busy for {args.wait:g} s; nothing was checked")
                 jobqueue.hold(job, owner, lease)

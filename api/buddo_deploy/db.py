@@ -40,6 +40,11 @@ def open_database(url: str) -> peewee.Database:
     return db
 
 
+def connect_thread() -> None:
+    """This thread's connection (peewee keeps one per thread), opened when it has none yet."""
+    database_proxy.obj.connect(reuse_if_open=True)
+
+
 def is_postgres(db: peewee.Database) -> bool:
     return isinstance(db, peewee.PostgresqlDatabase)
 

@@ -61,13 +61,17 @@ def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
     else:  # joins it, and a change is worth trying now (a retry's backoff ends)
         Job.update(run_after=now, timeout_s=max(job.timeout_s, timeout_s), updated_at=now).where(
             Job.id == job.id).execute()
-    target = JobTarget.get_or_none((JobTarget.job == job.id) & (JobTarget.deployment == deployment.id))
+    target = JobTarget.get_or_none(_target(job, deployment.id))
     if target is None:
         JobTarget.create(job=job.id, deployment=deployment.id, generation=deployment.generation, state="queued")
     elif target.generation < deployment.generation:
-        JobTarget.update(generation=deployment.generation).where(
-            (JobTarget.job == job.id) & (JobTarget.deployment == deployment.id)).execute()
+        set_target_generation(job, deployment.id, deployment.generation)
     return Job.get_by_id(job.id)
+
+
+def _target(job: Job, deployment_id: Any) -> peewee.Expression:
+    mine: peewee.Expression = (JobTarget.job == job.id) & (JobTarget.deployment == deployment_id)
+    return mine
 
 
 def targets(job: Job, *, open_only: bool = False) -> list[JobTarget]:
@@ -82,19 +86,17 @@ def finish_target(job: Job, deployment_id: Any, *, succeeded: bool, error: str |
                   task: str | None = None) -> None:
     """A target's own outcome (call inside the transaction that records it)."""
     JobTarget.update(state="succeeded" if succeeded else "failed", last_error=error, failed_task=task).where(
-        (JobTarget.job == job.id) & (JobTarget.deployment == deployment_id)).execute()
+        _target(job, deployment_id)).execute()
 
 
 def set_target_generation(job: Job, deployment_id: Any, generation: int) -> None:
     """The generation a run converges the target to (the deployment's current one)."""
-    JobTarget.update(generation=generation).where(
-        (JobTarget.job == job.id) & (JobTarget.deployment == deployment_id)).execute()
+    JobTarget.update(generation=generation).where(_target(job, deployment_id)).execute()
 
 
 def set_target_error(job: Job, deployment_id: Any, error: str, task: str | None) -> None:
     """Why the target is tried again (it stays open)."""
-    JobTarget.update(last_error=error, failed_task=task).where(
-        (JobTarget.job == job.id) & (JobTarget.deployment == deployment_id)).execute()
+    JobTarget.update(last_error=error, failed_task=task).where(_target(job, deployment_id)).execute()
 
 
 def all_succeeded(job: Job) -> bool:
@@ -182,8 +184,8 @@ LIMIT 1
 """
 
 
-def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> list[Job]:
-    """Claim the next runnable job for ``owner`` (or the reserved job ``job_id``): [it], or []."""
+def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
+    """Claim the next runnable job for ``owner`` (or the reserved job ``job_id``); None when there is none."""
     db = database_proxy.obj
     now = utcnow()
     with write_transaction(db):
@@ -197,7 +199,7 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> list[Job]:
         found = db.execute_sql(_CLAIMABLE.format(p=db.param, only=only),
                                (now, now, *only_params, now, now, now)).fetchone()
         if found is None:
-            return []
+            return None
         Job.update(
             state="running",
             attempts=Job.attempts + 1,
@@ -207,7 +209,8 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> list[Job]:
             started_at=now,
         ).where(Job.id == found[0]).execute()
         JobTarget.update(state="running").where((JobTarget.job == found[0]) & (JobTarget.state == "queued")).execute()
-        return [Job.get_by_id(found[0])]
+        claimed: Job = Job.get_by_id(found[0])
+        return claimed
 
 
 def _owned(job: Job, owner: str) -> peewee.Expression:

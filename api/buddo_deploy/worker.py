@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 
 from . import jobqueue, metrics
-from .db import open_database, write_transaction
+from .db import connect_thread, open_database, write_transaction
 from .inventory import container_hosts, host_addresses
 from .models import database_proxy
 from .runner import run_playbook, sweep_stale_secrets
@@ -31,10 +31,6 @@ from .settings import Settings
 from .tasks import task_for
 
 log = logging.getLogger(__name__)
-
-
-def _db_connect() -> None:
-    database_proxy.obj.connect(reuse_if_open=True)
 
 
 class Worker:
@@ -49,11 +45,11 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim a job and run it as its kind does; False when there was nothing to do."""
-        _db_connect()
-        jobs = jobqueue.claim(self.name, self.lease_s)
-        if not jobs:
+        connect_thread()
+        job = jobqueue.claim(self.name, self.lease_s)
+        if job is None:
             return False
-        task_for(jobs[0].action)(self.settings, self.name).run(jobs)
+        task_for(job.action)(self.settings, self.name).run(job)
         return True
 
     def loop(self, once: bool) -> None:
@@ -81,7 +77,7 @@ class Every:
     def loop(self) -> None:
         while not self.stopping.wait(self.interval_s):
             try:
-                _db_connect()
+                connect_thread()
                 self.action()
             except Exception:
                 log.exception("%s failed", self.name)

@@ -25,7 +25,8 @@ def entries(ident):
 
 def test_start_then_success_records_running_and_digest(client, settings):
     ident = create(client, env_vars={"TOKEN": "t0ps3cret"})
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     plan = engine.start_converge(job, "w", settings.secret_key)
     assert plan is not None and plan.secrets == {ident: {"TOKEN": "t0ps3cret"}}
     assert "t0ps3cret" not in repr(plan.variables)
@@ -50,7 +51,7 @@ def test_a_first_deploy_that_fails_for_the_app_ends_failed_and_is_not_retried(cl
     action, status, details = entries(ident)[1]
     assert (action, status, details["task"]) == ("deploy", "failed", "Run the app containers")
     assert "could not be pulled" in details["message"]
-    assert jobqueue.claim("w", 30) == []
+    assert jobqueue.claim("w", 30) is None
     # A restart is a new generation: tried again.
     client.simulate_post(f"/api/deploy/apps/{ident}/restart", headers=auth())
     assert Deployment.get_by_id(ident).status == "deploying"
@@ -60,7 +61,8 @@ def test_a_first_deploy_that_fails_for_the_app_ends_failed_and_is_not_retried(cl
 
 def test_a_failure_outside_the_app_is_retried_with_backoff(client, settings):
     ident = create(client)
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     plan = engine.start_converge(job, "w", settings.secret_key)
     failed = PlaybookResult(status="failed", rc=4, failed_task="Observe the containers", message="host unreachable")
     assert engine.finish(plan, "w", failed, 1.0)
@@ -85,7 +87,7 @@ def test_a_restart_that_never_answers_keeps_the_old_version_serving(client, sett
     action, status, details = entries(ident)[-1]
     assert (action, status, details["rolled_back"]) == ("restart", "failed", True)
     assert "previous version keeps serving" in details["message"]
-    assert jobqueue.claim("w", 30) == []
+    assert jobqueue.claim("w", 30) is None
 
 
 def test_requests_queued_behind_each_other_coalesce_and_the_superseded_say_so(client, settings):
@@ -100,7 +102,7 @@ def test_requests_queued_behind_each_other_coalesce_and_the_superseded_say_so(cl
     assert entries(ident)[2][2]["reason"] == "superseded"
     d = Deployment.get_by_id(ident)
     assert (d.status, d.serving_port) == ("stopped", None)
-    assert jobqueue.claim("w", 30) == []
+    assert jobqueue.claim("w", 30) is None
 
 
 def test_a_destroyed_deployment_holds_its_port_until_the_teardown_converged(client, settings):
@@ -118,7 +120,8 @@ def test_a_destroyed_deployment_holds_its_port_until_the_teardown_converged(clie
 
 def test_outcome_of_a_lost_lease_is_discarded(client, settings):
     ident = create(client)
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     plan = engine.start_converge(job, "w", settings.secret_key)
     Job.update(lease_owner="someone-else").where(Job.id == job.id).execute()
     assert not engine.finish(plan, "w", converged(plan), 1.0)
@@ -127,7 +130,8 @@ def test_outcome_of_a_lost_lease_is_discarded(client, settings):
 
 def test_undecryptable_env_fails_at_once_with_a_reason(client, settings):
     ident = create(client, env_vars={"A": "b"})
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     assert engine.start_converge(job, "w", "a different key") is None
     assert Deployment.get_by_id(ident).status == "failed"
     assert Job.get_by_id(job.id).state == "failed"
@@ -136,7 +140,8 @@ def test_undecryptable_env_fails_at_once_with_a_reason(client, settings):
 
 def test_a_job_for_a_generation_reached_already_finishes_without_a_run(client, settings):
     ident = create(client)
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     Deployment.update(observed_generation=1, serving_port=20000).where(Deployment.id == ident).execute()
     assert engine.start_converge(job, "w", settings.secret_key) is None
     assert Job.get_by_id(job.id).state == "succeeded"

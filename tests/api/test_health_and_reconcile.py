@@ -46,7 +46,7 @@ def test_three_failed_probes_replace_the_container(client, settings):
     d = running(client, settings)
     for _ in range(2):
         assert engine.record_health(d.host, report(d, healthy=False, status=-1), POLICY)[str(d.id)] == "unhealthy"
-    assert jobqueue.claim("w", 30) == []
+    assert jobqueue.claim("w", 30) is None
     assert engine.record_health(d.host, report(d, healthy=False, status=-1), POLICY)[str(d.id)] == "restarted"
     after = Deployment.get_by_id(d.id)
     assert after.revision == d.revision + 1 and not after.pull_image  # a new container of the same image
@@ -54,7 +54,8 @@ def test_three_failed_probes_replace_the_container(client, settings):
     assert heal["reason"] == "health" and "3 failed probes" in heal["message"]
     entry = AuditEntry.get((AuditEntry.deployment == d.id) & (AuditEntry.action == "restart"))
     assert entry.initiated_by is None and entry.status == "pending"
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     assert [str(t.deployment_id) for t in jobqueue.targets(job)] == [str(d.id)]
 
 
@@ -93,7 +94,8 @@ def test_restarts_pause_after_three_an_hour_and_the_audit_log_says_so(client, se
 def _reconcile(settings, outcomes, ok=True, check=False):
     with database_proxy.obj.atomic():
         job = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60)
-    [claimed] = jobqueue.claim("w", 30)
+    claimed = jobqueue.claim("w", 30)
+    assert claimed is not None
     assert claimed.id == job.id
     plan = engine.start_reconcile(claimed, settings.secret_key, check=check)
     stats = {"buddo_outcomes": outcomes(plan), "buddo_orphans": ["container ghost"]} if ok else {}

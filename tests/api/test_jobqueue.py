@@ -35,60 +35,67 @@ def test_the_changes_of_a_host_coalesce_into_one_queued_converge(deployments):
     assert (job.host, job.deployment_id, job.lock_key) == ("container-host-1", None, "container-host-1/")
     # Two creates and the restart of 'one' (generation 2): one job, a target per deployment.
     assert targets(job) == {deployments[0]: 2, deployments[1]: 1}
-    [claimed] = jobqueue.claim("w1", lease_s=30)
+    claimed = jobqueue.claim("w1", lease_s=30)
+    assert claimed is not None
     assert claimed.id == job.id and {t.state for t in jobqueue.targets(claimed)} == {"running"}
-    assert jobqueue.claim("w2", lease_s=30) == []
+    assert jobqueue.claim("w2", lease_s=30) is None
 
 
 def test_changes_while_the_host_converges_queue_one_more_run(client, deployments):
-    [first] = jobqueue.claim("w1", lease_s=30)
+    first = jobqueue.claim("w1", lease_s=30)
+    assert first is not None
     for _ in range(3):
         client.simulate_post(f"/api/deploy/apps/{deployments[0]}/restart", headers=auth())
     client.simulate_post(f"/api/deploy/apps/{deployments[1]}/stop", headers=auth())
     [queued] = queued_converges()
     assert queued.id != first.id and targets(queued) == {deployments[0]: 5, deployments[1]: 2}
-    assert jobqueue.claim("w2", lease_s=30) == []  # one converge of a host at a time
+    assert jobqueue.claim("w2", lease_s=30) is None  # one converge of a host at a time
     assert jobqueue.open_converge(Deployment.get_by_id(deployments[0])) is not None
     with database_proxy.obj.atomic():
         for target in jobqueue.targets(first):
             jobqueue.finish_target(first, target.deployment_id, succeeded=True)
         assert jobqueue.finish(first, "w1", succeeded=True)
-    assert jobqueue.claim("w2", lease_s=30)[0].id == queued.id
+    assert jobqueue.claim("w2", lease_s=30).id == queued.id
 
 
 def test_a_converge_of_other_deployments_runs_beside_the_running_one(client, deployments):
-    [first] = jobqueue.claim("w1", lease_s=30)  # 'one' and 'two'
+    first = jobqueue.claim("w1", lease_s=30)
+    assert first is not None  # 'one' and 'two'
     three = create_deployment(client, subdomain="three")
-    [second] = jobqueue.claim("w2", lease_s=30)  # 'three' only: nothing in common with the first
+    second = jobqueue.claim("w2", lease_s=30)
+    assert second is not None  # 'three' only: nothing in common with the first
     assert second.id != first.id and list(targets(second)) == [three]
     client.simulate_post(f"/api/deploy/apps/{three}/restart", headers=auth())
     client.simulate_post(f"/api/deploy/apps/{deployments[0]}/restart", headers=auth())
-    assert jobqueue.claim("w3", lease_s=30) == []  # shares 'three' and 'one' with the running ones
+    assert jobqueue.claim("w3", lease_s=30) is None  # shares 'three' and 'one' with the running ones
     with database_proxy.obj.atomic():
         assert jobqueue.finish(second, "w2", succeeded=True)
-    assert jobqueue.claim("w3", lease_s=30) == []  # still 'one'
+    assert jobqueue.claim("w3", lease_s=30) is None  # still 'one'
     with database_proxy.obj.atomic():
         assert jobqueue.finish(first, "w1", succeeded=True)
-    assert list(targets(jobqueue.claim("w3", lease_s=30)[0])) == [deployments[0], three]
+    assert list(targets(jobqueue.claim("w3", lease_s=30))) == [deployments[0], three]
 
 
 def test_a_successor_on_a_destroyed_subdomain_waits_for_the_teardown(client, deployments):
     """Another deployment, but the same subdomain (one site file): never in two runs at once."""
-    [first] = jobqueue.claim("w1", lease_s=30)
+    first = jobqueue.claim("w1", lease_s=30)
+    assert first is not None
     assert client.simulate_delete(f"/api/deploy/apps/{deployments[1]}", headers=auth()).status_code == 200
     with database_proxy.obj.atomic():
         assert jobqueue.finish(first, "w1", succeeded=True)
-    [teardown] = jobqueue.claim("w1", lease_s=30)  # 'two' destroyed (and 'one' restarted)
+    teardown = jobqueue.claim("w1", lease_s=30)
+    assert teardown is not None  # 'two' destroyed (and 'one' restarted)
     successor = create_deployment(client, subdomain="two")
-    assert jobqueue.claim("w2", lease_s=30) == []
+    assert jobqueue.claim("w2", lease_s=30) is None
     with database_proxy.obj.atomic():
         assert jobqueue.finish(teardown, "w1", succeeded=True)
-    assert list(targets(jobqueue.claim("w2", lease_s=30)[0])) == [successor]
+    assert list(targets(jobqueue.claim("w2", lease_s=30))) == [successor]
 
 
 def test_concurrent_changes_on_one_host_queue_one_converge(client, settings):
     ids = [create_deployment(client, f"op{i}", subdomain=f"c{i}", tier="btc-pro") for i in range(6)]
-    [running] = jobqueue.claim("w", lease_s=30)  # the creates' converge runs: the changes queue a new one
+    running = jobqueue.claim("w", lease_s=30)
+    assert running is not None  # the creates' converge runs: the changes queue a new one
     barrier = threading.Barrier(len(ids))
 
     def change(ident: str) -> None:
@@ -111,9 +118,11 @@ def test_concurrent_changes_on_one_host_queue_one_converge(client, settings):
 
 
 def test_expired_lease_is_taken_over_and_retries_have_no_limit(deployments):
-    [job] = jobqueue.claim("dead-worker", lease_s=30)
+    job = jobqueue.claim("dead-worker", lease_s=30)
+    assert job is not None
     Job.update(lease_expires_at=utcnow() - dt.timedelta(seconds=1)).where(Job.id == job.id).execute()
-    [retried] = jobqueue.claim("w2", lease_s=30)
+    retried = jobqueue.claim("w2", lease_s=30)
+    assert retried is not None
     assert retried.id == job.id and retried.attempts == 2 and retried.lease_owner == "w2"
     # The first worker comes back from the dead: its outcome is refused.
     assert not jobqueue.finish(job, "dead-worker", succeeded=True)
@@ -121,51 +130,54 @@ def test_expired_lease_is_taken_over_and_retries_have_no_limit(deployments):
     assert not jobqueue.owns(job, "dead-worker") and jobqueue.owns(retried, "w2")
     assert jobqueue.renew(retried, "w2", 30)
     Job.update(attempts=50, lease_expires_at=utcnow() - dt.timedelta(seconds=1)).where(Job.id == job.id).execute()
-    assert jobqueue.claim("w3", lease_s=30)[0].id == job.id  # level-triggered: tried until it converges
+    assert jobqueue.claim("w3", lease_s=30).id == job.id  # level-triggered: tried until it converges
 
 
 def test_backoff_keeps_a_failed_run_queued_until_its_time_or_the_next_change(client, deployments):
-    [job] = jobqueue.claim("w1", lease_s=30)
+    job = jobqueue.claim("w1", lease_s=30)
+    assert job is not None
     with database_proxy.obj.atomic():
         assert jobqueue.retry_later(job, "w1", delay=dt.timedelta(seconds=60), error="host unreachable")
     stored = Job.get_by_id(job.id)
     assert (stored.state, stored.last_error, stored.lease_owner) == ("queued", "host unreachable", None)
     assert {t.state for t in jobqueue.targets(stored)} == {"queued"}
-    assert jobqueue.claim("w2", lease_s=30) == []  # waits for its backoff
+    assert jobqueue.claim("w2", lease_s=30) is None  # waits for its backoff
     # A new change joins the queued run (no second one) and is worth trying now.
     three = create_deployment(client, subdomain="three")
     assert [j.id for j in queued_converges()] == [job.id] and three in targets(stored)
-    assert jobqueue.claim("w2", lease_s=30)[0].id == job.id
+    assert jobqueue.claim("w2", lease_s=30).id == job.id
 
 
 def test_reconcile_and_converge_of_one_host_never_run_together(client, deployments):
-    [converge] = jobqueue.claim("w1", lease_s=30)
+    converge = jobqueue.claim("w1", lease_s=30)
+    assert converge is not None
     with database_proxy.obj.atomic():
         reconcile = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60)
         assert jobqueue.enqueue_reconcile("container-host-1", timeout_s=60) is None  # one queued is enough
     later = client.simulate_post("/api/deploy/apps", json=create_body(subdomain="three"), headers=auth())
-    assert jobqueue.claim("w3", lease_s=30) == []  # the reconcile waits for the converge; 'three' waits behind it
+    assert jobqueue.claim("w3", lease_s=30) is None  # the reconcile waits for the converge; 'three' waits behind it
     with database_proxy.obj.atomic():
         jobqueue.finish(converge, "w1", succeeded=True)
-    assert jobqueue.claim("w2", lease_s=30)[0].id == reconcile.id
-    assert jobqueue.claim("w3", lease_s=30) == []  # nothing else on the host while it runs
+    assert jobqueue.claim("w2", lease_s=30).id == reconcile.id
+    assert jobqueue.claim("w3", lease_s=30) is None  # nothing else on the host while it runs
     with database_proxy.obj.atomic():
         jobqueue.finish(reconcile, "w2", succeeded=True)
-    [after] = jobqueue.claim("w3", lease_s=30)
+    after = jobqueue.claim("w3", lease_s=30)
+    assert after is not None
     assert list(targets(after)) == [later.json["deployment"]["id"]]
 
 
 def test_a_reserved_reconcile_is_claimed_by_its_reserver_only(client, deployments):
     with database_proxy.obj.atomic():
         job = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60, reserved_for="cli", lease_s=30)
-    assert jobqueue.claim("cli", lease_s=30, job_id=job.id)[0].id == job.id
-    assert jobqueue.claim("w", lease_s=30) == []  # converges wait while the reconcile runs
+    assert jobqueue.claim("cli", lease_s=30, job_id=job.id).id == job.id
+    assert jobqueue.claim("w", lease_s=30) is None  # converges wait while the reconcile runs
     # A reserver that died before its turn blocks nobody once its hold lapsed.
     with database_proxy.obj.atomic():
         jobqueue.finish(job, "cli", succeeded=True)
         stale = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60, reserved_for="gone", lease_s=30)
     Job.update(lease_expires_at=utcnow() - dt.timedelta(seconds=1)).where(Job.id == stale.id).execute()
-    assert jobqueue.claim("w", lease_s=30) != []
+    assert jobqueue.claim("w", lease_s=30) is not None
 
 
 def test_concurrent_claims_never_share_a_job(client, settings):
@@ -177,9 +189,9 @@ def test_concurrent_claims_never_share_a_job(client, settings):
 
     def work(name: str) -> None:
         database_proxy.obj.connect(reuse_if_open=True)  # connections are per thread
-        while jobs := jobqueue.claim(name, lease_s=30):
+        while (job := jobqueue.claim(name, lease_s=30)) is not None:
             with lock:
-                claimed.extend(job.id for job in jobs)
+                claimed.append(job.id)
         database_proxy.obj.close()
 
     threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]

@@ -14,7 +14,8 @@ FAILED_TASK = "Start what should run"
 
 def _run_failing_deploy(settings):
     """Claim the deploy job, record the events a failed run sends, and record the app's failure."""
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     plan = engine.start_converge(job, "w", settings.secret_key)
     events = [
         EventSummary("playbook_on_play_start", None, None, None, "Converge deployments"),
@@ -74,7 +75,8 @@ def test_events_are_paged_oldest_first(client, settings):
 
 def test_a_queued_retry_shows_when_it_runs_next(client, settings):
     ident = create_deployment(client)
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     plan = engine.start_converge(job, "w", settings.secret_key)
     engine.record_event(job, EventSummary("runner_on_unreachable", "container-host-1", "Gathering Facts",
                                           "unreachable", "ssh: connect to host: Connection refused"))
@@ -126,7 +128,8 @@ def test_job_reads_have_the_read_rate_limit(client_with, settings):
 def test_a_failure_the_playbook_reported_per_deployment_names_its_task(client, settings):
     """Per-deployment failures are ignore_errors tasks in converge (the others on the host go on)."""
     first = create_deployment(client)
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     plan = engine.start_converge(job, "w", settings.secret_key)
     engine.record_event(job, EventSummary("runner_on_failed", "container-host-1", "Probe something", "ignored", ""))
     assert engine.finish(plan, "w", converged(plan), 1.0)
@@ -134,7 +137,8 @@ def test_a_failure_the_playbook_reported_per_deployment_names_its_task(client, s
         "job"]["failed_task"] is None  # succeeded: an ignored error is no failure
 
     second = create_deployment(client, subdomain="second")
-    [job] = jobqueue.claim("w", 30)
+    job = jobqueue.claim("w", 30)
+    assert job is not None
     plan = engine.start_converge(job, "w", settings.secret_key)
     engine.record_event(job, EventSummary("runner_on_failed", "container-host-1", FAILED_TASK, "ignored", ""))
     assert engine.finish(plan, "w", converged(plan, ok=False, kind="app", task=FAILED_TASK,

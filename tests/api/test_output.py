@@ -45,10 +45,11 @@ def answer(settings, lines=LINES, ok=True):
     """Act as the worker: claim the next read, 'run' output.yml, record what it returned."""
     job = None
     while job is None or job.action != "output":
-        [job] = jobqueue.claim("w", 30)
+        job = jobqueue.claim("w", 30)
+        assert job is not None
         if job.action != "output":
             jobqueue.finish(job, "w", succeeded=True)
-    plan = OutputTask(settings, "w").start([job])
+    plan = OutputTask(settings, "w").start(job)
     assert plan is not None and plan.playbook == "output.yml"
     variables = plan.variables
     stats = {"buddo_output": {"lines": lines, "container": {"id": "c1", "name": "x", "state": "exited",
@@ -180,12 +181,13 @@ def test_destroy_drops_the_lines(client, settings):
 def test_a_read_does_not_wait_behind_a_converge_nor_another_deployments_read(client, settings):
     ident = create_deployment(client)
     other = create_deployment(client, subdomain="other-app")
-    [converge] = jobqueue.claim("w", 30)  # the first deploy runs (and holds the deployment's lock key)
+    converge = jobqueue.claim("w", 30)
+    assert converge is not None  # the first deploy runs (and holds the deployment's lock key)
     assert converge.action == "converge"
     get(client, ident)
     get(client, other)
     claimed = [jobqueue.claim(f"w{i}", 30) for i in range(3)]
-    actions = sorted(job.action for batch in claimed for job in batch)
+    actions = sorted(job.action for job in claimed if job is not None)
     assert actions.count("output") == 2
 
 

@@ -115,7 +115,7 @@ def test_bad_rollbacks_are_422_and_change_nothing(client, settings, body, code):
     resp = client.simulate_post(f"/api/deploy/apps/{ident}/rollback", json=body, headers=auth())
     assert resp.status_code == 422 and resp.json["error"]["code"] == code, resp.text
     assert Deployment.get_by_id(ident).generation == generation
-    assert jobqueue.claim("w", 30) == []
+    assert jobqueue.claim("w", 30) is None
 
 
 def test_rollback_to_a_release_whose_image_was_pruned_is_422(tmp_path, backend):
@@ -128,7 +128,7 @@ def test_rollback_to_a_release_whose_image_was_pruned_is_422(tmp_path, backend):
         resp = client.simulate_post(f"/api/deploy/apps/{ident}/rollback", json={"release": 1}, headers=auth())
         assert resp.status_code == 422 and resp.json["error"]["code"] == "release_image_pruned", resp.text
         assert "no longer kept" in resp.json["error"]["message"]
-        assert jobqueue.claim("w", 30) == []
+        assert jobqueue.claim("w", 30) is None
     finally:
         database_proxy.obj.close()
 

@@ -65,7 +65,8 @@ def test_old_finished_jobs_go_and_what_explains_a_deployment_stays(client, setti
     _finished(recent_reconcile.id, 10 * DAY)
     # Never finished, however old: one waits in the queue, one runs (its lease long lapsed).
     create_deployment(client, "operator-2", subdomain="running")
-    [running] = jobqueue.claim("w", 30)
+    running = jobqueue.claim("w", 30)
+    assert running is not None
     _events(running.id)
     create_deployment(client, "operator-2", subdomain="queued")
     queued = Job.get((Job.state == "queued") & (Job.action == "converge")).id

@@ -19,7 +19,8 @@ def _plan(settings, tmp_path):
     with Job._meta.database.atomic():
         Job.create(action="reconcile", host="localhost", lock_key="localhost/", timeout_s=120,
                    run_after=jobqueue.utcnow(), created_at=jobqueue.utcnow(), updated_at=jobqueue.utcnow())
-    [job] = jobqueue.claim("w", 3)
+    job = jobqueue.claim("w", 3)
+    assert job is not None
     run_settings = dataclasses.replace(settings, playbook_dir=PLAYBOOKS, inventory=inventory(tmp_path),
                                        var_dir=tmp_path)
     return JobRun(run_settings, "w", 3), engine.Plan(job, "sleep.yml", "localhost", [])

@@ -8,6 +8,7 @@ import time
 from typing import Any, ClassVar
 
 from .. import jobqueue
+from ..db import connect_thread
 from ..models import Job, database_proxy
 from ..results import EventSummary, PlaybookResult
 from ..runner import run_playbook
@@ -15,10 +16,6 @@ from ..services import engine
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _db_connect() -> None:
-    database_proxy.obj.connect(reuse_if_open=True)
 
 
 def job_outcome(job_id: int) -> str:
@@ -37,20 +34,19 @@ class BaseTask:
         self.owner = owner
         self.lease_s = settings.job_lease_s
 
-    def start(self, jobs: list[Job]) -> engine.Plan | None:
-        """Mark the claimed jobs as begun and plan their run; None when there is nothing to run
-        (the jobs are finished already)."""
+    def start(self, job: Job) -> engine.Plan | None:
+        """Mark the claimed job as begun and plan its run; None when there is nothing to run
+        (the job is finished already)."""
         raise NotImplementedError
 
     def finish(self, plan: engine.Plan, result: PlaybookResult, duration_s: float) -> Any:
         """Record the run's outcome on each job and what it stands for."""
         raise NotImplementedError
 
-    def run(self, jobs: list[Job]) -> Any:
+    def run(self, job: Job) -> Any:
         """Start, run the playbook under supervision, finish: the same for every kind."""
-        for job in jobs:
-            log.info("job %s: %s of %s (attempt %s)", job.id, job.action, job.deployment_id or job.host, job.attempts)
-        plan = self.start(jobs)
+        log.info("job %s: %s of %s (attempt %s)", job.id, job.action, job.deployment_id or job.host, job.attempts)
+        plan = self.start(job)
         if plan is None:
             return None
         result, duration_s = JobRun(self.settings, self.owner, self.lease_s).run(plan)
@@ -83,7 +79,7 @@ class JobRun:
 
         def keep_lease() -> None:
             try:
-                _db_connect()
+                connect_thread()
                 while not done.wait(self.lease_s / 3):
                     if not jobqueue.renew(job, self.owner, self.lease_s):
                         why.append("the job's lease was lost")

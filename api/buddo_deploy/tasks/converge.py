@@ -16,8 +16,7 @@ log = logging.getLogger(__name__)
 class ConvergeTask(BaseTask):
     kind = "converge"
 
-    def start(self, jobs: list[Job]) -> engine.Plan | None:
-        [job] = jobs
+    def start(self, job: Job) -> engine.Plan | None:
         plan = engine.start_converge(job, self.owner, self.settings.secret_key)
         if plan is None:
             log.info("job %s: nothing to run on %s", job.id, job.host)

@@ -13,8 +13,7 @@ from .base import BaseTask, job_outcome
 class OutputTask(BaseTask):
     kind = "output"
 
-    def start(self, jobs: list[Job]) -> Plan | None:
-        [job] = jobs  # claimed alone
+    def start(self, job: Job) -> Plan | None:
         found = output.start(job, self.owner, self.settings.secret_key)
         if found is None:
             return None

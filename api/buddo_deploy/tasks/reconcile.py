@@ -22,8 +22,7 @@ class ReconcileTask(BaseTask):
         super().__init__(settings, owner)
         self.check, self.count = check, count
 
-    def start(self, jobs: list[Job]) -> engine.Plan:
-        [job] = jobs  # claimed alone
+    def start(self, job: Job) -> engine.Plan:
         return engine.start_reconcile(job, self.settings.secret_key, check=self.check)
 
     def finish(self, plan: engine.Plan, result: PlaybookResult, duration_s: float) -> engine.Report:
