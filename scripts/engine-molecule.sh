@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the molecule scenarios (converge, idempotence, verify) on this machine.
 #   scripts/engine-molecule.sh                 # every scenario
-#   scripts/engine-molecule.sh app_container   # one
+#   scripts/engine-molecule.sh converge        # one
 # Molecule calls ansible-config etc. by name, so the venv's bin must lead PATH;
 # podman's netavark lives in /usr/sbin.
 set -euo pipefail

@@ -60,7 +60,7 @@ def write_inventory(directory: Path, var_dir: Path, **overrides: Any) -> Path:
         "caddy_http_port": HTTP_PORT,
         "caddy_https_port": HTTPS_PORT,
         "caddy_admin_address": ADMIN,
-        "app_container_wait_timeout": 15,
+        "converge_wait_timeout": 15,
         "container_host_egress_host_ports": EGRESS_HOST_PORTS,
         "container_host_caddy_admin_ports": CADDY_ADMIN_PORTS,
         "container_host_insecure_registries": ["127.0.0.1:5000", PRIVATE_REGISTRY],

@@ -79,7 +79,8 @@ def test_missing_image_fails_with_a_reason(stack: Stack) -> None:
     assert (job["state"], job["action"], job["failed_task"]) == ("failed", "converge", deploy["details"]["task"])
     assert "does-not-exist" in job["last_error"] and job["duration_s"] is not None
     tasks = [e["task"] for e in job["events"] if e["event"] == "playbook_on_task_start"]
-    assert "Observe the containers, sites and Caddy on this host" in tasks and deploy["details"]["task"] in tasks
+    # One module run observes, plans and acts; the outcome names its step that failed.
+    assert "Converge the deployments of this host" in tasks and deploy["details"]["task"] == "Run the app containers"
     # The app's own failure is its outcome's, not the run's: the task itself did not fail.
     assert not [e for e in job["events"] if e["status"] in {"failed", "ignored", "unreachable"}]
     assert job["events"][-1]["event"] == "playbook_on_stats"

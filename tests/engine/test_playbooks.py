@@ -146,7 +146,7 @@ def test_a_rejected_site_fails_its_own_deployment_only(engine: Engine) -> None:
 
         # An invalid directive in an existing site: the live file and config stay.
         bad = engine.converge([{**first, "spec": "other"}],
-                              extra={"caddy_site_extra_directives": ["no_such_directive on"]})
+                              extra={"converge_site_directives": ["no_such_directive on"]})
         assert not bad.outcome(first)["ok"] and "unrecognized directive" in bad.outcome(first)["message"]
         assert site_file(engine, first).read_text() == site_before
         assert engine.https_get(host_of(first))[0] == 200
@@ -165,7 +165,7 @@ def test_a_missing_image_fails_its_deployment_with_the_reason(engine: Engine) ->
 
 def test_an_app_that_never_answers_fails_and_leaves_nothing_behind(engine: Engine) -> None:
     item = engine.deployment("silent", f"{engine.registry}/demo/hello:v1", port=3999)
-    done = engine.converged([item], extra={"app_container_wait_timeout": 3})
+    done = engine.converged([item], extra={"converge_wait_timeout": 3})
     outcome = done.outcome(item)
     assert not outcome["ok"] and outcome["kind"] == "app"
     assert f"app did not answer on http://127.0.0.1:{item['host_ports'][0]}/ within 3 s" in outcome["message"]
@@ -173,8 +173,8 @@ def test_an_app_that_never_answers_fails_and_leaves_nothing_behind(engine: Engin
 
 
 def test_one_module_run_converges_many_and_a_bad_one_fails_alone(engine: Engine) -> None:
-    """Four deployments start in one app_instance run; one with a missing image fails alone, the
-    task does not fail; then a replacement retires three at once and a destroy removes them all."""
+    """Four deployments converge in one converge module run; one with a missing image fails alone,
+    the task does not fail; then a replacement retires three at once and a destroy removes them all."""
     image = f"{engine.registry}/demo/hello:v1"
     good = [engine.deployment(f"many{n}", image) for n in range(3)]
     bad = engine.deployment("manybad", f"{engine.registry}/demo/does-not-exist:v0")
@@ -184,7 +184,8 @@ def test_one_module_run_converges_many_and_a_bad_one_fails_alone(engine: Engine)
         assert not failed["ok"] and failed["kind"] == "app" and failed["task"] == "Run the app containers"
         assert f"image {bad['image']} could not be pulled" in failed["message"]
         # One module run: one result event; the bad one's failure is its own outcome, not the task's.
-        [run] = [e for e in done.events if e.task == "Run the app containers" and e.event.startswith("runner_on")]
+        [run] = [e for e in done.events
+                 if e.task == "Converge the deployments of this host" and e.event.startswith("runner_on")]
         assert run.event == "runner_on_ok"
         for item in good:
             assert done.outcome(item)["ok"], done.outcome(item)
@@ -199,9 +200,12 @@ def test_one_module_run_converges_many_and_a_bad_one_fails_alone(engine: Engine)
             assert replaced.outcome(item)["container"]["host_port"] == old["host_ports"][1]
             assert [c["Names"][0] for c in containers_of(item)] == [item["container_name"]]
             assert engine.https_get(host_of(item))[0] == 200
-        [retire] = [e for e in replaced.events
-                    if e.task == "Retire the replaced containers" and e.event.startswith("runner_on")]
-        assert retire.event == "runner_on_ok" and retire.status == "changed"
+        # One module run started the three beside the serving ones, switched Caddy and retired the old ones.
+        [run] = [e for e in replaced.events
+                 if e.task == "Converge the deployments of this host" and e.event.startswith("runner_on")]
+        assert run.event == "runner_on_ok" and replaced.changed == 1
+        for item in newer:
+            assert any(a.startswith("retired 1 old container") for a in replaced.outcome(item)["actions"])
     finally:
         gone = engine.converged([absent(item) for item in [*good, bad]])
     for item in good:

@@ -41,9 +41,13 @@ def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str
     if args[0] == "ps" and "--quiet" in args:
         image = args[-1].removeprefix("ancestor=")
         return 0, "".join(c["id"] + "\n" for c in containers if c["image"] == image), ""
-    if args[0] == "ps":
-        wanted = args[-1].removeprefix("label=buddo.deployment_id=")
-        return 0, json.dumps([ps_entry(c) for c in containers if c["labels"].get("buddo.deployment_id") == wanted]), ""
+    if args[0] == "ps":  # every --filter label=key=value must match
+        wanted = [args[i + 1].removeprefix("label=").split("=", 1) for i, a in enumerate(args) if a == "--filter"]
+        return 0, json.dumps([ps_entry(c) for c in containers
+                              if all(c["labels"].get(key) == value for key, value in wanted)]), ""
+    if command == "network ls":
+        return 0, json.dumps([{"name": n, "labels": {"buddo.deployment_id": n.removeprefix("buddo-")}}
+                              for n in state["networks"]]), ""
     if command == "network exists":
         return (0 if args[2] in state["networks"] else 1), "", ""
     if command == "network create":

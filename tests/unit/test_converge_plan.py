@@ -16,9 +16,9 @@ import pytest
 # The collection's plugins import each other as Ansible does: from the ansible_collections namespace.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))
 
-from ansible_collections.buddo.deploy.plugins.filter import converge_plan as plan_filters  # noqa: E402
 from ansible_collections.buddo.deploy.plugins.module_utils import container as container_spec  # noqa: E402
-from ansible_collections.buddo.deploy.plugins.modules import host_state  # noqa: E402
+from ansible_collections.buddo.deploy.plugins.module_utils import observe as host_state  # noqa: E402
+from ansible_collections.buddo.deploy.plugins.module_utils import plan as plan_filters  # noqa: E402
 
 BASE = "apps.example.com"
 HOST = f"shop.{BASE}"
@@ -74,11 +74,6 @@ def empty(plan: dict[str, Any]) -> bool:
 
 
 # --- converge_plan: running -------------------------------------------------------------------------------
-
-
-def test_filter_module_lists_every_filter() -> None:
-    assert set(plan_filters.FilterModule().filters()) == {
-        "converge_plan", "converge_started", "converge_sites", "converge_retire", "converge_outcomes"}
 
 
 def test_no_drift_when_the_spec_runs_the_site_routes_to_it_and_caddy_serves_it() -> None:

@@ -107,8 +107,7 @@ def test_the_items_the_api_builds_pass_the_role_spec(client: Any, settings: Any)
 
 
 def test_the_plan_refuses_unsafe_names_before_anything_changes() -> None:
-    from ansible.errors import AnsibleFilterError
-    from ansible_collections.buddo.deploy.plugins.filter.converge_plan import converge_plan
+    from ansible_collections.buddo.deploy.plugins.module_utils.plan import converge_plan
 
-    with pytest.raises(AnsibleFilterError, match=r"converge_deployments: item d1: subdomain 'Bad_Name'"):
+    with pytest.raises(ValueError, match=r"converge_deployments: item d1: subdomain 'Bad_Name'"):
         converge_plan([GOOD | {"subdomain": "Bad_Name"}], {"containers": [], "sites": []}, "", "localhost")

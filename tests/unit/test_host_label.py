@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))
 
+from ansible_collections.buddo.deploy.plugins.module_utils import observe as host_state  # noqa: E402
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_ps  # noqa: E402
-from ansible_collections.buddo.deploy.plugins.modules import host_state  # noqa: E402
 
 
 def ps_entry(ident: str, **labels: str) -> dict[str, object]:

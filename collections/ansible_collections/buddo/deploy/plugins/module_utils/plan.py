@@ -1,41 +1,18 @@
-"""The drift between a host's desired deployments and what it runs, as a plan."""
+"""The drift between a host's desired deployments and what it runs, as a plan; and, once the
+converge module acted on it, each deployment's outcome.
+
+plan: start, stop, remove (desired items with serving_port and recreate added), remove_sites,
+orphan_containers, orphan_sites (files), orphan_networks (names), reload (bool), drift (id -> reasons).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from ansible.errors import AnsibleFilterError
 from ansible_collections.buddo.deploy.plugins.module_utils.container import drift as container_drift
 from ansible_collections.buddo.deploy.plugins.module_utils.desired import bad_names
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import deployment_network
-
-DOCUMENTATION = r"""
-name: converge_plan
-short_description: Compare desired deployments with a host's observed state
-description:
-  - Takes the desired deployments of one host and the result of
-    M(buddo.deploy.host_state) and returns what must change, and why, per deployment.
-  - Runs on the controller; a host with nothing to repair costs no module run beyond
-    the observation.
-positional: observed, live_config, base_domain
-options:
-  _input: {description: Desired deployments (see playbooks/README.md)., type: list, required: true}
-  observed: {description: Result of host_state., type: dict, required: true}
-  live_config: {description: Caddy's live JSON config as text (empty when unknown)., type: str, required: true}
-  base_domain: {description: Base domain of every deployment., type: str, required: true}
-  known: {description: Ids of deployments that are neither desired here nor orphans., type: list, default: []}
-  prune: {description: Also remove orphans (containers and sites naming no known deployment)., type: bool,
-      default: false}
-"""
-
-RETURN = r"""
-_value:
-  description: >-
-    start, stop, remove (desired items with serving_port and recreate added), remove_sites,
-    orphan_containers, orphan_sites (files), orphan_networks (names), reload (bool), drift (id -> reasons).
-  type: dict
-"""
 
 
 def _site_hosts(item: dict[str, Any], base_domain: str) -> list[str]:
@@ -90,7 +67,7 @@ def converge_plan(
     prune: bool = False,
 ) -> dict[str, Any]:
     if bad := bad_names(desired):  # before anything changes: names become file and container names
-        raise AnsibleFilterError("converge_deployments: " + "; ".join(bad))
+        raise ValueError("converge_deployments: " + "; ".join(bad))
     containers: list[dict[str, Any]] = list(observed.get("containers") or [])
     sites: list[dict[str, Any]] = list(observed.get("sites") or [])
     live = live_config or ""
@@ -273,10 +250,3 @@ def converge_outcomes(
                                        + str(site.get("stderr") or site.get("msg") or "").strip()}
         outcomes[ident] = outcome
     return outcomes
-
-
-class FilterModule:
-    def filters(self) -> dict[str, Any]:
-        return {"converge_plan": converge_plan, "converge_started": converge_started,
-                "converge_sites": converge_sites, "converge_retire": converge_retire,
-                "converge_outcomes": converge_outcomes}
