@@ -74,6 +74,9 @@ def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str
         return 0, "sha256:1\n", ""
     if args[0] == "create":
         image = args[-1]
+        if image in state.get("vanished", []):  # another run's destroy removed the reference: once
+            state["vanished"].remove(image)
+            return 125, "", f"Error: {image}: image not known\n"
         if "echo-env" in image:
             return 126, "", f"Error: could not start with env {stdin.strip()}\n"
         name = args[args.index("--name") + 1]

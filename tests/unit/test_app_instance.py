@@ -319,3 +319,19 @@ def test_deployments_of_one_cached_image_untag_its_digest_once_after_every_creat
     removals = [i for i, args in enumerate(calls) if args[:2] == ["image", "rm"]]
     assert [calls[i] for i in removals] == [["image", "rm", pushed]]
     assert removals[0] > max(i for i, args in enumerate(calls) if args[0] == "create")
+
+
+def test_an_image_removed_by_another_runs_destroy_before_the_create_is_pulled_again(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs of one host overlap: a destroy drops an image reference no container uses yet, between
+    this deployment's pull and its create. The create asks the registry again, once, and goes on."""
+    image = "registry.test/app:v1"
+    pushed = "registry.test/app@sha256:95017a675552a5"
+    podman.set_state(images=[image], repo_digests={image: [pushed]}, vanished=[image])
+    result, _ = run(podman, capsys, deployments=[deployment("d1", app_ports[0], image=image)])
+    [entry] = result["deployments"]
+    assert not entry["failed"], entry
+    assert f"pulled {image} again: it was removed meanwhile" in entry["actions"]
+    calls = [c["args"] for c in podman.calls()]
+    assert [args[-1] for args in calls if args[0] == "pull"] == [pushed, image]
+    assert len([args for args in calls if args[0] == "create"]) == 2

@@ -254,6 +254,12 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
         # From a pipe: the values never touch a file, nor podman's command line.
         args += ["--env-file", "/dev/stdin"]
     rc, out, err = podman.run(*args, p["image"], check=False, data="\n".join(lines) or None)
+    if rc != 0 and "image not known" in err:
+        # Another deployment's destroy (a run of this host that overlaps this one) dropped the
+        # image reference, which no container used yet: ask the registry for it again, once.
+        pull(podman, p["image"], "always", p["registry_auth"], d.untag)
+        actions.append(f"pulled {p['image']} again: it was removed meanwhile")
+        rc, out, err = podman.run(*args, p["image"], check=False, data="\n".join(lines) or None)
     if rc != 0:
         raise AppFailure(podman.mask(f"container {name} could not be created from {p['image']}: "
                                      f"{err.strip() or out.strip()}"))
