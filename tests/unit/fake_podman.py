@@ -61,6 +61,8 @@ def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str
     if command == "image exists":
         return (0 if args[2] in state["images"] else 1), "", ""
     if command == "image inspect":  # {{json .RepoDigests}}: what set_state(repo_digests=...) says
+        if args[-1] not in state["images"]:
+            return 125, "", f"Error: {args[-1]}: image not known\n"
         return 0, json.dumps(state.get("repo_digests", {}).get(args[-1], [])), ""
     if args[0] == "pull":
         if args[-1] in state.get("unknown", []):

@@ -94,9 +94,10 @@ class Podman:
                              "--filter", f"label=buddo.deployment_id={deployment_id}")
         return parse_ps(out)
 
-    def ensure_network(self, deployment_id: str, instance: str, host: str) -> bool:
-        """The deployment's own isolated network; True when it had to be created."""
-        if self.has_network(deployment_id):
+    def ensure_network(self, deployment_id: str, instance: str, host: str, known: bool | None = None) -> bool:
+        """The deployment's own isolated network; True when it had to be created. ``known``: whether
+        it exists, as the caller observed it (None: ask podman)."""
+        if known or (known is None and self.has_network(deployment_id)):
             return False
         # buddo.host as on the containers: hosts sharing one Podman prune only their own.
         owner = ["--label", f"buddo.host={host}"] if host else []
@@ -196,11 +197,13 @@ def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None, u
     once for the whole run after every container was made (:func:`untag_digests`)."""
     if not registry_of(image):
         return False  # a local image (the smoke test's): no registry to ask
-    cached = podman.run("image", "exists", image, check=False)[0] == 0
     refs = [image]
-    if policy == "missing" and cached:
+    cached = False
+    if policy == "missing":  # one podman call says whether it is here, and by which digests
+        rc, out, _ = podman.run("image", "inspect", "--format", "{{json .RepoDigests}}", image, check=False)
+        cached = rc == 0
+    if cached:
         repository = repository_of(image)
-        _, out, _ = podman.run("image", "inspect", "--format", "{{json .RepoDigests}}", image, check=False)
         digests = [ref for ref in json.loads(out.strip() or "[]") or [] if ref.partition("@")[0] == repository]
         # A digest is asked for as it is first (an image built here and pushed has a local digest
         # the registry does not know: then one it knows); a tag only after its digests.
@@ -239,7 +242,7 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
         actions.append(f"removed {len(stale)} container(s) in the way of the new one")
     if pull(podman, p["image"], p["pull"], p["registry_auth"], d.untag):
         actions.append(f"pulled {p['image']}")
-    if podman.ensure_network(p["deployment_id"], p["instance"], p["labels"].get("buddo.host", "")):
+    if podman.ensure_network(p["deployment_id"], p["instance"], p["labels"].get("buddo.host", ""), p["_network"]):
         actions.append(f"created network {deployment_network(p['deployment_id'])}")
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
@@ -356,7 +359,7 @@ def keep_output(d: Deployment, container_id: str, name: str) -> None:
 
 def started(d: Deployment) -> dict[str, Any]:
     p, podman = d.p, d.podman
-    existing = podman.containers(p["deployment_id"])
+    existing = p["_containers"] if p["_containers"] is not None else podman.containers(p["deployment_id"])
     same = sorted((c for c in existing if c["spec"] == p["spec"]), key=lambda c: c["state"] != "running")
     current = same[0] if same and not p["recreate"] else None
     result: dict[str, Any] = {"changed": False}
@@ -543,9 +546,20 @@ SHARED_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any], env: dict[str, Any],
-                 registry_auth: dict[str, Any], parallel: int, binary: str, check_mode: bool) -> list[dict[str, Any]]:
-    """Every deployment of ``items`` (validated) to ``state``, ``parallel`` at a time: one entry each, in order."""
+                 registry_auth: dict[str, Any], parallel: int, binary: str, check_mode: bool,
+                 seen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every deployment of ``items`` (validated) to ``state``, ``parallel`` at a time: one entry each, in order.
+
+    ``seen``: the caller's observation of the host moments ago (observe.host: containers, networks),
+    which saves each start a ``podman ps`` and a ``network exists`` (podman calls are what a host's
+    CPU spends a burst of creates on)."""
     shared = {**shared, "_secret_names": []}
+    by_deployment: dict[str, list[dict[str, Any]]] = {}
+    networks: set[str] = set()
+    if seen is not None:
+        for container in seen.get("containers") or []:
+            by_deployment.setdefault(str(container.get("deployment_id")), []).append(container)
+        networks = {str(n.get("deployment_id")) for n in seen.get("networks") or []}
     # Once for every deployment: the env secrets on the host (retired and absent drop theirs).
     if state in ("retired", "absent") and not check_mode:
         _, out, _ = Podman(binary, []).run("secret", "ls", "--format", "{{.Name}}", check=False)
@@ -555,8 +569,11 @@ def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any]
         values = {str(k): str(v) for k, v in (env.get(item["deployment_id"]) or {}).items()}
         auth = registry_auth.get(item["deployment_id"]) or None
         masked = [*values.values(), *(str(login.get("auth", "")) for login in (auth or {}).values())]
-        work.append(Deployment({**shared, **item, "env": values, "registry_auth": auth}, Podman(binary, masked),
-                               check_mode))
+        ident = item["deployment_id"]
+        known = {"_containers": by_deployment.get(ident, []) if seen is not None else None,
+                 "_network": (ident in networks) if seen is not None else None}
+        work.append(Deployment({**shared, **item, **known, "env": values, "registry_auth": auth},
+                               Podman(binary, masked), check_mode))
     if not work:
         return []
     use_every_cpu()

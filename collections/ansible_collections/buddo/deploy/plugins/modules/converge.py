@@ -152,12 +152,12 @@ class Run:
         self.failures: dict[str, dict[str, Any]] = {}  # deployment id -> its failure (stop, remove, retire)
         self.actions: dict[str, list[str]] = {}
 
-    def step(self, state: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def step(self, state: str, items: list[dict[str, Any]], seen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         valid, errors = instances.validate(container_items(items, state, self.p["host"]), state, self.p["env"])
         if errors:  # the document passed its argument spec: this is a bug of ours, said per run
             self.module.fail_json(msg="; ".join(errors))
         entries = instances.converge_all(state, valid, self.shared, self.p["env"], self.p["registry_auth"],
-                                         self.p["parallel"], self.binary, self.module.check_mode)
+                                         self.p["parallel"], self.binary, self.module.check_mode, seen)
         for entry in entries:
             self.actions.setdefault(entry["deployment_id"], []).extend(entry.get("actions") or [])
             if entry["failed"] and state != "started":  # started: the outcome's own (plan.converge_outcomes)
@@ -259,7 +259,8 @@ def main() -> None:
     else:
         run.step("stopped", work["stop"])
         run.step("absent", work["remove"])
-        started = {"deployments": run.step("started", work["start"])}
+        # What it starts was neither stopped nor removed above: the observation still holds for it.
+        started = {"deployments": run.step("started", work["start"], seen)}
         up = plan.converge_started(work, started)
         routes = [sites.render(site, settings(p)) for site in plan.converge_sites(up)]
         gone = work["remove_sites"] + work["orphan_sites"]
