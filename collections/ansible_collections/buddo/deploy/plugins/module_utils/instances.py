@@ -240,10 +240,23 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
     if stale:
         podman.run("rm", "--force", "--volumes", "--time", str(p["stop_timeout"]), *stale)
         actions.append(f"removed {len(stale)} container(s) in the way of the new one")
-    if pull(podman, p["image"], p["pull"], p["registry_auth"], d.untag):
-        actions.append(f"pulled {p['image']}")
-    if podman.ensure_network(p["deployment_id"], p["instance"], p["labels"].get("buddo.host", ""), p["_network"]):
-        actions.append(f"created network {deployment_network(p['deployment_id'])}")
+    # The registry's answer and a first deploy's network do not wait for each other; a network
+    # made for an image that could not be pulled goes again (nothing of a failed deploy stays).
+    network = deployment_network(p["deployment_id"])
+    with ThreadPoolExecutor(max_workers=2) as both:
+        made = both.submit(podman.ensure_network, p["deployment_id"], p["instance"],
+                           p["labels"].get("buddo.host", ""), p["_network"])
+        try:
+            pulled = pull(podman, p["image"], p["pull"], p["registry_auth"], d.untag)
+        except AppFailure:
+            with suppress(HostFailure):
+                if made.result():
+                    podman.run("network", "rm", network, check=False)
+            raise
+        if pulled:
+            actions.append(f"pulled {p['image']}")
+        if made.result():
+            actions.append(f"created network {network}")
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
     args = ["create", "--pull", "never", *run_arguments(
