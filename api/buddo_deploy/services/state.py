@@ -135,14 +135,25 @@ def _apply(d: Deployment, values: dict[str, Any]) -> dict[str, Any]:
 def change(d: Deployment, action: str, initiated_by: str | None, *, timeout_s: int,
            details: dict[str, Any] | None = None, **desired: Any) -> Deployment:
     """Apply a desired-state change to a locked row: new generation, status, audit entry, job."""
+    _new_generation(d, desired)
+    request(d, action, initiated_by, timeout_s=timeout_s, details=details)
+    return d
+
+
+def revert(d: Deployment, **desired: Any) -> None:
+    """The desired state goes back to what serves (a new version that never answered, the old one
+    still serving): a new generation, which needs no run. The worker records it converged."""
+    _new_generation(d, desired)
+
+
+def _new_generation(d: Deployment, desired: dict[str, Any]) -> None:
+    """The one writer of desired state (change, revert): the row is locked by the caller."""
     values = _apply(d, {**desired, "generation": d.generation + 1, "updated_at": utcnow()})
     updated = Deployment.update(**values).where(
         (Deployment.id == d.id) & (Deployment.generation == d.generation - 1)
     ).execute()
     if updated != 1:
         raise Conflict("The deployment changed while this request ran; try again", code="conflict")
-    request(d, action, initiated_by, timeout_s=timeout_s, details=details)
-    return d
 
 
 def request(d: Deployment, action: str, initiated_by: str | None, *, timeout_s: int,
@@ -229,16 +240,15 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
                           "message": outcome.get("message")}
         if d.generation == target and d.desired_state == DesiredState.RUNNING and serving(d):
             # The new version never came up: the old one still serves, so that is the
-            # desired state again (a new generation, converged already).
-            values |= {"revision": d.observed_revision, "pull_image": False, "generation": target + 1,
-                       "observed_generation": target + 1}
-            # A rollback that failed: back to the image of the release that serves.
+            # desired state again (a new generation, converged already). A rollback that
+            # failed goes back to the image of the release that serves.
             serving_release = releases.latest(d.id)
+            back: dict[str, Any] = {"revision": d.observed_revision, "pull_image": False, "pinned_digest": None}
             if serving_release is not None:
-                values |= {"container_image": serving_release.image,
-                           "pinned_digest": serving_release.image_digest if serving_release.pinned else None}
-            else:
-                values["pinned_digest"] = None
+                back |= {"container_image": serving_release.image,
+                         "pinned_digest": serving_release.image_digest if serving_release.pinned else None}
+            revert(d, **back)
+            values["observed_generation"] = d.generation
             entry_details["message"] = f"{outcome.get('message')}; the previous version keeps serving"
             entry_details["rolled_back"] = True
         elif item["state"] == DesiredState.RUNNING:
