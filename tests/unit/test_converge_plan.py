@@ -386,9 +386,9 @@ def test_a_site_of_a_stopped_deployment_is_no_orphan() -> None:
 # --- converge_started, converge_sites, converge_retire ----------------------------------------------------
 
 
-def _started(*entries: dict[str, Any]) -> dict[str, Any]:
-    """As app_instance returns it: one entry per deployment."""
-    return {"changed": True, "msg": "3 deployment(s) started", "deployments": list(entries)}
+def _started(*entries: dict[str, Any]) -> list[dict[str, Any]]:
+    """As the start step (instances.converge_all) returns it: one entry per deployment."""
+    return list(entries)
 
 
 def test_converge_started_keeps_the_items_whose_container_runs() -> None:
@@ -402,8 +402,7 @@ def test_converge_started_keeps_the_items_whose_container_runs() -> None:
     assert [u["id"] for u in up] == ["d1"]
     assert up[0]["container"] == new and up[0]["container_id"] == "c5" and up[0]["others"] == ["c1"]
     assert up[0]["serving_port"] is None and up[0]["recreate"] is False
-    assert plan_filters.converge_started(plan, None) == []
-    assert plan_filters.converge_started(plan, {}) == []
+    assert plan_filters.converge_started(plan, []) == []
 
 
 def test_converge_started_without_others_gives_an_empty_list() -> None:
@@ -468,21 +467,6 @@ def test_outcome_of_a_failed_start_without_kind_or_message() -> None:
     assert outcome["message"] == "the container could not be started" and outcome["actions"] == []
 
 
-def test_a_start_task_that_failed_as_a_whole_fails_each_deployment_it_was_to_start() -> None:
-    desired = [item(), item(id="d2", subdomain="blog", container_name="buddo-d2")]
-    obs = observed([container(id="c2", deployment_id="d2", name="buddo-d2")],
-                   [site(deployment_id="d2", hosts=[f"blog.{BASE}"])])
-    plan = plan_of(desired, obs, "")
-    assert [i["id"] for i in plan["start"]] == ["d1"]  # d2 runs its spec: not started, not failed
-    started = {"failed": True, "msg": "podman not found on this host", "failure_kind": "host"}
-    assert plan_filters.converge_started(plan, started) == []
-    outcomes = plan_filters.converge_outcomes(desired, plan, obs, started)
-    assert outcomes["d1"] | {"drift": []} == {"ok": False, "state": "running", "drift": [], "generation": 3,
-                                             "actions": [], "kind": "host", "task": "Run the app containers",
-                                             "message": "podman not found on this host"}
-    assert outcomes["d2"]["ok"] is True
-
-
 def test_outcome_of_a_rejected_site() -> None:
     desired = [item()]
     obs = observed([], [])
@@ -515,7 +499,7 @@ def test_outcome_without_drift_reports_the_serving_container() -> None:
     obs = observed([container()], [site()])
     plan = plan_of(desired, obs, live({HOST: 20000}))
     assert empty(plan)
-    outcome = plan_filters.converge_outcomes(desired, plan, obs, {}, {})["d1"]
+    outcome = plan_filters.converge_outcomes(desired, plan, obs, [], {})["d1"]
     assert outcome == {"ok": True, "state": "running", "drift": [], "generation": 3,
                        "container": {"id": "c1", "name": "buddo-d1", "host_port": 20000}}
     assert plan_filters.converge_outcomes(desired, plan, obs)["d1"] == outcome
@@ -534,7 +518,7 @@ def test_outcomes_of_stopped_and_absent_deployments() -> None:
     desired = [item(state="stopped"), item(id="d2", subdomain="blog", state="absent", generation=None)]
     obs = observed([container(), container(id="c2", deployment_id="d2", state="exited")])
     plan = plan_of(desired, obs, "")
-    outcomes = plan_filters.converge_outcomes(desired, plan, obs, {}, {})
+    outcomes = plan_filters.converge_outcomes(desired, plan, obs, [], {})
     assert outcomes == {
         "d1": {"ok": True, "state": "stopped", "drift": ["container running"], "generation": 3},
         "d2": {"ok": True, "state": "absent", "drift": ["container present"], "generation": None},

@@ -8,6 +8,11 @@ variables their defaults set.
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,10 @@ import yaml
 from ansible.parsing.plugin_docs import read_docstring
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "collections"))
 PLUGINS = ROOT / "collections/ansible_collections/buddo/deploy/plugins"
-DOCUMENTED = sorted([*PLUGINS.glob("modules/*.py"), *PLUGINS.glob("filter/*.py")])
+MODULES = sorted(PLUGINS.glob("modules/*.py"))
+DOCUMENTED = sorted([*MODULES, *PLUGINS.glob("filter/*.py")])
 ROLES = sorted(path.parent.parent for path in (ROOT / "roles").glob("*/meta/argument_specs.yml"))
 
 # The keys ansible-test's validate-modules accepts in an option (modules; filters also take "name").
@@ -58,6 +65,50 @@ def test_plugin_docs_parse_and_say_what_they_mean(path: Path) -> None:
     assert entry_problems(docs["returndocs"] or {}, RETURN_KEYS, "contains") == []
     if docs["plainexamples"]:
         assert isinstance(yaml.safe_load(docs["plainexamples"]), list)
+
+
+class Spec(Exception):
+    """What a module's main() gave AnsibleModule, raised so that nothing else runs."""
+
+
+def argument_spec(path: Path) -> dict[str, Any]:
+    module = importlib.import_module(f"ansible_collections.buddo.deploy.plugins.modules.{path.stem}")
+
+    def capture(**kwargs: Any) -> None:
+        raise Spec(kwargs["argument_spec"])
+
+    original = module.AnsibleModule
+    module.AnsibleModule = capture
+    try:
+        module.main()
+    except Spec as spec:
+        return dict(spec.args[0])
+    finally:
+        module.AnsibleModule = original
+    raise AssertionError(f"{path.name}: main() made no AnsibleModule")
+
+
+@pytest.fixture(scope="module")
+def ansible_doc() -> dict[str, Any]:
+    """Every module's documentation as ansible-doc shows it: with the fragments it extends merged in."""
+    names = [f"buddo.deploy.{path.stem}" for path in MODULES]
+    out = subprocess.run([str(Path(sys.executable).with_name("ansible-doc")), "--json", *names], cwd=ROOT,
+                         env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections")},
+                         capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
+def test_module_docs_document_exactly_the_options_the_module_takes(path: Path, ansible_doc: dict[str, Any]) -> None:
+    """Options documented in a module or the fragments it extends (doc_fragments/) are the ones it accepts."""
+    doc = ansible_doc[f"buddo.deploy.{path.stem}"]["doc"]
+    documented = doc.get("options") or {}
+    assert entry_problems(documented, OPTION_KEYS, "suboptions") == []
+    spec = argument_spec(path)
+    assert sorted(documented) == sorted(spec)
+    for name, option in spec.items():
+        assert documented[name].get("type", "str") == option.get("type", "str"), name
+        assert documented[name].get("default") == option.get("default"), name
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +21,12 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.errors import UnsupportedError
 from ansible_collections.buddo.deploy.plugins.module_utils.container import run_arguments
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
+from ansible_collections.buddo.deploy.plugins.module_utils.observe import of_deployments
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import (
     deployment_network,
     log_lines,
     parse_ps,
+    run_command,
     saved_output_path,
 )
 from ansible_collections.buddo.deploy.plugins.module_utils.redact import redact
@@ -80,14 +81,10 @@ class Podman:
 
     def run(self, *args: str, check: bool = True, data: str | None = None,
             pass_fds: tuple[int, ...] = ()) -> tuple[int, str, str]:
-        # subprocess, not AnsibleModule.run_command: that one is not meant for threads (shared
-        # state, and fail_json on an OSError would only end the thread).
-        proc = subprocess.run([self.binary, *args], input=data, stdin=None if data is not None else subprocess.DEVNULL,
-                              capture_output=True, encoding="utf-8", errors="replace", check=False,
-                              pass_fds=pass_fds)
-        if check and proc.returncode != 0:
-            raise HostFailure(self.mask(f"podman {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}"))
-        return proc.returncode, proc.stdout, proc.stderr
+        rc, out, err = run_command([self.binary, *args], data, pass_fds)
+        if check and rc != 0:
+            raise HostFailure(self.mask(f"podman {args[0]} failed: {err.strip() or out.strip()}"))
+        return rc, out, err
 
     def containers(self, deployment_id: str) -> list[dict[str, Any]]:
         _, out, _ = self.run("ps", "--all", "--format", "json",
@@ -340,15 +337,14 @@ def limit_disk(podman: Podman, container_id: str, limit_mb: int) -> None:
         return
     _, path, _ = podman.run("mount", container_id)
     try:
-        proc = subprocess.run(["btrfs", "qgroup", "limit", "-e", f"{limit_mb}M", path.strip()],
-                              capture_output=True, encoding="utf-8", errors="replace", check=False)
+        rc, out, err = run_command(["btrfs", "qgroup", "limit", "-e", f"{limit_mb}M", path.strip()])
     except OSError as exc:
         raise HostFailure(f"disk limit: btrfs cannot run ({exc}); run the bootstrap playbook") from exc
     finally:
         podman.run("umount", container_id, check=False)
-    if proc.returncode != 0:
+    if rc != 0:
         raise HostFailure("disk limit: podman's storage is not on the btrfs pool (run the bootstrap playbook): "
-                          + (proc.stderr.strip() or proc.stdout.strip()))
+                          + (err.strip() or out.strip()))
 
 
 def keep_output(d: Deployment, container_id: str, name: str) -> None:
@@ -567,12 +563,7 @@ def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any]
     which saves each start a ``podman ps`` and a ``network exists`` (podman calls are what a host's
     CPU spends a burst of creates on)."""
     shared = {**shared, "_secret_names": []}
-    by_deployment: dict[str, list[dict[str, Any]]] = {}
-    networks: set[str] = set()
-    if seen is not None:
-        for container in seen.get("containers") or []:
-            by_deployment.setdefault(str(container.get("deployment_id")), []).append(container)
-        networks = {str(n.get("deployment_id")) for n in seen.get("networks") or []}
+    by_deployment, networks = of_deployments(seen or {})
     # Once for every deployment: the env secrets on the host (retired and absent drop theirs).
     if state in ("retired", "absent") and not check_mode:
         _, out, _ = Podman(binary, []).run("secret", "ls", "--format", "{{.Name}}", check=False)

@@ -7,14 +7,13 @@ import glob
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ansible_collections.buddo.deploy.plugins.module_utils.container import observed
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
-from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_networks, parse_ps
+from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_networks, parse_ps, run_command
 
 _DEPLOYMENT = re.compile(r"^# deployment (\S+)\s*$", re.MULTILINE)
 _INSTANCE = re.compile(r"^# instance (\S+)\s*$", re.MULTILINE)
@@ -28,10 +27,7 @@ class ObserveError(Exception):
     """The host could not be read (podman failed): nothing can be planned."""
 
 
-def run_command(argv: list[str]) -> tuple[int, str, str]:
-    proc = subprocess.run(argv, capture_output=True, encoding="utf-8", errors="replace", check=False,
-                          stdin=subprocess.DEVNULL)
-    return proc.returncode, proc.stdout, proc.stderr
+__all__ = ["ObserveError", "host", "of_deployments", "probes", "run_command"]
 
 
 def probe(url: str, timeout: float) -> dict[str, Any]:
@@ -108,6 +104,15 @@ def probes(found: list[dict[str, Any]], path: str, timeout: float) -> dict[str, 
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = pool.map(lambda c: probe(f"http://127.0.0.1:{c['host_port']}{path}", timeout), running)
         return {c["id"]: answer for c, answer in zip(running, answers)}
+
+
+def of_deployments(seen: dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """An observation's containers (a list each) and networks by the deployment they belong to."""
+    containers_of: dict[str, list[dict[str, Any]]] = {}
+    for container in seen.get("containers") or []:
+        containers_of.setdefault(str(container.get("deployment_id")), []).append(container)
+    network_of = {str(n["deployment_id"]): n for n in seen.get("networks") or [] if n.get("deployment_id")}
+    return containers_of, network_of
 
 
 def host(run: Run, podman: str, instance: str, host_name: str, sites_dir: str = "", caddy_admin: str = "",

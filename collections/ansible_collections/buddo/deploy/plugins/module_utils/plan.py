@@ -12,6 +12,7 @@ from typing import Any
 
 from ansible_collections.buddo.deploy.plugins.module_utils.container import drift as container_drift
 from ansible_collections.buddo.deploy.plugins.module_utils.desired import bad_names
+from ansible_collections.buddo.deploy.plugins.module_utils.observe import of_deployments
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import deployment_network
 
 
@@ -74,12 +75,9 @@ def converge_plan(
     routes = _routes_of(live)
     plan: dict[str, Any] = {"start": [], "stop": [], "remove": [], "remove_sites": [], "orphan_containers": [],
                             "orphan_sites": [], "orphan_networks": [], "reload": False, "drift": {}}
-    by_deployment: dict[str, list[dict[str, Any]]] = {}
-    for container in containers:
-        by_deployment.setdefault(str(container.get("deployment_id")), []).append(container)
+    by_deployment, network_of = of_deployments(observed)
     site_of = {str(s.get("deployment_id")): s for s in sites if s.get("deployment_id")}
     networks: list[dict[str, Any]] = list(observed.get("networks") or [])
-    network_of = {str(n.get("deployment_id")): n for n in networks if n.get("deployment_id")}
 
     for item in desired:
         ident = str(item["id"])
@@ -177,19 +175,14 @@ def _by_item_id(results: dict[str, Any] | None, loop_var: str = "item") -> dict[
     return out
 
 
-def _start_results(plan: dict[str, Any], started: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """app_instance's entry per deployment; when its task failed as a whole (bad arguments, no
-    podman) every deployment it was to start failed with it."""
-    found = {str(e["deployment_id"]): e for e in (started or {}).get("deployments") or [] if e.get("deployment_id")}
-    if started and started.get("failed") and not found:
-        failure = {"failed": True, "failure_kind": "host", "msg": started.get("msg")}
-        found = {str(item["id"]): failure for item in plan.get("start") or []}
-    return found
+def _start_results(started: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The start step's entry (instances.converge_all) per deployment."""
+    return {str(entry["deployment_id"]): entry for entry in started}
 
 
-def converge_started(plan: dict[str, Any], started: dict[str, Any] | None) -> list[dict[str, Any]]:
+def converge_started(plan: dict[str, Any], started: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The plan's start items whose container now runs, with the container added."""
-    results = _start_results(plan, started)
+    results = _start_results(started)
     up = []
     for item in plan["start"]:
         result = results.get(str(item["id"])) or {}
@@ -216,11 +209,11 @@ def converge_outcomes(
     desired: list[dict[str, Any]],
     plan: dict[str, Any],
     observed: dict[str, Any],
-    started: dict[str, Any] | None = None,
+    started: list[dict[str, Any]] | None = None,
     sites: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per deployment: ok, failure kind and message, drift found, the serving container."""
-    start_results = _start_results(plan, started)
+    start_results = _start_results(started or [])
     site_results = _by_item_id(sites, "site")
     outcomes: dict[str, Any] = {}
     for item in desired:

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
+
+
+def run_command(argv: list[str], data: str | None = None, pass_fds: tuple[int, ...] = ()) -> tuple[int, str, str]:
+    """Run a command (podman, nft) without a shell: exit code, stdout, stderr.
+
+    subprocess, not AnsibleModule.run_command: that one is not meant for threads (shared state,
+    and fail_json on an OSError would only end the thread)."""
+    proc = subprocess.run(argv, input=data, stdin=None if data is not None else subprocess.DEVNULL,
+                          capture_output=True, encoding="utf-8", errors="replace", check=False, pass_fds=pass_fds)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def parse_ps(out: str) -> list[dict[str, Any]]:

@@ -33,9 +33,6 @@ options:
     type: list
     elements: dict
     default: []
-  env: {description: "Deployment id -> its environment variables (secret).", type: dict, default: {}}
-  registry_auth: {description: "Deployment id -> C({<registry host>: {auth: <base64 of user:password>}}) (secret).",
-      type: dict, default: {}}
   host: {description: "Inventory host (label buddo.host): only its containers and networks are observed.", type: str,
       default: ""}
   known: {description: Ids of deployments that are neither converged here nor orphans., type: list, elements: str,
@@ -43,7 +40,6 @@ options:
   prune: {description: "Also remove containers, sites and networks of no deployment in O(deployments) or O(known).",
       type: bool, default: false}
   releases_kept: {description: Images of this many newest releases stay on the host., type: int, default: 3}
-  parallel: {description: How many deployments are worked on at the same time., type: int, default: 4}
   egress_table: {description: "nftables table of the egress policy (C(inet buddo_egress)); empty - not checked.",
       type: str, default: ""}
   caddy_admin: {description: "Caddy's admin address (host:port); empty - Caddy is not read.", type: str, default: ""}
@@ -60,21 +56,7 @@ options:
       elements: str, default: []}
   reload_environment: {description: Environment of O(reload_command) and O(site_validate)., type: dict, default: {}}
   lock_file: {description: File locked while reloading., type: path, default: ""}
-  userns: {description: "Each container in a user namespace of its own (C(--userns=auto)).", type: bool, default: true}
-  host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
-  instance: {description: "Label buddo.instance: the platform the containers and sites belong to.", type: str,
-      default: buddo}
-  init: {description: Run an init as PID 1., type: bool, default: true}
-  restart_policy: {description: Podman restart policy., type: str, default: always}
-  stop_timeout: {description: Seconds to wait for a graceful stop., type: int, default: 10}
-  wait_timeout: {description: Seconds a new container has to answer., type: float, default: 60}
-  wait_path: {description: Path requested to see whether the app answers., type: str, default: /}
-  remove_image: {description: "On absent, remove the image reference when unused.", type: bool, default: true}
-  prune_images: {description: "After a replacement, remove dangling images no container uses.", type: bool,
-      default: true}
-  output_dir: {description: "Where the output of a container that never answered is kept (0600).", type: str,
-      default: ""}
-  podman: {description: Podman binary., type: str, default: podman}
+extends_documentation_fragment: [buddo.deploy.containers]
 """
 
 EXAMPLES = r"""
@@ -248,7 +230,8 @@ def main() -> None:
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     run = Run(module, binary)
-    started: dict[str, Any] = {}
+    site_settings = settings(p)
+    started: list[dict[str, Any]] = []
     written: dict[str, Any] = {}
     orphans = list(work["drift"].get("orphans") or [])
     reloaded = False
@@ -260,13 +243,13 @@ def main() -> None:
         run.step("stopped", work["stop"])
         run.step("absent", work["remove"])
         # What it starts was neither stopped nor removed above: the observation still holds for it.
-        started = {"deployments": run.step("started", work["start"], seen)}
+        started = run.step("started", work["start"], seen)
         up = plan.converge_started(work, started)
-        routes = [sites.render(site, settings(p)) for site in plan.converge_sites(up)]
+        routes = [sites.render(site, site_settings) for site in plan.converge_sites(up)]
         gone = work["remove_sites"] + work["orphan_sites"]
         if routes or gone or work["reload"]:
             try:
-                written = sites.apply(module, settings(p), routes, gone, work["reload"])
+                written = sites.apply(module, site_settings, routes, gone, work["reload"])
             except sites.ReloadError as exc:  # Caddy keeps its old config; the run is retried
                 module.fail_json(msg=str(exc), failure_kind="host")
             reloaded = written["reloaded"]
