@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,6 +182,70 @@ def test_a_tenant_is_not_root_on_the_host_reaches_only_what_it_may_and_cannot_fi
     for ident in (a, b):
         stack.destroy(ident)
 
+
+
+# Addresses of a network namespace this test makes and routes to through a veth pair: what a
+# tenant's traffic through the host (the egress table's forward chain) may reach. 198.51.100.7
+# (TEST-NET-2) stands for the Internet; nothing is sent beyond the namespace.
+BEYOND = {"198.51.100.7": True, "10.255.77.7": False, "172.31.77.7": False, "192.168.77.7": False,
+          "100.64.77.7": False, "169.254.77.7": False}
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def routed_namespace() -> Iterator[int]:
+    """A namespace holding every address of BEYOND, routed to from the host, with an HTTP server
+    on all of them; yields its port. Removed afterwards (its veth and routes go with it)."""
+    ns, outside, inside = "buddo-e2e-egress", "buddo-egr0", "buddo-egr1"
+    subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+    ip("netns", "add", ns)
+    server = None
+    try:
+        ip("link", "add", outside, "type", "veth", "peer", "name", inside, "netns", ns)
+        ip("addr", "add", "192.0.2.1/30", "dev", outside)
+        ip("link", "set", outside, "up")
+        ip("-n", ns, "addr", "add", "192.0.2.2/30", "dev", inside)
+        ip("-n", ns, "link", "set", inside, "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "route", "add", "default", "via", "192.0.2.1")
+        for address in BEYOND:
+            ip("-n", ns, "addr", "add", f"{address}/32", "dev", "lo")
+            ip("route", "add", f"{address}/32", "via", "192.0.2.2", "dev", outside)
+            route = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True, check=True)
+            assert f"dev {outside}" in route.stdout, route.stdout  # never towards a real network
+        port = 18977
+        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "http.server", "--bind",
+                                   "0.0.0.0", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield port
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        for address in BEYOND:
+            subprocess.run(["ip", "route", "del", f"{address}/32"], check=False, capture_output=True)
+
+
+def test_through_the_host_a_tenant_reaches_the_internet_but_no_private_or_link_local_address(
+        stack: Stack) -> None:
+    image = stack.push("v1", tag="iso")
+    ident = create(stack, "e2e-iso-f", image)
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+    [container] = stack.containers("e2e-iso-f")
+    # netavark rewrote its rules for this deployment's new network: the egress table stands.
+    subprocess.run(["nft", "list", "table", "inet", "buddo_egress"], check=True, capture_output=True)
+    with routed_namespace() as port:
+        for address in BEYOND:  # the host reaches every one of them: the listeners are up
+            here = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                                   "--retry", "5", "--retry-connrefused", "--retry-delay", "1",
+                                   f"http://{address}:{port}/"], capture_output=True, text=True, check=False)
+            assert here.stdout == "200", (address, here)
+        reached = {address: tcp_open_from(container["Id"], address, port) for address in BEYOND}
+    assert reached == BEYOND
+    stack.destroy(ident)
 
 
 def test_only_root_reaches_caddys_admin_api(stack: Stack) -> None:

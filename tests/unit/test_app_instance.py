@@ -274,6 +274,32 @@ def test_every_pull_asks_the_registry_with_the_operators_own_login(
     assert not [c for c in podman.calls() if c["args"][0] == "pull"]
 
 
+def test_a_stopped_container_starts_again_only_with_the_registrys_yes(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    """A suspended deployment's container, its image cached: its restart asks the registry with the
+    operator's login (by the cached digest), and a login the registry refuses now keeps it stopped."""
+    private = "registry.test/private/app:v1"
+    pushed = "registry.test/private/app@sha256:95017a675552a5"
+    login = {"registry.test": {"auth": base64.b64encode(b"alice:alice-registry-pw").decode()}}
+    podman.set_state(images=[private], repo_digests={private: [pushed]})
+    item = deployment("alice", app_ports[0], image=private)
+    result, _ = run(podman, capsys, deployments=[item], registry_auth={"alice": login})
+    assert not result["deployments"][0]["failed"], result
+    run(podman, capsys, state="stopped", deployments=[{"deployment_id": "alice", "name": "app-alice"}])
+    (podman.root / "calls.jsonl").unlink()
+
+    result, _ = run(podman, capsys, deployments=[item])  # the login was removed meanwhile
+    [entry] = result["deployments"]
+    assert entry["failed"] and entry["failure_kind"] == "app" and "unauthorized" in entry["msg"], entry
+    assert not [c for c in podman.calls() if c["args"][0] == "start"]
+    assert {c["state"] for c in podman.state()["containers"]} == {"exited"}
+
+    result, _ = run(podman, capsys, deployments=[item], registry_auth={"alice": login})
+    [entry] = result["deployments"]
+    assert not entry["failed"] and "started container app-alice again" in entry["actions"], entry
+    assert [c["args"][-1] for c in podman.calls() if c["args"][0] == "pull"] == [pushed, pushed]
+
+
 def test_a_dripping_app_fails_alone_and_on_time(podman: Podman, app_ports: list[int],
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """An app that answers a byte every 0.2 s: its wait ends at wait_timeout, the others start."""

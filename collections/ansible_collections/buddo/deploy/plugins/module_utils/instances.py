@@ -378,6 +378,10 @@ def started(d: Deployment) -> dict[str, Any]:
         d.actions.append("would start a container" if current else "would start a new container")
         return {"changed": True, "container": {}, "others": [c["id"] for c in existing]}
     elif current is not None:
+        # A stopped container (suspended, or it exited) starts again only if the registry still
+        # lets the operator pull its image: a cached image is never a way around the registry.
+        if pull(podman, p["image"], "missing", p["registry_auth"], d.untag):
+            d.actions.append(f"pulled {p['image']}")
         podman.run("start", current["id"])
         d.actions.append(f"started container {current['name']} again")
         url = f"http://{p['host_address']}:{current['host_port']}{p['wait_path']}"
