@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,23 @@ def test_the_named_packages_are_named_where_they_are_installed() -> None:
     installed = frozenset(defaults["container_host_packages"])
     for executable, package in EXECUTABLES.items():
         assert package in installed or everywhere(package) or package in closure(installed), (executable, package)
+
+
+def test_the_smoke_test_names_what_is_missing_in_one_line(tmp_path: Path) -> None:
+    """Bootstrap's smoke test, on a host without an executable the engine runs: it fails before
+    it starts anything, in one line naming the executable and its Debian package."""
+    playbook = tmp_path / "smoke.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "tasks": [{"ansible.builtin.include_role": {"name": "container_host", "tasks_from": "smoke"}}],
+    }]))
+    executables = {**EXECUTABLES, "buddo-no-such-tool": "buddo-no-such-package"}
+    extra = yaml.safe_dump({"container_host_executables": executables}, default_flow_style=True)
+    run = subprocess.run([str(ROOT / ".venv/bin/ansible-playbook"), "-i", "localhost,", str(playbook),
+                          "-e", f"ansible_python_interpreter={sys.executable}", "-e", extra],
+                         cwd=ROOT, env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    line = "smoke test on localhost: missing buddo-no-such-tool (Debian package buddo-no-such-package)"
+    assert f"msg: '{line}'" in run.stdout, run.stdout
+    assert "Start an app container as the engine does" not in run.stdout

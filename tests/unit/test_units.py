@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from buddo_deploy.crypto import decrypt_env, encrypt_env
-from buddo_deploy.runner import unsafe_yaml
+from buddo_deploy.runner import _summarise, unsafe_yaml
 from buddo_deploy.schemas import IMAGE_PATH_PATTERN
 from buddo_deploy.settings import Settings, SettingsError
 
@@ -187,3 +187,20 @@ def test_a_tier_file_slug_is_one_the_api_accepts(tmp_path: Path, slug: str) -> N
     (tmp_path / "tiers.json").write_text(json.dumps(tiers))
     with pytest.raises(ValueError, match="tier slug"):
         load_tier_file(tmp_path / "tiers.json")
+
+
+@pytest.mark.parametrize("ssh_says", [
+    # A host the inventory's known_hosts does not list.
+    "Failed to connect to the host via ssh: No ED25519 host key is known for [127.0.0.1]:2222 and you have "
+    "requested strict checking.\r\nHost key verification failed.",
+    # A host that answers with another key than the pinned one.
+    "Failed to connect to the host via ssh: @@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\r\n"
+    "Offending ED25519 key in /etc/buddo/known_hosts:1\r\nHost key verification failed.",
+], ids=["unknown", "changed"])
+def test_an_unknown_or_changed_host_key_is_said_plainly(ssh_says: str) -> None:
+    summary = _summarise({"event": "runner_on_unreachable", "event_data": {
+        "host": "container-host-2", "task": "Converge the deployments of this host", "res": {"msg": ssh_says}}})
+    assert summary is not None and summary.status == "unreachable"
+    assert summary.message is not None and summary.message.startswith(
+        "container-host-2: its SSH host key is unknown or changed (not the one pinned in the inventory's "
+        "known_hosts): not connected.")
