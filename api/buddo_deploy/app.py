@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     apps = AppsResource(lifecycle, context)
     app.add_route("/api/deploy/openapi.json", OpenApiResource(context))
     ask = DomainCheckResource(settings.ask_secret, settings.cert_budget_per_domain, settings.cert_budget_per_hour,
-                              limiter.rejected)
+                              limiter.rejected, limiter.count)
     app.add_route("/api/deploy/internal/domain-check", ask)
     app.add_route("/api/deploy/tiers", TiersResource())
     app.add_route("/api/deploy/apps", apps)

@@ -39,7 +39,9 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/api/deploy/registry-logins"): "read",
     ("PUT", "/api/deploy/registry-logins/{registry}"): "write",
     ("DELETE", "/api/deploy/registry-logins/{registry}"): "write",
-    # Caddy's on-demand TLS ask (a secret in its URL, no token): counted per client address.
+    # Caddy's on-demand TLS ask (a secret in its URL, no token): counted per client address, and
+    # only once the secret is right (DomainCheckResource): a flood of asks without it, from
+    # Caddy's address or behind one proxy with Caddy, never uses up Caddy's own asks.
     ("GET", "/api/deploy/internal/domain-check"): "ask",
 }
 # Classes of requests without a bearer token, counted per client address.
@@ -123,6 +125,13 @@ class RateLimit:
         return RateLimitCounter.hit(key, window_start)
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
+        if getattr(resource, "counts_itself", False):  # e.g. the ask endpoint: after its secret is checked
+            return
+        self.count(req, resp)
+
+    def count(self, req: falcon.Request, resp: falcon.Response | None = None) -> None:
+        """Count the request against its caller (operator, or client address for ADDRESS_CLASSES);
+        429 over the limit of its class."""
         principal = getattr(req.context, "principal", None)
         if not self.enabled or req.uri_template is None:
             return
@@ -143,7 +152,8 @@ class RateLimit:
                 details={"limit": limit, "window_seconds": self.window, "retry_after": reset},
                 headers=headers | {"Retry-After": str(reset)},
             )
-        resp.set_headers(headers)
+        if resp is not None:
+            resp.set_headers(headers)
 
 
 class ConcurrencyLimit:

@@ -480,6 +480,15 @@ def test_caddys_asks_are_rate_limited_per_address(client_with):
     assert ask(client, remote_addr="10.0.0.6").status_code == 200  # another host
 
 
+def test_asks_without_the_secret_never_use_up_caddys_own(client_with):
+    """Anonymous asks from Caddy's own address (a proxy in front of both, say) are refused and
+    counted as failed authentications; Caddy's asks, with the secret, still have their whole limit."""
+    client = client_with(rate_limit_ask=3, rate_limit_anonymous=1000, rate_limit_window_s=86400)
+    activate(create(client)["id"])
+    assert {ask(client, token="").status_code for _ in range(50)} == {403}
+    assert [ask(client).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
 # --- migrations ------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.e2e.conftest import Stack
 
 MISSING = "127.0.0.1:5000/e2e/does-not-exist:v9"
@@ -63,5 +65,10 @@ def test_creates_queued_together_come_up_in_one_run_and_a_bad_image_fails_alone(
         started = [e["task"] for e in job["events"] if e["event"] == "playbook_on_task_start"]
         assert started == [e["task"] for e in failed["events"] if e["event"] == "playbook_on_task_start"]
         assert job["events"][-1]["event"] == "playbook_on_stats"
+        # Nothing of the bad tenant in a good one's view or audit trail: not its id, not its image,
+        # not its error (the run was shared; what failed is the bad one's own outcome).
+        seen = json.dumps(job) + json.dumps(stack.logs(ident))
+        assert bad not in seen and "does-not-exist" not in seen, seen
+    assert not any(ident in json.dumps(failed) + json.dumps(stack.logs(bad)) for ident in good)
     for ident in good:
         stack.destroy(ident)

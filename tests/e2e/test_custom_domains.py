@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,13 @@ def test_a_verified_domain_gets_a_pebble_certificate_and_a_misdirected_one_nothi
     wait_for_domain(stack, blog["id"], "misconfigured")
     assert routed(stack, good) and not routed(stack, bad)
 
+    # A thousand asks without the secret, from Caddy's own address: each refused, and none spends
+    # the issuance budget (the rate limits, off in these stacks, are tests/api's).
+    check = f"{stack.api}/api/deploy/internal/domain-check"
+    with requests.Session() as session:
+        codes = Counter(session.get(check, params={"domain": good}, timeout=10).status_code for _ in range(1000))
+    assert codes == {403: 1000}, codes
+
     # The first request: Caddy asks the API, Pebble issues, the app answers.
     first = https(good, pebble["roots"])
     assert first.returncode == 0 and first.stdout.endswith("\n200") and f"custom-{tag}" in first.stdout, \
@@ -143,7 +151,6 @@ def test_a_verified_domain_gets_a_pebble_certificate_and_a_misdirected_one_nothi
 
     refused = https(bad, pebble["roots"])
     assert refused.returncode != 0 and not refused.stdout.endswith("\n200")
-    check = f"{stack.api}/api/deploy/internal/domain-check"
     ask = requests.get(check, params={"domain": bad, "token": stack.env["BUDDO_ASK_SECRET"]}, timeout=10)
     assert ask.status_code == 403 and ask.json()["error"]["code"] == "domain_not_verified"
     # Without the ask secret nobody is answered, not even about a verified domain.

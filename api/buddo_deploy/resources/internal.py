@@ -33,13 +33,16 @@ class DomainCheckResource:
     """
 
     auth_required = False
+    counts_itself = True  # RateLimit counts an ask only once its secret is right (on_authorised)
 
     def __init__(self, secret: str | None, per_domain: int, per_hour: int,
-                 on_rejected: Callable[[falcon.Request], dict[str, str]] | None = None) -> None:
+                 on_rejected: Callable[[falcon.Request], dict[str, str]] | None = None,
+                 on_authorised: Callable[[falcon.Request], None] | None = None) -> None:
         self.secret = secret.encode() if secret else None
         self.per_domain = per_domain
         self.per_hour = per_hour
         self.on_rejected = on_rejected
+        self.on_authorised = on_authorised
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._authorise(req)
@@ -58,6 +61,8 @@ class DomainCheckResource:
             raise Unavailable("The ask endpoint is not configured (BUDDO_ASK_SECRET)", code="ask_not_configured")
         given = (req.get_param("token") or "").encode()
         if hmac.compare_digest(given, self.secret):
+            if self.on_authorised is not None:
+                self.on_authorised(req)
             return
         # Counted first: over the limit it is a 429, and the log is not flooded either.
         headers = self.on_rejected(req) if self.on_rejected is not None else {}
