@@ -3,6 +3,7 @@
 The app answers its first request (so it comes up), then sends every later answer a byte a
 second, forever. Its health verdicts go bad on time; its batch-mate comes up; another
 tenant's create reaches running while it drips; the others' health verdicts keep coming.
+With DRIP_FIRST set it drips from its first answer: its deploy fails, on time, alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from tests.e2e.conftest import Stack
 
 DRIP = """#!/bin/busybox sh
-if [ -e /tmp/served ]; then
+if [ -e /tmp/served ] || [ -n "$DRIP_FIRST" ]; then
   for c in H T T P / 1 . 0 ' ' 2 0 0 ' ' O K; do printf '%s' "$c"; /bin/busybox sleep 1; done
   /bin/busybox sleep 3600
 else
@@ -72,4 +73,33 @@ def test_a_dripping_app_fails_alone_and_the_host_goes_on(stack: Stack) -> None:
         time.sleep(1)
     assert status(stack, mate)["health_status"] == "healthy"
     for ident in (drip, mate, other):
+        stack.destroy(ident)
+
+
+def test_an_app_that_drips_from_its_first_answer_fails_its_own_deploy_only(stack: Stack) -> None:
+    drip_image = push_drip_image()
+    healthy_image = stack.push("v1", tag="deadline")
+    for worker in stack.workers:  # both creates queue up for one run of the host
+        worker.terminate()
+        worker.wait(timeout=120)
+    stack.workers.clear()
+    try:
+        drip = stack.create(subdomain="e2e-drip-first", image=drip_image, env_vars={"DRIP_FIRST": "1"})["id"]
+        mate = stack.create(subdomain="e2e-drip-first-mate", image=healthy_image)["id"]
+        stack.start_worker()
+        assert stack.wait_for(mate, {"running", "failed"}, timeout=120)["status"] == "running", stack.logs(mate)
+        failed = stack.wait_for(drip, {"running", "failed"}, timeout=120)
+    finally:
+        for worker in stack.workers:
+            worker.terminate()
+            worker.wait(timeout=120)
+        stack.workers.clear()
+        stack.start_worker()
+    assert failed["status"] == "failed", stack.logs(drip)
+    deploy = stack.logs(drip)[1]
+    assert deploy["action"] == "deploy" and deploy["status"] == "failed", deploy
+    # Its own wait's deadline ended it (converge_wait_timeout), not the job's timeout.
+    assert "did not answer" in str(deploy["details"]), deploy
+    assert "version v1" in stack.https("e2e-drip-first-mate").stdout
+    for ident in (drip, mate):
         stack.destroy(ident)
