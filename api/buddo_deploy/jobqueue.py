@@ -2,9 +2,10 @@
 
 Work is queued per host (controller-runtime's key-only request). ``converge``: a change
 marks its deployment's host as needing a converge; a host has at most one queued
-converge, which every later change joins as a target (the deployment and the generation
-to reach: ten restarts queued while one runs cost one more run). A worker runs the
-host's targets in one playbook run and records each deployment's outcome on its target.
+converge (beside the solo ones below), which every later change joins as a target (the
+deployment and the generation to reach: ten restarts queued while one runs cost one more
+run). A worker runs the host's targets in one playbook run and records each deployment's
+outcome on its target.
 ``reconcile``: converge every deployment of one host and remove orphans (the worker's
 periodic run, or ``buddo-deploy reconcile``, which reserves its job for itself).
 ``output``: read one deployment's container output.
@@ -15,11 +16,19 @@ goes back to the queue with a backoff, as often as it takes. A deployment (and a
 subdomain: one site file, one container name family) is converged by one run at a time,
 in order: a host's converge waits for an earlier one only when they share one (the next
 changes of a host start while the first ones still come up).
-A reconcile never runs beside another job of its host, and converges queued after it wait
-for it; other jobs sharing a ``lock_key`` run one at a time in id order. Claims are
-serialised (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction advisory lock), so
-those rules hold across processes; so are a host's enqueues on PostgreSQL (an advisory
-lock per host), so two API processes never queue two converges of one host.
+A run that timed out may hang again on whichever deployment made it hang, so its
+deployments are retried alone: a *solo* converge holds one deployment, which it keeps
+(its later changes join it, or queue the next solo one behind it) until that deployment
+has an outcome; new changes of the host never join it. A shared run that timed out ends
+there and each of its deployments goes on in a solo converge of its own
+(:func:`retry_alone`); a run of one deployment retries as a solo one. The other
+deployments' converges then run beside a suspect's, which waits only for its own.
+A reconcile never runs beside another job of its host (a suspect's solo converge
+included), and converges queued after it wait for it; other jobs sharing a ``lock_key``
+run one at a time in id order. Claims are serialised (SQLite: ``BEGIN IMMEDIATE``;
+PostgreSQL: a transaction advisory lock), so those rules hold across processes; so are a
+host's enqueues on PostgreSQL (an advisory lock per host), so two API processes never
+queue two converges of one host where one belongs.
 """
 
 from __future__ import annotations
@@ -41,32 +50,90 @@ def host_lock_key(host: str) -> str:
     return f"{host}/"
 
 
+def _lock_host(host: str) -> None:
+    """Serialise the host's enqueues (PostgreSQL; SQLite's write transactions are serialised already)."""
+    db = database_proxy.obj
+    if is_postgres(db):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", (_ENQUEUE_LOCK, zlib.crc32(host.encode()) - 2**31))
+
+
+def _solo_of(deployment_id: Any) -> peewee.Expression:
+    """Solo converges that still have to act on the deployment."""
+    mine: peewee.Expression = (Job.action == "converge") & Job.solo & (JobTarget.deployment == deployment_id) & (
+        JobTarget.state.in_(("queued", "running")))
+    return mine
+
+
+def _alone(deployment_id: Any) -> bool:
+    """A solo converge of the deployment is queued or running: its changes run alone too."""
+    return bool(Job.select().join(JobTarget, on=(JobTarget.job == Job.id)).where(
+        _solo_of(deployment_id) & Job.state.in_(("queued", "running"))).exists())
+
+
+def _queued_converge(host: str, solo_of: Any | None) -> Job | None:
+    """The host's latest queued converge: an ordinary one, or (``solo_of``) that deployment's solo one."""
+    query = Job.select().where((Job.action == "converge") & (Job.host == host) & (Job.state == "queued"))
+    if solo_of is None:
+        query = query.where(~Job.solo)
+    else:
+        query = query.join(JobTarget, on=(JobTarget.job == Job.id)).where(_solo_of(solo_of))
+    found: Job | None = query.order_by(Job.id.desc()).first()
+    return found
+
+
+def _new_converge(host: str, *, timeout_s: int, run_after: dt.datetime, solo: bool) -> Job:
+    now = utcnow()
+    job: Job = Job.create(deployment=None, action="converge", host=host, lock_key=host_lock_key(host),
+                          timeout_s=timeout_s, run_after=run_after, solo=solo, created_at=now, updated_at=now)
+    return job
+
+
+def _add_target(job: Job, deployment_id: Any, generation: int) -> None:
+    """The deployment is a target of ``job``, to reach at least ``generation``."""
+    target = JobTarget.get_or_none(_target(job, deployment_id))
+    if target is None:
+        JobTarget.create(job=job.id, deployment=deployment_id, generation=generation, state="queued")
+    elif target.generation < generation:
+        set_target_generation(job, deployment_id, generation)
+
+
 def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
     """Make sure the deployment's host has a queued converge with the deployment as a target at
     its current generation; the job (a new one, or the queued one the change joined).
 
+    A deployment running alone (a solo converge of it is queued or running) joins its queued
+    solo converge, or queues the next one; any other joins the host's queued ordinary converge.
+
     Call inside the transaction that changed the desired state.
     """
-    db = database_proxy.obj
-    if is_postgres(db):
-        db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)",
-                       (_ENQUEUE_LOCK, zlib.crc32(deployment.host.encode()) - 2**31))
+    _lock_host(deployment.host)
     now = utcnow()
-    job = Job.select().where((Job.action == "converge") & (Job.host == deployment.host) & (Job.state == "queued")
-                             ).order_by(Job.id.desc()).first()
+    alone = _alone(deployment.id)
+    job = _queued_converge(deployment.host, deployment.id if alone else None)
     if job is None:
-        job = Job.create(deployment=None, action="converge", host=deployment.host,
-                         lock_key=host_lock_key(deployment.host), timeout_s=timeout_s, run_after=now,
-                         created_at=now, updated_at=now)
+        job = _new_converge(deployment.host, timeout_s=timeout_s, run_after=now, solo=alone)
     else:  # joins it, and a change is worth trying now (a retry's backoff ends)
         Job.update(run_after=now, timeout_s=max(job.timeout_s, timeout_s), updated_at=now).where(
             Job.id == job.id).execute()
-    target = JobTarget.get_or_none(_target(job, deployment.id))
-    if target is None:
-        JobTarget.create(job=job.id, deployment=deployment.id, generation=deployment.generation, state="queued")
-    elif target.generation < deployment.generation:
-        set_target_generation(job, deployment.id, deployment.generation)
+    _add_target(job, deployment.id, deployment.generation)
     return Job.get_by_id(job.id)
+
+
+def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.datetime, error: str,
+                task: str | None) -> Job:
+    """A target of a shared run that timed out goes on alone; its solo converge.
+
+    Its target in ``job`` ends failed with the run's error (the run is over); it is queued
+    with that error in its solo converge: the one already queued (it joins it), or a new
+    one that runs after ``run_after``. Call after :func:`finish` of ``job``, in its transaction.
+    """
+    _lock_host(job.host)
+    finish_target(job, deployment_id, succeeded=False, error=error, task=task)
+    solo = _queued_converge(job.host, deployment_id) or _new_converge(
+        job.host, timeout_s=job.timeout_s, run_after=run_after, solo=True)
+    _add_target(solo, deployment_id, generation)
+    set_target_error(solo, deployment_id, error, task)
+    return solo
 
 
 def _target(job: Job, deployment_id: Any) -> peewee.Expression:
@@ -244,13 +311,15 @@ def finish(job: Job, owner: str, *, succeeded: bool, error: str | None = None, r
     return bool(updated)
 
 
-def retry_later(job: Job, owner: str, *, delay: dt.timedelta, error: str) -> bool:
-    """Put the job back in the queue after ``delay``; False when the lease was lost."""
+def retry_later(job: Job, owner: str, *, delay: dt.timedelta, error: str, solo: bool = False) -> bool:
+    """Put the job back in the queue after ``delay`` (``solo``: as a solo converge, which new
+    changes of the host no longer join); False when the lease was lost."""
     now = utcnow()
-    updated = Job.update(
-        state="queued", run_after=now + delay, lease_owner=None, lease_expires_at=None, updated_at=now,
-        last_error=error,
-    ).where(_owned(job, owner)).execute()
+    values: dict[str, Any] = {"state": "queued", "run_after": now + delay, "lease_owner": None,
+                              "lease_expires_at": None, "updated_at": now, "last_error": error}
+    if solo:
+        values["solo"] = True
+    updated = Job.update(**values).where(_owned(job, owner)).execute()
     if updated:
         JobTarget.update(state="queued").where((JobTarget.job == job.id) & (JobTarget.state == "running")).execute()
     return bool(updated)

@@ -188,6 +188,9 @@ class Job(BaseModel):
     # A reconcile started by `buddo-deploy reconcile` is run by that process only.
     reserved_for = peewee.CharField(null=True)
     result = peewee.TextField(null=True)
+    # A converge of one deployment, whose run timed out (jobqueue.retry_alone, retry_later):
+    # only that deployment's changes join it.
+    solo = peewee.BooleanField(default=False)
 
     class Meta:
         table_name = "jobs"

@@ -545,7 +545,7 @@ def test_migrations_0014_0015_give_existing_claims_a_token_an_expiry_clock_and_t
         "released": _old_row(tier, "rel", "rel.example.com", custom_domain_status="pending", released_at=now),
         "none": _old_row(tier, "non", None),
     }
-    assert restore() == [14, 15, 16]
+    assert restore() == [14, 15, 16, 17]
     rows = {k: Deployment.get_by_id(i) for k, i in ids.items()}
     tokens = [rows[k].custom_domain_token for k in ("active", "pending", "misconfigured")]
     assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in tokens) and len(set(tokens)) == 3
@@ -556,4 +556,22 @@ def test_migrations_0014_0015_give_existing_claims_a_token_an_expiry_clock_and_t
     assert rows["active"].custom_domain_unverified_since is None
     assert abs(rows["active"].custom_domain_approved_at - now) < dt.timedelta(minutes=1)
     assert rows["pending"].custom_domain_approved_at is None
+    db.close()
+
+
+def test_migration_0017_keeps_queued_converges_ordinary(settings, monkeypatch):
+    import peewee
+    from buddo_deploy import jobqueue
+
+    db, tier, restore = _old_schema(settings, monkeypatch, 17)
+    ident = _old_row(tier, "old", None)
+    now = utcnow()
+    job = 1  # a row of that schema (the model writes the new column too)
+    peewee.Table("jobs").bind(db).insert(id=job, action="converge", lock_key="h/", state="queued", timeout_s=60,
+                                         run_after=now, created_at=now, updated_at=now, host="h").execute()
+    JobTarget.insert(job=job, deployment=ident, generation=1, state="queued").execute()
+    assert restore() == [17]
+    assert Job.get_by_id(job).solo is False
+    with db.atomic():  # a change on its host joins it, as before
+        assert jobqueue.enqueue_converge(Deployment.get_by_id(ident), timeout_s=60).id == job
     db.close()

@@ -16,6 +16,7 @@ import pytest
 from buddo_deploy import jobqueue, worker
 from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, JobTarget
 from buddo_deploy.results import EventSummary, PlaybookResult
+from buddo_deploy.services import engine
 from buddo_deploy.services.engine import SHARED_FAILURE
 from buddo_deploy.tasks import base as tasks_base
 
@@ -187,10 +188,12 @@ def test_nothing_of_one_tenant_reaches_another_in_a_shared_run(client, settings,
 
 
 def test_a_retried_run_skips_what_converged_meanwhile(client, settings, host, monkeypatch):
-    timeouts = FakeRuns(lambda items: PlaybookResult(status="timeout", rc=None, message="timed out after 600 s"))
-    monkeypatch.setattr(tasks_base, "run_playbook", timeouts)
+    failures = FakeRuns(lambda items: PlaybookResult(status="failed", rc=2, failed_task="Render the Caddy sites",
+                                                     message="caddy reload failed", failed_status="failed"))
+    monkeypatch.setattr(tasks_base, "run_playbook", failures)
     assert worker.Worker(settings, name="w").run_once()
-    assert [r["subdomains"] for r in timeouts.runs] == [["a", "b", "c"]]
+    assert [r["subdomains"] for r in failures.runs] == [["a", "b", "c"]]
+    assert len({_job(host[s]).id for s in "abc"}) == 1 and not _job(host["a"]).solo  # retried together
     # 'a' converged meanwhile (a reconcile, say).
     Deployment.update(observed_generation=1, serving_port=20002).where(Deployment.id == host["a"]).execute()
     Job.update(run_after=Job.updated_at).where(Job.state == "queued").execute()  # the backoff is over
@@ -246,3 +249,106 @@ def test_many_changes_cost_one_run(client, settings, host, monkeypatch):
     assert len(runs.runs) == 1 and jobqueue.open_converge(Deployment.get_by_id(host["a"])) is None
     d = Deployment.get_by_id(host["a"])
     assert d.generation == 11 and d.observed_generation == 11 and d.status == "running"
+
+
+def _timeout(items: list[dict[str, Any]]) -> PlaybookResult:
+    return PlaybookResult(status="timeout", rc=None, message="timed out after 600 s")
+
+
+def _end_backoffs() -> None:
+    Job.update(run_after=Job.updated_at).where(Job.state == "queued").execute()
+
+
+def _entry(ident: str) -> AuditEntry:
+    """The deployment's latest audit entry."""
+    found: AuditEntry = AuditEntry.select().where(AuditEntry.deployment == ident).order_by(
+        AuditEntry.inserted_at.desc(), AuditEntry.id.desc()).get()
+    return found
+
+
+def test_a_shared_run_that_timed_out_retries_each_deployment_alone(client, settings, host, monkeypatch):
+    """One of a, b, c made the run hang until the job timeout (which one, nobody knows): each is
+    retried in a solo converge of its own, and another tenant's create runs while one hangs again."""
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_timeout))
+    assert worker.Worker(settings, name="w").run_once()
+    shared = _job(host["d"])  # d converged already: it stays in the run's job
+    assert (shared.state, shared.last_error) == ("failed", SHARED_FAILURE)  # the run ends there
+    solos = {sub: _job(host[sub]) for sub in "abc"}
+    assert len({j.id for j in solos.values()} | {shared.id}) == 4
+    for sub, job in solos.items():
+        assert (job.solo, job.state, job.attempts) == (True, "queued", 0) and job.run_after > job.updated_at
+        [target] = jobqueue.targets(job)
+        assert (str(target.deployment_id), target.generation, target.state, target.last_error) == (
+            host[sub], 1, "queued", SHARED_FAILURE)
+        # The deploy log's entry says retrying and names the solo converge, which shows when it runs next ...
+        entry = _entry(host[sub])
+        assert (entry.action, entry.status, entry.job_id) == ("deploy", "running", job.id)
+        assert json.loads(entry.details)["retrying_in_s"] > 0
+        view = _view(client, host[sub], f"op-{sub}")
+        assert (view["id"], view["state"], view["last_error"]) == (job.id, "queued", SHARED_FAILURE)
+        assert view["run_after"] is not None and view["events"] == []
+        # ... and the timed-out run stays readable as the deployment's part of it.
+        old = client.simulate_get(f"/api/deploy/apps/{host[sub]}/jobs/{shared.id}", headers=auth(f"op-{sub}"))
+        assert old.status_code == 200 and old.json["job"]["state"] == "failed" and old.json["job"]["events"]
+        assert Deployment.get_by_id(host[sub]).status == "deploying"
+
+    # Another tenant's create queues an ordinary converge (it joins none of the solo ones).
+    x = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")
+    assert not _job(x).solo and _job(x).id not in {j.id for j in solos.values()}
+    _end_backoffs()
+    hung = jobqueue.claim("hung", 30)  # a's solo converge runs (and hangs again)
+    assert hung is not None and hung.id == solos["a"].id
+    hung_plan = engine.start_converge(hung, "hung", settings.secret_key)
+    assert hung_plan is not None and [i["subdomain"] for i in hung_plan.items] == ["a"]
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["b"], ["c"], ["x"]]  # each alone, beside a's
+    assert Job.get_by_id(hung.id).state == "running" and _job(x).state == "succeeded"
+    assert [Deployment.get_by_id(i).status for i in (host["b"], host["c"], x)] == ["running"] * 3
+    # a's run times out again: it is alone, so it just retries (the same job, with a backoff).
+    assert engine.finish(hung_plan, "hung", _timeout(hung_plan.items), 600.0) == "retried"
+    again = Job.get_by_id(hung.id)
+    assert (again.state, again.solo, again.last_error) == ("queued", True, "timed out after 600 s")
+    assert _job(host["a"]).id == hung.id and _entry(host["a"]).job_id == hung.id
+
+
+def test_a_suspects_own_changes_stay_alone_behind_its_solo_converge(client, settings, host, monkeypatch):
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_timeout))
+    assert worker.Worker(settings, name="w").run_once()
+    solo = _job(host["a"])
+    # A restart of a while its solo converge waits joins it (a change is worth trying now).
+    assert client.simulate_post(f"/api/deploy/apps/{host['a']}/restart", headers=auth("op-a")).status_code == 200
+    assert _job(host["a"]).id == solo.id and _target(host["a"]).generation == 2
+    assert [str(t.deployment_id) for t in jobqueue.targets(solo)] == [host["a"]]
+    assert _entry(host["a"]).job_id == solo.id
+    # While it runs, the next restart queues a's next solo converge, behind it.
+    Job.update(run_after=Job.updated_at).where(Job.id == solo.id).execute()
+    assert jobqueue.claim("hung", 30).id == solo.id
+    assert client.simulate_post(f"/api/deploy/apps/{host['a']}/restart", headers=auth("op-a")).status_code == 200
+    x = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")
+    nxt = _job(host["a"])
+    assert nxt.id not in {solo.id, _job(x).id} and nxt.solo and not _job(x).solo
+    assert [str(t.deployment_id) for t in jobqueue.targets(nxt)] == [host["a"]] and _target(host["a"]).generation == 3
+    _end_backoffs()
+    claimed = [jobqueue.claim("w", 30) for _ in range(4)]
+    assert {j.id for j in claimed if j} == {_job(host["b"]).id, _job(host["c"]).id, _job(x).id}  # not a's next
+    assert claimed[-1] is None
+
+
+def test_a_run_of_one_deployment_that_timed_out_retries_alone_in_its_job(client, settings, monkeypatch):
+    a = create_deployment(client, "op-a", subdomain="a", tier="btc-pro")
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_timeout))
+    assert worker.Worker(settings, name="w").run_once()
+    job = _job(a)
+    assert (job.state, job.solo, job.last_error) == ("queued", True, "timed out after 600 s")
+    assert Job.select().where(Job.action == "converge").count() == 1  # no new job
+    assert _target(a).state == "queued" and _entry(a).job_id == job.id
+    # Another deployment's create does not join it: its converge runs while a's waits.
+    b = create_deployment(client, "op-b", subdomain="b", tier="btc-pro")
+    assert _job(b).id != job.id and not _job(b).solo
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    assert worker.Worker(settings, name="w").run_once()
+    assert [r["subdomains"] for r in runs.runs] == [["b"]] and Job.get_by_id(job.id).state == "queued"

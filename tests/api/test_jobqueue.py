@@ -148,6 +148,35 @@ def test_backoff_keeps_a_failed_run_queued_until_its_time_or_the_next_change(cli
     assert jobqueue.claim("w2", lease_s=30).id == job.id
 
 
+def test_a_deployment_retried_alone_keeps_one_queued_solo_converge_that_takes_no_new_targets(client, deployments):
+    one, two = deployments
+    first = jobqueue.claim("w1", lease_s=30)
+    assert first is not None  # 'one' (generation 2) and 'two'
+    client.simulate_post(f"/api/deploy/apps/{one}/restart", headers=auth())  # queued while it runs
+    [later] = queued_converges()
+    with database_proxy.obj.atomic():  # the run timed out
+        assert jobqueue.finish(first, "w1", succeeded=False, error="timed out")
+        solo_one = jobqueue.retry_alone(first, one, 2, run_after=utcnow(), error="timed out", task=None)
+        solo_two = jobqueue.retry_alone(first, two, 1, run_after=utcnow(), error="timed out", task=None)
+    assert solo_one.solo and solo_two.solo and solo_one.id != solo_two.id
+    assert (targets(solo_one), targets(solo_two)) == ({one: 2}, {two: 1})
+    assert {t.state for t in jobqueue.targets(first)} == {"failed"}
+    # The change queued before is where it was: it runs first, one's solo converge waits for it.
+    assert jobqueue.claim("w2", lease_s=30).id == later.id
+    assert jobqueue.claim("w3", lease_s=30).id == solo_two.id
+    three = create_deployment(client, subdomain="three")
+    [ordinary] = [j for j in queued_converges() if not j.solo]
+    assert targets(ordinary) == {three: 1}  # a new change joins no solo converge
+    with database_proxy.obj.atomic():  # that run timed out too: 'one' joins its queued solo converge
+        assert jobqueue.finish(later, "w2", succeeded=False, error="timed out")
+        assert jobqueue.retry_alone(later, one, 3, run_after=utcnow(), error="timed out", task=None).id == solo_one.id
+    client.simulate_post(f"/api/deploy/apps/{one}/restart", headers=auth())  # so does its next change
+    assert targets(Job.get_by_id(solo_one.id)) == {one: 4}
+    assert [j.id for j in queued_converges()] == [solo_one.id, ordinary.id]
+    # Nothing in common: they run beside 'two's.
+    assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in range(2)] == [solo_one.id, ordinary.id]
+
+
 def test_reconcile_and_converge_of_one_host_never_run_together(client, deployments):
     converge = jobqueue.claim("w1", lease_s=30)
     assert converge is not None

@@ -198,22 +198,26 @@ def shared_event(summary: EventSummary) -> EventSummary:
     return summary
 
 
-def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> bool:
-    """Record a host converge's outcome on each target; False when the lease was lost (another
+def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> str | None:
+    """Record a host converge's outcome on each target; what became of the run (``succeeded``,
+    ``failed``: an app's own failure, or ``retried``), None when the lease was lost (another
     worker owns the job now, and nothing was recorded).
 
     A deployment's own outcome (ok, or the app's own failure) is final for this run. The
     others (the run failed outside the apps: host unreachable, Podman or Caddy error,
     timeout, lost lease; or a deployment's step failed on the host) go back to the queue
-    with the job, with a backoff; the next run skips what converged meanwhile. In a shared
-    run, a failure that is not the deployment's own is told without its text.
+    with the job, with a backoff; the next run skips what converged meanwhile. A run that
+    timed out may hang again on the deployment that made it hang: it goes back as a solo
+    converge, and a shared one ends there, each of its deployments retried in a solo converge
+    of its own (jobqueue.retry_alone) that its open audit entries name from then on. In a
+    shared run, a failure that is not the deployment's own is told without its text.
     """
     job = plan.job
     outcomes = result.stats.get("buddo_outcomes") or {}
     details = {"attempt": job.attempts, "duration_s": round(duration_s, 1)}
     with write_transaction(database_proxy.obj):
         if not jobqueue.owns(job, owner):
-            return False
+            return None
         run_message = result.message or "the playbook run failed"
         if plan.shared and result.failed_status != "unreachable":
             run_message = SHARED_FAILURE
@@ -232,19 +236,31 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
                                        task=None if ok else outcome.get("task"))
                 state.record_outcome(item, outcome, details)
         if not retry:
-            jobqueue.finish(job, owner, succeeded=jobqueue.all_succeeded(job))
-            return True
+            succeeded = jobqueue.all_succeeded(job)
+            jobqueue.finish(job, owner, succeeded=succeeded)
+            return "succeeded" if succeeded else "failed"
         delay = dt.timedelta(seconds=min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, job.attempts - 1)))
-        jobqueue.retry_later(job, owner, delay=delay,
-                             error=run_message if plan.shared else next(iter(retry.values()))[0])
+        error = run_message if plan.shared else next(iter(retry.values()))[0]
+        timed_out = result.status == "timeout"  # it may hang again on the deployment that made it hang
+        split = timed_out and plan.shared  # so the run ends here, and each deployment goes on alone
+        if split:
+            jobqueue.finish(job, owner, succeeded=False, error=error)
+        else:
+            jobqueue.retry_later(job, owner, delay=delay, error=error, solo=timed_out)
+        run_after = utcnow() + delay
         for item in plan.items:
             if item["id"] in retry:
                 message, task = retry[item["id"]]
-                jobqueue.set_target_error(job, item["id"], message, task)
+                if split:
+                    solo = jobqueue.retry_alone(job, item["id"], int(item["generation"]), run_after=run_after,
+                                                error=message, task=task)
+                    state.relink_entries(item["id"], job.id, solo.id)
+                else:
+                    jobqueue.set_target_error(job, item["id"], message, task)
                 state.touch_entries(item["id"], int(item["generation"]), "running", {
                     "attempt": job.attempts, "retrying_in_s": delay.total_seconds(), "last_error": message,
                     "task": task})
-    return True
+    return "retried"
 
 
 def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> Report:

@@ -8,7 +8,7 @@ from .. import metrics
 from ..models import Job
 from ..results import PlaybookResult
 from ..services import engine
-from .base import BaseTask, job_outcome
+from .base import BaseTask
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ class ConvergeTask(BaseTask):
     def finish(self, plan: engine.Plan, result: PlaybookResult, duration_s: float) -> None:
         """Each target is finished from its own deployment's outcome."""
         job = plan.job
-        if not engine.finish(plan, self.owner, result, duration_s):
+        outcome = engine.finish(plan, self.owner, result, duration_s)
+        if outcome is None:
             log.warning("job %s: lease lost, outcome discarded", job.id)
             outcome = "lease_lost"
         else:
-            outcome = job_outcome(job.id)
             log.info("job %s: %s (%s)", job.id, outcome, result.message or "ok")
         metrics.observe_job(job.action, outcome, duration_s)
