@@ -262,6 +262,11 @@ def test_every_pull_asks_the_registry_with_the_operators_own_login(
     bob, alice = result["deployments"]
     assert bob["failed"] and bob["failure_kind"] == "app" and "unauthorized" in bob["msg"], bob
     assert not alice["failed"] and alice["container"]["name"] == "app-alice"
+    # Bob's container was made beside the registry's answer (the image is cached), never started,
+    # and is gone with his network: nothing of a refused deploy stays.
+    state = podman.state()
+    assert [c["name"] for c in state["containers"]] == ["app-alice"] and state["networks"] == ["buddo-alice"]
+    assert not [c for c in podman.calls() if c["args"][0] == "start" and "app-bob" in " ".join(c["args"])]
     assert token not in out
     pulls = [c["args"] for c in podman.calls() if c["args"][0] == "pull"]
     assert len(pulls) == 2 and all(args[args.index("--authfile") + 1].startswith("/proc/self/fd/") for args in pulls)

@@ -144,13 +144,13 @@ def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout
         if http_get(url, max(0.05, min(2.0, deadline - time.monotonic())))[0] > 0:  # any HTTP answer: up
             return
         checks += 1
-        if checks % 5 == 0:  # an app that died will never answer: say so early
+        if checks % 10 == 0:  # an app that died will never answer: say so early
             _, out, _ = podman.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", container_id,
                                    check=False)
             status, _, code = out.strip().partition(" ")
             if status in {"exited", "stopped"}:
                 raise AppFailure(f"the container exited (exit code {code}) before it answered on {url}")
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AppFailure(f"app did not answer on {url} within {wait_timeout:g} s")
 
 
@@ -183,25 +183,34 @@ def authfile(auths: dict[str, Any] | None) -> Iterator[int]:
         os.close(fd)
 
 
-def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None, untag: list[str]) -> bool:
+def cached_digests(podman: Podman, image: str, policy: str) -> list[str] | None:
+    """With ``missing``, whether a registry's image is cached here: its digests in its repository
+    (one podman call), or None when it is not (or ``always``, or a local image)."""
+    if policy != "missing" or not registry_of(image):
+        return None
+    rc, out, _ = podman.run("image", "inspect", "--format", "{{json .RepoDigests}}", image, check=False)
+    if rc != 0:
+        return None
+    repository = repository_of(image)
+    return [ref for ref in json.loads(out.strip() or "[]") or [] if ref.partition("@")[0] == repository]
+
+
+def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None, untag: list[str],
+         digests: list[str] | None = None) -> bool:
     """Every start of a registry's image asks that registry, with the operator's own login.
 
     A cached image is never a way around it: ``missing`` (keep the version that is here)
-    pulls the cached image by its digest, which the registry answers like any pull; a tag
-    moved since is not taken. ``always`` pulls the reference as it is now.
+    pulls the cached image by its digest (``digests``: :func:`cached_digests`), which the
+    registry answers like any pull; a tag moved since is not taken. ``always``, or an image
+    not cached, pulls the reference as it is now. True when an image came from the registry.
 
     A digest pull names the image by that digest too: the name goes in ``untag``, removed
     once for the whole run after every container was made (:func:`untag_digests`)."""
     if not registry_of(image):
         return False  # a local image (the smoke test's): no registry to ask
     refs = [image]
-    cached = False
-    if policy == "missing":  # one podman call says whether it is here, and by which digests
-        rc, out, _ = podman.run("image", "inspect", "--format", "{{json .RepoDigests}}", image, check=False)
-        cached = rc == 0
-    if cached:
-        repository = repository_of(image)
-        digests = [ref for ref in json.loads(out.strip() or "[]") or [] if ref.partition("@")[0] == repository]
+    cached = policy == "missing" and digests is not None
+    if cached and digests is not None:
         # A digest is asked for as it is first (an image built here and pushed has a local digest
         # the registry does not know: then one it knows); a tag only after its digests.
         refs = list(dict.fromkeys([image, *digests[:2]] if "@" in image else [*digests[:2], image]))
@@ -221,39 +230,9 @@ def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None, u
     raise AppFailure(podman.mask(f"image {image} could not be pulled: {errors[-1]}"))
 
 
-def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
-    p, podman, actions = d.p, d.podman, d.actions
-    serving = p["serving_port"]
-    ports = list(p["host_ports"]) or [0]
-    busy = {c["host_port"] for c in existing}
-    # A port the serving container does not hold; a free one if there is one.
-    candidates = [port for port in ports if port != serving] or ports
-    port = next((c for c in candidates if c not in busy), candidates[0])
-    names = [p["name"], f"{p['name']}-next"]
-    holders = {c["name"]: c for c in existing}
-    name = next((n for n in names if n not in holders), None) or next(
-        n for n in names if holders[n]["host_port"] != serving)
-    stale = [c["id"] for c in existing if c["host_port"] == port or c["name"] == name]
-    if stale:
-        podman.run("rm", "--force", "--volumes", "--time", str(p["stop_timeout"]), *stale)
-        actions.append(f"removed {len(stale)} container(s) in the way of the new one")
-    # The registry's answer and a first deploy's network do not wait for each other; a network
-    # made for an image that could not be pulled goes again (nothing of a failed deploy stays).
-    network = deployment_network(p["deployment_id"])
-    with ThreadPoolExecutor(max_workers=2) as both:
-        made = both.submit(podman.ensure_network, p["deployment_id"], p["instance"],
-                           p["labels"].get("buddo.host", ""), p["_network"])
-        try:
-            pulled = pull(podman, p["image"], p["pull"], p["registry_auth"], d.untag)
-        except AppFailure:
-            with suppress(HostFailure):
-                if made.result():
-                    podman.run("network", "rm", network, check=False)
-            raise
-        if pulled:
-            actions.append(f"pulled {p['image']}")
-        if made.result():
-            actions.append(f"created network {network}")
+def create(d: Deployment, name: str, port: int) -> str:
+    """``podman create`` of the deployment's new container (env from a pipe); its id."""
+    p, podman = d.p, d.podman
     labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
     args = ["create", "--pull", "never", *run_arguments(
@@ -271,12 +250,60 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
         # Another deployment's destroy (a run of this host that overlaps this one) dropped the
         # image reference, which no container used yet: ask the registry for it again, once.
         pull(podman, p["image"], "always", p["registry_auth"], d.untag)
-        actions.append(f"pulled {p['image']} again: it was removed meanwhile")
+        d.actions.append(f"pulled {p['image']} again: it was removed meanwhile")
         rc, out, err = podman.run(*args, p["image"], check=False, data="\n".join(lines) or None)
     if rc != 0:
         raise AppFailure(podman.mask(f"container {name} could not be created from {p['image']}: "
                                      f"{err.strip() or out.strip()}"))
-    container_id = out.strip().splitlines()[-1]
+    return out.strip().splitlines()[-1]
+
+
+def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
+    p, podman, actions = d.p, d.podman, d.actions
+    serving = p["serving_port"]
+    ports = list(p["host_ports"]) or [0]
+    busy = {c["host_port"] for c in existing}
+    # A port the serving container does not hold; a free one if there is one.
+    candidates = [port for port in ports if port != serving] or ports
+    port = next((c for c in candidates if c not in busy), candidates[0])
+    names = [p["name"], f"{p['name']}-next"]
+    holders = {c["name"]: c for c in existing}
+    name = next((n for n in names if n not in holders), None) or next(
+        n for n in names if holders[n]["host_port"] != serving)
+    stale = [c["id"] for c in existing if c["host_port"] == port or c["name"] == name]
+    if stale:
+        podman.run("rm", "--force", "--volumes", "--time", str(p["stop_timeout"]), *stale)
+        actions.append(f"removed {len(stale)} container(s) in the way of the new one")
+    # The registry's answer, a first deploy's network and (when the image is cached) the
+    # container's creation do not wait for each other; nothing starts before the registry said
+    # yes, and nothing of a deploy it refused stays (container, network).
+    network = deployment_network(p["deployment_id"])
+    digests = cached_digests(podman, p["image"], p["pull"])
+    container_id = ""
+    with ThreadPoolExecutor(max_workers=2) as both:
+        made = both.submit(podman.ensure_network, p["deployment_id"], p["instance"],
+                           p["labels"].get("buddo.host", ""), p["_network"])
+        asked = both.submit(pull, podman, p["image"], p["pull"], p["registry_auth"], d.untag, digests)
+        try:
+            if digests is None and registry_of(p["image"]):
+                asked.result()  # nothing here to create it from before the registry answered
+            made.result()
+            container_id = create(d, name, port)
+            pulled = asked.result()
+        except (AppFailure, HostFailure):
+            for future in (made, asked):
+                with suppress(AppFailure, HostFailure):
+                    future.result()
+            with suppress(HostFailure):
+                if container_id:
+                    podman.run("rm", "--force", "--volumes", "--time", "0", container_id, check=False)
+                if made.done() and not made.exception() and made.result():
+                    podman.run("network", "rm", network, check=False)
+            raise
+    if pulled:
+        actions.append(f"pulled {p['image']}")
+    if made.result():
+        actions.append(f"created network {network}")
     try:
         limit_disk(podman, container_id, p["disk_limit_mb"])
         rc, out, err = podman.run("start", container_id, check=False)
@@ -288,13 +315,15 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
         raise
     actions.append(f"started container {name} on port {port}")
     url = f"http://{p['host_address']}:{port}{p['wait_path']}"
-    try:
-        wait_until_answers(podman, container_id, url, p["wait_timeout"])
-    except AppFailure:
-        keep_output(d, container_id, name)
-        podman.run("rm", "--force", "--volumes", "--time", "2", container_id, check=False)
-        raise
-    return {"id": container_id, "name": name, "host_port": port}
+    with ThreadPoolExecutor(max_workers=1) as aside:
+        digest = aside.submit(podman.digest, container_id)  # beside the wait: what the container runs
+        try:
+            wait_until_answers(podman, container_id, url, p["wait_timeout"])
+        except AppFailure:
+            keep_output(d, container_id, name)
+            podman.run("rm", "--force", "--volumes", "--time", "2", container_id, check=False)
+            raise
+        return {"id": container_id, "name": name, "host_port": port, "image_digest": digest.result()}
 
 
 def secret_prefix(deployment_id: str) -> str:
@@ -380,7 +409,8 @@ def started(d: Deployment) -> dict[str, Any]:
     elif current is not None:
         # A stopped container (suspended, or it exited) starts again only if the registry still
         # lets the operator pull its image: a cached image is never a way around the registry.
-        if pull(podman, p["image"], "missing", p["registry_auth"], d.untag):
+        if pull(podman, p["image"], "missing", p["registry_auth"], d.untag,
+                cached_digests(podman, p["image"], "missing")):
             d.actions.append(f"pulled {p['image']}")
         podman.run("start", current["id"])
         d.actions.append(f"started container {current['name']} again")
@@ -391,7 +421,8 @@ def started(d: Deployment) -> dict[str, Any]:
     else:
         container = start_new(d, existing)
         result["changed"] = True
-    container["image_digest"] = podman.digest(container["id"])
+    if "image_digest" not in container:
+        container["image_digest"] = podman.digest(container["id"])
     result |= {"container": container, "others": [c["id"] for c in existing if c["id"] != container["id"]]}
     return result
 
@@ -566,6 +597,8 @@ def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any]
     ``seen``: the caller's observation of the host moments ago (observe.host: containers, networks),
     which saves each start a ``podman ps`` and a ``network exists`` (podman calls are what a host's
     CPU spends a burst of creates on)."""
+    if not items:
+        return []
     shared = {**shared, "_secret_names": []}
     by_deployment, networks = of_deployments(seen or {})
     # Once for every deployment: the env secrets on the host (retired and absent drop theirs).
@@ -582,8 +615,6 @@ def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any]
                  "_network": (ident in networks) if seen is not None else None}
         work.append(Deployment({**shared, **item, **known, "env": values, "registry_auth": auth},
                                Podman(binary, masked), check_mode))
-    if not work:
-        return []
     use_every_cpu()
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(work)))) as pool:
         entries = list(pool.map(lambda d: converge(state, d), work))
