@@ -123,6 +123,34 @@ def test_reconcile_records_repairs_on_each_deployment_it_repaired(client, settin
     assert Job.get_by_id(plan.job.id).state == "succeeded"
 
 
+def test_a_reconcile_that_finds_nothing_to_do_writes_nothing(client, settings):
+    """No drift, nothing done, the container the deployment already records: not one row written
+    (a host's reconcile of thousands is one read, not a transaction per deployment)."""
+    d = running(client, settings)
+    Deployment.update(health_status="unhealthy", health_failures=1).where(Deployment.id == d.id).execute()
+    before = Deployment.get_by_id(d.id)
+    entries = AuditEntry.select().count()
+
+    def outcomes(plan):
+        return {i["id"]: {"ok": True, "state": i["state"], "generation": i["generation"], "drift": [],
+                          "container": {"id": before.container_id, "host_port": before.serving_port}}
+                for i in plan.items}
+
+    _, result = _reconcile(settings, outcomes)
+    assert result.converged and result.deployments[0]["drift"] == []
+    after = Deployment.get_by_id(d.id)
+    assert after.updated_at == before.updated_at and after.health_status == "unhealthy"  # the prober's verdict
+    assert AuditEntry.select().count() == entries
+
+    # Another container serving than the one recorded: recorded.
+    def moved(plan):
+        return {i["id"]: {"ok": True, "state": i["state"], "generation": i["generation"], "drift": [],
+                          "container": {"id": "c-other", "host_port": before.serving_port}} for i in plan.items}
+
+    _reconcile(settings, moved)
+    assert Deployment.get_by_id(d.id).container_id == "c-other"
+
+
 def test_a_dry_run_records_nothing(client, settings):
     d = running(client, settings)
     before = AuditEntry.select().count()

@@ -16,6 +16,7 @@ from ..crypto import decrypt_env
 from ..db import write_transaction
 from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy, utcnow
 from ..results import EventSummary, PlaybookResult
+from ..vocabulary import DesiredState
 from . import state
 from .registry_logins import registry_login_for
 
@@ -263,6 +264,22 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
     return "retried"
 
 
+def unchanged(before: Deployment, item: dict[str, Any], outcome: dict[str, Any]) -> bool:
+    """Whether a reconcile's outcome for a deployment would record nothing new: no drift, nothing
+    done, and its observed state is already what the outcome says (state.record_outcome)."""
+    if not outcome.get("ok") or outcome.get("drift") or outcome.get("actions"):
+        return False
+    if before.observed_generation < int(item["generation"]):
+        return False
+    if item["state"] == DesiredState.RUNNING:
+        container = outcome.get("container") or {}
+        return bool(container.get("id")) and (container.get("id"), container.get("host_port"), item["revision"]) == (
+            before.container_id, before.serving_port, before.observed_revision)
+    if item["state"] == DesiredState.STOPPED:
+        return before.serving_port is None
+    return before.container_id is None and before.serving_port is None and before.released_at is not None
+
+
 def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> Report:
     """Record what a reconcile repaired; with a failed run, change nothing it could not verify."""
     job = plan.job
@@ -270,6 +287,9 @@ def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s:
     outcomes = result.stats.get("buddo_outcomes") or {}
     report.orphans = list(result.stats.get("buddo_orphans") or [])
     with write_transaction(database_proxy.obj):
+        # One read for the host's deployments, not one per item.
+        current = {str(d.id): d for d in Deployment.select().where(
+            Deployment.id.in_([item["id"] for item in plan.items]))} if plan.items and not plan.check else {}
         for item in plan.items:
             outcome = outcomes.get(item["id"])
             if not result.ok or outcome is None:
@@ -281,9 +301,9 @@ def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s:
             report.deployments.append(entry)
             if plan.check:
                 continue
-            before = Deployment.get_or_none(Deployment.id == item["id"])
-            if before is None:
-                continue
+            before = current.get(str(item["id"]))
+            if before is None or unchanged(before, item, outcome):
+                continue  # a reconcile that found nothing to do writes nothing
             was_converged = before.observed_generation >= int(item["generation"])
             if not outcome.get("ok") and outcome.get("kind") == "host":
                 continue  # retried by the next run
