@@ -118,7 +118,8 @@ class Deployment(BaseModel):
     desired_state = peewee.CharField(default=DesiredState.RUNNING, choices=choices(DesiredState))
     generation = peewee.IntegerField(default=1)
     revision = peewee.IntegerField(default=1)
-    pull_image = peewee.BooleanField(default=False)
+    # A restart's revision: its start pulls the image's tag as it is now (state.desired_item).
+    pull_revision = peewee.IntegerField(default=0)
     # ... and how far the host has converged to it.
     observed_generation = peewee.IntegerField(default=0)
     observed_revision = peewee.IntegerField(default=0)

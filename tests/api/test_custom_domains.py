@@ -9,8 +9,9 @@ import logging
 import re
 import uuid
 
+import peewee
 import pytest
-from buddo_deploy.models import AuditEntry, Deployment, Job, JobTarget, RateLimitCounter, utcnow
+from buddo_deploy.models import AuditEntry, Deployment, Job, JobTarget, RateLimitCounter, database_proxy, utcnow
 from buddo_deploy.services import domains, state
 
 from tests.helpers import ASK_SECRET, auth, create_body, run_job
@@ -518,12 +519,19 @@ def _old_schema(settings, monkeypatch, before):
 def _old_row(tier, name, domain, **columns):
     ident = uuid.uuid4()
     now = utcnow()
-    # Only the columns that existed before 0007 (and what the caller adds).
-    Deployment.insert(id=ident, operator_id="o", app_id="a", tier=tier, container_name=name,
-                      container_image="i", subdomain=name, custom_domain=domain, port=80, host="h",
-                      host_port=20000 + 2 * Deployment.select().count(), status="running", next_billing_at=now,
-                      memory_limit_mb=1, cpu_limit_millicores=1, inserted_at=now, updated_at=now,
-                      **columns).execute()
+    given = dict(id=ident, operator_id="o", app_id="a", tier=tier, container_name=name,
+                 container_image="i", subdomain=name, custom_domain=domain, port=80, host="h",
+                 host_port=20000 + 2 * Deployment.select().count(), status="running", next_billing_at=now,
+                 memory_limit_mb=1, cpu_limit_millicores=1, inserted_at=now, updated_at=now, **columns)
+    # A row of that schema: the model's defaults for the columns it has, and what the caller gives.
+    db = database_proxy.obj
+    have = {column.name for column in db.get_columns("deployments")}
+    fields = Deployment._meta.fields
+    row = {f.column_name: (f.default() if callable(f.default) else f.default) for f in fields.values()
+           if f.default is not None and f.column_name in have}
+    row |= {(fields[k].column_name if k in fields else k): (str(v) if isinstance(v, uuid.UUID) else v)
+            for k, v in given.items()}
+    peewee.Table("deployments").bind(db).insert(**row).execute()
     return ident
 
 
@@ -545,7 +553,7 @@ def test_migrations_0014_0015_give_existing_claims_a_token_an_expiry_clock_and_t
         "released": _old_row(tier, "rel", "rel.example.com", custom_domain_status="pending", released_at=now),
         "none": _old_row(tier, "non", None),
     }
-    assert restore() == [14, 15, 16, 17]
+    assert restore() == [14, 15, 16, 17, 18]
     rows = {k: Deployment.get_by_id(i) for k, i in ids.items()}
     tokens = [rows[k].custom_domain_token for k in ("active", "pending", "misconfigured")]
     assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in tokens) and len(set(tokens)) == 3
@@ -570,8 +578,18 @@ def test_migration_0017_keeps_queued_converges_ordinary(settings, monkeypatch):
     peewee.Table("jobs").bind(db).insert(id=job, action="converge", lock_key="h/", state="queued", timeout_s=60,
                                          run_after=now, created_at=now, updated_at=now, host="h").execute()
     JobTarget.insert(job=job, deployment=ident, generation=1, state="queued").execute()
-    assert restore() == [17]
+    assert restore() == [17, 18]
     assert Job.get_by_id(job).solo is False
     with db.atomic():  # a change on its host joins it, as before
         assert jobqueue.enqueue_converge(Deployment.get_by_id(ident), timeout_s=60).id == job
+    db.close()
+
+
+def test_migration_0018_keeps_a_restart_that_has_yet_to_pull(settings, monkeypatch):
+    db, tier, restore = _old_schema(settings, monkeypatch, 18)
+    waiting = _old_row(tier, "waiting", None, revision=3, observed_revision=2, pull_image=True)
+    done = _old_row(tier, "done", None, revision=3, observed_revision=3, pull_image=False)
+    assert restore() == [18]
+    assert state.desired_item(Deployment.get_by_id(waiting))["pull"] == "always"
+    assert state.desired_item(Deployment.get_by_id(done))["pull"] == "missing"
     db.close()

@@ -49,7 +49,7 @@ def test_three_failed_probes_replace_the_container(client, settings):
     assert jobqueue.claim("w", 30) is None
     assert engine.record_health(d.host, report(d, healthy=False, status=-1), POLICY)[str(d.id)] == "restarted"
     after = Deployment.get_by_id(d.id)
-    assert after.revision == d.revision + 1 and not after.pull_image  # a new container of the same image
+    assert after.revision == d.revision + 1 and after.pull_revision != after.revision  # the same image again
     [heal] = restarts(d.id)
     assert heal["reason"] == "health" and "3 failed probes" in heal["message"]
     entry = AuditEntry.get((AuditEntry.deployment == d.id) & (AuditEntry.action == "restart"))

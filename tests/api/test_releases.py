@@ -90,6 +90,11 @@ def test_rollback_pins_the_previous_release_digest_and_records_a_release(client,
     client.simulate_post(f"/api/deploy/apps/{ident}/restart", headers=auth())
     _, plan = run_job(settings, ran(5))
     assert plan.items[0]["image"] == IMAGE and plan.items[0]["pull"] == "always"
+    # Once that restart converged, its tag is not pulled again (a reconcile's repair keeps the
+    # version that runs); the worker wrote observed state only, the restart's desired state stands.
+    d = Deployment.get_by_id(ident)
+    assert d.observed_revision == d.revision == d.pull_revision
+    assert state.desired_item(d)["pull"] == "missing"
 
 
 def test_a_rollback_that_fails_keeps_the_serving_release_and_its_image(client, settings):

@@ -370,7 +370,7 @@ def _heal(d: Deployment, reason: str, message: str, policy: HealthPolicy) -> str
     # does not answer is replaced by a new one (a new revision of the same image).
     revision = d.revision + 1 if reason == "health" else d.revision
     state.change(d, "restart", None, timeout_s=policy.timeout_s,
-                 details={"reason": reason, "message": message}, revision=revision, pull_image=False)
+                 details={"reason": reason, "message": message}, revision=revision)
     return "restarted"
 
 

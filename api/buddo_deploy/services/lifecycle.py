@@ -179,8 +179,8 @@ class Lifecycle:
             deployment = self._live(principal, deployment_id, "restart")
             billing = self.billing.on_restart(deployment, utcnow())
             return state.change(deployment, "restart", principal.client_id, timeout_s=self._timeout,
-                                desired_state="running", revision=deployment.revision + 1, pull_image=True,
-                                pinned_digest=None, **billing)
+                                desired_state="running", revision=deployment.revision + 1,
+                                pull_revision=deployment.revision + 1, pinned_digest=None, **billing)
 
     def list_releases(self, principal: Principal, deployment_id: uuid.UUID, *, limit: int,
                       before: int | None) -> tuple[list[Release], int | None]:
@@ -233,7 +233,7 @@ class Lifecycle:
             billing = self.billing.on_restart(deployment, utcnow())
             return state.change(deployment, "deploy", principal.client_id, timeout_s=self._timeout,
                                 details={"rollback_to": number, "image_digest": target.image_digest},
-                                desired_state="running", revision=deployment.revision + 1, pull_image=False,
+                                desired_state="running", revision=deployment.revision + 1,
                                 container_image=target.image, pinned_digest=target.image_digest, **billing)
 
     def stop(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:

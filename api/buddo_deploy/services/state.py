@@ -109,7 +109,9 @@ def desired_item(d: Deployment) -> dict[str, Any]:
         # converge plan replaces containers whose caps differ, as it does for memory and CPU.
         "pids_limit": d.tier.pids_limit, "log_max_size_mb": d.tier.log_max_size_mb,
         "disk_limit_mb": d.tier.disk_limit_mb,
-        "spec": spec_of(d), "revision": d.revision, "pull": "always" if d.pull_image else "missing",
+        "spec": spec_of(d), "revision": d.revision,
+        # A restart's revision, not yet served: its tag as it is now; any other: what is cached.
+        "pull": "always" if d.pull_revision == d.revision > d.observed_revision else "missing",
         "releases": [releases.by_digest(d.container_image, digest) for digest in releases.history(d.id)],
     }
 
@@ -233,8 +235,6 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
             if container.get("image_digest"):
                 values["image_digest"] = container["image_digest"]
                 entry_details["image_digest"] = container["image_digest"]
-            if d.generation == target:
-                values["pull_image"] = False
         elif item["state"] == DesiredState.STOPPED:
             values |= {"serving_port": None, "health_status": Health.UNKNOWN}
         else:
@@ -250,7 +250,9 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
             # desired state again (a new generation, converged already). A rollback that
             # failed goes back to the image of the release that serves.
             serving_release = releases.latest(d.id)
-            back: dict[str, Any] = {"revision": d.observed_revision, "pull_image": False, "pinned_digest": None}
+            back: dict[str, Any] = {"revision": d.observed_revision, "pinned_digest": None,
+                                    # A later revision of the same number (a heal) pulls nothing.
+                                    "pull_revision": 0}
             if serving_release is not None:
                 back |= {"container_image": serving_release.image,
                          "pinned_digest": serving_release.image_digest if serving_release.pinned else None}
