@@ -108,17 +108,19 @@ class RateLimit:
         if not self.enabled:
             return {}
         limit = self.anonymous_limit
-        window_start, reset = self._window()
         address = client_address(req, self.trusted_proxies)
-        count = self._hit(f"anonymous|{address}", window_start)
+        return self._counted(f"anonymous|{address}", limit,
+                             f"Too many unauthenticated requests from {address}: {limit} per {self.window}s")
+
+    def _counted(self, key: str, limit: int, message: str) -> dict[str, str]:
+        """One more request of ``key`` in this window: its RateLimit headers, or 429 over ``limit``."""
+        window_start, reset = self._window()
+        count = self._hit(key, window_start)
         headers = self._headers(limit, count, reset)
         if count > limit:
-            raise LimitReached(
-                f"Too many unauthenticated requests from {address}: {limit} per {self.window}s",
-                code="rate_limited",
-                details={"limit": limit, "window_seconds": self.window, "retry_after": reset},
-                headers=headers | {"Retry-After": str(reset)},
-            )
+            raise LimitReached(message, code="rate_limited",
+                               details={"limit": limit, "window_seconds": self.window, "retry_after": reset},
+                               headers=headers | {"Retry-After": str(reset)})
         return headers
 
     def _hit(self, key: str, window_start: int) -> int:
@@ -142,16 +144,8 @@ class RateLimit:
         caller = (principal.operator_id if principal is not None
                   else f"addr:{client_address(req, self.trusted_proxies)}")
         limit = self.limits[limit_class]
-        window_start, reset = self._window()
-        count = self._hit(f"{caller}|{method} {route}", window_start)
-        headers = self._headers(limit, count, reset)
-        if count > limit:
-            raise LimitReached(
-                f"Rate limit of {limit} requests per {self.window}s exceeded for {method} {route}",
-                code="rate_limited",
-                details={"limit": limit, "window_seconds": self.window, "retry_after": reset},
-                headers=headers | {"Retry-After": str(reset)},
-            )
+        headers = self._counted(f"{caller}|{method} {route}", limit,
+                                f"Rate limit of {limit} requests per {self.window}s exceeded for {method} {route}")
         if resp is not None:
             resp.set_headers(headers)
 

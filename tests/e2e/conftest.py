@@ -8,6 +8,7 @@ test images live under a repository of their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,6 +132,27 @@ class Stack:
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.workers.append(proc)
         return proc
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.terminate()
+            worker.wait(timeout=120)
+        self.workers.clear()
+
+    @contextlib.contextmanager
+    def workers_paused(self) -> Iterator[Callable[[], None]]:
+        """No worker runs while the body queues changes (so they come up in one run of their host);
+        the body calls what this yields to start one (concurrency 1). The usual worker is back after."""
+        self._stop_workers()
+
+        def resume() -> None:
+            self.start_worker(concurrency=1)
+
+        try:
+            yield resume
+        finally:
+            self._stop_workers()
+            self.start_worker()
 
     def restart_platform(self, env: dict[str, str]) -> None:
         """Restart the API and the worker on ``env`` (e.g. a short billing cycle); Caddy and containers stay."""

@@ -21,23 +21,13 @@ def _runs(stack: Stack, idents: list[str]) -> list[set[str]]:
 
 def test_creates_queued_together_come_up_in_one_run_and_a_bad_image_fails_alone(stack: Stack) -> None:
     image = stack.push("v1", tag="batch")
-    for worker in stack.workers:  # nothing runs while the creates queue up
-        worker.terminate()
-        worker.wait(timeout=120)
-    stack.workers.clear()
-    try:
+    with stack.workers_paused() as resume:  # nothing runs while the creates queue up
         good = [stack.create(subdomain=f"e2e-batch-{i}", image=image)["id"] for i in range(3)]
         bad = stack.create(subdomain="e2e-batch-bad", image=MISSING)["id"]
-        stack.start_worker(concurrency=1)
+        resume()
         for ident in good:
             assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
         assert stack.wait_for(bad, {"running", "failed"})["status"] == "failed"
-    finally:
-        for worker in stack.workers:
-            worker.terminate()
-            worker.wait(timeout=120)
-        stack.workers.clear()
-        stack.start_worker()
 
     # One playbook run brought all four, each finished on its own.
     assert _runs(stack, [*good, bad]) == [{*good, bad}]

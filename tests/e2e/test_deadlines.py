@@ -79,22 +79,12 @@ def test_a_dripping_app_fails_alone_and_the_host_goes_on(stack: Stack) -> None:
 def test_an_app_that_drips_from_its_first_answer_fails_its_own_deploy_only(stack: Stack) -> None:
     drip_image = push_drip_image()
     healthy_image = stack.push("v1", tag="deadline")
-    for worker in stack.workers:  # both creates queue up for one run of the host
-        worker.terminate()
-        worker.wait(timeout=120)
-    stack.workers.clear()
-    try:
+    with stack.workers_paused() as resume:  # both creates queue up for one run of the host
         drip = stack.create(subdomain="e2e-drip-first", image=drip_image, env_vars={"DRIP_FIRST": "1"})["id"]
         mate = stack.create(subdomain="e2e-drip-first-mate", image=healthy_image)["id"]
-        stack.start_worker()
+        resume()
         assert stack.wait_for(mate, {"running", "failed"}, timeout=120)["status"] == "running", stack.logs(mate)
         failed = stack.wait_for(drip, {"running", "failed"}, timeout=120)
-    finally:
-        for worker in stack.workers:
-            worker.terminate()
-            worker.wait(timeout=120)
-        stack.workers.clear()
-        stack.start_worker()
     assert failed["status"] == "failed", stack.logs(drip)
     deploy = stack.logs(drip)[1]
     assert deploy["action"] == "deploy" and deploy["status"] == "failed", deploy
