@@ -4,8 +4,10 @@ Work is queued per host (controller-runtime's key-only request). ``converge``: a
 marks its deployment's host as needing a converge; a host has at most one queued
 converge (beside the solo ones below), which every later change joins as a target (the
 deployment and the generation to reach: ten restarts queued while one runs cost one more
-run). A worker runs the host's targets in one playbook run and records each deployment's
-outcome on its target.
+run). A change whose deployment has an outcome in that job already (a retried run
+converged or failed it) opens its target again, at the new generation. A worker runs the
+host's open targets in one playbook run and records each deployment's outcome on its
+target.
 ``reconcile``: converge every deployment of one host and remove orphans (the worker's
 periodic run, or ``buddo-deploy reconcile``, which reserves its job for itself).
 ``output``: read one deployment's container output.
@@ -44,6 +46,7 @@ from .models import Deployment, Job, JobTarget, database_proxy, utcnow
 
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
 _ENQUEUE_LOCK = 74_217_005  # pg_advisory_xact_lock(class, crc32(host)) of a host's enqueue
+_OPEN = ("queued", "running")  # a target (or job) without an outcome yet
 
 
 def host_lock_key(host: str) -> str:
@@ -60,14 +63,14 @@ def _lock_host(host: str) -> None:
 def _solo_of(deployment_id: Any) -> peewee.Expression:
     """Solo converges that still have to act on the deployment."""
     mine: peewee.Expression = (Job.action == "converge") & Job.solo & (JobTarget.deployment == deployment_id) & (
-        JobTarget.state.in_(("queued", "running")))
+        JobTarget.state.in_(_OPEN))
     return mine
 
 
 def _alone(deployment_id: Any) -> bool:
     """A solo converge of the deployment is queued or running: its changes run alone too."""
     return bool(Job.select().join(JobTarget, on=(JobTarget.job == Job.id)).where(
-        _solo_of(deployment_id) & Job.state.in_(("queued", "running"))).exists())
+        _solo_of(deployment_id) & Job.state.in_(_OPEN)).exists())
 
 
 def _queued_converge(host: str, solo_of: Any | None) -> Job | None:
@@ -89,10 +92,17 @@ def _new_converge(host: str, *, timeout_s: int, run_after: dt.datetime, solo: bo
 
 
 def _add_target(job: Job, deployment_id: Any, generation: int) -> None:
-    """The deployment is a target of ``job``, to reach at least ``generation``."""
+    """The deployment is an open target of ``job``, to reach at least ``generation``.
+
+    A target that has its outcome already (an earlier attempt of a retried job converged or
+    failed it) is opened again: the change is new work, which the job's next run does.
+    """
     target = JobTarget.get_or_none(_target(job, deployment_id))
     if target is None:
         JobTarget.create(job=job.id, deployment=deployment_id, generation=generation, state="queued")
+    elif target.state not in _OPEN:
+        JobTarget.update(state="queued", generation=max(target.generation, generation), last_error=None,
+                         failed_task=None).where(_target(job, deployment_id)).execute()
     elif target.generation < generation:
         set_target_generation(job, deployment_id, generation)
 
@@ -145,7 +155,7 @@ def targets(job: Job, *, open_only: bool = False) -> list[JobTarget]:
     """The deployments a converge covers (``open_only``: those without an outcome yet)."""
     query = JobTarget.select().join(Deployment).where(JobTarget.job == job.id)
     if open_only:
-        query = query.where(JobTarget.state.in_(("queued", "running")))
+        query = query.where(JobTarget.state.in_(_OPEN))
     return list(query.order_by(Deployment.inserted_at, Deployment.id))  # in the order they were created
 
 
@@ -181,8 +191,8 @@ def owns(job: Job, owner: str) -> bool:
 def open_converge(deployment: Deployment) -> Job | None:
     """The queued or running converge that still has to act on the deployment, if any."""
     found: Job | None = Job.select().join(JobTarget, on=(JobTarget.job == Job.id)).where(
-        (JobTarget.deployment == deployment.id) & JobTarget.state.in_(("queued", "running"))
-        & (Job.action == "converge") & Job.state.in_(("queued", "running"))).first()
+        (JobTarget.deployment == deployment.id) & JobTarget.state.in_(_OPEN)
+        & (Job.action == "converge") & Job.state.in_(_OPEN)).first()
     return found
 
 

@@ -352,3 +352,43 @@ def test_a_run_of_one_deployment_that_timed_out_retries_alone_in_its_job(client,
     monkeypatch.setattr(tasks_base, "run_playbook", runs)
     assert worker.Worker(settings, name="w").run_once()
     assert [r["subdomains"] for r in runs.runs] == [["b"]] and Job.get_by_id(job.id).state == "queued"
+
+
+def _host_failure(sub: str, message: str) -> Any:
+    """A run in which ``sub``'s step failed on the host (its outcome: kind host, retried), the others converged."""
+    def report(items: list[dict[str, Any]]) -> PlaybookResult:
+        outcomes = {i["id"]: _outcome(i) for i in items}
+        for i in items:
+            if i["subdomain"] == sub:
+                outcomes[i["id"]] = {"ok": False, "kind": "host", "task": "Remove", "message": message,
+                                     "state": i["state"], "drift": [], "generation": i["generation"]}
+        return PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": outcomes})
+    return report
+
+
+def test_a_change_that_joins_a_retried_run_where_its_deployment_converged_runs_again(client, settings, host,
+                                                                                      monkeypatch):
+    """a's step failed on the host (retried), b and c converged: a restart of b joins that queued
+    job, and opens b's target again (it used to raise its generation only: the change never ran)."""
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_host_failure("a", "podman rm failed: busy")))
+    assert worker.Worker(settings, name="w").run_once()
+    job = _job(host["a"])
+    assert job.state == "queued" and [_target(host[s]).state for s in "abc"] == ["queued", "succeeded", "succeeded"]
+    assert client.simulate_post(f"/api/deploy/apps/{host['b']}/restart", headers=auth("op-b")).status_code == 200
+    assert _job(host["b"]).id == job.id  # it joined the queued job
+    target = _target(host["b"])
+    assert (target.state, target.generation, target.last_error, target.failed_task) == ("queued", 2, None, None)
+    assert jobqueue.open_converge(Deployment.get_by_id(host["b"])).id == job.id
+    view = _view(client, host["b"], "op-b")
+    assert (view["state"], view["generation"], view["last_error"]) == ("queued", 2, None)
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["a", "b"]]
+    b = Deployment.get_by_id(host["b"])
+    assert (b.generation, b.observed_generation, b.status) == (2, 2, "running")
+    assert jobqueue.open_converge(b) is None and _target(host["b"]).state == "succeeded"
+    restart = _entry(host["b"])
+    assert (restart.action, restart.status, restart.job_id) == ("restart", "completed", job.id)
+
