@@ -7,7 +7,10 @@ deployment and the generation to reach: ten restarts queued while one runs cost 
 run). A change whose deployment has an outcome in that job already (a retried run
 converged or failed it) opens its target again, at the new generation. A worker runs the
 host's open targets in one playbook run and records each deployment's outcome on its
-target.
+target. A job that has more than one target is *shared* (:func:`shared`): what its runs
+record for every target to read (events, the run's error) has a failure's text withheld
+(:data:`SHARED_FAILURE`), in a retry that runs one of them too; a job that gets its second
+target has it withheld in the events it recorded before.
 ``reconcile``: converge every deployment of one host and remove orphans (the worker's
 periodic run, or ``buddo-deploy reconcile``, which reserves its job for itself).
 ``output``: read one deployment's container output.
@@ -21,9 +24,9 @@ changes of a host start while the first ones still come up).
 A run that timed out may hang again on whichever deployment made it hang, so its
 deployments are retried alone: a *solo* converge holds one deployment, which it keeps
 (its later changes join it, or queue the next solo one behind it) until that deployment
-has an outcome; new changes of the host never join it. A shared run that timed out ends
-there and each of its deployments goes on in a solo converge of its own
-(:func:`retry_alone`); a run of one deployment retries as a solo one. The other
+has an outcome; new changes of the host never join it. A run of a shared job that timed
+out ends there and each deployment it ran goes on in a solo converge of its own
+(:func:`retry_alone`); a job of one target retries as a solo one. The other
 deployments' converges then run beside a suspect's, which waits only for its own.
 A reconcile never runs beside another job of its host (a suspect's solo converge
 included), and converges queued after it wait for it; other jobs sharing a ``lock_key``
@@ -42,11 +45,15 @@ from typing import Any
 import peewee
 
 from .db import is_postgres, write_transaction
-from .models import Deployment, Job, JobTarget, database_proxy, utcnow
+from .models import Deployment, Job, JobEvent, JobTarget, database_proxy, utcnow
 
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
 _ENQUEUE_LOCK = 74_217_005  # pg_advisory_xact_lock(class, crc32(host)) of a host's enqueue
 _OPEN = ("queued", "running")  # a target (or job) without an outcome yet
+
+# What a deployment is told of a failure in a job it shares with others of its host: the
+# failure's own text may be about another tenant's deployment (its id, its podman error).
+SHARED_FAILURE = "a step of this run, shared with other deployments of the host, failed"
 
 
 def host_lock_key(host: str) -> str:
@@ -100,11 +107,27 @@ def _add_target(job: Job, deployment_id: Any, generation: int) -> None:
     target = JobTarget.get_or_none(_target(job, deployment_id))
     if target is None:
         JobTarget.create(job=job.id, deployment=deployment_id, generation=generation, state="queued")
+        if JobTarget.select().where(JobTarget.job == job.id).count() == 2:
+            _withhold_texts(job)  # shared from now on, what its runs recorded alone too
     elif target.state not in _OPEN:
         JobTarget.update(state="queued", generation=max(target.generation, generation), last_error=None,
                          failed_task=None).where(_target(job, deployment_id)).execute()
     elif target.generation < generation:
         set_target_generation(job, deployment_id, generation)
+
+
+def shared(job: Job) -> bool:
+    """The job has (had) more than one target: what its runs record for every target to read may
+    be another tenant's (targets are never removed from a job)."""
+    return JobTarget.select().where(JobTarget.job == job.id).count() > 1
+
+
+def _withhold_texts(job: Job) -> None:
+    """A job that becomes shared: the failure texts of the events its runs recorded for its one
+    deployment are withheld (the job view shows every target all of the job's events)."""
+    JobEvent.update(message=SHARED_FAILURE).where(
+        (JobEvent.job == job.id) & JobEvent.status.in_(("failed", "ignored")) & JobEvent.message.is_null(False)
+        & (JobEvent.message != "")).execute()
 
 
 def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
@@ -131,7 +154,7 @@ def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
 
 def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.datetime, error: str,
                 task: str | None) -> Job:
-    """A target of a shared run that timed out goes on alone; its solo converge.
+    """A target of a shared job whose run timed out goes on alone; its solo converge.
 
     Its target in ``job`` ends failed with the run's error (the run is over); it is queued
     with that error in its solo converge: the one already queued (it joins it), or a new

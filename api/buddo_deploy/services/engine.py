@@ -40,11 +40,14 @@ class Plan:
     check: bool = False
     # The run's extra vars (the task adds the settings' own, such as the instance).
     variables: dict[str, Any] = field(default_factory=dict)
+    # A host converge whose job has (had) more than one target (jobqueue.shared).
+    job_shared: bool = False
 
     @property
     def shared(self) -> bool:
-        """The run acts on more than one deployment: a failure's text may be another tenant's."""
-        return len(self.items) > 1
+        """What the run records may be read by more than one deployment (its job has more than one
+        target, even when this run acts on one of them): a failure's text may be another tenant's."""
+        return self.job_shared or len(self.items) > 1
 
     @property
     def secret_files(self) -> dict[str, str]:
@@ -119,6 +122,7 @@ def start_converge(job: Job, owner: str, secret_key: str) -> Plan | None:
     secrets: dict[str, Any] = {}
     logins: dict[str, Any] = {}
     with write_transaction(database_proxy.obj):
+        shared = jobqueue.shared(job)
         for target in jobqueue.targets(job, open_only=True):
             d = state.locked(target.deployment_id)
             assert d is not None
@@ -150,7 +154,7 @@ def start_converge(job: Job, owner: str, secret_key: str) -> Plan | None:
             jobqueue.finish(job, owner, succeeded=jobqueue.all_succeeded(job))
             return None
     return Plan(job, "converge.yml", job.host, items, secrets=secrets, registry_auth=logins,
-                variables=converge_variables(items))
+                variables=converge_variables(items), job_shared=shared)
 
 
 def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
@@ -185,13 +189,13 @@ def start_reconcile(job: Job, secret_key: str, *, check: bool = False) -> Plan:
                 check=check, variables=converge_variables(items, known, hosts=[job.host]))
 
 
-# What a deployment is told of a failure in a run it shared with others of its host: the
+# What a deployment is told of a failure in a job it shares with others of its host: the
 # failure's own text may be about another tenant's deployment (its id, its podman error).
-SHARED_FAILURE = "a step of this run, shared with other deployments of the host, failed"
+SHARED_FAILURE = jobqueue.SHARED_FAILURE
 
 
 def shared_event(summary: EventSummary) -> EventSummary:
-    """An event of a shared run as every target may see it: a failure's text withheld (it may
+    """An event of a shared job's run as every target may see it: a failure's text withheld (it may
     name another tenant's deployment); which failure was whose is each target's own outcome."""
     if summary.status in {"failed", "ignored"} and summary.message:
         return dataclasses.replace(summary, message=SHARED_FAILURE)
@@ -207,10 +211,11 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
     others (the run failed outside the apps: host unreachable, Podman or Caddy error,
     timeout, lost lease; or a deployment's step failed on the host) go back to the queue
     with the job, with a backoff; the next run skips what converged meanwhile. A run that
-    timed out may hang again on the deployment that made it hang: it goes back as a solo
-    converge, and a shared one ends there, each of its deployments retried in a solo converge
-    of its own (jobqueue.retry_alone) that its open audit entries name from then on. In a
-    shared run, a failure that is not the deployment's own is told without its text.
+    timed out may hang again on the deployment that made it hang: a job of one target goes
+    back as a solo converge, and a shared one ends there, each deployment of the run retried
+    in a solo converge of its own (jobqueue.retry_alone) that its open audit entries name from
+    then on. In a shared job's run (even a retry that runs one of its deployments), a failure
+    that is not the deployment's own is told without its text.
     """
     job = plan.job
     outcomes = result.stats.get("buddo_outcomes") or {}
