@@ -28,12 +28,16 @@ has an outcome; new changes of the host never join it. A run of a shared job tha
 out ends there and each deployment it ran goes on in a solo converge of its own
 (:func:`retry_alone`); a job of one target retries as a solo one. The other
 deployments' converges then run beside a suspect's, which waits only for its own.
-A reconcile never runs beside another job of its host (a suspect's solo converge
-included), and converges queued after it wait for it; other jobs sharing a ``lock_key``
-run one at a time in id order. Claims are serialised (SQLite: ``BEGIN IMMEDIATE``;
-PostgreSQL: a transaction advisory lock), so those rules hold across processes; so are a
-host's enqueues on PostgreSQL (an advisory lock per host), so two API processes never
-queue two converges of one host where one belongs.
+A reconcile never runs beside another running job of its host (a suspect's solo converge
+included); it waits for the host's jobs queued before it, and ordinary converges queued
+after it wait for it. It leaves the suspects (:func:`suspects`) alone, neither converging
+them nor removing them as orphans, so a suspect's solo converge and a reconcile do not
+wait for each other while queued: a reconcile does not wait for a solo converge in its
+backoff, and a solo converge whose backoff ended does not wait for a queued reconcile.
+Other jobs sharing a ``lock_key`` run one at a time in id order. Claims are serialised
+(SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction advisory lock), so those rules
+hold across processes; so are a host's enqueues on PostgreSQL (an advisory lock per
+host), so two API processes never queue two converges of one host where one belongs.
 """
 
 from __future__ import annotations
@@ -219,6 +223,15 @@ def open_converge(deployment: Deployment) -> Job | None:
     return found
 
 
+def suspects(host: str) -> list[str]:
+    """Deployments of the host a solo converge still has to act on (a run of theirs timed out):
+    a reconcile leaves them alone."""
+    rows = JobTarget.select(JobTarget.deployment).join(Job, on=(JobTarget.job == Job.id)).where(
+        (Job.action == "converge") & Job.solo & (Job.host == host) & Job.state.in_(_OPEN)
+        & JobTarget.state.in_(_OPEN)).distinct()
+    return sorted({str(t.deployment_id) for t in rows})
+
+
 def enqueue_reconcile(host: str, *, timeout_s: int, reserved_for: str | None = None,
                       lease_s: int = 0) -> Job | None:
     """Queue a host-wide reconcile; None when one is already queued.
@@ -256,6 +269,11 @@ def abandon(job: Job, owner: str, error: str) -> None:
             (Job.id == job.id) & (Job.reserved_for == owner) & (Job.state == "queued")).execute()
 
 
+# A job is claimable when it is due and: a reconcile (or an output read) has no earlier job of
+# its lock_key queued or running (a queued solo converge aside: the reconcile leaves its
+# deployment alone); a converge has no earlier queued or running job with a target of its
+# deployments or subdomains; a reconcile and another job of the host never run together; a
+# converge that is not solo has no earlier queued reconcile of its host to wait for.
 _CLAIMABLE = """
 SELECT j.id FROM jobs j
 WHERE ((j.state = 'queued' AND j.run_after <= {p})
@@ -263,7 +281,8 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
   AND {only}
   AND (j.action = 'converge' OR NOT EXISTS (
       SELECT 1 FROM jobs e
-      WHERE e.lock_key = j.lock_key AND e.id < j.id AND e.state IN ('queued', 'running')))
+      WHERE e.lock_key = j.lock_key AND e.id < j.id
+        AND (e.state = 'running' OR (e.state = 'queued' AND NOT e.solo))))
   AND (j.action <> 'converge' OR NOT EXISTS (
       SELECT 1 FROM job_targets mine
       JOIN deployments md ON md.id = mine.deployment_id
@@ -275,7 +294,7 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
       SELECT 1 FROM jobs r
       WHERE r.host = j.host AND r.id <> j.id AND r.state = 'running' AND r.lease_expires_at >= {p}
         AND (r.action = 'reconcile' OR j.action = 'reconcile'))
-  AND (j.action = 'reconcile' OR NOT EXISTS (
+  AND (j.action = 'reconcile' OR j.solo OR NOT EXISTS (
       SELECT 1 FROM jobs q
       WHERE q.host = j.host AND q.action = 'reconcile' AND q.state = 'queued' AND q.id < j.id
         AND q.run_after <= {p} AND (q.reserved_for IS NULL OR q.lease_expires_at >= {p})))

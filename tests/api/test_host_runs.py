@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 import pytest
-from buddo_deploy import jobqueue, worker
-from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, JobTarget
+from buddo_deploy import cli, jobqueue, worker
+from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, JobTarget, utcnow
 from buddo_deploy.results import EventSummary, PlaybookResult
 from buddo_deploy.services import engine
 from buddo_deploy.services.engine import SHARED_FAILURE
+from buddo_deploy.tasks import ReconcileTask
 from buddo_deploy.tasks import base as tasks_base
 
 from tests.helpers import auth, create_deployment
@@ -53,6 +54,7 @@ class FakeRuns:
                  on_event: Any = None, **kwargs: Any) -> PlaybookResult:
         items = extravars["converge_deployments"]
         self.runs.append({"playbook": playbook.name, "subdomains": [i["subdomain"] for i in items],
+                          "known": list(extravars.get("converge_known") or []),
                           "secrets": dict(secrets or {}), "timeout_s": kwargs["timeout_s"]})
         result: PlaybookResult = self.report(items)
         outcomes = result.stats.get("buddo_outcomes", {})
@@ -488,3 +490,46 @@ def test_a_retry_of_one_deployment_of_a_shared_job_that_timed_out_goes_on_in_a_s
     assert worker.Worker(settings, name="w").run_once()
     assert _view(client, host["a"], "op-a")["last_error"] == leak
 
+
+def test_a_reconcile_leaves_a_suspect_alone_and_does_not_wait_for_its_solo_converge(client, settings, host,
+                                                                                   monkeypatch, capsys):
+    """a, b and c timed out together; b and c then converged alone, a's solo converge waits out its
+    backoff. The worker's periodic reconcile runs at once, without a (known: not an orphan either);
+    what is queued after it waits for it as before, and a's solo converge runs after it."""
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_timeout))
+    assert worker.Worker(settings, name="w").run_once()
+    solo = _job(host["a"])
+    Job.update(run_after=Job.updated_at).where((Job.state == "queued") & (Job.id != solo.id)).execute()
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["b"], ["c"]]
+    assert Job.get_by_id(solo.id).state == "queued" and Job.get_by_id(solo.id).run_after > utcnow()  # its backoff
+
+    worker.queue_reconciles(settings)
+    [reconcile] = Job.select().where(Job.action == "reconcile")
+    x = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")  # queued after the reconcile
+    claimed = jobqueue.claim("w", 30)
+    assert claimed is not None and claimed.id == reconcile.id  # not behind a's solo converge
+    assert jobqueue.claim("w2", 30) is None  # x's converge waits for it, as before
+    report = ReconcileTask(settings, "w").run(claimed)
+    [run] = runs.runs[2:]
+    assert run["playbook"] == "reconcile.yml" and sorted(run["subdomains"]) == ["b", "c", "d", "x"]
+    assert run["known"] == [host["a"]]  # neither converged nor an orphan
+    assert report.suspects == [host["a"]] and report.as_dict()["suspects"] == [host["a"]]
+    assert not report.converged and report.unchecked == [] and len(report.deployments) == 4
+    cli._print_report([report], False, False)  # what `buddo-deploy reconcile` prints
+    assert f"(suspects): {host['a']}" in capsys.readouterr().out
+    assert Job.get_by_id(reconcile.id).state == "failed"  # the host is not converged: a is not
+    a = Deployment.get_by_id(host["a"])
+    assert (a.status, a.observed_generation) == ("deploying", 0) and _entry(host["a"]).job_id == solo.id
+    assert _target(host["a"]).state == "queued" and _target(host["a"]).job_id == solo.id
+
+    # What was queued after the reconcile runs now; a's solo converge once its backoff ends.
+    after = jobqueue.claim("w2", 30)
+    assert after is not None and after.id == _job(x).id
+    assert jobqueue.claim("w3", 30) is None
+    _end_backoffs()
+    again = jobqueue.claim("w3", 30)
+    assert again is not None and again.id == solo.id

@@ -42,6 +42,8 @@ class Plan:
     variables: dict[str, Any] = field(default_factory=dict)
     # A host converge whose job has (had) more than one target (jobqueue.shared).
     job_shared: bool = False
+    # A reconcile's: deployments it leaves alone, retried alone after a timeout (jobqueue.suspects).
+    suspects: list[str] = field(default_factory=list)
 
     @property
     def shared(self) -> bool:
@@ -76,14 +78,17 @@ class Report:
     deployments: list[dict[str, Any]] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    # Left alone: a run of theirs timed out, and their solo converge retries them (jobqueue.suspects).
+    suspects: list[str] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
-        return self.ok and not self.unchecked and all(d["ok"] for d in self.deployments)
+        return self.ok and not self.unchecked and not self.suspects and all(d["ok"] for d in self.deployments)
 
     def as_dict(self) -> dict[str, Any]:
         return {"host": self.host, "ok": self.ok, "converged": self.converged, "message": self.message,
-                "deployments": self.deployments, "orphans": self.orphans, "unchecked": self.unchecked}
+                "deployments": self.deployments, "orphans": self.orphans, "unchecked": self.unchecked,
+                "suspects": self.suspects}
 
 
 def env_values(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_key: str) -> dict[str, Any]:
@@ -172,9 +177,17 @@ def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[st
 
 
 def start_reconcile(job: Job, secret_key: str, *, check: bool = False) -> Plan:
-    """The whole host's desired state; ``check``: a dry run (``--check --diff``), which records nothing."""
+    """The whole host's desired state; ``check``: a dry run (``--check --diff``), which records nothing.
+
+    The suspects (a run of theirs timed out: their solo converge retries them) are left alone,
+    known but neither converged nor removed as orphans: a run that may hang on them again would
+    hold the host's other converges, which wait for a reconcile, behind it.
+    """
     with write_transaction(database_proxy.obj):
         items, known, rows = reconcile_scope(job.host)
+        suspects = [ident for ident in jobqueue.suspects(job.host) if ident in rows]
+        known += [ident for ident in suspects if ident not in known]
+        items = [i for i in items if i["id"] not in suspects]
         secrets: dict[str, Any] = {}
         logins: dict[str, Any] = {}
         for item in items:
@@ -186,7 +199,7 @@ def start_reconcile(job: Job, secret_key: str, *, check: bool = False) -> Plan:
                 known.append(item["id"])
     items = [i for i in items if i["id"] not in known]
     return Plan(job, "reconcile.yml", job.host, items, known=known, secrets=secrets, registry_auth=logins,
-                check=check, variables=converge_variables(items, known, hosts=[job.host]))
+                check=check, variables=converge_variables(items, known, hosts=[job.host]), suspects=suspects)
 
 
 # What a deployment is told of a failure in a job it shares with others of its host: the
@@ -271,7 +284,7 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
 def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> Report:
     """Record what a reconcile repaired; with a failed run, change nothing it could not verify."""
     job = plan.job
-    report = Report(host=plan.host, ok=result.ok, message=result.message or "")
+    report = Report(host=plan.host, ok=result.ok, message=result.message or "", suspects=list(plan.suspects))
     outcomes = result.stats.get("buddo_outcomes") or {}
     report.orphans = list(result.stats.get("buddo_orphans") or [])
     with write_transaction(database_proxy.obj):
