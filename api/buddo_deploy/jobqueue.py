@@ -20,7 +20,9 @@ and the next claim takes the job over. A run that failed for a reason outside th
 goes back to the queue with a backoff, as often as it takes. A deployment (and a
 subdomain: one site file, one container name family) is converged by one run at a time,
 in order: a host's converge waits for an earlier one only when they share one (the next
-changes of a host start while the first ones still come up).
+changes of a host start while the first ones still come up), and for a running one that
+shares one however late it was queued: a change may join a retried converge that is older
+than a run of its deployment queued while the retried one ran.
 A run that timed out may hang again on whichever deployment made it hang, so its
 deployments are retried alone: a *solo* converge holds one deployment, which it keeps
 (its later changes join it, or queue the next solo one behind it) until that deployment
@@ -271,8 +273,9 @@ def abandon(job: Job, owner: str, error: str) -> None:
 
 # A job is claimable when it is due and: a reconcile (or an output read) has no earlier job of
 # its lock_key queued or running (a queued solo converge aside: the reconcile leaves its
-# deployment alone); a converge has no earlier queued or running job with a target of its
-# deployments or subdomains; a reconcile and another job of the host never run together; a
+# deployment alone); a converge has no earlier queued or running job, and no running one
+# (a change may join a retried converge older than a run of its deployment), with a target
+# of its deployments or subdomains; a reconcile and another job of the host never run together; a
 # converge that is not solo has no earlier queued reconcile of its host to wait for.
 _CLAIMABLE = """
 SELECT j.id FROM jobs j
@@ -287,9 +290,10 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
       SELECT 1 FROM job_targets mine
       JOIN deployments md ON md.id = mine.deployment_id
       JOIN deployments td ON td.id = md.id OR td.subdomain = md.subdomain
-      JOIN job_targets theirs ON theirs.deployment_id = td.id AND theirs.job_id < mine.job_id
+      JOIN job_targets theirs ON theirs.deployment_id = td.id AND theirs.job_id <> mine.job_id
       JOIN jobs e ON e.id = theirs.job_id
-      WHERE mine.job_id = j.id AND e.state IN ('queued', 'running')))
+      WHERE mine.job_id = j.id AND ((e.id < j.id AND e.state IN ('queued', 'running'))
+                                    OR (e.state = 'running' AND e.lease_expires_at >= {p}))))
   AND NOT EXISTS (
       SELECT 1 FROM jobs r
       WHERE r.host = j.host AND r.id <> j.id AND r.state = 'running' AND r.lease_expires_at >= {p}
@@ -316,7 +320,7 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
         else:
             only, only_params = f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner)
         found = db.execute_sql(_CLAIMABLE.format(p=db.param, only=only),
-                               (now, now, *only_params, now, now, now)).fetchone()
+                               (now, now, *only_params, now, now, now, now)).fetchone()
         if found is None:
             return None
         Job.update(

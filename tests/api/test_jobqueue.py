@@ -148,6 +148,25 @@ def test_backoff_keeps_a_failed_run_queued_until_its_time_or_the_next_change(cli
     assert jobqueue.claim("w2", lease_s=30).id == job.id
 
 
+def test_a_change_that_joins_an_older_retried_converge_waits_for_the_run_of_its_deployment(client):
+    """'two' is converged by a run queued while 'one's ran; 'one's is retried, and two's next change
+    joins it (the host's queued converge): it is older, yet it waits for two's run."""
+    one = create_deployment(client, subdomain="one")
+    first = jobqueue.claim("w1", lease_s=30)
+    assert first is not None and list(targets(first)) == [one]
+    two = create_deployment(client, subdomain="two")
+    second = jobqueue.claim("w2", lease_s=30)
+    assert second is not None and list(targets(second)) == [two]  # beside 'one's
+    with database_proxy.obj.atomic():  # 'one's run failed on the host: back in the queue, due at once
+        assert jobqueue.retry_later(first, "w1", delay=dt.timedelta(0), error="podman rm failed")
+    client.simulate_post(f"/api/deploy/apps/{two}/restart", headers=auth())
+    assert targets(Job.get_by_id(first.id)) == {one: 1, two: 2}  # it joined the older, queued one
+    assert jobqueue.claim("w3", lease_s=30) is None  # not beside two's run
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(second, "w2", succeeded=True)
+    assert jobqueue.claim("w3", lease_s=30).id == first.id
+
+
 def test_a_deployment_retried_alone_keeps_one_queued_solo_converge_that_takes_no_new_targets(client, deployments):
     one, two = deployments
     first = jobqueue.claim("w1", lease_s=30)
