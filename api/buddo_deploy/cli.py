@@ -158,6 +158,8 @@ def _print_report(reports: list[Any], as_json: bool, dry_run: bool) -> None:
             print(f"  orphans {'to remove' if dry_run else 'removed'}: {', '.join(report.orphans)}")
         if report.unchecked:
             print(f"  could not check (nothing changed): {', '.join(report.unchecked)}")
+        if report.suspects:
+            print(f"  left alone, retried alone after a timeout (suspects): {', '.join(report.suspects)}")
 
 
 def _count_into(settings: Settings) -> bool:

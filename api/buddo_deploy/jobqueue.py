@@ -4,8 +4,13 @@ Work is queued per host (controller-runtime's key-only request). ``converge``: a
 marks its deployment's host as needing a converge; a host has at most one queued
 converge (beside the solo ones below), which every later change joins as a target (the
 deployment and the generation to reach: ten restarts queued while one runs cost one more
-run). A worker runs the host's targets in one playbook run and records each deployment's
-outcome on its target.
+run). A change whose deployment has an outcome in that job already (a retried run
+converged or failed it) opens its target again, at the new generation. A worker runs the
+host's open targets in one playbook run and records each deployment's outcome on its
+target. A job that has more than one target is *shared* (:func:`shared`): what its runs
+record for every target to read (events, the run's error) has a failure's text withheld
+(:data:`SHARED_FAILURE`), in a retry that runs one of them too; a job that gets its second
+target has it withheld in the events it recorded before.
 ``reconcile``: converge every deployment of one host and remove orphans (the worker's
 periodic run, or ``buddo-deploy reconcile``, which reserves its job for itself).
 ``output``: read one deployment's container output.
@@ -15,20 +20,26 @@ and the next claim takes the job over. A run that failed for a reason outside th
 goes back to the queue with a backoff, as often as it takes. A deployment (and a
 subdomain: one site file, one container name family) is converged by one run at a time,
 in order: a host's converge waits for an earlier one only when they share one (the next
-changes of a host start while the first ones still come up).
+changes of a host start while the first ones still come up), and for a running one that
+shares one however late it was queued: a change may join a retried converge that is older
+than a run of its deployment queued while the retried one ran.
 A run that timed out may hang again on whichever deployment made it hang, so its
 deployments are retried alone: a *solo* converge holds one deployment, which it keeps
 (its later changes join it, or queue the next solo one behind it) until that deployment
-has an outcome; new changes of the host never join it. A shared run that timed out ends
-there and each of its deployments goes on in a solo converge of its own
-(:func:`retry_alone`); a run of one deployment retries as a solo one. The other
+has an outcome; new changes of the host never join it. A run of a shared job that timed
+out ends there and each deployment it ran goes on in a solo converge of its own
+(:func:`retry_alone`); a job of one target retries as a solo one. The other
 deployments' converges then run beside a suspect's, which waits only for its own.
-A reconcile never runs beside another job of its host (a suspect's solo converge
-included), and converges queued after it wait for it; other jobs sharing a ``lock_key``
-run one at a time in id order. Claims are serialised (SQLite: ``BEGIN IMMEDIATE``;
-PostgreSQL: a transaction advisory lock), so those rules hold across processes; so are a
-host's enqueues on PostgreSQL (an advisory lock per host), so two API processes never
-queue two converges of one host where one belongs.
+A reconcile never runs beside another running job of its host (a suspect's solo converge
+included); it waits for the host's jobs queued before it, and ordinary converges queued
+after it wait for it. It leaves the suspects (:func:`suspects`) alone, neither converging
+them nor removing them as orphans, so a suspect's solo converge and a reconcile do not
+wait for each other while queued: a reconcile does not wait for a solo converge in its
+backoff, and a solo converge whose backoff ended does not wait for a queued reconcile.
+Other jobs sharing a ``lock_key`` run one at a time in id order. Claims are serialised
+(SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction advisory lock), so those rules
+hold across processes; so are a host's enqueues on PostgreSQL (an advisory lock per
+host), so two API processes never queue two converges of one host where one belongs.
 """
 
 from __future__ import annotations
@@ -40,10 +51,15 @@ from typing import Any
 import peewee
 
 from .db import is_postgres, write_transaction
-from .models import Deployment, Job, JobTarget, database_proxy, utcnow
+from .models import Deployment, Job, JobEvent, JobTarget, database_proxy, utcnow
 
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
 _ENQUEUE_LOCK = 74_217_005  # pg_advisory_xact_lock(class, crc32(host)) of a host's enqueue
+_OPEN = ("queued", "running")  # a target (or job) without an outcome yet
+
+# What a deployment is told of a failure in a job it shares with others of its host: the
+# failure's own text may be about another tenant's deployment (its id, its podman error).
+SHARED_FAILURE = "a step of this run, shared with other deployments of the host, failed"
 
 
 def host_lock_key(host: str) -> str:
@@ -60,14 +76,14 @@ def _lock_host(host: str) -> None:
 def _solo_of(deployment_id: Any) -> peewee.Expression:
     """Solo converges that still have to act on the deployment."""
     mine: peewee.Expression = (Job.action == "converge") & Job.solo & (JobTarget.deployment == deployment_id) & (
-        JobTarget.state.in_(("queued", "running")))
+        JobTarget.state.in_(_OPEN))
     return mine
 
 
 def _alone(deployment_id: Any) -> bool:
     """A solo converge of the deployment is queued or running: its changes run alone too."""
     return bool(Job.select().join(JobTarget, on=(JobTarget.job == Job.id)).where(
-        _solo_of(deployment_id) & Job.state.in_(("queued", "running"))).exists())
+        _solo_of(deployment_id) & Job.state.in_(_OPEN)).exists())
 
 
 def _queued_converge(host: str, solo_of: Any | None) -> Job | None:
@@ -89,12 +105,35 @@ def _new_converge(host: str, *, timeout_s: int, run_after: dt.datetime, solo: bo
 
 
 def _add_target(job: Job, deployment_id: Any, generation: int) -> None:
-    """The deployment is a target of ``job``, to reach at least ``generation``."""
+    """The deployment is an open target of ``job``, to reach at least ``generation``.
+
+    A target that has its outcome already (an earlier attempt of a retried job converged or
+    failed it) is opened again: the change is new work, which the job's next run does.
+    """
     target = JobTarget.get_or_none(_target(job, deployment_id))
     if target is None:
         JobTarget.create(job=job.id, deployment=deployment_id, generation=generation, state="queued")
+        if JobTarget.select().where(JobTarget.job == job.id).count() == 2:
+            _withhold_texts(job)  # shared from now on, what its runs recorded alone too
+    elif target.state not in _OPEN:
+        JobTarget.update(state="queued", generation=max(target.generation, generation), last_error=None,
+                         failed_task=None).where(_target(job, deployment_id)).execute()
     elif target.generation < generation:
         set_target_generation(job, deployment_id, generation)
+
+
+def shared(job: Job) -> bool:
+    """The job has (had) more than one target: what its runs record for every target to read may
+    be another tenant's (targets are never removed from a job)."""
+    return JobTarget.select().where(JobTarget.job == job.id).count() > 1
+
+
+def _withhold_texts(job: Job) -> None:
+    """A job that becomes shared: the failure texts of the events its runs recorded for its one
+    deployment are withheld (the job view shows every target all of the job's events)."""
+    JobEvent.update(message=SHARED_FAILURE).where(
+        (JobEvent.job == job.id) & JobEvent.status.in_(("failed", "ignored")) & JobEvent.message.is_null(False)
+        & (JobEvent.message != "")).execute()
 
 
 def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
@@ -121,7 +160,7 @@ def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
 
 def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.datetime, error: str,
                 task: str | None) -> Job:
-    """A target of a shared run that timed out goes on alone; its solo converge.
+    """A target of a shared job whose run timed out goes on alone; its solo converge.
 
     Its target in ``job`` ends failed with the run's error (the run is over); it is queued
     with that error in its solo converge: the one already queued (it joins it), or a new
@@ -145,7 +184,7 @@ def targets(job: Job, *, open_only: bool = False) -> list[JobTarget]:
     """The deployments a converge covers (``open_only``: those without an outcome yet)."""
     query = JobTarget.select().join(Deployment).where(JobTarget.job == job.id)
     if open_only:
-        query = query.where(JobTarget.state.in_(("queued", "running")))
+        query = query.where(JobTarget.state.in_(_OPEN))
     return list(query.order_by(Deployment.inserted_at, Deployment.id))  # in the order they were created
 
 
@@ -181,9 +220,18 @@ def owns(job: Job, owner: str) -> bool:
 def open_converge(deployment: Deployment) -> Job | None:
     """The queued or running converge that still has to act on the deployment, if any."""
     found: Job | None = Job.select().join(JobTarget, on=(JobTarget.job == Job.id)).where(
-        (JobTarget.deployment == deployment.id) & JobTarget.state.in_(("queued", "running"))
-        & (Job.action == "converge") & Job.state.in_(("queued", "running"))).first()
+        (JobTarget.deployment == deployment.id) & JobTarget.state.in_(_OPEN)
+        & (Job.action == "converge") & Job.state.in_(_OPEN)).first()
     return found
+
+
+def suspects(host: str) -> list[str]:
+    """Deployments of the host a solo converge still has to act on (a run of theirs timed out):
+    a reconcile leaves them alone."""
+    rows = JobTarget.select(JobTarget.deployment).join(Job, on=(JobTarget.job == Job.id)).where(
+        (Job.action == "converge") & Job.solo & (Job.host == host) & Job.state.in_(_OPEN)
+        & JobTarget.state.in_(_OPEN)).distinct()
+    return sorted({str(t.deployment_id) for t in rows})
 
 
 def enqueue_reconcile(host: str, *, timeout_s: int, reserved_for: str | None = None,
@@ -223,6 +271,12 @@ def abandon(job: Job, owner: str, error: str) -> None:
             (Job.id == job.id) & (Job.reserved_for == owner) & (Job.state == "queued")).execute()
 
 
+# A job is claimable when it is due and: a reconcile (or an output read) has no earlier job of
+# its lock_key queued or running (a queued solo converge aside: the reconcile leaves its
+# deployment alone); a converge has no earlier queued or running job, and no running one
+# (a change may join a retried converge older than a run of its deployment), with a target
+# of its deployments or subdomains; a reconcile and another job of the host never run together; a
+# converge that is not solo has no earlier queued reconcile of its host to wait for.
 _CLAIMABLE = """
 SELECT j.id FROM jobs j
 WHERE ((j.state = 'queued' AND j.run_after <= {p})
@@ -230,19 +284,21 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
   AND {only}
   AND (j.action = 'converge' OR NOT EXISTS (
       SELECT 1 FROM jobs e
-      WHERE e.lock_key = j.lock_key AND e.id < j.id AND e.state IN ('queued', 'running')))
+      WHERE e.lock_key = j.lock_key AND e.id < j.id
+        AND (e.state = 'running' OR (e.state = 'queued' AND NOT e.solo))))
   AND (j.action <> 'converge' OR NOT EXISTS (
       SELECT 1 FROM job_targets mine
       JOIN deployments md ON md.id = mine.deployment_id
       JOIN deployments td ON td.id = md.id OR td.subdomain = md.subdomain
-      JOIN job_targets theirs ON theirs.deployment_id = td.id AND theirs.job_id < mine.job_id
+      JOIN job_targets theirs ON theirs.deployment_id = td.id AND theirs.job_id <> mine.job_id
       JOIN jobs e ON e.id = theirs.job_id
-      WHERE mine.job_id = j.id AND e.state IN ('queued', 'running')))
+      WHERE mine.job_id = j.id AND ((e.id < j.id AND e.state IN ('queued', 'running'))
+                                    OR (e.state = 'running' AND e.lease_expires_at >= {p}))))
   AND NOT EXISTS (
       SELECT 1 FROM jobs r
       WHERE r.host = j.host AND r.id <> j.id AND r.state = 'running' AND r.lease_expires_at >= {p}
         AND (r.action = 'reconcile' OR j.action = 'reconcile'))
-  AND (j.action = 'reconcile' OR NOT EXISTS (
+  AND (j.action = 'reconcile' OR j.solo OR NOT EXISTS (
       SELECT 1 FROM jobs q
       WHERE q.host = j.host AND q.action = 'reconcile' AND q.state = 'queued' AND q.id < j.id
         AND q.run_after <= {p} AND (q.reserved_for IS NULL OR q.lease_expires_at >= {p})))
@@ -264,7 +320,7 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
         else:
             only, only_params = f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner)
         found = db.execute_sql(_CLAIMABLE.format(p=db.param, only=only),
-                               (now, now, *only_params, now, now, now)).fetchone()
+                               (now, now, *only_params, now, now, now, now)).fetchone()
         if found is None:
             return None
         Job.update(

@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 import pytest
-from buddo_deploy import jobqueue, worker
-from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, JobTarget
+from buddo_deploy import cli, jobqueue, worker
+from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, JobTarget, utcnow
 from buddo_deploy.results import EventSummary, PlaybookResult
 from buddo_deploy.services import engine
 from buddo_deploy.services.engine import SHARED_FAILURE
+from buddo_deploy.tasks import ReconcileTask
 from buddo_deploy.tasks import base as tasks_base
 
 from tests.helpers import auth, create_deployment
@@ -53,6 +54,7 @@ class FakeRuns:
                  on_event: Any = None, **kwargs: Any) -> PlaybookResult:
         items = extravars["converge_deployments"]
         self.runs.append({"playbook": playbook.name, "subdomains": [i["subdomain"] for i in items],
+                          "known": list(extravars.get("converge_known") or []),
                           "secrets": dict(secrets or {}), "timeout_s": kwargs["timeout_s"]})
         result: PlaybookResult = self.report(items)
         outcomes = result.stats.get("buddo_outcomes", {})
@@ -352,3 +354,182 @@ def test_a_run_of_one_deployment_that_timed_out_retries_alone_in_its_job(client,
     monkeypatch.setattr(tasks_base, "run_playbook", runs)
     assert worker.Worker(settings, name="w").run_once()
     assert [r["subdomains"] for r in runs.runs] == [["b"]] and Job.get_by_id(job.id).state == "queued"
+
+
+def _host_failure(sub: str, message: str) -> Any:
+    """A run in which ``sub``'s step failed on the host (its outcome: kind host, retried), the others converged."""
+    def report(items: list[dict[str, Any]]) -> PlaybookResult:
+        outcomes = {i["id"]: _outcome(i) for i in items}
+        for i in items:
+            if i["subdomain"] == sub:
+                outcomes[i["id"]] = {"ok": False, "kind": "host", "task": "Remove", "message": message,
+                                     "state": i["state"], "drift": [], "generation": i["generation"]}
+        return PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": outcomes})
+    return report
+
+
+def test_a_change_that_joins_a_retried_run_where_its_deployment_converged_runs_again(client, settings, host,
+                                                                                      monkeypatch):
+    """a's step failed on the host (retried), b and c converged: a restart of b joins that queued
+    job, and opens b's target again (it used to raise its generation only: the change never ran)."""
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_host_failure("a", "podman rm failed: busy")))
+    assert worker.Worker(settings, name="w").run_once()
+    job = _job(host["a"])
+    assert job.state == "queued" and [_target(host[s]).state for s in "abc"] == ["queued", "succeeded", "succeeded"]
+    assert client.simulate_post(f"/api/deploy/apps/{host['b']}/restart", headers=auth("op-b")).status_code == 200
+    assert _job(host["b"]).id == job.id  # it joined the queued job
+    target = _target(host["b"])
+    assert (target.state, target.generation, target.last_error, target.failed_task) == ("queued", 2, None, None)
+    assert jobqueue.open_converge(Deployment.get_by_id(host["b"])).id == job.id
+    view = _view(client, host["b"], "op-b")
+    assert (view["state"], view["generation"], view["last_error"]) == ("queued", 2, None)
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["a", "b"]]
+    b = Deployment.get_by_id(host["b"])
+    assert (b.generation, b.observed_generation, b.status) == (2, 2, "running")
+    assert jobqueue.open_converge(b) is None and _target(host["b"]).state == "succeeded"
+    restart = _entry(host["b"])
+    assert (restart.action, restart.status, restart.job_id) == ("restart", "completed", job.id)
+
+
+def test_a_retry_that_runs_one_deployment_of_a_shared_job_tells_the_others_nothing_of_it(client, settings, host,
+                                                                                         monkeypatch):
+    """a's step failed on the host in the run of a, b and c; b and c converged. The retry runs a alone
+    and fails with a message naming a and its podman error: the job is still b's and c's, so their
+    job views (its events) and audit entries show nothing of it."""
+    a_id = host["a"]
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_host_failure("a", "podman rm failed: busy")))
+    assert worker.Worker(settings, name="w").run_once()
+    job = _job(a_id)
+    leak = f"1 of 1 deployment(s) failed: {a_id}: podman rm failed: container secret-a is in use"
+
+    def report(items: list[dict[str, Any]]) -> PlaybookResult:
+        assert [i["subdomain"] for i in items] == ["a"]
+        outcome = {"ok": False, "kind": "host", "task": "Remove", "message": f"podman rm {a_id}: in use",
+                   "state": "running", "drift": [], "generation": 1}
+        return PlaybookResult(status="failed", rc=2, failed_task="Remove", message=leak, failed_status="failed",
+                              stats={"buddo_outcomes": {a_id: outcome}})
+
+    runs = FakeRuns(report)
+
+    def run(*args: Any, on_event: Any = None, **kwargs: Any) -> PlaybookResult:
+        on_event(EventSummary("runner_on_failed", "container-host-1", "Remove", "failed", leak))
+        return runs(*args, on_event=on_event, **kwargs)
+
+    monkeypatch.setattr(tasks_base, "run_playbook", run)
+    _end_backoffs()
+    assert worker.Worker(settings, name="w").run_once()
+    assert len(runs.runs) == 1 and _job(a_id).id == job.id and Job.get_by_id(job.id).attempts == 2
+    stored = Job.get_by_id(job.id)
+    assert stored.state == "queued" and stored.last_error == SHARED_FAILURE
+    for text in [e.message or "" for e in JobEvent.select().where(JobEvent.job == job.id)]:
+        assert a_id not in text and "podman" not in text, text
+    for sub in "bc":
+        view = _view(client, host[sub], f"op-{sub}")
+        assert view["id"] == job.id and view["state"] == "succeeded" and view["last_error"] is None
+        shown = json.dumps(view)
+        assert view["events"] and a_id not in shown and "podman" not in shown and "secret-a" not in shown
+        details = [e.details or "" for e in AuditEntry.select().where(AuditEntry.deployment == host[sub])]
+        assert not any(a_id in d or "podman" in d for d in details), details
+    # a's own target and audit entry have its own failure.
+    assert _view(client, a_id, "op-a")["last_error"] == f"podman rm {a_id}: in use"
+    assert json.loads(_entry(a_id).details)["last_error"] == f"podman rm {a_id}: in use"
+
+
+def test_a_job_that_gets_a_second_target_withholds_what_its_runs_recorded_for_the_first(client, settings,
+                                                                                        monkeypatch):
+    """a's run (a alone: nothing withheld) failed on the host and waits to be retried; b's create
+    joins that job: from then on b reads its events, which tell nothing of a's failure."""
+    a = create_deployment(client, "op-a", subdomain="a", tier="btc-pro")
+    runs = FakeRuns(_host_failure("a", f"podman rm {a}: in use"))
+
+    def run(*args: Any, on_event: Any = None, **kwargs: Any) -> PlaybookResult:
+        on_event(EventSummary("runner_on_failed", "container-host-1", "Remove", "ignored", f"{a}: podman rm: in use"))
+        return runs(*args, on_event=on_event, **kwargs)
+
+    monkeypatch.setattr(tasks_base, "run_playbook", run)
+    assert worker.Worker(settings, name="w").run_once()
+    job = _job(a)
+    assert any(a in (e.message or "") for e in JobEvent.select())  # its own run: its own text, unfiltered
+    b = create_deployment(client, "op-b", subdomain="b", tier="btc-pro")
+    assert _job(b).id == job.id
+    view = _view(client, b, "op-b")
+    assert view["events"] and a not in json.dumps(view)
+    assert {e.message for e in JobEvent.select() if e.status == "ignored"} == {SHARED_FAILURE}
+    assert _view(client, a, "op-a")["last_error"] == f"podman rm {a}: in use"  # its own target keeps it
+
+
+def test_a_retry_of_one_deployment_of_a_shared_job_that_timed_out_goes_on_in_a_solo_converge(client, settings,
+                                                                                             host, monkeypatch):
+    """The retry that runs a alone (b and c converged in the job's first run) times out: the job is
+    still b's and c's, so a goes on in a solo converge of one target, whose runs are a's alone."""
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_host_failure("a", "podman rm failed: busy")))
+    assert worker.Worker(settings, name="w").run_once()
+    job = _job(host["a"])
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_timeout))
+    _end_backoffs()
+    assert worker.Worker(settings, name="w").run_once()
+    assert Job.get_by_id(job.id).state == "failed" and [_target(host[s]).job_id for s in "bc"] == [job.id] * 2
+    solo = _job(host["a"])
+    assert solo.id != job.id and solo.solo and [str(t.deployment_id) for t in jobqueue.targets(solo)] == [host["a"]]
+    assert _entry(host["a"]).job_id == solo.id
+    # b's next change joins no job that waits for a: it runs while a's solo converge waits.
+    assert client.simulate_post(f"/api/deploy/apps/{host['b']}/restart", headers=auth("op-b")).status_code == 200
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    assert worker.Worker(settings, name="w").run_once()
+    assert [r["subdomains"] for r in runs.runs] == [["b"]] and Deployment.get_by_id(host["b"]).status == "running"
+    # The solo converge's runs are a's alone: nothing withheld from a.
+    leak = f"{host['a']}: podman rm failed"
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(
+        lambda items: PlaybookResult(status="failed", rc=2, message=leak, failed_status="failed")))
+    _end_backoffs()
+    assert worker.Worker(settings, name="w").run_once()
+    assert _view(client, host["a"], "op-a")["last_error"] == leak
+
+
+def test_a_reconcile_leaves_a_suspect_alone_and_does_not_wait_for_its_solo_converge(client, settings, host,
+                                                                                   monkeypatch, capsys):
+    """a, b and c timed out together; b and c then converged alone, a's solo converge waits out its
+    backoff. The worker's periodic reconcile runs at once, without a (known: not an orphan either);
+    what is queued after it waits for it as before, and a's solo converge runs after it."""
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_timeout))
+    assert worker.Worker(settings, name="w").run_once()
+    solo = _job(host["a"])
+    Job.update(run_after=Job.updated_at).where((Job.state == "queued") & (Job.id != solo.id)).execute()
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["b"], ["c"]]
+    assert Job.get_by_id(solo.id).state == "queued" and Job.get_by_id(solo.id).run_after > utcnow()  # its backoff
+
+    worker.queue_reconciles(settings)
+    [reconcile] = Job.select().where(Job.action == "reconcile")
+    x = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")  # queued after the reconcile
+    claimed = jobqueue.claim("w", 30)
+    assert claimed is not None and claimed.id == reconcile.id  # not behind a's solo converge
+    assert jobqueue.claim("w2", 30) is None  # x's converge waits for it, as before
+    report = ReconcileTask(settings, "w").run(claimed)
+    [run] = runs.runs[2:]
+    assert run["playbook"] == "reconcile.yml" and sorted(run["subdomains"]) == ["b", "c", "d", "x"]
+    assert run["known"] == [host["a"]]  # neither converged nor an orphan
+    assert report.suspects == [host["a"]] and report.as_dict()["suspects"] == [host["a"]]
+    assert not report.converged and report.unchecked == [] and len(report.deployments) == 4
+    cli._print_report([report], False, False)  # what `buddo-deploy reconcile` prints
+    assert f"(suspects): {host['a']}" in capsys.readouterr().out
+    assert Job.get_by_id(reconcile.id).state == "failed"  # the host is not converged: a is not
+    a = Deployment.get_by_id(host["a"])
+    assert (a.status, a.observed_generation) == ("deploying", 0) and _entry(host["a"]).job_id == solo.id
+    assert _target(host["a"]).state == "queued" and _target(host["a"]).job_id == solo.id
+
+    # What was queued after the reconcile runs now; a's solo converge once its backoff ends.
+    after = jobqueue.claim("w2", 30)
+    assert after is not None and after.id == _job(x).id
+    assert jobqueue.claim("w3", 30) is None
+    _end_backoffs()
+    again = jobqueue.claim("w3", 30)
+    assert again is not None and again.id == solo.id

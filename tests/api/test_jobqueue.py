@@ -148,6 +148,25 @@ def test_backoff_keeps_a_failed_run_queued_until_its_time_or_the_next_change(cli
     assert jobqueue.claim("w2", lease_s=30).id == job.id
 
 
+def test_a_change_that_joins_an_older_retried_converge_waits_for_the_run_of_its_deployment(client):
+    """'two' is converged by a run queued while 'one's ran; 'one's is retried, and two's next change
+    joins it (the host's queued converge): it is older, yet it waits for two's run."""
+    one = create_deployment(client, subdomain="one")
+    first = jobqueue.claim("w1", lease_s=30)
+    assert first is not None and list(targets(first)) == [one]
+    two = create_deployment(client, subdomain="two")
+    second = jobqueue.claim("w2", lease_s=30)
+    assert second is not None and list(targets(second)) == [two]  # beside 'one's
+    with database_proxy.obj.atomic():  # 'one's run failed on the host: back in the queue, due at once
+        assert jobqueue.retry_later(first, "w1", delay=dt.timedelta(0), error="podman rm failed")
+    client.simulate_post(f"/api/deploy/apps/{two}/restart", headers=auth())
+    assert targets(Job.get_by_id(first.id)) == {one: 1, two: 2}  # it joined the older, queued one
+    assert jobqueue.claim("w3", lease_s=30) is None  # not beside two's run
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(second, "w2", succeeded=True)
+    assert jobqueue.claim("w3", lease_s=30).id == first.id
+
+
 def test_a_deployment_retried_alone_keeps_one_queued_solo_converge_that_takes_no_new_targets(client, deployments):
     one, two = deployments
     first = jobqueue.claim("w1", lease_s=30)
@@ -175,6 +194,49 @@ def test_a_deployment_retried_alone_keeps_one_queued_solo_converge_that_takes_no
     assert [j.id for j in queued_converges()] == [solo_one.id, ordinary.id]
     # Nothing in common: they run beside 'two's.
     assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in range(2)] == [solo_one.id, ordinary.id]
+
+
+def test_a_reconcile_and_a_suspects_solo_converge_wait_for_each_other_only_while_one_runs(client, deployments):
+    """The reconcile leaves the suspects alone: it does not wait for a solo converge in its backoff,
+    and a solo converge whose backoff ended does not wait for a queued reconcile; the two never run
+    together, and ordinary converges queued after the reconcile wait for it as before."""
+    one, two = deployments
+    first = jobqueue.claim("w1", lease_s=30)
+    assert first is not None  # 'one' and 'two'
+    three = create_deployment(client, subdomain="three")
+    beside = jobqueue.claim("w2", lease_s=30)
+    assert beside is not None and list(targets(beside)) == [three]
+    with database_proxy.obj.atomic():
+        reconcile = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60)  # waits for both runs
+    with database_proxy.obj.atomic():  # the first run timed out: 'one' and 'two' go on alone
+        assert jobqueue.finish(first, "w1", succeeded=False, error="timed out")
+        solo_one = jobqueue.retry_alone(first, one, 2, run_after=utcnow() + dt.timedelta(seconds=60),
+                                        error="timed out", task=None)
+        solo_two = jobqueue.retry_alone(first, two, 1, run_after=utcnow(), error="timed out", task=None)
+    assert solo_two.id > reconcile.id and jobqueue.suspects("container-host-1") == sorted([one, two])
+    four = create_deployment(client, "operator-2", subdomain="four")  # queued after the reconcile
+    # two's solo converge is due: it runs although the reconcile is queued (it waits for 'beside').
+    assert jobqueue.claim("w3", lease_s=30).id == solo_two.id
+    assert jobqueue.claim("w4", lease_s=30) is None  # four's waits for the reconcile, which waits for the runs
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(beside, "w2", succeeded=True)
+    assert jobqueue.claim("w4", lease_s=30) is None  # two's solo converge still runs: never beside a reconcile
+    with database_proxy.obj.atomic():
+        jobqueue.finish_target(solo_two, two, succeeded=True)
+        assert jobqueue.finish(solo_two, "w3", succeeded=True)
+    # one's solo converge, in its backoff, does not hold the reconcile.
+    assert jobqueue.suspects("container-host-1") == [one]
+    assert jobqueue.claim("w4", lease_s=30).id == reconcile.id
+    Job.update(run_after=utcnow() - dt.timedelta(seconds=1)).where(Job.id == solo_one.id).execute()
+    assert jobqueue.claim("w5", lease_s=30) is None  # nothing beside the reconcile
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(reconcile, "w4", succeeded=True)
+    assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in (5, 6)] == [solo_one.id, _converge_of(four).id]
+
+
+def _converge_of(ident: str) -> Job:
+    found: Job = jobqueue.open_converge(Deployment.get_by_id(ident))
+    return found
 
 
 def test_reconcile_and_converge_of_one_host_never_run_together(client, deployments):

@@ -41,11 +41,16 @@ class Plan:
     check: bool = False
     # The run's extra vars (the task adds the settings' own, such as the instance).
     variables: dict[str, Any] = field(default_factory=dict)
+    # A host converge whose job has (had) more than one target (jobqueue.shared).
+    job_shared: bool = False
+    # A reconcile's: deployments it leaves alone, retried alone after a timeout (jobqueue.suspects).
+    suspects: list[str] = field(default_factory=list)
 
     @property
     def shared(self) -> bool:
-        """The run acts on more than one deployment: a failure's text may be another tenant's."""
-        return len(self.items) > 1
+        """What the run records may be read by more than one deployment (its job has more than one
+        target, even when this run acts on one of them): a failure's text may be another tenant's."""
+        return self.job_shared or len(self.items) > 1
 
     @property
     def secret_files(self) -> dict[str, str]:
@@ -74,14 +79,17 @@ class Report:
     deployments: list[dict[str, Any]] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    # Left alone: a run of theirs timed out, and their solo converge retries them (jobqueue.suspects).
+    suspects: list[str] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
-        return self.ok and not self.unchecked and all(d["ok"] for d in self.deployments)
+        return self.ok and not self.unchecked and not self.suspects and all(d["ok"] for d in self.deployments)
 
     def as_dict(self) -> dict[str, Any]:
         return {"host": self.host, "ok": self.ok, "converged": self.converged, "message": self.message,
-                "deployments": self.deployments, "orphans": self.orphans, "unchecked": self.unchecked}
+                "deployments": self.deployments, "orphans": self.orphans, "unchecked": self.unchecked,
+                "suspects": self.suspects}
 
 
 def env_values(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_key: str) -> dict[str, Any]:
@@ -120,6 +128,7 @@ def start_converge(job: Job, owner: str, secret_key: str) -> Plan | None:
     secrets: dict[str, Any] = {}
     logins: dict[str, Any] = {}
     with write_transaction(database_proxy.obj):
+        shared = jobqueue.shared(job)
         for target in jobqueue.targets(job, open_only=True):
             d = state.locked(target.deployment_id)
             assert d is not None
@@ -151,7 +160,7 @@ def start_converge(job: Job, owner: str, secret_key: str) -> Plan | None:
             jobqueue.finish(job, owner, succeeded=jobqueue.all_succeeded(job))
             return None
     return Plan(job, "converge.yml", job.host, items, secrets=secrets, registry_auth=logins,
-                variables=converge_variables(items))
+                variables=converge_variables(items), job_shared=shared)
 
 
 def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[str, Deployment]]:
@@ -169,9 +178,17 @@ def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[st
 
 
 def start_reconcile(job: Job, secret_key: str, *, check: bool = False) -> Plan:
-    """The whole host's desired state; ``check``: a dry run (``--check --diff``), which records nothing."""
+    """The whole host's desired state; ``check``: a dry run (``--check --diff``), which records nothing.
+
+    The suspects (a run of theirs timed out: their solo converge retries them) are left alone,
+    known but neither converged nor removed as orphans: a run that may hang on them again would
+    hold the host's other converges, which wait for a reconcile, behind it.
+    """
     with write_transaction(database_proxy.obj):
         items, known, rows = reconcile_scope(job.host)
+        suspects = [ident for ident in jobqueue.suspects(job.host) if ident in rows]
+        known += [ident for ident in suspects if ident not in known]
+        items = [i for i in items if i["id"] not in suspects]
         secrets: dict[str, Any] = {}
         logins: dict[str, Any] = {}
         for item in items:
@@ -183,16 +200,16 @@ def start_reconcile(job: Job, secret_key: str, *, check: bool = False) -> Plan:
                 known.append(item["id"])
     items = [i for i in items if i["id"] not in known]
     return Plan(job, "reconcile.yml", job.host, items, known=known, secrets=secrets, registry_auth=logins,
-                check=check, variables=converge_variables(items, known, hosts=[job.host]))
+                check=check, variables=converge_variables(items, known, hosts=[job.host]), suspects=suspects)
 
 
-# What a deployment is told of a failure in a run it shared with others of its host: the
+# What a deployment is told of a failure in a job it shares with others of its host: the
 # failure's own text may be about another tenant's deployment (its id, its podman error).
-SHARED_FAILURE = "a step of this run, shared with other deployments of the host, failed"
+SHARED_FAILURE = jobqueue.SHARED_FAILURE
 
 
 def shared_event(summary: EventSummary) -> EventSummary:
-    """An event of a shared run as every target may see it: a failure's text withheld (it may
+    """An event of a shared job's run as every target may see it: a failure's text withheld (it may
     name another tenant's deployment); which failure was whose is each target's own outcome."""
     if summary.status in {"failed", "ignored"} and summary.message:
         return dataclasses.replace(summary, message=SHARED_FAILURE)
@@ -208,10 +225,11 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
     others (the run failed outside the apps: host unreachable, Podman or Caddy error,
     timeout, lost lease; or a deployment's step failed on the host) go back to the queue
     with the job, with a backoff; the next run skips what converged meanwhile. A run that
-    timed out may hang again on the deployment that made it hang: it goes back as a solo
-    converge, and a shared one ends there, each of its deployments retried in a solo converge
-    of its own (jobqueue.retry_alone) that its open audit entries name from then on. In a
-    shared run, a failure that is not the deployment's own is told without its text.
+    timed out may hang again on the deployment that made it hang: a job of one target goes
+    back as a solo converge, and a shared one ends there, each deployment of the run retried
+    in a solo converge of its own (jobqueue.retry_alone) that its open audit entries name from
+    then on. In a shared job's run (even a retry that runs one of its deployments), a failure
+    that is not the deployment's own is told without its text.
     """
     job = plan.job
     outcomes = result.stats.get("buddo_outcomes") or {}
@@ -283,7 +301,7 @@ def unchanged(before: Deployment, item: dict[str, Any], outcome: dict[str, Any])
 def finish_reconcile(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) -> Report:
     """Record what a reconcile repaired; with a failed run, change nothing it could not verify."""
     job = plan.job
-    report = Report(host=plan.host, ok=result.ok, message=result.message or "")
+    report = Report(host=plan.host, ok=result.ok, message=result.message or "", suspects=list(plan.suspects))
     outcomes = result.stats.get("buddo_outcomes") or {}
     report.orphans = list(result.stats.get("buddo_orphans") or [])
     with write_transaction(database_proxy.obj):

@@ -1,9 +1,10 @@
 """A deployment's jobs as the deploy log shows them: the run, and the playbook events it recorded.
 
 A host's converge is shared by the deployments it converges (its targets): a deployment's
-view of it is its own target (state, generation, error, failed task) with the run's
-events, a shared run's failure texts withheld already when they were recorded
-(engine.shared_event): each deployment's own failure is its target's.
+view of it is its own target (state, generation, error, failed task) with the job's
+events, a shared job's failure texts withheld already when they were recorded
+(engine.shared_event), or when its second target joined (jobqueue): each deployment's own
+failure is its target's.
 Events are the summaries the worker recorded (task, host, status, and for a failed
 task its message); the raw ansible-runner events, which may hold module arguments,
 are never stored (runner.py), so nothing here can show a secret.

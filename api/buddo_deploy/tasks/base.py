@@ -60,10 +60,11 @@ class JobRun:
     goes on unsupervised. The job is then retried (by this or another worker).
 
     Events are recorded once, in the run's job. A host converge is every target's run, so
-    each target's job view shows them; nothing of one tenant reaches another: in a run
-    shared by several deployments, a failure's text (which may name any deployment a
-    module run covered) is recorded without it (engine.shared_event). Each deployment's
-    own failure (its message, its task) is its target's, from its own outcome.
+    each target's job view shows them; nothing of one tenant reaches another: in a run of
+    a job shared by several deployments (more than one target, even when the run acts on
+    one of them), a failure's text (which may name any deployment a module run covered) is
+    recorded without it (engine.shared_event). Each deployment's own failure (its message,
+    its task) is its target's, from its own outcome.
     """
 
     def __init__(self, settings: Settings, owner: str, lease_s: int) -> None:
