@@ -236,7 +236,9 @@ def suspects(host: str) -> list[str]:
 
 def enqueue_reconcile(host: str, *, timeout_s: int, reserved_for: str | None = None,
                       lease_s: int = 0) -> Job | None:
-    """Queue a host-wide reconcile; None when one is already queued.
+    """Queue a host-wide reconcile; None when one is already queued, or (the periodic one) while a
+    suspect's solo converge runs on the host: a reconcile queued then would wait for that run,
+    which may hang until its timeout, and every converge queued after it with it.
 
     A reserved job (``buddo-deploy reconcile``) is claimed by its reserver only; while
     it waits its turn the reserver keeps a lease on it (:func:`hold`), so converges
@@ -245,6 +247,10 @@ def enqueue_reconcile(host: str, *, timeout_s: int, reserved_for: str | None = N
     now = utcnow()
     if reserved_for is None and Job.select().where(
         (Job.action == "reconcile") & (Job.host == host) & (Job.state == "queued") & Job.reserved_for.is_null()
+    ).exists():
+        return None
+    if reserved_for is None and Job.select().where(
+        (Job.action == "converge") & (Job.host == host) & (Job.state == "running") & Job.solo
     ).exists():
         return None
     return Job.create(

@@ -234,6 +234,29 @@ def test_a_reconcile_and_a_suspects_solo_converge_wait_for_each_other_only_while
     assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in (5, 6)] == [solo_one.id, _converge_of(four).id]
 
 
+def test_no_periodic_reconcile_is_queued_while_a_suspects_solo_converge_runs(client, deployments):
+    """A reconcile queued then would wait for a run that may hang until its timeout, and every
+    converge queued after it with it; the next timer tick queues it. The operator's own
+    (reserved) reconcile is queued all the same."""
+    one, _ = deployments
+    first = jobqueue.claim("w1", lease_s=30)
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(first, "w1", succeeded=False, error="timed out")
+        solo = jobqueue.retry_alone(first, one, 2, run_after=utcnow(), error="timed out", task=None)
+    with database_proxy.obj.atomic():  # queued, in its backoff or due: the reconcile is queued
+        queued = jobqueue.enqueue_reconcile("container-host-1", timeout_s=60)
+    assert queued is not None
+    Job.delete().where(Job.id == queued.id).execute()
+    assert jobqueue.claim("w2", lease_s=30).id == solo.id
+    with database_proxy.obj.atomic():
+        assert jobqueue.enqueue_reconcile("container-host-1", timeout_s=60) is None
+        assert jobqueue.enqueue_reconcile("container-host-1", timeout_s=60, reserved_for="cli", lease_s=30)
+    with database_proxy.obj.atomic():
+        jobqueue.finish_target(solo, one, succeeded=True)
+        assert jobqueue.finish(solo, "w2", succeeded=True)
+        assert jobqueue.enqueue_reconcile("container-host-1", timeout_s=60) is not None
+
+
 def _converge_of(ident: str) -> Job:
     found: Job = jobqueue.open_converge(Deployment.get_by_id(ident))
     return found
