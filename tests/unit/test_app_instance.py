@@ -335,6 +335,25 @@ def test_a_cached_image_is_pulled_again_by_a_digest_the_registry_knows(
     assert ["image", "rm", pushed] in [c["args"] for c in podman.calls()]  # no name of the pull stays
 
 
+def test_a_cached_image_the_registry_no_longer_has_is_made_again_from_the_tag_it_approved(
+        podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    """The container is created beside the registry's answer from the cached version; when the
+    registry knows none of its digests and says yes to the tag as it is now, that container may
+    run another image than the approved one: it is removed and made again, from the tag."""
+    image = "registry.test/app:v1"
+    old = "registry.test/app@sha256:0ld0ld0ld0ld"
+    podman.set_state(images=[image], repo_digests={image: [old]}, unknown=[old])
+    result, _ = run(podman, capsys, deployments=[deployment("d1", app_ports[0], image=image)])
+    [entry] = result["deployments"]
+    assert not entry["failed"] and f"pulled {image}" in entry["actions"], entry
+    calls = [c["args"] for c in podman.calls()]
+    assert [args[-1] for args in calls if args[0] == "pull"] == [old, image]
+    creates = [i for i, args in enumerate(calls) if args[0] == "create"]
+    removed = [i for i, args in enumerate(calls) if args[0] == "rm"]
+    assert len(creates) == 2 and len(removed) == 1 and creates[0] < removed[0] < creates[1]
+    assert [c["name"] for c in podman.state()["containers"]] == ["app-d1"]
+
+
 def test_deployments_of_one_cached_image_untag_its_digest_once_after_every_create(
         podman: Podman, app_ports: list[int], capsys: pytest.CaptureFixture[str]) -> None:
     """Each pull asks the registry (its operator's login); the digest name the pulls add goes once,

@@ -16,7 +16,7 @@ options:
     type: dict
     default: {}
   parallel: {description: How many deployments are worked on at the same time., type: int, default: 4}
-  userns: {description: "Run each container in a user namespace of its own (C(--userns=auto)).", type: bool,
+  userns: {description: "Run each container in a user namespace of its own (C(--userns=auto:size=65536)).", type: bool,
       default: true}
   host_address: {description: Address ports are published on., type: str, default: 127.0.0.1}
   instance: {description: "Label buddo.instance: the platform the containers and sites belong to (only its own are

@@ -290,6 +290,12 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
             made.result()
             container_id = create(d, name, port)
             pulled = asked.result()
+            if pulled and digests is not None and "@" not in p["image"]:
+                # The registry no longer has the cached version and said yes to the tag as it is
+                # now, which the container made beside its answer may not run: made again from it.
+                podman.run("rm", "--force", "--volumes", "--time", "0", container_id, check=False)
+                container_id = ""
+                container_id = create(d, name, port)
         except (AppFailure, HostFailure):
             for future in (made, asked):
                 with suppress(AppFailure, HostFailure):
