@@ -170,3 +170,19 @@ def test_malformed_rollback_body_is_400(client):
     ident = create_deployment(client)
     resp = client.simulate_post(f"/api/deploy/apps/{ident}/rollback", body="{nope", headers=auth())
     assert resp.status_code == 400 and resp.json["error"]["code"] == "malformed_json"
+
+
+def test_a_heal_runs_the_version_that_served_by_its_digest_and_a_restart_the_tag_as_it_is_now(client, settings):
+    """The tag on the host may have moved meanwhile (another deployment's restart of the same tag):
+    a heal, a repair or a start after a stop runs the digest that served; only a restart pulls the tag."""
+    ident = deploy_three(client, settings)
+    d = Deployment.get_by_id(ident)
+    assert state.desired_item(d)["image"] == f"docker.io/library/nginx@{digest(3)}"
+    with database_proxy.obj.atomic():  # what the health prober does to an app that stopped answering
+        state.change(d, "restart", None, timeout_s=60, revision=d.revision + 1)
+    healed = state.desired_item(Deployment.get_by_id(ident))
+    assert (healed["image"], healed["pull"]) == (f"docker.io/library/nginx@{digest(3)}", "missing")
+    run_job(settings, ran(3))
+    assert client.simulate_post(f"/api/deploy/apps/{ident}/restart", headers=auth()).status_code == 200
+    restarted = state.desired_item(Deployment.get_by_id(ident))
+    assert (restarted["image"], restarted["pull"]) == (IMAGE, "always")

@@ -99,7 +99,14 @@ def desired_item(d: Deployment) -> dict[str, Any]:
     ``releases``: the image digests of the newest releases, newest first; the host
     keeps the images of the first ``converge_releases_kept`` of them.
     """
-    image = releases.by_digest(d.container_image, d.pinned_digest) if d.pinned_digest else d.container_image
+    pull = "always" if d.pull_revision == d.revision > d.observed_revision else "missing"
+    image = d.container_image
+    if d.pinned_digest:  # a rollback's release
+        image = releases.by_digest(d.container_image, d.pinned_digest)
+    elif pull == "missing" and d.image_digest and d.desired_state == DesiredState.RUNNING:
+        # A heal, a repair, a start after a stop: the version that served, by its digest. The
+        # tag on the host may have moved meanwhile (another deployment's restart of it).
+        image = releases.by_digest(d.container_image, d.image_digest)
     return {
         "id": str(d.id), "host": d.host, "subdomain": d.subdomain, "container_name": d.container_name,
         "state": d.desired_state, "generation": d.generation, "image": image, "port": d.port,
@@ -111,7 +118,7 @@ def desired_item(d: Deployment) -> dict[str, Any]:
         "disk_limit_mb": d.tier.disk_limit_mb,
         "spec": spec_of(d), "revision": d.revision,
         # A restart's revision, not yet served: its tag as it is now; any other: what is cached.
-        "pull": "always" if d.pull_revision == d.revision > d.observed_revision else "missing",
+        "pull": pull,
         "releases": [releases.by_digest(d.container_image, digest) for digest in releases.history(d.id)],
     }
 
