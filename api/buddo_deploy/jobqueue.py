@@ -28,8 +28,14 @@ deployments are retried alone: a *solo* converge holds one deployment, which it 
 (its later changes join it, or queue the next solo one behind it) until that deployment
 has an outcome; new changes of the host never join it. A run of a shared job that timed
 out ends there and each deployment it ran goes on in a solo converge of its own
-(:func:`retry_alone`); a job of one target retries as a solo one. The other
-deployments' converges then run beside a suspect's, which waits only for its own.
+(:func:`retry_alone`); a job of one target retries as a solo one (:func:`retry_later`).
+A deployment that goes alone takes its changes queued while its run hung out of the host's
+ordinary converges into its solo converge (the later generation wins; its open audit
+entries name the solo converge): left there, they would hold that converge, and every
+change of the host that joins it, behind the solo one, or run the suspect again in a
+shared run. An ordinary converge left with nothing to do is finished as its next run would
+finish it, or gone when it never ran and has no target left. The other deployments'
+converges then run beside a suspect's, which waits only for its own.
 A reconcile never runs beside another running job of its host (a suspect's solo converge
 included); it waits for the host's jobs queued before it, and ordinary converges queued
 after it wait for it. It leaves the suspects (:func:`suspects`) alone, neither converging
@@ -51,7 +57,8 @@ from typing import Any
 import peewee
 
 from .db import is_postgres, write_transaction
-from .models import Deployment, Job, JobEvent, JobTarget, database_proxy, utcnow
+from .models import AuditEntry, Deployment, Job, JobEvent, JobTarget, database_proxy, utcnow
+from .vocabulary import AuditStatus
 
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
 _ENQUEUE_LOCK = 74_217_005  # pg_advisory_xact_lock(class, crc32(host)) of a host's enqueue
@@ -164,7 +171,9 @@ def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.
 
     Its target in ``job`` ends failed with the run's error (the run is over); it is queued
     with that error in its solo converge: the one already queued (it joins it), or a new
-    one that runs after ``run_after``. Call after :func:`finish` of ``job``, in its transaction.
+    one that runs after ``run_after``. The deployment's open audit entries that name ``job``
+    name the solo converge from then on, and so do its changes queued in the host's ordinary
+    converges (:func:`_take_alone`). Call after :func:`finish` of ``job``, in its transaction.
     """
     _lock_host(job.host)
     finish_target(job, deployment_id, succeeded=False, error=error, task=task)
@@ -172,7 +181,49 @@ def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.
         job.host, timeout_s=job.timeout_s, run_after=run_after, solo=True)
     _add_target(solo, deployment_id, generation)
     set_target_error(solo, deployment_id, error, task)
+    _relink_entries(deployment_id, job.id, solo.id)
+    _take_alone(solo, deployment_id)
     return solo
+
+
+def _take_alone(solo: Job, deployment_id: Any) -> None:
+    """The deployment goes on alone in ``solo``: its open targets in the host's queued ordinary
+    converges (its changes queued while the run that timed out ran) move there, the higher
+    generation winning, with the open audit entries that name them. Left there, they would
+    hold that converge (and every change of the host that joins it) behind the solo one, or run
+    the suspect again in a shared run. A converge left with nothing to do is settled (:func:`_settle`).
+    """
+    moved = list(JobTarget.select(JobTarget.job, JobTarget.generation).join(Job, on=(JobTarget.job == Job.id)).where(
+        (Job.action == "converge") & (Job.host == solo.host) & (Job.state == "queued") & ~Job.solo
+        & (Job.id != solo.id) & (JobTarget.deployment == deployment_id) & JobTarget.state.in_(_OPEN)
+    ).order_by(JobTarget.job))
+    for target in moved:
+        left: Job = Job.get_by_id(target.job_id)
+        JobTarget.delete().where(_target(left, deployment_id)).execute()
+        _add_target(solo, deployment_id, target.generation)
+        _relink_entries(deployment_id, left.id, solo.id)
+        _settle(left)
+
+
+def _settle(job: Job) -> None:
+    """A queued converge a target left: gone when it has no target left and never ran (nothing
+    names it: as if the change had joined the solo converge); finished as its next run would
+    finish it (engine.start_converge) when it ran before and has no open target left."""
+    if JobTarget.select().where((JobTarget.job == job.id) & JobTarget.state.in_(_OPEN)).exists():
+        return
+    if job.attempts == 0 and not JobTarget.select().where(JobTarget.job == job.id).exists():
+        Job.delete().where((Job.id == job.id) & (Job.state == "queued")).execute()
+        return
+    now = utcnow()
+    Job.update(state="succeeded" if all_succeeded(job) else "failed", finished_at=now, updated_at=now,
+               lease_owner=None, last_error=None).where((Job.id == job.id) & (Job.state == "queued")).execute()
+
+
+def _relink_entries(deployment_id: Any, from_job: int, to_job: int) -> None:
+    """The deployment's open audit entries that ``from_job`` was to converge go on in ``to_job``: they name it."""
+    AuditEntry.update(job_id=to_job, updated_at=utcnow()).where(
+        (AuditEntry.deployment == deployment_id) & (AuditEntry.job_id == from_job)
+        & AuditEntry.status.in_((AuditStatus.PENDING, AuditStatus.RUNNING))).execute()
 
 
 def _target(job: Job, deployment_id: Any) -> peewee.Expression:
@@ -375,7 +426,8 @@ def finish(job: Job, owner: str, *, succeeded: bool, error: str | None = None, r
 
 def retry_later(job: Job, owner: str, *, delay: dt.timedelta, error: str, solo: bool = False) -> bool:
     """Put the job back in the queue after ``delay`` (``solo``: as a solo converge, which new
-    changes of the host no longer join); False when the lease was lost."""
+    changes of the host no longer join, and which takes its deployment's changes queued in the
+    host's ordinary converges, as :func:`retry_alone` does); False when the lease was lost."""
     now = utcnow()
     values: dict[str, Any] = {"state": "queued", "run_after": now + delay, "lease_owner": None,
                               "lease_expires_at": None, "updated_at": now, "last_error": error}
@@ -384,4 +436,9 @@ def retry_later(job: Job, owner: str, *, delay: dt.timedelta, error: str, solo: 
     updated = Job.update(**values).where(_owned(job, owner)).execute()
     if updated:
         JobTarget.update(state="queued").where((JobTarget.job == job.id) & (JobTarget.state == "running")).execute()
+        if solo:
+            _lock_host(job.host)
+            retried: Job = Job.get_by_id(job.id)
+            for target in targets(retried, open_only=True):
+                _take_alone(retried, target.deployment_id)
     return bool(updated)
