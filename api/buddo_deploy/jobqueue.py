@@ -38,10 +38,13 @@ finish it, or gone when it never ran and has no target left. The other deploymen
 converges then run beside a suspect's, which waits only for its own.
 A reconcile never runs beside another running job of its host (a suspect's solo converge
 included); it waits for the host's jobs queued before it, and ordinary converges queued
-after it wait for it. It leaves the suspects (:func:`suspects`) alone, neither converging
-them nor removing them as orphans, so a suspect's solo converge and a reconcile do not
-wait for each other while queued: a reconcile does not wait for a solo converge in its
-backoff, and a solo converge whose backoff ended does not wait for a queued reconcile.
+after it wait for it, except while a suspect's solo converge runs (its lease live): the
+reconcile waits for that run, which may hang until its timeout, so they run beside it as
+they would without the reconcile; once none runs they wait for it again, and it runs as
+soon as no job of the host runs. It leaves the suspects (:func:`suspects`) alone, neither
+converging them nor removing them as orphans, so a suspect's solo converge and a reconcile
+do not wait for each other while queued: a reconcile does not wait for a solo converge in
+its backoff, and a solo converge whose backoff ended does not wait for a queued reconcile.
 Other jobs sharing a ``lock_key`` run one at a time in id order. Claims are serialised
 (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction advisory lock), so those rules
 hold across processes; so are a host's enqueues on PostgreSQL (an advisory lock per
@@ -289,7 +292,8 @@ def enqueue_reconcile(host: str, *, timeout_s: int, reserved_for: str | None = N
                       lease_s: int = 0) -> Job | None:
     """Queue a host-wide reconcile; None when one is already queued, or (the periodic one) while a
     suspect's solo converge runs on the host: a reconcile queued then would wait for that run,
-    which may hang until its timeout, and every converge queued after it with it.
+    which may hang until its timeout (the converges queued after it run beside that run, but wait
+    for the reconcile again once it ended).
 
     A reserved job (``buddo-deploy reconcile``) is claimed by its reserver only; while
     it waits its turn the reserver keeps a lease on it (:func:`hold`), so converges
@@ -333,7 +337,9 @@ def abandon(job: Job, owner: str, error: str) -> None:
 # deployment alone); a converge has no earlier queued or running job, and no running one
 # (a change may join a retried converge older than a run of its deployment), with a target
 # of its deployments or subdomains; a reconcile and another job of the host never run together; a
-# converge that is not solo has no earlier queued reconcile of its host to wait for.
+# converge that is not solo has no earlier queued reconcile of its host to wait for, unless a
+# solo converge of the host runs (its lease live): the reconcile waits for that run, which may
+# hang until its timeout, so the converge runs beside it as it would without the reconcile.
 _CLAIMABLE = """
 SELECT j.id FROM jobs j
 WHERE ((j.state = 'queued' AND j.run_after <= {p})
@@ -358,7 +364,11 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
   AND (j.action = 'reconcile' OR j.solo OR NOT EXISTS (
       SELECT 1 FROM jobs q
       WHERE q.host = j.host AND q.action = 'reconcile' AND q.state = 'queued' AND q.id < j.id
-        AND q.run_after <= {p} AND (q.reserved_for IS NULL OR q.lease_expires_at >= {p})))
+        AND q.run_after <= {p} AND (q.reserved_for IS NULL OR q.lease_expires_at >= {p}))
+    OR EXISTS (
+      SELECT 1 FROM jobs s
+      WHERE s.host = j.host AND s.action = 'converge' AND s.solo AND s.state = 'running'
+        AND s.lease_expires_at >= {p}))
 ORDER BY j.id
 LIMIT 1
 """
@@ -377,7 +387,7 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
         else:
             only, only_params = f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner)
         found = db.execute_sql(_CLAIMABLE.format(p=db.param, only=only),
-                               (now, now, *only_params, now, now, now, now)).fetchone()
+                               (now, now, *only_params, now, now, now, now, now)).fetchone()
         if found is None:
             return None
         Job.update(

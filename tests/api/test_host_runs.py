@@ -609,3 +609,34 @@ def test_a_change_queued_while_a_shared_run_hangs_goes_on_in_the_suspects_solo_c
     got = Deployment.get_by_id(host["a"])
     assert (got.status, got.observed_generation) == ("running", 2)
     assert _restart_entry(host["a"]).status == "completed"
+
+
+def test_a_reconcile_queued_before_a_suspects_solo_converge_starts_holds_no_converge_while_it_hangs(
+        client, settings, host, monkeypatch):
+    """a, b and c timed out together. The periodic reconcile is queued while their solo converges
+    wait out their backoff; then a's runs (the reconcile waits for that run) and hangs again. x's
+    create, queued after the reconcile, runs beside it (it used to wait for the reconcile, which waits
+    for a's run until its timeout). Once a's run ended, the reconcile runs, and what is queued after
+    it waits for it again."""
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_timeout))
+    assert worker.Worker(settings, name="w").run_once()
+    worker.queue_reconciles(settings)
+    [reconcile] = Job.select().where(Job.action == "reconcile")
+    solo = _job(host["a"])
+    Job.update(run_after=Job.updated_at).where(Job.id == solo.id).execute()
+    hung = jobqueue.claim("hung", 30)
+    assert hung is not None and hung.id == solo.id
+    plan = engine.start_converge(hung, "hung", settings.secret_key)
+    assert plan is not None
+    x = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["x"]] and Deployment.get_by_id(x).status == "running"
+    assert Job.get_by_id(reconcile.id).state == "queued"  # never beside a's run
+    assert engine.finish(plan, "hung", _timeout(plan.items), 600.0) == "retried"
+    y = create_deployment(client, "op-y", subdomain="y", tier="btc-pro")
+    claimed = jobqueue.claim("w", 30)
+    assert claimed is not None and claimed.id == reconcile.id
+    assert jobqueue.claim("w2", 30) is None and _job(y).state == "queued"  # y's waits for it again

@@ -270,7 +270,9 @@ def test_a_retried_converge_a_suspects_change_leaves_with_no_open_target_is_fini
 def test_a_reconcile_and_a_suspects_solo_converge_wait_for_each_other_only_while_one_runs(client, deployments):
     """The reconcile leaves the suspects alone: it does not wait for a solo converge in its backoff,
     and a solo converge whose backoff ended does not wait for a queued reconcile; the two never run
-    together, and ordinary converges queued after the reconcile wait for it as before."""
+    together. While the solo converge runs, ordinary converges queued after the reconcile do not wait
+    for it either (it waits for that run, which may hang until its timeout); once no solo converge of
+    the host runs they wait for it again, and it runs as soon as no job of the host runs."""
     one, two = deployments
     first = jobqueue.claim("w1", lease_s=30)
     assert first is not None  # 'one' and 'two'
@@ -283,26 +285,35 @@ def test_a_reconcile_and_a_suspects_solo_converge_wait_for_each_other_only_while
         assert jobqueue.finish(first, "w1", succeeded=False, error="timed out")
         solo_one = jobqueue.retry_alone(first, one, 2, run_after=utcnow() + dt.timedelta(seconds=60),
                                         error="timed out", task=None)
-        solo_two = jobqueue.retry_alone(first, two, 1, run_after=utcnow(), error="timed out", task=None)
+        solo_two = jobqueue.retry_alone(first, two, 1, run_after=utcnow() + dt.timedelta(seconds=60),
+                                        error="timed out", task=None)
     assert solo_two.id > reconcile.id and jobqueue.suspects("container-host-1") == sorted([one, two])
     four = create_deployment(client, "operator-2", subdomain="four")  # queued after the reconcile
+    assert jobqueue.claim("w3", lease_s=30) is None  # four's waits for the reconcile, which waits for 'beside'
     # two's solo converge is due: it runs although the reconcile is queued (it waits for 'beside').
+    Job.update(run_after=utcnow()).where(Job.id == solo_two.id).execute()
     assert jobqueue.claim("w3", lease_s=30).id == solo_two.id
-    assert jobqueue.claim("w4", lease_s=30) is None  # four's waits for the reconcile, which waits for the runs
+    # Four's converge runs beside it: it no longer waits for the reconcile, which waits for the solo run.
+    assert jobqueue.claim("w4", lease_s=30).id == _converge_of(four).id
     with database_proxy.obj.atomic():
         assert jobqueue.finish(beside, "w2", succeeded=True)
-    assert jobqueue.claim("w4", lease_s=30) is None  # two's solo converge still runs: never beside a reconcile
+    assert jobqueue.claim("w5", lease_s=30) is None  # two's solo converge still runs: never beside a reconcile
     with database_proxy.obj.atomic():
         jobqueue.finish_target(solo_two, two, succeeded=True)
         assert jobqueue.finish(solo_two, "w3", succeeded=True)
+    # No solo converge runs: what is queued after the reconcile waits for it again, which waits for four's run.
+    five = create_deployment(client, "operator-2", subdomain="five")
+    assert jobqueue.claim("w5", lease_s=30) is None
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(_converge_of(four), "w4", succeeded=True)
     # one's solo converge, in its backoff, does not hold the reconcile.
     assert jobqueue.suspects("container-host-1") == [one]
-    assert jobqueue.claim("w4", lease_s=30).id == reconcile.id
+    assert jobqueue.claim("w5", lease_s=30).id == reconcile.id
     Job.update(run_after=utcnow() - dt.timedelta(seconds=1)).where(Job.id == solo_one.id).execute()
-    assert jobqueue.claim("w5", lease_s=30) is None  # nothing beside the reconcile
+    assert jobqueue.claim("w6", lease_s=30) is None  # nothing beside the reconcile
     with database_proxy.obj.atomic():
-        assert jobqueue.finish(reconcile, "w4", succeeded=True)
-    assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in (5, 6)] == [solo_one.id, _converge_of(four).id]
+        assert jobqueue.finish(reconcile, "w5", succeeded=True)
+    assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in (6, 7)] == [solo_one.id, _converge_of(five).id]
 
 
 def test_no_periodic_reconcile_is_queued_while_a_suspects_solo_converge_runs(client, deployments):
