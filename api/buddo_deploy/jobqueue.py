@@ -28,14 +28,23 @@ deployments are retried alone: a *solo* converge holds one deployment, which it 
 (its later changes join it, or queue the next solo one behind it) until that deployment
 has an outcome; new changes of the host never join it. A run of a shared job that timed
 out ends there and each deployment it ran goes on in a solo converge of its own
-(:func:`retry_alone`); a job of one target retries as a solo one. The other
-deployments' converges then run beside a suspect's, which waits only for its own.
+(:func:`retry_alone`); a job of one target retries as a solo one (:func:`retry_later`).
+A deployment that goes alone takes its changes queued while its run hung out of the host's
+ordinary converges into its solo converge (the later generation wins; its open audit
+entries name the solo converge): left there, they would hold that converge, and every
+change of the host that joins it, behind the solo one, or run the suspect again in a
+shared run. An ordinary converge left with nothing to do is finished as its next run would
+finish it, or gone when it never ran and has no target left. The other deployments'
+converges then run beside a suspect's, which waits only for its own.
 A reconcile never runs beside another running job of its host (a suspect's solo converge
 included); it waits for the host's jobs queued before it, and ordinary converges queued
-after it wait for it. It leaves the suspects (:func:`suspects`) alone, neither converging
-them nor removing them as orphans, so a suspect's solo converge and a reconcile do not
-wait for each other while queued: a reconcile does not wait for a solo converge in its
-backoff, and a solo converge whose backoff ended does not wait for a queued reconcile.
+after it wait for it, except while a suspect's solo converge runs (its lease live): the
+reconcile waits for that run, which may hang until its timeout, so they run beside it as
+they would without the reconcile; once none runs they wait for it again, and it runs as
+soon as no job of the host runs. It leaves the suspects (:func:`suspects`) alone, neither
+converging them nor removing them as orphans, so a suspect's solo converge and a reconcile
+do not wait for each other while queued: a reconcile does not wait for a solo converge in
+its backoff, and a solo converge whose backoff ended does not wait for a queued reconcile.
 Other jobs sharing a ``lock_key`` run one at a time in id order. Claims are serialised
 (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction advisory lock), so those rules
 hold across processes; so are a host's enqueues on PostgreSQL (an advisory lock per
@@ -51,7 +60,8 @@ from typing import Any
 import peewee
 
 from .db import is_postgres, write_transaction
-from .models import Deployment, Job, JobEvent, JobTarget, database_proxy, utcnow
+from .models import AuditEntry, Deployment, Job, JobEvent, JobTarget, database_proxy, utcnow
+from .vocabulary import AuditStatus
 
 _CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
 _ENQUEUE_LOCK = 74_217_005  # pg_advisory_xact_lock(class, crc32(host)) of a host's enqueue
@@ -164,7 +174,9 @@ def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.
 
     Its target in ``job`` ends failed with the run's error (the run is over); it is queued
     with that error in its solo converge: the one already queued (it joins it), or a new
-    one that runs after ``run_after``. Call after :func:`finish` of ``job``, in its transaction.
+    one that runs after ``run_after``. The deployment's open audit entries that name ``job``
+    name the solo converge from then on, and so do its changes queued in the host's ordinary
+    converges (:func:`_take_alone`). Call after :func:`finish` of ``job``, in its transaction.
     """
     _lock_host(job.host)
     finish_target(job, deployment_id, succeeded=False, error=error, task=task)
@@ -172,7 +184,49 @@ def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.
         job.host, timeout_s=job.timeout_s, run_after=run_after, solo=True)
     _add_target(solo, deployment_id, generation)
     set_target_error(solo, deployment_id, error, task)
+    _relink_entries(deployment_id, job.id, solo.id)
+    _take_alone(solo, deployment_id)
     return solo
+
+
+def _take_alone(solo: Job, deployment_id: Any) -> None:
+    """The deployment goes on alone in ``solo``: its open targets in the host's queued ordinary
+    converges (its changes queued while the run that timed out ran) move there, the higher
+    generation winning, with the open audit entries that name them. Left there, they would
+    hold that converge (and every change of the host that joins it) behind the solo one, or run
+    the suspect again in a shared run. A converge left with nothing to do is settled (:func:`_settle`).
+    """
+    moved = list(JobTarget.select(JobTarget.job, JobTarget.generation).join(Job, on=(JobTarget.job == Job.id)).where(
+        (Job.action == "converge") & (Job.host == solo.host) & (Job.state == "queued") & ~Job.solo
+        & (Job.id != solo.id) & (JobTarget.deployment == deployment_id) & JobTarget.state.in_(_OPEN)
+    ).order_by(JobTarget.job))
+    for target in moved:
+        left: Job = Job.get_by_id(target.job_id)
+        JobTarget.delete().where(_target(left, deployment_id)).execute()
+        _add_target(solo, deployment_id, target.generation)
+        _relink_entries(deployment_id, left.id, solo.id)
+        _settle(left)
+
+
+def _settle(job: Job) -> None:
+    """A queued converge a target left: gone when it has no target left and never ran (nothing
+    names it: as if the change had joined the solo converge); finished as its next run would
+    finish it (engine.start_converge) when it ran before and has no open target left."""
+    if JobTarget.select().where((JobTarget.job == job.id) & JobTarget.state.in_(_OPEN)).exists():
+        return
+    if job.attempts == 0 and not JobTarget.select().where(JobTarget.job == job.id).exists():
+        Job.delete().where((Job.id == job.id) & (Job.state == "queued")).execute()
+        return
+    now = utcnow()
+    Job.update(state="succeeded" if all_succeeded(job) else "failed", finished_at=now, updated_at=now,
+               lease_owner=None, last_error=None).where((Job.id == job.id) & (Job.state == "queued")).execute()
+
+
+def _relink_entries(deployment_id: Any, from_job: int, to_job: int) -> None:
+    """The deployment's open audit entries that ``from_job`` was to converge go on in ``to_job``: they name it."""
+    AuditEntry.update(job_id=to_job, updated_at=utcnow()).where(
+        (AuditEntry.deployment == deployment_id) & (AuditEntry.job_id == from_job)
+        & AuditEntry.status.in_((AuditStatus.PENDING, AuditStatus.RUNNING))).execute()
 
 
 def _target(job: Job, deployment_id: Any) -> peewee.Expression:
@@ -238,7 +292,8 @@ def enqueue_reconcile(host: str, *, timeout_s: int, reserved_for: str | None = N
                       lease_s: int = 0) -> Job | None:
     """Queue a host-wide reconcile; None when one is already queued, or (the periodic one) while a
     suspect's solo converge runs on the host: a reconcile queued then would wait for that run,
-    which may hang until its timeout, and every converge queued after it with it.
+    which may hang until its timeout (the converges queued after it run beside that run, but wait
+    for the reconcile again once it ended).
 
     A reserved job (``buddo-deploy reconcile``) is claimed by its reserver only; while
     it waits its turn the reserver keeps a lease on it (:func:`hold`), so converges
@@ -282,7 +337,9 @@ def abandon(job: Job, owner: str, error: str) -> None:
 # deployment alone); a converge has no earlier queued or running job, and no running one
 # (a change may join a retried converge older than a run of its deployment), with a target
 # of its deployments or subdomains; a reconcile and another job of the host never run together; a
-# converge that is not solo has no earlier queued reconcile of its host to wait for.
+# converge that is not solo has no earlier queued reconcile of its host to wait for, unless a
+# solo converge of the host runs (its lease live): the reconcile waits for that run, which may
+# hang until its timeout, so the converge runs beside it as it would without the reconcile.
 _CLAIMABLE = """
 SELECT j.id FROM jobs j
 WHERE ((j.state = 'queued' AND j.run_after <= {p})
@@ -307,7 +364,11 @@ WHERE ((j.state = 'queued' AND j.run_after <= {p})
   AND (j.action = 'reconcile' OR j.solo OR NOT EXISTS (
       SELECT 1 FROM jobs q
       WHERE q.host = j.host AND q.action = 'reconcile' AND q.state = 'queued' AND q.id < j.id
-        AND q.run_after <= {p} AND (q.reserved_for IS NULL OR q.lease_expires_at >= {p})))
+        AND q.run_after <= {p} AND (q.reserved_for IS NULL OR q.lease_expires_at >= {p}))
+    OR EXISTS (
+      SELECT 1 FROM jobs s
+      WHERE s.host = j.host AND s.action = 'converge' AND s.solo AND s.state = 'running'
+        AND s.lease_expires_at >= {p}))
 ORDER BY j.id
 LIMIT 1
 """
@@ -326,7 +387,7 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
         else:
             only, only_params = f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner)
         found = db.execute_sql(_CLAIMABLE.format(p=db.param, only=only),
-                               (now, now, *only_params, now, now, now, now)).fetchone()
+                               (now, now, *only_params, now, now, now, now, now)).fetchone()
         if found is None:
             return None
         Job.update(
@@ -375,7 +436,8 @@ def finish(job: Job, owner: str, *, succeeded: bool, error: str | None = None, r
 
 def retry_later(job: Job, owner: str, *, delay: dt.timedelta, error: str, solo: bool = False) -> bool:
     """Put the job back in the queue after ``delay`` (``solo``: as a solo converge, which new
-    changes of the host no longer join); False when the lease was lost."""
+    changes of the host no longer join, and which takes its deployment's changes queued in the
+    host's ordinary converges, as :func:`retry_alone` does); False when the lease was lost."""
     now = utcnow()
     values: dict[str, Any] = {"state": "queued", "run_after": now + delay, "lease_owner": None,
                               "lease_expires_at": None, "updated_at": now, "last_error": error}
@@ -384,4 +446,9 @@ def retry_later(job: Job, owner: str, *, delay: dt.timedelta, error: str, solo: 
     updated = Job.update(**values).where(_owned(job, owner)).execute()
     if updated:
         JobTarget.update(state="queued").where((JobTarget.job == job.id) & (JobTarget.state == "running")).execute()
+        if solo:
+            _lock_host(job.host)
+            retried: Job = Job.get_by_id(job.id)
+            for target in targets(retried, open_only=True):
+                _take_alone(retried, target.deployment_id)
     return bool(updated)

@@ -533,3 +533,110 @@ def test_a_reconcile_leaves_a_suspect_alone_and_does_not_wait_for_its_solo_conve
     _end_backoffs()
     again = jobqueue.claim("w3", 30)
     assert again is not None and again.id == solo.id
+
+
+def _restart_entry(ident: str) -> AuditEntry:
+    found: AuditEntry = AuditEntry.get((AuditEntry.deployment == ident) & (AuditEntry.action == "restart"))
+    return found
+
+
+def test_a_change_queued_while_a_lone_run_hangs_goes_on_in_its_solo_converge(client, settings, monkeypatch):
+    """a's run (a alone) hangs; a's restart and x's create, queued meanwhile, share the host's ordinary
+    converge. The run times out and retries as a's solo converge, which takes a's restart: x's create
+    runs while a's solo converge waits out its backoff (it used to wait for it, and a retries for as
+    long as it hangs)."""
+    a = create_deployment(client, "op-a", subdomain="a", tier="btc-pro")
+    hung = jobqueue.claim("hung", 30)
+    assert hung is not None
+    plan = engine.start_converge(hung, "hung", settings.secret_key)
+    assert plan is not None and [i["subdomain"] for i in plan.items] == ["a"]
+    assert client.simulate_post(f"/api/deploy/apps/{a}/restart", headers=auth("op-a")).status_code == 200
+    x = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")
+    ordinary = _job(x)
+    assert _restart_entry(a).job_id == ordinary.id and {str(t.deployment_id) for t in jobqueue.targets(ordinary)} == {
+        a, x}
+    assert engine.finish(plan, "hung", _timeout(plan.items), 600.0) == "retried"
+    solo = Job.get_by_id(hung.id)
+    assert (solo.solo, solo.state, _job(a).id) == (True, "queued", hung.id)
+    assert (_target(a).generation, _target(a).state, _target(a).last_error) == (2, "queued", "timed out after 600 s")
+    assert _restart_entry(a).job_id == solo.id and _view(client, a, "op-a")["id"] == solo.id
+    assert [str(t.deployment_id) for t in jobqueue.targets(ordinary)] == [x]
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["x"]] and Deployment.get_by_id(x).status == "running"
+    _end_backoffs()
+    assert worker.Worker(settings, name="w").run_once()
+    assert [r["subdomains"] for r in runs.runs] == [["x"], ["a"]]
+    got = Deployment.get_by_id(a)
+    assert (got.status, got.observed_generation) == ("running", 2)
+    assert (_restart_entry(a).status, _restart_entry(a).job_id) == ("completed", solo.id)
+
+
+def test_a_change_queued_while_a_shared_run_hangs_goes_on_in_the_suspects_solo_converge(client, settings, host,
+                                                                                        monkeypatch):
+    """a, b and c run together and hang; a's restart and x's create, queued meanwhile, share the host's
+    ordinary converge. The run times out: a's restart goes on in a's solo converge, so x's create runs
+    alone while the suspects wait out their backoff (it used to run a again beside x, before a's solo
+    converge: x would hang with it)."""
+    hung = jobqueue.claim("hung", 30)
+    assert hung is not None
+    plan = engine.start_converge(hung, "hung", settings.secret_key)
+    assert plan is not None and [i["subdomain"] for i in plan.items] == ["a", "b", "c"]
+    assert client.simulate_post(f"/api/deploy/apps/{host['a']}/restart", headers=auth("op-a")).status_code == 200
+    x = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")
+    ordinary = _job(x)
+    assert _job(host["a"]).id == ordinary.id and _restart_entry(host["a"]).job_id == ordinary.id
+    assert engine.finish(plan, "hung", _timeout(plan.items), 600.0) == "retried"
+    solo = _job(host["a"])
+    assert solo.solo and solo.id > ordinary.id and [str(t.deployment_id) for t in jobqueue.targets(solo)] == [
+        host["a"]]
+    assert (_target(host["a"]).generation, _target(host["a"]).state) == (2, "queued")
+    entries = AuditEntry.select().where((AuditEntry.deployment == host["a"]) & AuditEntry.job_id.is_null(False))
+    assert {(e.action, e.status, e.job_id) for e in entries} == {("deploy", "running", solo.id),
+                                                                ("restart", "pending", solo.id)}
+    assert [str(t.deployment_id) for t in jobqueue.targets(ordinary)] == [x]
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["x"]]  # alone, while the suspects wait
+    _end_backoffs()
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["x"], ["a"], ["b"], ["c"]]  # each alone
+    got = Deployment.get_by_id(host["a"])
+    assert (got.status, got.observed_generation) == ("running", 2)
+    assert _restart_entry(host["a"]).status == "completed"
+
+
+def test_a_reconcile_queued_before_a_suspects_solo_converge_starts_holds_no_converge_while_it_hangs(
+        client, settings, host, monkeypatch):
+    """a, b and c timed out together. The periodic reconcile is queued while their solo converges
+    wait out their backoff; then a's runs (the reconcile waits for that run) and hangs again. x's
+    create, queued after the reconcile, runs beside it (it used to wait for the reconcile, which waits
+    for a's run until its timeout). Once a's run ended, the reconcile runs, and what is queued after
+    it waits for it again."""
+    monkeypatch.setattr(tasks_base, "run_playbook", FakeRuns(_timeout))
+    assert worker.Worker(settings, name="w").run_once()
+    worker.queue_reconciles(settings)
+    [reconcile] = Job.select().where(Job.action == "reconcile")
+    solo = _job(host["a"])
+    Job.update(run_after=Job.updated_at).where(Job.id == solo.id).execute()
+    hung = jobqueue.claim("hung", 30)
+    assert hung is not None and hung.id == solo.id
+    plan = engine.start_converge(hung, "hung", settings.secret_key)
+    assert plan is not None
+    x = create_deployment(client, "op-x", subdomain="x", tier="btc-pro")
+    runs = FakeRuns(_succeed)
+    monkeypatch.setattr(tasks_base, "run_playbook", runs)
+    while worker.Worker(settings, name="w").run_once():
+        pass
+    assert [r["subdomains"] for r in runs.runs] == [["x"]] and Deployment.get_by_id(x).status == "running"
+    assert Job.get_by_id(reconcile.id).state == "queued"  # never beside a's run
+    assert engine.finish(plan, "hung", _timeout(plan.items), 600.0) == "retried"
+    y = create_deployment(client, "op-y", subdomain="y", tier="btc-pro")
+    claimed = jobqueue.claim("w", 30)
+    assert claimed is not None and claimed.id == reconcile.id
+    assert jobqueue.claim("w2", 30) is None and _job(y).state == "queued"  # y's waits for it again

@@ -6,7 +6,7 @@ import threading
 import pytest
 from buddo_deploy import jobqueue
 from buddo_deploy.db import write_transaction
-from buddo_deploy.models import Deployment, Job, database_proxy, utcnow
+from buddo_deploy.models import AuditEntry, Deployment, Job, database_proxy, utcnow
 
 from tests.helpers import auth, create_body, create_deployment
 
@@ -167,39 +167,112 @@ def test_a_change_that_joins_an_older_retried_converge_waits_for_the_run_of_its_
     assert jobqueue.claim("w3", lease_s=30).id == first.id
 
 
-def test_a_deployment_retried_alone_keeps_one_queued_solo_converge_that_takes_no_new_targets(client, deployments):
+def test_a_suspects_change_queued_while_its_shared_run_hung_goes_on_in_its_solo_converge(client, deployments):
+    """'one' and 'two' run together; one's restart, queued while they run, is in the host's ordinary
+    converge, which another tenant's create joins. The run times out: one's change moves into its solo
+    converge (the later generation wins), so the ordinary converge runs 'three' beside the suspects' (it
+    used to run 'one' again, in a shared run, before one's solo converge, dragging 'three' into the hang)."""
     one, two = deployments
     first = jobqueue.claim("w1", lease_s=30)
-    assert first is not None  # 'one' (generation 2) and 'two'
+    assert first is not None and targets(first) == {one: 2, two: 1}
     client.simulate_post(f"/api/deploy/apps/{one}/restart", headers=auth())  # queued while it runs
+    three = create_deployment(client, "operator-2", subdomain="three")
     [later] = queued_converges()
+    assert targets(later) == {one: 3, three: 1}
+    restart = _entry(one, 3)
+    assert restart.job_id == later.id
     with database_proxy.obj.atomic():  # the run timed out
         assert jobqueue.finish(first, "w1", succeeded=False, error="timed out")
         solo_one = jobqueue.retry_alone(first, one, 2, run_after=utcnow(), error="timed out", task=None)
         solo_two = jobqueue.retry_alone(first, two, 1, run_after=utcnow(), error="timed out", task=None)
-    assert solo_one.solo and solo_two.solo and solo_one.id != solo_two.id
-    assert (targets(solo_one), targets(solo_two)) == ({one: 2}, {two: 1})
+    assert solo_one.solo and solo_two.solo and later.id < solo_one.id != solo_two.id
+    assert (targets(solo_one), targets(solo_two), targets(later)) == ({one: 3}, {two: 1}, {three: 1})
+    assert jobqueue.targets(solo_one)[0].last_error == "timed out"
+    assert _entry(one, 3).job_id == solo_one.id  # the restart's entry names where it goes on
     assert {t.state for t in jobqueue.targets(first)} == {"failed"}
-    # The change queued before is where it was: it runs first, one's solo converge waits for it.
-    assert jobqueue.claim("w2", lease_s=30).id == later.id
-    assert jobqueue.claim("w3", lease_s=30).id == solo_two.id
+    # Nothing in common: the ordinary converge runs beside the suspects'.
+    assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in range(3)] == [later.id, solo_one.id, solo_two.id]
+    four = create_deployment(client, "operator-2", subdomain="four")
+    [ordinary] = queued_converges()
+    assert not ordinary.solo and targets(ordinary) == {four: 1}  # a new change joins no solo converge
+    client.simulate_post(f"/api/deploy/apps/{one}/restart", headers=auth())  # while one's solo converge runs
+    nxt = Job.get_by_id(_entry(one, 4).job_id)
+    assert nxt.id not in {solo_one.id, ordinary.id} and nxt.solo and targets(nxt) == {one: 4}
+    assert jobqueue.claim("w3", lease_s=30).id == ordinary.id
+    assert jobqueue.claim("w4", lease_s=30) is None  # one's next waits for its running one
+
+
+def test_a_suspects_change_queued_while_its_lone_run_hung_leaves_the_hosts_ordinary_converge(client):
+    """'one' runs alone and hangs; its restart, queued meanwhile, queues the host's ordinary converge,
+    which another tenant's create joins. The run times out and retries as a solo converge, which takes
+    one's change: the ordinary converge runs beside it (it used to wait for it, retried with a backoff
+    for as long as 'one' hangs, and every later change of the host with it)."""
+    one = create_deployment(client, subdomain="one")
+    hung = jobqueue.claim("w1", lease_s=30)
+    assert hung is not None and targets(hung) == {one: 1}
+    client.simulate_post(f"/api/deploy/apps/{one}/restart", headers=auth())
+    two = create_deployment(client, "operator-2", subdomain="two")
+    [ordinary] = queued_converges()
+    assert targets(ordinary) == {one: 2, two: 1} and _entry(one, 2).job_id == ordinary.id
+    with database_proxy.obj.atomic():  # the run timed out
+        assert jobqueue.retry_later(hung, "w1", delay=dt.timedelta(seconds=60), error="timed out", solo=True)
+    solo = Job.get_by_id(hung.id)
+    assert (solo.solo, solo.state, targets(solo)) == (True, "queued", {one: 2})
+    assert targets(Job.get_by_id(ordinary.id)) == {two: 1} and _entry(one, 2).job_id == solo.id
+    assert jobqueue.claim("w2", lease_s=30).id == ordinary.id  # while one's waits out its backoff
+    assert jobqueue.claim("w3", lease_s=30) is None
+    three = create_deployment(client, "operator-2", subdomain="three")
+    assert jobqueue.claim("w3", lease_s=30).id == _converge_of(three).id  # and the host's next changes
+
+
+def test_an_ordinary_converge_a_suspects_change_leaves_with_no_target_is_gone(client):
+    """It never ran and has nothing left to do: as if the change had joined the solo converge."""
+    one = create_deployment(client, subdomain="one")
+    hung = jobqueue.claim("w1", lease_s=30)
+    client.simulate_post(f"/api/deploy/apps/{one}/restart", headers=auth())
+    [ordinary] = queued_converges()
+    with database_proxy.obj.atomic():
+        assert jobqueue.retry_later(hung, "w1", delay=dt.timedelta(seconds=60), error="timed out", solo=True)
+    assert Job.get_or_none(Job.id == ordinary.id) is None and [j.id for j in queued_converges()] == [hung.id]
+    assert targets(Job.get_by_id(hung.id)) == {one: 2} and _entry(one, 2).job_id == hung.id
+    two = create_deployment(client, "operator-2", subdomain="two")
+    assert jobqueue.claim("w2", lease_s=30).id == _converge_of(two).id
+
+
+def test_a_retried_converge_a_suspects_change_leaves_with_no_open_target_is_finished(client):
+    """A retried ordinary converge (three converged in its run, two's step failed on the host) whose
+    open target is a suspect's goes no further: it ends as its next run would (nothing to run)."""
+    one = create_deployment(client, subdomain="one")
+    older = jobqueue.claim("w1", lease_s=30)
+    assert older is not None and targets(older) == {one: 1}
+    two = create_deployment(client, subdomain="two")
     three = create_deployment(client, subdomain="three")
-    [ordinary] = [j for j in queued_converges() if not j.solo]
-    assert targets(ordinary) == {three: 1}  # a new change joins no solo converge
-    with database_proxy.obj.atomic():  # that run timed out too: 'one' joins its queued solo converge
-        assert jobqueue.finish(later, "w2", succeeded=False, error="timed out")
-        assert jobqueue.retry_alone(later, one, 3, run_after=utcnow(), error="timed out", task=None).id == solo_one.id
-    client.simulate_post(f"/api/deploy/apps/{one}/restart", headers=auth())  # so does its next change
-    assert targets(Job.get_by_id(solo_one.id)) == {one: 4}
-    assert [j.id for j in queued_converges()] == [solo_one.id, ordinary.id]
-    # Nothing in common: they run beside 'two's.
-    assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in range(2)] == [solo_one.id, ordinary.id]
+    retried = jobqueue.claim("w2", lease_s=30)
+    assert retried is not None and targets(retried) == {two: 1, three: 1}  # beside one's
+    with database_proxy.obj.atomic():  # one's run failed on the host: back in the queue
+        assert jobqueue.retry_later(older, "w1", delay=dt.timedelta(0), error="podman rm failed")
+    client.simulate_post(f"/api/deploy/apps/{two}/restart", headers=auth())  # joins the older, queued one
+    assert targets(Job.get_by_id(older.id)) == {one: 1, two: 2}
+    with database_proxy.obj.atomic():
+        jobqueue.finish_target(retried, three, succeeded=True)
+        assert jobqueue.retry_later(retried, "w2", delay=dt.timedelta(seconds=60), error="podman rm failed")
+    assert jobqueue.claim("w3", lease_s=30).id == older.id  # one and two: it times out
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(older, "w3", succeeded=False, error="timed out")
+        jobqueue.retry_alone(older, one, 1, run_after=utcnow(), error="timed out", task=None)
+        solo_two = jobqueue.retry_alone(older, two, 2, run_after=utcnow(), error="timed out", task=None)
+    assert targets(solo_two) == {two: 2}
+    done = Job.get_by_id(retried.id)
+    assert (done.state, done.lease_owner, done.finished_at is not None, targets(done)) == (
+        "succeeded", None, True, {three: 1})
 
 
 def test_a_reconcile_and_a_suspects_solo_converge_wait_for_each_other_only_while_one_runs(client, deployments):
     """The reconcile leaves the suspects alone: it does not wait for a solo converge in its backoff,
     and a solo converge whose backoff ended does not wait for a queued reconcile; the two never run
-    together, and ordinary converges queued after the reconcile wait for it as before."""
+    together. While the solo converge runs, ordinary converges queued after the reconcile do not wait
+    for it either (it waits for that run, which may hang until its timeout); once no solo converge of
+    the host runs they wait for it again, and it runs as soon as no job of the host runs."""
     one, two = deployments
     first = jobqueue.claim("w1", lease_s=30)
     assert first is not None  # 'one' and 'two'
@@ -212,26 +285,35 @@ def test_a_reconcile_and_a_suspects_solo_converge_wait_for_each_other_only_while
         assert jobqueue.finish(first, "w1", succeeded=False, error="timed out")
         solo_one = jobqueue.retry_alone(first, one, 2, run_after=utcnow() + dt.timedelta(seconds=60),
                                         error="timed out", task=None)
-        solo_two = jobqueue.retry_alone(first, two, 1, run_after=utcnow(), error="timed out", task=None)
+        solo_two = jobqueue.retry_alone(first, two, 1, run_after=utcnow() + dt.timedelta(seconds=60),
+                                        error="timed out", task=None)
     assert solo_two.id > reconcile.id and jobqueue.suspects("container-host-1") == sorted([one, two])
     four = create_deployment(client, "operator-2", subdomain="four")  # queued after the reconcile
+    assert jobqueue.claim("w3", lease_s=30) is None  # four's waits for the reconcile, which waits for 'beside'
     # two's solo converge is due: it runs although the reconcile is queued (it waits for 'beside').
+    Job.update(run_after=utcnow()).where(Job.id == solo_two.id).execute()
     assert jobqueue.claim("w3", lease_s=30).id == solo_two.id
-    assert jobqueue.claim("w4", lease_s=30) is None  # four's waits for the reconcile, which waits for the runs
+    # Four's converge runs beside it: it no longer waits for the reconcile, which waits for the solo run.
+    assert jobqueue.claim("w4", lease_s=30).id == _converge_of(four).id
     with database_proxy.obj.atomic():
         assert jobqueue.finish(beside, "w2", succeeded=True)
-    assert jobqueue.claim("w4", lease_s=30) is None  # two's solo converge still runs: never beside a reconcile
+    assert jobqueue.claim("w5", lease_s=30) is None  # two's solo converge still runs: never beside a reconcile
     with database_proxy.obj.atomic():
         jobqueue.finish_target(solo_two, two, succeeded=True)
         assert jobqueue.finish(solo_two, "w3", succeeded=True)
+    # No solo converge runs: what is queued after the reconcile waits for it again, which waits for four's run.
+    five = create_deployment(client, "operator-2", subdomain="five")
+    assert jobqueue.claim("w5", lease_s=30) is None
+    with database_proxy.obj.atomic():
+        assert jobqueue.finish(_converge_of(four), "w4", succeeded=True)
     # one's solo converge, in its backoff, does not hold the reconcile.
     assert jobqueue.suspects("container-host-1") == [one]
-    assert jobqueue.claim("w4", lease_s=30).id == reconcile.id
+    assert jobqueue.claim("w5", lease_s=30).id == reconcile.id
     Job.update(run_after=utcnow() - dt.timedelta(seconds=1)).where(Job.id == solo_one.id).execute()
-    assert jobqueue.claim("w5", lease_s=30) is None  # nothing beside the reconcile
+    assert jobqueue.claim("w6", lease_s=30) is None  # nothing beside the reconcile
     with database_proxy.obj.atomic():
-        assert jobqueue.finish(reconcile, "w4", succeeded=True)
-    assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in (5, 6)] == [solo_one.id, _converge_of(four).id]
+        assert jobqueue.finish(reconcile, "w5", succeeded=True)
+    assert [jobqueue.claim(f"w{i}", lease_s=30).id for i in (6, 7)] == [solo_one.id, _converge_of(five).id]
 
 
 def test_no_periodic_reconcile_is_queued_while_a_suspects_solo_converge_runs(client, deployments):
@@ -259,6 +341,12 @@ def test_no_periodic_reconcile_is_queued_while_a_suspects_solo_converge_runs(cli
 
 def _converge_of(ident: str) -> Job:
     found: Job = jobqueue.open_converge(Deployment.get_by_id(ident))
+    return found
+
+
+def _entry(ident: str, generation: int) -> AuditEntry:
+    """The deployment's audit entry of that generation."""
+    found: AuditEntry = AuditEntry.get((AuditEntry.deployment == ident) & (AuditEntry.generation == generation))
     return found
 
 

@@ -271,9 +271,8 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
             if item["id"] in retry:
                 message, task = retry[item["id"]]
                 if split:
-                    solo = jobqueue.retry_alone(job, item["id"], int(item["generation"]), run_after=run_after,
-                                                error=message, task=task)
-                    state.relink_entries(item["id"], job.id, solo.id)
+                    jobqueue.retry_alone(job, item["id"], int(item["generation"]), run_after=run_after,
+                                         error=message, task=task)
                 else:
                     jobqueue.set_target_error(job, item["id"], message, task)
                 state.touch_entries(item["id"], int(item["generation"]), "running", {

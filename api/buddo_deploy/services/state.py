@@ -193,13 +193,6 @@ def touch_entries(deployment_id: Any, up_to: int, status: str, details: dict[str
             AuditEntry.id == entry.id).execute()
 
 
-def relink_entries(deployment_id: Any, from_job: int, to_job: int) -> None:
-    """The deployment's open entries that ``from_job`` was to converge go on in ``to_job``: they name it."""
-    AuditEntry.update(job_id=to_job, updated_at=utcnow()).where(
-        (AuditEntry.deployment == deployment_id) & (AuditEntry.job_id == from_job)
-        & AuditEntry.status.in_(OPEN_AUDIT)).execute()
-
-
 def close_entries(deployment_id: Any, up_to: int, state: str, ok: bool, details: dict[str, Any]) -> None:
     for entry in open_entries(deployment_id, up_to):
         # Keep why the entry was made (a heal's reason); a retry's last error is history now.
