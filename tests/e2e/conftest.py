@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -383,6 +384,28 @@ def stop_stack(stack: Stack) -> None:
         subprocess.run(["podman", "network", "rm", "-f", *networks], check=False, capture_output=True)
     for admin in stack.caddy_admins:
         subprocess.run(["caddy", "stop", "--address", admin], check=False, capture_output=True)
+
+
+def push_busybox_image(name: str, command: str, scripts: dict[str, str]) -> str:
+    """An image of busybox, ``scripts`` in /bin and a writable /tmp, running ``command`` (sh -c) on
+    port 3000, pushed to the test registry: an app that misbehaves as a test needs it to."""
+    image = f"127.0.0.1:5000/e2e/{name}-{os.getpid()}:v1"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "rootfs"
+        (root / "bin").mkdir(parents=True)
+        (root / "tmp").mkdir()
+        busybox = subprocess.run(["sh", "-c", "command -v busybox"], capture_output=True, text=True, check=True)
+        subprocess.run(["cp", busybox.stdout.strip(), str(root / "bin" / "busybox")], check=True)
+        for script, text in scripts.items():
+            (root / "bin" / script).write_text(text)
+            (root / "bin" / script).chmod(0o755)
+        (root / "tmp").chmod(0o1777)
+        subprocess.run(["tar", "-C", str(root), "-cf", f"{tmp}/rootfs.tar", "."], check=True)
+        serve = f"CMD {json.dumps(['/bin/busybox', 'sh', '-c', command])}"
+        subprocess.run(["podman", "import", "--change", serve, f"{tmp}/rootfs.tar", image], check=True,
+                       capture_output=True)
+    subprocess.run(["podman", "push", "--tls-verify=false", image], check=True, capture_output=True)
+    return image
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,9 @@ With DRIP_FIRST set it drips from its first answer: its deploy fails, on time, a
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, push_busybox_image
 
 DRIP = """#!/bin/busybox sh
 if [ -e /tmp/served ] || [ -n "$DRIP_FIRST" ]; then
@@ -28,22 +24,8 @@ fi
 
 
 def push_drip_image() -> str:
-    image = f"127.0.0.1:5000/e2e/drip-{os.getpid()}:v1"
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "rootfs"
-        (root / "bin").mkdir(parents=True)
-        (root / "tmp").mkdir()
-        busybox = subprocess.run(["sh", "-c", "command -v busybox"], capture_output=True, text=True, check=True)
-        subprocess.run(["cp", busybox.stdout.strip(), str(root / "bin" / "busybox")], check=True)
-        (root / "bin" / "drip").write_text(DRIP)
-        (root / "bin" / "drip").chmod(0o755)
-        (root / "tmp").chmod(0o1777)
-        subprocess.run(["tar", "-C", str(root), "-cf", f"{tmp}/rootfs.tar", "."], check=True)
-        serve = 'CMD ["/bin/busybox", "sh", "-c", "while true; do /bin/busybox nc -l -p 3000 -e /bin/drip; done"]'
-        subprocess.run(["podman", "import", "--change", serve, f"{tmp}/rootfs.tar", image], check=True,
-                       capture_output=True)
-    subprocess.run(["podman", "push", "--tls-verify=false", image], check=True, capture_output=True)
-    return image
+    serve = "while true; do /bin/busybox nc -l -p 3000 -e /bin/drip; done"
+    return push_busybox_image("drip", serve, {"drip": DRIP})
 
 
 def status(stack: Stack, ident: str) -> dict[str, str]:
