@@ -120,7 +120,7 @@ class StandInWorker:
         while not self.stop.is_set():
             job = jobqueue.claim("bench-worker", 30)
             if job is None:
-                self.stop.wait(0.2)  # BUDDO_WORKER_POLL
+                self.stop.wait(0.05)  # BUDDO_WORKER_POLL
                 continue
             if job.action != "output":  # the creates' converges: nothing to run here
                 jobqueue.finish(job, "bench-worker", succeeded=True)

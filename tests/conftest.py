@@ -8,6 +8,7 @@ from typing import Any
 
 import falcon.testing
 import pytest
+from buddo_deploy import jobqueue
 from buddo_deploy.app import create_app
 from buddo_deploy.models import database_proxy
 from buddo_deploy.settings import Settings
@@ -16,6 +17,12 @@ from tests.helpers import create_session_database, drop_session_database, make_s
 
 # The Cloudflare fake's fixtures (cloudflare), for the DNS module, engine and e2e tests.
 pytest_plugins = ["tests.fakes.fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def converges_run_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests claim a converge the moment they queue it (test_jobs tests the settle)."""
+    monkeypatch.setattr(jobqueue, "SETTLE_S", 0.0)
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,13 @@ def _queued_converge(host: str, solo_of: Any | None) -> Job | None:
     return found
 
 
+# A host's queued converge waits this long after its latest change (never more than MAX_SETTLE_S
+# after its first): changes that come in a burst (a team's deploys, a billing pass, a health
+# cycle) join one run instead of one run each, at the cost of a one-off change's SETTLE_S.
+SETTLE_S = 0.04
+MAX_SETTLE_S = 0.5
+
+
 def _new_converge(host: str, *, timeout_s: int, run_after: dt.datetime, solo: bool) -> Job:
     now = utcnow()
     job: Job = Job.create(deployment=None, action="converge", host=host, lock_key=host_lock_key(host),
@@ -159,10 +166,12 @@ def enqueue_converge(deployment: Deployment, *, timeout_s: int) -> Job:
     now = utcnow()
     alone = _alone(deployment.id)
     job = _queued_converge(deployment.host, deployment.id if alone else None)
+    settle = dt.timedelta(seconds=SETTLE_S)
     if job is None:
-        job = _new_converge(deployment.host, timeout_s=timeout_s, run_after=now, solo=alone)
-    else:  # joins it, and a change is worth trying now (a retry's backoff ends)
-        Job.update(run_after=now, timeout_s=max(job.timeout_s, timeout_s), updated_at=now).where(
+        job = _new_converge(deployment.host, timeout_s=timeout_s, run_after=now + settle, solo=alone)
+    else:  # joins it, and a change is worth trying now (a retry's backoff ends), once the burst settled
+        run_after = max(now, min(now + settle, job.created_at + dt.timedelta(seconds=MAX_SETTLE_S)))
+        Job.update(run_after=run_after, timeout_s=max(job.timeout_s, timeout_s), updated_at=now).where(
             Job.id == job.id).execute()
     _add_target(job, deployment.id, deployment.generation)
     return Job.get_by_id(job.id)
@@ -378,16 +387,20 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
     """Claim the next runnable job for ``owner`` (or the reserved job ``job_id``); None when there is none."""
     db = database_proxy.obj
     now = utcnow()
+    only_params: tuple[object, ...] = ()
+    if job_id is None:
+        only = "j.reserved_for IS NULL"
+    else:
+        only, only_params = f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner)
+    query, params = _CLAIMABLE.format(p=db.param, only=only), (now, now, *only_params, now, now, now, now, now)
+    # Looked for first without the write lock: an idle worker's poll never holds up an API write.
+    with db.atomic():
+        if db.execute_sql(query, params).fetchone() is None:
+            return None
     with write_transaction(db):
         if is_postgres(db):
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
-        only_params: tuple[object, ...] = ()
-        if job_id is None:
-            only = "j.reserved_for IS NULL"
-        else:
-            only, only_params = f"j.id = {db.param} AND j.reserved_for = {db.param}", (job_id, owner)
-        found = db.execute_sql(_CLAIMABLE.format(p=db.param, only=only),
-                               (now, now, *only_params, now, now, now, now, now)).fetchone()
+        found = db.execute_sql(query, params).fetchone()
         if found is None:
             return None
         Job.update(

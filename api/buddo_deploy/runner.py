@@ -179,6 +179,7 @@ def run_playbook(
     check: bool = False,
     timeout_s: int = 600,
     on_event: Callable[[EventSummary], None] | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     work_dir: Path | None = None,
     keep_data_dir: bool = False,
@@ -201,6 +202,11 @@ def run_playbook(
             outcome.stats = dict((event.get("event_data") or {}).get("artifact_data") or {})
         if on_event is not None:
             on_event(summary)
+        if summary.event == "runner_on_ok" and on_report is not None:
+            # A set_stats task's result: what the run reports, as soon as it reports it.
+            reported = ((event.get("event_data") or {}).get("res") or {}).get("ansible_stats") or {}
+            if isinstance(reported.get("data"), dict) and reported["data"]:
+                on_report(dict(reported["data"]))
         return False  # never write events (which may hold module args) to the artifacts dir
 
     try:

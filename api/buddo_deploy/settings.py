@@ -243,7 +243,7 @@ class Settings:
     max_body_bytes: int = MAX_BODY_BYTES
     job_timeout_s: int = 600
     job_lease_s: int = 20
-    worker_poll_s: float = 0.2
+    worker_poll_s: float = 0.05
     health_interval_s: float = 15.0
     # Consecutive failed probes before an app is restarted; automatic restarts an hour
     # before they pause (crash-loop guard).
@@ -368,7 +368,7 @@ class Settings:
             "trusted_proxies": _csv(get("TRUSTED_PROXIES") or ""),
             "job_timeout_s": int(get("JOB_TIMEOUT") or 600),
             "job_lease_s": int(get("JOB_LEASE") or 20),
-            "worker_poll_s": float(get("WORKER_POLL") or 0.2),
+            "worker_poll_s": float(get("WORKER_POLL") or 0.05),
             "health_interval_s": float(get("HEALTH_INTERVAL") or 15),
             "health_failures": int(get("HEALTH_FAILURES") or 3),
             "health_max_restarts": int(get("HEALTH_MAX_RESTARTS") or 3),

@@ -253,6 +253,27 @@ def test_many_changes_cost_one_run(client, settings, host, monkeypatch):
     assert d.generation == 11 and d.observed_generation == 11 and d.status == "running"
 
 
+def test_a_converge_waits_for_a_burst_of_changes_to_settle_but_never_longer_than_the_cap(client, settings,
+                                                                                          monkeypatch):
+    """Changes that come together join one run: a queued converge waits SETTLE_S after its
+    latest change (no worker claims it before), but never more than MAX_SETTLE_S after its first."""
+    monkeypatch.setattr(jobqueue, "SETTLE_S", 3600.0)
+    monkeypatch.setattr(jobqueue, "MAX_SETTLE_S", 5400.0)
+    first = create_deployment(client, "op-a", subdomain="a", tier="btc-pro")
+    job = _job(first)
+    waits = [job.run_after - job.created_at]
+    assert jobqueue.claim("w", 30) is None  # settling
+    for sub in ("b", "c"):
+        create_deployment(client, f"op-{sub}", subdomain=sub, tier="btc-pro")
+        waits.append(Job.get_by_id(job.id).run_after - job.created_at)
+    assert Job.select().where(Job.action == "converge").count() == 1
+    assert 3599 <= waits[0].total_seconds() <= waits[1].total_seconds() <= waits[2].total_seconds() <= 5400
+    monkeypatch.setattr(jobqueue, "MAX_SETTLE_S", 0.0)  # the cap reached: the next change makes it due now
+    create_deployment(client, "op-d", subdomain="d", tier="btc-pro")
+    claimed = jobqueue.claim("w", 30)
+    assert claimed is not None and claimed.id == job.id
+
+
 def _timeout(items: list[dict[str, Any]]) -> PlaybookResult:
     return PlaybookResult(status="timeout", rc=None, message="timed out after 600 s")
 
@@ -640,3 +661,31 @@ def test_a_reconcile_queued_before_a_suspects_solo_converge_starts_holds_no_conv
     claimed = jobqueue.claim("w", 30)
     assert claimed is not None and claimed.id == reconcile.id
     assert jobqueue.claim("w2", 30) is None and _job(y).state == "queued"  # y's waits for it again
+
+
+def test_what_a_run_reports_is_recorded_before_the_run_ends_and_stays_when_it_then_times_out(
+        client, settings, host, monkeypatch):
+    """The converge reports each outcome (set_stats) before ansible-playbook ends: a deployment is
+    running from then on. A run that then fails (here: times out) keeps what it reported final, and
+    retries only the deployment whose outcome was a failure on the host."""
+    seen: dict[str, str] = {}
+
+    def run(playbook: Any, inventory: Any, extravars: dict[str, Any], *, on_report: Any = None,
+            **kwargs: Any) -> PlaybookResult:
+        items = extravars["converge_deployments"]
+        outcomes = {i["id"]: _outcome(i) for i in items if i["subdomain"] != "c"}
+        outcomes[host["b"]] = _outcome(next(i for i in items if i["subdomain"] == "b"),
+                                       **_failure(TASK, "the app never answered"))
+        outcomes[host["c"]] = _outcome(next(i for i in items if i["subdomain"] == "c"), ok=False, kind="host",
+                                       task=TASK, message="podman failed")
+        on_report({"buddo_outcomes": outcomes, "buddo_orphans": []})
+        seen.update({s: Deployment.get_by_id(host[s]).status for s in "abc"})
+        return PlaybookResult(status="timeout", rc=None, message="timed out after 600 s")
+
+    monkeypatch.setattr(tasks_base, "run_playbook", run)
+    assert worker.Worker(settings, name="w").run_once()
+    assert seen == {"a": "running", "b": "failed", "c": "deploying"}
+    assert [Deployment.get_by_id(host[s]).status for s in "abc"] == ["running", "failed", "deploying"]
+    assert [_target(host[s]).state for s in "abc"] == ["succeeded", "failed", "queued"]
+    [entry] = AuditEntry.select().where((AuditEntry.deployment == host["a"]) & (AuditEntry.action == "deploy"))
+    assert entry.status == "completed"

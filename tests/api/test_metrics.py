@@ -99,7 +99,7 @@ def test_metrics_allow_must_be_networks(tmp_path):
 def _worker_run(settings, monkeypatch, result_for):
     """Worker.run_once with the playbook run replaced by a made-up result."""
 
-    def run(self, plan):
+    def run(self, plan, report=None):
         return result_for(plan), 2.0
 
     monkeypatch.setattr(tasks.JobRun, "run", run)

@@ -111,3 +111,18 @@ def test_secret_dirs_of_dead_processes_are_swept(tmp_path: Path) -> None:
     (stale / "run-x.json").write_text("{}")
     assert sweep_stale_secrets() >= 1
     assert not stale.exists() and secret_dir().exists()
+
+
+def test_what_a_run_reports_reaches_the_caller_while_it_still_runs(tmp_path: Path) -> None:
+    flag = tmp_path / "reported"
+    reports = []
+
+    def on_report(data: dict) -> None:
+        reports.append(data)
+        flag.touch()
+
+    result = run_playbook(PLAYBOOKS / "report.yml", inventory(tmp_path), {"reported_file": str(flag)},
+                          on_report=on_report, work_dir=tmp_path / "r")
+    assert result.ok, result
+    assert reports == [{"buddo_outcomes": {"d1": {"ok": True}}}]
+    assert result.stats == reports[0]

@@ -45,6 +45,8 @@ class Plan:
     job_shared: bool = False
     # A reconcile's: deployments it leaves alone, retried alone after a timeout (jobqueue.suspects).
     suspects: list[str] = field(default_factory=list)
+    # Deployments whose outcome was recorded as the run reported it (record_reported), before it ended.
+    recorded: set[str] = field(default_factory=set)
 
     @property
     def shared(self) -> bool:
@@ -242,6 +244,8 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
             run_message = SHARED_FAILURE
         retry: dict[str, tuple[str, str | None]] = {}
         for item in plan.items:
+            if item["id"] in plan.recorded:
+                continue  # final already: recorded as the run reported it
             outcome = outcomes.get(item["id"])
             own_failure = outcome is not None and not outcome.get("ok")
             if not result.ok or outcome is None or (own_failure and outcome.get("kind") == "host"):
@@ -250,10 +254,7 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
                 else:
                     retry[item["id"]] = (run_message, None if plan.shared else result.failed_task)
             else:
-                ok = bool(outcome.get("ok"))
-                jobqueue.finish_target(job, item["id"], succeeded=ok, error=None if ok else outcome.get("message"),
-                                       task=None if ok else outcome.get("task"))
-                state.record_outcome(item, outcome, details)
+                record_final(plan, item, outcome, details)
         if not retry:
             succeeded = jobqueue.all_succeeded(job)
             jobqueue.finish(job, owner, succeeded=succeeded)
@@ -279,6 +280,34 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
                     "attempt": job.attempts, "retrying_in_s": delay.total_seconds(), "last_error": message,
                     "task": task})
     return "retried"
+
+
+def record_final(plan: Plan, item: dict[str, Any], outcome: dict[str, Any], details: dict[str, Any]) -> None:
+    """A deployment's own outcome (ok, or its app's own failure): final for the run's job."""
+    ok = bool(outcome.get("ok"))
+    jobqueue.finish_target(plan.job, item["id"], succeeded=ok, error=None if ok else outcome.get("message"),
+                           task=None if ok else outcome.get("task"))
+    state.record_outcome(item, outcome, details)
+
+
+def record_reported(plan: Plan, owner: str, outcomes: dict[str, Any], duration_s: float) -> None:
+    """Record the final outcomes a converge run reported, as it reports them: its deployments are
+    running (or failed) the moment the module that made them so returned, not once the playbook
+    process has ended. What is not final here (a failure on the host) waits for :func:`finish`,
+    which also ends the job. Nothing when the lease was lost."""
+    details = {"attempt": plan.job.attempts, "duration_s": round(duration_s, 1)}
+    done = []
+    with write_transaction(database_proxy.obj):
+        if not jobqueue.owns(plan.job, owner):
+            return
+        for item in plan.items:
+            outcome = outcomes.get(item["id"])
+            if item["id"] in plan.recorded or not isinstance(outcome, dict):
+                continue
+            if outcome.get("ok") or outcome.get("kind") != "host":
+                record_final(plan, item, outcome, details)
+                done.append(item["id"])
+    plan.recorded.update(done)  # once committed
 
 
 def unchanged(before: Deployment, item: dict[str, Any], outcome: dict[str, Any]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .. import jobqueue
@@ -43,13 +44,17 @@ class BaseTask:
         """Record the run's outcome on each job and what it stands for."""
         raise NotImplementedError
 
+    def report(self, plan: engine.Plan, data: dict[str, Any], duration_s: float) -> None:
+        """What the run reported (set_stats), as it reports it, before the run has ended; by
+        default nothing is done before :meth:`finish`."""
+
     def run(self, job: Job) -> Any:
         """Start, run the playbook under supervision, finish: the same for every kind."""
         log.info("job %s: %s of %s (attempt %s)", job.id, job.action, job.deployment_id or job.host, job.attempts)
         plan = self.start(job)
         if plan is None:
             return None
-        result, duration_s = JobRun(self.settings, self.owner, self.lease_s).run(plan)
+        result, duration_s = JobRun(self.settings, self.owner, self.lease_s).run(plan, self.report)
         return self.finish(plan, result, duration_s)
 
 
@@ -72,7 +77,8 @@ class JobRun:
         self.owner = owner
         self.lease_s = lease_s
 
-    def run(self, plan: engine.Plan) -> tuple[PlaybookResult, float]:
+    def run(self, plan: engine.Plan,
+            report: Callable[[engine.Plan, dict[str, Any], float], None] | None = None) -> tuple[PlaybookResult, float]:
         job = plan.job
         cancel = threading.Event()
         done = threading.Event()
@@ -103,6 +109,14 @@ class JobRun:
                 why.append(f"recording an event failed: {exc.__class__.__name__}")
                 cancel.set()
 
+        def on_report(data: dict[str, Any]) -> None:
+            if cancel.is_set() or report is None:
+                return
+            try:
+                report(plan, data, time.monotonic() - started)
+            except Exception:  # finish records it then
+                log.exception("job %s: recording what the run reported failed", job.id)
+
         heartbeat = threading.Thread(target=keep_lease, name=f"lease-{job.id}", daemon=True)
         heartbeat.start()
         started = time.monotonic()
@@ -118,6 +132,7 @@ class JobRun:
                 check=plan.check,
                 timeout_s=job.timeout_s,
                 on_event=on_event,
+                on_report=on_report,
                 should_cancel=cancel.is_set,
                 work_dir=self.settings.var_dir / "runner",
                 keep_data_dir=self.settings.keep_runner_data,

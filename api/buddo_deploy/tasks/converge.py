@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from .. import metrics
 from ..models import Job
@@ -24,6 +25,12 @@ class ConvergeTask(BaseTask):
         else:
             log.info("job %s: converging %d deployment(s) on %s", job.id, len(plan.items), job.host)
         return plan
+
+    def report(self, plan: engine.Plan, data: dict[str, Any], duration_s: float) -> None:
+        """Each deployment is running (or failed) once the run reports so, not once it has ended."""
+        outcomes = data.get("buddo_outcomes")
+        if isinstance(outcomes, dict):
+            engine.record_reported(plan, self.owner, outcomes, duration_s)
 
     def finish(self, plan: engine.Plan, result: PlaybookResult, duration_s: float) -> None:
         """Each target is finished from its own deployment's outcome."""

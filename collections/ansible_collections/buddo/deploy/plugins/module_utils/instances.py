@@ -11,7 +11,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -124,14 +124,14 @@ class Deployment:
     untag: list[str] = field(default_factory=list)  # digest names its pulls added (untag_digests)
 
 
-def untag_digests(podman: Podman, work: list[Deployment]) -> None:
+def untag_digests(podman: Podman, refs: Iterable[str]) -> None:
     """Drop the digest names the run's pulls added, each once, after every container was made.
 
     ``image rm`` of a digest name untags it while the image has another name; of a digest the
     image no longer carries as a name, it removes the image itself. Two deployments of one
     image untagging at once (each after its own pull) would do that to each other; once for
     the run, with the run's containers made, it only untags (an image in use is never removed)."""
-    for ref in sorted({ref for d in work for ref in d.untag}):
+    for ref in sorted(set(refs)):
         podman.run("image", "rm", ref, check=False)
 
 
@@ -144,13 +144,13 @@ def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout
         if http_get(url, max(0.05, min(2.0, deadline - time.monotonic())))[0] > 0:  # any HTTP answer: up
             return
         checks += 1
-        if checks % 10 == 0:  # an app that died will never answer: say so early
+        if checks % 20 == 0:  # an app that died will never answer: say so early
             _, out, _ = podman.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", container_id,
                                    check=False)
             status, _, code = out.strip().partition(" ")
             if status in {"exited", "stopped"}:
                 raise AppFailure(f"the container exited (exit code {code}) before it answered on {url}")
-        time.sleep(0.05)
+        time.sleep(0.02 if checks < 50 else 0.05)  # most apps answer within a second of their start
     raise AppFailure(f"app did not answer on {url} within {wait_timeout:g} s")
 
 
@@ -183,16 +183,24 @@ def authfile(auths: dict[str, Any] | None) -> Iterator[int]:
         os.close(fd)
 
 
-def cached_digests(podman: Podman, image: str, policy: str) -> list[str] | None:
+def cached_digests(podman: Podman, image: str, policy: str,
+                   known: dict[str, list[str] | None] | None = None) -> list[str] | None:
     """With ``missing``, whether a registry's image is cached here: its digests in its repository
-    (one podman call), or None when it is not (or ``always``, or a local image)."""
+    (one podman call), or None when it is not (or ``always``, or a local image).
+
+    ``known``: what the run found of each image so far (one call per image however many
+    deployments of the run use it; what a pull adds later does not matter, each pull asks)."""
     if policy != "missing" or not registry_of(image):
         return None
+    if known is not None and image in known:
+        return known[image]
     rc, out, _ = podman.run("image", "inspect", "--format", "{{json .RepoDigests}}", image, check=False)
-    if rc != 0:
-        return None
     repository = repository_of(image)
-    return [ref for ref in json.loads(out.strip() or "[]") or [] if ref.partition("@")[0] == repository]
+    found = None if rc != 0 else [
+        ref for ref in json.loads(out.strip() or "[]") or [] if ref.partition("@")[0] == repository]
+    if known is not None:
+        known[image] = found
+    return found
 
 
 def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None, untag: list[str],
@@ -278,11 +286,11 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
     # container's creation do not wait for each other; nothing starts before the registry said
     # yes, and nothing of a deploy it refused stays (container, network).
     network = deployment_network(p["deployment_id"])
-    digests = cached_digests(podman, p["image"], p["pull"])
     container_id = ""
     with ThreadPoolExecutor(max_workers=2) as both:
         made = both.submit(podman.ensure_network, p["deployment_id"], p["instance"],
                            p["labels"].get("buddo.host", ""), p["_network"])
+        digests = cached_digests(podman, p["image"], p["pull"], p["_images"])  # beside the network
         asked = both.submit(pull, podman, p["image"], p["pull"], p["registry_auth"], d.untag, digests)
         try:
             if digests is None and registry_of(p["image"]):
@@ -416,7 +424,7 @@ def started(d: Deployment) -> dict[str, Any]:
         # A stopped container (suspended, or it exited) starts again only if the registry still
         # lets the operator pull its image: a cached image is never a way around the registry.
         if pull(podman, p["image"], "missing", p["registry_auth"], d.untag,
-                cached_digests(podman, p["image"], "missing")):
+                cached_digests(podman, p["image"], "missing", p["_images"])):
             d.actions.append(f"pulled {p['image']}")
         podman.run("start", current["id"])
         d.actions.append(f"started container {current['name']} again")
@@ -597,15 +605,19 @@ SHARED_OPTIONS: dict[str, dict[str, Any]] = {
 
 def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any], env: dict[str, Any],
                  registry_auth: dict[str, Any], parallel: int, binary: str, check_mode: bool,
-                 seen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 seen: dict[str, Any] | None = None, untag: list[str] | None = None) -> list[dict[str, Any]]:
     """Every deployment of ``items`` (validated) to ``state``, ``parallel`` at a time: one entry each, in order.
+
+    ``untag``: where the digest names the pulls added go, for the caller to drop later
+    (:func:`untag_digests`; the converge does it once Caddy routes to what started); without it,
+    they are dropped here.
 
     ``seen``: the caller's observation of the host moments ago (observe.host: containers, networks),
     which saves each start a ``podman ps`` and a ``network exists`` (podman calls are what a host's
     CPU spends a burst of creates on)."""
     if not items:
         return []
-    shared = {**shared, "_secret_names": []}
+    shared = {**shared, "_secret_names": [], "_images": {}}
     by_deployment, networks = of_deployments(seen or {})
     # Once for every deployment: the env secrets on the host (retired and absent drop theirs).
     if state in ("retired", "absent") and not check_mode:
@@ -624,7 +636,11 @@ def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any]
     use_every_cpu()
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(work)))) as pool:
         entries = list(pool.map(lambda d: converge(state, d), work))
-    untag_digests(Podman(binary, []), work)
+    added = [ref for d in work for ref in d.untag]
+    if untag is None:
+        untag_digests(Podman(binary, []), added)
+    else:
+        untag.extend(added)
     if state == "retired" and shared["prune_images"] and any(d.prune for d in work):
         # Once for every deployment: each prune walks all of the host's images.
         Podman(binary, []).run("image", "prune", "--force", check=False)

@@ -87,6 +87,7 @@ reloaded: {description: Whether Caddy was reloaded., type: bool, returned: unles
 """
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -133,13 +134,14 @@ class Run:
             "keep_count": self.p["releases_kept"]}
         self.failures: dict[str, dict[str, Any]] = {}  # deployment id -> its failure (stop, remove, retire)
         self.actions: dict[str, list[str]] = {}
+        self.untag: list[str] = []  # digest names the run's pulls added: dropped once Caddy routes
 
     def step(self, state: str, items: list[dict[str, Any]], seen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         valid, errors = instances.validate(container_items(items, state, self.p["host"]), state, self.p["env"])
         if errors:  # the document passed its argument spec: this is a bug of ours, said per run
             self.module.fail_json(msg="; ".join(errors))
         entries = instances.converge_all(state, valid, self.shared, self.p["env"], self.p["registry_auth"],
-                                         self.p["parallel"], self.binary, self.module.check_mode, seen)
+                                         self.p["parallel"], self.binary, self.module.check_mode, seen, self.untag)
         for entry in entries:
             self.actions.setdefault(entry["deployment_id"], []).extend(entry.get("actions") or [])
             if entry["failed"] and state != "started":  # started: the outcome's own (plan.converge_outcomes)
@@ -247,12 +249,16 @@ def main() -> None:
         up = plan.converge_started(work, started)
         routes = [sites.render(site, site_settings) for site in plan.converge_sites(up)]
         gone = work["remove_sites"] + work["orphan_sites"]
-        if routes or gone or work["reload"]:
-            try:
-                written = sites.apply(module, site_settings, routes, gone, work["reload"])
-            except sites.ReloadError as exc:  # Caddy keeps its old config; the run is retried
-                module.fail_json(msg=str(exc), failure_kind="host")
-            reloaded = written["reloaded"]
+        with ThreadPoolExecutor(max_workers=1) as aside:
+            # The digest names the pulls added go while Caddy is told of what started.
+            untagged = aside.submit(instances.untag_digests, instances.Podman(binary, []), run.untag)
+            if routes or gone or work["reload"]:
+                try:
+                    written = sites.apply(module, site_settings, routes, gone, work["reload"])
+                except sites.ReloadError as exc:  # Caddy keeps its old config; the run is retried
+                    module.fail_json(msg=str(exc), failure_kind="host")
+                reloaded = written["reloaded"]
+            untagged.result()
         run.step("retired", plan.converge_retire(up, written))
         try:
             run.orphans(work["orphan_containers"], work["orphan_networks"])
