@@ -10,7 +10,7 @@ from . import errors, metrics
 from .auth import Auth
 from .db import open_database
 from .inventory import container_hosts, host_labels
-from .middleware import Database, RequestId, RequestMetrics
+from .middleware import Database, Idempotency, RequestId, RequestMetrics
 from .ratelimit import ConcurrencyLimit, RateLimit
 from .resources.apps import AppsResource
 from .resources.billing import BillingResource, PaymentsResource
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     limiter = RateLimit(settings)
     middleware: list[Any] = [RequestId(), RequestMetrics(metrics.observe_request), Database(db),
                              Auth(settings, limiter.rejected), ConcurrencyLimit(settings.operator_concurrency),
-                             limiter]
+                             limiter, Idempotency(settings.secret_key, settings.max_body_bytes)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)

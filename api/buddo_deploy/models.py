@@ -361,3 +361,22 @@ class RegistryLogin(BaseModel):
     class Meta:
         table_name = "registry_logins"
         indexes = ((("operator_id", "registry"), True),)
+
+
+class IdempotencyKey(BaseModel):
+    """An operator's ``Idempotency-Key`` and what its request was answered (migration 0019)."""
+
+    operator_id = peewee.CharField()
+    idempotency_key = peewee.CharField()
+    # HMAC-SHA256 (BUDDO_SECRET_KEY) of method, path and body: never the body itself.
+    fingerprint = peewee.CharField()
+    state = peewee.CharField()  # started | answered
+    status = peewee.IntegerField(null=True)
+    body = peewee.TextField(null=True)
+    headers = peewee.TextField(null=True)  # JSON: the answer's Location and Content-Type
+    created_at = peewee.DateTimeField()
+    expires_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = peewee.CompositeKey("operator_id", "idempotency_key")

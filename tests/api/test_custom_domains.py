@@ -553,7 +553,7 @@ def test_migrations_0014_0015_give_existing_claims_a_token_an_expiry_clock_and_t
         "released": _old_row(tier, "rel", "rel.example.com", custom_domain_status="pending", released_at=now),
         "none": _old_row(tier, "non", None),
     }
-    assert restore() == [14, 15, 16, 17, 18]
+    assert restore()[:5] == [14, 15, 16, 17, 18]  # and any later
     rows = {k: Deployment.get_by_id(i) for k, i in ids.items()}
     tokens = [rows[k].custom_domain_token for k in ("active", "pending", "misconfigured")]
     assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in tokens) and len(set(tokens)) == 3
@@ -578,7 +578,7 @@ def test_migration_0017_keeps_queued_converges_ordinary(settings, monkeypatch):
     peewee.Table("jobs").bind(db).insert(id=job, action="converge", lock_key="h/", state="queued", timeout_s=60,
                                          run_after=now, created_at=now, updated_at=now, host="h").execute()
     JobTarget.insert(job=job, deployment=ident, generation=1, state="queued").execute()
-    assert restore() == [17, 18]
+    assert restore()[:2] == [17, 18]
     assert Job.get_by_id(job).solo is False
     with db.atomic():  # a change on its host joins it, as before
         assert jobqueue.enqueue_converge(Deployment.get_by_id(ident), timeout_s=60).id == job
@@ -589,7 +589,7 @@ def test_migration_0018_keeps_a_restart_that_has_yet_to_pull(settings, monkeypat
     db, tier, restore = _old_schema(settings, monkeypatch, 18)
     waiting = _old_row(tier, "waiting", None, revision=3, observed_revision=2, pull_image=True)
     done = _old_row(tier, "done", None, revision=3, observed_revision=3, pull_image=False)
-    assert restore() == [18]
+    assert restore()[0] == 18
     assert state.desired_item(Deployment.get_by_id(waiting))["pull"] == "always"
     assert state.desired_item(Deployment.get_by_id(done))["pull"] == "missing"
     db.close()

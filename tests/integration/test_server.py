@@ -115,6 +115,24 @@ def test_subdomain_race_across_processes(servers):
     assert codes == [201] + [422] * 7
 
 
+def test_concurrent_retries_with_one_idempotency_key_make_one_deployment(servers):
+    """A client's create and its retries, sent at once to two API processes: one deployment,
+    one 201 body for all of them (the retries wait for the first answer)."""
+    headers = auth("retrier") | {"Idempotency-Key": "create-7f3a"}
+
+    def create(i: int) -> requests.Response:
+        return requests.post(f"{servers[i % 2]}/api/deploy/apps", json=create_body(subdomain="retried"),
+                             headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(create, range(6)))
+    assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers]
+    assert len({a.text for a in answers}) == 1
+    assert sorted(a.headers.get("Idempotent-Replayed", "") for a in answers) == [""] + ["true"] * 5
+    listed = requests.get(f"{servers[0]}/api/deploy/apps", headers=auth("retrier"), timeout=5).json()
+    assert [d["subdomain"] for d in listed["deployments"]] == ["retried"]
+
+
 def test_tier_limit_holds_across_processes(servers):
     def create(i: int) -> int:
         resp = requests.post(f"{servers[i % 2]}/api/deploy/apps", json=create_body(subdomain=f"burst-{i}"),

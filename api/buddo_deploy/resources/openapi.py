@@ -181,6 +181,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     paths |= _billing_paths()
     paths |= _registry_login_paths(context)
     paths |= _ops_paths(item)
+    _idempotent(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Buddo Deploy API", "version": "1.0.0"},
@@ -191,6 +192,37 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         "security": [{"oauth": ["deploy:manage"]}],
         "paths": paths,
     }
+
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "A key of the caller's choosing (1-255 visible ASCII characters): a retry with the same key, "
+                   "method, path and body within 24 h gets the first answer again (with Idempotent-Replayed: "
+                   "true) and does nothing again; the same key with another request is 422 "
+                   "(idempotency_key_reused). 5xx and 429 answers are not kept: their retry runs.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+}
+_REPLAYED = {"Idempotent-Replayed": {"description": "true: the answer given to an earlier request with this "
+                                                    "Idempotency-Key, given again", "schema": {"type": "string"}}}
+
+
+def _idempotent(paths: dict[str, Any]) -> None:
+    """Every operator's POST, PATCH, PUT and DELETE takes an Idempotency-Key (middleware.Idempotency)."""
+    for path_item in paths.values():
+        for method in ("post", "patch", "put", "delete"):
+            operation = path_item.get(method)
+            if operation is None or operation.get("security") == []:  # a signed webhook keeps its reference
+                continue
+            operation["parameters"] = [*operation.get("parameters", []), _IDEMPOTENCY_KEY]
+            operation["responses"]["409"] = {
+                "description": "idempotency_key_in_use: a request with this Idempotency-Key is still being "
+                               "answered (Retry-After)", "content": _json("ErrorOut")}
+            operation["responses"].setdefault("422", {
+                "description": "invalid_idempotency_key, or idempotency_key_reused: the key was used for another "
+                               "request", "content": _json("ErrorOut")})
+            for status, response in operation["responses"].items():
+                if status not in ("409", "422"):
+                    response["headers"] = {**response.get("headers", {}), **_REPLAYED}
 
 
 def _billing_paths() -> dict[str, Any]:
