@@ -26,6 +26,10 @@ STATE_CONFLICTS = frozenset({
     "release_not_found", "release_image_pruned", "no_previous_release",
     # Billing: a suspended deployment restarts once paid, not on request.
     "deployment_suspended",
+    # An Idempotency-Key the run sent before with another request (the fuzzer reuses short keys).
+    "idempotency_key_reused",
+    # A PATCH of a deployment the run stopped (restart it first).
+    "deployment_stopped",
 })
 
 

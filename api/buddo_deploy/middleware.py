@@ -12,6 +12,7 @@ from typing import Any
 import falcon
 import peewee
 
+from .ratelimit import ENDPOINT_CLASSES, _route_key
 from .services import idempotency
 
 # fullmatch: `$` would let a trailing newline into the echoed header.
@@ -65,6 +66,11 @@ class RequestMetrics:
             self.observe(req.method, req.uri_template, resp.status_code, time.perf_counter() - started)
 
 
+def endpoint(req: falcon.Request) -> bool:
+    """Whether the request is one of the API's operations (method and route)."""
+    return req.uri_template is not None and _route_key(req.method, req.uri_template) in ENDPOINT_CLASSES
+
+
 class Idempotency:
     """``Idempotency-Key`` on an operator's POST, PATCH, PUT and DELETE (services/idempotency.py):
     a retry gets the first answer again, marked ``Idempotent-Replayed: true``, and its resource
@@ -80,8 +86,9 @@ class Idempotency:
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
         key = req.get_header("Idempotency-Key")
         principal = getattr(req.context, "principal", None)
-        # Without an operator (a signed webhook keeps its own reference), nothing to key it by.
-        if key is None or req.method not in self.METHODS or principal is None:
+        # Without an operator (a signed webhook keeps its own reference), nothing to key it by; a
+        # method the route does not have is answered 405 as without the key.
+        if key is None or req.method not in self.METHODS or principal is None or not endpoint(req):
             return
         idempotency.check_key(key)
         length = req.content_length or 0

@@ -339,6 +339,10 @@ class Release(BaseModel):
     initiated_by = peewee.CharField(null=True)
     generation = peewee.IntegerField()
     created_at = peewee.DateTimeField()
+    # What it ran with (migration 0020; NULL in older releases): the env's ciphertext and names, the port.
+    env_vars_encrypted = peewee.TextField(null=True)
+    env_var_names = peewee.TextField(null=True)
+    port = peewee.IntegerField(null=True)
 
     class Meta:
         table_name = "releases"

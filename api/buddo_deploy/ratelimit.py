@@ -29,6 +29,7 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("POST", "/api/deploy/apps/{deployment_id}/restart"): "write",
     ("POST", "/api/deploy/apps/{deployment_id}/stop"): "write",
     ("DELETE", "/api/deploy/apps/{deployment_id}"): "write",
+    ("PATCH", "/api/deploy/apps/{deployment_id}"): "write",
     ("GET", "/api/deploy/billing"): "read",
     ("GET", "/api/deploy/apps/{deployment_id}/releases"): "read",
     ("POST", "/api/deploy/apps/{deployment_id}/rollback"): "write",

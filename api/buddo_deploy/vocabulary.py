@@ -62,6 +62,7 @@ class AuditAction(StrEnum):
     DESTROY = "destroy"
     SUSPEND = "suspend"
     REACTIVATE = "reactivate"
+    UPDATE = "update"
 
 
 class AuditStatus(StrEnum):

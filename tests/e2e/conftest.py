@@ -287,7 +287,9 @@ class Poller:
             page = self.stack.https(self.subdomain)
             body, _, code = page.stdout.rpartition("\n")
             self.codes.append(code or f"curl:{page.returncode}")
-            self.versions.append(next((v for v in self.known if f"version {v}" in body), body[:60]))
+            # Of a request that got no answer, why (curl's message).
+            said = body[:60] if code not in {"", "000"} else f"curl {page.returncode}: {page.stderr.strip()[:200]}"
+            self.versions.append(next((v for v in self.known if f"version {v}" in body), said))
             time.sleep(0.05)
 
     def __enter__(self) -> Poller:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ from ..schemas import (
     DeploymentEnvelope,
     DeploymentList,
     DeploymentOut,
+    DeploymentUpdate,
     DestroyOut,
     ListQuery,
     LogList,
@@ -83,6 +85,14 @@ class AppsResource:
     def on_get_item(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         self._send_deployment(resp, self.lifecycle.get_owned(req.context.principal, deployment_id))
 
+    def on_patch_item(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        body = read_json_object(req, self.max_body)
+        try:
+            request = DeploymentUpdate.model_validate(body, context=self.context)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
+        self._send_deployment(resp, self.lifecycle.update(req.context.principal, deployment_id, request))
+
     def on_delete_item(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         deployment = self.lifecycle.destroy(req.context.principal, deployment_id)
         send(resp, DestroyOut(message="Deployment destroyed", id=deployment.id))
@@ -106,7 +116,9 @@ class AppsResource:
             before=int(query.cursor) if query.cursor is not None else None)
         items = [ReleaseOut(number=r.number, image=r.image, image_digest=r.image_digest, pinned=r.pinned,
                             rollback_of=r.rollback_of, initiated_by=r.initiated_by, created_at=r.created_at,
-                            kept=self.lifecycle.release_kept(r)) for r in rows]
+                            kept=self.lifecycle.release_kept(r), port=r.port,
+                            env_var_names=json.loads(r.env_var_names) if r.env_var_names is not None else None)
+                 for r in rows]
         send(resp, ReleaseList(releases=items, next_cursor=str(next_number) if next_number is not None else None))
 
     def on_get_output(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:

@@ -35,8 +35,8 @@ _RATE_HEADERS = {
     )
 }
 # Every operation on one deployment, reachable from the id a create returns.
-_ITEM_OPERATIONS = ("getDeployment", "getDeploymentStatus", "getDeploymentLogs", "restartDeployment",
-                    "stopDeployment", "destroyDeployment", "listReleases", "rollbackDeployment",
+_ITEM_OPERATIONS = ("getDeployment", "updateDeployment", "getDeploymentStatus", "getDeploymentLogs",
+                    "restartDeployment", "stopDeployment", "destroyDeployment", "listReleases", "rollbackDeployment",
                     "getDeploymentOutput")
 
 
@@ -115,6 +115,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     )
     components = top.get("$defs", {})
     components["DeploymentCreate"] = schemas.DeploymentCreate.json_schema_for(context)
+    components["DeploymentUpdate"] = schemas.DeploymentUpdate.json_schema_for(context)
     components["TierList"] = {"type": "array", "items": {"$ref": _REF.format(model="TierOut")}}
     item = [{"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
     create = _operation("createDeployment", "Create a deployment", "DeploymentEnvelope",
@@ -123,6 +124,14 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     create["responses"]["201"]["links"] = {
         operation_id: {"operationId": operation_id, "parameters": {"deployment_id": "$response.body#/deployment/id"}}
         for operation_id in _ITEM_OPERATIONS
+    }
+    update = _operation("updateDeployment", "Change a running deployment in place (image, env_vars as a merge, port, "
+                        "tier): a new release, the serving container replaced once the new one answers; a change "
+                        "of nothing is 200 and runs nothing", "DeploymentEnvelope", (400, 402, 404, 413, 422, 503))
+    update["requestBody"] = {"required": True, "content": _json("DeploymentUpdate")}
+    update["responses"]["200"]["links"] = {
+        operation_id: {"operationId": operation_id, "parameters": {"deployment_id": "$response.body#/deployment/id"}}
+        for operation_id in ("getDeploymentStatus", "listReleases", "rollbackDeployment", "getDeploymentLogs")
     }
     listing = _operation("listDeployments", "List the caller's deployments, newest first", "DeploymentList", (422,))
     listing["parameters"] = _query_parameters(schemas.ListQuery)
@@ -133,6 +142,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
             "parameters": item,
             "get": _operation("getDeployment", "Deployment details", "DeploymentEnvelope", (404,)),
             "delete": _operation("destroyDeployment", "Destroy a deployment", "DestroyOut", (404, 422)),
+            "patch": update,
         },
         "/api/deploy/apps/{deployment_id}/status": {
             "parameters": item,

@@ -6,7 +6,18 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints, ValidationInfo, field_validator
+from annotated_types import Ge, Le
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from .common import (
     DOMAIN_PATTERN,
@@ -36,6 +47,7 @@ from .common import (
     ValidationContext,
     anchored,
     context_of,
+    integral,
 )
 
 
@@ -52,6 +64,17 @@ def _env_vars_schema(schema: dict[str, Any]) -> None:
 EnvName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ENV_NAME,
                                                  pattern=anchored(ENV_NAME_PATTERN))]
 EnvValue = Annotated[StrictStr, StringConstraints(max_length=MAX_ENV_VALUE, pattern=anchored(ENV_VALUE_PATTERN))]
+
+
+def check_image(value: str, info: ValidationInfo) -> str:
+    """An image reference from an allowed registry (create and update)."""
+    context = context_of(info)
+    allowed = context.allowed_registries
+    if not any(value.startswith(prefix) for prefix in allowed):
+        raise ValueError(f"registry not allowed; image must start with one of: {', '.join(allowed)}")
+    if not re.fullmatch(context.image_pattern, value):
+        raise ValueError("is not a valid image reference (repository[:tag][@sha256:digest])")
+    return value
 
 
 class DeploymentCreate(BaseModel):
@@ -96,13 +119,7 @@ class DeploymentCreate(BaseModel):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str, info: ValidationInfo) -> str:
-        context = context_of(info)
-        allowed = context.allowed_registries
-        if not any(value.startswith(prefix) for prefix in allowed):
-            raise ValueError(f"registry not allowed; image must start with one of: {', '.join(allowed)}")
-        if not re.fullmatch(context.image_pattern, value):
-            raise ValueError("is not a valid image reference (repository[:tag][@sha256:digest])")
-        return value
+        return check_image(value, info)
 
     @field_validator("custom_domain")
     @classmethod
@@ -120,6 +137,46 @@ class DeploymentCreate(BaseModel):
         if sum(len(k) + len(v) for k, v in value.items()) > MAX_ENV_TOTAL:
             raise ValueError(f"total size exceeds {MAX_ENV_TOTAL} bytes")
         return value
+
+
+def _env_patch_schema(schema: dict[str, Any]) -> None:
+    _env_vars_schema(schema)
+    schema["additionalProperties"] = {"anyOf": [schema["additionalProperties"], {"type": "null"}]}
+
+
+class DeploymentUpdate(BaseModel):
+    """The body of PATCH /api/deploy/apps/{id}: only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: StrictStr | None = Field(None, description="A new image reference from an allowed registry (pulled as "
+                                    "the tag is now)", min_length=1, max_length=MAX_IMAGE)
+    env_vars: dict[EnvName, EnvValue | None] | None = Field(
+        None, max_length=2 * MAX_ENV_VARS, json_schema_extra=_env_patch_schema,
+        description=f"A merge: a string sets the variable, null unsets it, names not given are kept; the result "
+                    f"holds at most {MAX_ENV_VARS} variables, {MAX_ENV_TOTAL} bytes of names and values in all")
+    # Bounds inside the Annotated: on an optional field pydantic would not write them as JSON Schema.
+    port: Annotated[StrictInt, Ge(1), Le(65535), BeforeValidator(integral)] | None = Field(
+        None, description="The container port to expose")
+    tier: StrictStr | None = Field(None, description="Another tier slug (GET /api/deploy/tiers)", min_length=1,
+                                   max_length=64, pattern=anchored(TIER_SLUG_PATTERN))
+
+    @classmethod
+    def json_schema_for(cls, context: ValidationContext) -> dict[str, Any]:
+        schema = cls.model_json_schema(mode="validation")
+        fields = schema["properties"]
+        image = next(branch for branch in fields["image"]["anyOf"] if branch.get("type") == "string")
+        image["pattern"] = anchored(context.image_pattern)
+        if context.tier_slugs:
+            tier = next(branch for branch in fields["tier"]["anyOf"] if branch.get("type") == "string")
+            tier["enum"] = list(context.tier_slugs)
+        schema["examples"] = [{"env_vars": {"LOG_LEVEL": "debug", "OLD_FLAG": None}}]
+        return schema
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_image(value, info)
 
 
 class ListQuery(BaseModel):

@@ -37,6 +37,10 @@ class ReleaseOut(BaseModel):
     initiated_by: str | None
     created_at: Timestamp
     kept: bool = Field(description="The image is kept on the host: a rollback to this release is possible")
+    port: int | None = Field(None, description="The container port it ran with (null: a release made before "
+                             "releases kept it)")
+    env_var_names: list[str] | None = Field(None, description="The names of the env it ran with (a rollback "
+                                            "restores the values too; null: made before releases kept them)")
 
 
 class ReleaseList(BaseModel):

@@ -421,6 +421,64 @@ class Billing:
             return {"next_billing_at": now}
         return {}
 
+    def lock_account(self, operator_id: str, now: dt.datetime) -> None:
+        """Open and lock the operator's account before its deployment (the lock order), for a
+        change that bills at once (a tier change)."""
+        if self.policy.enabled:
+            self.open_account(operator_id, now)
+            _locked_account(operator_id)
+
+    def on_tier_change(self, d: Deployment, tier: Tier, now: dt.datetime) -> dict[str, Any]:
+        """A tier change starts a new cycle at the new tier's price now, paid now; the unused part
+        of the current cycle is credited back pro rata (an ``adjustment`` on its track), and the
+        unused part of its stipend is taken from the new cycle's (or from the points balance).
+        402 (nothing changes) when the account owes anything or cannot pay the new cycle.
+        Call with the account locked (:meth:`lock_account`), then the deployment."""
+        if not self.policy.enabled:
+            return {}
+        operator = d.operator_id
+        track, price = price_of(tier)
+        details: dict[str, Any] = {"tier": tier.slug, "track": track, "price": price}
+        debt = self.debt(operator)
+        if any(debt.values()):
+            raise PaymentRequired("The account owes for billing cycles already started; a credit pays them "
+                                  "first, then the tier can change", details={"reason": "unpaid_debt", "debt": debt,
+                                                                               **details})
+        current: BillingCycle | None = BillingCycle.get_or_none(
+            (BillingCycle.deployment == d.id) & (BillingCycle.cycle == d.billing_cycle - 1))
+        unused = 0.0
+        if current is not None and current.state == "paid" and d.next_billing_at > now:
+            unused = min(1.0, (d.next_billing_at - now) / self.policy.cycle)
+        why = {"reason": "tier_change", "from_tier": d.tier.slug, "to_tier": tier.slug,
+               "unused_fraction": round(unused, 6)}
+        stipend = int(tier.monthly_stipend_points or 0)
+        if current is not None and unused > 0:
+            refund = int(current.amount * unused)
+            if refund:
+                self._move(operator, current.track, refund, "adjustment", now, deployment_id=d.id,
+                           cycle=current.cycle, details=why)
+            stipend -= int(current.stipend_points * unused)
+        if stipend < 0:  # the old stipend's unused part is more than the new one
+            if self._move(operator, "buddo_points", stipend, "adjustment", now, deployment_id=d.id,
+                          cycle=current.cycle if current else None,
+                          details={**why, "reason": "tier_change_unused_stipend"}) is None:
+                raise PaymentRequired(f"The unused part of this cycle's stipend ({-stipend} points) is more than "
+                                      "the points balance", details={"reason": "insufficient_balance",
+                                                                     "shortfall": -stipend, **details})
+            stipend = 0
+        number = d.billing_cycle
+        cycle: BillingCycle = BillingCycle.create(
+            deployment=d.id, cycle=number, operator_id=operator, track=track, amount=price, stipend_points=stipend,
+            starts_at=now, state="unpaid", created_at=now)
+        if not self._pay(cycle, now):
+            balance = int(getattr(BillingAccount.get_by_id(operator), BALANCE[track]))
+            raise PaymentRequired(
+                f"Tier '{tier.slug}' costs {price} {UNIT[track]} a cycle, charged now; the {UNIT[track]} balance "
+                f"(with the unused part of the current cycle credited) is {balance}",
+                details={"reason": "insufficient_balance", "shortfall": price - balance, "balance": balance,
+                         **details})
+        return {"billing_cycle": number + 1, "next_billing_at": now + self.policy.cycle}
+
     @staticmethod
     def on_stop(d: Deployment) -> dict[str, Any]:
         """An operator's stop of a suspended deployment: still owing, but no longer the platform's to restart."""

@@ -21,12 +21,12 @@ import peewee
 
 from .. import jobqueue
 from ..auth import Principal
-from ..crypto import encrypt_env
+from ..crypto import decrypt_env, encrypt_env
 from ..db import is_postgres, write_transaction
 from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable, UpstreamFailed
 from ..inventory import container_hosts
 from ..models import AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
-from ..schemas import DeploymentCreate
+from ..schemas import MAX_ENV_TOTAL, MAX_ENV_VARS, DeploymentCreate, DeploymentUpdate
 from ..settings import Settings
 from ..vocabulary import DeploymentStatus
 from . import domains, output, releases, state
@@ -234,7 +234,96 @@ class Lifecycle:
             return state.change(deployment, "deploy", principal.client_id, timeout_s=self._timeout,
                                 details={"rollback_to": number, "image_digest": target.image_digest},
                                 desired_state="running", revision=deployment.revision + 1,
-                                container_image=target.image, pinned_digest=target.image_digest, **billing)
+                                container_image=target.image, pinned_digest=target.image_digest,
+                                **releases.restores(target), **billing)
+
+    def update(self, principal: Principal, deployment_id: uuid.UUID, request: DeploymentUpdate) -> Deployment:
+        """Change a running deployment in place (image, env, port, tier): the same id, subdomain and
+        releases; a new container replaces the serving one as a restart's does, health-gated, and
+        its success makes a new release. A request that changes nothing runs nothing."""
+        with write_transaction(database_proxy.obj):
+            if request.tier is not None:
+                self._serialise_creates()  # a tier change counts and places as a create does
+                self.get_owned(principal, deployment_id)
+                self.billing.lock_account(principal.operator_id, utcnow())  # before the deployment's lock
+            deployment = self._live(principal, deployment_id, "update")
+            now = utcnow()
+            billing = self.billing.on_restart(deployment, now)  # a suspended deployment waits for payment
+            if deployment.desired_state != "running":
+                raise Invalid(f"The deployment is {deployment.desired_state}: restart it, then change it",
+                              code="deployment_stopped", details={"status": deployment.status})
+            desired: dict[str, Any] = {}
+            changed: list[str] = []
+            details: dict[str, Any] = {}
+            if request.image is not None and (request.image != deployment.container_image
+                                              or deployment.pinned_digest):
+                desired |= {"container_image": request.image, "pinned_digest": None}
+                changed.append("image")
+                details["image"] = request.image
+            if request.env_vars is not None:
+                env = decrypt_env(self.settings.secret_key, deployment.env_vars_encrypted)
+                merged = {k: v for k, v in {**env, **request.env_vars}.items() if v is not None}
+                if merged != env:
+                    self._check_env(merged)
+                    desired |= {"env_var_names": json.dumps(sorted(merged)),
+                                "env_vars_encrypted": encrypt_env(self.settings.secret_key, merged) if merged else None}
+                    changed.append("env_vars")
+                    details["env_vars"] = {"set": sorted(k for k, v in merged.items() if env.get(k) != v),
+                                           "unset": sorted(set(env) - set(merged))}
+            if request.port is not None and request.port != deployment.port:
+                desired["port"] = request.port
+                changed.append("port")
+                details["port"] = request.port
+            if request.tier is not None and request.tier != deployment.tier.slug:
+                tier = get_tier(request.tier)
+                if tier is None:
+                    raise NotFound(f"Tier '{request.tier}' not found", code="tier_not_found",
+                                   details=[{"field": "tier", "message": "unknown tier"}])
+                desired |= self._change_tier(principal, deployment, tier, now)
+                changed.append("tier")
+                details["tier"] = {"from": deployment.tier.slug, "to": tier.slug}
+            if not changed:
+                return deployment
+            revision = deployment.revision + 1
+            if "image" in changed:
+                desired["pull_revision"] = revision  # the new image's tag as it is now
+            return state.change(deployment, "update", principal.client_id, timeout_s=self._timeout,
+                                details={"changed": changed, **details},
+                                **{**billing, **desired, "desired_state": "running", "revision": revision})
+
+    def _check_env(self, env: dict[str, str]) -> None:
+        if len(env) > MAX_ENV_VARS:
+            raise Invalid.for_field("env_vars", f"would hold {len(env)} variables; at most {MAX_ENV_VARS}",
+                                    "validation_failed")
+        if sum(len(k) + len(v) for k, v in env.items()) > MAX_ENV_TOTAL:
+            raise Invalid.for_field("env_vars", f"total size would exceed {MAX_ENV_TOTAL} bytes", "validation_failed")
+
+    def _change_tier(self, principal: Principal, deployment: Deployment, tier: Tier,
+                     now: dt.datetime) -> dict[str, Any]:
+        """What moving ``deployment`` to ``tier`` changes, after the checks a create makes (the
+        tier's limits, room on its host) and the custom domain the new tier must allow; the
+        billing starts a new cycle at the new price now, crediting the unused part of the old one."""
+        if deployment.custom_domain and not tier.custom_domain_allowed:
+            raise Invalid.for_field("tier", f"tier '{tier.slug}' does not allow custom domains, and this "
+                                    f"deployment has {deployment.custom_domain}; remove it first",
+                                    "custom_domain_not_allowed")
+        on_tier = Deployment.select().where(
+            (Deployment.operator_id == principal.operator_id) & (Deployment.status != DeploymentStatus.DESTROYED)
+            & (Deployment.tier == tier)).count()
+        if on_tier >= tier.max_deployments:
+            raise LimitReached(f"Deployment limit reached for tier '{tier.slug}' ({tier.max_deployments})",
+                               code="tier_deployment_limit", details={"tier": tier.slug, "limit": tier.max_deployments})
+        host = next((h for h in container_hosts(self.settings.inventory, self.settings.host_port_range)
+                     if h.name == deployment.host), None)
+        held = Deployment.select(peewee.fn.COALESCE(peewee.fn.SUM(Deployment.memory_limit_mb), 0)).where(
+            (Deployment.host == deployment.host) & Deployment.released_at.is_null()
+            & (Deployment.id != deployment.id)).scalar()
+        if host is None or host.memory_mb - int(held or 0) < tier.memory_limit_mb:
+            raise Unavailable(f"The deployment's host has no room for tier '{tier.slug}' ({tier.memory_limit_mb} MB)",
+                              code="capacity_exhausted", details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb})
+        return {"tier": tier, "memory_limit_mb": tier.memory_limit_mb,
+                "cpu_limit_millicores": tier.cpu_limit_millicores,
+                **self.billing.on_tier_change(deployment, tier, now)}
 
     def stop(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
         with write_transaction(database_proxy.obj):

@@ -1,7 +1,9 @@
-"""Releases: what each successful deploy, restart or rollback of a deployment ran.
+"""Releases: what each successful deploy, restart, update or rollback of a deployment ran.
 
 A release is recorded when a converge that an operator asked for (create, deploy,
-restart, rollback; not an automatic heal) completes with the container running.
+restart, update, rollback; not an automatic heal) completes with the container running.
+It keeps the image (and the digest that ran), the env and the port: a rollback restores
+all three.
 Rollback pins the deployment to a release's digest; the images of the newest
 ``releases_kept`` releases stay on the host (the engine tags them) so a rollback to
 one of them never needs the registry.
@@ -17,7 +19,7 @@ from ..settings import RELEASE_HISTORY
 
 # Heals restart the same image: not a release of anything new.
 _AUTOMATIC = {"health", "container_exited", "drift"}
-RELEASE_ACTIONS = ("deploy", "restart")
+RELEASE_ACTIONS = ("deploy", "restart", "update")
 
 
 def by_digest(image: str, digest: str) -> str:
@@ -69,5 +71,17 @@ def record(d: Deployment, entry: AuditEntry, digest: str, generation: int, *, pi
         image_digest=digest, pinned=pinned,
         rollback_of=rollback_of if isinstance(rollback_of, int) else None,
         initiated_by=entry.initiated_by or d.app_id, generation=generation, created_at=utcnow(),
+        env_vars_encrypted=d.env_vars_encrypted, env_var_names=d.env_var_names, port=d.port,
     )
+
+
+def restores(release: Release) -> dict[str, Any]:
+    """What a rollback to ``release`` sets besides its image: its env and port (none of an older
+    release, made before releases kept them: the current ones stay)."""
+    restored: dict[str, Any] = {}
+    if release.env_var_names is not None:
+        restored |= {"env_vars_encrypted": release.env_vars_encrypted, "env_var_names": release.env_var_names}
+    if release.port is not None:
+        restored["port"] = release.port
+    return restored
 

@@ -33,6 +33,7 @@ from . import releases
 INTENT: dict[str, DesiredState] = {
     AuditAction.CREATE: DesiredState.RUNNING, AuditAction.DEPLOY: DesiredState.RUNNING,
     AuditAction.RESTART: DesiredState.RUNNING, AuditAction.REACTIVATE: DesiredState.RUNNING,
+    AuditAction.UPDATE: DesiredState.RUNNING,
     AuditAction.STOP: DesiredState.STOPPED, AuditAction.SUSPEND: DesiredState.STOPPED,
     AuditAction.DESTROY: DesiredState.ABSENT,
 }
@@ -253,9 +254,10 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
             back: dict[str, Any] = {"revision": d.observed_revision, "pinned_digest": None,
                                     # A later revision of the same number (a heal) pulls nothing.
                                     "pull_revision": 0}
-            if serving_release is not None:
+            if serving_release is not None:  # its image, env and port (an update that failed)
                 back |= {"container_image": serving_release.image,
-                         "pinned_digest": serving_release.image_digest if serving_release.pinned else None}
+                         "pinned_digest": serving_release.image_digest if serving_release.pinned else None,
+                         **releases.restores(serving_release)}
             revert(d, **back)
             values["observed_generation"] = d.generation
             entry_details["message"] = f"{outcome.get('message')}; the previous version keeps serving"
