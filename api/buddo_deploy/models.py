@@ -120,6 +120,8 @@ class Deployment(BaseModel):
     revision = peewee.IntegerField(default=1)
     # A restart's revision: its start pulls the image's tag as it is now (state.desired_item).
     pull_revision = peewee.IntegerField(default=0)
+    # The operator's health check (JSON, migration 0021); NULL: the platform's defaults.
+    health_check = peewee.TextField(null=True)
     # ... and how far the host has converged to it.
     observed_generation = peewee.IntegerField(default=0)
     observed_revision = peewee.IntegerField(default=0)
@@ -343,6 +345,7 @@ class Release(BaseModel):
     env_vars_encrypted = peewee.TextField(null=True)
     env_var_names = peewee.TextField(null=True)
     port = peewee.IntegerField(null=True)
+    health_check = peewee.TextField(null=True)  # migration 0021
 
     class Meta:
         table_name = "releases"

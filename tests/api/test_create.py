@@ -49,7 +49,7 @@ CONTRACT_FIELDS = {"id", "app_id", "deploy_tier_id", "container_name", "containe
 PLATFORM_FIELDS = {"tier", "url", "custom_domain", "custom_domain_status", "custom_domain_verification", "port",
                    "desired_state", "generation", "observed_generation", "health_status", "last_health_check",
                    "billing_status", "next_billing_at", "env_var_names", "host", "image_digest", "updated_at",
-                   "conditions"}
+                   "conditions", "health_check"}
 
 
 def test_the_deployment_object_and_its_conditions(client):

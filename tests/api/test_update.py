@@ -204,6 +204,66 @@ def test_the_openapi_document_describes_the_patch(client):
     assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/DeploymentUpdate")
     assert {"getDeploymentStatus", "rollbackDeployment"} <= set(op["responses"]["200"]["links"])
     schema = doc["components"]["schemas"]["DeploymentUpdate"]
-    assert set(schema["properties"]) == {"image", "env_vars", "port", "tier"}
+    assert set(schema["properties"]) == {"image", "env_vars", "port", "tier", "health_check"}
     create_links = doc["paths"]["/api/deploy/apps"]["post"]["responses"]["201"]["links"]
     assert "updateDeployment" in create_links
+
+
+CHECK = {"path": "/healthz", "expected_status": 204, "interval_s": 30, "timeout_s": 5, "grace_s": 90}
+
+
+def test_a_health_check_is_given_at_create_shown_sent_to_the_engine_and_changed_by_patch(client, settings):
+    plain = running(client, settings, subdomain="plain")
+    shown = client.simulate_get(f"/api/deploy/apps/{plain}", headers=auth()).json["deployment"]
+    assert shown["health_check"] == {"path": "/", "expected_status": None, "interval_s": 15, "timeout_s": 3,
+                                     "grace_s": 60}
+    resp = client.simulate_post("/api/deploy/apps", headers=auth(), json={
+        "subdomain": "checked", "image": IMAGE, "tier": "buddo-starter", "health_check": CHECK})
+    assert resp.status_code == 201, resp.text
+    ident = resp.json["deployment"]["id"]
+    assert resp.json["deployment"]["health_check"] == CHECK
+    _, plan = run_job(settings, ran(1))
+    item = plan.items[0]
+    assert (item["health_path"], item["health_status"], item["health_timeout_s"], item["health_grace_s"]) == (
+        "/healthz", 204, 5, 90)
+    # A check of nothing but a path: any status below 500 is healthy (1 in the item).
+    changed = patch(client, ident, {"health_check": {"path": "/up"}})
+    assert changed.status_code == 200 and changed.json["deployment"]["health_check"]["expected_status"] is None
+    entry = AuditEntry.select().where(AuditEntry.action == "update").get()
+    assert json.loads(entry.details)["changed"] == ["health_check"]
+    _, plan = run_job(settings, ran(1))
+    assert (plan.items[0]["health_path"], plan.items[0]["health_status"]) == ("/up", 1)
+    # Release 2 ran with it; a rollback to release 1 brings back the first check.
+    client.simulate_post(f"/api/deploy/apps/{ident}/rollback", headers=auth())
+    assert json.loads(Deployment.get_by_id(ident).health_check) == CHECK
+    same = patch(client, ident, {"health_check": CHECK})
+    assert same.status_code == 200 and Job.select().where(Job.state == "queued").count() == 1  # the rollback's
+
+
+@pytest.mark.parametrize("check", [
+    {"path": "healthz"}, {"path": "/with space"}, {"expected_status": 99}, {"expected_status": 600},
+    {"interval_s": 4}, {"timeout_s": 0}, {"grace_s": 0}, {"grace_s": 601}, {"unknown": 1},
+])
+def test_a_health_check_out_of_bounds_is_422(client, settings, check):
+    resp = client.simulate_post("/api/deploy/apps", headers=auth(), json={
+        "subdomain": "bad-check", "image": IMAGE, "tier": "buddo-starter", "health_check": check})
+    assert resp.status_code == 422, resp.text
+    assert all(d["field"].startswith("health_check") for d in resp.json["error"]["details"])
+
+
+def test_the_prober_counts_a_deployment_only_as_often_as_its_check_asks(client, settings):
+    from buddo_deploy.services import engine
+
+    ident = running(client, settings)
+    Deployment.update(health_check=json.dumps({**CHECK, "interval_s": 3600})).where(
+        Deployment.id == ident).execute()
+    d = Deployment.get_by_id(ident)
+    from buddo_deploy.services import state
+
+    report = {"containers": [{"id": "c1", "deployment_id": ident, "spec": state.spec_of(d), "state": "running"}],
+              "probes": {"c1": {"status": 500, "healthy": False, "error": ""}}}
+    policy = engine.HealthPolicy(failures_before_restart=3, max_restarts=3, timeout_s=60)
+    Deployment.update(last_health_check=utcnow()).where(Deployment.id == ident).execute()
+    assert engine.record_health(d.host, report, policy) == {}  # probed moments ago: not due
+    Deployment.update(last_health_check=utcnow() - dt.timedelta(hours=2)).where(Deployment.id == ident).execute()
+    assert engine.record_health(d.host, report, policy) == {ident: "unhealthy"}

@@ -679,6 +679,46 @@ def test_probe_404_is_healthy_500_is_not(http_port: int) -> None:
     assert host_state.probe(f"http://127.0.0.1:{http_port}/boom", 3) == {"status": 500, "healthy": False, "error": ""}
 
 
+def test_a_container_with_its_own_health_check_is_probed_by_it(http_port: int) -> None:
+    """The prober asks each container as its labels say (podman.parse_ps): its path and the status
+    that means healthy; one without a check of its own, as the platform does."""
+    found = [
+        {"id": "own-500-ok", "state": "running", "host_port": http_port,
+         "health": {"path": "/boom", "status": 500, "timeout": 2.0}},
+        {"id": "own-below-500", "state": "running", "host_port": http_port,
+         "health": {"path": "/boom", "status": 1, "timeout": 2.0}},
+        {"id": "own-exact-200", "state": "running", "host_port": http_port,
+         "health": {"path": "/missing", "status": 200, "timeout": 2.0}},
+        {"id": "platform", "state": "running", "host_port": http_port, "health": None},
+    ]
+    probes = host_state.probes(found, "/", 3)
+    assert {ident: (p["status"], p["healthy"]) for ident, p in probes.items()} == {
+        "own-500-ok": (500, True), "own-below-500": (500, False), "own-exact-200": (404, False),
+        "platform": (200, True)}
+
+
+def test_health_labels_round_trip_through_podman_ps() -> None:
+    from ansible_collections.buddo.deploy.plugins.module_utils import instances, podman
+
+    p = {"health_path": "/healthz", "health_status": 204, "health_timeout_s": 4, "wait_path": "/"}
+    labels = instances.health_labels(p)
+    [parsed] = podman.parse_ps(json.dumps([{"Id": "c1", "Names": ["n"], "State": "running", "Labels": labels}]))
+    assert parsed["health"] == {"path": "/healthz", "status": 204, "timeout": 4.0}
+    none = {"health_path": "", "health_status": 0, "health_timeout_s": 0, "wait_path": "/"}
+    assert instances.health_labels(none) == {}
+
+
+def test_the_gate_fails_a_new_container_that_answers_but_not_healthy(http_port: int) -> None:
+    from ansible_collections.buddo.deploy.plugins.module_utils import instances
+
+    podman = instances.Podman("/bin/false", [])
+    url = f"http://127.0.0.1:{http_port}/boom"
+    instances.wait_until_answers(podman, "c1", url, 1, instances.desired.ANY_ANSWER)  # today's gate: any answer
+    with pytest.raises(instances.AppFailure, match="answered HTTP 500 .* not a status below 500"):
+        instances.wait_until_answers(podman, "c1", url, 0.3, instances.desired.BELOW_500)
+    instances.wait_until_answers(podman, "c1", url, 1, 500)  # the status its check says is healthy
+
+
 def test_probe_ignores_proxy_settings(http_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{_free_port()}")
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_free_port()}")

@@ -10,7 +10,14 @@ import falcon
 from pydantic import BaseModel, ValidationError
 
 from ..domain_errors import Invalid, Malformed, TooLarge
-from ..schemas import PATTERN_HINTS, ConditionOut, CustomDomainVerificationOut, DeploymentOut, LogEntryOut
+from ..schemas import (
+    PATTERN_HINTS,
+    ConditionOut,
+    CustomDomainVerificationOut,
+    DeploymentOut,
+    HealthCheck,
+    LogEntryOut,
+)
 from ..services.conditions import conditions
 
 
@@ -78,6 +85,8 @@ def deployment_out(deployment: Any, url: str, verification: dict[str, Any] | Non
         memory_limit_mb=deployment.memory_limit_mb,
         cpu_limit_millicores=deployment.cpu_limit_millicores,
         env_var_names=json.loads(deployment.env_var_names),
+        health_check=HealthCheck.model_validate_json(deployment.health_check) if deployment.health_check
+        else HealthCheck(),
         host=deployment.host,
         image_digest=deployment.image_digest,
         inserted_at=deployment.inserted_at,

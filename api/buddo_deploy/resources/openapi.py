@@ -114,8 +114,11 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         [(m, "validation" if m in inputs else "serialization") for m in models], ref_template=_REF,
     )
     components = top.get("$defs", {})
-    components["DeploymentCreate"] = schemas.DeploymentCreate.json_schema_for(context)
-    components["DeploymentUpdate"] = schemas.DeploymentUpdate.json_schema_for(context)
+    for model in (schemas.DeploymentCreate, schemas.DeploymentUpdate):
+        schema = model.json_schema_for(context)
+        for name, definition in schema.pop("$defs", {}).items():  # HealthCheck
+            components.setdefault(name, definition)
+        components[model.__name__] = schema
     components["TierList"] = {"type": "array", "items": {"$ref": _REF.format(model="TierOut")}}
     item = [{"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
     create = _operation("createDeployment", "Create a deployment", "DeploymentEnvelope",

@@ -66,6 +66,10 @@ EnvName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_EN
 EnvValue = Annotated[StrictStr, StringConstraints(max_length=MAX_ENV_VALUE, pattern=anchored(ENV_VALUE_PATTERN))]
 
 
+# Where the OpenAPI document keeps the models a request schema refers to ($defs are moved there).
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
 def check_image(value: str, info: ValidationInfo) -> str:
     """An image reference from an allowed registry (create and update)."""
     context = context_of(info)
@@ -75,6 +79,24 @@ def check_image(value: str, info: ValidationInfo) -> str:
     if not re.fullmatch(context.image_pattern, value):
         raise ValueError("is not a valid image reference (repository[:tag][@sha256:digest])")
     return value
+
+
+class HealthCheck(BaseModel):
+    """How the platform tells the app is up: before a new container takes traffic (within
+    ``grace_s`` of its start) and while it serves (every ``interval_s``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: StrictStr = Field("/", min_length=1, max_length=256, pattern=r"^/[!-~]*$",
+                            description="The path requested (visible ASCII, no spaces)")
+    expected_status: Annotated[StrictInt, Ge(100), Le(599), BeforeValidator(integral)] | None = Field(
+        None, description="The status that means healthy; null: any status below 500")
+    interval_s: Annotated[StrictInt, Ge(5), Le(3600), BeforeValidator(integral)] = Field(
+        15, description="Seconds between probes while it serves (at least the platform's probe cycle)")
+    timeout_s: Annotated[StrictInt, Ge(1), Le(60), BeforeValidator(integral)] = Field(
+        3, description="Seconds one probe may take")
+    grace_s: Annotated[StrictInt, Ge(1), Le(600), BeforeValidator(integral)] = Field(
+        60, description="Seconds a new container has to answer healthy before it fails (its boot window)")
 
 
 class DeploymentCreate(BaseModel):
@@ -92,11 +114,13 @@ class DeploymentCreate(BaseModel):
     env_vars: dict[EnvName, EnvValue] = Field(
         default_factory=dict, max_length=MAX_ENV_VARS, json_schema_extra=_env_vars_schema,
         description=f"At most {MAX_ENV_VARS} variables, {MAX_ENV_TOTAL} bytes of names and values in all")
+    health_check: HealthCheck | None = Field(None, description="How the app is probed; null: any answer on / "
+                                             "within 60 s, then any status below 500 on / is healthy")
 
     @classmethod
     def json_schema_for(cls, context: ValidationContext) -> dict[str, Any]:
         """The request schema with what the context adds to the static constraints."""
-        schema = cls.model_json_schema(mode="validation")
+        schema = cls.model_json_schema(mode="validation", ref_template=REF_TEMPLATE)
         fields = schema["properties"]
         fields["subdomain"]["not"] = {"enum": sorted(context.reserved_subdomains)}
         fields["image"]["pattern"] = anchored(context.image_pattern)
@@ -160,10 +184,12 @@ class DeploymentUpdate(BaseModel):
         None, description="The container port to expose")
     tier: StrictStr | None = Field(None, description="Another tier slug (GET /api/deploy/tiers)", min_length=1,
                                    max_length=64, pattern=anchored(TIER_SLUG_PATTERN))
+    health_check: HealthCheck | None = Field(None, description="A new health check (replaces the whole check; "
+                                             "fields not given take their defaults)")
 
     @classmethod
     def json_schema_for(cls, context: ValidationContext) -> dict[str, Any]:
-        schema = cls.model_json_schema(mode="validation")
+        schema = cls.model_json_schema(mode="validation", ref_template=REF_TEMPLATE)
         fields = schema["properties"]
         image = next(branch for branch in fields["image"]["anyOf"] if branch.get("type") == "string")
         image["pattern"] = anchored(context.image_pattern)
@@ -254,6 +280,7 @@ class DeploymentOut(BaseModel):
     memory_limit_mb: int
     cpu_limit_millicores: int
     env_var_names: list[str]
+    health_check: HealthCheck = Field(description="The health check in effect (the defaults when none was given)")
     host: str
     image_digest: str | None
     inserted_at: Timestamp

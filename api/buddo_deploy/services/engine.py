@@ -443,6 +443,9 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
                 continue
             if jobqueue.open_converge(d) is not None:
                 continue
+            interval = state.health_interval_s(d)
+            if interval and d.last_health_check and (now - d.last_health_check).total_seconds() < interval:
+                continue  # its own health check asks for fewer probes than the platform's cycle
             spec = state.spec_of(d)
             mine = [c for c in by_deployment.get(str(d.id), []) if c.get("spec") == spec]
             running = [c for c in mine if c.get("state") == "running"]

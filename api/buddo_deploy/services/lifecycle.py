@@ -274,6 +274,12 @@ class Lifecycle:
                 desired["port"] = request.port
                 changed.append("port")
                 details["port"] = request.port
+            if request.health_check is not None:
+                check = request.health_check.model_dump()
+                if check != (json.loads(deployment.health_check) if deployment.health_check else None):
+                    desired["health_check"] = json.dumps(check)
+                    changed.append("health_check")
+                    details["health_check"] = check
             if request.tier is not None and request.tier != deployment.tier.slug:
                 tier = get_tier(request.tier)
                 if tier is None:
@@ -466,6 +472,7 @@ class Lifecycle:
             cpu_limit_millicores=tier.cpu_limit_millicores,
             env_var_names=json.dumps(sorted(request.env_vars)),
             env_vars_encrypted=encrypt_env(self.settings.secret_key, request.env_vars) if request.env_vars else None,
+            health_check=request.health_check.model_dump_json() if request.health_check is not None else None,
             inserted_at=now,
             updated_at=now,
             desired_state="running",

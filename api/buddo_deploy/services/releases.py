@@ -72,16 +72,17 @@ def record(d: Deployment, entry: AuditEntry, digest: str, generation: int, *, pi
         rollback_of=rollback_of if isinstance(rollback_of, int) else None,
         initiated_by=entry.initiated_by or d.app_id, generation=generation, created_at=utcnow(),
         env_vars_encrypted=d.env_vars_encrypted, env_var_names=d.env_var_names, port=d.port,
+        health_check=d.health_check,
     )
 
 
 def restores(release: Release) -> dict[str, Any]:
-    """What a rollback to ``release`` sets besides its image: its env and port (none of an older
-    release, made before releases kept them: the current ones stay)."""
+    """What a rollback to ``release`` sets besides its image: its env, port and health check (none
+    of an older release, made before releases kept them: the current ones stay)."""
     restored: dict[str, Any] = {}
     if release.env_var_names is not None:
         restored |= {"env_vars_encrypted": release.env_vars_encrypted, "env_var_names": release.env_var_names}
-    if release.port is not None:
-        restored["port"] = release.port
+    if release.port is not None:  # kept since migration 0020, with the health check (0021)
+        restored |= {"port": release.port, "health_check": release.health_check}
     return restored
 

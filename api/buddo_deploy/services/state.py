@@ -85,6 +85,8 @@ def spec_of(d: Deployment) -> str:
                         d.revision, ISOLATION, d.tier.disk_limit_mb]
     if d.pinned_digest:  # only then, so the spec of every unpinned container stays what it was
         parts.append(d.pinned_digest)
+    if d.health_check:  # likewise: its labels tell the prober how to probe it
+        parts.append(d.health_check)
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
@@ -117,11 +119,28 @@ def desired_item(d: Deployment) -> dict[str, Any]:
         # converge plan replaces containers whose caps differ, as it does for memory and CPU.
         "pids_limit": d.tier.pids_limit, "log_max_size_mb": d.tier.log_max_size_mb,
         "disk_limit_mb": d.tier.disk_limit_mb,
-        "spec": spec_of(d), "revision": d.revision,
+        "spec": spec_of(d), "revision": d.revision, **health_fields(d),
         # A restart's revision, not yet served: its tag as it is now; any other: what is cached.
         "pull": pull,
         "releases": [releases.by_digest(d.container_image, digest) for digest in releases.history(d.id)],
     }
+
+
+def health_fields(d: Deployment) -> dict[str, Any]:
+    """The item's health check; none given: zeros and "", the engine's defaults (any answer on its
+    wait path gates a new container, the prober's path and timeout)."""
+    if not d.health_check:
+        return {"health_path": "", "health_status": 0, "health_timeout_s": 0, "health_grace_s": 0}
+    check = json.loads(d.health_check)
+    return {"health_path": check["path"],
+            # 1: any status below 500; otherwise the one status that means healthy.
+            "health_status": check["expected_status"] or 1,
+            "health_timeout_s": check["timeout_s"], "health_grace_s": check["grace_s"]}
+
+
+def health_interval_s(d: Deployment) -> int:
+    """Seconds between two probes that count, 0: every probe cycle."""
+    return int(json.loads(d.health_check)["interval_s"]) if d.health_check else 0
 
 
 def audit(d: Deployment, action: str, status: str, initiated_by: str | None, *,

@@ -42,7 +42,23 @@ ITEM_OPTIONS: dict[str, dict[str, Any]] = {
     "pull": {"type": "str", "default": "missing", "choices": list(PULL)},
     "releases": {"type": "list", "elements": "str", "default": []},
     "labels": {"type": "dict", "default": {}},
+    # The operator's health check (zeros and "": the platform's defaults); HEALTH_STATUS below.
+    "health_path": {"type": "str", "default": ""},
+    "health_status": {"type": "int", "default": 0},
+    "health_timeout_s": {"type": "int", "default": 0},
+    "health_grace_s": {"type": "int", "default": 0},
 }
+# health_status: 0 any answer (the platform's default gate), 1 any status below 500, else that status.
+ANY_ANSWER, BELOW_500 = 0, 1
+
+
+def healthy(status: int, expected: int) -> bool:
+    """Whether an HTTP status (-1 or 0: no answer) is healthy by the item's health_status."""
+    if status <= 0:
+        return False
+    if expected == ANY_ANSWER:
+        return True
+    return status < 500 if expected == BELOW_500 else status == expected
 ITEM_REQUIRED_IF: list[list[Any]] = [["state", "running", list(RUNNING_NEEDS)]]
 
 # A subdomain is a DNS label (and a file name): the API's own pattern (schemas.SUBDOMAIN_PATTERN,

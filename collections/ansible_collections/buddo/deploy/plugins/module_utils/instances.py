@@ -19,6 +19,7 @@ from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.errors import UnsupportedError
+from ansible_collections.buddo.deploy.plugins.module_utils import desired
 from ansible_collections.buddo.deploy.plugins.module_utils.container import run_arguments
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
 from ansible_collections.buddo.deploy.plugins.module_utils.observe import of_deployments
@@ -55,6 +56,11 @@ DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
     "recreate": {"type": "bool", "default": False},
     "keep": {"type": "str", "default": ""},
     "keep_images": {"type": "list", "elements": "str", "default": []},
+    # The operator's health check (desired.py): zeros and "" are the shared wait_path and wait_timeout.
+    "health_path": {"type": "str", "default": ""},
+    "health_status": {"type": "int", "default": 0},
+    "health_timeout_s": {"type": "int", "default": 0},
+    "health_grace_s": {"type": "int", "default": 0},
 }
 # What a state needs of each deployment beyond its id and name.
 REQUIRED_BY_STATE = {"started": ("image", "spec", "host_ports"), "retired": ("keep",)}
@@ -135,13 +141,31 @@ def untag_digests(podman: Podman, refs: Iterable[str]) -> None:
         podman.run("image", "rm", ref, check=False)
 
 
-def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout: float) -> None:
+def gate(p: dict[str, Any], port: int) -> tuple[str, float, int, float]:
+    """What a new container must do before it takes traffic: (url, within seconds, healthy status
+    (desired.healthy), seconds per try), from the item's health check or the shared defaults."""
+    url = f"http://{p['host_address']}:{port}{p['health_path'] or p['wait_path']}"
+    return url, float(p["health_grace_s"] or p["wait_timeout"]), p["health_status"], float(p["health_timeout_s"] or 2)
+
+
+def health_labels(p: dict[str, Any]) -> dict[str, str]:
+    """How the prober probes the container (observe.probes): only an operator's own health check."""
+    if not (p["health_path"] or p["health_status"] or p["health_timeout_s"]):
+        return {}
+    return {"buddo.health_path": p["health_path"] or p["wait_path"], "buddo.health_status": str(p["health_status"]),
+            "buddo.health_timeout": str(p["health_timeout_s"] or 0)}
+
+
+def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout: float, expected: int = 0,
+                       try_timeout: float = 2.0) -> None:
     deadline = time.monotonic() + wait_timeout
     checks = 0
+    last = 0
     while time.monotonic() < deadline:
         # Each try has its own deadline within the wait's: an app that answers a byte a second,
         # or never ends its headers, fails its own wait on time, never its batch-mates'.
-        if http_get(url, max(0.05, min(2.0, deadline - time.monotonic())))[0] > 0:  # any HTTP answer: up
+        last = http_get(url, max(0.05, min(try_timeout, deadline - time.monotonic())))[0]
+        if desired.healthy(last, expected):  # by default any HTTP answer: up
             return
         checks += 1
         if checks % 20 == 0:  # an app that died will never answer: say so early
@@ -151,6 +175,10 @@ def wait_until_answers(podman: Podman, container_id: str, url: str, wait_timeout
             if status in {"exited", "stopped"}:
                 raise AppFailure(f"the container exited (exit code {code}) before it answered on {url}")
         time.sleep(0.02 if checks < 50 else 0.05)  # most apps answer within a second of their start
+    if last > 0:
+        wanted = "a status below 500" if expected == desired.BELOW_500 else f"HTTP {expected}"
+        raise AppFailure(f"app answered HTTP {last} on {url}, not {wanted}, within {wait_timeout:g} s "
+                         "(its health check)")
     raise AppFailure(f"app did not answer on {url} within {wait_timeout:g} s")
 
 
@@ -241,7 +269,7 @@ def pull(podman: Podman, image: str, policy: str, auth: dict[str, Any] | None, u
 def create(d: Deployment, name: str, port: int) -> str:
     """``podman create`` of the deployment's new container (env from a pipe); its id."""
     p, podman = d.p, d.podman
-    labels = {**p["labels"], "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
+    labels = {**p["labels"], **health_labels(p), "buddo.deployment_id": p["deployment_id"], "buddo.spec": p["spec"],
               "buddo.managed_by": "buddo-deploy", "buddo.instance": p["instance"]}
     args = ["create", "--pull", "never", *run_arguments(
         name=name, memory_limit_mb=p["memory_limit_mb"], cpu_limit_millicores=p["cpu_limit_millicores"],
@@ -328,11 +356,10 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
         podman.run("rm", "--force", "--volumes", "--time", "0", container_id, check=False)
         raise
     actions.append(f"started container {name} on port {port}")
-    url = f"http://{p['host_address']}:{port}{p['wait_path']}"
     with ThreadPoolExecutor(max_workers=1) as aside:
         digest = aside.submit(podman.digest, container_id)  # beside the wait: what the container runs
         try:
-            wait_until_answers(podman, container_id, url, p["wait_timeout"])
+            wait_until_answers(podman, container_id, *gate(p, port))
         except AppFailure:
             keep_output(d, container_id, name)
             podman.run("rm", "--force", "--volumes", "--time", "2", container_id, check=False)
@@ -428,8 +455,7 @@ def started(d: Deployment) -> dict[str, Any]:
             d.actions.append(f"pulled {p['image']}")
         podman.run("start", current["id"])
         d.actions.append(f"started container {current['name']} again")
-        url = f"http://{p['host_address']}:{current['host_port']}{p['wait_path']}"
-        wait_until_answers(podman, current["id"], url, p["wait_timeout"])
+        wait_until_answers(podman, current["id"], *gate(p, current["host_port"]))
         container = {k: current[k] for k in ("id", "name", "host_port")}
         result["changed"] = True
     else:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ansible_collections.buddo.deploy.plugins.module_utils import desired
 from ansible_collections.buddo.deploy.plugins.module_utils.container import observed
 from ansible_collections.buddo.deploy.plugins.module_utils.http import http_get
 from ansible_collections.buddo.deploy.plugins.module_utils.podman import parse_networks, parse_ps, run_command
@@ -30,9 +31,10 @@ class ObserveError(Exception):
 __all__ = ["ObserveError", "host", "of_deployments", "probes", "run_command"]
 
 
-def probe(url: str, timeout: float) -> dict[str, Any]:
+def probe(url: str, timeout: float, expected: int = desired.BELOW_500) -> dict[str, Any]:
     status, _, error = http_get(url, timeout)
-    return {"status": status, "healthy": 0 < status < 500, "error": error}
+    healthy = desired.healthy(status, desired.BELOW_500 if expected == desired.ANY_ANSWER else expected)
+    return {"status": status, "healthy": healthy, "error": error}
 
 
 def of_host(found: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
@@ -101,9 +103,14 @@ def egress(run: Run, nft: str | None, table: str) -> bool:
 def probes(found: list[dict[str, Any]], path: str, timeout: float) -> dict[str, Any]:
     """Container id -> one GET (no redirects, no proxy) to each running container's published port."""
     running = [c for c in found if c["state"] == "running" and c["host_port"]]
+
+    def one(c: dict[str, Any]) -> dict[str, Any]:
+        own = c.get("health") or {}  # the operator's health check (podman.parse_ps), else the platform's
+        return probe(f"http://127.0.0.1:{c['host_port']}{own.get('path') or path}", own.get("timeout") or timeout,
+                     own.get("status") or desired.BELOW_500)
+
     with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = pool.map(lambda c: probe(f"http://127.0.0.1:{c['host_port']}{path}", timeout), running)
-        return {c["id"]: answer for c, answer in zip(running, answers)}
+        return {c["id"]: answer for c, answer in zip(running, pool.map(one, running))}
 
 
 def of_deployments(seen: dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:

@@ -28,6 +28,10 @@ def parse_ps(out: str) -> list[dict[str, Any]]:
             "exit_code": item.get("ExitCode"), "deployment_id": labels.get("buddo.deployment_id", ""),
             "spec": labels.get("buddo.spec", ""), "host_port": ports[0] if ports else 0,
             "image": item.get("Image", ""), "host": labels.get("buddo.host", ""),
+            # The operator's health check, when it has one (instances.health_labels).
+            "health": {"path": labels["buddo.health_path"], "status": int(labels.get("buddo.health_status") or 0),
+                       "timeout": float(labels.get("buddo.health_timeout") or 0)}
+            if labels.get("buddo.health_path") else None,
         })
     return found
 
