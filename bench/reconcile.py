@@ -12,6 +12,7 @@ Run: make bench-reconcile   (or .venv/bin/python bench/reconcile.py -n 20 --drif
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -50,10 +51,41 @@ def empty_run(stack: Stack, root: Path) -> float:
     return elapsed
 
 
+def reconcile_timeline(stack: Stack) -> list[str]:
+    """The latest reconcile job's events: where its wall time went."""
+    import sqlite3
+
+    with sqlite3.connect(stack.env["BUDDO_DATABASE_URL"].removeprefix("sqlite:///")) as db:
+        job_id, started, finished = db.execute("SELECT id, started_at, finished_at FROM jobs WHERE action = "
+                                               "'reconcile' ORDER BY id DESC LIMIT 1").fetchone()
+        events = db.execute("SELECT created_at, event, task FROM job_events WHERE job_id = ? ORDER BY id",
+                            (job_id,)).fetchall()
+    lines, previous = [f"reconcile job {job_id}"], started
+    for at, event, task in [*events, (finished, "job finished", "")]:
+        lines.append(f"  {(dt.datetime.fromisoformat(at) - dt.datetime.fromisoformat(previous)).total_seconds():6.2f} s"
+                     f"  -> {event} {task or ''}")
+        previous = at
+    return lines
+
+
+def profile(stack: Stack, root: Path) -> None:
+    import pstats
+
+    out = root / "reconcile.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "buddo_deploy.cli", "reconcile",
+                           "--json"], env=stack.env, capture_output=True, text=True, check=False, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"profiled reconcile failed: {proc.stderr[-2000:]}")
+    pstats.Stats(str(out)).sort_stats("cumulative").print_stats(25)
+    print("\n".join(reconcile_timeline(stack)), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--deployments", type=int, default=100)
     parser.add_argument("--drift", type=int, default=10)
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one no-drift reconcile (cProfile of the CLI, top 25 by cumulative time)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="buddo-bench-reconcile-"))
 
@@ -89,6 +121,8 @@ def main() -> None:
             elapsed, report = reconcile(stack)
             assert not any(d["drift"] for d in report["deployments"]), report
             no_drift.append(elapsed)
+        if args.profile:
+            profile(stack, root)
         victims = [c["Id"] for i in range(args.drift) for c in stack.containers(f"bench-r{i}")]
         subprocess.run(["podman", "rm", "-f", "-t", "0", *victims], check=True, capture_output=True)
         repair, report = reconcile(stack)
