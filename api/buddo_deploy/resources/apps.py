@@ -111,12 +111,12 @@ class AppsResource:
 
     def on_get_releases(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         query = parse_query(req, ReleasesQuery)
-        rows, next_number = self.lifecycle.list_releases(
+        rows, next_number, kept = self.lifecycle.list_releases(
             req.context.principal, deployment_id, limit=query.limit,
             before=int(query.cursor) if query.cursor is not None else None)
         items = [ReleaseOut(number=r.number, image=r.image, image_digest=r.image_digest, pinned=r.pinned,
                             rollback_of=r.rollback_of, initiated_by=r.initiated_by, created_at=r.created_at,
-                            kept=self.lifecycle.release_kept(r), port=r.port,
+                            kept=r.image_digest in kept, port=r.port,
                             env_var_names=json.loads(r.env_var_names) if r.env_var_names is not None else None)
                  for r in rows]
         send(resp, ReleaseList(releases=items, next_cursor=str(next_number) if next_number is not None else None))

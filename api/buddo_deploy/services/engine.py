@@ -17,7 +17,7 @@ from ..db import write_transaction
 from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy, utcnow
 from ..results import EventSummary, PlaybookResult
 from ..vocabulary import DesiredState
-from . import state
+from . import releases, state
 from .registry_logins import registry_login_for
 
 log = logging.getLogger(__name__)
@@ -171,11 +171,12 @@ def reconcile_scope(host: str) -> tuple[list[dict[str, Any]], list[str], dict[st
         (Deployment.host == host) & Deployment.released_at.is_null())
     rows = {str(d.id): d for d in held}
     items, known = [], []
+    history = releases.histories([d.id for d in rows.values()])  # one query for the host, not one each
     for ident, d in rows.items():
         if d.desired_state == "running" and d.failed_generation == d.generation and not state.serving(d):
             known.append(ident)  # a first deploy that failed: nothing of it runs, nothing to repair
         else:
-            items.append(state.desired_item(d))
+            items.append(state.desired_item(d, history.get(ident, [])))
     return items, known, rows
 
 

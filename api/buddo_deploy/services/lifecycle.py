@@ -183,14 +183,16 @@ class Lifecycle:
                                 pull_revision=deployment.revision + 1, pinned_digest=None, **billing)
 
     def list_releases(self, principal: Principal, deployment_id: uuid.UUID, *, limit: int,
-                      before: int | None) -> tuple[list[Release], int | None]:
-        """Newest first; the next page starts below the last number of this one."""
+                      before: int | None) -> tuple[list[Release], int | None, set[str]]:
+        """Newest first; the next page starts below the last number of this one. Also the digests
+        whose images the host keeps (one query for the page, not one per release)."""
         deployment = self.get_owned(principal, deployment_id)
         query = Release.select().where(Release.deployment == deployment.id).order_by(Release.number.desc())
         if before is not None:
             query = query.where(Release.number < before)
         rows = list(query.limit(limit + 1))
-        return rows[:limit], (rows[limit - 1].number if len(rows) > limit else None)
+        kept = releases.kept(deployment.id, self.settings.releases_kept)
+        return rows[:limit], (rows[limit - 1].number if len(rows) > limit else None), kept
 
     def app_output(self, principal: Principal, deployment_id: uuid.UUID, *, tail: int,
                    since: dt.datetime | None) -> output.Output:

@@ -96,11 +96,12 @@ def routed_custom_domain(d: Deployment) -> str:
     return (d.custom_domain or "") if d.custom_domain_status == CustomDomainStatus.ACTIVE else ""
 
 
-def desired_item(d: Deployment) -> dict[str, Any]:
+def desired_item(d: Deployment, history: list[str] | None = None) -> dict[str, Any]:
     """One item of the desired-state document the converge playbook takes.
 
     ``releases``: the image digests of the newest releases, newest first; the host
-    keeps the images of the first ``converge_releases_kept`` of them.
+    keeps the images of the first ``converge_releases_kept`` of them (``history``: those
+    digests, read for many deployments at once by releases.histories).
     """
     pull = "always" if d.pull_revision == d.revision > d.observed_revision else "missing"
     image = d.container_image
@@ -122,7 +123,8 @@ def desired_item(d: Deployment) -> dict[str, Any]:
         "spec": spec_of(d), "revision": d.revision, **health_fields(d),
         # A restart's revision, not yet served: its tag as it is now; any other: what is cached.
         "pull": pull,
-        "releases": [releases.by_digest(d.container_image, digest) for digest in releases.history(d.id)],
+        "releases": [releases.by_digest(d.container_image, digest)
+                     for digest in (releases.history(d.id) if history is None else history)],
     }
 
 
