@@ -313,3 +313,46 @@ def test_the_path_pattern_has_no_ecma_invalid_escape():
     parameter = build_document(context)["paths"][f"{BASE}/{{registry}}"]["parameters"][0]
     assert "\\-" not in parameter["schema"]["pattern"]
     assert context.registry_hosts == ("my-registry.example.com:5000", "ghcr.io")
+
+
+def test_a_hosts_logins_are_read_in_one_query(client, monkeypatch):
+    """A reconcile's registry logins: one query for every operator of the host, and the same
+    logins as one lookup each would find."""
+    from buddo_deploy.models import Deployment
+    from buddo_deploy.services import engine, state
+
+    from tests.helpers import create_deployment
+
+    def scope():
+        rows = {str(d.id): d for d in Deployment.select()}
+        return [state.desired_item(d) for d in rows.values()], rows
+
+    def queries(action):
+        db, count, original = database_proxy.obj, [0], database_proxy.obj.execute_sql
+
+        def counted(*args, **kwargs):
+            count[0] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(db, "execute_sql", counted)
+        try:
+            action()
+        finally:
+            monkeypatch.setattr(db, "execute_sql", original)
+        return count[0]
+
+    for i in range(6):
+        operator = f"op-{i}"
+        if i % 2 == 0:
+            assert put(client, LOCAL, operator=operator).status_code == 201
+        create_deployment(client, operator, subdomain=f"pull-{i}", image=f"{LOCAL}/team/app-{i}:v1")
+        if i == 2:
+            first, first_rows = scope()
+            few = queries(lambda first=first, first_rows=first_rows: engine.registry_auths(first, first_rows, KEY))
+    items, rows = scope()
+    found = engine.registry_auths(items, rows, KEY)
+    assert queries(lambda: engine.registry_auths(items, rows, KEY)) == few == 1
+    assert set(found) == {str(d.id) for d in rows.values() if d.operator_id in {"op-0", "op-2", "op-4"}}
+    for ident, d in rows.items():
+        one = registry_login_for(d.operator_id, d.container_image, KEY)
+        assert (one is not None) == (ident in found)

@@ -18,7 +18,7 @@ from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy
 from ..results import EventSummary, PlaybookResult
 from ..vocabulary import DesiredState
 from . import releases, state
-from .registry_logins import registry_login_for
+from .registry_logins import logins_of, registry_login_for
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +103,23 @@ def env_values(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_
             for i in items if i["state"] == "running" and rows[i["id"]].env_vars_encrypted}
 
 
-def registry_auths(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_key: str) -> dict[str, Any]:
+def registry_auths(items: list[dict[str, Any]], rows: dict[str, Deployment], secret_key: str,
+                   known: dict[tuple[str, str], Any] | None = None) -> dict[str, Any]:
     """Deployment id -> its operator's login for the registry of its image, for the items
     that run (each pull asks the registry with the operator's own credentials, or none).
 
     Raises RuntimeError when a login cannot be decrypted (a changed BUDDO_SECRET_KEY).
     """
     found = {}
-    for item in items:
-        if item["state"] == "running":
-            login = registry_login_for(rows[item["id"]].operator_id, item["image"], secret_key)
-            if login:
-                # As a containers-auth.json entry: the host stays a key, only the token is secret.
-                token = base64.b64encode(f"{login['username']}:{login['password']}".encode()).decode()
-                found[item["id"]] = {login["registry"]: {"auth": token}}
+    running = [item for item in items if item["state"] == "running"]
+    if known is None:  # one query for the items' operators, not one each
+        known = logins_of([rows[item["id"]].operator_id for item in running])
+    for item in running:
+        login = registry_login_for(rows[item["id"]].operator_id, item["image"], secret_key, known)
+        if login:
+            # As a containers-auth.json entry: the host stays a key, only the token is secret.
+            token = base64.b64encode(f"{login['username']}:{login['password']}".encode()).decode()
+            found[item["id"]] = {login["registry"]: {"auth": token}}
     return found
 
 
@@ -194,10 +197,11 @@ def start_reconcile(job: Job, secret_key: str, *, check: bool = False) -> Plan:
         items = [i for i in items if i["id"] not in suspects]
         secrets: dict[str, Any] = {}
         logins: dict[str, Any] = {}
+        found = logins_of([rows[item["id"]].operator_id for item in items])  # one query for the host
         for item in items:
             try:
                 secrets |= env_values([item], rows, secret_key)
-                logins |= registry_auths([item], rows, secret_key)
+                logins |= registry_auths([item], rows, secret_key, found)
             except RuntimeError as exc:
                 log.warning("reconcile of %s: %s", item["id"], exc)
                 known.append(item["id"])

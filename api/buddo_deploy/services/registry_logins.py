@@ -82,18 +82,32 @@ def _locked(operator_id: str, registry: str) -> RegistryLogin | None:
     return login
 
 
-def registry_login_for(operator_id: str, image: str, secret_key: str) -> dict[str, str] | None:
+def logins_of(operator_ids: list[str]) -> dict[tuple[str, str], RegistryLogin]:
+    """Every login of these operators, by (operator, registry): one query for a host's deployments."""
+    if not operator_ids:
+        return {}
+    rows = RegistryLogin.select().where(RegistryLogin.operator_id.in_(sorted(set(operator_ids))))
+    return {(row.operator_id, row.registry): row for row in rows}
+
+
+def registry_login_for(operator_id: str, image: str, secret_key: str,
+                       known: dict[tuple[str, str], RegistryLogin] | None = None) -> dict[str, str] | None:
     """The operator's login for the registry of ``image``: ``{"registry", "username", "password"}``
     (decrypted), or None (pull anonymously).
 
     The registry is the text before the image reference's first "/"
     ("127.0.0.1:5000/x/y:tag" -> "127.0.0.1:5000"); a reference without one names no registry.
     Raises RuntimeError (naming the registry, never the secret) when the password cannot be decrypted.
+    ``known``: the operators' logins read at once (:func:`logins_of`) instead of one query.
     """
     if "/" not in image:
         return None
     host = registry_host(image)
-    login = RegistryLogin.get_or_none((RegistryLogin.operator_id == operator_id) & (RegistryLogin.registry == host))
+    if known is not None:
+        login = known.get((operator_id, host))
+    else:
+        login = RegistryLogin.get_or_none((RegistryLogin.operator_id == operator_id)
+                                          & (RegistryLogin.registry == host))
     if login is None:
         return None
     password = decrypt_secret(secret_key, login.password_encrypted, f"the registry login for {host}")
