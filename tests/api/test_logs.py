@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import uuid
 
+import peewee
 import pytest
 from buddo_deploy.db import write_transaction
 from buddo_deploy.models import AuditEntry, Deployment, database_proxy, utcnow
@@ -122,3 +124,24 @@ def test_another_operators_log_is_403_and_the_openapi_document_says_how_it_pages
     assert params == {"limit": listing["limit"], "cursor": listing["cursor"]}
     assert "422" in get["responses"]
     assert set(document["components"]["schemas"]["LogList"]["required"]) == {"logs", "next_cursor"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_page_after_a_cursor_seeks_the_index(client, settings):
+    """SQLite's plan for the next page of the deploy log and of GET /apps: a seek on the listing
+    index by the row value, not a scan filtered by an OR."""
+    from buddo_deploy.models import AuditEntry, Deployment, database_proxy, utcnow
+
+    db = database_proxy.obj
+    now = utcnow()
+    for model, where, order, name in (
+        (AuditEntry, AuditEntry.deployment == uuid.uuid4(), (AuditEntry.inserted_at, AuditEntry.id),
+         "audit_entries_deployment_listing"),
+        (Deployment, Deployment.operator_id == "o", (Deployment.inserted_at, Deployment.id),
+         "deployments_operator_listing"),
+    ):
+        after = peewee.Tuple(now, str(uuid.uuid4()))
+        query = model.select().where(where & (peewee.Tuple(*order) > after)).order_by(*order)
+        sql, params = query.sql()
+        plan = " ".join(str(row[-1]) for row in db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params).fetchall())
+        assert f"USING INDEX {name}" in plan and "(inserted_at,id)>(?,?)" in plan.replace(" ", ""), plan

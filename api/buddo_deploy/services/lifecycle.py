@@ -111,10 +111,9 @@ class Lifecycle:
             query = query.where(Deployment.status != "destroyed")
         if cursor:
             inserted_at, last_id = _decode_cursor(cursor)
-            query = query.where(
-                (Deployment.inserted_at < inserted_at)
-                | ((Deployment.inserted_at == inserted_at) & (Deployment.id < str(last_id)))
-            )
+            # A row value: both databases seek the (operator_id, inserted_at, id) index to it.
+            query = query.where(peewee.Tuple(Deployment.inserted_at, Deployment.id)
+                                < peewee.Tuple(inserted_at, str(last_id)))
         rows = list(query.limit(limit + 1))
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return Page(rows[:limit], next_cursor)
@@ -127,10 +126,8 @@ class Lifecycle:
                  .order_by(AuditEntry.inserted_at, AuditEntry.id))
         if cursor:
             inserted_at, last_id = _decode_cursor(cursor)
-            query = query.where(
-                (AuditEntry.inserted_at > inserted_at)
-                | ((AuditEntry.inserted_at == inserted_at) & (AuditEntry.id > str(last_id)))
-            )
+            query = query.where(peewee.Tuple(AuditEntry.inserted_at, AuditEntry.id)
+                                > peewee.Tuple(inserted_at, str(last_id)))  # seeks (deployment_id, inserted_at, id)
         rows = list(query.limit(limit + 1))
         return rows[:limit], (_encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
 
