@@ -186,3 +186,36 @@ def test_the_worker_queues_one_reconcile_per_host(client, settings):
     queue_reconciles(settings)
     queue_reconciles(settings)
     assert Job.select().where((Job.action == "reconcile") & (Job.state == "queued")).count() == 1
+
+
+def test_a_probe_cycle_of_healthy_deployments_costs_the_same_statements_however_many(client, settings, monkeypatch):
+    """Healthy and recorded so: one statement for all of them (the time of the check), not a
+    locked transaction and an update each (issue 19)."""
+    def cycle_report(ds):
+        containers = [{"id": f"c{i}", "deployment_id": str(d.id), "spec": state.spec_of(d), "state": "running",
+                       "host_port": d.serving_port} for i, d in enumerate(ds)]
+        return {"containers": containers,
+                "probes": {f"c{i}": {"status": 200, "healthy": True, "error": ""} for i in range(len(ds))}}
+
+    def statements(ds):
+        db, count, original = database_proxy.obj, [0], database_proxy.obj.execute_sql
+
+        def counted(*args, **kwargs):
+            count[0] += 1
+            return original(*args, **kwargs)
+
+        cycle = cycle_report(ds)
+        monkeypatch.setattr(db, "execute_sql", counted)
+        try:
+            verdicts = engine.record_health(ds[0].host, cycle, POLICY)
+        finally:
+            monkeypatch.setattr(db, "execute_sql", original)
+        assert verdicts == {str(d.id): "healthy" for d in ds}
+        return count[0]
+
+    ds = [running(client, settings, subdomain=f"h{i}", tier="btc-pro") for i in range(2)]
+    before = Deployment.get_by_id(ds[0].id).last_health_check
+    few = statements([Deployment.get_by_id(d.id) for d in ds])
+    assert Deployment.get_by_id(ds[0].id).last_health_check > before
+    ds += [running(client, settings, subdomain=f"h{i}", tier="btc-pro") for i in range(2, 6)]
+    assert statements([Deployment.get_by_id(d.id) for d in ds]) == few == 2  # the read and the update

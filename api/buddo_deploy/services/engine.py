@@ -425,6 +425,19 @@ def _heal(d: Deployment, reason: str, message: str, policy: HealthPolicy) -> str
     return "restarted"
 
 
+def _still_healthy(d: Deployment, by_deployment: dict[str, list[dict[str, Any]]], probes: dict[str, Any],
+                   now: dt.datetime) -> bool:
+    """Converged, recorded healthy, due, and its current container runs and answered healthy."""
+    if d.observed_generation < d.generation or d.health_status != "healthy" or d.health_failures:
+        return False
+    interval = state.health_interval_s(d)
+    if interval and d.last_health_check and (now - d.last_health_check).total_seconds() < interval:
+        return False  # not due: the locked path skips it
+    spec = state.spec_of(d)
+    running = [c for c in by_deployment.get(str(d.id), []) if c.get("spec") == spec and c.get("state") == "running"]
+    return bool(running) and bool((probes.get(running[0]["id"]) or {}).get("healthy"))
+
+
 def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy) -> dict[str, str]:
     """Record one probe cycle of a host; heal what died. Returns deployment id -> verdict."""
     if report is None:
@@ -435,11 +448,22 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
     probes = report.get("probes") or {}
     verdicts: dict[str, str] = {}
     now = utcnow()
-    candidates = Deployment.select(Deployment.id).where(
+    candidates = list(Deployment.select(Deployment, Tier).join(Tier).where(
         (Deployment.host == host) & (Deployment.desired_state == "running") & Deployment.released_at.is_null()
         & Deployment.serving_port.is_null(False)
-    )
+    ))
+    # Healthy and already recorded so (the usual case): only the time of the check is new, for
+    # all of them in one statement; the rest, one locked transaction each (a verdict may heal).
+    still = [d for d in candidates if _still_healthy(d, by_deployment, probes, now)]
+    if still:
+        with write_transaction(database_proxy.obj):
+            Deployment.update(last_health_check=now).where(
+                Deployment.id.in_([d.id for d in still]) & (Deployment.health_status == "healthy")
+                & (Deployment.health_failures == 0)).execute()
+        verdicts |= {str(d.id): "healthy" for d in still}
     for row in candidates:
+        if str(row.id) in verdicts:
+            continue
         with write_transaction(database_proxy.obj):
             d = state.locked(row.id)
             if d is None or d.desired_state != "running" or d.observed_generation < d.generation:
