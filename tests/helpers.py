@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,38 @@ def converged(plan: Any, ok: bool = True, **outcome: Any) -> Any:
                                           "host_port": item["host_ports"][0], "image_digest": "sha256:abc"})
         outcomes[item["id"]] = body
     return PlaybookResult(status="successful", rc=0, stats={"buddo_outcomes": outcomes})
+
+
+def digest(n: int) -> str:
+    """A distinct image digest for each n."""
+    return f"sha256:{n:064x}"
+
+
+def ran(n: int) -> Any:
+    """A converge result (for run_job) whose container runs the image with digest(n)."""
+    def result(plan: Any) -> Any:
+        item = plan.items[0]
+        return converged(plan, container={"id": f"c{n}", "name": item["container_name"],
+                                          "host_port": item["host_ports"][0], "image_digest": digest(n)})
+    return result
+
+
+def count_statements(monkeypatch: Any, action: Callable[[], Any]) -> int:
+    """How many SQL statements ``action`` runs."""
+    from buddo_deploy.models import database_proxy
+
+    db, count, original = database_proxy.obj, [0], database_proxy.obj.execute_sql
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(db, "execute_sql", counted)
+    try:
+        action()
+    finally:
+        monkeypatch.setattr(db, "execute_sql", original)
+    return count[0]
 
 
 def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -> tuple[Any, Any]:

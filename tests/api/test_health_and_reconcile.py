@@ -11,7 +11,7 @@ from buddo_deploy.results import PlaybookResult
 from buddo_deploy.services import engine, state
 from buddo_deploy.worker import queue_reconciles
 
-from tests.helpers import auth, create_deployment, run_job
+from tests.helpers import auth, count_statements, create_deployment, run_job
 
 POLICY = engine.HealthPolicy(failures_before_restart=3, max_restarts=3)
 
@@ -198,20 +198,10 @@ def test_a_probe_cycle_of_healthy_deployments_costs_the_same_statements_however_
                 "probes": {f"c{i}": {"status": 200, "healthy": True, "error": ""} for i in range(len(ds))}}
 
     def statements(ds):
-        db, count, original = database_proxy.obj, [0], database_proxy.obj.execute_sql
-
-        def counted(*args, **kwargs):
-            count[0] += 1
-            return original(*args, **kwargs)
-
-        cycle = cycle_report(ds)
-        monkeypatch.setattr(db, "execute_sql", counted)
-        try:
-            verdicts = engine.record_health(ds[0].host, cycle, POLICY)
-        finally:
-            monkeypatch.setattr(db, "execute_sql", original)
+        cycle, verdicts = cycle_report(ds), {}
+        count = count_statements(monkeypatch, lambda: verdicts.update(engine.record_health(ds[0].host, cycle, POLICY)))
         assert verdicts == {str(d.id): "healthy" for d in ds}
-        return count[0]
+        return count
 
     ds = [running(client, settings, subdomain=f"h{i}", tier="btc-pro") for i in range(2)]
     before = Deployment.get_by_id(ds[0].id).last_health_check

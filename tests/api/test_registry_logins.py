@@ -321,25 +321,11 @@ def test_a_hosts_logins_are_read_in_one_query(client, monkeypatch):
     from buddo_deploy.models import Deployment
     from buddo_deploy.services import engine, state
 
-    from tests.helpers import create_deployment
+    from tests.helpers import count_statements, create_deployment
 
     def scope():
         rows = {str(d.id): d for d in Deployment.select()}
         return [state.desired_item(d) for d in rows.values()], rows
-
-    def queries(action):
-        db, count, original = database_proxy.obj, [0], database_proxy.obj.execute_sql
-
-        def counted(*args, **kwargs):
-            count[0] += 1
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(db, "execute_sql", counted)
-        try:
-            action()
-        finally:
-            monkeypatch.setattr(db, "execute_sql", original)
-        return count[0]
 
     for i in range(6):
         operator = f"op-{i}"
@@ -348,10 +334,10 @@ def test_a_hosts_logins_are_read_in_one_query(client, monkeypatch):
         create_deployment(client, operator, subdomain=f"pull-{i}", image=f"{LOCAL}/team/app-{i}:v1")
         if i == 2:
             first, first_rows = scope()
-            few = queries(lambda first=first, first_rows=first_rows: engine.registry_auths(first, first_rows, KEY))
+            few = count_statements(monkeypatch, lambda f=first, r=first_rows: engine.registry_auths(f, r, KEY))
     items, rows = scope()
     found = engine.registry_auths(items, rows, KEY)
-    assert queries(lambda: engine.registry_auths(items, rows, KEY)) == few == 1
+    assert count_statements(monkeypatch, lambda: engine.registry_auths(items, rows, KEY)) == few == 1
     assert set(found) == {str(d.id) for d in rows.values() if d.operator_id in {"op-0", "op-2", "op-4"}}
     for ident, d in rows.items():
         one = registry_login_for(d.operator_id, d.container_image, KEY)

@@ -11,22 +11,19 @@ from buddo_deploy.app import create_app
 from buddo_deploy.models import AuditEntry, Deployment, Release, database_proxy
 from buddo_deploy.services import state
 
-from tests.helpers import auth, converged, create_deployment, make_settings, migrate, run_job
+from tests.helpers import (
+    auth,
+    converged,
+    count_statements,
+    create_deployment,
+    digest,
+    make_settings,
+    migrate,
+    ran,
+    run_job,
+)
 
 IMAGE = "docker.io/library/nginx:latest"
-
-
-def digest(n: int) -> str:
-    return "sha256:" + f"{n:x}" * 64
-
-
-def ran(n: int):
-    """A converge result whose container runs the image with digest(n)."""
-    def result(plan):
-        item = plan.items[0]
-        return converged(plan, container={"id": f"c{n}", "name": item["container_name"],
-                                          "host_port": item["host_ports"][0], "image_digest": digest(n)})
-    return result
 
 
 def deploy_three(client, settings) -> str:
@@ -188,33 +185,6 @@ def test_a_heal_runs_the_version_that_served_by_its_digest_and_a_restart_the_tag
     assert (restarted["image"], restarted["pull"]) == (IMAGE, "always")
 
 
-def ran_k(k: int):
-    """A converge result whose container runs an image with a digest of its own for any k."""
-    def result(plan):
-        item = plan.items[0]
-        return converged(plan, container={"id": f"c{k}", "name": item["container_name"],
-                                          "host_port": item["host_ports"][0], "image_digest": f"sha256:{k:064x}"})
-    return result
-
-
-def _queries(monkeypatch, action):
-    """How many SQL statements ``action`` runs."""
-    db = database_proxy.obj
-    count = [0]
-    original = db.execute_sql
-
-    def counted(*args, **kwargs):
-        count[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(db, "execute_sql", counted)
-    try:
-        action()
-    finally:
-        monkeypatch.setattr(db, "execute_sql", original)
-    return count[0]
-
-
 def test_a_reconcile_reads_every_deployments_releases_in_one_query(client, settings, monkeypatch):
     from buddo_deploy.services import engine
     from buddo_deploy.services import releases as release_service
@@ -223,10 +193,10 @@ def test_a_reconcile_reads_every_deployments_releases_in_one_query(client, setti
     idents = []
     for i in range(3):
         ident = create_deployment(client, f"op-{i}", image=IMAGE, subdomain=f"hist-{i}")
-        run_job(settings, ran_k(10 * i + 1))
+        run_job(settings, ran(10 * i + 1))
         for n in range(RELEASE_HISTORY + i):  # more releases than the history keeps
             client.simulate_post(f"/api/deploy/apps/{ident}/restart", headers=auth(f"op-{i}"))
-            run_job(settings, ran_k(10 * i + n + 2))
+            run_job(settings, ran(10 * i + n + 2))
         idents.append(ident)
     assert release_service.histories(idents) == {i: release_service.history(i) for i in idents}
     assert all(len(release_service.history(i)) == RELEASE_HISTORY for i in idents)
@@ -234,14 +204,14 @@ def test_a_reconcile_reads_every_deployments_releases_in_one_query(client, setti
     items, _, _ = engine.reconcile_scope(host)
     assert {i["id"]: i["releases"] for i in items} == {
         i: [release_service.by_digest(IMAGE, d) for d in release_service.history(i)] for i in idents}
-    few = _queries(monkeypatch, lambda: engine.reconcile_scope(host))
+    few = count_statements(monkeypatch, lambda: engine.reconcile_scope(host))
     for i in range(3, 6):
         create_deployment(client, f"op-{i}", image=IMAGE, subdomain=f"hist-{i}")
-        run_job(settings, ran_k(100 + i))
-    assert _queries(monkeypatch, lambda: engine.reconcile_scope(host)) == few  # not one more per deployment
+        run_job(settings, ran(100 + i))
+    assert count_statements(monkeypatch, lambda: engine.reconcile_scope(host)) == few  # not one more per deployment
 
 
 def test_a_page_of_releases_reads_what_the_host_keeps_once(client, settings, monkeypatch):
     ident = deploy_three(client, settings)
-    one = _queries(monkeypatch, lambda: releases(client, ident, limit=1))
-    assert _queries(monkeypatch, lambda: releases(client, ident, limit=3)) == one
+    one = count_statements(monkeypatch, lambda: releases(client, ident, limit=1))
+    assert count_statements(monkeypatch, lambda: releases(client, ident, limit=3)) == one

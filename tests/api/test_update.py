@@ -10,21 +10,9 @@ import pytest
 from buddo_deploy.crypto import decrypt_env
 from buddo_deploy.models import AuditEntry, BillingAccount, BillingCycle, Deployment, Job, LedgerEntry, Release, utcnow
 
-from tests.helpers import auth, converged, create_deployment, run_job
+from tests.helpers import auth, converged, create_deployment, digest, ran, run_job
 
 IMAGE = "docker.io/library/nginx:latest"
-
-
-def digest(n: int) -> str:
-    return "sha256:" + f"{n:x}" * 64
-
-
-def ran(n: int):
-    def result(plan):
-        item = plan.items[0]
-        return converged(plan, container={"id": f"c{n}", "name": item["container_name"],
-                                          "host_port": item["host_ports"][0], "image_digest": digest(n)})
-    return result
 
 
 def running(client, settings, **body: Any) -> str:

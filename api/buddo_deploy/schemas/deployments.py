@@ -70,6 +70,12 @@ EnvValue = Annotated[StrictStr, StringConstraints(max_length=MAX_ENV_VALUE, patt
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 
+def _string_branch(field: dict[str, Any]) -> dict[str, Any]:
+    """The string schema of an optional string field (``anyOf: [string, null]``)."""
+    branch: dict[str, Any] = next(b for b in field["anyOf"] if b.get("type") == "string")
+    return branch
+
+
 def check_image(value: str, info: ValidationInfo) -> str:
     """An image reference from an allowed registry (create and update)."""
     context = context_of(info)
@@ -126,8 +132,7 @@ class DeploymentCreate(BaseModel):
         fields["image"]["pattern"] = anchored(context.image_pattern)
         if context.tier_slugs:
             fields["tier"]["enum"] = list(context.tier_slugs)
-        domain = next(branch for branch in fields["custom_domain"]["anyOf"] if branch.get("type") == "string")
-        domain["not"] = {"pattern": f"(?:^|\\.){re.escape(context.base_domain)}$"}
+        _string_branch(fields["custom_domain"])["not"] = {"pattern": f"(?:^|\\.){re.escape(context.base_domain)}$"}
         if context.allowed_registries and context.tier_slugs:
             schema["examples"] = [{"subdomain": "my-app", "image": f"{context.allowed_registries[0]}my-app:latest",
                                    "tier": context.tier_slugs[0], "port": 3000, "env_vars": {"NODE_ENV": "production"}}]
@@ -191,11 +196,9 @@ class DeploymentUpdate(BaseModel):
     def json_schema_for(cls, context: ValidationContext) -> dict[str, Any]:
         schema = cls.model_json_schema(mode="validation", ref_template=REF_TEMPLATE)
         fields = schema["properties"]
-        image = next(branch for branch in fields["image"]["anyOf"] if branch.get("type") == "string")
-        image["pattern"] = anchored(context.image_pattern)
+        _string_branch(fields["image"])["pattern"] = anchored(context.image_pattern)
         if context.tier_slugs:
-            tier = next(branch for branch in fields["tier"]["anyOf"] if branch.get("type") == "string")
-            tier["enum"] = list(context.tier_slugs)
+            _string_branch(fields["tier"])["enum"] = list(context.tier_slugs)
         schema["examples"] = [{"env_vars": {"LOG_LEVEL": "debug", "OLD_FLAG": None}}]
         return schema
 

@@ -253,7 +253,7 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
                 continue  # final already: recorded as the run reported it
             outcome = outcomes.get(item["id"])
             own_failure = outcome is not None and not outcome.get("ok")
-            if not result.ok or outcome is None or (own_failure and outcome.get("kind") == "host"):
+            if not result.ok or outcome is None or not final(outcome):
                 if outcome is not None and own_failure:
                     retry[item["id"]] = (str(outcome.get("message") or run_message), outcome.get("task"))
                 else:
@@ -287,6 +287,12 @@ def finish(plan: Plan, owner: str, result: PlaybookResult, duration_s: float) ->
     return "retried"
 
 
+def final(outcome: dict[str, Any]) -> bool:
+    """A deployment's own outcome, final for its job: ok, or a failure of its app's own (a failure
+    on the host is retried)."""
+    return bool(outcome.get("ok")) or outcome.get("kind") != "host"
+
+
 def record_final(plan: Plan, item: dict[str, Any], outcome: dict[str, Any], details: dict[str, Any]) -> None:
     """A deployment's own outcome (ok, or its app's own failure): final for the run's job."""
     ok = bool(outcome.get("ok"))
@@ -309,7 +315,7 @@ def record_reported(plan: Plan, owner: str, outcomes: dict[str, Any], duration_s
             outcome = outcomes.get(item["id"])
             if item["id"] in plan.recorded or not isinstance(outcome, dict):
                 continue
-            if outcome.get("ok") or outcome.get("kind") != "host":
+            if final(outcome):
                 record_final(plan, item, outcome, details)
                 done.append(item["id"])
     plan.recorded.update(done)  # once committed
@@ -425,16 +431,27 @@ def _heal(d: Deployment, reason: str, message: str, policy: HealthPolicy) -> str
     return "restarted"
 
 
+def _due(d: Deployment, now: dt.datetime) -> bool:
+    """Whether this cycle's probe counts: its own health check may ask for fewer than the platform's cycle."""
+    interval = state.health_interval_s(d)
+    return not (interval and d.last_health_check and (now - d.last_health_check).total_seconds() < interval)
+
+
+def _current(d: Deployment, by_deployment: dict[str, list[dict[str, Any]]]) -> tuple[list[Any], list[Any]]:
+    """The reported containers of the deployment's current spec, and those of them that run."""
+    spec = state.spec_of(d)
+    mine = [c for c in by_deployment.get(str(d.id), []) if c.get("spec") == spec]
+    return mine, [c for c in mine if c.get("state") == "running"]
+
+
 def _still_healthy(d: Deployment, by_deployment: dict[str, list[dict[str, Any]]], probes: dict[str, Any],
                    now: dt.datetime) -> bool:
     """Converged, recorded healthy, due, and its current container runs and answered healthy."""
     if d.observed_generation < d.generation or d.health_status != "healthy" or d.health_failures:
         return False
-    interval = state.health_interval_s(d)
-    if interval and d.last_health_check and (now - d.last_health_check).total_seconds() < interval:
-        return False  # not due: the locked path skips it
-    spec = state.spec_of(d)
-    running = [c for c in by_deployment.get(str(d.id), []) if c.get("spec") == spec and c.get("state") == "running"]
+    if not _due(d, now):
+        return False  # the locked path skips it
+    _, running = _current(d, by_deployment)
     return bool(running) and bool((probes.get(running[0]["id"]) or {}).get("healthy"))
 
 
@@ -472,12 +489,9 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
                 continue
             if jobqueue.open_converge(d) is not None:
                 continue
-            interval = state.health_interval_s(d)
-            if interval and d.last_health_check and (now - d.last_health_check).total_seconds() < interval:
-                continue  # its own health check asks for fewer probes than the platform's cycle
-            spec = state.spec_of(d)
-            mine = [c for c in by_deployment.get(str(d.id), []) if c.get("spec") == spec]
-            running = [c for c in mine if c.get("state") == "running"]
+            if not _due(d, now):
+                continue
+            mine, running = _current(d, by_deployment)
             if not running:
                 what = f"container {mine[0]['state']}" if mine else "container missing"
                 Deployment.update(health_status="unhealthy", last_health_check=now,

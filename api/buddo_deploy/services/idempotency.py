@@ -128,10 +128,8 @@ def _delete(operator_id: str, key: str) -> None:
 def purge_expired(now: dt.datetime | None = None) -> int:
     """Drop up to PURGE_BATCH expired keys (one short transaction); how many went."""
     now = now or utcnow()
+    key = peewee.Tuple(IdempotencyKey.operator_id, IdempotencyKey.idempotency_key)
+    expired = IdempotencyKey.select(IdempotencyKey.operator_id, IdempotencyKey.idempotency_key).where(
+        IdempotencyKey.expires_at <= now).limit(PURGE_BATCH)
     with write_transaction(database_proxy.obj):
-        expired = IdempotencyKey.select(IdempotencyKey.operator_id, IdempotencyKey.idempotency_key).where(
-            IdempotencyKey.expires_at <= now).limit(PURGE_BATCH)
-        pairs = [(row.operator_id, row.idempotency_key) for row in expired]
-        for operator_id, key in pairs:
-            _delete(operator_id, key)
-    return len(pairs)
+        return int(IdempotencyKey.delete().where(key.in_(expired)).execute())

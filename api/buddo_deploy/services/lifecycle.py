@@ -134,10 +134,7 @@ class Lifecycle:
     # --- changes -----------------------------------------------------------
 
     def create_deployment(self, principal: Principal, request: DeploymentCreate) -> Deployment:
-        tier = get_tier(request.tier)
-        if tier is None:
-            raise NotFound(f"Tier '{request.tier}' not found", code="tier_not_found",
-                           details=[{"field": "tier", "message": "unknown tier"}])
+        tier = self._tier(request.tier)
         if request.custom_domain and not tier.custom_domain_allowed:
             raise Invalid.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains",
                                     "custom_domain_not_allowed")
@@ -280,10 +277,7 @@ class Lifecycle:
                     changed.append("health_check")
                     details["health_check"] = check
             if request.tier is not None and request.tier != deployment.tier.slug:
-                tier = get_tier(request.tier)
-                if tier is None:
-                    raise NotFound(f"Tier '{request.tier}' not found", code="tier_not_found",
-                                   details=[{"field": "tier", "message": "unknown tier"}])
+                tier = self._tier(request.tier)
                 desired |= self._change_tier(principal, deployment, tier, now)
                 changed.append("tier")
                 details["tier"] = {"from": deployment.tier.slug, "to": tier.slug}
@@ -312,12 +306,7 @@ class Lifecycle:
             raise Invalid.for_field("tier", f"tier '{tier.slug}' does not allow custom domains, and this "
                                     f"deployment has {deployment.custom_domain}; remove it first",
                                     "custom_domain_not_allowed")
-        on_tier = Deployment.select().where(
-            (Deployment.operator_id == principal.operator_id) & (Deployment.status != DeploymentStatus.DESTROYED)
-            & (Deployment.tier == tier)).count()
-        if on_tier >= tier.max_deployments:
-            raise LimitReached(f"Deployment limit reached for tier '{tier.slug}' ({tier.max_deployments})",
-                               code="tier_deployment_limit", details={"tier": tier.slug, "limit": tier.max_deployments})
+        self._check_tier_limit(principal, tier)
         host = next((h for h in container_hosts(self.settings.inventory, self.settings.host_port_range)
                      if h.name == deployment.host), None)
         held = Deployment.select(peewee.fn.COALESCE(peewee.fn.SUM(Deployment.memory_limit_mb), 0)).where(
@@ -392,18 +381,31 @@ class Lifecycle:
         if is_postgres(db):
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
 
-    def _check_limits(self, principal: Principal, tier: Tier) -> None:
-        live = Deployment.select().where(
-            (Deployment.operator_id == principal.operator_id) & (Deployment.status != DeploymentStatus.DESTROYED)
-        )
-        on_tier = live.where(Deployment.tier == tier).count()
-        if on_tier >= tier.max_deployments:
+    @staticmethod
+    def _tier(slug: str) -> Tier:
+        tier = get_tier(slug)
+        if tier is None:
+            raise NotFound(f"Tier '{slug}' not found", code="tier_not_found",
+                           details=[{"field": "tier", "message": "unknown tier"}])
+        return tier
+
+    @staticmethod
+    def _live_of(principal: Principal) -> peewee.ModelSelect[Deployment]:
+        return Deployment.select().where(
+            (Deployment.operator_id == principal.operator_id) & (Deployment.status != DeploymentStatus.DESTROYED))
+
+    def _check_tier_limit(self, principal: Principal, tier: Tier) -> None:
+        """The operator may hold one more deployment of ``tier`` (a create, a tier change)."""
+        if self._live_of(principal).where(Deployment.tier == tier).count() >= tier.max_deployments:
             raise LimitReached(
                 f"Deployment limit reached for tier '{tier.slug}' ({tier.max_deployments})",
                 code="tier_deployment_limit",
                 details={"tier": tier.slug, "limit": tier.max_deployments},
             )
-        total = live.count()
+
+    def _check_limits(self, principal: Principal, tier: Tier) -> None:
+        self._check_tier_limit(principal, tier)
+        total = self._live_of(principal).count()
         if total >= self.settings.max_deployments_per_account:
             raise LimitReached(
                 f"Deployment limit reached for this account ({self.settings.max_deployments_per_account})",

@@ -21,6 +21,14 @@ PULL = ("always", "missing")
 RUNNING_NEEDS = ("image", "spec", "port", "host_ports", "memory_limit_mb", "cpu_limit_millicores", "pids_limit",
                  "log_max_size_mb", "disk_limit_mb")
 
+# The operator's health check (zeros and "": the platform's defaults; health_status: healthy() below).
+HEALTH_OPTIONS: dict[str, dict[str, Any]] = {
+    "health_path": {"type": "str", "default": ""},
+    "health_status": {"type": "int", "default": 0},
+    "health_timeout_s": {"type": "int", "default": 0},
+    "health_grace_s": {"type": "int", "default": 0},
+}
+
 ITEM_OPTIONS: dict[str, dict[str, Any]] = {
     "id": {"type": "str", "required": True},
     "host": {"type": "str", "required": True},
@@ -42,11 +50,7 @@ ITEM_OPTIONS: dict[str, dict[str, Any]] = {
     "pull": {"type": "str", "default": "missing", "choices": list(PULL)},
     "releases": {"type": "list", "elements": "str", "default": []},
     "labels": {"type": "dict", "default": {}},
-    # The operator's health check (zeros and "": the platform's defaults); HEALTH_STATUS below.
-    "health_path": {"type": "str", "default": ""},
-    "health_status": {"type": "int", "default": 0},
-    "health_timeout_s": {"type": "int", "default": 0},
-    "health_grace_s": {"type": "int", "default": 0},
+    **HEALTH_OPTIONS,
 }
 # health_status: 0 any answer (the platform's default gate), 1 any status below 500, else that status.
 ANY_ANSWER, BELOW_500 = 0, 1

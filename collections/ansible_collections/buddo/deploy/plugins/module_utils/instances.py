@@ -56,11 +56,8 @@ DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
     "recreate": {"type": "bool", "default": False},
     "keep": {"type": "str", "default": ""},
     "keep_images": {"type": "list", "elements": "str", "default": []},
-    # The operator's health check (desired.py): zeros and "" are the shared wait_path and wait_timeout.
-    "health_path": {"type": "str", "default": ""},
-    "health_status": {"type": "int", "default": 0},
-    "health_timeout_s": {"type": "int", "default": 0},
-    "health_grace_s": {"type": "int", "default": 0},
+    # The operator's health check: zeros and "" are the shared wait_path and wait_timeout.
+    **desired.HEALTH_OPTIONS,
 }
 # What a state needs of each deployment beyond its id and name.
 REQUIRED_BY_STATE = {"started": ("image", "spec", "host_ports"), "retired": ("keep",)}

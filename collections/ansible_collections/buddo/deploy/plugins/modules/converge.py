@@ -92,9 +92,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.buddo.deploy.plugins.module_utils import instances, observe, plan, sites
-from ansible_collections.buddo.deploy.plugins.module_utils.desired import ITEM_OPTIONS, ITEM_REQUIRED_IF
-
-HEALTH_FIELDS = ("health_path", "health_status", "health_timeout_s", "health_grace_s")
+from ansible_collections.buddo.deploy.plugins.module_utils.desired import HEALTH_OPTIONS, ITEM_OPTIONS, ITEM_REQUIRED_IF
 
 STEPS = {"stopped": "Stop the app containers", "absent": "Remove the app containers",
          "started": "Run the app containers", "retired": "Retire the replaced containers"}
@@ -114,7 +112,7 @@ def container_items(items: list[dict[str, Any]], state: str, host: str) -> list[
                 # buddo.host: the converge of this inventory host observes (and prunes) only its own.
                 "labels": {**(item.get("labels") or {}), "buddo.subdomain": item["subdomain"], "buddo.host": host},
                 "pull": item.get("pull") or "missing", "recreate": bool(item.get("recreate")),
-                **{k: item[k] for k in HEALTH_FIELDS if k in item},
+                **{k: item[k] for k in HEALTH_OPTIONS if k in item},
             }
             if item.get("serving_port"):
                 entry["serving_port"] = item["serving_port"]
