@@ -17,8 +17,11 @@ opens accounts with balances the run never spends, so a 402 there means a bug.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import schemathesis
-from schemathesis import Case, CheckContext, Response
+from schemathesis import Case, CheckContext, HookContext, Response
 
 STATE_CONFLICTS = frozenset({
     "subdomain_taken", "custom_domain_taken", "custom_domain_not_allowed", "deployment_destroyed", "invalid_cursor",
@@ -30,6 +33,9 @@ STATE_CONFLICTS = frozenset({
     "idempotency_key_reused",
     # A PATCH of a deployment the run stopped (restart it first).
     "deployment_stopped",
+    # A webhook URL the platform's setting does not allow (http, an address of this machine or a
+    # private network, in production): a setting, not the schema, decides.
+    "webhook_url_not_allowed",
 })
 
 
@@ -56,3 +62,19 @@ def payment_is_required_only_to_create(ctx: CheckContext, response: Response, ca
     if (case.method.upper(), case.path) != CHARGED or code != "payment_required":
         raise AssertionError(f"{case.method} {case.path} answered 402 {code!r}: {response.text[:500]}")
     return None
+
+
+# GET .../status?wait_for= waits up to its timeout for a status no worker here ever brings
+# (parked, holding no thread: tests/integration/test_server.py tests the wait). A valid
+# wait_for is widened to every status, so the request answers at once and the run stays
+# short; an invalid one is sent as generated (422).
+EVERY_STATUS = "pending,deploying,running,stopped,failed,destroyed"
+WAIT_FOR = re.compile(r"(?:pending|deploying|running|stopped|failed|destroyed)(?:,(?:pending|deploying|running|"
+                      r"stopped|failed|destroyed)){0,5}")
+
+
+@schemathesis.hook
+def before_call(ctx: HookContext, case: Case, kwargs: dict[str, Any]) -> None:
+    query = case.query
+    if query and isinstance(query.get("wait_for"), str) and WAIT_FOR.fullmatch(query["wait_for"]):
+        query["wait_for"] = EVERY_STATUS

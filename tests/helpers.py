@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from buddo_deploy.db import open_database
 from buddo_deploy.migrations import upgrade
 from buddo_deploy.services.tiers import sync_tiers
 from buddo_deploy.settings import Settings
+from standardwebhooks.webhooks import Webhook
 
 # Every port a test's Caddy serves on this machine (and `make up`'s): there is one egress
 # table per kernel and every bootstrap writes it, so each test inventory lets tenants reach
@@ -244,3 +246,31 @@ class Slowloris:
         self.thread.join()
         for sock in self.socks:
             sock.close()
+
+
+class Receiver:
+    """A local HTTP endpoint that records what it is sent and answers ``status``."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.status = 200
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def verified(self, secret: str) -> list[dict[str, Any]]:
+        """Every body received, each checked by the reference verifier (raises if one fails)."""
+        return [Webhook(secret).verify(r["body"], r["headers"]) for r in self.received]

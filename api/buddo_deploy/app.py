@@ -20,10 +20,12 @@ from .resources.metrics import MetricsResource
 from .resources.openapi import OpenApiResource
 from .resources.registry_logins import RegistryLoginsResource
 from .resources.tiers import TiersResource
+from .resources.webhooks import WebhooksResource
 from .schemas import ValidationContext
 from .services.lifecycle import Lifecycle
 from .services.registry_logins import RegistryLogins
 from .services.tiers import load_tier_file
+from .services.webhooks import Webhooks
 from .settings import Settings
 
 
@@ -73,6 +75,10 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     logins = RegistryLoginsResource(RegistryLogins(settings), context, settings.max_body_bytes)
     app.add_route("/api/deploy/registry-logins", logins)
     app.add_route("/api/deploy/registry-logins/{registry}", logins, suffix="item")
+    webhooks = WebhooksResource(Webhooks(settings), settings.max_body_bytes)
+    app.add_route("/api/deploy/webhooks", webhooks)
+    app.add_route("/api/deploy/webhooks/{webhook_id:uuid}", webhooks, suffix="item")
+    app.add_route("/api/deploy/webhooks/{webhook_id:uuid}/deliveries", webhooks, suffix="deliveries")
     app.add_route("/metrics", MetricsResource(lambda: metrics.exposition(metrics.fleet_families()),
                                               settings.metrics_allow))
     return app

@@ -62,7 +62,7 @@ class RequestMetrics:
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool) -> None:
         started = getattr(req.context, "started", None)
-        if started is not None:
+        if started is not None and not getattr(req.context, "parked", False):  # counted when it answers
             self.observe(req.method, req.uri_template, resp.status_code, time.perf_counter() - started)
 
 

@@ -387,3 +387,42 @@ class IdempotencyKey(BaseModel):
     class Meta:
         table_name = "idempotency_keys"
         primary_key = peewee.CompositeKey("operator_id", "idempotency_key")
+
+
+class WebhookEndpoint(BaseModel):
+    """An operator's webhook endpoint (migration 0023): where, which event types, signed how."""
+
+    id = TextUUIDField(primary_key=True)
+    operator_id = peewee.CharField()
+    url = peewee.TextField()
+    description = peewee.CharField(null=True)
+    event_types = peewee.TextField()  # JSON list of vocabulary.WebhookEvent
+    # Fernet (crypto.encrypt_secret); the whsec_ secret is shown once, at creation.
+    secret_encrypted = peewee.TextField()
+    enabled = peewee.BooleanField()
+    disabled_reason = peewee.TextField(null=True)
+    failing_since = peewee.DateTimeField(null=True)
+    inserted_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "webhook_endpoints"
+
+
+class WebhookDelivery(BaseModel):
+    """One event for one endpoint and its attempts; its id is the message's ``webhook-id``."""
+
+    id = peewee.CharField(primary_key=True)
+    endpoint = peewee.ForeignKeyField(WebhookEndpoint, column_name="endpoint_id", backref="deliveries")
+    event_type = peewee.CharField()
+    payload = peewee.TextField()  # the JSON body, as signed
+    state = peewee.CharField()  # pending | succeeded | failed
+    attempts = peewee.IntegerField()
+    next_attempt_at = peewee.DateTimeField(null=True)
+    last_attempt_at = peewee.DateTimeField(null=True)
+    last_status = peewee.IntegerField(null=True)
+    last_error = peewee.TextField(null=True)
+    inserted_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "webhook_deliveries"

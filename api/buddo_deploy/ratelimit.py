@@ -8,6 +8,7 @@ IETF RateLimit header fields draft (`RateLimit-Limit/-Remaining/-Reset`) plus
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -40,6 +41,12 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/api/deploy/registry-logins"): "read",
     ("PUT", "/api/deploy/registry-logins/{registry}"): "write",
     ("DELETE", "/api/deploy/registry-logins/{registry}"): "write",
+    ("GET", "/api/deploy/webhooks"): "read",
+    ("POST", "/api/deploy/webhooks"): "write",
+    ("GET", "/api/deploy/webhooks/{webhook_id}"): "read",
+    ("PATCH", "/api/deploy/webhooks/{webhook_id}"): "write",
+    ("DELETE", "/api/deploy/webhooks/{webhook_id}"): "write",
+    ("GET", "/api/deploy/webhooks/{webhook_id}/deliveries"): "read",
     # Caddy's on-demand TLS ask (a secret in its URL, no token): counted per client address, and
     # only once the secret is right (DomainCheckResource): a flood of asks without it, from
     # Caddy's address or behind one proxy with Caddy, never uses up Caddy's own asks.
@@ -61,9 +68,12 @@ EXPENSIVE_READS: frozenset[tuple[str, str]] = frozenset({
 IN_FLIGHT_RETRY_AFTER_S = 1
 
 
+_CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
+
+
 def _route_key(method: str, template: str) -> tuple[str, str]:
-    # Falcon reports the template with its converter, e.g. {deployment_id:uuid}.
-    return method, template.replace("{deployment_id:uuid}", "{deployment_id}")
+    # Falcon reports the template with its converters, e.g. {deployment_id:uuid}.
+    return method, _CONVERTER.sub(r"{\1}", template)
 
 
 def client_address(req: falcon.Request, trusted_proxies: frozenset[str]) -> str:
@@ -129,6 +139,8 @@ class RateLimit:
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
         if getattr(resource, "counts_itself", False):  # e.g. the ask endpoint: after its secret is checked
+            return
+        if req.env.get("buddo.resumed"):  # a parked request answering now: counted when it arrived
             return
         self.count(req, resp)
 

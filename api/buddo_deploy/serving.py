@@ -21,6 +21,13 @@ An answer the client has not taken within the same timeout of its first byte is 
 a thread (a chunked or ``Expect: 100-continue`` body, an answer) is bounded by it too
 (``SO_RCVTIMEO``/``SO_SNDTIMEO``), so no client holds a thread for long.
 
+A request the app *parks* (``environ["buddo.park"]``: a status wait, ``?wait_for=``) holds
+no thread while it waits: its WSGI call ends unanswered, the connection waits in the event
+loop, and one waker thread per worker asks every parked request's ``check`` once per
+``WAKE_S`` (one call for all requests that share it: one query for a hundred waiters). When
+the check says so, or at the request's deadline, the request is served again from its kept
+bytes with ``environ["buddo.resumed"]``, and answers then (the rate limit counted it once).
+
 A connection is with one thread or with the event loop at a time (gthread's rule), so
 the request's bytes need no lock; the deadlines (``arriving``) are the event loop's
 alone. TLS and cleartext HTTP/2 (not used: Caddy terminates TLS in front) fall back to
@@ -33,7 +40,10 @@ import contextlib
 import selectors
 import socket
 import struct
+import threading
 import time
+from collections.abc import Callable, Collection, Hashable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -107,6 +117,28 @@ class _Lingering:
 
 # What a thread's handle() returns for a request not in yet: back to the event loop.
 _MORE = object()
+# ... and for a request the app parked: to the event loop until its check or deadline.
+_PARKED = object()
+# How often the waker asks the checks of parked requests.
+WAKE_S = 0.1
+
+# A check: of the keys of parked requests, those whose answer is due now.
+Check = Callable[[Collection[Hashable]], Collection[Hashable]]
+
+
+@dataclass
+class _Park:
+    """A parked request: its bytes, what it waits for, and until when."""
+
+    request: bytes
+    key: Hashable
+    check: Check
+    deadline: float
+
+
+class _ParkedSignal(BaseException):  # noqa: N818 - a signal, not an error
+    """Out of the WSGI call of a request the app parked: not an Exception, so gunicorn's
+    handlers let it through and write nothing (no 500, no access log line)."""
 
 
 def _bound_blocking_io(sock: socket.socket, seconds: float) -> None:
@@ -173,6 +205,36 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
         # closing (the event loop's alone).
         self.arriving: dict[Any, _Arrival] = {}
         self.lingering: dict[Any, _Lingering] = {}
+        # Parked requests (the event loop adds and resumes them; the waker reads them).
+        self.parked: dict[Any, _Park] = {}
+        self._parked_lock = threading.Lock()
+        self._waker: threading.Thread | None = None
+        self._serving = threading.local()  # the connection a thread serves
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        app: Any = getattr(self, "wsgi")  # noqa: B009 - gunicorn sets it untyped
+
+        def parking_app(environ: dict[str, Any], start_response: Any) -> Any:
+            conn = getattr(self._serving, "conn", None)
+            if conn is None:  # TLS, HTTP/2: gthread's own handling, nothing parks
+                return app(environ, start_response)
+            if conn.__dict__.pop("buddo_resumed", False):
+                environ["buddo.resumed"] = True
+            else:
+                environ["buddo.park"] = partial(self._park, conn)
+            result = app(environ, start_response)
+            if getattr(conn, "buddo_park", None) is not None:
+                if hasattr(result, "close"):
+                    result.close()
+                raise _ParkedSignal
+            return result
+
+        self.wsgi = parking_app
+
+    def _park(self, conn: Any, key: Hashable, check: Check, timeout_s: float) -> None:
+        """environ["buddo.park"]: answer this request again when ``check`` has ``key`` or in ``timeout_s``."""
+        conn.buddo_park = _Park(conn.buddo_request, key, check, time.monotonic() + timeout_s)
 
     def _stock(self, conn: Any) -> bool:
         return bool(self.cfg.is_ssl or self.cfg.http2_cleartext != "off" or conn.is_http2)
@@ -180,6 +242,7 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def handle(self, conn: Any) -> Any:
         """In a thread: serve the request if it has arrived, else hand the connection back."""
         if self._stock(conn):
+            self._serving.conn = None
             return super().handle(conn)
         arrival = getattr(conn, "buddo_arrival", None)
         if arrival is None:
@@ -201,10 +264,15 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
         if verdict:
             conn.buddo_arrival = None
             conn.init()  # the parser of a new connection (HTTP/1 without TLS: reads nothing)
+            conn.parser.unreader.take_buffered()  # a resumed request: read ahead once already
             conn.parser.unreader.unread(bytes(arrival.buffer))
+            conn.buddo_request, conn.buddo_park = bytes(arrival.buffer), None
             raw, conn.sock = conn.sock, _WriteDeadline(conn.sock, self.request_timeout)
+            self._serving.conn = conn
             try:
                 return super().handle(conn)
+            except _ParkedSignal:
+                return _PARKED
             finally:
                 conn.sock = raw
         return False if closed else _MORE
@@ -224,10 +292,70 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
             conn.sock.setblocking(False)
             self.arriving[conn] = arrival
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        elif result is _PARKED:
+            conn.sock.setblocking(False)
+            with self._parked_lock:
+                self.parked[conn] = conn.buddo_park
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_parked_readable, conn))
+            if self._waker is None:
+                self._waker = threading.Thread(target=self._wake, name="buddo-waker", daemon=True)
+                self._waker.start()
         elif result:
             super().finish_request(conn, fs)  # kept alive
         else:
             self._linger(conn)
+
+    def _on_parked_readable(self, conn: Any, _sock: Any) -> None:
+        """A parked connection the client closed is dropped; one that sent more (a pipelined
+        request) is no longer watched: its turn comes after the parked answer."""
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        try:
+            gone = not conn.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            gone = True
+        if gone:
+            with self._parked_lock:
+                self.parked.pop(conn, None)
+            self.nr_conns -= 1
+            conn.close()
+
+    def _wake(self) -> None:
+        """The waker thread: every WAKE_S, the parked requests whose check or deadline has come."""
+        while self.alive:
+            time.sleep(WAKE_S)
+            with self._parked_lock:
+                parked = list(self.parked.items())
+            if not parked:
+                continue
+            checks: dict[Check, set[Hashable]] = {}
+            for _, park in parked:
+                checks.setdefault(park.check, set()).add(park.key)
+            ready: set[tuple[Check, Hashable]] = set()
+            for check, keys in checks.items():
+                try:
+                    ready.update((check, key) for key in check(keys))
+                except Exception:  # a check that fails answers at the deadline
+                    self.log.exception("A parked request's check failed")
+            now = time.monotonic()
+            due = [conn for conn, park in parked if (park.check, park.key) in ready or park.deadline <= now]
+            if due:
+                self.method_queue.defer(self._resume, due)
+
+    def _resume(self, conns: list[Any]) -> None:
+        """On the event loop: serve parked requests again (they answer now)."""
+        for conn in conns:
+            with self._parked_lock:
+                park = self.parked.pop(conn, None)
+            if park is None:
+                continue  # gone meanwhile
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(conn.sock)
+            conn.buddo_resumed = True
+            conn.buddo_arrival = _Arrival(park.request, time.monotonic() + self.request_timeout)
+            self.enqueue_req(conn)
 
     def _on_readable(self, conn: Any, _sock: Any) -> None:
         del self.arriving[conn]
@@ -294,3 +422,5 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
         for conn, lingering in list(self.lingering.items()):
             if lingering.deadline <= now or not self.alive:
                 self._close_lingering(conn)
+        if not self.alive and self.parked:
+            self._resume(list(self.parked))  # stopping: parked requests answer now

@@ -125,3 +125,33 @@ class ConditionStatus(StrEnum):
     TRUE = "True"
     FALSE = "False"
     UNKNOWN = "Unknown"
+
+
+class WebhookEvent(StrEnum):
+    """The event types an operator's webhook endpoint may choose (services/webhooks.py)."""
+
+    DEPLOY_SUCCEEDED = "deploy.succeeded"
+    DEPLOY_FAILED = "deploy.failed"
+    RESTART_SUCCEEDED = "restart.succeeded"
+    RESTART_FAILED = "restart.failed"
+    UPDATE_SUCCEEDED = "update.succeeded"
+    UPDATE_FAILED = "update.failed"
+    ROLLBACK_SUCCEEDED = "rollback.succeeded"
+    ROLLBACK_FAILED = "rollback.failed"
+    # A new version that never answered: the one before it keeps serving (automatic rollback).
+    ROLLED_BACK = "deployment.rolled_back"
+    UNHEALTHY = "deployment.unhealthy"
+    HEALED = "deployment.healed"
+    CRASH_LOOP_PAUSED = "deployment.crash_loop_paused"
+    STOPPED = "deployment.stopped"
+    SUSPENDED = "deployment.suspended"
+    REACTIVATED = "deployment.reactivated"
+    DESTROYED = "deployment.destroyed"
+    CUSTOM_DOMAIN_VERIFIED = "custom_domain.verified"
+    CUSTOM_DOMAIN_MISCONFIGURED = "custom_domain.misconfigured"
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"

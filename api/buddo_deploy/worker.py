@@ -6,8 +6,9 @@ playbook run per host per cycle, on the hosts themselves), the custom domains' D
 check (services/domains.py), a reconcile timer (queues a host-wide reconcile every
 ``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of the
 same host), the billing clock (a billing pass every ``BUDDO_BILLING_INTERVAL``
-by the one worker holding the billing lease) and retention (old finished jobs pruned
-every ``BUDDO_RETENTION_INTERVAL`` by the one worker holding the retention lease).
+by the one worker holding the billing lease), webhook deliveries (what is due, every
+second; services/webhooks.py) and retention (old finished jobs pruned every
+``BUDDO_RETENTION_INTERVAL`` by the one worker holding the retention lease).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .db import connect_thread, open_database, write_transaction
 from .inventory import container_hosts, host_addresses
 from .models import database_proxy
 from .runner import run_playbook, sweep_stale_secrets
-from .services import billing, domains, engine, retention
+from .services import billing, domains, engine, retention, webhooks
 from .settings import Settings
 from .tasks import task_for
 
@@ -120,6 +121,12 @@ def queue_reconciles(settings: Settings) -> None:
 
 # How often the domain checker looks for due domains: a new one is checked within this.
 _DOMAIN_TICK_S = 2.0
+# Due webhook deliveries are looked for this often (seconds).
+WEBHOOK_TICK_S = 1.0
+
+
+def void(_: object) -> None:
+    """A timer's action returns nothing."""
 
 
 def domain_checker(settings: Settings) -> domains.DomainChecker:
@@ -195,6 +202,8 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         if settings.billing_enabled and settings.billing_interval_s > 0:
             clock = BillingClock(settings, workers[0].name)
             timers.append(Every("billing clock", settings.billing_interval_s, clock.tick))
+        deliverer = webhooks.Deliverer(settings)
+        timers.append(Every("webhook deliveries", WEBHOOK_TICK_S, lambda: void(deliverer.tick())))
         if settings.retention_days > 0 and settings.retention_interval_s > 0:
             pruner = Pruner(settings, workers[0].name)
             timers.append(Every("retention", settings.retention_interval_s, pruner.tick))

@@ -320,6 +320,7 @@ def test_openapi_is_public_and_lists_every_endpoint(client):
         "/api/deploy/apps/{deployment_id}/output",
         "/api/deploy/apps/{deployment_id}/jobs/{job_id}", "/metrics",
         "/api/deploy/registry-logins", "/api/deploy/registry-logins/{registry}",
+        "/api/deploy/webhooks", "/api/deploy/webhooks/{webhook_id}", "/api/deploy/webhooks/{webhook_id}/deliveries",
     }
     schemas = doc["components"]["schemas"]
     assert {"DeploymentCreate", "DeploymentOut", "StatusOut", "LogEntryOut", "ErrorOut", "TierOut", "JobOut",

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 import uuid
 
 import pytest
-from buddo_deploy.models import Job, JobTarget
+from buddo_deploy.models import Deployment, Job, JobTarget, database_proxy
 from buddo_deploy.schemas import DeploymentEnvelope, DeploymentList, LogList, StatusOut
+from buddo_deploy.services.lifecycle import statuses_reached
 
 from tests.helpers import auth, create_body
 
@@ -159,3 +162,29 @@ def test_a_request_id_is_echoed_only_when_it_is_sane_as_a_whole():
 
     assert request_id("trace-12345678") == "trace-12345678"
     assert request_id("trace-12345678\n") != "trace-12345678\n"
+
+
+def test_status_wait_answers_once_reached_or_at_the_timeout(client):
+    """In process (no parking server): the request waits holding its thread; serving.py parks it
+    (tests/integration/test_server.py), both answer the same."""
+    created = create(client)
+    url = f"/api/deploy/apps/{created['id']}/status"
+    timed_out = client.simulate_get(url, params={"wait_for": "running", "timeout": "1"}, headers=auth())
+    assert (timed_out.status_code, timed_out.headers["Wait-Result"], timed_out.json["status"]) == (
+        200, "timeout", "pending")
+
+    def change() -> None:
+        time.sleep(0.3)
+        with database_proxy.connection_context():
+            Deployment.update(status="failed").where(Deployment.id == created["id"]).execute()
+
+    changer = threading.Thread(target=change)
+    changer.start()
+    reached = client.simulate_get(url, params={"wait_for": "running,failed", "timeout": "30"}, headers=auth())
+    changer.join()
+    assert (reached.status_code, reached.headers["Wait-Result"], reached.json["status"]) == (
+        200, "reached", "failed")
+    # The parked waits' check: one reached, one not, one whose deployment is gone (answers: 404).
+    gone = (str(uuid.uuid4()), frozenset({"running"}))
+    keys = {(created["id"], frozenset({"failed"})), (created["id"], frozenset({"running"})), gone}
+    assert statuses_reached(keys) == {(created["id"], frozenset({"failed"})), gone}

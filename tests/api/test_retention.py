@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from buddo_deploy import cli, jobqueue
 from buddo_deploy.db import write_transaction
-from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, database_proxy, utcnow
+from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, WebhookDelivery, database_proxy, utcnow
 from buddo_deploy.services import output, retention
+from buddo_deploy.services.webhooks import Webhooks
 from buddo_deploy.worker import Pruner
 
 from tests.helpers import JWT_SECRET, PRODUCTION_AUTH, auth, create_deployment, run_job
@@ -114,9 +115,9 @@ def test_zero_days_keeps_everything(client, settings):
 
 @contextlib.contextmanager
 def _counting(changes: list[int]) -> Iterator[None]:
-    """write_transaction, recording how many job and event rows each transaction removed."""
+    """write_transaction, recording how many job, event and delivery rows each transaction removed."""
     def rows() -> int:
-        return Job.select().count() + JobEvent.select().count()
+        return Job.select().count() + JobEvent.select().count() + WebhookDelivery.select().count()
 
     before = rows()
     with write_transaction(database_proxy.obj):
@@ -134,15 +135,24 @@ def test_pruning_runs_in_bounded_batches(client, settings, monkeypatch):
     ids = [job.id for job in Job.select(Job.id).where(Job.action == "output")]
     JobEvent.insert_many([{"job": job_id, "attempt": 1, "created_at": at, "event": "runner_on_ok"}
                           for job_id in ids for _ in range(3)]).execute()
+    # 60 webhook deliveries done long ago, and one still being tried (kept).
+    endpoint, _ = Webhooks(settings).create("operator-1", "https://hooks.example.com/", None, None)
+    delivery = {"endpoint": endpoint.id, "event_type": "deploy.succeeded", "payload": "{}", "attempts": 1,
+                "inserted_at": at}
+    WebhookDelivery.insert_many([delivery | {"id": f"msg_{i:032x}", "state": "succeeded" if i % 2 else "failed"}
+                                 for i in range(60)]).execute()
+    WebhookDelivery.create(**delivery, id="msg_pending", state="pending", next_attempt_at=at)
     changes: list[int] = []
     monkeypatch.setattr(retention, "write_transaction", lambda db: _counting(changes))
 
     report = retention.prune(30, batch=50)
 
-    assert (report.jobs_removed, report.events) == (120, 360)
-    assert max(changes) == 50 and sum(changes) == 480  # never more than a batch at once
-    # Per 50 jobs: their 150 events (50, 50, 50, then none left), then the jobs; the last 20: 50 + 10, then them.
-    assert report.transactions == len(changes) == 5 + 5 + 3
+    assert (report.jobs_removed, report.events, report.deliveries) == (120, 360, 60)
+    assert max(changes) == 50 and sum(changes) == 480 + 60  # never more than a batch at once
+    # The deliveries: 50, 10. Per 50 jobs: their 150 events (50, 50, 50, then none left), then the
+    # jobs; the last 20: 50 + 10, then them.
+    assert report.transactions == len(changes) == 2 + 5 + 5 + 3
+    assert [d.id for d in WebhookDelivery.select()] == ["msg_pending"]
     assert Job.select().where(Job.action == "output").count() == 0
     assert Job.select().where(Job.action == "converge").count() == 1  # the deploy's, newest of its deployment
 

@@ -172,7 +172,8 @@ class Stack:
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("headers", self.headers())
-        return requests.request(method, f"{self.api}{path}", timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, f"{self.api}{path}", **kwargs)
 
     def create(self, **body: Any) -> dict[str, Any]:
         self.subdomains.add(body["subdomain"])
@@ -181,12 +182,15 @@ class Stack:
         return dict(resp.json()["deployment"])
 
     def wait_for(self, ident: str, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
+        """The status once it is one of ``statuses``: the API's own wait (``wait_for``), which
+        answers as soon as it is reached."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.call("GET", f"/api/deploy/apps/{ident}/status").json()
+        while (left := deadline - time.monotonic()) > 0:
+            wait = max(1, min(60, int(left)))
+            status = self.call("GET", f"/api/deploy/apps/{ident}/status", timeout=wait + 30,
+                               params={"wait_for": ",".join(sorted(statuses)), "timeout": str(wait)}).json()
             if status["status"] in statuses:
                 return dict(status)
-            time.sleep(0.5)
         logs = self.call("GET", f"/api/deploy/apps/{ident}/logs").json()
         raise AssertionError(f"{ident} never reached {statuses}: {status}; logs: {json.dumps(logs)}")
 
@@ -345,6 +349,8 @@ def start_stack(root: Path, configure: Callable[[Path], list[str]] | None = None
         # Its containers apart from those of a `make up` on this machine.
         "BUDDO_INSTANCE": f"e2e-{uuid.uuid4().hex[:8]}",
         "BUDDO_RATE_LIMITS_ENABLED": "false",
+        # Webhook receivers are the tests' own, on this machine.
+        "BUDDO_WEBHOOK_ALLOW_PRIVATE": "true",
         "BUDDO_KEEP_RUNNER_DATA": "1",
         # Billing on its defaults (30-day cycle), with balances no test runs out of.
         "BUDDO_BILLING_STARTING_POINTS": "100000000",

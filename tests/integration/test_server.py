@@ -259,6 +259,7 @@ def small_server(tmp_path: Path) -> Iterator[str]:
         "BUDDO_JWT_SECRET": JWT_SECRET,
         "BUDDO_SECRET_KEY": "k",
         "BUDDO_API_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
+        "BUDDO_RATE_LIMIT_WINDOW": "86400",  # counts no test run can see reset
         **PRODUCTION_AUTH,
         "BUDDO_BILLING_STARTING_POINTS": "1000000000",
         "BUDDO_BILLING_STARTING_SATS": "1000000000000",
@@ -369,3 +370,42 @@ def test_requests_in_pieces_pipelined_chunked_and_too_large(small_server):
 
     huge = b"GET /api/deploy/tiers HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: " + b"a" * 70_000 + b"\r\n\r\n"
     assert _raw(small_server, huge).startswith(b"HTTP/1.1 431 ")
+
+
+def test_status_waits_hold_no_thread_and_answer_when_the_status_is_reached(small_server, tmp_path: Path):
+    """Eight waits parked against two threads: another operator's request is answered while
+    they all wait; a status change answers each of them once (counted once each), a client
+    that leaves is dropped, and a wait that is not met answers at its timeout."""
+    created = requests.post(f"{small_server}/api/deploy/apps", json=create_body(), headers=auth(), timeout=10)
+    assert created.status_code == 201, created.text
+    ident = created.json()["deployment"]["id"]
+    url = f"{small_server}/api/deploy/apps/{ident}/status"
+    before = requests.get(url, headers=auth(), timeout=10)
+    assert before.json()["status"] == "pending" and "Wait-Result" not in before.headers
+    remaining = int(before.headers["RateLimit-Remaining"])
+
+    leaving = socket.create_connection(("127.0.0.1", int(small_server.rsplit(":", 1)[1])), timeout=10)
+    leaving.sendall(f"GET /api/deploy/apps/{ident}/status?wait_for=running HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: {auth()['Authorization']}\r\n\r\n".encode())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        waits = [pool.submit(requests.get, url, params={"wait_for": "running,failed", "timeout": "60"},
+                             headers=auth(), timeout=90) for _ in range(8)]
+        time.sleep(1.0)
+        leaving.close()
+        tiers = requests.get(f"{small_server}/api/deploy/tiers", headers=auth("someone-else"), timeout=30)
+        assert tiers.status_code == 200
+        assert not any(wait.done() for wait in waits)  # all still waiting, none holding a thread
+        with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db, db:
+            db.execute("UPDATE deployments SET status = 'running' WHERE id = ?", (ident,))
+        answers = [wait.result() for wait in waits]
+    assert {(a.status_code, a.headers["Wait-Result"], a.json()["status"]) for a in answers} == {
+        (200, "reached", "running")}
+    after = requests.get(url, headers=auth(), timeout=10)
+    # Counted once each: the first poll, eight waits, the one that left, this poll.
+    assert int(after.headers["RateLimit-Remaining"]) == remaining - 10
+
+    timed_out = requests.get(url, params={"wait_for": "stopped", "timeout": "1"}, headers=auth(), timeout=30)
+    assert (timed_out.status_code, timed_out.headers["Wait-Result"], timed_out.json()["status"]) == (
+        200, "timeout", "running")
+    bad = requests.get(url, params={"wait_for": "running,asleep"}, headers=auth(), timeout=10)
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "wait_for", bad.text

@@ -25,9 +25,10 @@ from ..schemas import (
     ReleasesQuery,
     RollbackIn,
     StatusOut,
+    StatusQuery,
     ValidationContext,
 )
-from ..services.lifecycle import Lifecycle
+from ..services.lifecycle import Lifecycle, statuses_reached
 from .common import (
     deployment_out,
     log_entry_out,
@@ -98,7 +99,22 @@ class AppsResource:
         send(resp, DestroyOut(message="Deployment destroyed", id=deployment.id))
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
-        send(resp, StatusOut(**self.lifecycle.status_of(req.context.principal, deployment_id)))
+        """At once, or with ``wait_for`` once the status is one of those (or at the timeout): our
+        server parks the request meanwhile (serving.py), holding no thread."""
+        query = parse_query(req, StatusQuery)
+        principal = req.context.principal
+        status = self.lifecycle.status_of(principal, deployment_id)
+        wanted = query.statuses
+        if wanted and status["status"] not in wanted and not req.env.get("buddo.resumed"):
+            park = req.env.get("buddo.park")
+            if park is not None:
+                park((str(deployment_id), wanted), statuses_reached, query.timeout)
+                req.context.parked = True
+                return
+            status = self.lifecycle.wait_for_status(principal, deployment_id, wanted, query.timeout)
+        if wanted:
+            resp.set_header("Wait-Result", "reached" if status["status"] in wanted else "timeout")
+        send(resp, StatusOut(**status))
 
     def on_get_logs(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         query = parse_query(req, LogsQuery)

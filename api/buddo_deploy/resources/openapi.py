@@ -17,7 +17,7 @@ _ERRORS = {
          "cover it (details.reason insufficient_balance), or the account still owes for cycles already started "
          "(unpaid_debt); details: tier, track, price, balance, debt (owed per track); nothing was created",
     403: "Forbidden (scope or owner)",
-    404: "Not found (deployment, tier, registry login, or a malformed deployment id)", 413: "Request body too large",
+    404: "Not found (deployment, tier, registry login, webhook, or a malformed id)", 413: "Request body too large",
     422: "Validation failed, or the state does not allow it (e.g. subdomain taken, deployment destroyed)",
     409: "Reference already used for a different payment",
     429: "Rate or deployment limit reached, or too many expensive reads in flight",
@@ -107,9 +107,11 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         schemas.StatusOut, schemas.LogList, schemas.DestroyOut, schemas.ErrorOut, schemas.JobEnvelope,
         schemas.BillingOut, schemas.PaymentIn, schemas.PaymentOut, schemas.ReleaseList, schemas.RollbackIn,
         schemas.OutputOut, schemas.RegistryLoginIn, schemas.RegistryLoginEnvelope, schemas.RegistryLoginList,
-        schemas.RegistryLoginRemoved,
+        schemas.RegistryLoginRemoved, schemas.WebhookIn, schemas.WebhookUpdate, schemas.WebhookCreated,
+        schemas.WebhookEnvelope, schemas.WebhookList, schemas.WebhookRemoved, schemas.DeliveryList,
     ]
-    inputs = (schemas.PaymentIn, schemas.RollbackIn, schemas.RegistryLoginIn)
+    inputs = (schemas.PaymentIn, schemas.RollbackIn, schemas.RegistryLoginIn, schemas.WebhookIn,
+              schemas.WebhookUpdate)
     _, top = models_json_schema(
         [(m, "validation" if m in inputs else "serialization") for m in models], ref_template=_REF,
     )
@@ -138,6 +140,12 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     }
     listing = _operation("listDeployments", "List the caller's deployments, newest first", "DeploymentList", (422,))
     listing["parameters"] = _query_parameters(schemas.ListQuery)
+    status = _operation("getDeploymentStatus", "Lightweight status; with wait_for, once it is reached",
+                        "StatusOut", (404, 422))
+    status["parameters"] = _query_parameters(schemas.StatusQuery)
+    status["responses"]["200"].setdefault("headers", {}).update({
+        "Wait-Result": {"description": "With wait_for: `reached`, or `timeout` (the status is the current one)",
+                        "schema": {"type": "string", "enum": ["reached", "timeout"]}}})
     paths = {
         "/api/deploy/tiers": {"get": _operation("listTiers", "List deploy tiers", "TierList")},
         "/api/deploy/apps": {"get": listing, "post": create},
@@ -147,10 +155,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
             "delete": _operation("destroyDeployment", "Destroy a deployment", "DestroyOut", (404, 422)),
             "patch": update,
         },
-        "/api/deploy/apps/{deployment_id}/status": {
-            "parameters": item,
-            "get": _operation("getDeploymentStatus", "Lightweight status", "StatusOut", (404,)),
-        },
+        "/api/deploy/apps/{deployment_id}/status": {"parameters": item, "get": status},
         "/api/deploy/apps/{deployment_id}/logs": {
             "parameters": item,
             "get": _operation("getDeploymentLogs", "Audit log, oldest first", "LogList", (404, 422))
@@ -193,6 +198,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
     }
     paths |= _billing_paths()
     paths |= _registry_login_paths(context)
+    paths |= _webhook_paths()
     paths |= _ops_paths(item)
     _idempotent(paths)
     return {
@@ -274,6 +280,38 @@ def _registry_login_paths(context: schemas.ValidationContext) -> dict[str, Any]:
         "/api/deploy/registry-logins/{registry}": {
             "parameters": [schemas.RegistryLoginKey.path_parameter(context)], "put": put, "delete": remove,
         },
+    }
+
+
+def _webhook_paths() -> dict[str, Any]:
+    """The caller's webhook endpoints (README "Webhooks")."""
+    item = [{"name": "webhook_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"},
+             "description": "`id` of a webhook endpoint"}]
+    create = _operation("createWebhook", "Register an endpoint; the answer holds its signing secret, shown once",
+                        "WebhookCreated", (400, 413, 422), ok_status="201")
+    create["requestBody"] = {"required": True, "content": _json("WebhookIn")}
+    update = _operation("updateWebhook", "Change an endpoint (enabled: true enables it again)", "WebhookEnvelope",
+                        (400, 404, 413, 422))
+    update["requestBody"] = {"required": True, "content": _json("WebhookUpdate")}
+    deliveries = _operation("listWebhookDeliveries", "The endpoint's deliveries, newest first, with their attempts",
+                            "DeliveryList", (404, 422))
+    deliveries["parameters"] = _query_parameters(schemas.DeliveriesQuery)
+    ident = {"webhook_id": "$response.body#/webhook/id"}
+    create["responses"]["201"]["links"] = {
+        operation: {"operationId": operation, "parameters": ident}
+        for operation in ("getWebhook", "updateWebhook", "deleteWebhook", "listWebhookDeliveries")}
+    return {
+        "/api/deploy/webhooks": {
+            "get": _operation("listWebhooks", "The caller's webhook endpoints (never a secret)", "WebhookList"),
+            "post": create,
+        },
+        "/api/deploy/webhooks/{webhook_id}": {
+            "parameters": item,
+            "get": _operation("getWebhook", "One webhook endpoint", "WebhookEnvelope", (404,)),
+            "patch": update,
+            "delete": _operation("deleteWebhook", "Delete an endpoint and its delivery log", "WebhookRemoved", (404,)),
+        },
+        "/api/deploy/webhooks/{webhook_id}/deliveries": {"parameters": item, "get": deliveries},
     }
 
 

@@ -79,6 +79,7 @@ from .deployments import (
     LogList,
     LogsQuery,
     StatusOut,
+    StatusQuery,
 )
 from .jobs import (
     JobEnvelope,
@@ -117,8 +118,30 @@ from .releases import (
 from .tiers import (
     TierOut,
 )
+from .webhooks import (
+    DeliveriesQuery,
+    DeliveryList,
+    DeliveryOut,
+    WebhookCreated,
+    WebhookEnvelope,
+    WebhookIn,
+    WebhookList,
+    WebhookOut,
+    WebhookRemoved,
+    WebhookUpdate,
+)
 
 __all__ = [
+    "DeliveriesQuery",
+    "DeliveryList",
+    "DeliveryOut",
+    "WebhookCreated",
+    "WebhookEnvelope",
+    "WebhookIn",
+    "WebhookList",
+    "WebhookOut",
+    "WebhookRemoved",
+    "WebhookUpdate",
     "AuditActionField",
     "AuditStatusField",
     "BillingStatusField",
@@ -166,6 +189,7 @@ __all__ = [
     "LogEntryOut",
     "LogList",
     "LogsQuery",
+    "StatusQuery",
     "MAX_CURSOR",
     "MAX_DOMAIN",
     "MAX_ENV_NAME",

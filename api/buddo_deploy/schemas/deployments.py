@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
 )
 
+from ..vocabulary import DeploymentStatus
 from .common import (
     DOMAIN_PATTERN,
     ENV_NAME_PATTERN,
@@ -224,6 +225,32 @@ class LogsQuery(BaseModel):
     limit: int = Field(20, ge=1, le=MAX_PAGE, description="Page size")
     cursor: StrictStr | None = Field(None, min_length=1, max_length=MAX_CURSOR, pattern=r"^[A-Za-z0-9_-]+$",
                                      description="next_cursor of the previous page")
+
+
+_STATUS_WORD = "(?:" + "|".join(DeploymentStatus) + ")"
+_WAIT_FOR = re.compile(f"^{_STATUS_WORD}(?:,{_STATUS_WORD}){{0,5}}$")
+MAX_WAIT_S = 60
+
+
+class StatusQuery(BaseModel):
+    """The query of GET /api/deploy/apps/{id}/status (unknown parameters are ignored)."""
+
+    wait_for: StrictStr | None = Field(
+        None, json_schema_extra={"pattern": _WAIT_FOR.pattern},
+        description="Answer once the status is one of these (comma-separated), or at the timeout with the "
+                    "current status (header `Wait-Result: timeout`); counted once against the rate limit")
+    timeout: int = Field(30, ge=1, le=MAX_WAIT_S, description="Seconds to wait at most (with wait_for)")
+
+    @field_validator("wait_for")
+    @classmethod
+    def _statuses(cls, value: str | None) -> str | None:
+        if value is not None and not _WAIT_FOR.fullmatch(value):
+            raise ValueError(f"must be statuses among {', '.join(DeploymentStatus)}, separated by commas")
+        return value
+
+    @property
+    def statuses(self) -> frozenset[str]:
+        return frozenset(self.wait_for.split(",")) if self.wait_for else frozenset()
 
 
 class DnsRecordOut(BaseModel):

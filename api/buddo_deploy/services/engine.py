@@ -16,8 +16,8 @@ from ..crypto import decrypt_env
 from ..db import write_transaction
 from ..models import AuditEntry, Deployment, Job, JobEvent, Tier, database_proxy, utcnow
 from ..results import EventSummary, PlaybookResult
-from ..vocabulary import DesiredState
-from . import releases, state
+from ..vocabulary import DesiredState, Health, WebhookEvent
+from . import releases, state, webhooks
 from .registry_logins import logins_of, registry_login_for
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def start_converge(job: Job, owner: str, secret_key: str) -> Plan | None:
             d = state.locked(target.deployment_id)
             assert d is not None
             if d.observed_generation >= d.generation:  # converged already (a reconcile, or an earlier run)
-                state.close_entries(d.id, d.observed_generation, d.desired_state, True, {"attempt": job.attempts})
+                state.close_entries(d, d.observed_generation, d.desired_state, True, {"attempt": job.attempts})
                 jobqueue.finish_target(job, d.id, succeeded=True)
                 continue
             if d.desired_state == "running" and d.failed_generation == d.generation:
@@ -409,6 +409,13 @@ def _automatic_restarts(d: Deployment, since: dt.datetime) -> list[AuditEntry]:
     ).order_by(AuditEntry.inserted_at))
 
 
+def _turned_unhealthy(d: Deployment, message: str) -> None:
+    """The webhook of a deployment that was not unhealthy until this verdict."""
+    if d.health_status != Health.UNHEALTHY:
+        d.health_status = Health.UNHEALTHY
+        webhooks.emit(d, WebhookEvent.UNHEALTHY, {"message": message})
+
+
 def _heal(d: Deployment, reason: str, message: str, policy: HealthPolicy) -> str:
     """Converge an app that died or stopped answering again, unless it keeps doing so."""
     now = utcnow()
@@ -496,6 +503,7 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
                 what = f"container {mine[0]['state']}" if mine else "container missing"
                 Deployment.update(health_status="unhealthy", last_health_check=now,
                                   health_failures=d.health_failures + 1).where(Deployment.id == d.id).execute()
+                _turned_unhealthy(d, what)
                 verdicts[str(d.id)] = _heal(d, "container_exited", what, policy)
                 continue
             probe = probes.get(running[0]["id"]) or {}
@@ -508,6 +516,7 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
             Deployment.update(health_status="unhealthy", last_health_check=now, health_failures=failures).where(
                 Deployment.id == d.id).execute()
             verdicts[str(d.id)] = "unhealthy"
+            _turned_unhealthy(d, probe.get("error") or f"HTTP {probe.get('status')}")
             if failures >= policy.failures_before_restart:
                 detail = probe.get("error") or f"HTTP {probe.get('status')}"
                 verdicts[str(d.id)] = _heal(d, "health", f"{failures} failed probes in a row ({detail})", policy)

@@ -6,14 +6,14 @@ work to do) a job in one transaction, then returns at once.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import random
 import secrets
 import string
+import time
 import uuid
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..settings import Settings
 from ..vocabulary import DeploymentStatus
 from . import domains, output, releases, state
 from .billing import Billing
+from .pages import decode_cursor, encode_cursor
 from .tiers import get_tier
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -43,6 +44,30 @@ _CREATE_LOCK = 74_217_003
 class Page:
     deployments: list[Deployment]
     next_cursor: str | None
+
+
+# How often a status wait looks again (a parked one: serving.WAKE_S).
+WAIT_POLL_S = 0.1
+
+
+def statuses_reached(keys: Collection[Hashable]) -> set[Hashable]:
+    """The check of parked status waits (serving.py): of the ``(deployment id, statuses)``
+    keys, those whose deployment has one of its statuses now, or is gone; one query for all."""
+    db = database_proxy.obj
+    db.connect(reuse_if_open=True)
+    ids = sorted({str(key[0]) for key in keys})  # type: ignore[index]
+    found: dict[str, str] = {}
+    try:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = db.execute_sql(f"SELECT id, status FROM deployments WHERE id IN "  # noqa: S608 - params only
+                                  f"({', '.join([db.param] * len(chunk))})", chunk).fetchall()
+            found.update((str(row[0]), row[1]) for row in rows)
+    except peewee.DatabaseError:
+        db.close()  # the next check opens a fresh connection
+        raise
+    return {key for key in keys
+            if str(key[0]) not in found or found[str(key[0])] in key[1]}  # type: ignore[index,operator]
 
 
 class Lifecycle:
@@ -90,6 +115,17 @@ class Lifecycle:
             "last_health_check": Deployment.last_health_check.python_value(row[5]),
         }
 
+    def wait_for_status(self, principal: Principal, deployment_id: uuid.UUID, wanted: frozenset[str],
+                        timeout_s: float) -> dict[str, Any]:
+        """The status once it is one of ``wanted``, or at the timeout: holding the thread, for
+        servers that cannot park a request (ours parks it: serving.py, ``statuses_reached``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.status_of(principal, deployment_id)
+            if status["status"] in wanted or time.monotonic() >= deadline:
+                return status
+            time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+
     def list_deployments(
         self,
         principal: Principal,
@@ -110,12 +146,12 @@ class Lifecycle:
         elif not include_destroyed:
             query = query.where(Deployment.status != "destroyed")
         if cursor:
-            inserted_at, last_id = _decode_cursor(cursor)
+            inserted_at, last_id = decode_cursor(cursor)
             # A row value: both databases seek the (operator_id, inserted_at, id) index to it.
             query = query.where(peewee.Tuple(Deployment.inserted_at, Deployment.id)
                                 < peewee.Tuple(inserted_at, str(last_id)))
         rows = list(query.limit(limit + 1))
-        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return Page(rows[:limit], next_cursor)
 
     def audit_log(self, principal: Principal, deployment_id: uuid.UUID, *, limit: int,
@@ -125,11 +161,11 @@ class Lifecycle:
         query = (AuditEntry.select().where(AuditEntry.deployment == deployment)
                  .order_by(AuditEntry.inserted_at, AuditEntry.id))
         if cursor:
-            inserted_at, last_id = _decode_cursor(cursor)
+            inserted_at, last_id = decode_cursor(cursor)
             query = query.where(peewee.Tuple(AuditEntry.inserted_at, AuditEntry.id)
                                 > peewee.Tuple(inserted_at, str(last_id)))  # seeks (deployment_id, inserted_at, id)
         rows = list(query.limit(limit + 1))
-        return rows[:limit], (_encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
+        return rows[:limit], (encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
 
     # --- changes -----------------------------------------------------------
 
@@ -480,25 +516,3 @@ class Lifecycle:
             generation=1,
             revision=1,
         )
-
-
-def _encode_cursor(row: Deployment | AuditEntry) -> str:
-    """Where a page ended, in a list ordered by (inserted_at, id): opaque to clients."""
-    raw = json.dumps([row.inserted_at.isoformat(), str(row.id)])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    invalid = Invalid.for_field("cursor", "is not a cursor this API returned", "invalid_cursor")
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, binascii.Error, RecursionError) as exc:
-        raise invalid from exc
-    # Whatever JSON decodes to, only [timestamp string, uuid string] is a cursor.
-    if not (isinstance(decoded, list) and len(decoded) == 2 and all(isinstance(v, str) for v in decoded)):
-        raise invalid
-    try:
-        return dt.datetime.fromisoformat(decoded[0]), uuid.UUID(decoded[1])
-    except ValueError as exc:
-        raise invalid from exc

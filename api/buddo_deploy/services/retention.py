@@ -27,7 +27,7 @@ from typing import Any, cast
 import peewee
 
 from ..db import write_transaction
-from ..models import AuditEntry, Job, JobEvent, JobTarget, database_proxy, utcnow
+from ..models import AuditEntry, Job, JobEvent, JobTarget, WebhookDelivery, database_proxy, utcnow
 from . import leases
 
 BATCH = 500
@@ -43,6 +43,7 @@ class PruneReport:
     cutoff: dt.datetime | None
     jobs: Counter[str] = field(default_factory=Counter)
     events: int = 0
+    deliveries: int = 0
     transactions: int = 0
 
     @property
@@ -53,7 +54,7 @@ class PruneReport:
         return {"retention_days": self.days,
                 "cutoff": self.cutoff.isoformat(timespec="seconds") + "Z" if self.cutoff else None,
                 "jobs": self.jobs_removed, "jobs_by_action": dict(sorted(self.jobs.items())),
-                "events": self.events, "transactions": self.transactions}
+                "events": self.events, "webhook_deliveries": self.deliveries, "transactions": self.transactions}
 
 
 def _prunable(cutoff: dt.datetime, output_cutoff: dt.datetime) -> peewee.Expression:
@@ -79,6 +80,15 @@ def prune(days: int, *, now: dt.datetime | None = None, batch: int = BATCH) -> P
     report = PruneReport(days, cutoff)
     condition = _prunable(cutoff, max(cutoff, now - OUTPUT_RETENTION))
     db = database_proxy.obj
+    while True:  # webhook deliveries that are done (sent, or given up)
+        with write_transaction(db):
+            done = WebhookDelivery.select(WebhookDelivery.id).where(
+                (WebhookDelivery.state != "pending") & (WebhookDelivery.inserted_at < cutoff)).limit(batch)
+            removed = WebhookDelivery.delete().where(WebhookDelivery.id.in_(done)).execute()
+        report.transactions += 1
+        report.deliveries += removed
+        if removed < batch:
+            break
     after = 0
     while True:
         rows = _tuples(Job.select(Job.id, Job.action).where(condition & (Job.id > after)).order_by(Job.id)

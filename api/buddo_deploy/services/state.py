@@ -27,7 +27,7 @@ from ..vocabulary import (
     DesiredState,
     Health,
 )
-from . import releases
+from . import releases, webhooks
 
 # What each audit action asks the deployment to be.
 INTENT: dict[str, DesiredState] = {
@@ -148,11 +148,13 @@ def health_interval_s(d: Deployment) -> int:
 def audit(d: Deployment, action: str, status: str, initiated_by: str | None, *,
           details: dict[str, Any] | None = None, generation: int | None = None) -> AuditEntry:
     now = utcnow()
-    return AuditEntry.create(
+    entry = AuditEntry.create(
         id=uuid.uuid4(), deployment=d.id, action=action, status=status, initiated_by=initiated_by,
         details=json.dumps(details) if details is not None else None, inserted_at=now, updated_at=now,
         generation=generation,
     )
+    webhooks.emit_entry(d, entry.id, action, status, details or {})
+    return entry
 
 
 def _apply(d: Deployment, values: dict[str, Any]) -> dict[str, Any]:
@@ -215,8 +217,9 @@ def touch_entries(deployment_id: Any, up_to: int, status: str, details: dict[str
             AuditEntry.id == entry.id).execute()
 
 
-def close_entries(deployment_id: Any, up_to: int, state: str, ok: bool, details: dict[str, Any]) -> None:
-    for entry in open_entries(deployment_id, up_to):
+def close_entries(d: Deployment, up_to: int, state: str, ok: bool, details: dict[str, Any]) -> None:
+    """Close the open entries the deployment has converged past (or failed); their webhooks."""
+    for entry in open_entries(d.id, up_to):
         # Keep why the entry was made (a heal's reason); a retry's last error is history now.
         mine = {k: v for k, v in _details(entry).items() if k not in {"last_error", "retrying_in_s"}} | details
         if ok and INTENT.get(entry.action) != state:
@@ -226,6 +229,7 @@ def close_entries(deployment_id: Any, up_to: int, state: str, ok: bool, details:
             status = AuditStatus.COMPLETED if ok else AuditStatus.FAILED
         AuditEntry.update(status=status, updated_at=utcnow(), details=json.dumps(mine)).where(
             AuditEntry.id == entry.id).execute()
+        webhooks.emit_entry(d, entry.id, entry.action, status, mine)
 
 
 def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[str, Any]) -> None:
@@ -289,4 +293,4 @@ def record_outcome(item: dict[str, Any], outcome: dict[str, Any], details: dict[
     if release_entry is not None and values.get("image_digest"):
         entry_details["release"] = releases.record(
             d, release_entry, values["image_digest"], target, pinned=item["image"] != d.container_image).number
-    close_entries(d.id, target, item["state"], bool(outcome.get("ok")), entry_details)
+    close_entries(d, target, item["state"], bool(outcome.get("ok")), entry_details)
