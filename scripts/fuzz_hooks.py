@@ -36,6 +36,8 @@ STATE_CONFLICTS = frozenset({
     # A webhook URL the platform's setting does not allow (http, an address of this machine or a
     # private network, in production): a setting, not the schema, decides.
     "webhook_url_not_allowed",
+    # A one-off run of a deployment that never ran (no worker runs beside the fuzzed server).
+    "no_release",
 })
 
 
@@ -64,7 +66,7 @@ def payment_is_required_only_to_create(ctx: CheckContext, response: Response, ca
     return None
 
 
-# GET .../status?wait_for= waits up to its timeout for a status no worker here ever brings
+# GET .../status?wait_for= (and a run's ?wait=) waits up to its timeout for a status no worker here ever brings
 # (parked, holding no thread: tests/integration/test_server.py tests the wait). A valid
 # wait_for is widened to every status, so the request answers at once and the run stays
 # short; an invalid one is sent as generated (422).
@@ -78,3 +80,6 @@ def before_call(ctx: HookContext, case: Case, kwargs: dict[str, Any]) -> None:
     query = case.query
     if query and isinstance(query.get("wait_for"), str) and WAIT_FOR.fullmatch(query["wait_for"]):
         query["wait_for"] = EVERY_STATUS
+    # A run's wait likewise (no worker ends a run here): a valid one answers at once.
+    if query and str(query.get("wait", "")).isdigit() and 0 < int(query["wait"]) <= 60:
+        query["wait"] = 0

@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None) -> falcon.App[falcon.Request, f
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/releases", apps, suffix="releases")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/rollback", apps, suffix="rollback")
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/output", apps, suffix="output")
+    app.add_route("/api/deploy/apps/{deployment_id:uuid}/runs", apps, suffix="runs")
+    app.add_route("/api/deploy/apps/{deployment_id:uuid}/runs/{run_id:uuid}", apps, suffix="run")
     app.add_route("/api/deploy/billing", BillingResource(lifecycle.billing))
     app.add_route("/api/deploy/billing/payments", PaymentsResource(lifecycle.billing, settings.billing_webhook_secret))
     app.add_route("/api/deploy/apps/{deployment_id:uuid}/jobs/{job_id}", JobsResource(lifecycle))

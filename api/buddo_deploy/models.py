@@ -426,3 +426,27 @@ class WebhookDelivery(BaseModel):
 
     class Meta:
         table_name = "webhook_deliveries"
+
+
+class Run(BaseModel):
+    """A one-off command of a deployment (migration 0024); services/runs.py."""
+
+    id = TextUUIDField(primary_key=True)
+    deployment = peewee.ForeignKeyField(Deployment, column_name="deployment_id", backref="runs")
+    # Foreign-key id accessor peewee adds (declared for the type checker only).
+    deployment_id: uuid.UUID
+    # Fernet (crypto.encrypt_secret) of the JSON argv: a command may hold a secret.
+    command_encrypted = peewee.TextField()
+    timeout_s = peewee.IntegerField()
+    state = peewee.CharField()  # vocabulary.RunState
+    exit_code = peewee.IntegerField(null=True)
+    output = peewee.TextField(null=True)  # JSON lines, env values masked
+    error = peewee.TextField(null=True)
+    initiated_by = peewee.CharField(null=True)
+    job_id = peewee.BigIntegerField(null=True)
+    inserted_at = peewee.DateTimeField()
+    started_at = peewee.DateTimeField(null=True)
+    finished_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "runs"

@@ -35,6 +35,9 @@ ENDPOINT_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/api/deploy/apps/{deployment_id}/releases"): "read",
     ("POST", "/api/deploy/apps/{deployment_id}/rollback"): "write",
     ("GET", "/api/deploy/apps/{deployment_id}/output"): "read",
+    ("POST", "/api/deploy/apps/{deployment_id}/runs"): "write",
+    ("GET", "/api/deploy/apps/{deployment_id}/runs"): "read",
+    ("GET", "/api/deploy/apps/{deployment_id}/runs/{run_id}"): "read",
     # Signed, not token-authenticated: counted per client address.
     ("POST", "/api/deploy/billing/payments"): "webhook",
     ("GET", "/api/deploy/apps/{deployment_id}/jobs/{job_id}"): "read",

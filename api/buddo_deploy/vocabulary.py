@@ -43,6 +43,7 @@ class JobKind(StrEnum):
     CONVERGE = "converge"
     RECONCILE = "reconcile"
     OUTPUT = "output"
+    RUN = "run"
 
 
 class JobState(StrEnum):
@@ -63,6 +64,7 @@ class AuditAction(StrEnum):
     SUSPEND = "suspend"
     REACTIVATE = "reactivate"
     UPDATE = "update"
+    RUN = "run"
 
 
 class AuditStatus(StrEnum):
@@ -155,3 +157,17 @@ class DeliveryState(StrEnum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+
+
+class RunState(StrEnum):
+    """A one-off run: queued, running, then how it ended (services/runs.py)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # exit code 0
+    FAILED = "failed"  # another exit code
+    TIMED_OUT = "timed_out"  # stopped at its timeout
+    ERROR = "error"  # it never ran (the image, the host)
+
+
+FINISHED_RUN_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.ERROR})

@@ -149,9 +149,9 @@ def test_pruning_runs_in_bounded_batches(client, settings, monkeypatch):
 
     assert (report.jobs_removed, report.events, report.deliveries) == (120, 360, 60)
     assert max(changes) == 50 and sum(changes) == 480 + 60  # never more than a batch at once
-    # The deliveries: 50, 10. Per 50 jobs: their 150 events (50, 50, 50, then none left), then the
+    # The deliveries: 50, 10; the runs: none. Per 50 jobs: their 150 events (50, 50, 50, then none left), then the
     # jobs; the last 20: 50 + 10, then them.
-    assert report.transactions == len(changes) == 2 + 5 + 5 + 3
+    assert report.transactions == len(changes) == 2 + 1 + 5 + 5 + 3  # the runs: none
     assert [d.id for d in WebhookDelivery.select()] == ["msg_pending"]
     assert Job.select().where(Job.action == "output").count() == 0
     assert Job.select().where(Job.action == "converge").count() == 1  # the deploy's, newest of its deployment

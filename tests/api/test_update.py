@@ -158,6 +158,21 @@ def test_a_tier_change_keeps_the_id_and_bills_a_new_cycle_crediting_the_unused_p
     assert plan.items[0]["memory_limit_mb"] == 512
 
 
+def test_a_tier_change_to_a_smaller_stipend_credits_the_price_and_takes_back_the_unused_stipend(client, settings):
+    """Both adjustments of one cycle are kept (the fuzzer found them colliding on the ledger's key)."""
+    ident = running(client, settings, tier="buddo-pro")
+    cycle = dt.timedelta(seconds=settings.billing_cycle_s)
+    Deployment.update(next_billing_at=utcnow() + cycle / 2).where(Deployment.id == ident).execute()
+    resp = patch(client, ident, {"tier": "buddo-starter"})
+    assert resp.status_code == 200, resp.text
+    reasons = sorted(json.loads(e.details)["reason"] for e in LedgerEntry.select().where(
+        (LedgerEntry.kind == "adjustment") & (LedgerEntry.deployment == ident)))
+    assert reasons == ["tier_change", "tier_change_unused_stipend"]
+    taken = LedgerEntry.get((LedgerEntry.deployment == ident) & (LedgerEntry.amount < 0)
+                            & (LedgerEntry.kind == "adjustment"))
+    assert -51 <= taken.amount <= -49  # half of pro's 200, less starter's 50
+
+
 def test_a_tier_change_is_refused_when_the_new_tier_forbids_the_custom_domain_or_the_account_cannot_pay(
         client, settings):
     ident = running(client, settings, tier="btc-pro", custom_domain="shop.example.com")

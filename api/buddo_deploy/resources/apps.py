@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -24,11 +25,18 @@ from ..schemas import (
     ReleaseOut,
     ReleasesQuery,
     RollbackIn,
+    RunEnvelope,
+    RunIn,
+    RunList,
+    RunOut,
+    RunQuery,
     StatusOut,
     StatusQuery,
     ValidationContext,
 )
-from ..services.lifecycle import Lifecycle, statuses_reached
+from ..services.lifecycle import WAIT_POLL_S, Lifecycle, statuses_reached
+from ..services.runs import Runs, runs_finished
+from ..vocabulary import FINISHED_RUN_STATES
 from .common import (
     deployment_out,
     log_entry_out,
@@ -47,6 +55,7 @@ OUTPUT_RETRY_AFTER_S = 2
 class AppsResource:
     def __init__(self, lifecycle: Lifecycle, context: ValidationContext) -> None:
         self.lifecycle = lifecycle
+        self.runs = Runs(lifecycle.settings.secret_key)
         self.max_body = lifecycle.settings.max_body_bytes
         self.context = context
 
@@ -137,6 +146,36 @@ class AppsResource:
                  for r in rows]
         send(resp, ReleaseList(releases=items, next_cursor=str(next_number) if next_number is not None else None))
 
+    def on_post_runs(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        body = read_json_object(req, self.max_body)
+        try:
+            request = RunIn.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
+        run = self.runs.create(req.context.principal, deployment_id, request.command, request.timeout_s)
+        resp.location = f"/api/deploy/apps/{deployment_id}/runs/{run.id}"
+        send(resp, RunEnvelope(run=run_out(run)), falcon.HTTP_202)
+
+    def on_get_runs(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        send(resp, RunList(runs=[run_out(r) for r in self.runs.list(req.context.principal, deployment_id, 20)]))
+
+    def on_get_run(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID,
+                   run_id: uuid.UUID) -> None:
+        """At once, or with ``wait`` once the run finished (parked meanwhile, as a status wait)."""
+        query = parse_query(req, RunQuery)
+        run = self.runs.get(req.context.principal, deployment_id, run_id)
+        if query.wait and run.state not in FINISHED_RUN_STATES and not req.env.get("buddo.resumed"):
+            park = req.env.get("buddo.park")
+            if park is not None:
+                park(str(run.id), runs_finished, query.wait)
+                req.context.parked = True
+                return
+            deadline = time.monotonic() + query.wait
+            while run.state not in FINISHED_RUN_STATES and time.monotonic() < deadline:
+                time.sleep(WAIT_POLL_S)
+                run = self.runs.get(req.context.principal, deployment_id, run_id)
+        send(resp, RunEnvelope(run=run_out(run)))
+
     def on_get_output(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         """At once: the latest read (maybe with a newer one queued), or 202 while the first is."""
         query = parse_query(req, OutputQuery)
@@ -164,3 +203,11 @@ class AppsResource:
 
     def on_post_stop(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         self._send_deployment(resp, self.lifecycle.stop(req.context.principal, deployment_id))
+
+
+def run_out(run: Any) -> RunOut:
+    # The command is not shown: it may hold a secret (the operator has it).
+    return RunOut(id=run.id, deployment_id=run.deployment_id, state=run.state, exit_code=run.exit_code,
+                  timeout_s=run.timeout_s, error=run.error, initiated_by=run.initiated_by,
+                  inserted_at=run.inserted_at, started_at=run.started_at, finished_at=run.finished_at,
+                  output=json.loads(run.output) if run.output else [])

@@ -109,9 +109,10 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         schemas.OutputOut, schemas.RegistryLoginIn, schemas.RegistryLoginEnvelope, schemas.RegistryLoginList,
         schemas.RegistryLoginRemoved, schemas.WebhookIn, schemas.WebhookUpdate, schemas.WebhookCreated,
         schemas.WebhookEnvelope, schemas.WebhookList, schemas.WebhookRemoved, schemas.DeliveryList,
+        schemas.RunIn, schemas.RunEnvelope, schemas.RunList,
     ]
     inputs = (schemas.PaymentIn, schemas.RollbackIn, schemas.RegistryLoginIn, schemas.WebhookIn,
-              schemas.WebhookUpdate)
+              schemas.WebhookUpdate, schemas.RunIn)
     _, top = models_json_schema(
         [(m, "validation" if m in inputs else "serialization") for m in models], ref_template=_REF,
     )
@@ -196,6 +197,7 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
         "/api/deploy/apps/{deployment_id}/releases": {"parameters": item, "get": releases},
         "/api/deploy/apps/{deployment_id}/rollback": {"parameters": item, "post": rollback},
     }
+    paths |= _run_paths(item)
     paths |= _billing_paths()
     paths |= _registry_login_paths(context)
     paths |= _webhook_paths()
@@ -280,6 +282,28 @@ def _registry_login_paths(context: schemas.ValidationContext) -> dict[str, Any]:
         "/api/deploy/registry-logins/{registry}": {
             "parameters": [schemas.RegistryLoginKey.path_parameter(context)], "put": put, "delete": remove,
         },
+    }
+
+
+def _run_paths(item: list[dict[str, Any]]) -> dict[str, Any]:
+    """One-off runs of a deployment (README "One-off runs")."""
+    start = _operation("startRun", "Run a one-off command in a new container of the current release (queued)",
+                       "RunEnvelope", (400, 404, 413, 422), ok_status="202")
+    start["requestBody"] = {"required": True, "content": _json("RunIn")}
+    start["responses"]["202"]["links"] = {"getRun": {
+        "operationId": "getRun", "parameters": {"deployment_id": "$request.path.deployment_id",
+                                                "run_id": "$response.body#/run/id"}}}
+    one = _operation("getRun", "A run: its state, exit code and output; with wait, once it finished",
+                     "RunEnvelope", (404, 422))
+    one["parameters"] = _query_parameters(schemas.RunQuery)
+    run = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"},
+           "description": "`id` of a run"}
+    return {
+        "/api/deploy/apps/{deployment_id}/runs": {
+            "parameters": item, "post": start,
+            "get": _operation("listRuns", "The deployment's 20 newest runs", "RunList", (404,)),
+        },
+        "/api/deploy/apps/{deployment_id}/runs/{run_id}": {"parameters": [*item, run], "get": one},
     }
 
 

@@ -115,6 +115,13 @@ from .releases import (
     ReleasesQuery,
     RollbackIn,
 )
+from .runs import (
+    RunEnvelope,
+    RunIn,
+    RunList,
+    RunOut,
+    RunQuery,
+)
 from .tiers import (
     TierOut,
 )
@@ -132,6 +139,11 @@ from .webhooks import (
 )
 
 __all__ = [
+    "RunEnvelope",
+    "RunIn",
+    "RunList",
+    "RunOut",
+    "RunQuery",
     "DeliveriesQuery",
     "DeliveryList",
     "DeliveryOut",

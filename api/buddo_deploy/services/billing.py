@@ -459,9 +459,10 @@ class Billing:
                            cycle=current.cycle, details=why)
             stipend -= int(current.stipend_points * unused)
         if stipend < 0:  # the old stipend's unused part is more than the new one
+            # Not keyed to the cycle: the cycle's price refund above is (one adjustment per cycle).
             if self._move(operator, "buddo_points", stipend, "adjustment", now, deployment_id=d.id,
-                          cycle=current.cycle if current else None,
-                          details={**why, "reason": "tier_change_unused_stipend"}) is None:
+                          details={**why, "reason": "tier_change_unused_stipend",
+                                   "cycle": current.cycle if current else None}) is None:
                 raise PaymentRequired(f"The unused part of this cycle's stipend ({-stipend} points) is more than "
                                       "the points balance", details={"reason": "insufficient_balance",
                                                                      "shortfall": -stipend, **details})

@@ -27,7 +27,8 @@ from typing import Any, cast
 import peewee
 
 from ..db import write_transaction
-from ..models import AuditEntry, Job, JobEvent, JobTarget, WebhookDelivery, database_proxy, utcnow
+from ..models import AuditEntry, Job, JobEvent, JobTarget, Run, WebhookDelivery, database_proxy, utcnow
+from ..vocabulary import FINISHED_RUN_STATES
 from . import leases
 
 BATCH = 500
@@ -44,6 +45,7 @@ class PruneReport:
     jobs: Counter[str] = field(default_factory=Counter)
     events: int = 0
     deliveries: int = 0
+    runs: int = 0
     transactions: int = 0
 
     @property
@@ -54,7 +56,8 @@ class PruneReport:
         return {"retention_days": self.days,
                 "cutoff": self.cutoff.isoformat(timespec="seconds") + "Z" if self.cutoff else None,
                 "jobs": self.jobs_removed, "jobs_by_action": dict(sorted(self.jobs.items())),
-                "events": self.events, "webhook_deliveries": self.deliveries, "transactions": self.transactions}
+                "events": self.events, "webhook_deliveries": self.deliveries, "runs": self.runs,
+                "transactions": self.transactions}
 
 
 def _prunable(cutoff: dt.datetime, output_cutoff: dt.datetime) -> peewee.Expression:
@@ -80,15 +83,11 @@ def prune(days: int, *, now: dt.datetime | None = None, batch: int = BATCH) -> P
     report = PruneReport(days, cutoff)
     condition = _prunable(cutoff, max(cutoff, now - OUTPUT_RETENTION))
     db = database_proxy.obj
-    while True:  # webhook deliveries that are done (sent, or given up)
-        with write_transaction(db):
-            done = WebhookDelivery.select(WebhookDelivery.id).where(
-                (WebhookDelivery.state != "pending") & (WebhookDelivery.inserted_at < cutoff)).limit(batch)
-            removed = WebhookDelivery.delete().where(WebhookDelivery.id.in_(done)).execute()
-        report.transactions += 1
-        report.deliveries += removed
-        if removed < batch:
-            break
+    # Webhook deliveries that are done (sent, or given up) and one-off runs that finished.
+    report.deliveries = _prune_rows(WebhookDelivery, (WebhookDelivery.state != "pending")
+                                    & (WebhookDelivery.inserted_at < cutoff), batch, report)
+    report.runs = _prune_rows(Run, Run.state.in_(list(FINISHED_RUN_STATES)) & (Run.inserted_at < cutoff), batch,
+                              report)
     after = 0
     while True:
         rows = _tuples(Job.select(Job.id, Job.action).where(condition & (Job.id > after)).order_by(Job.id)
@@ -112,6 +111,19 @@ def prune(days: int, *, now: dt.datetime | None = None, batch: int = BATCH) -> P
             kept = set() if gone == len(ids) else {row[0] for row in _tuples(Job.select(Job.id).where(Job.id.in_(ids)))}
         report.transactions += 1
         report.jobs.update(action for job_id, action in rows if job_id not in kept)
+
+
+def _prune_rows(model: Any, condition: peewee.Expression, batch: int, report: PruneReport) -> int:
+    """Remove the rows of ``model`` that match, ``batch`` a transaction; how many."""
+    removed = 0
+    while True:
+        with write_transaction(database_proxy.obj):
+            chunk = model.select(model.id).where(condition).limit(batch)
+            gone = int(model.delete().where(model.id.in_(chunk)).execute())
+        report.transactions += 1
+        removed += gone
+        if gone < batch:
+            return removed
 
 
 def _tuples(query: peewee.ModelSelect[Job]) -> list[tuple[Any, ...]]:

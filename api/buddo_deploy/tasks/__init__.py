@@ -14,8 +14,9 @@ from .base import BaseTask, JobRun
 from .converge import ConvergeTask
 from .output import OutputTask
 from .reconcile import ReconcileTask
+from .run import RunTask
 
-TASKS: dict[str, type[BaseTask]] = {task.kind: task for task in (ConvergeTask, ReconcileTask, OutputTask)}
+TASKS: dict[str, type[BaseTask]] = {task.kind: task for task in (ConvergeTask, ReconcileTask, OutputTask, RunTask)}
 
 
 def task_for(kind: str) -> type[BaseTask]:
@@ -23,4 +24,4 @@ def task_for(kind: str) -> type[BaseTask]:
     return TASKS[kind]
 
 
-__all__ = ["TASKS", "BaseTask", "ConvergeTask", "JobRun", "OutputTask", "ReconcileTask", "task_for"]
+__all__ = ["TASKS", "BaseTask", "ConvergeTask", "JobRun", "OutputTask", "ReconcileTask", "RunTask", "task_for"]

@@ -36,12 +36,15 @@ _DECIMAL = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 def run_arguments(*, name: str, memory_limit_mb: int, cpu_limit_millicores: int, pids_limit: int, log_max_size_mb: int,
                   restart_policy: str, stop_timeout: int, network: str, publish: str, userns: bool, init: bool,
                   labels: dict[str, str]) -> list[str]:
-    """``podman create`` options of a deployment's container (the image and env are the caller's)."""
+    """``podman create`` options of a deployment's container, or of a one-off run's (``publish``
+    empty); the image and env are the caller's."""
     args = ["--name", name, "--memory", f"{memory_limit_mb}m", "--cpus", f"{cpu_limit_millicores / 1000:g}",
             "--restart", restart_policy, "--stop-timeout", str(stop_timeout), "--pids-limit", str(pids_limit),
             # k8s-file whatever the host's default: conmon truncates it at max-size (journald would not).
             "--log-driver", "k8s-file", "--log-opt", f"max-size={log_max_size_mb}m",
-            *HARDENING, "--network", network, "--publish", publish]
+            *HARDENING, "--network", network]
+    if publish:  # a one-off run publishes nothing
+        args += ["--publish", publish]
     if userns:
         args += ["--userns", f"auto:size={USERNS_SIZE}"]
     if init:

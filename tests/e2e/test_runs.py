@@ -1,0 +1,54 @@
+"""One-off runs on the real stack: a command in a new container of the current release, with
+the app's env (masked in its output), limits and network; its exit code; a run that overstays
+is stopped; nothing of it is left, and the app served throughout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from tests.e2e.conftest import Stack
+
+SUBDOMAIN = "e2e-runs"
+
+
+def run(stack: Stack, ident: str, command: list[str], timeout_s: int = 60) -> dict[str, Any]:
+    started = stack.call("POST", f"/api/deploy/apps/{ident}/runs", json={"command": command, "timeout_s": timeout_s})
+    assert started.status_code == 202, started.text
+    location = started.headers["Location"]
+    for _ in range(5):
+        found = dict(stack.call("GET", location, params={"wait": "60"}, timeout=90).json()["run"])
+        if found["state"] not in {"queued", "running"}:
+            return found
+    raise AssertionError(f"the run never ended: {found}")
+
+
+def test_a_run_prints_exits_with_its_code_and_one_that_overstays_is_stopped(stack: Stack) -> None:
+    value = "r4n-s3cr3t-91c0"
+    ident = stack.create(subdomain=SUBDOMAIN, image=stack.push("v1"), env_vars={"API_KEY": value})["id"]
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+    [app] = stack.containers(SUBDOMAIN)
+
+    done = run(stack, ident, ["sh", "-c", 'echo "key=$API_KEY"; echo oops >&2; cat /proc/self/cgroup >/dev/null; '
+                                          'test "$(id -u)" = 0 && exit 3'])
+    assert (done["state"], done["exit_code"]) == ("failed", 3), done
+    texts = [(line["stream"], line["text"]) for line in done["output"]]
+    assert ("stdout", "key=********") in texts and ("stderr", "oops") in texts, texts
+    assert value not in json.dumps(done)
+
+    ok = run(stack, ident, ["true"])
+    assert (ok["state"], ok["exit_code"]) == ("succeeded", 0), ok
+
+    slow = run(stack, ident, ["sleep", "300"], timeout_s=2)
+    assert (slow["state"], slow["exit_code"]) == ("timed_out", None), slow
+
+    # Nothing of the runs is left; the app's own container is the one it was and serves.
+    left = subprocess.run(["podman", "ps", "--all", "--format", "json", "--filter", "label=buddo.managed_by=buddo-run",
+                           "--filter", f"label=buddo.run_of={ident}"], check=True, capture_output=True, text=True)
+    assert json.loads(left.stdout or "[]") == []
+    assert [c["Id"] for c in stack.containers(SUBDOMAIN)] == [app["Id"]]
+    assert "version v1" in stack.https(SUBDOMAIN).stdout
+    entries = [(e["action"], e["status"], e["details"]["state"]) for e in stack.logs(ident) if e["action"] == "run"]
+    assert entries == [("run", "failed", "failed"), ("run", "completed", "succeeded"), ("run", "failed", "timed_out")]
+    stack.destroy(ident)
