@@ -13,7 +13,7 @@ description:
   - Waits up to O(timeout_s) for it to exit; one that overstays is stopped. Returns its
     exit code and the last O(max_lines) lines of its output, env values masked, then removes it.
   - Its labels (C(buddo.managed_by=buddo-run)) keep it apart from the deployment's own
-    containers: the converge and reconcile never see it. Run containers of this platform
+    containers, so the converge and reconcile never see it. Run containers of this platform
     left by a run that died (their C(buddo.run_deadline) passed) are removed first.
 options:
   run_id: {description: The run's id (label buddo.run_id)., type: str, required: true}
@@ -59,7 +59,7 @@ RETURN = r"""
 exit_code: {description: "The command's exit code (null: it never ran).", type: int, returned: always}
 timed_out: {description: It ran longer than timeout_s and was stopped., type: bool, returned: always}
 lines: {description: "Oldest first: at (RFC 3339), stream, text (masked).", type: list, returned: always}
-error: {description: Why the command did not run (the image, the host)., type: str, returned: always}
+error: {description: "Why the command did not run (the image, the host).", type: str, returned: always}
 """
 
 import json
