@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-deploy bench-burst bench-reconcile bench-userns clean sshd
+.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-follow bench-deploy bench-burst bench-reconcile bench-userns clean sshd
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -72,6 +72,9 @@ bench-api: venv
 
 bench-deploy: venv
 	$(BIN)/python bench/deploy.py
+
+bench-follow: venv bootstrap
+	$(BIN)/python bench/follow.py
 
 bench-burst: venv
 	$(BIN)/python bench/burst.py

@@ -80,6 +80,9 @@ def before_call(ctx: HookContext, case: Case, kwargs: dict[str, Any]) -> None:
     query = case.query
     if query and isinstance(query.get("wait_for"), str) and WAIT_FOR.fullmatch(query["wait_for"]):
         query["wait_for"] = EVERY_STATUS
+    # A follow streams until the client leaves (an hour at most): the fuzzer reads whole answers.
+    if query and str(query.get("follow", "")).lower() in {"true", "1", "yes", "on", "t", "y"}:
+        query["follow"] = "false"
     # A run's wait likewise (no worker ends a run here): a valid one answers at once.
     if query and str(query.get("wait", "")).isdigit() and 0 < int(query["wait"]) <= 60:
         query["wait"] = 0

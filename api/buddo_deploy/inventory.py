@@ -115,6 +115,13 @@ class ContainerHost:
     port_range: tuple[int, int]
     public_ipv4: str | None = None
     public_ipv6: str | None = None
+    # How Ansible reaches it (what the worker's output followers use too; services/follow.py).
+    connection: str = "ssh"
+    address: str = ""
+    port: int | None = None
+    user: str = ""
+    key_file: str = ""
+    ssh_args: str = ""
 
 
 def _group_hosts(group: Any) -> dict[str, dict[str, Any]]:
@@ -182,7 +189,17 @@ def _container_host(name: str, hostvars: dict[str, Any], default_ports: tuple[in
             except ValueError as exc:
                 raise InventoryError(f"{name}: {key} is not an IPv{version} address: {value!r}") from exc
         addresses[key] = None if value is None else str(value)
-    return ContainerHost(name, memory, ports, addresses["buddo_public_ipv4"], addresses["buddo_public_ipv6"])
+    def plain(key: str) -> str:  # a templated value ("{{ ... }}") is Ansible's to resolve: not used here
+        value = hostvars.get(key)
+        return "" if value is None or "{{" in str(value) else str(value)
+
+    port = plain("ansible_port")
+    return ContainerHost(name, memory, ports, addresses["buddo_public_ipv4"], addresses["buddo_public_ipv6"],
+                         connection=plain("ansible_connection") or "ssh", address=plain("ansible_host") or name,
+                         port=int(port) if port.isdigit() else None, user=plain("ansible_user"),
+                         key_file=plain("ansible_ssh_private_key_file"),
+                         ssh_args=" ".join(filter(None, (plain("ansible_ssh_common_args"),
+                                                         plain("ansible_ssh_extra_args")))))
 
 
 @functools.lru_cache(maxsize=8)

@@ -450,3 +450,30 @@ class Run(BaseModel):
 
     class Meta:
         table_name = "runs"
+
+
+class OutputFollow(BaseModel):
+    """A deployment whose output is followed (migration 0025): until when, and who collects it."""
+
+    deployment_id = peewee.CharField(primary_key=True)
+    until = peewee.DateTimeField()
+    owner = peewee.CharField(null=True)
+    lease_until = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "output_follows"
+
+
+class OutputLine(BaseModel):
+    """One line a followed deployment printed, env values masked (migration 0025)."""
+
+    id = peewee.BigAutoField()
+    deployment_id = peewee.CharField()
+    at = peewee.CharField()
+    stream = peewee.CharField()
+    text = peewee.TextField()
+    container = peewee.CharField()
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "output_lines"

@@ -126,14 +126,27 @@ WAKE_S = 0.1
 Check = Callable[[Collection[Hashable]], Collection[Hashable]]
 
 
+# A stream's poll: of the keys of streams, what to send each now (bytes; None: the stream ends).
+Poll = Callable[[Collection[Any]], dict[Any, bytes | None]]
+# A stream's unsent bytes at most (a follower that reads slower is dropped), and how often an
+# idle stream says it is alive (an SSE comment).
+STREAM_BACKLOG_MAX = 256 * 1024
+STREAM_PING_S = 15.0
+
+
 @dataclass
 class _Park:
-    """A parked request: its bytes, what it waits for, and until when."""
+    """A parked request: its bytes, what it waits for, and until when. A stream's (``poll``
+    set) is answered bit by bit by the waker instead, from ``head`` on, until its deadline."""
 
     request: bytes
     key: Hashable
-    check: Check
+    check: Check | None
     deadline: float
+    poll: Poll | None = None
+    head: bytes = b""
+    backlog: bytes = b""
+    last_write: float = 0.0
 
 
 class _ParkedSignal(BaseException):  # noqa: N818 - a signal, not an error
@@ -223,6 +236,8 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 environ["buddo.resumed"] = True
             else:
                 environ["buddo.park"] = partial(self._park, conn)
+                environ["buddo.stream"] = partial(self._stream, conn)
+                environ["buddo.streams"] = self._stream_keys
             result = app(environ, start_response)
             if getattr(conn, "buddo_park", None) is not None:
                 if hasattr(result, "close"):
@@ -235,6 +250,17 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def _park(self, conn: Any, key: Hashable, check: Check, timeout_s: float) -> None:
         """environ["buddo.park"]: answer this request again when ``check`` has ``key`` or in ``timeout_s``."""
         conn.buddo_park = _Park(conn.buddo_request, key, check, time.monotonic() + timeout_s)
+
+    def _stream(self, conn: Any, key: Any, poll: Poll, head: bytes, duration_s: float) -> None:
+        """environ["buddo.stream"]: answer with ``head`` (status line, headers, a first part; the
+        answer ends when the connection closes), then with what ``poll`` gives ``key`` each
+        WAKE_S, for ``duration_s`` at most; no thread is held meanwhile."""
+        conn.buddo_park = _Park(b"", key, None, time.monotonic() + duration_s, poll=poll, head=head)
+
+    def _stream_keys(self) -> list[Any]:
+        """environ["buddo.streams"]: the keys of this process's streams now (to bound them per caller)."""
+        with self._parked_lock:
+            return [park.key for park in self.parked.values() if park.poll is not None]
 
     def _stock(self, conn: Any) -> bool:
         return bool(self.cfg.is_ssl or self.cfg.http2_cleartext != "off" or conn.is_http2)
@@ -294,8 +320,15 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         elif result is _PARKED:
             conn.sock.setblocking(False)
+            park = conn.buddo_park
             with self._parked_lock:
-                self.parked[conn] = conn.buddo_park
+                self.parked[conn] = park
+                if park.poll is not None:
+                    park.backlog, park.last_write = park.head, time.monotonic()
+                    if not self._flush(conn, park):
+                        self.parked.pop(conn, None)
+                        self._drop_stream(conn)
+                        return
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_parked_readable, conn))
             if self._waker is None:
                 self._waker = threading.Thread(target=self._wake, name="buddo-waker", daemon=True)
@@ -318,9 +351,10 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
             gone = True
         if gone:
             with self._parked_lock:
-                self.parked.pop(conn, None)
-            self.nr_conns -= 1
-            conn.close()
+                if self.parked.pop(conn, None) is None:
+                    return  # answered or closed by now (the waker's or the event loop's own turn)
+                self.nr_conns -= 1
+                conn.close()
 
     def _wake(self) -> None:
         """The waker thread: every WAKE_S, the parked requests whose check or deadline has come."""
@@ -330,8 +364,11 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 parked = list(self.parked.items())
             if not parked:
                 continue
+            self._feed([(conn, park) for conn, park in parked if park.poll is not None])
+            parked = [(conn, park) for conn, park in parked if park.poll is None]
             checks: dict[Check, set[Hashable]] = {}
             for _, park in parked:
+                assert park.check is not None
                 checks.setdefault(park.check, set()).add(park.key)
             ready: set[tuple[Check, Hashable]] = set()
             for check, keys in checks.items():
@@ -343,6 +380,65 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
             due = [conn for conn, park in parked if (park.check, park.key) in ready or park.deadline <= now]
             if due:
                 self.method_queue.defer(self._resume, due)
+
+    def _feed(self, streams: list[tuple[Any, _Park]]) -> None:
+        """In the waker: what each stream's poll gives it, sent without blocking; a stream past
+        its deadline, ended by its poll, or whose client does not keep up, is closed."""
+        polls: dict[Poll, list[Any]] = {}
+        for _, park in streams:
+            assert park.poll is not None
+            polls.setdefault(park.poll, []).append(park.key)
+        out: dict[Any, bytes | None] = {}
+        for poll, keys in polls.items():
+            try:
+                out.update(poll(keys))
+            except Exception:  # a poll that fails sends nothing this time
+                self.log.exception("A stream's poll failed")
+        now = time.monotonic()
+        ended = []
+        with self._parked_lock:
+            for conn, park in streams:
+                if conn not in self.parked:
+                    continue
+                data = out.get(park.key, b"")
+                if data is None or park.deadline <= now:
+                    ended.append(conn)
+                    continue
+                if not data and not park.backlog and now - park.last_write >= STREAM_PING_S:
+                    data = b": ping\n\n"
+                park.backlog += data
+                if data:
+                    park.last_write = now
+                if not self._flush(conn, park):
+                    ended.append(conn)
+            for conn in ended:
+                self.parked.pop(conn, None)
+        if ended:
+            self.method_queue.defer(self._close_streams, ended)
+
+    @staticmethod
+    def _flush(conn: Any, park: _Park) -> bool:
+        """Send what the stream has not sent yet, without waiting; False: close it (the client
+        is gone, or has not taken STREAM_BACKLOG_MAX)."""
+        try:
+            while park.backlog:
+                sent = conn.sock.send(park.backlog)
+                park.backlog = park.backlog[sent:]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return False
+        return len(park.backlog) <= STREAM_BACKLOG_MAX
+
+    def _close_streams(self, conns: list[Any]) -> None:
+        """On the event loop: the streams that ended close their connection (the answer's end)."""
+        for conn in conns:
+            self._drop_stream(conn)
+
+    def _drop_stream(self, conn: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        self._linger(conn)
 
     def _resume(self, conns: list[Any]) -> None:
         """On the event loop: serve parked requests again (they answer now)."""
@@ -423,4 +519,9 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
             if lingering.deadline <= now or not self.alive:
                 self._close_lingering(conn)
         if not self.alive and self.parked:
-            self._resume(list(self.parked))  # stopping: parked requests answer now
+            with self._parked_lock:
+                streams = [conn for conn, park in self.parked.items() if park.poll is not None]
+                for conn in streams:
+                    self.parked.pop(conn)
+            self._close_streams(streams)
+            self._resume(list(self.parked))  # stopping: parked requests answer now, streams end

@@ -7,7 +7,8 @@ check (services/domains.py), a reconcile timer (queues a host-wide reconcile eve
 ``BUDDO_RECONCILE_INTERVAL``; any runner claims it, never beside a converge of the
 same host), the billing clock (a billing pass every ``BUDDO_BILLING_INTERVAL``
 by the one worker holding the billing lease), webhook deliveries (what is due, every
-second; services/webhooks.py) and retention (old finished jobs pruned every
+second; services/webhooks.py), output followers (a collector per followed deployment;
+services/follow.py) and retention (old finished jobs pruned every
 ``BUDDO_RETENTION_INTERVAL`` by the one worker holding the retention lease).
 """
 
@@ -27,7 +28,7 @@ from .db import connect_thread, open_database, write_transaction
 from .inventory import container_hosts, host_addresses
 from .models import database_proxy
 from .runner import run_playbook, sweep_stale_secrets
-from .services import billing, domains, engine, retention, webhooks
+from .services import billing, domains, engine, follow, retention, webhooks
 from .settings import Settings
 from .tasks import task_for
 
@@ -123,6 +124,8 @@ def queue_reconciles(settings: Settings) -> None:
 _DOMAIN_TICK_S = 2.0
 # Due webhook deliveries are looked for this often (seconds).
 WEBHOOK_TICK_S = 1.0
+# Followed deployments are looked for this often (seconds); each has its collector thread.
+FOLLOW_TICK_S = 0.5
 
 
 def void(_: object) -> None:
@@ -191,6 +194,7 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
     timers: list[Every] = []
     clock: BillingClock | None = None
     pruner: Pruner | None = None
+    collectors: follow.Collectors | None = None
     if not once:
         timers.append(Every("health probe", settings.health_interval_s, HealthProber(settings).probe_all))
         if settings.domain_check_interval_s > 0:
@@ -202,6 +206,8 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         if settings.billing_enabled and settings.billing_interval_s > 0:
             clock = BillingClock(settings, workers[0].name)
             timers.append(Every("billing clock", settings.billing_interval_s, clock.tick))
+        collectors = follow.Collectors(settings, workers[0].name)
+        timers.append(Every("output followers", FOLLOW_TICK_S, collectors.tick))
         deliverer = webhooks.Deliverer(settings)
         timers.append(Every("webhook deliveries", WEBHOOK_TICK_S, lambda: void(deliverer.tick())))
         if settings.retention_days > 0 and settings.retention_interval_s > 0:
@@ -227,6 +233,8 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
             timer.stopping.set()
         for thread in threads:
             thread.join()
+    if collectors is not None:
+        collectors.stop()
     if clock is not None:
         clock.billing.release_lease(clock.owner)  # the next worker need not wait for it to expire
     if pruner is not None:

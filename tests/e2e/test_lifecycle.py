@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tests.e2e.conftest import HTTPS_PORT, Stack
 
 
@@ -75,7 +77,11 @@ def test_missing_image_fails_with_a_reason(stack: Stack) -> None:
     assert stack.containers("e2e-missing") == []
 
     # The deploy log: the job the entry links to, with the playbook's events up to the failed task.
-    job = stack.call("GET", f"/api/deploy/apps/{created['id']}/jobs/{deploy['job_id']}").json()["job"]
+    # The entry is closed when the run reports, a moment before the run (and the job) ends.
+    deadline = time.monotonic() + 30
+    while (job := stack.call("GET", f"/api/deploy/apps/{created['id']}/jobs/{deploy['job_id']}").json()["job"])[
+            "duration_s"] is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert (job["state"], job["action"], job["failed_task"]) == ("failed", "converge", deploy["details"]["task"])
     assert "does-not-exist" in job["last_error"] and job["duration_s"] is not None
     tasks = [e["task"] for e in job["events"] if e["event"] == "playbook_on_task_start"]

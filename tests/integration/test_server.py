@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -409,3 +410,65 @@ def test_status_waits_hold_no_thread_and_answer_when_the_status_is_reached(small
         200, "timeout", "running")
     bad = requests.get(url, params={"wait_for": "running,asleep"}, headers=auth(), timeout=10)
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "wait_for", bad.text
+
+
+def _sse(url: str, headers: dict[str, str], events: list[str], stop: threading.Event) -> requests.Response:
+    """Read a follow stream into ``events`` (each event's data) until ``stop``; its response."""
+    resp = requests.get(url, params={"follow": "true"}, headers=headers, stream=True, timeout=30)
+    if resp.status_code == 200:
+        for line in resp.iter_lines(chunk_size=1):
+            if line.startswith(b"data: "):
+                events.append(json.loads(line[6:])["text"])
+            if stop.is_set():
+                break
+    resp.close()
+    return resp
+
+
+def test_output_followers_hold_no_thread_and_get_each_line(small_server, tmp_path: Path):
+    """Ten followers against two threads: another operator's request is answered while they
+    follow; a line written is in every stream; an eleventh follower of the operator is 429; a
+    follower that reconnects with Last-Event-ID gets what it missed."""
+    created = requests.post(f"{small_server}/api/deploy/apps", json=create_body(), headers=auth(), timeout=10)
+    ident = created.json()["deployment"]["id"]
+    url = f"{small_server}/api/deploy/apps/{ident}/output"
+    stop = threading.Event()
+    streams: list[list[str]] = [[] for _ in range(10)]
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        followers = [pool.submit(_sse, url, auth(), events, stop) for events in streams]
+        time.sleep(1.5)
+        over = requests.get(url, params={"follow": "true"}, headers=auth(), timeout=10)
+        assert over.status_code == 429 and over.json()["error"]["code"] == "too_many_followers"
+        tiers = requests.get(f"{small_server}/api/deploy/tiers", headers=auth("someone-else"), timeout=10)
+        assert tiers.status_code == 200
+        with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db, db:
+            follows = db.execute("SELECT count(*) FROM output_follows WHERE deployment_id = ?", (ident,)).fetchone()
+            assert follows == (1,)
+            db.executemany("INSERT INTO output_lines (deployment_id, at, stream, text, container, created_at) "
+                           "VALUES (?, ?, 'stdout', ?, 'c1', ?)",
+                           [(ident, f"2026-12-06T10:00:0{i}Z", f"line {i}", "2026-12-06 10:00:00") for i in (1, 2)])
+        deadline = time.monotonic() + 10
+        while any(len(events) < 2 for events in streams) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db, db:  # wakes each reader to stop
+            db.execute("INSERT INTO output_lines (deployment_id, at, stream, text, container, created_at) "
+                       "VALUES (?, '2026-12-06T10:00:09Z', 'stdout', 'bye', 'c1', '2026-12-06 10:00:00')", (ident,))
+        assert all(f.result().status_code == 200 for f in followers)
+    assert all(events[:2] == ["line 1", "line 2"] for events in streams), streams
+    # A reconnect after the first line gets the rest.
+    with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db:
+        first = db.execute("SELECT min(id) FROM output_lines").fetchone()[0]
+    resumed: list[str] = []
+    again = threading.Event()
+    reader = threading.Thread(target=_sse, args=(url, auth() | {"Last-Event-ID": str(first)}, resumed, again))
+    reader.start()
+    deadline = time.monotonic() + 10
+    while len(resumed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again.set()
+    with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db, db:
+        db.execute("INSERT INTO output_lines (deployment_id, at, stream, text, container, created_at) "
+                   "VALUES (?, '2026-12-06T10:00:10Z', 'stdout', 'end', 'c1', '2026-12-06 10:00:00')", (ident,))
+    reader.join(timeout=10)
+    assert resumed[:2] == ["line 2", "bye"]

@@ -8,6 +8,7 @@ from typing import Any
 import falcon
 from pydantic import ValidationError
 
+from ..domain_errors import Invalid, LimitReached, Unavailable
 from ..schemas import (
     DeploymentCreate,
     DeploymentEnvelope,
@@ -34,6 +35,7 @@ from ..schemas import (
     StatusQuery,
     ValidationContext,
 )
+from ..services import follow
 from ..services.lifecycle import WAIT_POLL_S, Lifecycle, statuses_reached
 from ..services.runs import Runs, runs_finished
 from ..vocabulary import FINISHED_RUN_STATES
@@ -179,6 +181,9 @@ class AppsResource:
     def on_get_output(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         """At once: the latest read (maybe with a newer one queued), or 202 while the first is."""
         query = parse_query(req, OutputQuery)
+        if query.follow:
+            self._follow(req, resp, deployment_id)
+            return
         found = self.lifecycle.app_output(req.context.principal, deployment_id, tail=query.tail, since=query.since)
         pending = found.pending
         body = OutputOut(
@@ -192,6 +197,34 @@ class AppsResource:
             send(resp, body, falcon.HTTP_202)
             return
         send(resp, body)
+
+    def _follow(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
+        """The app's lines as Server-Sent Events while the client stays (services/follow.py): our
+        server streams them from its waker thread, holding no request thread."""
+        principal = req.context.principal
+        d = self.lifecycle.get_owned(principal, deployment_id)
+        if d.desired_state == "absent":
+            raise Invalid("The deployment is destroyed", code="deployment_destroyed")
+        stream, streams = req.env.get("buddo.stream"), req.env.get("buddo.streams")
+        if stream is None or streams is None:
+            raise Unavailable("Following output needs the API's own server (buddo-deploy serve)",
+                              code="follow_unavailable")
+        mine = sum(1 for key in streams() if isinstance(key, follow.Follower) and key.operator_id ==
+                   principal.operator_id)
+        if mine >= follow.FOLLOWERS_PER_OPERATOR:
+            raise LimitReached(f"At most {follow.FOLLOWERS_PER_OPERATOR} output streams at once per operator",
+                               code="too_many_followers", headers={"Retry-After": "5"})
+        cursor = follow.follow(str(d.id))
+        resumed = req.get_header("Last-Event-ID") or ""
+        if resumed.isdigit() and len(resumed) < 19:
+            cursor = int(resumed)
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in {"content-type", "content-length"}}
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if "\r" not in v and "\n" not in v)
+        stream(follow.Follower(str(d.id), principal.operator_id, cursor), follow.STREAMS,
+               (f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                f"X-Accel-Buffering: no\r\nConnection: close\r\n{head}\r\nretry: 2000\n\n").encode(),
+               follow.MAX_FOLLOW_S)
+        req.context.parked = True
 
     def on_post_rollback(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         raw = read_body(req, self.max_body)

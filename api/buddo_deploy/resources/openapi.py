@@ -181,6 +181,9 @@ def build_document(context: schemas.ValidationContext) -> dict[str, Any]:
                             "BUDDO_OUTPUT_MAX_AGE is answered while a newer one is queued)", "OutputOut",
                             (404, 422, 502))
     app_output["parameters"] = _query_parameters(schemas.OutputQuery)
+    app_output["responses"]["200"]["content"]["text/event-stream"] = {
+        "schema": {"type": "string", "description": "With follow=true: `id: <n>` `event: line` `data: {at, stream, "
+                                                    "text, container}` per line; `: ping` while idle"}}
     app_output["responses"]["202"] = {
         "description": "No read covers this request yet; one is queued (refresh): ask again after Retry-After",
         "content": _json("OutputOut"),

@@ -19,6 +19,8 @@ class OutputQuery(BaseModel):
 
     tail: int = Field(100, ge=1, le=MAX_TAIL, description="Lines at most (stdout and stderr together)")
     since: AwareDatetime | None = Field(None, description="Only lines after this RFC 3339 time (with offset)")
+    follow: bool = Field(False, description="Stream the lines printed from now on as Server-Sent Events "
+                                            "(event `line`, id for Last-Event-ID), across restarts")
 
     @field_validator("since", mode="before")
     @classmethod

@@ -1,0 +1,308 @@
+"""Followed output: a deployment's lines as it prints them (GET .../output?follow=true, SSE).
+
+The API never reaches a host. A follower marks the deployment followed (``output_follows``,
+``until`` a while ahead, renewed while it follows) and reads ``output_lines`` by id. A
+worker's :class:`Collectors` timer starts one :class:`Collector` per followed deployment
+(one worker at a time: a lease on the follow row). A collector runs ``podman logs --follow``
+of the deployment's current container on its host (directly on a local host, over ssh with
+the inventory's connection on another), masks env values and appends each line. When the
+container goes (a restart replaces it), the collector finds the new one and follows it from
+where it was. When nobody follows any more, the collector stops; old lines are pruned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import shlex
+import subprocess
+import threading
+from collections.abc import Collection
+from pathlib import Path
+from typing import IO, Any
+
+import peewee
+
+from ..crypto import decrypt_env
+from ..db import connect_thread, write_transaction
+from ..inventory import ContainerHost, container_hosts
+from ..models import Deployment, OutputFollow, OutputLine, database_proxy, utcnow
+from ..settings import Settings
+from .output import _instant, mask
+
+log = logging.getLogger(__name__)
+
+# A follow lasts this long after its followers last said they follow.
+FOLLOW_TTL = dt.timedelta(seconds=30)
+# Followers say so this often (their stream's poll).
+TOUCH_EVERY = dt.timedelta(seconds=10)
+# A collector holds its follow this long without renewing it.
+LEASE = dt.timedelta(seconds=15)
+# Lines are kept this long (followers read them within seconds).
+KEEP = dt.timedelta(minutes=10)
+# Streams one operator may hold open in one API process, and how long one lasts (then the
+# client reconnects with Last-Event-ID, as SSE clients do).
+FOLLOWERS_PER_OPERATOR = 10
+MAX_FOLLOW_S = 3600
+# Lines sent to one follower in one poll at most (the rest on the next).
+BATCH = 500
+# How often a collector writes what it read, and looks again for a container.
+FLUSH_S = 0.1
+IDLE_S = 1.0
+START_BACK = dt.timedelta(seconds=2)
+
+
+# --- the API's side -------------------------------------------------------------------------
+
+def follow(deployment_id: str, now: dt.datetime | None = None) -> int:
+    """Mark the deployment followed; the id after which its new lines come (a follower's cursor)."""
+    now = now or utcnow()
+    touch([deployment_id], now)
+    last = OutputLine.select(peewee.fn.MAX(OutputLine.id)).where(OutputLine.deployment_id == deployment_id).scalar()
+    return int(last or 0)
+
+
+def touch(deployment_ids: Collection[str], now: dt.datetime | None = None) -> None:
+    """The deployments are followed for FOLLOW_TTL from now."""
+    now = now or utcnow()
+    until = now + FOLLOW_TTL
+    with write_transaction(database_proxy.obj):
+        for ident in sorted(set(deployment_ids)):
+            updated = OutputFollow.update(until=until).where(OutputFollow.deployment_id == ident).execute()
+            if not updated:
+                OutputFollow.insert(deployment_id=ident, until=until).on_conflict_ignore().execute()
+
+
+def lines_after(cursors: dict[str, int]) -> dict[str, list[OutputLine]]:
+    """Per deployment, its lines after its cursor (BATCH at most each), oldest first; one query."""
+    if not cursors:
+        return {}
+    condition: Any = None
+    for ident, after in cursors.items():
+        mine = (OutputLine.deployment_id == ident) & (OutputLine.id > after)
+        condition = mine if condition is None else condition | mine
+    found: dict[str, list[OutputLine]] = {}
+    for row in OutputLine.select().where(condition).order_by(OutputLine.id).limit(BATCH * len(cursors)):
+        kept = found.setdefault(row.deployment_id, [])
+        if len(kept) < BATCH:
+            kept.append(row)
+    return found
+
+
+class Follower:
+    """One follower's stream: its deployment and how far it has read (the SSE event id)."""
+
+    __slots__ = ("cursor", "deployment_id", "operator_id")
+
+    def __init__(self, deployment_id: str, operator_id: str, cursor: int) -> None:
+        self.deployment_id, self.operator_id, self.cursor = deployment_id, operator_id, cursor
+
+
+def sse(row: OutputLine) -> bytes:
+    data = json.dumps({"at": row.at, "stream": row.stream, "text": row.text, "container": row.container})
+    return f"id: {row.id}\nevent: line\ndata: {data}\n\n".encode()
+
+
+class Streams:
+    """The poll of this API process's follow streams (serving.py calls it every WAKE_S)."""
+
+    def __init__(self) -> None:
+        self.touched: dict[str, dt.datetime] = {}
+
+    def __call__(self, followers: Collection[Follower]) -> dict[Any, bytes | None]:
+        connect_thread()
+        now = utcnow()
+        due = {f.deployment_id for f in followers
+               if now - self.touched.get(f.deployment_id, dt.datetime.min) >= TOUCH_EVERY}
+        if due:
+            touch(due, now)
+            self.touched.update(dict.fromkeys(due, now))
+        cursors: dict[str, int] = {}
+        for f in followers:
+            cursors[f.deployment_id] = min(cursors.get(f.deployment_id, f.cursor), f.cursor)
+        rows = lines_after(cursors)
+        out: dict[Any, bytes | None] = {}
+        for f in followers:
+            mine = [row for row in rows.get(f.deployment_id, []) if row.id > f.cursor]
+            if mine:
+                f.cursor = mine[-1].id
+                out[f] = b"".join(sse(row) for row in mine)
+        return out
+
+
+STREAMS = Streams()
+
+
+# --- the worker's side ----------------------------------------------------------------------
+
+def host_command(host: ContainerHost, argv: list[str]) -> list[str]:
+    """``argv`` run on ``host``: as it is on a local host, else over ssh as Ansible connects."""
+    if host.connection == "local":
+        return argv
+    target = f"{host.user}@{host.address}" if host.user else host.address
+    options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", *shlex.split(host.ssh_args)]
+    if host.port:
+        options += ["-p", str(host.port)]
+    if host.key_file:
+        options += ["-i", host.key_file]
+    return ["ssh", *options, target, shlex.join(argv)]
+
+
+class Collector(threading.Thread):
+    """Follows one deployment's container output on its host into ``output_lines``."""
+
+    def __init__(self, deployment_id: str, host: ContainerHost, instance: str, secret_key: str) -> None:
+        super().__init__(name=f"follow-{deployment_id[:8]}", daemon=True)
+        self.deployment_id, self.host, self.instance, self.secret_key = deployment_id, host, instance, secret_key
+        self.stopping = threading.Event()
+        self.process: subprocess.Popen[bytes] | None = None
+        # Where it is: the container followed and the time of its last line (podman's RFC 3339).
+        self.container = ""
+        # From a little before it started: the lines printed while the timer noticed the follow.
+        self.since = (utcnow() - START_BACK).isoformat(timespec="microseconds") + "Z"
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+
+    def run(self) -> None:
+        connect_thread()
+        try:
+            while not self.stopping.is_set():
+                found = self._current()
+                if found is None:
+                    self.stopping.wait(IDLE_S)
+                    continue
+                container, running = found
+                if container != self.container:
+                    self.container = container
+                self._follow(container, self._secrets())
+                if not running:
+                    self.stopping.wait(IDLE_S)
+        except Exception:
+            log.exception("following the output of %s failed", self.deployment_id)
+        finally:
+            database_proxy.obj.close()
+
+    def _secrets(self) -> list[str]:
+        d = Deployment.get_or_none(Deployment.id == self.deployment_id)
+        if d is None or not d.env_vars_encrypted:
+            return []
+        return [v for v in decrypt_env(self.secret_key, d.env_vars_encrypted).values() if v]
+
+    def _current(self) -> tuple[str, bool] | None:
+        """The container to follow (the running one, else the newest) and whether it runs."""
+        argv = ["podman", "ps", "--all", "--format", "json",
+                "--filter", f"label=buddo.deployment_id={self.deployment_id}",
+                "--filter", f"label=buddo.instance={self.instance}"]
+        done = subprocess.run(host_command(self.host, argv), capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            return None
+        containers = json.loads(done.stdout or "[]")
+        if not containers:
+            return None
+        best = max(containers, key=lambda c: (c.get("State") == "running", c.get("Created") or 0))
+        return str(best["Id"]), best.get("State") == "running"
+
+    def _follow(self, container: str, secrets: list[str]) -> None:
+        """``podman logs --follow`` of the container from ``since`` until it ends (or the stop)."""
+        argv = ["podman", "logs", "--follow", "--timestamps", "--since", self.since, container]
+        self.process = subprocess.Popen(host_command(self.host, argv), stdout=subprocess.PIPE,  # noqa: S603
+                                        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        read: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        readers = [threading.Thread(target=_pump, args=(stream, pipe, read), daemon=True)
+                   for stream, pipe in (("stdout", self.process.stdout), ("stderr", self.process.stderr))]
+        for reader in readers:
+            reader.start()
+        open_pipes = len(readers)
+        while open_pipes:
+            batch: list[tuple[str, bytes]] = []
+            try:
+                item = read.get(timeout=FLUSH_S)
+                while True:
+                    if item is None:
+                        open_pipes -= 1
+                    else:
+                        batch.append(item)
+                    item = read.get_nowait()
+            except queue.Empty:
+                pass
+            if batch:
+                self._store(batch, container, secrets)
+        self.process.wait()
+
+    def _store(self, batch: list[tuple[str, bytes]], container: str, secrets: list[str]) -> None:
+        lines: list[dict[str, Any]] = []
+        last = _instant(self.since)
+        for stream, raw in batch:
+            at, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+            when = _instant(at)
+            if when is None or (last is not None and when <= last):
+                continue  # already stored (a follow started again from the last line's time)
+            lines.append({"at": at, "stream": stream, "text": text, "when": when})
+        if not lines:
+            return
+        now = utcnow()
+        masked = mask(lines, secrets)
+        with write_transaction(database_proxy.obj):
+            OutputLine.insert_many([{"deployment_id": self.deployment_id, "at": line["at"][:64],
+                                     "stream": line["stream"], "text": line["text"][:16384],
+                                     "container": container[:12], "created_at": now} for line in masked]).execute()
+        self.since = max(lines, key=lambda line: line["when"])["at"]
+
+
+def _pump(stream: str, pipe: IO[bytes] | None, out: queue.Queue[tuple[str, bytes] | None]) -> None:
+    try:
+        for raw in iter(pipe.readline, b"") if pipe is not None else ():
+            out.put((stream, raw))
+    finally:
+        out.put(None)
+
+
+class Collectors:
+    """The worker's follow timer: a collector for each followed deployment this worker holds."""
+
+    def __init__(self, settings: Settings, owner: str) -> None:
+        self.settings, self.owner = settings, owner
+        self.running: dict[str, Collector] = {}
+
+    def tick(self) -> None:
+        now = utcnow()
+        wanted = {row.deployment_id for row in OutputFollow.select(OutputFollow.deployment_id).where(
+            OutputFollow.until > now)}
+        for ident, collector in list(self.running.items()):
+            if ident not in wanted or not collector.is_alive() or not self._hold(ident, now):
+                collector.stop()
+                del self.running[ident]
+        for ident in sorted(wanted - set(self.running)):
+            if self._hold(ident, now):
+                started = self._start(ident)
+                if started is not None:
+                    self.running[ident] = started
+        with write_transaction(database_proxy.obj):
+            OutputFollow.delete().where(OutputFollow.until < now - FOLLOW_TTL).execute()
+            OutputLine.delete().where(OutputLine.created_at < now - KEEP).execute()
+
+    def _hold(self, ident: str, now: dt.datetime) -> bool:
+        """Take or renew the follow's lease: one collector per deployment among the workers."""
+        return bool(OutputFollow.update(owner=self.owner, lease_until=now + LEASE).where(
+            (OutputFollow.deployment_id == ident)
+            & (OutputFollow.owner.is_null() | (OutputFollow.owner == self.owner)
+               | (OutputFollow.lease_until < now))).execute())
+
+    def _start(self, ident: str) -> Collector | None:
+        d = Deployment.get_or_none(Deployment.id == ident)
+        hosts = {h.name: h for h in container_hosts(Path(self.settings.inventory), self.settings.host_port_range)}
+        if d is None or d.host not in hosts:
+            return None
+        collector = Collector(ident, hosts[d.host], self.settings.instance, self.settings.secret_key)
+        collector.start()
+        return collector
+
+    def stop(self) -> None:
+        for collector in self.running.values():
+            collector.stop()
+        self.running.clear()

@@ -1,0 +1,81 @@
+"""Followed output, the database's part: follows, their leases, lines read by cursor as SSE."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from buddo_deploy.inventory import ContainerHost
+from buddo_deploy.models import OutputFollow, OutputLine, utcnow
+from buddo_deploy.services import follow
+
+from tests.helpers import auth, create_deployment
+
+
+def lines(ident: str, *texts: str) -> None:
+    now = utcnow()
+    OutputLine.insert_many([{"deployment_id": ident, "at": f"2026-12-06T10:00:0{i}Z", "stream": "stdout",
+                             "text": text, "container": "abc", "created_at": now}
+                            for i, text in enumerate(texts)]).execute()
+
+
+def test_followers_get_the_lines_after_their_cursor_as_server_sent_events(client):
+    one, two = create_deployment(client), create_deployment(client, subdomain="other")
+    lines(one, "before")
+    cursor = follow.follow(one)
+    assert OutputFollow.get_by_id(one).until > utcnow()
+    first, late = follow.Follower(one, "operator-1", cursor), follow.Follower(one, "operator-1", 0)
+    mine = follow.Follower(two, "operator-1", follow.follow(two))
+    lines(one, "after", "again")
+    lines(two, "theirs")
+    streams = follow.Streams()
+    out = streams([first, late, mine])
+    events = [json.loads(block.split("data: ", 1)[1]) for block in out[first].decode().strip().split("\n\n")]
+    assert [e["text"] for e in events] == ["after", "again"]
+    assert out[first].decode().startswith("id: ") and "event: line" in out[first].decode()
+    assert out[late].count(b"event: line") == 3  # from its own cursor (a Last-Event-ID of 0)
+    assert b"theirs" in out[mine] and b"after" not in out[mine]
+    assert streams([first, late, mine]) == {}  # nothing new
+    lines(one, "more")
+    assert b"more" in streams([first])[first]
+
+
+def test_one_worker_collects_a_follow_at_a_time(client, settings):
+    ident = create_deployment(client)
+    follow.follow(ident)
+    a, b = follow.Collectors(settings, "worker-a"), follow.Collectors(settings, "worker-b")
+    now = utcnow()
+    assert a._hold(ident, now) and not b._hold(ident, now)
+    assert a._hold(ident, now)  # renewing its own
+    assert b._hold(ident, now + follow.LEASE + dt.timedelta(seconds=1))  # a lease that lapsed is taken over
+
+
+def test_followers_keep_a_follow_alive_and_it_ends_after_they_leave(client, settings):
+    ident = create_deployment(client)
+    follow.follow(ident)
+    OutputFollow.update(until=utcnow() - follow.FOLLOW_TTL * 2).execute()
+    lines(ident, "old")
+    OutputLine.update(created_at=utcnow() - follow.KEEP * 2).execute()
+    follow.Collectors(settings, "w").tick()
+    assert OutputFollow.select().count() == 0 and OutputLine.select().count() == 0
+
+
+def test_a_host_is_reached_as_ansible_reaches_it():
+    local = ContainerHost("h1", 1024, (20000, 20010), connection="local")
+    assert follow.host_command(local, ["podman", "ps"]) == ["podman", "ps"]
+    remote = ContainerHost("h2", 1024, (20000, 20010), address="10.0.0.5", port=2222, user="root",
+                           key_file="/k", ssh_args="-o UserKnownHostsFile=/kh")
+    argv = follow.host_command(remote, ["podman", "logs", "--since", "a b"])
+    assert argv[:1] == ["ssh"] and "StrictHostKeyChecking=yes" in argv and "UserKnownHostsFile=/kh" in argv
+    assert argv[-2:] == ["root@10.0.0.5", "podman logs --since 'a b'"] and argv[argv.index("-p") + 1] == "2222"
+
+
+def test_following_needs_our_server_and_an_existing_deployment(client):
+    ident = create_deployment(client)
+    resp = client.simulate_get(f"/api/deploy/apps/{ident}/output", params={"follow": "true"}, headers=auth())
+    assert resp.status_code == 503 and resp.json["error"]["code"] == "follow_unavailable"
+    other = client.simulate_get(f"/api/deploy/apps/{ident}/output", params={"follow": "true"},
+                                headers=auth("operator-2"))
+    assert other.status_code == 403
+    bad = client.simulate_get(f"/api/deploy/apps/{ident}/output", params={"follow": "maybe"}, headers=auth())
+    assert bad.status_code == 422
