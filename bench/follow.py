@@ -8,7 +8,8 @@ the same code the worker's timer runs) in this process. In alternating rounds:
 - followed: the same while 100 followers (10 per deployment) read their streams.
 Prints the latency of GET /tiers in both (p50, p95; the ratio of the medians) and the
 follow latency: from podman's timestamp of a line (conmon read it) to its arrival at a
-follower (p50, p95, max). Needs Podman (make test's bootstrap installs it).
+follower (p50, p95, max; a new follow also gets the lines of the 2 s before it, which count
+here with their age). Needs Podman (make test's bootstrap installs it).
 Run: make bench-follow   (or .venv/bin/python bench/follow.py --rounds 3)
 """
 
@@ -159,6 +160,7 @@ def main() -> None:
             results["followed"] += tiers(base, args.requests)
             for follower in followers:
                 follower.close()
+            time.sleep(2)  # the server notices the closed streams (the next round opens as many)
             statuses = {f.status for f in followers}
             results["delay"] += delays
             print(f"round {round_ + 1}: follower answers {sorted(statuses)}, {len(delays)} lines received",

@@ -117,7 +117,7 @@ class ContainerHost:
     public_ipv6: str | None = None
     # How Ansible reaches it (what the worker's output followers use too; services/follow.py).
     connection: str = "ssh"
-    address: str = ""
+    address: str = ""  # ansible_host (empty: the name itself)
     port: int | None = None
     user: str = ""
     key_file: str = ""
@@ -195,7 +195,7 @@ def _container_host(name: str, hostvars: dict[str, Any], default_ports: tuple[in
 
     port = plain("ansible_port")
     return ContainerHost(name, memory, ports, addresses["buddo_public_ipv4"], addresses["buddo_public_ipv6"],
-                         connection=plain("ansible_connection") or "ssh", address=plain("ansible_host") or name,
+                         connection=plain("ansible_connection") or "ssh", address=plain("ansible_host"),
                          port=int(port) if port.isdigit() else None, user=plain("ansible_user"),
                          key_file=plain("ansible_ssh_private_key_file"),
                          ssh_args=" ".join(filter(None, (plain("ansible_ssh_common_args"),

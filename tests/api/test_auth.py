@@ -321,6 +321,7 @@ def test_openapi_is_public_and_lists_every_endpoint(client):
         "/api/deploy/apps/{deployment_id}/jobs/{job_id}", "/metrics",
         "/api/deploy/registry-logins", "/api/deploy/registry-logins/{registry}",
         "/api/deploy/webhooks", "/api/deploy/webhooks/{webhook_id}", "/api/deploy/webhooks/{webhook_id}/deliveries",
+        "/api/deploy/apps/{deployment_id}/runs", "/api/deploy/apps/{deployment_id}/runs/{run_id}",
     }
     schemas = doc["components"]["schemas"]
     assert {"DeploymentCreate", "DeploymentOut", "StatusOut", "LogEntryOut", "ErrorOut", "TierOut", "JobOut",

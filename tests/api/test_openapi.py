@@ -94,7 +94,7 @@ def test_links_from_create_reach_every_per_deployment_operation(document):
     # Every operation whose only path parameter is the deployment id (a job also needs its job_id).
     per_deployment = {(path, method) for path, method in operations.values()
                       if "{deployment_id}" in path and path.count("{") == 1}
-    assert targets == per_deployment and len(per_deployment) == 10
+    assert targets == per_deployment and len(per_deployment) == 12
     assert all(link["parameters"] == {"deployment_id": "$response.body#/deployment/id"} for link in links.values())
 
 

@@ -37,7 +37,7 @@ _RATE_HEADERS = {
 # Every operation on one deployment, reachable from the id a create returns.
 _ITEM_OPERATIONS = ("getDeployment", "updateDeployment", "getDeploymentStatus", "getDeploymentLogs",
                     "restartDeployment", "stopDeployment", "destroyDeployment", "listReleases", "rollbackDeployment",
-                    "getDeploymentOutput")
+                    "getDeploymentOutput", "startRun", "listRuns")
 
 
 def _json(name: str) -> dict[str, Any]:

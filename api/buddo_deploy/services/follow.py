@@ -141,7 +141,8 @@ def host_command(host: ContainerHost, argv: list[str]) -> list[str]:
     """``argv`` run on ``host``: as it is on a local host, else over ssh as Ansible connects."""
     if host.connection == "local":
         return argv
-    target = f"{host.user}@{host.address}" if host.user else host.address
+    address = host.address or host.name
+    target = f"{host.user}@{address}" if host.user else address
     options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", *shlex.split(host.ssh_args)]
     if host.port:
         options += ["-p", str(host.port)]
