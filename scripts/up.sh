@@ -46,8 +46,18 @@ cat <<TXT
 Buddo Deploy is up.  API: $API   apps: https://<subdomain>.localhost:8443
 Logs: var/log/api.log, var/log/worker.log.  Ctrl-C stops the API and the worker.
 
-export TOKEN=$TOKEN
+export TOKEN=$TOKEN BUDDO_TOKEN=$TOKEN BUDDO_API_URL=$API
 
+With buddo (the operators' CLI; 'buddo login --issuer URL' where an OpenID issuer signs tokens):
+.venv/bin/buddo tiers
+.venv/bin/buddo apps create my-app --image 127.0.0.1:5000/demo/hello:latest --port 3000 -e GREETING=hi --wait
+.venv/bin/buddo output my-app -f          # what it prints, as it prints it (Ctrl-C to stop)
+.venv/bin/buddo env set my-app GREETING=hello --wait
+.venv/bin/buddo releases my-app; .venv/bin/buddo rollback my-app --wait
+.venv/bin/buddo run my-app -- /bin/busybox sh -c 'echo one-off'
+.venv/bin/buddo logs my-app; .venv/bin/buddo apps destroy my-app --yes
+
+With curl:
 curl -s $API/api/deploy/tiers -H "Authorization: Bearer \$TOKEN"
 curl -s -X POST $API/api/deploy/apps -H "Authorization: Bearer \$TOKEN" \\
   -H "Content-Type: application/json" \\
