@@ -33,10 +33,12 @@ fuzz-api: venv
 # pytest (API on SQLite and PostgreSQL, runner, engine, end to end), then molecule.
 # bootstrap installs Podman, runc and Caddy from Debian's packages on a fresh machine;
 # local_registry installs Debian's docker-registry and serves 127.0.0.1:5000; Debian's
-# pebble is the ACME CA of the custom-domain end-to-end test.
+# pebble is the ACME CA of the custom-domain end-to-end test; tmux is the terminal `buddo`'s
+# screen test reads.
 test: venv postgres lint fuzz-api bootstrap sshd
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i inventory/local playbooks/local_registry.yml
 	@command -v pebble >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble)
+	@command -v tmux >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux)
 	BUDDO_TEST_POSTGRES_URL=postgresql://buddo:buddo@127.0.0.1:5432/buddo_test $(BIN)/pytest -q tests
 	scripts/engine-molecule.sh
 

@@ -105,14 +105,20 @@ def resolve(s: Session, name: str) -> str:
 def wait_until_settled(s: Session, ident: str, timeout: int, initial: str | None = None) -> dict[str, Any]:
     """The status once it settles, each state shown as it passes; exit 3 at the timeout."""
     deadline = time.monotonic() + timeout
+    seen: list[str] = []
+
+    def passed(state: str) -> None:
+        if not seen or seen[-1] != state:
+            seen.append(state)
+            if not s.json_output:
+                err.print(f"  {state}")
+
+    if initial:
+        passed(initial)
     status = s.call("GET", f"/api/deploy/apps/{ident}/status")
-    seen = [initial] if initial else []
     with err.status("waiting", spinner="dots") as spinner:
         while True:
-            if not seen or seen[-1] != status["status"]:
-                seen.append(status["status"])
-                if not s.json_output:
-                    err.print(f"  {status['status']}")
+            passed(status["status"])
             if status["status"] in SETTLED:
                 return dict(status)
             left = int(deadline - time.monotonic())
@@ -353,9 +359,12 @@ def output_command(ctx: typer.Context, name: App,
     body = answer(resp)
     if s.json_output and not follow:
         show(s, body)
-    elif not s.json_output:
+    else:  # following: the recent lines first, as `heroku logs --tail` does (NDJSON with --json)
         for line in body.get("lines", []):
-            _print_line(line)
+            if s.json_output:
+                print(json.dumps(line), flush=True)
+            else:
+                _print_line(line)
     if follow:
         _follow(s, ident)
 
@@ -373,10 +382,11 @@ def _follow(s: Session, ident: str) -> None:
                     for event in events.iter_sse():
                         if event.event == "line":
                             line = json.loads(event.data)
-                            if s.json_output:
-                                out.print_json(json.dumps(line))
+                            if s.json_output:  # one object a line (NDJSON), as it comes
+                                print(json.dumps(line), flush=True)
                             else:
                                 _print_line(line)
+                                sys.stdout.flush()
     except KeyboardInterrupt:
         return
     except httpx.HTTPError as exc:
