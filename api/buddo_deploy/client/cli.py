@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 import webbrowser
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import httpx
@@ -85,21 +86,27 @@ def grid(*columns: str) -> Table:
     return table
 
 
+def pages(s: Session, path: str, key: str, **params: Any) -> Iterator[dict[str, Any]]:
+    """Every item of a listing, page after page (its next_cursor)."""
+    cursor = None
+    while True:
+        page = s.call("GET", path, params={"limit": 100, **params, **({"cursor": cursor} if cursor else {})})
+        yield from page[key]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return
+
+
 def resolve(s: Session, name: str) -> str:
     """An app's id from its id or subdomain (the operator's own, not destroyed)."""
     try:
         return str(uuid.UUID(name))
     except ValueError:
         pass
-    cursor = None
-    while True:
-        page = s.call("GET", "/api/deploy/apps", params={"limit": 100, **({"cursor": cursor} if cursor else {})})
-        for d in page["deployments"]:
-            if d["subdomain"] == name:
-                return str(d["id"])
-        cursor = page.get("next_cursor")
-        if not cursor:
-            raise ClientError(f"No app named {name!r} (see `buddo apps list`)")
+    for d in pages(s, "/api/deploy/apps", "deployments"):
+        if d["subdomain"] == name:
+            return str(d["id"])
+    raise ClientError(f"No app named {name!r} (see `buddo apps list`)")
 
 
 def wait_until_settled(s: Session, ident: str, timeout: int, initial: str | None = None) -> dict[str, Any]:
@@ -180,14 +187,7 @@ def apps_list(ctx: typer.Context, all_: Annotated[bool, typer.Option("--all", he
               ) -> None:
     """Your apps, newest first."""
     s = session(ctx)
-    found, cursor = [], None
-    while True:
-        page = s.call("GET", "/api/deploy/apps", params={"limit": 100, "include_destroyed": str(all_).lower(),
-                                                           **({"cursor": cursor} if cursor else {})})
-        found += page["deployments"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            break
+    found = list(pages(s, "/api/deploy/apps", "deployments", include_destroyed=str(all_).lower()))
     table = grid("NAME", "STATUS", "HEALTH", "TIER", "URL")
     for d in found:
         table.add_row(d["subdomain"], d["status"], d.get("health_status", ""), d.get("tier", ""), url_of(d))
@@ -398,14 +398,7 @@ def logs_command(ctx: typer.Context, name: App) -> None:
     """The app's audit log: what was done to it, by whom, how it went."""
     s = session(ctx)
     ident = resolve(s, name)
-    entries, cursor = [], None
-    while True:
-        page = s.call("GET", f"/api/deploy/apps/{ident}/logs", params={"limit": 100, **(
-            {"cursor": cursor} if cursor else {})})
-        entries += page["logs"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            break
+    entries = list(pages(s, f"/api/deploy/apps/{ident}/logs", "logs"))
     table = grid("WHEN", "ACTION", "STATUS", "BY", "DETAILS")
     for e in entries:
         details = e.get("details") or {}
