@@ -109,3 +109,36 @@ def test_releases_logs_and_a_detached_run(buddo, settings):
     assert code == 2  # no such command: `apps destroy`
     code, _, err = buddo("apps", "destroy", "my-app", "--yes")
     assert code == 0, err
+
+
+def test_every_other_command_as_a_table_and_as_json(buddo, settings):
+    app = create(buddo)
+    run_job(settings)
+    checks = [
+        (("apps", "status", "my-app"), "STATUS", lambda j: j["status"] == "running"),
+        (("apps", "update", "my-app", "--port", "3001"), "3001", lambda j: j["port"] == 3001),
+        (("apps", "restart", "my-app"), "deploying", lambda j: j["status"] == "deploying"),
+        (("apps", "stop", "my-app"), "stopped", lambda j: j["desired_state"] == "stopped"),
+        (("domains", "my-app"), "custom_domain", lambda j: j["url"] == app["url"]),
+        (("billing",), "", lambda j: isinstance(j, dict)),
+        (("open", "my-app"), app["url"], None),
+        (("webhooks", "create", "https://hooks.example.com/x", "--event", "deploy.failed"), "shown once",
+         lambda j: j["secret"].startswith("whsec_") and j["webhook"]["event_types"] == ["deploy.failed"]),
+        (("webhooks", "list"), "hooks.example.com", lambda j: len(j) == 2),  # created twice: as a table, as JSON
+        (("registry-login", "list"), "REGISTRY", lambda j: j == []),
+        (("releases", "my-app"), "RELEASE", lambda j: j[0]["number"] >= 1),
+        (("env", "list", "my-app"), "GREETING", lambda j: j == ["GREETING"]),
+    ]
+    for args, in_table, check in checks:
+        code, out, err = buddo(*args)
+        assert code == 0 and in_table in out, (args, out, err)
+        if check is not None:
+            code, out, err = buddo(*args, "--json") if args[0] != "apps" or args[1] in {"status"} else (
+                buddo("apps", "info" if args[1] != "status" else "status", "my-app", "--json"))
+            assert code == 0 and check(json.loads(out)), (args, out, err)
+    code, out, _ = buddo("--json", "webhooks", "list")
+    for hook in json.loads(out):
+        assert buddo("webhooks", "delete", hook["id"])[0] == 0
+    assert json.loads(buddo("--json", "webhooks", "list")[1]) == []
+    code, out, err = buddo("rollback", "my-app", "7")
+    assert code == 1 and "release" in err.lower() and err.count("\n") == 1
