@@ -30,6 +30,7 @@ from .session import (
     EXIT_USAGE,
     ClientError,
     Session,
+    answer,
     forget_credentials,
     save_credentials,
 )
@@ -355,7 +356,6 @@ def output_command(ctx: typer.Context, name: App,
         if resp.status_code != 202 or time.monotonic() > deadline:
             break
         time.sleep(float(resp.headers.get("Retry-After", "2")))
-    from .session import answer
     body = answer(resp)
     if s.json_output and not follow:
         show(s, body)
@@ -377,7 +377,6 @@ def _follow(s: Session, ident: str) -> None:
                                  params={"follow": "true"}) as events:
                     if events.response.status_code != 200:
                         events.response.read()
-                        from .session import answer
                         answer(events.response)
                     for event in events.iter_sse():
                         if event.event == "line":

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -36,7 +35,7 @@ from ..schemas import (
     ValidationContext,
 )
 from ..services import follow
-from ..services.lifecycle import WAIT_POLL_S, Lifecycle, statuses_reached
+from ..services.lifecycle import Lifecycle, statuses_reached
 from ..services.runs import Runs, runs_finished
 from ..vocabulary import FINISHED_RUN_STATES
 from .common import (
@@ -45,9 +44,10 @@ from .common import (
     parse_json_object,
     parse_query,
     read_body,
-    read_json_object,
+    read_model,
     send,
     validation_error,
+    wait_or_park,
 )
 
 # A read is one short playbook run on the host: about this long (bench/api.py).
@@ -83,11 +83,7 @@ class AppsResource:
         send(resp, DeploymentList(deployments=items, next_cursor=page.next_cursor))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req, self.max_body)
-        try:
-            request = DeploymentCreate.model_validate(body, context=self.context)
-        except ValidationError as exc:
-            raise validation_error(exc) from exc
+        request = read_model(req, DeploymentCreate, self.max_body, self.context)
         deployment = self.lifecycle.create_deployment(req.context.principal, request)
         resp.location = f"/api/deploy/apps/{deployment.id}"
         self._send_deployment(resp, deployment, falcon.HTTP_201)
@@ -98,11 +94,7 @@ class AppsResource:
         self._send_deployment(resp, self.lifecycle.get_owned(req.context.principal, deployment_id))
 
     def on_patch_item(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
-        body = read_json_object(req, self.max_body)
-        try:
-            request = DeploymentUpdate.model_validate(body, context=self.context)
-        except ValidationError as exc:
-            raise validation_error(exc) from exc
+        request = read_model(req, DeploymentUpdate, self.max_body, self.context)
         self._send_deployment(resp, self.lifecycle.update(req.context.principal, deployment_id, request))
 
     def on_delete_item(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
@@ -113,16 +105,12 @@ class AppsResource:
         """At once, or with ``wait_for`` once the status is one of those (or at the timeout): our
         server parks the request meanwhile (serving.py), holding no thread."""
         query = parse_query(req, StatusQuery)
-        principal = req.context.principal
-        status = self.lifecycle.status_of(principal, deployment_id)
         wanted = query.statuses
-        if wanted and status["status"] not in wanted and not req.env.get("buddo.resumed"):
-            park = req.env.get("buddo.park")
-            if park is not None:
-                park((str(deployment_id), wanted), statuses_reached, query.timeout)
-                req.context.parked = True
-                return
-            status = self.lifecycle.wait_for_status(principal, deployment_id, wanted, query.timeout)
+        status = wait_or_park(req, lambda: self.lifecycle.status_of(req.context.principal, deployment_id),
+                              lambda found: not wanted or found["status"] in wanted, (str(deployment_id), wanted),
+                              statuses_reached, query.timeout)
+        if status is None:
+            return  # parked
         if wanted:
             resp.set_header("Wait-Result", "reached" if status["status"] in wanted else "timeout")
         send(resp, StatusOut(**status))
@@ -149,11 +137,7 @@ class AppsResource:
         send(resp, ReleaseList(releases=items, next_cursor=str(next_number) if next_number is not None else None))
 
     def on_post_runs(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
-        body = read_json_object(req, self.max_body)
-        try:
-            request = RunIn.model_validate(body)
-        except ValidationError as exc:
-            raise validation_error(exc) from exc
+        request = read_model(req, RunIn, self.max_body)
         run = self.runs.create(req.context.principal, deployment_id, request.command, request.timeout_s)
         resp.location = f"/api/deploy/apps/{deployment_id}/runs/{run.id}"
         send(resp, RunEnvelope(run=run_out(run)), falcon.HTTP_202)
@@ -165,18 +149,11 @@ class AppsResource:
                    run_id: uuid.UUID) -> None:
         """At once, or with ``wait`` once the run finished (parked meanwhile, as a status wait)."""
         query = parse_query(req, RunQuery)
-        run = self.runs.get(req.context.principal, deployment_id, run_id)
-        if query.wait and run.state not in FINISHED_RUN_STATES and not req.env.get("buddo.resumed"):
-            park = req.env.get("buddo.park")
-            if park is not None:
-                park(str(run.id), runs_finished, query.wait)
-                req.context.parked = True
-                return
-            deadline = time.monotonic() + query.wait
-            while run.state not in FINISHED_RUN_STATES and time.monotonic() < deadline:
-                time.sleep(WAIT_POLL_S)
-                run = self.runs.get(req.context.principal, deployment_id, run_id)
-        send(resp, RunEnvelope(run=run_out(run)))
+        run = wait_or_park(req, lambda: self.runs.get(req.context.principal, deployment_id, run_id),
+                           lambda found: not query.wait or found.state in FINISHED_RUN_STATES, str(run_id),
+                           runs_finished, query.wait)
+        if run is not None:  # else parked
+            send(resp, RunEnvelope(run=run_out(run)))
 
     def on_get_output(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
         """At once: the latest read (maybe with a newer one queued), or 202 while the first is."""

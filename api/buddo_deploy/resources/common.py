@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -122,6 +124,41 @@ def validation_error(exc: ValidationError) -> Invalid:
 
 
 Query = TypeVar("Query", bound=BaseModel)
+Value = TypeVar("Value")
+# How often a wait looks again on a server that cannot park it (ours does: serving.WAKE_S).
+WAIT_POLL_S = 0.1
+
+
+def read_model(req: falcon.Request, model: type[Query], max_bytes: int, context: Any = None) -> Query:
+    """The body as ``model``: 400 when it is not a JSON object, 422 in the envelope (field by
+    field) when it does not validate."""
+    body = read_json_object(req, max_bytes)
+    try:
+        return model.model_validate(body, context=context)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+
+
+def wait_or_park(req: falcon.Request, current: Callable[[], Value], done: Callable[[Value], bool], key: Hashable,
+                 check: Callable[[Collection[Hashable]], Collection[Hashable]], timeout_s: float) -> Value | None:
+    """What to answer a wait with: ``current()`` once ``done`` by it, or at ``timeout_s``.
+
+    Our server parks the request instead (None: answer nothing now; serving.py serves it
+    again when ``check`` has ``key`` or at the timeout, and ``current()`` answers then). Other
+    servers wait here, holding the thread."""
+    value = current()
+    if done(value) or req.env.get("buddo.resumed"):
+        return value
+    park = req.env.get("buddo.park")
+    if park is not None:
+        park(key, check, timeout_s)
+        req.context.parked = True
+        return None
+    deadline = time.monotonic() + timeout_s
+    while not done(value) and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(WAIT_POLL_S, left))
+        value = current()
+    return value
 
 
 def parse_query(req: falcon.Request, model: type[Query]) -> Query:

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import falcon
-from pydantic import ValidationError
 
 from ..schemas import (
     DeliveriesQuery,
@@ -24,7 +23,7 @@ from ..schemas import (
 )
 from ..services.pages import decode_cursor, encode_cursor
 from ..services.webhooks import Webhooks
-from .common import parse_query, read_json_object, send, validation_error
+from .common import parse_query, read_model, send
 
 _DELIVERY_ID = re.compile(r"msg_[0-9a-f]{32}")
 
@@ -45,11 +44,7 @@ class WebhooksResource:
         send(resp, WebhookList(webhooks=[webhook_out(e) for e in endpoints]))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req, self.max_body)
-        try:
-            request = WebhookIn.model_validate(body)
-        except ValidationError as exc:
-            raise validation_error(exc) from exc
+        request = read_model(req, WebhookIn, self.max_body)
         endpoint, secret = self.webhooks.create(req.context.principal.operator_id, request.url,
                                                 request.event_types, request.description)
         resp.location = f"/api/deploy/webhooks/{endpoint.id}"
@@ -60,11 +55,7 @@ class WebhooksResource:
                                                                           webhook_id))))
 
     def on_patch_item(self, req: falcon.Request, resp: falcon.Response, webhook_id: uuid.UUID) -> None:
-        body = read_json_object(req, self.max_body)
-        try:
-            request = WebhookUpdate.model_validate(body)
-        except ValidationError as exc:
-            raise validation_error(exc) from exc
+        request = read_model(req, WebhookUpdate, self.max_body)
         changes = request.model_dump(exclude_unset=True)
         endpoint = self.webhooks.update(req.context.principal.operator_id, webhook_id, changes)
         send(resp, WebhookEnvelope(webhook=webhook_out(endpoint)))

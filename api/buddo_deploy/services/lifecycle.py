@@ -11,7 +11,6 @@ import json
 import random
 import secrets
 import string
-import time
 import uuid
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import peewee
 from .. import jobqueue
 from ..auth import Principal
 from ..crypto import decrypt_env, encrypt_env
-from ..db import is_postgres, write_transaction
+from ..db import connect_thread, is_postgres, write_transaction
 from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable, UpstreamFailed
 from ..inventory import container_hosts
 from ..models import AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
@@ -46,15 +45,11 @@ class Page:
     next_cursor: str | None
 
 
-# How often a status wait looks again (a parked one: serving.WAKE_S).
-WAIT_POLL_S = 0.1
-
-
 def statuses_reached(keys: Collection[Hashable]) -> set[Hashable]:
     """The check of parked status waits (serving.py): of the ``(deployment id, statuses)``
     keys, those whose deployment has one of its statuses now, or is gone; one query for all."""
+    connect_thread()  # the waker's own thread
     db = database_proxy.obj
-    db.connect(reuse_if_open=True)
     ids = sorted({str(key[0]) for key in keys})  # type: ignore[index]
     found: dict[str, str] = {}
     try:
@@ -114,17 +109,6 @@ class Lifecycle:
             "health_status": row[4],
             "last_health_check": Deployment.last_health_check.python_value(row[5]),
         }
-
-    def wait_for_status(self, principal: Principal, deployment_id: uuid.UUID, wanted: frozenset[str],
-                        timeout_s: float) -> dict[str, Any]:
-        """The status once it is one of ``wanted``, or at the timeout: holding the thread, for
-        servers that cannot park a request (ours parks it: serving.py, ``statuses_reached``)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            status = self.status_of(principal, deployment_id)
-            if status["status"] in wanted or time.monotonic() >= deadline:
-                return status
-            time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
 
     def list_deployments(
         self,

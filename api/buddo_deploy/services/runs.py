@@ -8,7 +8,7 @@ the last ``MAX_LINES`` lines of its output, env values masked. The command may h
 secret: it is stored encrypted and reaches the host through the run's secret file, never
 its extra vars, and no audit entry or job event names it.
 
-Bounds: ``MAX_TIMEOUT_S`` a run, ``ACTIVE_PER_DEPLOYMENT`` runs queued or running per
+Bounds: ``schemas.MAX_RUN_TIMEOUT_S`` a run, ``ACTIVE_PER_DEPLOYMENT`` runs queued or running per
 deployment (their containers count against the host as the app does: the tier's memory,
 CPU, processes and disk, each), and retention (``BUDDO_RETENTION_DAYS``) for finished runs.
 """
@@ -23,15 +23,13 @@ from typing import Any
 from .. import jobqueue
 from ..auth import Principal
 from ..crypto import decrypt_secret, encrypt_secret
-from ..db import write_transaction
+from ..db import connect_thread, write_transaction
 from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound
 from ..models import Deployment, Job, Run, database_proxy, utcnow
 from ..results import PlaybookResult
 from ..vocabulary import FINISHED_RUN_STATES, DesiredState, RunState
 from . import engine, output, releases, state
 
-MAX_TIMEOUT_S = 3600
-DEFAULT_TIMEOUT_S = 300
 ACTIVE_PER_DEPLOYMENT = 1
 MAX_LINES = 1000
 # What a run's job takes beyond the command: pulling the image, creating and removing the container.
@@ -44,8 +42,10 @@ class Runs:
     def __init__(self, secret_key: str) -> None:
         self.secret_key = secret_key
 
-    def _owned(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:
-        d = state.locked(deployment_id)
+    @staticmethod
+    def _owned(principal: Principal, deployment_id: uuid.UUID, *, lock: bool = False) -> Deployment:
+        """The caller's deployment (locked, to change it), else 404 or 403."""
+        d = state.locked(deployment_id) if lock else Deployment.get_or_none(Deployment.id == deployment_id)
         if d is None:
             raise NotFound("Deployment not found", code="deployment_not_found")
         if d.operator_id != principal.operator_id:
@@ -55,7 +55,7 @@ class Runs:
     def create(self, principal: Principal, deployment_id: uuid.UUID, command: list[str], timeout_s: int) -> Run:
         now = utcnow()
         with write_transaction(database_proxy.obj):
-            d = self._owned(principal, deployment_id)
+            d = self._owned(principal, deployment_id, lock=True)
             if d.desired_state == DesiredState.ABSENT:
                 raise Invalid("The deployment is destroyed", code="deployment_destroyed")
             if d.billing_status == "suspended":
@@ -80,28 +80,21 @@ class Runs:
 
     def get(self, principal: Principal, deployment_id: uuid.UUID, run_id: uuid.UUID) -> Run:
         run = Run.get_or_none((Run.id == run_id) & (Run.deployment == deployment_id))
-        d = Deployment.get_or_none(Deployment.id == deployment_id)
-        if d is None or run is None:
+        if run is None:
             raise NotFound("Run not found", code="run_not_found")
-        if d.operator_id != principal.operator_id:
-            raise Forbidden("Deployment belongs to another operator", code="forbidden")
+        self._owned(principal, deployment_id)  # a run's deployment exists: 403 for another's
         return run
 
     def list(self, principal: Principal, deployment_id: uuid.UUID, limit: int) -> list[Run]:
         """The deployment's newest ``limit`` runs, newest first."""
-        d = Deployment.get_or_none(Deployment.id == deployment_id)
-        if d is None:
-            raise NotFound("Deployment not found", code="deployment_not_found")
-        if d.operator_id != principal.operator_id:
-            raise Forbidden("Deployment belongs to another operator", code="forbidden")
+        d = self._owned(principal, deployment_id)
         return list(Run.select().where(Run.deployment == d.id).order_by(Run.inserted_at.desc(), Run.id.desc())
                     .limit(limit))
 
 
 def runs_finished(keys: Collection[Hashable]) -> set[Hashable]:
     """The check of parked run waits (serving.py): of the run ids, those finished (or gone)."""
-    db = database_proxy.obj
-    db.connect(reuse_if_open=True)
+    connect_thread()  # the waker's own thread
     ids = [str(key) for key in keys]
     going = {str(row.id) for row in Run.select(Run.id).where(
         Run.id.in_(ids) & Run.state.not_in(list(FINISHED_RUN_STATES)))}

@@ -310,8 +310,7 @@ class Deliverer:
     def tick(self, limit: int = 50) -> int:
         """Claim what is due and send it; how many attempts were made."""
         claimed = self._claim(limit)
-        for done in self.pool.map(self._send, claimed):
-            del done
+        list(self.pool.map(self._send, claimed))  # every send ends before the next tick claims more
         return len(claimed)
 
     def _claim(self, limit: int) -> list[WebhookDelivery]:
