@@ -18,6 +18,7 @@ opens accounts with balances the run never spends, so a 402 there means a bug.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import schemathesis
@@ -86,3 +87,13 @@ def before_call(ctx: HookContext, case: Case, kwargs: dict[str, Any]) -> None:
     # A run's wait likewise (no worker ends a run here): a valid one answers at once.
     if query and str(query.get("wait", "")).isdigit() and 0 < int(query["wait"]) <= 60:
         query["wait"] = 0
+    # The fuzzer draws short Idempotency-Keys and sends one again with a request it sent
+    # before: the API then replays the first answer, as it should (Stripe's behaviour,
+    # tests/api/test_idempotency.py), and the stateful phase would take that old
+    # answer for a new resource (a webhook created, deleted, then "created" again by the
+    # replay: ST302). A schema-valid key is made unique per call; invalid ones are sent as drawn.
+    headers = case.headers
+    meta = case.meta
+    if (headers and meta is not None and meta.generation.mode.is_positive
+            and isinstance(headers.get("Idempotency-Key"), str)):
+        headers["Idempotency-Key"] = f"fuzz-{uuid.uuid4().hex}"
