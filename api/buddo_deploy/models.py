@@ -465,10 +465,11 @@ class OutputFollow(BaseModel):
 
 
 class OutputLine(BaseModel):
-    """One line a followed deployment printed, env values masked (migration 0025)."""
+    """One line a followed deployment or a one-off run printed, env values masked (migrations
+    0025, 0026): ``subject_id`` is the deployment's id or the run's."""
 
     id = peewee.BigAutoField()
-    deployment_id = peewee.CharField()
+    subject_id = peewee.CharField()
     at = peewee.CharField()
     stream = peewee.CharField()
     text = peewee.TextField()

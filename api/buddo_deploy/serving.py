@@ -126,7 +126,8 @@ WAKE_S = 0.1
 Check = Callable[[Collection[Hashable]], Collection[Hashable]]
 
 
-# A stream's poll: of the keys of streams, what to send each now (bytes; None: the stream ends).
+# A stream's poll: of the keys of streams, what to send each now (bytes; None: the stream ends,
+# once the bytes sent before went out).
 Poll = Callable[[Collection[Any]], dict[Any, bytes | None]]
 # A stream's unsent bytes at most (a follower that reads slower is dropped), and how often an
 # idle stream says it is alive (an SSE comment).
@@ -401,8 +402,10 @@ class HeadFirstWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 if conn not in self.parked:
                     continue
                 data = out.get(park.key, b"")
-                if data is None or park.deadline <= now:
-                    ended.append(conn)
+                if park.deadline <= now or (data is None and (not self._flush(conn, park) or not park.backlog)):
+                    ended.append(conn)  # an end its poll said is kept until what it sent before went out
+                    continue
+                if data is None:
                     continue
                 if not data and not park.backlog and now - park.last_write >= STREAM_PING_S:
                     data = b": ping\n\n"

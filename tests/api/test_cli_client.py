@@ -142,3 +142,37 @@ def test_every_other_command_as_a_table_and_as_json(buddo, settings):
     assert json.loads(buddo("--json", "webhooks", "list")[1]) == []
     code, out, err = buddo("rollback", "my-app", "7")
     assert code == 1 and "release" in err.lower() and err.count("\n") == 1
+
+
+def test_run_prints_lines_as_they_come_then_those_only_the_run_kept_and_exits_with_its_code(capsys, monkeypatch):
+    """Against a recorded API: the stream breaks after one line (resumed with Last-Event-ID),
+    sends another, then the run, whose output holds a line the stream never had."""
+    monkeypatch.setenv("BUDDO_CONFIG_DIR", "/nonexistent")
+    app, run_id = "0b0f2c3e-0000-4000-8000-00000000000a", "5b0f2c3e-0000-4000-8000-00000000000b"
+    lines = [{"at": f"2026-12-06T10:00:0{i}.000000001Z", "stream": "stdout", "text": f"line {i}", "container": "c"}
+             for i in range(3)]
+    run = {"id": run_id, "deployment_id": app, "state": "failed", "exit_code": 4, "timeout_s": 60, "error": None,
+           "output": lines}
+    seen: list[str | None] = []
+
+    def event(ident: int, line: dict) -> str:
+        return f"id: {ident}\nevent: line\ndata: {json.dumps(line)}\n\n"
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            assert json.loads(request.content) == {"command": ["sh", "-c", "x"], "timeout_s": 60}
+            return httpx.Response(202, json={"run": run | {"state": "queued", "output": []}})
+        assert request.url.params["follow"] == "true"
+        seen.append(request.headers.get("Last-Event-ID"))
+        body = (event(1, lines[0]) if len(seen) == 1
+                else ": ping\n\n" + event(2, lines[1]) + f"event: end\ndata: {json.dumps({'run': run})}\n\n")
+        return httpx.Response(200, text=body, headers={"Content-Type": "text/event-stream"})
+
+    code = cli.run(["--token", token(), "run", app, "--timeout", "60", "--", "sh", "-c", "x"],
+                   transport=httpx.MockTransport(api))
+    out = capsys.readouterr().out
+    assert code == 4 and seen == [None, "1"]
+    assert [line.split()[-1] for line in out.splitlines()] == ["0", "1", "2"]  # each once, in order
+    code = cli.run(["--token", token(), "--json", "run", app, "--timeout", "60", "--", "sh", "-c", "x"],
+                   transport=httpx.MockTransport(api))
+    assert code == 4 and json.loads(capsys.readouterr().out)["exit_code"] == 4

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 
 from buddo_deploy.inventory import ContainerHost
-from buddo_deploy.models import OutputFollow, OutputLine, utcnow
+from buddo_deploy.models import OutputFollow, OutputLine, Run, utcnow
 from buddo_deploy.services import follow
 
 from tests.helpers import auth, create_deployment
@@ -14,7 +14,7 @@ from tests.helpers import auth, create_deployment
 
 def lines(ident: str, *texts: str) -> None:
     now = utcnow()
-    OutputLine.insert_many([{"deployment_id": ident, "at": f"2026-12-06T10:00:0{i}Z", "stream": "stdout",
+    OutputLine.insert_many([{"subject_id": ident, "at": f"2026-12-06T10:00:0{i}Z", "stream": "stdout",
                              "text": text, "container": "abc", "created_at": now}
                             for i, text in enumerate(texts)]).execute()
 
@@ -79,3 +79,39 @@ def test_following_needs_our_server_and_an_existing_deployment(client):
     assert other.status_code == 403
     bad = client.simulate_get(f"/api/deploy/apps/{ident}/output", params={"follow": "maybe"}, headers=auth())
     assert bad.status_code == 422
+
+
+def test_a_run_stream_sends_every_line_from_the_first_then_the_run_then_ends(client):
+    ident = create_deployment(client)
+    run_id = "5b0f2c3e-0000-4000-8000-000000000001"
+    Run.create(id=run_id, deployment=ident, command_encrypted="x", timeout_s=60, state="running",
+               inserted_at=utcnow())
+    lines(run_id, "one", "two")
+    lines(ident, "the app's own")
+    streams = follow.RunStreams(lambda run: json.dumps({"run": {"id": str(run.id), "state": run.state}}))
+    f = follow.Follower(run_id, "operator-1", 0)
+    first = streams([f])[f]
+    assert first.count(b"event: line") == 2 and b"app's own" not in first and b"event: end" not in first
+    assert streams([f]) == {}  # running, nothing new
+    lines(run_id, "three")
+    Run.update(state="failed", exit_code=4).where(Run.id == run_id).execute()
+    last = streams([f])[f].decode()
+    assert last.index("three") < last.index("event: end") and '"state": "failed"' in last
+    assert streams([f]) == {f: None}  # then the stream ends
+    resumed = follow.Follower(run_id, "operator-1", 0)  # a late follower gets it all, and the end
+    assert streams([resumed])[resumed].count(b"event: line") == 3
+    Run.delete().where(Run.id == run_id).execute()  # a run pruned meanwhile ends its stream
+    gone = follow.Follower(run_id, "operator-1", 0)
+    assert streams([gone])[gone].count(b"event: line") == 3 and streams([gone]) == {gone: None}
+
+
+def test_following_a_run_is_its_owners_only(client):
+    ident = create_deployment(client)
+    run_id = "5b0f2c3e-0000-4000-8000-000000000002"
+    Run.create(id=run_id, deployment=ident, command_encrypted="x", timeout_s=60, state="queued", inserted_at=utcnow())
+    path = f"/api/deploy/apps/{ident}/runs/{run_id}"
+    assert client.simulate_get(path, params={"follow": "true"}, headers=auth("operator-2")).status_code == 403
+    unknown = client.simulate_get(path[:-1] + "9", params={"follow": "true"}, headers=auth())
+    assert unknown.status_code == 404 and unknown.json["error"]["code"] == "run_not_found"
+    mine = client.simulate_get(path, params={"follow": "true"}, headers=auth())
+    assert mine.status_code == 503 and mine.json["error"]["code"] == "follow_unavailable"  # not our server

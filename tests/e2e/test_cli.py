@@ -99,6 +99,19 @@ def test_login_then_deploy_follow_change_roll_back_and_destroy_with_buddo(stack:
     assert [r["number"] for r in releases] == [2, 1]
     assert buddo(env, "rollback", "e2e-cli", "--wait").returncode == 0
     assert "version hi" in stack.https("e2e-cli").stdout
+    # A one-off run: its first line shows while it still runs; buddo exits with its code.
+    ran = subprocess.Popen([str(BIN / "buddo"), "run", "e2e-cli", "--", "/bin/busybox", "sh", "-c",
+                            'echo early; sleep 3; echo late; exit 5'],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed: list[tuple[float, str]] = []
+    reading = threading.Thread(target=lambda: printed.extend((time.monotonic(), line) for line in ran.stdout or []),
+                               daemon=True)
+    reading.start()
+    assert ran.wait(timeout=120) == 5, ran.stderr.read() if ran.stderr else ""
+    ended = time.monotonic()
+    reading.join(10)
+    assert [line.split()[-1] for _, line in printed] == ["early", "late"], printed
+    assert ended - printed[0][0] > 2, printed  # streamed, not printed at the end
     logs = buddo(env, "logs", "e2e-cli")
     assert logs.returncode == 0 and "update" in logs.stdout and "deploy" in logs.stdout
     assert buddo(env, "apps", "destroy", "e2e-cli", "--yes").returncode == 0

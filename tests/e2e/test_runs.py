@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import Any
+
+import requests
 
 from tests.e2e.conftest import Stack
 
@@ -22,6 +25,24 @@ def run(stack: Stack, ident: str, command: list[str], timeout_s: int = 60) -> di
         if found["state"] not in {"queued", "running"}:
             return found
     raise AssertionError(f"the run never ended: {found}")
+
+
+def follow(stack: Stack, ident: str, command: list[str]) -> list[dict[str, Any]]:
+    """Start a run and follow it (GET .../runs/{id}?follow=true): its events as received, until the stream ends."""
+    started = stack.call("POST", f"/api/deploy/apps/{ident}/runs", json={"command": command, "timeout_s": 60})
+    assert started.status_code == 202, started.text
+    stream = requests.get(f"{stack.api}{started.headers['Location']}", params={"follow": "true"},
+                          headers=stack.headers(), stream=True, timeout=120)
+    assert stream.status_code == 200 and stream.headers["Content-Type"] == "text/event-stream", stream.text
+    events: list[dict[str, Any]] = []
+    kind = ""
+    with stream:
+        for line in stream.iter_lines(chunk_size=1):
+            if line.startswith(b"event: "):
+                kind = line[7:].decode()
+            elif line.startswith(b"data: "):
+                events.append({"event": kind, "data": json.loads(line[6:]), "received": time.monotonic()})
+    return events
 
 
 def test_a_run_prints_exits_with_its_code_and_one_that_overstays_is_stopped(stack: Stack) -> None:
@@ -40,6 +61,16 @@ def test_a_run_prints_exits_with_its_code_and_one_that_overstays_is_stopped(stac
     ok = run(stack, ident, ["/bin/busybox", "true"])
     assert (ok["state"], ok["exit_code"]) == ("succeeded", 0), ok
 
+    # Followed: each line as it is printed (the first long before the end), then the run.
+    script = 'echo "first $API_KEY"; sleep 3; echo second >&2; exit 4'
+    events = follow(stack, ident, ["/bin/busybox", "sh", "-c", script])
+    texts = [(e["data"]["stream"], e["data"]["text"]) for e in events if e["event"] == "line"]
+    assert texts == [("stdout", "first ********"), ("stderr", "second")], events
+    first, end = events[0], events[-1]
+    assert end["event"] == "end" and end["received"] - first["received"] > 2, events
+    assert (end["data"]["run"]["state"], end["data"]["run"]["exit_code"]) == ("failed", 4)
+    assert value not in json.dumps(events)
+
     slow = run(stack, ident, ["/bin/busybox", "sleep", "300"], timeout_s=2)
     assert (slow["state"], slow["exit_code"]) == ("timed_out", None), slow
 
@@ -50,5 +81,6 @@ def test_a_run_prints_exits_with_its_code_and_one_that_overstays_is_stopped(stac
     assert [c["Id"] for c in stack.containers(SUBDOMAIN)] == [app["Id"]]
     assert "version v1" in stack.https(SUBDOMAIN).stdout
     entries = [(e["action"], e["status"], e["details"]["state"]) for e in stack.logs(ident) if e["action"] == "run"]
-    assert entries == [("run", "failed", "failed"), ("run", "completed", "succeeded"), ("run", "failed", "timed_out")]
+    assert entries == [("run", "failed", "failed"), ("run", "completed", "succeeded"), ("run", "failed", "failed"),
+                       ("run", "failed", "timed_out")]
     stack.destroy(ident)

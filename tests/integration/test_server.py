@@ -444,7 +444,7 @@ def test_output_followers_hold_no_thread_and_get_each_line(small_server, tmp_pat
         with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db, db:
             follows = db.execute("SELECT count(*) FROM output_follows WHERE deployment_id = ?", (ident,)).fetchone()
             assert follows == (1,)
-            db.executemany("INSERT INTO output_lines (deployment_id, at, stream, text, container, created_at) "
+            db.executemany("INSERT INTO output_lines (subject_id, at, stream, text, container, created_at) "
                            "VALUES (?, ?, 'stdout', ?, 'c1', ?)",
                            [(ident, f"2026-12-06T10:00:0{i}Z", f"line {i}", "2026-12-06 10:00:00") for i in (1, 2)])
         deadline = time.monotonic() + 10
@@ -452,7 +452,7 @@ def test_output_followers_hold_no_thread_and_get_each_line(small_server, tmp_pat
             time.sleep(0.05)
         stop.set()
         with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db, db:  # wakes each reader to stop
-            db.execute("INSERT INTO output_lines (deployment_id, at, stream, text, container, created_at) "
+            db.execute("INSERT INTO output_lines (subject_id, at, stream, text, container, created_at) "
                        "VALUES (?, '2026-12-06T10:00:09Z', 'stdout', 'bye', 'c1', '2026-12-06 10:00:00')", (ident,))
         assert all(f.result().status_code == 200 for f in followers)
     assert all(events[:2] == ["line 1", "line 2"] for events in streams), streams
@@ -468,7 +468,7 @@ def test_output_followers_hold_no_thread_and_get_each_line(small_server, tmp_pat
         time.sleep(0.05)
     again.set()
     with contextlib.closing(sqlite3.connect(tmp_path / "buddo.db")) as db, db:
-        db.execute("INSERT INTO output_lines (deployment_id, at, stream, text, container, created_at) "
+        db.execute("INSERT INTO output_lines (subject_id, at, stream, text, container, created_at) "
                    "VALUES (?, '2026-12-06T10:00:10Z', 'stdout', 'end', 'c1', '2026-12-06 10:00:00')", (ident,))
     reader.join(timeout=10)
     assert resumed[:2] == ["line 2", "bye"]

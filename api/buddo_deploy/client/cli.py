@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 an API error (its message and request id in one line), 2 usa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -50,6 +51,8 @@ out = Console()
 err = Console(stderr=True)
 SETTLED = {"running", "failed", "stopped", "destroyed"}
 STATUSES = ("pending", "deploying", "running", "stopped", "failed", "destroyed")
+# An event stream's: the server sends a ping every 15 s, so a read waits 60 s at most.
+STREAM_TIMEOUT = httpx.Timeout(30, read=60)
 _ENV_PAIR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 
 App = Annotated[str, typer.Argument(help="The app: its subdomain or id")]
@@ -371,7 +374,7 @@ def output_command(ctx: typer.Context, name: App,
 
 def _follow(s: Session, ident: str) -> None:
     try:
-        with s.client(timeout=None) as client:  # type: ignore[arg-type]
+        with s.client(timeout=STREAM_TIMEOUT) as client:
             while True:  # a stream ends after an hour: go on where it ended
                 with connect_sse(client, "GET", f"/api/deploy/apps/{ident}/output",
                                  params={"follow": "true"}) as events:
@@ -439,22 +442,61 @@ def run_command(ctx: typer.Context, name: App,
     if detach:
         show(s, run, f"run {run['id']} queued")
         return
-    deadline = time.monotonic() + timeout + 330
-    with err.status("running", spinner="dots"):
-        while run["state"] in {"queued", "running"}:
-            if time.monotonic() > deadline:
-                raise ClientError("The run did not end in time", code=EXIT_TIMEOUT)
-            run = s.call("GET", f"/api/deploy/apps/{ident}/runs/{run['id']}", params={"wait": 60}, timeout=90)["run"]
+    run = _follow_run(s, ident, run, time.monotonic() + timeout + 330)
     if s.json_output:
         show(s, run)
-    else:
-        for line in run["output"]:
-            _print_line(line)
     if run["state"] == "error":
         raise ClientError(f"The command did not run: {run.get('error')}")
     if run["state"] == "timed_out":
         raise ClientError(f"The command ran past {timeout} s and was stopped", code=EXIT_TIMEOUT)
     raise typer.Exit(int(run["exit_code"] or 0))
+
+
+def _follow_run(s: Session, ident: str, run: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """Print the run's lines as it prints them (not with --json), then the run as it ended.
+
+    The stream sends every line from the first, then the run (``event: end``). A command that
+    ended before its lines were collected has them in the run's ``output`` (its last lines):
+    those after the last line streamed are printed from there.
+    """
+    last: dict[str, Any] = {"id": "", "at": None}
+    spinner = err.status("running", spinner="dots") if s.json_output else contextlib.nullcontext()
+    try:
+        with spinner, s.client(timeout=STREAM_TIMEOUT) as client:
+            while time.monotonic() < deadline:  # a stream lasts an hour: go on where it ended
+                ended = _run_events(s, client, f"/api/deploy/apps/{ident}/runs/{run['id']}", last)
+                if ended is not None:
+                    return ended
+    except httpx.HTTPError as exc:
+        raise ClientError(f"The run's stream ended: {exc}") from exc
+    raise ClientError("The run did not end in time", code=EXIT_TIMEOUT)
+
+
+def _run_events(s: Session, client: httpx.Client, path: str, last: dict[str, Any]) -> dict[str, Any] | None:
+    """One connection of a run's stream (from ``last``, updated): the run once it ended, else None."""
+    headers = {"Last-Event-ID": last["id"]} if last["id"] else {}
+    with connect_sse(client, "GET", path, params={"follow": "true"}, headers=headers) as events:
+        if events.response.status_code != 200:
+            events.response.read()
+            answer(events.response)
+        for event in events.iter_sse():
+            if event.event == "line":
+                line = json.loads(event.data)
+                last.update(id=event.id or last["id"], at=line.get("at"))
+                if not s.json_output:
+                    _print_line(line)
+                    sys.stdout.flush()
+            elif event.event == "end":
+                ended: dict[str, Any] = json.loads(event.data)["run"]
+                rest = ended.get("output") or []
+                if last["at"] is not None:
+                    seen = [i for i, line in enumerate(rest) if line.get("at") == last["at"]]
+                    rest = rest[seen[-1] + 1:] if seen else []
+                if not s.json_output:
+                    for line in rest:
+                        _print_line(line)
+                return ended
+    return None
 
 
 @app.command("open")

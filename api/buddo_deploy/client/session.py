@@ -107,7 +107,7 @@ class Session:
         save_credentials(refreshed)
         return refreshed
 
-    def client(self, timeout: float = TIMEOUT_S) -> httpx.Client:
+    def client(self, timeout: float | httpx.Timeout | None = TIMEOUT_S) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self._token()}", "User-Agent": "buddo-cli/1"}
         return httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout, transport=self.transport)
 

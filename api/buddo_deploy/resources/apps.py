@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -52,6 +53,8 @@ from .common import (
 
 # A read is one short playbook run on the host: about this long (bench/api.py).
 OUTPUT_RETRY_AFTER_S = 2
+# The poll of this process's run streams: their lines, then the run itself as the API shows it.
+RUN_STREAMS = follow.RunStreams(lambda run: RunEnvelope(run=run_out(run)).model_dump_json())
 
 
 class AppsResource:
@@ -147,8 +150,14 @@ class AppsResource:
 
     def on_get_run(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID,
                    run_id: uuid.UUID) -> None:
-        """At once, or with ``wait`` once the run finished (parked meanwhile, as a status wait)."""
+        """At once, or with ``wait`` once the run finished (parked meanwhile, as a status wait);
+        with ``follow``, its lines as Server-Sent Events from its first, then the run (``event: end``)."""
         query = parse_query(req, RunQuery)
+        if query.follow:
+            mine = str(self.runs.get(req.context.principal, deployment_id, run_id).id)
+            owner = req.context.principal.operator_id
+            self._stream(req, resp, RUN_STREAMS, lambda: follow.Follower(mine, owner, 0))
+            return
         run = wait_or_park(req, lambda: self.runs.get(req.context.principal, deployment_id, run_id),
                            lambda found: not query.wait or found.state in FINISHED_RUN_STATES, str(run_id),
                            runs_finished, query.wait)
@@ -176,12 +185,20 @@ class AppsResource:
         send(resp, body)
 
     def _follow(self, req: falcon.Request, resp: falcon.Response, deployment_id: uuid.UUID) -> None:
-        """The app's lines as Server-Sent Events while the client stays (services/follow.py): our
-        server streams them from its waker thread, holding no request thread."""
+        """The app's lines as Server-Sent Events while the client stays (services/follow.py)."""
         principal = req.context.principal
         d = self.lifecycle.get_owned(principal, deployment_id)
         if d.desired_state == "absent":
             raise Invalid("The deployment is destroyed", code="deployment_destroyed")
+        self._stream(req, resp, follow.STREAMS,
+                     lambda: follow.Follower(str(d.id), principal.operator_id, follow.follow(str(d.id))))
+
+    @staticmethod
+    def _stream(req: falcon.Request, resp: falcon.Response, poll: Any,
+                start: Callable[[], follow.Follower]) -> None:
+        """Answer with Server-Sent Events (``start``: the follower, from ``Last-Event-ID`` when
+        given): our server streams them from its waker thread, holding no request thread."""
+        principal = req.context.principal
         stream, streams = req.env.get("buddo.stream"), req.env.get("buddo.streams")
         if stream is None or streams is None:
             raise Unavailable("Following output needs the API's own server (buddo-deploy serve)",
@@ -191,13 +208,13 @@ class AppsResource:
         if mine >= follow.FOLLOWERS_PER_OPERATOR:
             raise LimitReached(f"At most {follow.FOLLOWERS_PER_OPERATOR} output streams at once per operator",
                                code="too_many_followers", headers={"Retry-After": "5"})
-        cursor = follow.follow(str(d.id))
+        follower = start()
         resumed = req.get_header("Last-Event-ID") or ""
         if resumed.isdigit() and len(resumed) < 19:
-            cursor = int(resumed)
+            follower.cursor = int(resumed)
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in {"content-type", "content-length"}}
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if "\r" not in v and "\n" not in v)
-        stream(follow.Follower(str(d.id), principal.operator_id, cursor), follow.STREAMS,
+        stream(follower, poll,
                (f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                 f"X-Accel-Buffering: no\r\nConnection: close\r\n{head}\r\nretry: 2000\n\n").encode(),
                follow.MAX_FOLLOW_S)

@@ -296,9 +296,13 @@ def _run_paths(item: list[dict[str, Any]]) -> dict[str, Any]:
     start["responses"]["202"]["links"] = {"getRun": {
         "operationId": "getRun", "parameters": {"deployment_id": "$request.path.deployment_id",
                                                 "run_id": "$response.body#/run/id"}}}
-    one = _operation("getRun", "A run: its state, exit code and output; with wait, once it finished",
-                     "RunEnvelope", (404, 422))
+    one = _operation("getRun", "A run: its state, exit code and output; with wait, once it finished; with "
+                     "follow, its lines as they are printed", "RunEnvelope", (404, 422))
     one["parameters"] = _query_parameters(schemas.RunQuery)
+    one["responses"]["200"]["content"]["text/event-stream"] = {
+        "schema": {"type": "string", "description": "With follow=true: `id: <n>` `event: line` `data: {at, stream, "
+                                                    "text, container}` per line from the first; `event: end` "
+                                                    "`data: {run}` once it finished; `: ping` while idle"}}
     run = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"},
            "description": "`id` of a run"}
     return {

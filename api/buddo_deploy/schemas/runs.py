@@ -59,3 +59,7 @@ class RunQuery(BaseModel):
 
     wait: int = Field(0, ge=0, le=60, description="Seconds to wait for the run to finish (0: answer at once); "
                                                    "counted once against the rate limit")
+    follow: bool = Field(False, description="Answer with Server-Sent Events: each line the run printed, from "
+                                            "its first (`event: line`, as GET .../output?follow=true), then "
+                                            "`event: end` with the run (`{\"run\": ...}`) once it finished, "
+                                            "then the stream ends. `Last-Event-ID` resumes.")

@@ -1,4 +1,5 @@
-"""Followed output: a deployment's lines as it prints them (GET .../output?follow=true, SSE).
+"""Followed output: a deployment's lines as it prints them (GET .../output?follow=true, SSE),
+and a one-off run's (GET .../runs/{run_id}?follow=true).
 
 The API never reaches a host. A follower marks the deployment followed (``output_follows``,
 ``until`` a while ahead, renewed while it follows) and reads ``output_lines`` by id. A
@@ -8,6 +9,10 @@ of the deployment's current container on its host (directly on a local host, ove
 the inventory's connection on another), masks env values and appends each line. When the
 container goes (a restart replaces it), the collector finds the new one and follows it from
 where it was. When nobody follows any more, the collector stops; old lines are pruned.
+
+A one-off run's lines are collected always, by the worker that runs it, from its container's
+start until it is gone (:func:`collect_run`, :func:`end_run`); its followers read them from
+the first, and get the run itself (``event: end``) once it finished and they read them all.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import queue
 import shlex
 import subprocess
 import threading
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,8 +34,9 @@ import peewee
 from ..crypto import decrypt_env
 from ..db import connect_thread, write_transaction
 from ..inventory import ContainerHost, container_hosts
-from ..models import Deployment, OutputFollow, OutputLine, database_proxy, utcnow
+from ..models import Deployment, OutputFollow, OutputLine, Run, database_proxy, utcnow
 from ..settings import Settings
+from ..vocabulary import FINISHED_RUN_STATES
 from .output import _instant, mask
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,10 @@ BATCH = 500
 FLUSH_S = 0.1
 IDLE_S = 1.0
 START_BACK = dt.timedelta(seconds=2)
+# How often a run's collector looks for its container until it started, and how long the end
+# of a run waits for its collector to store the last lines (its container is gone by then).
+RUN_LOOK_S = 0.1
+RUN_DRAIN_S = 5.0
 
 
 # --- the API's side -------------------------------------------------------------------------
@@ -60,7 +71,7 @@ def follow(deployment_id: str, now: dt.datetime | None = None) -> int:
     """Mark the deployment followed; the id after which its new lines come (a follower's cursor)."""
     now = now or utcnow()
     touch([deployment_id], now)
-    last = OutputLine.select(peewee.fn.MAX(OutputLine.id)).where(OutputLine.deployment_id == deployment_id).scalar()
+    last = OutputLine.select(peewee.fn.MAX(OutputLine.id)).where(OutputLine.subject_id == deployment_id).scalar()
     return int(last or 0)
 
 
@@ -76,28 +87,31 @@ def touch(deployment_ids: Collection[str], now: dt.datetime | None = None) -> No
 
 
 def lines_after(cursors: dict[str, int]) -> dict[str, list[OutputLine]]:
-    """Per deployment, its lines after its cursor (BATCH at most each), oldest first; one query."""
+    """Per subject (a deployment or a run), its lines after its cursor (BATCH at most each),
+    oldest first; one query."""
     if not cursors:
         return {}
     condition: Any = None
     for ident, after in cursors.items():
-        mine = (OutputLine.deployment_id == ident) & (OutputLine.id > after)
+        mine = (OutputLine.subject_id == ident) & (OutputLine.id > after)
         condition = mine if condition is None else condition | mine
     found: dict[str, list[OutputLine]] = {}
     for row in OutputLine.select().where(condition).order_by(OutputLine.id).limit(BATCH * len(cursors)):
-        kept = found.setdefault(row.deployment_id, [])
+        kept = found.setdefault(row.subject_id, [])
         if len(kept) < BATCH:
             kept.append(row)
     return found
 
 
 class Follower:
-    """One follower's stream: its deployment and how far it has read (the SSE event id)."""
+    """One follower's stream: what it follows (a deployment's or a run's id), whose it is,
+    and how far it has read (the SSE event id)."""
 
-    __slots__ = ("cursor", "deployment_id", "operator_id")
+    __slots__ = ("cursor", "ended", "operator_id", "subject_id")
 
-    def __init__(self, deployment_id: str, operator_id: str, cursor: int) -> None:
-        self.deployment_id, self.operator_id, self.cursor = deployment_id, operator_id, cursor
+    def __init__(self, subject_id: str, operator_id: str, cursor: int) -> None:
+        self.subject_id, self.operator_id, self.cursor = subject_id, operator_id, cursor
+        self.ended = False
 
 
 def sse(row: OutputLine) -> bytes:
@@ -114,25 +128,62 @@ class Streams:
     def __call__(self, followers: Collection[Follower]) -> dict[Any, bytes | None]:
         connect_thread()
         now = utcnow()
-        due = {f.deployment_id for f in followers
-               if now - self.touched.get(f.deployment_id, dt.datetime.min) >= TOUCH_EVERY}
+        due = {f.subject_id for f in followers
+               if now - self.touched.get(f.subject_id, dt.datetime.min) >= TOUCH_EVERY}
         if due:
             touch(due, now)
             self.touched.update(dict.fromkeys(due, now))
-        cursors: dict[str, int] = {}
-        for f in followers:
-            cursors[f.deployment_id] = min(cursors.get(f.deployment_id, f.cursor), f.cursor)
-        rows = lines_after(cursors)
-        out: dict[Any, bytes | None] = {}
-        for f in followers:
-            mine = [row for row in rows.get(f.deployment_id, []) if row.id > f.cursor]
-            if mine:
-                f.cursor = mine[-1].id
-                out[f] = b"".join(sse(row) for row in mine)
-        return out
+        return _send_lines(followers)
+
+
+def _send_lines(followers: Collection[Follower]) -> dict[Any, bytes | None]:
+    """Each follower's new lines as events (its cursor moved past them)."""
+    cursors: dict[str, int] = {}
+    for f in followers:
+        cursors[f.subject_id] = min(cursors.get(f.subject_id, f.cursor), f.cursor)
+    rows = lines_after(cursors)
+    out: dict[Any, bytes | None] = {}
+    for f in followers:
+        mine = [row for row in rows.get(f.subject_id, []) if row.id > f.cursor]
+        if mine:
+            f.cursor = mine[-1].id
+            out[f] = b"".join(sse(row) for row in mine)
+    return out
 
 
 STREAMS = Streams()
+
+
+class RunStreams:
+    """The poll of this API process's run streams: their lines, then ``event: end`` with the
+    run (``render``: its JSON) once it finished and they sent every line, then the stream's end."""
+
+    def __init__(self, render: Callable[[Run], str]) -> None:
+        self.render = render
+
+    def __call__(self, followers: Collection[Follower]) -> dict[Any, bytes | None]:
+        connect_thread()
+        out: dict[Any, bytes | None] = {f: None for f in followers if f.ended}
+        going = [f for f in followers if not f.ended]
+        if not going:
+            return out
+        # The runs' states first, then the lines: a run finished before this read had its lines stored.
+        states = {str(row.id): row.state for row in Run.select(Run.id, Run.state).where(
+            Run.id.in_(sorted({f.subject_id for f in going})))}
+        done = [ident for ident, state in states.items() if state in FINISHED_RUN_STATES]
+        sent = _send_lines(going)
+        finished = {str(run.id): run for run in Run.select().where(Run.id.in_(done))} if done else {}
+        for f in going:
+            lines = sent.get(f) or b""
+            if f.subject_id not in states:  # pruned meanwhile: nothing more to say
+                f.ended = True
+                out[f] = lines or None
+            elif f.subject_id in finished and lines.count(b"event: line") < BATCH:
+                f.ended = True
+                out[f] = lines + f"event: end\ndata: {self.render(finished[f.subject_id])}\n\n".encode()
+            elif lines:
+                out[f] = lines
+        return out
 
 
 # --- the worker's side ----------------------------------------------------------------------
@@ -152,17 +203,23 @@ def host_command(host: ContainerHost, argv: list[str]) -> list[str]:
 
 
 class Collector(threading.Thread):
-    """Follows one deployment's container output on its host into ``output_lines``."""
+    """Follows one deployment's container output on its host into ``output_lines``; with
+    ``run_id``, that run's one container from its start until it is gone (or ``until``)."""
 
-    def __init__(self, deployment_id: str, host: ContainerHost, instance: str, secret_key: str) -> None:
-        super().__init__(name=f"follow-{deployment_id[:8]}", daemon=True)
+    def __init__(self, deployment_id: str, host: ContainerHost, instance: str, secret_key: str,
+                 run_id: str = "", until: float | None = None) -> None:
+        super().__init__(name=f"follow-{(run_id or deployment_id)[:8]}", daemon=True)
         self.deployment_id, self.host, self.instance, self.secret_key = deployment_id, host, instance, secret_key
+        self.run_id, self.until = run_id, until
+        self.subject_id = run_id or deployment_id
+        self.label = f"buddo.run_id={run_id}" if run_id else f"buddo.deployment_id={deployment_id}"
         self.stopping = threading.Event()
         self.process: subprocess.Popen[bytes] | None = None
         # Where it is: the container followed and the time of its last line (podman's RFC 3339).
         self.container = ""
-        # From a little before it started: the lines printed while the timer noticed the follow.
-        self.since = (utcnow() - START_BACK).isoformat(timespec="microseconds") + "Z"
+        # From a little before it started: the lines printed while the timer noticed the follow
+        # (a run's: all, from its container's start).
+        self.since = "" if run_id else (utcnow() - START_BACK).isoformat(timespec="microseconds") + "Z"
 
     def stop(self) -> None:
         self.stopping.set()
@@ -172,19 +229,25 @@ class Collector(threading.Thread):
     def run(self) -> None:
         connect_thread()
         try:
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and (self.until is None or time.monotonic() < self.until):
                 found = self._current()
                 if found is None:
-                    self.stopping.wait(IDLE_S)
+                    if self.run_id and self.container:
+                        return  # the run's container is gone
+                    self.stopping.wait(RUN_LOOK_S if self.run_id else IDLE_S)
                     continue
-                container, running = found
-                if container != self.container:
-                    self.container = container
+                container, status = found
+                if self.run_id and status not in ("running", "exited", "stopped"):
+                    self.stopping.wait(RUN_LOOK_S)  # created, not started yet
+                    continue
+                self.container = container
                 self._follow(container, self._secrets())
-                if not running:
+                if status != "running":
+                    if self.run_id:
+                        return  # it ended, and every line it printed is stored
                     self.stopping.wait(IDLE_S)
         except Exception:
-            log.exception("following the output of %s failed", self.deployment_id)
+            log.exception("following the output of %s failed", self.subject_id)
         finally:
             database_proxy.obj.close()
 
@@ -194,10 +257,9 @@ class Collector(threading.Thread):
             return []
         return [v for v in decrypt_env(self.secret_key, d.env_vars_encrypted).values() if v]
 
-    def _current(self) -> tuple[str, bool] | None:
-        """The container to follow (the running one, else the newest) and whether it runs."""
-        argv = ["podman", "ps", "--all", "--format", "json",
-                "--filter", f"label=buddo.deployment_id={self.deployment_id}",
+    def _current(self) -> tuple[str, str] | None:
+        """The container to follow (the running one, else the newest) and its state."""
+        argv = ["podman", "ps", "--all", "--format", "json", "--filter", f"label={self.label}",
                 "--filter", f"label=buddo.instance={self.instance}"]
         done = subprocess.run(host_command(self.host, argv), capture_output=True, text=True, timeout=30, check=False)
         if done.returncode != 0:
@@ -206,11 +268,12 @@ class Collector(threading.Thread):
         if not containers:
             return None
         best = max(containers, key=lambda c: (c.get("State") == "running", c.get("Created") or 0))
-        return str(best["Id"]), best.get("State") == "running"
+        return str(best["Id"]), str(best.get("State") or "")
 
     def _follow(self, container: str, secrets: list[str]) -> None:
         """``podman logs --follow`` of the container from ``since`` until it ends (or the stop)."""
-        argv = ["podman", "logs", "--follow", "--timestamps", "--since", self.since, container]
+        argv = ["podman", "logs", "--follow", "--timestamps", *(["--since", self.since] if self.since else []),
+                container]
         self.process = subprocess.Popen(host_command(self.host, argv), stdout=subprocess.PIPE,  # noqa: S603
                                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         read: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
@@ -237,7 +300,7 @@ class Collector(threading.Thread):
 
     def _store(self, batch: list[tuple[str, bytes]], container: str, secrets: list[str]) -> None:
         lines: list[dict[str, Any]] = []
-        last = _instant(self.since)
+        last = _instant(self.since) if self.since else None
         for stream, raw in batch:
             at, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
             when = _instant(at)
@@ -249,7 +312,7 @@ class Collector(threading.Thread):
         now = utcnow()
         masked = mask(lines, secrets)
         with write_transaction(database_proxy.obj):
-            OutputLine.insert_many([{"deployment_id": self.deployment_id, "at": line["at"][:64],
+            OutputLine.insert_many([{"subject_id": self.subject_id, "at": line["at"][:64],
                                      "stream": line["stream"], "text": line["text"][:16384],
                                      "container": container[:12], "created_at": now} for line in masked]).execute()
         self.since = max(lines, key=lambda line: line["when"])["at"]
@@ -296,10 +359,10 @@ class Collectors:
 
     def _start(self, ident: str) -> Collector | None:
         d = Deployment.get_or_none(Deployment.id == ident)
-        hosts = {h.name: h for h in container_hosts(Path(self.settings.inventory), self.settings.host_port_range)}
-        if d is None or d.host not in hosts:
+        host = _host(self.settings, d.host) if d is not None and d.host else None
+        if host is None:
             return None
-        collector = Collector(ident, hosts[d.host], self.settings.instance, self.settings.secret_key)
+        collector = Collector(ident, host, self.settings.instance, self.settings.secret_key)
         collector.start()
         return collector
 
@@ -307,3 +370,34 @@ class Collectors:
         for collector in self.running.values():
             collector.stop()
         self.running.clear()
+
+
+def _host(settings: Settings, name: str) -> ContainerHost | None:
+    return next((h for h in container_hosts(Path(settings.inventory), settings.host_port_range) if h.name == name),
+                None)
+
+
+# A one-off run's collector, by run id, in the worker running it (tasks/run.py).
+_RUNS: dict[str, Collector] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def collect_run(settings: Settings, run_id: str, deployment_id: str, host_name: str, seconds: float) -> None:
+    """Collect the run's lines while its job runs (at most ``seconds``)."""
+    host = _host(settings, host_name)
+    if host is None:
+        return
+    collector = Collector(deployment_id, host, settings.instance, settings.secret_key, run_id=run_id,
+                          until=time.monotonic() + seconds)
+    with _RUNS_LOCK:
+        _RUNS[run_id] = collector
+    collector.start()
+
+
+def end_run(run_id: str) -> None:
+    """The run's job ended (its container is gone): its collector stores the last lines, then stops."""
+    with _RUNS_LOCK:
+        collector = _RUNS.pop(run_id, None)
+    if collector is not None:
+        collector.join(RUN_DRAIN_S)
+        collector.stop()
