@@ -206,6 +206,53 @@ def count_statements(monkeypatch: Any, action: Callable[[], Any]) -> int:
     return count[0]
 
 
+class _CountedCursor:
+    """A DB-API cursor that counts the rows read from it."""
+
+    def __init__(self, cursor: Any, rows: list[int]) -> None:
+        self._cursor, self._rows = cursor, rows
+
+    def fetchone(self) -> Any:
+        row = self._cursor.fetchone()
+        self._rows[0] += row is not None
+        return row
+
+    def fetchmany(self, *args: Any) -> Any:
+        rows = self._cursor.fetchmany(*args)
+        self._rows[0] += len(rows)
+        return rows
+
+    def fetchall(self) -> Any:
+        rows = self._cursor.fetchall()
+        self._rows[0] += len(rows)
+        return rows
+
+    def __iter__(self) -> Any:
+        for row in self._cursor:
+            self._rows[0] += 1
+            yield row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+def count_rows(monkeypatch: Any, action: Callable[[], Any]) -> int:
+    """How many rows the SQL statements ``action`` runs read."""
+    from buddo_deploy.models import database_proxy
+
+    db, rows, original = database_proxy.obj, [0], database_proxy.obj.execute_sql
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        return _CountedCursor(original(*args, **kwargs), rows)
+
+    monkeypatch.setattr(db, "execute_sql", counted)
+    try:
+        action()
+    finally:
+        monkeypatch.setattr(db, "execute_sql", original)
+    return rows[0]
+
+
 def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -> tuple[Any, Any]:
     """Claim the next job (a host's converge) and run it through the engine service with a made-up
     playbook result; (None, None) when nothing is queued."""

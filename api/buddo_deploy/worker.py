@@ -158,7 +158,7 @@ class BillingClock:
     def tick(self) -> None:
         if not self.billing.take_lease(self.owner, self.ttl):
             return
-        report = self.billing.run_pass()
+        report = self.billing.run_pass(renew=lambda: self.billing.take_lease(self.owner, self.ttl))
         if report.started or report.suspended or report.reactivated or report.failed:
             log.info("billing: %d cycle(s) started, %d paid, suspended %s, reactivated %s, failed %s",
                      len(report.started), len(report.paid), report.suspended or "none",

@@ -17,6 +17,7 @@ import falcon.testing
 import peewee
 import pytest
 from buddo_deploy.app import create_app
+from buddo_deploy.db import write_transaction
 from buddo_deploy.models import (
     AuditEntry,
     BillingAccount,
@@ -27,10 +28,11 @@ from buddo_deploy.models import (
     database_proxy,
     utcnow,
 )
-from buddo_deploy.services.billing import Billing
+from buddo_deploy.services import billing as billing_service
+from buddo_deploy.services.billing import Billing, PassReport
 from buddo_deploy.settings import Settings
 
-from tests.helpers import auth, create_body, create_deployment, make_settings, migrate
+from tests.helpers import auth, count_rows, count_statements, create_body, create_deployment, make_settings, migrate
 
 SECRET = "webhook-test-secret"
 CYCLE = 100  # seconds
@@ -622,6 +624,38 @@ def test_the_worker_clock_bills_only_while_it_holds_the_lease(env):
     second.tick()
     assert [(str(c.deployment_id), c.cycle, c.state) for c in BillingCycle.select().order_by(BillingCycle.cycle)] == [
         (str(d.id), 0, "paid"), (str(d.id), 1, "paid")]
+
+
+def test_an_account_that_cannot_pay_costs_the_same_however_much_it_owes(make_env, monkeypatch):
+    """Linear passes: settling reads a track's oldest unpaid cycle, not every cycle owed
+    (the same statements and the same rows read for 3 cycles owed as for 6)."""
+    env = make_env(billing_starting_points=1500, billing_grace_s=10 * CYCLE)  # owes on, not suspended
+    ds = [env.create(subdomain=f"app{i}") for i in range(3)]  # 3 x 500 points: 150 left (the stipends)
+    owner = "operator-1"
+
+    def settle() -> tuple[int, int]:
+        def once() -> None:
+            with write_transaction(database_proxy.obj):
+                env.billing._settle(owner, env.clock.now, PassReport())
+        return count_statements(monkeypatch, once), count_rows(monkeypatch, once)
+
+    env.clock.advance(CYCLE)
+    assert sorted(env.run().started) == sorted((str(d.id), 1) for d in ds)
+    owed_3 = settle()
+    env.clock.advance(CYCLE)
+    env.run()
+    assert BillingCycle.select().where(BillingCycle.state == "unpaid").count() == 6
+    assert settle() == owed_3  # a read per track and one try at the oldest: 3 owed or 6
+
+
+def test_a_pass_stops_when_its_lease_is_lost(env, monkeypatch):
+    ds = [env.create(subdomain=f"app{i}") for i in range(3)]
+    env.clock.advance(CYCLE)
+    monkeypatch.setattr(billing_service, "RENEW_S", 0.0)  # asked before each deployment
+    asked: list[int] = []
+    report = env.billing.run_pass(renew=lambda: asked.append(1) or len(asked) < 2)
+    assert len(report.started) == 1 and len(asked) == 2  # the second ask lost it: one billed, then stopped
+    assert len(env.billing.run_pass().started) == len(ds) - 1  # the next holder bills the rest
 
 
 # --- the webhook -----------------------------------------------------------------

@@ -29,6 +29,7 @@ import hmac
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 BALANCE = {"buddo_points": "points_balance", "bitcoin": "sats_balance"}
 UNIT = {"buddo_points": "points", "bitcoin": "sats"}
 LEASE_NAME = "billing"
+# How often a long pass renews its lease (the lease lasts 30 s at least).
+RENEW_S = 5.0
 # Statuses whose cycles still start while the operator wants the app running.
 BILLABLE = ("active", "past_due")
 
@@ -224,8 +227,12 @@ class Billing:
 
     # --- the clock --------------------------------------------------------
 
-    def run_pass(self, now: dt.datetime | None = None) -> PassReport:
-        """Start every due cycle (each once, also those a stopped clock missed), suspend what lapsed."""
+    def run_pass(self, now: dt.datetime | None = None, renew: Callable[[], bool] | None = None) -> PassReport:
+        """Start every due cycle (each once, also those a stopped clock missed), suspend what lapsed.
+
+        ``renew`` (the worker's lease on the pass) is called every RENEW_S while it goes on; the
+        pass stops when it says the lease is lost, so two workers never run one at once.
+        """
         report = PassReport()
         if not self.policy.enabled:
             return report
@@ -234,7 +241,13 @@ class Billing:
                .where((Deployment.desired_state == "running") & Deployment.billing_status.in_(BILLABLE)
                       & ((Deployment.next_billing_at <= now) | (Deployment.billing_status == "past_due")))
                .order_by(Deployment.next_billing_at, Deployment.id))
+        renewed = time.monotonic()
         for row in list(due):
+            if renew is not None and time.monotonic() - renewed >= RENEW_S:
+                if not renew():
+                    log.warning("billing: the lease was lost; this pass stops (its holder bills the rest)")
+                    return report
+                renewed = time.monotonic()
             try:
                 with write_transaction(database_proxy.obj):
                     report.merge(self._advance(row.operator_id, row.id, now))
@@ -308,29 +321,35 @@ class Billing:
         """Pay the operator's outstanding cycles oldest first (per track); the deployments paid for.
 
         Destroyed deployments' cycles count too: a started cycle is owed. The caller holds
-        the account's lock.
+        the account's lock. Each step reads one cycle, a track's oldest unpaid (a seek on
+        ``billing_cycles_track_open``): an account that cannot pay costs a read per track,
+        however much it owes, so a pass over its cycles is linear in them.
         """
         paid: list[Any] = []
         while True:
             blocked: set[str] = set()
             progressed = False
-            outstanding = (BillingCycle.select()
-                           .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid"))
-                           .order_by(BillingCycle.starts_at, BillingCycle.id))
-            for cycle in list(outstanding):
-                if cycle.track in blocked:
-                    continue
-                state.locked(cycle.deployment_id)
-                if not self._pay(cycle, now):
-                    blocked.add(cycle.track)  # strictly oldest first: a newer one must not jump the queue
-                    continue
-                progressed = True
-                report.paid.append((str(cycle.deployment_id), cycle.cycle))
-                if cycle.deployment_id not in paid:
-                    paid.append(cycle.deployment_id)
+            for track in UNIT:
+                while (cycle := self._oldest_owed(operator_id, track)) is not None:
+                    state.locked(cycle.deployment_id)
+                    if not self._pay(cycle, now):
+                        blocked.add(track)  # strictly oldest first: a newer one must not jump the queue
+                        break
+                    progressed = True
+                    report.paid.append((str(cycle.deployment_id), cycle.cycle))
+                    if cycle.deployment_id not in paid:
+                        paid.append(cycle.deployment_id)
             # A stipend paid on the way may now cover a points cycle that was blocked: once more.
             if not (progressed and blocked):
                 return paid
+
+    @staticmethod
+    def _oldest_owed(operator_id: str, track: str) -> BillingCycle | None:
+        found: BillingCycle | None = (BillingCycle.select()
+                                      .where((BillingCycle.operator_id == operator_id)
+                                             & (BillingCycle.state == "unpaid") & (BillingCycle.track == track))
+                                      .order_by(BillingCycle.starts_at, BillingCycle.id).first())
+        return found
 
     def _pay(self, cycle: BillingCycle, now: dt.datetime) -> bool:
         fresh = BillingCycle.get_by_id(cycle.id)
