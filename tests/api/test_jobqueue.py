@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import peewee
 import pytest
 from buddo_deploy import jobqueue
 from buddo_deploy.db import write_transaction
@@ -446,3 +447,33 @@ def test_concurrent_creates_of_one_operator_hold_the_limits(client_with, tier, l
     allowed = 3 if tier == "buddo-starter" else 2
     assert sorted(results, key=str) == sorted([(201, None)] * allowed + [(429, limit_code)] * (8 - allowed), key=str)
     assert Deployment.select().where(Deployment.operator_id == "bursty").count() == allowed
+
+
+def test_a_claim_seeks_however_many_jobs_are_queued_and_however_long_the_history(client, deployments):
+    """SQLite's plan of the claim: each way a job is due is a walk of jobs_open in id order
+    that stops at its first claimable job (no sort of every due job), and every subquery
+    seeks by an index (no table scanned); only the two found are sorted."""
+    db = database_proxy.obj
+    if not isinstance(db, peewee.SqliteDatabase):
+        pytest.skip("the plan read is SQLite's (PostgreSQL's planner chooses by its statistics)")
+    now = utcnow()
+    queued, lapsed = (jobqueue._CLAIMABLE.format(p=db.param, only="j.reserved_for IS NULL", due=due.format(p=db.param))
+                      for due in jobqueue._DUE)
+    rows = db.execute_sql("EXPLAIN QUERY PLAN " + jobqueue._CLAIM.format(queued=queued, lapsed=lapsed),
+                          (now,) * 12).fetchall()
+    parent = {row[0]: row[1] for row in rows}
+
+    def within_a_side(node: int) -> bool:
+        while node:
+            if any(r[0] == node and str(r[3]).startswith("CO-ROUTINE") for r in rows):
+                return True
+            node = parent.get(node, 0)
+        return False
+
+    inside = [str(r[3]) for r in rows if within_a_side(r[1])]
+    assert sum(step.startswith("SEARCH j USING INDEX jobs_open") for step in inside) == 2, inside
+    assert not [step for step in inside if step.startswith("SCAN") or "TEMP B-TREE" in step], inside
+    for index in ("jobs_host_state", "deployments_subdomain", "job_targets_deployment", "jobs_lock_key"):
+        assert any(index in step for step in inside), (index, inside)
+    claimed = jobqueue.claim("w", 30)
+    assert claimed is not None and claimed.action == "converge"
