@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-follow bench-deploy bench-burst bench-reconcile bench-billing bench-userns clean sshd
+.PHONY: venv lint fuzz-api test test-api postgres up down demo-image bootstrap bench-api bench-follow bench-deploy bench-burst bench-reconcile bench-billing bench-scale bench-userns clean sshd
 
 $(BIN)/activate: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -83,6 +83,9 @@ bench-burst: venv
 
 bench-reconcile: venv
 	$(BIN)/python bench/reconcile.py
+
+bench-scale: venv postgres
+	BUDDO_TEST_POSTGRES_URL=postgresql://buddo:buddo@127.0.0.1:5432/buddo_test $(BIN)/python bench/scale.py
 
 bench-billing: venv postgres
 	BUDDO_TEST_POSTGRES_URL=postgresql://buddo:buddo@127.0.0.1:5432/buddo_test $(BIN)/python bench/billing.py

@@ -379,7 +379,7 @@ def test_destroy_ends_billing_but_what_was_owed_stays_owed(make_env):
     assert (body["billing_status"], body["status"]) == ("cancelled", "destroyed")
     assert audits(d, "reactivate") == []
     assert env.client.simulate_get("/api/deploy/billing", headers=auth()).json["debt"] == {
-        "buddo_points": 0, "bitcoin": 0, "cycles": []}
+        "buddo_points": 0, "bitcoin": 0, "cycles": [], "cycles_count": 0}
 
 
 def test_a_suspended_deployment_destroyed_still_owes(make_env):
@@ -790,7 +790,7 @@ def test_operators_see_balances_deployments_and_a_paged_ledger(make_env):
     body = resp.json
     assert (body["points_balance"], body["sats_balance"]) == (1500 - 2 * 450, 0)
     assert (body["cycle_seconds"], body["grace_seconds"], body["billing_enabled"]) == (CYCLE, GRACE, True)
-    assert body["debt"] == {"buddo_points": 0, "bitcoin": 0, "cycles": []}
+    assert body["debt"] == {"buddo_points": 0, "bitcoin": 0, "cycles": [], "cycles_count": 0}
     shown = {x["subdomain"]: x for x in body["deployments"]}
     assert set(shown) == {"my-app", "stopped-one"} and str(other.id) not in json.dumps(body)
     assert shown["my-app"]["billing_status"] == "active"
@@ -808,6 +808,42 @@ def test_operators_see_balances_deployments_and_a_paged_ledger(make_env):
             break
     assert seen == list(reversed(ledger()))
     assert len(seen) == 5
+
+
+def test_the_billing_view_is_a_page_whatever_the_operator_holds(make_env, monkeypatch):
+    """Deployments come a page at a time (deployments_cursor), the debt as totals and its oldest
+    cycles: the rows read for a page do not grow with the deployments or the cycles owed."""
+    env = make_env(billing_starting_points=1500, billing_grace_s=10 * CYCLE)
+    monkeypatch.setattr(billing_service, "DEBT_CYCLES", 2)
+
+    def view(**params: Any) -> dict[str, Any]:
+        resp = env.client.simulate_get("/api/deploy/billing", params=params, headers=auth())
+        assert resp.status_code == 200, resp.text
+        return resp.json
+
+    def rows_read() -> int:
+        return count_rows(monkeypatch, lambda: view(limit=1))
+
+    env.create(subdomain="app0")
+    ds = [env.create(subdomain=f"app{i}") for i in (1, 2)]
+    env.clock.advance(CYCLE)
+    env.run()  # 3 cycles unpaid (150 points left)
+    owing_3 = rows_read()
+    env.clock.advance(CYCLE)
+    env.run()  # 6
+    # A page of 1 deployment (which lists its own cycle owed, one more), the debt's totals and
+    # its 2 oldest cycles: the other deployments' new cycles are not read.
+    assert rows_read() == owing_3 + 1
+    first = view(limit=2)
+    assert [d["subdomain"] for d in first["deployments"]] == ["app2", "app1"] and first["deployments_next_cursor"]
+    rest = view(limit=2, deployments_cursor=first["deployments_next_cursor"])
+    assert [d["subdomain"] for d in rest["deployments"]] == ["app0"] and rest["deployments_next_cursor"] is None
+    debt = first["debt"]
+    assert (debt["buddo_points"], debt["cycles_count"], len(debt["cycles"])) == (6 * 500, 6, 2)
+    assert [c["cycle"] for c in debt["cycles"]] == [1, 1]  # the oldest, which the next credit pays
+    bad = env.client.simulate_get("/api/deploy/billing", params={"deployments_cursor": "nope"}, headers=auth())
+    assert bad.status_code == 422 and bad.json["error"]["code"] == "invalid_cursor"
+    assert str(ds[0].id) in json.dumps(first)
 
 
 @pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"limit": "²"}, {"cursor": "²"},

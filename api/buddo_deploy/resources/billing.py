@@ -24,7 +24,8 @@ class BillingResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = parse_query(req, BillingQuery)
         view = self.billing.overview(req.context.principal.operator_id, limit=query.limit,
-                                     before=int(query.cursor) if query.cursor else None)
+                                     before=int(query.cursor) if query.cursor else None,
+                                     deployments_cursor=query.deployments_cursor)
         view["ledger"] = [_entry(e) for e in view["ledger"]]
         send(resp, BillingOut.model_validate(view))
 

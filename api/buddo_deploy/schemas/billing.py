@@ -13,9 +13,11 @@ from .common import MAX_PAGE, BillingStatusField, BillingTrackField, DeploymentS
 class BillingQuery(BaseModel):
     """The query of GET /api/deploy/billing (unknown parameters are ignored)."""
 
-    limit: int = Field(20, ge=1, le=MAX_PAGE, description="Ledger page size")
+    limit: int = Field(20, ge=1, le=MAX_PAGE, description="Page size of the ledger and of the deployments")
     cursor: StrictStr | None = Field(None, min_length=1, max_length=18, pattern=r"^[0-9]+$",
-                                     description="next_cursor of the previous page")
+                                     description="next_cursor of the previous page (the ledger)")
+    deployments_cursor: StrictStr | None = Field(None, min_length=1, max_length=200,
+                                                 description="deployments_next_cursor of the previous page")
 
 
 OPERATOR_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@|+-]{0,254}$"
@@ -91,8 +93,9 @@ class DebtCycleOut(BaseModel):
 class DebtOut(BaseModel):
     buddo_points: int = Field(description="Points owed for started cycles not yet paid")
     bitcoin: int = Field(description="Satoshis owed for started cycles not yet paid")
-    cycles: list[DebtCycleOut] = Field(description="Every unpaid cycle, destroyed deployments' included, oldest "
-                                       "first: later credits pay them in this order")
+    cycles: list[DebtCycleOut] = Field(description="The oldest unpaid cycles (100 at most), destroyed deployments' "
+                                       "included, oldest first: later credits pay them in this order")
+    cycles_count: int = Field(description="Every unpaid cycle (the totals above are theirs)")
 
 
 class LedgerEntryOut(BaseModel):
@@ -116,6 +119,8 @@ class BillingOut(BaseModel):
     grace_seconds: int
     debt: DebtOut = Field(description="While anything is owed, creating a deployment is refused "
                           "(402 payment_required)")
-    deployments: list[DeploymentBillingOut]
+    deployments: list[DeploymentBillingOut] = Field(description="A page of the live deployments, newest first")
+    deployments_next_cursor: str | None = Field(description="Where the next page of deployments starts "
+                                                            "(deployments_cursor)")
     ledger: list[LedgerEntryOut] = Field(description="Newest first")
     next_cursor: str | None

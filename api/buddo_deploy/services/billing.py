@@ -50,12 +50,15 @@ from ..models import (
 )
 from ..settings import Settings
 from . import leases, state
+from .pages import decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
 
 BALANCE = {"buddo_points": "points_balance", "bitcoin": "sats_balance"}
 UNIT = {"buddo_points": "points", "bitcoin": "sats"}
 LEASE_NAME = "billing"
+# The unpaid cycles GET /billing lists at most (the oldest: the next credits pay them first).
+DEBT_CYCLES = 100
 # How often a long pass renews its lease (the lease lasts 30 s at least).
 RENEW_S = 5.0
 # Statuses whose cycles still start while the operator wants the app running.
@@ -169,15 +172,7 @@ class Billing:
 
     def debt(self, operator_id: str) -> dict[str, int]:
         """What the operator owes per track: every unpaid cycle, destroyed deployments' included."""
-        owed = dict.fromkeys(BALANCE, 0)
-        # .tuples() rows; the stubs type a select's rows as models.
-        rows = cast(Iterable[tuple[Any, ...]], (
-            BillingCycle.select(BillingCycle.track, peewee.fn.SUM(BillingCycle.amount))
-            .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid"))
-            .group_by(BillingCycle.track).tuples()))
-        for track, total in rows:
-            owed[track] = int(total or 0)
-        return owed
+        return _owed(operator_id)[0]
 
     # --- the create (called inside the lifecycle's transaction, creates serialised) ------------
 
@@ -520,15 +515,25 @@ class Billing:
 
     # --- reads --------------------------------------------------------------
 
-    def overview(self, operator_id: str, *, limit: int, before: int | None) -> dict[str, Any]:
-        """Balances, the debt, each live deployment's billing, and a page of the ledger (newest first)."""
+    def overview(self, operator_id: str, *, limit: int, before: int | None,
+                 deployments_cursor: str | None = None) -> dict[str, Any]:
+        """Balances, the debt (its totals, and its oldest DEBT_CYCLES cycles), a page of the live
+        deployments' billing (newest first) and a page of the ledger (newest first): the same
+        statements and rows for an operator with ten deployments or ten thousand."""
         if BillingAccount.get_or_none(BillingAccount.operator_id == operator_id) is None:
             with write_transaction(database_proxy.obj):
                 self.open_account(operator_id, self.clock())
         account = BillingAccount.get_by_id(operator_id)
-        deployments = list(Deployment.select(Deployment, Tier).join(Tier)
-                           .where((Deployment.operator_id == operator_id) & (Deployment.desired_state != "absent"))
-                           .order_by(Deployment.inserted_at.desc(), Deployment.id.desc()))
+        listing = (Deployment.select(Deployment, Tier).join(Tier)
+                   .where((Deployment.operator_id == operator_id) & (Deployment.desired_state != "absent"))
+                   .order_by(Deployment.inserted_at.desc(), Deployment.id.desc()))
+        if deployments_cursor:
+            inserted_at, last_id = decode_cursor(deployments_cursor)
+            listing = listing.where(peewee.Tuple(Deployment.inserted_at, Deployment.id)
+                                    < peewee.Tuple(inserted_at, str(last_id)))
+        deployments = list(listing.limit(limit + 1))
+        deployments_next = encode_cursor(deployments[limit - 1]) if len(deployments) > limit else None
+        deployments = deployments[:limit]
         outstanding = _outstanding(d.id for d in deployments)
         query = LedgerEntry.select().where(LedgerEntry.operator_id == operator_id)
         if before is not None:
@@ -543,6 +548,7 @@ class Billing:
             "grace_seconds": int(self.policy.grace.total_seconds()),
             "debt": _debt_view(operator_id),
             "deployments": [self._deployment_billing(d, outstanding.get(str(d.id), [])) for d in deployments],
+            "deployments_next_cursor": deployments_next,
             "ledger": entries[:limit],
             "next_cursor": str(entries[limit - 1].id) if len(entries) > limit else None,
         }
@@ -571,14 +577,28 @@ def _outstanding(deployment_ids: Iterable[Any]) -> dict[str, list[BillingCycle]]
     return found
 
 
+def _owed(operator_id: str) -> tuple[dict[str, int], int]:
+    """What the operator owes per track, and in how many cycles (summed by the database)."""
+    owed, count = dict.fromkeys(BALANCE, 0), 0
+    rows = cast(Iterable[tuple[Any, ...]], (  # .tuples() rows; the stubs type a select's rows as models
+        BillingCycle.select(BillingCycle.track, peewee.fn.SUM(BillingCycle.amount), peewee.fn.COUNT(BillingCycle.id))
+        .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid"))
+        .group_by(BillingCycle.track).tuples()))
+    for track, total, cycles in rows:
+        owed[track] = int(total or 0)
+        count += int(cycles)
+    return owed, count
+
+
 def _debt_view(operator_id: str) -> dict[str, Any]:
-    """Every unpaid cycle of the operator, destroyed deployments' included, oldest first, and the totals."""
-    cycles = list(BillingCycle.select(BillingCycle, Deployment).join(Deployment)
-                  .where((BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid"))
-                  .order_by(BillingCycle.starts_at, BillingCycle.id))
-    view: dict[str, Any] = dict.fromkeys(BALANCE, 0)
-    for c in cycles:
-        view[c.track] += c.amount
+    """What the operator owes per track and in how many cycles (summed by the database), and the
+    oldest DEBT_CYCLES unpaid cycles, destroyed deployments' included (the next credits pay them)."""
+    totals, count = _owed(operator_id)
+    view: dict[str, Any] = dict(totals)
+    unpaid = (BillingCycle.operator_id == operator_id) & (BillingCycle.state == "unpaid")
+    cycles = list(BillingCycle.select(BillingCycle, Deployment).join(Deployment).where(unpaid)
+                  .order_by(BillingCycle.starts_at, BillingCycle.id).limit(DEBT_CYCLES)) if count else []
+    view["cycles_count"] = count
     view["cycles"] = [{"deployment_id": c.deployment_id, "subdomain": c.deployment.subdomain,
                        "billing_status": c.deployment.billing_status, "cycle": c.cycle, "track": c.track,
                        "amount": c.amount, "starts_at": c.starts_at} for c in cycles]
