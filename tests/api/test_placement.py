@@ -6,13 +6,16 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import falcon.testing
 import pytest
 from buddo_deploy import worker
 from buddo_deploy.app import create_app
+from buddo_deploy.db import write_transaction
 from buddo_deploy.inventory import InventoryError
-from buddo_deploy.models import Deployment, Job, database_proxy, utcnow
+from buddo_deploy.models import Deployment, Job, Tier, database_proxy, utcnow
+from buddo_deploy.services import lifecycle
 
-from tests.helpers import auth, create_body
+from tests.helpers import auth, count_rows, create_body, make_settings, migrate
 
 
 def write_inventory(directory: Path, hosts: dict[str, dict[str, object]]) -> Path:
@@ -145,3 +148,37 @@ def test_host_ports_are_unique_per_host_only(client_with, tmp_path):
     assert [d.host_port for d in Deployment.select()] == [31000, 31000]
     resp = create(client, "app-2")  # memory left on both, but no port block
     assert resp.status_code == 503 and resp.json["error"]["code"] == "capacity_exhausted"
+
+
+def test_ports_are_probed_and_a_range_too_full_for_the_probes_is_read_whole(client_with, tmp_path, monkeypatch):
+    inventory = write_inventory(tmp_path / "inv", {
+        "host-a": {"buddo_host_memory_mb": 100000, "buddo_host_port_range": "31000-31009"}})
+    client = client_with(inventory=inventory)
+    monkeypatch.setattr(lifecycle, "PORT_PROBES", 1)  # one block probed: a hit on a held one reads the range
+    placed = [create(client, f"app-{i}").json["deployment"]["id"] for i in range(5)]
+    ports = sorted(Deployment.get_by_id(ident).host_port for ident in placed)
+    assert ports == [31000, 31002, 31004, 31006, 31008]
+    resp = create(client, "app-5")
+    assert resp.status_code == 503 and resp.json["error"]["code"] == "capacity_exhausted"
+
+
+def test_a_placement_reads_the_same_rows_however_many_deployments_a_host_holds(tmp_path, backend, monkeypatch):
+    """Memory is summed by the database (a row per host) and the probed ports are read by index."""
+    inventory = write_inventory(tmp_path / "inv", {"host-a": {"buddo_host_memory_mb": 100000},
+                                                   "host-b": {"buddo_host_memory_mb": 100000}})
+    settings = make_settings(tmp_path, backend, inventory=inventory)
+    migrate(settings)
+    client = falcon.testing.TestClient(create_app(settings))
+    tier = Tier.get(Tier.slug == "buddo-starter")
+    for i in range(2):
+        create(client, f"app-{i}")
+
+    def place() -> None:
+        with monkeypatch.context() as patched, write_transaction(database_proxy.obj):
+            patched.setattr(lifecycle.random, "sample", lambda blocks, k: list(blocks)[-k:])  # blocks no one holds
+            lifecycle.Lifecycle(settings)._place(tier)
+
+    few = count_rows(monkeypatch, place)
+    for i in range(2, 8):
+        create(client, f"app-{i}")
+    assert count_rows(monkeypatch, place) == few

@@ -12,9 +12,9 @@ import random
 import secrets
 import string
 import uuid
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import peewee
 
@@ -23,7 +23,7 @@ from ..auth import Principal
 from ..crypto import decrypt_env, encrypt_env
 from ..db import connect_thread, is_postgres, write_transaction
 from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable, UpstreamFailed
-from ..inventory import container_hosts
+from ..inventory import ContainerHost, container_hosts
 from ..models import AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
 from ..schemas import MAX_ENV_TOTAL, MAX_ENV_VARS, DeploymentCreate, DeploymentUpdate
 from ..settings import Settings
@@ -35,6 +35,9 @@ from .tiers import get_tier
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 _PORT_ATTEMPTS = 8
+# Blocks of two ports a placement probes at random in one read (a range this full that
+# none is free is read whole).
+PORT_PROBES = 16
 # pg_advisory_xact_lock(key) of every create: limits and placement are counted and taken as one step.
 _CREATE_LOCK = 74_217_003
 
@@ -438,32 +441,52 @@ class Lifecycle:
         and a free block of two ports there (the second one is for restarts).
 
         Everything a host holds counts (stopped deployments too: they may start again), until
-        its teardown has converged. Call under _serialise_creates.
+        its teardown has converged. The database sums what each host holds; ports are probed
+        (:meth:`_free_port`), not read. Call under _serialise_creates.
         """
         hosts = container_hosts(self.settings.inventory, self.settings.host_port_range)
-        used: dict[str, tuple[int, int]] = {}
-        held_ports: dict[str, set[int]] = {}
-        for row in Deployment.select(Deployment.host, Deployment.host_port, Deployment.memory_limit_mb).where(
-            Deployment.host.in_([h.name for h in hosts]) & Deployment.released_at.is_null()
-        ):
-            memory, count = used.get(row.host, (0, 0))
-            used[row.host] = (memory + row.memory_limit_mb, count + 1)
-            held_ports.setdefault(row.host, set()).update((row.host_port, row.host_port + 1))
+        held = Deployment.host.in_([h.name for h in hosts]) & Deployment.released_at.is_null()
+        rows = cast(Iterable[tuple[Any, ...]], (  # .tuples() rows; the stubs type a select's rows as models
+            Deployment.select(Deployment.host, peewee.fn.SUM(Deployment.memory_limit_mb),
+                              peewee.fn.COUNT(Deployment.id)).where(held).group_by(Deployment.host).tuples()))
+        used = {host: (int(memory or 0), int(count)) for host, memory, count in rows}
         ranked = sorted(hosts, key=lambda h: (-(h.memory_mb - used.get(h.name, (0, 0))[0]),
                                               used.get(h.name, (0, 0))[1], h.name))
         for host in ranked:
             if host.memory_mb - used.get(host.name, (0, 0))[0] < tier.memory_limit_mb:
                 break  # ranked by free memory: no later host has more
-            low, high = host.port_range
-            held = held_ports.get(host.name, set())
-            free = [port for port in range(low, high, 2) if port not in held and port + 1 not in held]
-            if free:
-                return host.name, random.choice(free)  # noqa: S311 - spreads concurrent creates, not a secret
+            port = self._free_port(host)
+            if port is not None:
+                return host.name, port
         raise Unavailable(
             f"No container host has room for a '{tier.slug}' deployment ({tier.memory_limit_mb} MB); try again later",
             code="capacity_exhausted",
             details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb},
         )
+
+    @staticmethod
+    def _free_port(host: ContainerHost) -> int | None:
+        """A free block of two ports on the host, at random (it spreads concurrent creates): a
+        few blocks are probed in one indexed read; a range so full that none of them is free
+        is read whole. None when the range is full."""
+        low, high = host.port_range
+        blocks = range(low, high, 2)
+        held = (Deployment.host == host.name) & Deployment.released_at.is_null()
+
+        def taken(ports: list[int]) -> set[int]:
+            """Of the ports, those a held block covers (a block at p holds p and p + 1)."""
+            near = sorted({q for p in ports for q in (p - 1, p)})
+            return {p for row in Deployment.select(Deployment.host_port).where(held & Deployment.host_port.in_(near))
+                    for p in (row.host_port, row.host_port + 1)}
+
+        probes = random.sample(blocks, min(PORT_PROBES, len(blocks)))
+        busy = taken([q for p in probes for q in (p, p + 1)])
+        free = [p for p in probes if p not in busy and p + 1 not in busy]
+        if not free and len(probes) < len(blocks):
+            busy = {p for row in Deployment.select(Deployment.host_port).where(held)
+                    for p in (row.host_port, row.host_port + 1)}
+            free = [p for p in blocks if p not in busy and p + 1 not in busy]
+        return random.choice(free) if free else None  # noqa: S311 - spreads concurrent creates, not a secret
 
     def _insert(self, principal: Principal, request: DeploymentCreate, tier: Tier, now: dt.datetime,
                 billing: dict[str, Any]) -> Deployment:
