@@ -5,7 +5,8 @@ The fill, for each database and N:
 - one deployment created through the API, copied N - 1 times with the project's models
   (spread over the hosts, each with its own ports, one audit entry and one paid billing
   cycle each), all the same operator's;
-- a job history of 10 x N finished converges (one target each) and N queued output reads.
+- a job history of 10 x N finished converges (one target each) and N queued output reads;
+- ANALYZE, as autovacuum would have run after so many rows.
 
 Then, each timed as the median of --repeat rounds (a round: the mean of --calls calls):
 - POST /apps (another operator each time: the placement reads every host's deployments),
@@ -112,6 +113,8 @@ class Fill:
         insert(BillingCycle, cycles)
         ids = [self.ident, *(str(d["id"]) for d in deployments)]
         self.history(ids, start)
+        # The planners' statistics, as PostgreSQL's autovacuum (and a sysadmin's ANALYZE) keep them.
+        database_proxy.obj.execute_sql("ANALYZE")
         # The middle of the list: a page reached by its cursor.
         page = self.client.simulate_get("/api/deploy/apps", params={"limit": n // 2 if n < 200 else 100},
                                          headers=auth(OPERATOR)).json

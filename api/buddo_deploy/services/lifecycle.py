@@ -447,8 +447,8 @@ class Lifecycle:
         hosts = container_hosts(self.settings.inventory, self.settings.host_port_range)
         held = Deployment.host.in_([h.name for h in hosts]) & Deployment.released_at.is_null()
         rows = cast(Iterable[tuple[Any, ...]], (  # .tuples() rows; the stubs type a select's rows as models
-            Deployment.select(Deployment.host, peewee.fn.SUM(Deployment.memory_limit_mb),
-                              peewee.fn.COUNT(Deployment.id)).where(held).group_by(Deployment.host).tuples()))
+            Deployment.select(Deployment.host, peewee.fn.SUM(Deployment.memory_limit_mb),  # from the index alone
+                              peewee.fn.COUNT(peewee.SQL("*"))).where(held).group_by(Deployment.host).tuples()))
         used = {host: (int(memory or 0), int(count)) for host, memory, count in rows}
         ranked = sorted(hosts, key=lambda h: (-(h.memory_mb - used.get(h.name, (0, 0))[0]),
                                               used.get(h.name, (0, 0))[1], h.name))
