@@ -1,4 +1,5 @@
-"""The API's reads and writes, and a job claim, with N = 100, 1,000 and 10,000 deployments on ten hosts.
+"""The API's reads and writes, a job claim and a health cycle, with N = 100, 1,000 and 10,000
+deployments on ten hosts.
 
 The fill, for each database and N:
 - ten container hosts in an inventory of their own (memory for every deployment);
@@ -9,14 +10,16 @@ The fill, for each database and N:
 - ANALYZE, as autovacuum would have run after so many rows.
 
 Then, each timed as the median of --repeat rounds (a round: the mean of --calls calls):
-- POST /apps (another operator each time: the placement reads every host's deployments),
+- POST /apps (another operator each time: placement over every host's deployments),
 - GET /apps (the first page, and one from the middle by its cursor), GET /status,
   GET /billing (a page), GET /logs (a page), all in process (Falcon's test client);
-- one job claim (then put back).
-Each is printed as a ratio to N = 100 in the same run (the aim of issue 19: within 1.5x
-at 10,000 for the requests, 2x for the claim), on SQLite and, when
-BUDDO_TEST_POSTGRES_URL names a server (make bench-scale), on PostgreSQL in a database of
-its own.
+- one job claim (then put back);
+- once, the database part of a health cycle of every host (engine.record_health with the
+  probe reports a host would send: every deployment serving, 1% of them answering 500).
+Each is printed with its ratio to N = 100 in the same run (issue 19's aims: the requests
+within 1.5x at 10,000, the claim within 2x, the health cycle under 1 s), on SQLite and,
+when BUDDO_TEST_POSTGRES_URL names a server (make bench-scale), on PostgreSQL in a
+database of its own. The billing pass has its own bench (bench/billing.py).
 Run: make bench-scale   (or .venv/bin/python bench/scale.py -n 100 -n 1000)
 """
 
@@ -42,7 +45,9 @@ sys.path.insert(0, str(ROOT / "api"))
 
 from buddo_deploy import jobqueue  # noqa: E402
 from buddo_deploy.app import create_app  # noqa: E402
+from buddo_deploy.services import engine, state  # noqa: E402
 from buddo_deploy.models import (  # noqa: E402
+    Tier,
     AuditEntry,
     BillingCycle,
     Deployment,
@@ -139,6 +144,25 @@ class Fill:
                       "timeout_s": 60, "run_after": now - dt.timedelta(seconds=1), "created_at": now,
                       "updated_at": now, "host": f"host-{i % HOSTS}"} for i, ident in enumerate(ids)])
 
+    @staticmethod
+    def serving() -> None:
+        """Every deployment converged, serving and recorded healthy (as a health cycle finds them)."""
+        Deployment.update(serving_port=Deployment.host_port, container_id=Deployment.container_name,
+                          observed_generation=Deployment.generation, health_status="healthy", health_failures=0,
+                          last_health_check=None).execute()
+
+    @staticmethod
+    def health_reports(changed_every: int) -> dict[str, dict[str, Any]]:
+        """Each host's probe report: every container runs and answers, but one in ``changed_every``."""
+        reports: dict[str, dict[str, Any]] = {}
+        for i, d in enumerate(Deployment.select(Deployment, Tier).join(Tier)):
+            report = reports.setdefault(d.host, {"containers": [], "probes": {}})
+            report["containers"].append({"deployment_id": str(d.id), "id": d.container_id, "spec": state.spec_of(d),
+                                         "state": "running"})
+            report["probes"][d.container_id] = ({"healthy": False, "status": 500} if i % changed_every == 0
+                                                else {"healthy": True, "status": 200})
+        return reports
+
     def create(self) -> None:
         self.serial += 1
         resp = self.client.simulate_post("/api/deploy/apps", json=create_body(subdomain=f"new{self.serial}"),
@@ -184,6 +208,13 @@ def measure(backend: str, n: int, calls: int, repeat: int) -> dict[str, float]:
             "a job claim": fill.claim,
         }
         out = {name: timed(action, calls, repeat) for name, action in cases.items()}
+        # A health cycle's database part, once (it records what changed): 1% answer 500.
+        fill.serving()
+        reports = fill.health_reports(100)
+        started = time.perf_counter()
+        for host, report in sorted(reports.items()):
+            engine.record_health(host, report, engine.HealthPolicy())
+        out["health cycle, DB part (1% changed)"] = time.perf_counter() - started
         database_proxy.obj.close()
         return out
 
@@ -205,11 +236,11 @@ def main() -> None:
             if backend == "postgres":
                 drop_session_database()
         print(f"\n{backend}: ms a call (ratio to N={sizes[0]})")
-        print(f"{'':26}" + "".join(f"{'N=' + str(n):>20}" for n in sizes))
+        print(f"{'':36}" + "".join(f"{'N=' + str(n):>20}" for n in sizes))
         for name in results[sizes[0]]:
             base = results[sizes[0]][name]
             cells = "".join(f"{results[n][name] * 1000:11.2f} ({results[n][name] / base:4.1f}x)" for n in sizes)
-            print(f"{name:26}{cells}")
+            print(f"{name:36}{cells}")
 
 
 if __name__ == "__main__":
