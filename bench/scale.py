@@ -45,17 +45,17 @@ sys.path.insert(0, str(ROOT / "api"))
 
 from buddo_deploy import jobqueue  # noqa: E402
 from buddo_deploy.app import create_app  # noqa: E402
-from buddo_deploy.services import engine, state  # noqa: E402
 from buddo_deploy.models import (  # noqa: E402
-    Tier,
     AuditEntry,
     BillingCycle,
     Deployment,
     Job,
     JobTarget,
+    Tier,
     database_proxy,
     utcnow,
 )
+from buddo_deploy.services import engine, state  # noqa: E402
 
 from tests.helpers import (  # noqa: E402
     auth,
