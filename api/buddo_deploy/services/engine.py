@@ -462,6 +462,13 @@ def _still_healthy(d: Deployment, by_deployment: dict[str, list[dict[str, Any]]]
     return bool(running) and bool((probes.get(running[0]["id"]) or {}).get("healthy"))
 
 
+_HEALTH_READ = (Deployment.id, Deployment.generation, Deployment.observed_generation, Deployment.health_status,
+                Deployment.health_failures, Deployment.last_health_check, Deployment.health_check,
+                Deployment.container_image, Deployment.port, Deployment.memory_limit_mb,
+                Deployment.cpu_limit_millicores, Deployment.env_vars_encrypted, Deployment.revision,
+                Deployment.pinned_digest)
+
+
 def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy) -> dict[str, str]:
     """Record one probe cycle of a host; heal what died. Returns deployment id -> verdict."""
     if report is None:
@@ -472,7 +479,9 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
     probes = report.get("probes") or {}
     verdicts: dict[str, str] = {}
     now = utcnow()
-    candidates = list(Deployment.select(Deployment, Tier).join(Tier).where(
+    # Only what the verdict of one still healthy reads (its spec included): a host's every
+    # deployment is read each cycle; the others are read whole, locked, below.
+    candidates = list(Deployment.select(*_HEALTH_READ, Tier.id, Tier.disk_limit_mb).join(Tier).where(
         (Deployment.host == host) & (Deployment.desired_state == "running") & Deployment.released_at.is_null()
         & Deployment.serving_port.is_null(False)
     ))
