@@ -22,13 +22,14 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from . import jobqueue, metrics
 from .db import connect_thread, open_database, write_transaction
 from .inventory import container_hosts, host_addresses
-from .models import database_proxy
+from .models import database_proxy, utcnow
 from .runner import run_playbook, sweep_stale_secrets
-from .services import billing, domains, engine, follow, retention, webhooks
+from .services import billing, domains, engine, follow, leases, retention, webhooks
 from .settings import Settings
 from .tasks import task_for
 
@@ -86,10 +87,16 @@ class Every:
 
 
 class HealthProber:
-    """One health playbook run per host and cycle; verdicts heal what died (engine.record_health)."""
+    """One health playbook run per host and cycle; verdicts heal what died (engine.record_health).
 
-    def __init__(self, settings: Settings) -> None:
+    A host is probed by one worker at a time: the one holding its lease (``health:<host>``,
+    renewed each cycle; another worker takes it over once it lapsed). A worker probes the
+    hosts it holds in parallel (HEALTH_PARALLEL at once)."""
+
+    def __init__(self, settings: Settings, owner: str = "") -> None:
         self.settings = settings
+        self.owner = owner or f"health-{uuid.uuid4().hex[:12]}"
+        self.ttl = dt.timedelta(seconds=max(120.0, 3 * settings.health_interval_s))
         self.policy = engine.HealthPolicy(
             failures_before_restart=settings.health_failures, max_restarts=settings.health_max_restarts,
             timeout_s=settings.job_timeout_s,
@@ -110,8 +117,26 @@ class HealthProber:
         return verdicts
 
     def probe_all(self) -> None:
-        for host in engine.hosts():
+        """Probe each host whose lease this worker holds (or takes), several at once."""
+        mine = [host for host in engine.hosts() if leases.take(f"health:{host}", self.owner, self.ttl, utcnow())]
+        if not mine:
+            return
+        with ThreadPoolExecutor(max_workers=min(HEALTH_PARALLEL, len(mine)), thread_name_prefix="health") as pool:
+            list(pool.map(self._probe_in_thread, mine))
+
+    def _probe_in_thread(self, host: str) -> None:
+        connect_thread()
+        try:
             self.probe_host(host)
+        except Exception:  # one host's failure is logged; the others' probes go on
+            log.exception("health probe of %s failed", host)
+        finally:
+            database_proxy.obj.close()
+
+    def release(self) -> None:
+        """Let other workers take this one's hosts at once (it stops)."""
+        for host in engine.hosts():
+            leases.release(f"health:{host}", self.owner)
 
 
 def queue_reconciles(settings: Settings) -> None:
@@ -120,6 +145,8 @@ def queue_reconciles(settings: Settings) -> None:
             jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s)
 
 
+# Hosts one worker probes at once (each is an ansible-playbook run).
+HEALTH_PARALLEL = 4
 # How often the domain checker looks for due domains: a new one is checked within this.
 _DOMAIN_TICK_S = 2.0
 # Due webhook deliveries are looked for this often (seconds).
@@ -194,9 +221,11 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
     timers: list[Every] = []
     clock: BillingClock | None = None
     pruner: Pruner | None = None
+    prober: HealthProber | None = None
     collectors: follow.Collectors | None = None
     if not once:
-        timers.append(Every("health probe", settings.health_interval_s, HealthProber(settings).probe_all))
+        prober = HealthProber(settings, workers[0].name)
+        timers.append(Every("health probe", settings.health_interval_s, prober.probe_all))
         if settings.domain_check_interval_s > 0:
             checker = domain_checker(settings)
             timers.append(Every("custom domain check", min(settings.domain_check_interval_s, _DOMAIN_TICK_S),
@@ -239,4 +268,6 @@ def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) 
         clock.billing.release_lease(clock.owner)  # the next worker need not wait for it to expire
     if pruner is not None:
         retention.release_lease(pruner.owner)
+    if prober is not None:
+        prober.release()
 

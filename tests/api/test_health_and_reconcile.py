@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 
 from buddo_deploy import jobqueue
 from buddo_deploy.models import AuditEntry, Deployment, Job, database_proxy, utcnow
@@ -209,3 +210,36 @@ def test_a_probe_cycle_of_healthy_deployments_costs_the_same_statements_however_
     assert Deployment.get_by_id(ds[0].id).last_health_check > before
     ds += [running(client, settings, subdomain=f"h{i}", tier="btc-pro") for i in range(2, 6)]
     assert statements([Deployment.get_by_id(d.id) for d in ds]) == few == 2  # the read and the update
+
+
+def test_one_worker_probes_a_host_at_a_time_and_its_hosts_at_once(client, settings, monkeypatch):
+    """A host's probe is its lease holder's (taken over once it lapsed); that worker probes its
+    hosts in parallel (three probes meet at a barrier), each with its own connection."""
+    from buddo_deploy import worker as worker_module
+
+    hosts = ["host-a", "host-b", "host-c"]
+    monkeypatch.setattr(worker_module.engine, "hosts", lambda inventory_hosts=(): hosts)
+    met = threading.Barrier(3, timeout=10)
+    probed: list[tuple[str, str]] = []
+
+    def probe(self, host):
+        probed.append((self.owner, host))
+        Deployment.select().count()  # the thread's own connection works
+        met.wait()
+        return {}
+
+    monkeypatch.setattr(worker_module.HealthProber, "probe_host", probe)
+    first, second = worker_module.HealthProber(settings, "w1"), worker_module.HealthProber(settings, "w2")
+    first.probe_all()
+    assert sorted(probed) == [("w1", h) for h in hosts]
+    met.reset()
+    monkeypatch.setattr(worker_module, "utcnow", lambda: utcnow() + first.ttl / 2)
+    second.probe_all()  # w1 holds them
+    assert len(probed) == 3
+    monkeypatch.setattr(worker_module, "utcnow", lambda: utcnow() + first.ttl * 2)
+    second.probe_all()  # w1 stopped renewing: w2 takes them over
+    assert sorted(probed[3:]) == [("w2", h) for h in hosts]
+    second.release()
+    met.reset()
+    first.probe_all()
+    assert sorted(probed[6:]) == [("w1", h) for h in hosts]

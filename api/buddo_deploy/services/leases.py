@@ -1,4 +1,5 @@
-"""Named leases (table leases): one worker at a time does a periodic duty (billing, retention)."""
+"""Named leases (table leases): one worker at a time does a periodic duty (billing, retention, a
+host's health probe)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from ..models import Lease, database_proxy
 
 
 def take(name: str, owner: str, ttl: dt.timedelta, now: dt.datetime) -> bool:
-    """Hold (or renew) lease ``name`` for ``owner`` until ``now + ttl``; False when another holds it."""
+    """Hold (or renew) lease ``name`` for ``owner`` until ``now + ttl``; False when another holds it.
+    A lease named for the first time (a host's health probe) is made then."""
     with write_transaction(database_proxy.obj):
-        taken = Lease.update(owner=owner, expires_at=now + ttl).where(
-            (Lease.name == name) & ((Lease.owner == owner) | Lease.owner.is_null() | (Lease.expires_at < now))
-        ).execute()
+        mine = (Lease.name == name) & ((Lease.owner == owner) | Lease.owner.is_null() | (Lease.expires_at < now))
+        taken = Lease.update(owner=owner, expires_at=now + ttl).where(mine).execute()
+        if not taken and Lease.insert(name=name).on_conflict_ignore().execute():
+            taken = Lease.update(owner=owner, expires_at=now + ttl).where(mine).execute()
     return bool(taken == 1)
 
 
