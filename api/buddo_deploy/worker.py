@@ -90,13 +90,16 @@ class HealthProber:
     """One health playbook run per host and cycle; verdicts heal what died (engine.record_health).
 
     A host is probed by one worker at a time: the one holding its lease (``health:<host>``,
-    renewed each cycle; another worker takes it over once it lapsed). A worker probes the
-    hosts it holds in parallel (HEALTH_PARALLEL at once)."""
+    renewed each cycle and before a probe's verdicts are recorded; another worker takes it
+    over once it lapsed). A worker probes the hosts it holds in parallel (HEALTH_PARALLEL at
+    once)."""
 
     def __init__(self, settings: Settings, owner: str = "") -> None:
         self.settings = settings
         self.owner = owner or f"health-{uuid.uuid4().hex[:12]}"
-        self.ttl = dt.timedelta(seconds=max(120.0, 3 * settings.health_interval_s))
+        # Three cycles: a worker that died stops holding its hosts soon; one whose probe took
+        # longer (a slow host) finds the lease taken and records nothing (below).
+        self.ttl = dt.timedelta(seconds=max(5.0, 3 * settings.health_interval_s))
         self.policy = engine.HealthPolicy(
             failures_before_restart=settings.health_failures, max_restarts=settings.health_max_restarts,
             timeout_s=settings.job_timeout_s,
@@ -112,13 +115,16 @@ class HealthProber:
             log.warning("health probe of %s failed: %s", host, result.message)
             return {}
         report = (result.stats.get("buddo_health") or {}).get(host)
+        if not leases.take(self.lease_of(host), self.owner, self.ttl, utcnow()):
+            log.info("health probe of %s: another worker holds the host now; its verdicts count", host)
+            return {}
         verdicts = engine.record_health(host, report, self.policy)
         metrics.observe_automatic_restarts(host, sum(1 for v in verdicts.values() if v == "restarted"))
         return verdicts
 
     def probe_all(self) -> None:
         """Probe each host whose lease this worker holds (or takes), several at once."""
-        mine = [host for host in engine.hosts() if leases.take(f"health:{host}", self.owner, self.ttl, utcnow())]
+        mine = [host for host in engine.hosts() if leases.take(self.lease_of(host), self.owner, self.ttl, utcnow())]
         if not mine:
             return
         with ThreadPoolExecutor(max_workers=min(HEALTH_PARALLEL, len(mine)), thread_name_prefix="health") as pool:
@@ -136,7 +142,11 @@ class HealthProber:
     def release(self) -> None:
         """Let other workers take this one's hosts at once (it stops)."""
         for host in engine.hosts():
-            leases.release(f"health:{host}", self.owner)
+            leases.release(self.lease_of(host), self.owner)
+
+    @staticmethod
+    def lease_of(host: str) -> str:
+        return f"health:{host}"
 
 
 def queue_reconciles(settings: Settings) -> None:

@@ -243,3 +243,18 @@ def test_one_worker_probes_a_host_at_a_time_and_its_hosts_at_once(client, settin
     met.reset()
     first.probe_all()
     assert sorted(probed[6:]) == [("w1", h) for h in hosts]
+
+
+def test_a_probe_whose_host_another_worker_took_over_records_nothing(client, settings, monkeypatch):
+    from buddo_deploy import worker as worker_module
+    from buddo_deploy.results import PlaybookResult
+
+    d = running(client, settings)
+    gone = {d.host: {"containers": [], "probes": {}}}  # its container is gone: a verdict would heal it
+    monkeypatch.setattr(worker_module, "run_playbook",
+                        lambda *a, **k: PlaybookResult(status="successful", rc=0, stats={"buddo_health": gone}))
+    slow, holder = worker_module.HealthProber(settings, "slow"), worker_module.HealthProber(settings, "holder")
+    assert worker_module.leases.take(holder.lease_of(d.host), "holder", holder.ttl, utcnow())
+    assert slow.probe_host(d.host) == {}  # its probe ran, but the host is the holder's now
+    assert Deployment.get_by_id(d.id).health_status == "healthy"
+    assert holder.probe_host(d.host) == {str(d.id): "restarted"}
