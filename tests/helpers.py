@@ -188,15 +188,14 @@ def ran(n: int) -> Any:
     return result
 
 
-def count_statements(monkeypatch: Any, action: Callable[[], Any]) -> int:
-    """How many SQL statements ``action`` runs."""
+def _counting(monkeypatch: Any, action: Callable[[], Any], wrap: Callable[[Any, list[int]], Any]) -> int:
+    """Run ``action`` with every statement's cursor passed through ``wrap`` (which counts); the count."""
     from buddo_deploy.models import database_proxy
 
     db, count, original = database_proxy.obj, [0], database_proxy.obj.execute_sql
 
     def counted(*args: Any, **kwargs: Any) -> Any:
-        count[0] += 1
-        return original(*args, **kwargs)
+        return wrap(original(*args, **kwargs), count)
 
     monkeypatch.setattr(db, "execute_sql", counted)
     try:
@@ -204,6 +203,16 @@ def count_statements(monkeypatch: Any, action: Callable[[], Any]) -> int:
     finally:
         monkeypatch.setattr(db, "execute_sql", original)
     return count[0]
+
+
+def _one_statement(cursor: Any, count: list[int]) -> Any:
+    count[0] += 1
+    return cursor
+
+
+def count_statements(monkeypatch: Any, action: Callable[[], Any]) -> int:
+    """How many SQL statements ``action`` runs."""
+    return _counting(monkeypatch, action, _one_statement)
 
 
 class _CountedCursor:
@@ -238,19 +247,7 @@ class _CountedCursor:
 
 def count_rows(monkeypatch: Any, action: Callable[[], Any]) -> int:
     """How many rows the SQL statements ``action`` runs read."""
-    from buddo_deploy.models import database_proxy
-
-    db, rows, original = database_proxy.obj, [0], database_proxy.obj.execute_sql
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        return _CountedCursor(original(*args, **kwargs), rows)
-
-    monkeypatch.setattr(db, "execute_sql", counted)
-    try:
-        action()
-    finally:
-        monkeypatch.setattr(db, "execute_sql", original)
-    return rows[0]
+    return _counting(monkeypatch, action, _CountedCursor)
 
 
 def run_job(settings: Settings, result_for: Any = converged, owner: str = "w") -> tuple[Any, Any]:

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from httpx_sse import connect_sse
+from httpx_sse import ServerSentEvent, connect_sse
 from rich.console import Console
 from rich.table import Table
 
@@ -373,26 +373,34 @@ def output_command(ctx: typer.Context, name: App,
 
 
 def _follow(s: Session, ident: str) -> None:
+    last = ""
     try:
         with s.client(timeout=STREAM_TIMEOUT) as client:
             while True:  # a stream ends after an hour: go on where it ended
-                with connect_sse(client, "GET", f"/api/deploy/apps/{ident}/output",
-                                 params={"follow": "true"}) as events:
-                    if events.response.status_code != 200:
-                        events.response.read()
-                        answer(events.response)
-                    for event in events.iter_sse():
-                        if event.event == "line":
-                            line = json.loads(event.data)
-                            if s.json_output:  # one object a line (NDJSON), as it comes
-                                print(json.dumps(line), flush=True)
-                            else:
-                                _print_line(line)
-                                sys.stdout.flush()
+                for event in _events(client, f"/api/deploy/apps/{ident}/output", last):
+                    if event.event == "line":
+                        last = event.id or last
+                        line = json.loads(event.data)
+                        if s.json_output:  # one object a line (NDJSON), as it comes
+                            print(json.dumps(line), flush=True)
+                        else:
+                            _print_line(line)
+                            sys.stdout.flush()
     except KeyboardInterrupt:
         return
     except httpx.HTTPError as exc:
         raise ClientError(f"The output stream ended: {exc}") from exc
+
+
+def _events(client: httpx.Client, path: str, last_id: str) -> Iterator[ServerSentEvent]:
+    """The events of one connection of a stream (from ``Last-Event-ID: last_id``); an error
+    answer is a ClientError."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    with connect_sse(client, "GET", path, params={"follow": "true"}, headers=headers) as events:
+        if events.response.status_code != 200:
+            events.response.read()
+            answer(events.response)
+        yield from events.iter_sse()
 
 
 @app.command("logs")
@@ -474,28 +482,23 @@ def _follow_run(s: Session, ident: str, run: dict[str, Any], deadline: float) ->
 
 def _run_events(s: Session, client: httpx.Client, path: str, last: dict[str, Any]) -> dict[str, Any] | None:
     """One connection of a run's stream (from ``last``, updated): the run once it ended, else None."""
-    headers = {"Last-Event-ID": last["id"]} if last["id"] else {}
-    with connect_sse(client, "GET", path, params={"follow": "true"}, headers=headers) as events:
-        if events.response.status_code != 200:
-            events.response.read()
-            answer(events.response)
-        for event in events.iter_sse():
-            if event.event == "line":
-                line = json.loads(event.data)
-                last.update(id=event.id or last["id"], at=line.get("at"))
-                if not s.json_output:
+    for event in _events(client, path, last["id"]):
+        if event.event == "line":
+            line = json.loads(event.data)
+            last.update(id=event.id or last["id"], at=line.get("at"))
+            if not s.json_output:
+                _print_line(line)
+                sys.stdout.flush()
+        elif event.event == "end":
+            ended: dict[str, Any] = json.loads(event.data)["run"]
+            rest = ended.get("output") or []
+            if last["at"] is not None:
+                seen = [i for i, line in enumerate(rest) if line.get("at") == last["at"]]
+                rest = rest[seen[-1] + 1:] if seen else []
+            if not s.json_output:
+                for line in rest:
                     _print_line(line)
-                    sys.stdout.flush()
-            elif event.event == "end":
-                ended: dict[str, Any] = json.loads(event.data)["run"]
-                rest = ended.get("output") or []
-                if last["at"] is not None:
-                    seen = [i for i, line in enumerate(rest) if line.get("at") == last["at"]]
-                    rest = rest[seen[-1] + 1:] if seen else []
-                if not s.json_output:
-                    for line in rest:
-                        _print_line(line)
-                return ended
+            return ended
     return None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 
@@ -21,17 +20,8 @@ from ..schemas import (
     WebhookRemoved,
     WebhookUpdate,
 )
-from ..services.pages import decode_cursor, encode_cursor
 from ..services.webhooks import Webhooks
 from .common import parse_query, read_model, send
-
-_DELIVERY_ID = re.compile(r"msg_[0-9a-f]{32}")
-
-
-def _delivery_id(value: str) -> str:
-    if not _DELIVERY_ID.fullmatch(value):
-        raise ValueError("not a delivery id")
-    return value
 
 
 class WebhooksResource:
@@ -66,12 +56,9 @@ class WebhooksResource:
 
     def on_get_deliveries(self, req: falcon.Request, resp: falcon.Response, webhook_id: uuid.UUID) -> None:
         query = parse_query(req, DeliveriesQuery)
-        cursor = decode_cursor(query.cursor, _delivery_id) if query.cursor else None
-        rows = self.webhooks.deliveries(req.context.principal.operator_id, webhook_id, limit=query.limit,
-                                        cursor=cursor)
-        next_cursor = encode_cursor(rows[query.limit - 1]) if len(rows) > query.limit else None
-        send(resp, DeliveryList(deliveries=[_delivery_out(row) for row in rows[:query.limit]],
-                                next_cursor=next_cursor))
+        rows, next_cursor = self.webhooks.deliveries(req.context.principal.operator_id, webhook_id,
+                                                     limit=query.limit, cursor=query.cursor)
+        send(resp, DeliveryList(deliveries=[_delivery_out(row) for row in rows], next_cursor=next_cursor))
 
 
 def webhook_out(endpoint: Any) -> WebhookOut:

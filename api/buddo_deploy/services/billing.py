@@ -49,8 +49,7 @@ from ..models import (
     utcnow,
 )
 from ..settings import Settings
-from . import leases, state
-from .pages import decode_cursor, encode_cursor
+from . import leases, pages, state
 
 log = logging.getLogger(__name__)
 
@@ -527,13 +526,7 @@ class Billing:
         listing = (Deployment.select(Deployment, Tier).join(Tier)
                    .where((Deployment.operator_id == operator_id) & (Deployment.desired_state != "absent"))
                    .order_by(Deployment.inserted_at.desc(), Deployment.id.desc()))
-        if deployments_cursor:
-            inserted_at, last_id = decode_cursor(deployments_cursor)
-            listing = listing.where(peewee.Tuple(Deployment.inserted_at, Deployment.id)
-                                    < peewee.Tuple(inserted_at, str(last_id)))
-        deployments = list(listing.limit(limit + 1))
-        deployments_next = encode_cursor(deployments[limit - 1]) if len(deployments) > limit else None
-        deployments = deployments[:limit]
+        deployments, deployments_next = pages.page(listing, Deployment, deployments_cursor, limit, newest_first=True)
         outstanding = _outstanding(d.id for d in deployments)
         query = LedgerEntry.select().where(LedgerEntry.operator_id == operator_id)
         if before is not None:

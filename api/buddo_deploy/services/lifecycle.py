@@ -28,9 +28,8 @@ from ..models import AuditEntry, Deployment, Release, Tier, database_proxy, utcn
 from ..schemas import MAX_ENV_TOTAL, MAX_ENV_VARS, DeploymentCreate, DeploymentUpdate
 from ..settings import Settings
 from ..vocabulary import DeploymentStatus
-from . import domains, output, releases, state
+from . import domains, output, pages, releases, state
 from .billing import Billing
-from .pages import decode_cursor, encode_cursor
 from .tiers import get_tier
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -132,14 +131,8 @@ class Lifecycle:
             query = query.where(Deployment.status == status)
         elif not include_destroyed:
             query = query.where(Deployment.status != "destroyed")
-        if cursor:
-            inserted_at, last_id = decode_cursor(cursor)
-            # A row value: both databases seek the (operator_id, inserted_at, id) index to it.
-            query = query.where(peewee.Tuple(Deployment.inserted_at, Deployment.id)
-                                < peewee.Tuple(inserted_at, str(last_id)))
-        rows = list(query.limit(limit + 1))
-        next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-        return Page(rows[:limit], next_cursor)
+        # Seeks the (operator_id, inserted_at, id) index.
+        return Page(*pages.page(query, Deployment, cursor, limit, newest_first=True))
 
     def audit_log(self, principal: Principal, deployment_id: uuid.UUID, *, limit: int,
                   cursor: str | None) -> tuple[list[AuditEntry], str | None]:
@@ -147,12 +140,8 @@ class Lifecycle:
         deployment = self.get_owned(principal, deployment_id)
         query = (AuditEntry.select().where(AuditEntry.deployment == deployment)
                  .order_by(AuditEntry.inserted_at, AuditEntry.id))
-        if cursor:
-            inserted_at, last_id = decode_cursor(cursor)
-            query = query.where(peewee.Tuple(AuditEntry.inserted_at, AuditEntry.id)
-                                > peewee.Tuple(inserted_at, str(last_id)))  # seeks (deployment_id, inserted_at, id)
-        rows = list(query.limit(limit + 1))
-        return rows[:limit], (encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
+        # Seeks the (deployment_id, inserted_at, id) index.
+        return pages.page(query, AuditEntry, cursor, limit, newest_first=False)
 
     # --- changes -----------------------------------------------------------
 

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import peewee
+
 from ..domain_errors import Invalid
 
 
@@ -34,3 +36,17 @@ def decode_cursor(cursor: str, parse_id: Callable[[str], Any] = uuid.UUID) -> tu
         return dt.datetime.fromisoformat(decoded[0]), parse_id(decoded[1])
     except ValueError as exc:
         raise invalid from exc
+
+
+def page(query: Any, model: Any, cursor: str | None, limit: int, *, newest_first: bool,
+         parse_id: Callable[[str], Any] = uuid.UUID) -> tuple[list[Any], str | None]:
+    """A page of ``query`` (ordered by (inserted_at, id), newest or oldest first) after ``cursor``,
+    and the cursor of the next page (None on the last). The cursor is a row value, so both
+    databases seek their (..., inserted_at, id) index to it."""
+    if cursor:
+        inserted_at, last_id = decode_cursor(cursor, parse_id)
+        position = peewee.Tuple(model.inserted_at, model.id)
+        after = peewee.Tuple(inserted_at, str(last_id))
+        query = query.where(position < after if newest_first else position > after)
+    rows = list(query.limit(limit + 1))
+    return rows[:limit], (encode_cursor(rows[limit - 1]) if len(rows) > limit else None)

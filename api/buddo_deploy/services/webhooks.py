@@ -24,6 +24,7 @@ import datetime as dt
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import socket
 import uuid
@@ -33,7 +34,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import peewee
 from standardwebhooks.webhooks import Webhook
 
 from ..crypto import decrypt_secret, encrypt_secret
@@ -42,6 +42,7 @@ from ..domain_errors import Invalid, LimitReached, NotFound
 from ..models import Deployment, WebhookDelivery, WebhookEndpoint, database_proxy, utcnow
 from ..settings import Settings
 from ..vocabulary import AuditAction, AuditStatus, DeliveryState, WebhookEvent
+from . import pages
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +173,22 @@ class Webhooks:
         log.info("webhook endpoint %s deleted by operator %s", endpoint_id, operator_id)
 
     def deliveries(self, operator_id: str, endpoint_id: uuid.UUID, *, limit: int,
-                   cursor: tuple[dt.datetime, str] | None) -> list[WebhookDelivery]:
-        """Newest first, ``limit`` + 1 rows (the extra one says there is a next page)."""
+                   cursor: str | None) -> tuple[list[WebhookDelivery], str | None]:
+        """A page, newest first, and the cursor of the next."""
         endpoint = self.get(operator_id, endpoint_id)
         query = (WebhookDelivery.select().where(WebhookDelivery.endpoint == endpoint.id)
                  .order_by(WebhookDelivery.inserted_at.desc(), WebhookDelivery.id.desc()))
-        if cursor is not None:
-            query = query.where(peewee.Tuple(WebhookDelivery.inserted_at, WebhookDelivery.id)
-                                < peewee.Tuple(*cursor))
-        return list(query.limit(limit + 1))
+        return pages.page(query, WebhookDelivery, cursor, limit, newest_first=True, parse_id=_delivery_id)
+
+
+_DELIVERY_ID = re.compile(r"msg_[0-9a-f]{32}")
+
+
+def _delivery_id(value: str) -> str:
+    """A delivery's id in a cursor (ValueError for anything else)."""
+    if not _DELIVERY_ID.fullmatch(value):
+        raise ValueError("not a delivery id")
+    return value
 
 
 # --- events ---------------------------------------------------------------------------
