@@ -106,6 +106,7 @@ class HealthProber:
         )
 
     def probe_host(self, host: str) -> dict[str, str]:
+        started = utcnow()
         result = run_playbook(
             self.settings.playbook_dir / "health.yml", self.settings.inventory,
             {"health_probe_instance": self.settings.instance}, limit=host, timeout_s=60,
@@ -118,7 +119,7 @@ class HealthProber:
         if not leases.take(self.lease_of(host), self.owner, self.ttl, utcnow()):
             log.info("health probe of %s: another worker holds the host now; its verdicts count", host)
             return {}
-        verdicts = engine.record_health(host, report, self.policy)
+        verdicts = engine.record_health(host, report, self.policy, observed_since=started)
         metrics.observe_automatic_restarts(host, sum(1 for v in verdicts.values() if v == "restarted"))
         return verdicts
 

@@ -258,3 +258,15 @@ def test_a_probe_whose_host_another_worker_took_over_records_nothing(client, set
     assert slow.probe_host(d.host) == {}  # its probe ran, but the host is the holder's now
     assert Deployment.get_by_id(d.id).health_status == "healthy"
     assert holder.probe_host(d.host) == {str(d.id): "restarted"}
+
+
+def test_a_probe_that_began_before_the_deployment_last_changed_is_not_acted_on(client, settings):
+    """The probe saw the container between create and start (or the one a converge replaced):
+    the converge recorded its outcome since, so that view is stale and the next cycle judges."""
+    d = running(client, settings)
+    gone = {"containers": [], "probes": {}}
+    before = Deployment.get_by_id(d.id).updated_at - dt.timedelta(seconds=1)
+    assert engine.record_health(d.host, gone, POLICY, observed_since=before) == {}
+    restarts = AuditEntry.select().where((AuditEntry.deployment == d.id) & (AuditEntry.action == "restart"))
+    assert Deployment.get_by_id(d.id).health_status == "healthy" and restarts.count() == 0
+    assert engine.record_health(d.host, gone, POLICY, observed_since=utcnow()) == {str(d.id): "restarted"}

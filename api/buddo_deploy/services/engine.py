@@ -469,8 +469,13 @@ _HEALTH_READ = (Deployment.id, Deployment.generation, Deployment.observed_genera
                 Deployment.pinned_digest)
 
 
-def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy) -> dict[str, str]:
-    """Record one probe cycle of a host; heal what died. Returns deployment id -> verdict."""
+def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy,
+                  observed_since: dt.datetime | None = None) -> dict[str, str]:
+    """Record one probe cycle of a host; heal what died. Returns deployment id -> verdict.
+
+    ``observed_since``: when the probe began looking. A deployment whose record changed after
+    that (a converge recorded its outcome meanwhile) is left to the next cycle: the probe may
+    have seen its container between create and start, or the one it replaced."""
     if report is None:
         return {}
     by_deployment: dict[str, list[dict[str, Any]]] = {}
@@ -501,6 +506,8 @@ def record_health(host: str, report: dict[str, Any] | None, policy: HealthPolicy
             d = state.locked(row.id)
             if d is None or d.desired_state != "running" or d.observed_generation < d.generation:
                 continue  # changing: its own job decides
+            if observed_since is not None and d.updated_at > observed_since:
+                continue  # changed since the probe looked: what it saw is stale
             if not state.serving(d):
                 continue
             if jobqueue.open_converge(d) is not None:
