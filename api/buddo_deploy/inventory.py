@@ -236,6 +236,11 @@ def container_hosts(inventory: Path, default_ports: tuple[int, int] = (20000, 29
     return tuple(found)
 
 
+def container_host(inventory: Path, name: str, default_ports: tuple[int, int] = (20000, 29999)) -> ContainerHost | None:
+    """The container host ``name`` of the inventory, or None when it has none of that name."""
+    return next((h for h in container_hosts(inventory, default_ports) if h.name == name), None)
+
+
 def host_addresses(inventory: Path, host: str) -> tuple[str, ...]:
     """The public addresses of ``host`` (``buddo_public_ipv4``/``_ipv6``), for the custom-domain check:
     a custom domain whose A/AAAA records are all among them points at the host."""

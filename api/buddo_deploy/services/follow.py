@@ -33,7 +33,7 @@ import peewee
 
 from ..crypto import decrypt_env
 from ..db import connect_thread, write_transaction
-from ..inventory import ContainerHost, container_hosts
+from ..inventory import ContainerHost, container_host
 from ..models import Deployment, OutputFollow, OutputLine, Run, database_proxy, utcnow
 from ..settings import Settings
 from ..vocabulary import FINISHED_RUN_STATES
@@ -373,8 +373,7 @@ class Collectors:
 
 
 def _host(settings: Settings, name: str) -> ContainerHost | None:
-    return next((h for h in container_hosts(Path(settings.inventory), settings.host_port_range) if h.name == name),
-                None)
+    return container_host(Path(settings.inventory), name, settings.host_port_range)
 
 
 # A one-off run's collector, by run id, in the worker running it (tasks/run.py).

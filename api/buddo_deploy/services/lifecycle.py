@@ -23,7 +23,7 @@ from ..auth import Principal
 from ..crypto import decrypt_env, encrypt_env
 from ..db import connect_thread, is_postgres, write_transaction
 from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable, UpstreamFailed
-from ..inventory import ContainerHost, container_hosts
+from ..inventory import ContainerHost, container_host, container_hosts
 from ..models import AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
 from ..schemas import MAX_ENV_TOTAL, MAX_ENV_VARS, DeploymentCreate, DeploymentUpdate
 from ..settings import Settings
@@ -319,8 +319,7 @@ class Lifecycle:
                                     f"deployment has {deployment.custom_domain}; remove it first",
                                     "custom_domain_not_allowed")
         self._check_tier_limit(principal, tier)
-        host = next((h for h in container_hosts(self.settings.inventory, self.settings.host_port_range)
-                     if h.name == deployment.host), None)
+        host = container_host(self.settings.inventory, deployment.host, self.settings.host_port_range)
         held = Deployment.select(peewee.fn.COALESCE(peewee.fn.SUM(Deployment.memory_limit_mb), 0)).where(
             (Deployment.host == deployment.host) & Deployment.released_at.is_null()
             & (Deployment.id != deployment.id)).scalar()
