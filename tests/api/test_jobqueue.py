@@ -3,7 +3,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-import peewee
 import pytest
 from buddo_deploy import jobqueue
 from buddo_deploy.db import write_transaction
@@ -449,13 +448,12 @@ def test_concurrent_creates_of_one_operator_hold_the_limits(client_with, tier, l
     assert Deployment.select().where(Deployment.operator_id == "bursty").count() == allowed
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the plan read is SQLite's EXPLAIN QUERY PLAN
 def test_a_claim_seeks_however_many_jobs_are_queued_and_however_long_the_history(client, deployments):
     """SQLite's plan of the claim: each way a job is due is a walk of jobs_open in id order
     that stops at its first claimable job (no sort of every due job), and every subquery
     seeks by an index (no table scanned); only the two found are sorted."""
     db = database_proxy.obj
-    if not isinstance(db, peewee.SqliteDatabase):
-        pytest.skip("the plan read is SQLite's (PostgreSQL's planner chooses by its statistics)")
     now = utcnow()
     queued, lapsed = (jobqueue._CLAIMABLE.format(p=db.param, only="j.reserved_for IS NULL", due=due.format(p=db.param))
                       for due in jobqueue._DUE)
