@@ -182,3 +182,45 @@ def test_a_placement_reads_the_same_rows_however_many_deployments_a_host_holds(t
     for i in range(2, 8):
         create(client, f"app-{i}")
     assert count_rows(monkeypatch, place) == few
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_create_placing_on_one_host_does_not_hold_up_a_create_for_another(client_with, tmp_path, monkeypatch):
+    """Placement takes a lock per host, not one for the platform: while one create holds host-a
+    (paused after placing, before it commits), another operator's create that would have chosen
+    host-a as well takes host-b and commits. SQLite runs one writer at a time by design."""
+    inventory = write_inventory(tmp_path / "inv", {"host-a": {"buddo_host_memory_mb": 1024},
+                                                   "host-b": {"buddo_host_memory_mb": 1024}})
+    client = client_with(inventory=inventory)
+    placed, release = threading.Event(), threading.Event()
+    charge = lifecycle.Billing.charge_first_cycle
+
+    def paused(self, deployment):
+        if deployment.operator_id == "op-first":
+            placed.set()
+            assert release.wait(60)  # holds host-a's lock (and its transaction) until the other committed
+        return charge(self, deployment)
+
+    monkeypatch.setattr(lifecycle.Billing, "charge_first_cycle", paused)
+    answers: dict[str, falcon.testing.Result] = {}
+
+    def first() -> None:
+        answers["first"] = create(client, "first", operator="op-first")
+        database_proxy.obj.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert placed.wait(60)
+    second = threading.Thread(target=lambda: answers.update(second=create(client, "second", operator="op-second")))
+    second.start()
+    second.join(30)  # a lock for the whole platform would hold it until the first one commits
+    done_before_first = not second.is_alive()
+    release.set()
+    thread.join()
+    second.join()
+    assert done_before_first, "the second create waited for the first one's transaction"
+    assert answers["second"].status_code == 201, answers["second"].text
+    assert answers["first"].status_code == 201, answers["first"].text
+    # Both saw two empty hosts; the tie goes to host-a, whose lock the first create held.
+    assert answers["first"].json["deployment"]["host"] == "host-a"
+    assert answers["second"].json["deployment"]["host"] == "host-b"

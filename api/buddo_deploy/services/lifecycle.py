@@ -37,8 +37,26 @@ _PORT_ATTEMPTS = 8
 # Blocks of two ports a placement probes at random in one read (a range this full that
 # none is free is read whole).
 PORT_PROBES = 16
-# pg_advisory_xact_lock(key) of every create: limits and placement are counted and taken as one step.
-_CREATE_LOCK = 74_217_003
+# PostgreSQL advisory locks, pg_advisory_xact_lock(kind, hashtext(name)): an operator's limits
+# are counted and taken as one step under its own lock; a host's room and ports under the host's.
+_OPERATOR_LOCK = 74_217_003
+_HOST_LOCK = 74_217_004
+
+
+def _advisory_lock(kind: int, name: str, *, wait: bool) -> bool:
+    """A PostgreSQL transaction-scoped advisory lock (a no-op on SQLite, whose writers run one at a
+    time); without ``wait``, False when another transaction holds it."""
+    db = database_proxy.obj
+    if not is_postgres(db):
+        return True
+    if wait:
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (kind, name))
+        return True
+    return bool(db.execute_sql("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (kind, name)).fetchone()[0])
+
+
+class _Crowded(Exception):
+    """The host a placement chose filled up before its lock was ours: place again, afresh."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +172,7 @@ class Lifecycle:
         for _ in range(_PORT_ATTEMPTS):
             try:
                 with write_transaction(db):
-                    self._serialise_creates()
+                    self._lock_operator(principal)
                     self._check_limits(principal, tier)
                     now = utcnow()
                     # Paid for up front: the whole create rolls back if the first cycle is not paid.
@@ -168,6 +186,8 @@ class Lifecycle:
                     state.audit(deployment, "create", "completed", principal.client_id)
                     state.request(deployment, "deploy", None, timeout_s=self._timeout)
                     return deployment
+            except _Crowded:
+                continue
             except peewee.IntegrityError as exc:
                 message = str(exc)
                 if "custom_domain" in message:
@@ -251,7 +271,7 @@ class Lifecycle:
         its success makes a new release. A request that changes nothing runs nothing."""
         with write_transaction(database_proxy.obj):
             if request.tier is not None:
-                self._serialise_creates()  # a tier change counts and places as a create does
+                self._lock_operator(principal)  # a tier change counts and places as a create does
                 self.get_owned(principal, deployment_id)
                 self.billing.lock_account(principal.operator_id, utcnow())  # before the deployment's lock
             deployment = self._live(principal, deployment_id, "update")
@@ -319,6 +339,7 @@ class Lifecycle:
                                     f"deployment has {deployment.custom_domain}; remove it first",
                                     "custom_domain_not_allowed")
         self._check_tier_limit(principal, tier)
+        _advisory_lock(_HOST_LOCK, deployment.host, wait=True)  # its room is counted and taken as one step
         host = container_host(self.settings.inventory, deployment.host, self.settings.host_port_range)
         held = Deployment.select(peewee.fn.COALESCE(peewee.fn.SUM(Deployment.memory_limit_mb), 0)).where(
             (Deployment.host == deployment.host) & Deployment.released_at.is_null()
@@ -379,18 +400,19 @@ class Lifecycle:
         return deployment
 
     @staticmethod
-    def _serialise_creates() -> None:
-        """Count and insert as one step platform-wide, or concurrent creates all pass the
-        same count: an operator over its limit, a host over its capacity.
+    def _lock_operator(principal: Principal) -> None:
+        """Count an operator's deployments and add one as one step, or concurrent creates all
+        pass the same count. The room and ports of a host are taken under its own lock
+        (:meth:`_take_host`), so creates on different hosts run side by side.
 
         SQLite: write_transaction is BEGIN IMMEDIATE, so writers already run one at a time.
-        PostgreSQL: READ COMMITTED lets two transactions count before either inserts, so a
-        transaction-scoped advisory lock orders creates; each count then sees the previous
-        create committed. One lock for all, because placement compares every host.
+        PostgreSQL: READ COMMITTED lets two transactions count before either inserts, so
+        transaction-scoped advisory locks order them; each count then sees the previous
+        change committed. The lock order: the operator's, its billing account's row, then
+        rows of its deployments, and a host's lock last (nothing waits on another lock while
+        holding a host's), so these locks never deadlock.
         """
-        db = database_proxy.obj
-        if is_postgres(db):
-            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
+        _advisory_lock(_OPERATOR_LOCK, principal.operator_id, wait=True)
 
     @staticmethod
     def _tier(slug: str) -> Tier:
@@ -430,27 +452,62 @@ class Lifecycle:
 
         Everything a host holds counts (stopped deployments too: they may start again), until
         its teardown has converged. The database sums what each host holds; ports are probed
-        (:meth:`_free_port`), not read. Call under _serialise_creates.
+        (:meth:`_free_port`), not read. The chosen host is taken under its own lock: one whose
+        lock another create holds gives way to the next that fits, so concurrent creates spread
+        over the hosts instead of queueing behind one. Raises _Crowded when hosts filled up
+        meanwhile (the caller places again, afresh). Call under _lock_operator.
         """
         hosts = container_hosts(self.settings.inventory, self.settings.host_port_range)
-        held = Deployment.host.in_([h.name for h in hosts]) & Deployment.released_at.is_null()
-        rows = cast(Iterable[tuple[Any, ...]], (  # .tuples() rows; the stubs type a select's rows as models
-            Deployment.select(Deployment.host, peewee.fn.SUM(Deployment.memory_limit_mb),  # from the index alone
-                              peewee.fn.COUNT(peewee.SQL("*"))).where(held).group_by(Deployment.host).tuples()))
-        used = {host: (int(memory or 0), int(count)) for host, memory, count in rows}
+        used = self._held([h.name for h in hosts])
         ranked = sorted(hosts, key=lambda h: (-(h.memory_mb - used.get(h.name, (0, 0))[0]),
                                               used.get(h.name, (0, 0))[1], h.name))
-        for host in ranked:
-            if host.memory_mb - used.get(host.name, (0, 0))[0] < tier.memory_limit_mb:
-                break  # ranked by free memory: no later host has more
+        fitting = [h for h in ranked if h.memory_mb - used.get(h.name, (0, 0))[0] >= tier.memory_limit_mb]
+        if not fitting:
+            raise Unavailable(
+                f"No container host has room for a '{tier.slug}' deployment ({tier.memory_limit_mb} MB); "
+                "try again later",
+                code="capacity_exhausted",
+                details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb},
+            )
+        busy: list[ContainerHost] = []
+        taken = crowded = False
+        for host in fitting:
+            if not _advisory_lock(_HOST_LOCK, host.name, wait=False):
+                busy.append(host)  # another create is placing there
+                continue
+            taken = True
+            if not self._has_room(host, tier):
+                crowded = True  # another create filled it after our first look
+                continue
             port = self._free_port(host)
             if port is not None:
                 return host.name, port
+        if busy and not taken:  # every host that fits is being placed on: wait for the best one
+            _advisory_lock(_HOST_LOCK, busy[0].name, wait=True)
+            port = self._free_port(busy[0]) if self._has_room(busy[0], tier) else None
+            if port is not None:
+                return busy[0].name, port
+        if busy or crowded:
+            raise _Crowded(tier.slug)  # hosts filled up while we looked: look again, afresh
         raise Unavailable(
-            f"No container host has room for a '{tier.slug}' deployment ({tier.memory_limit_mb} MB); try again later",
-            code="capacity_exhausted",
-            details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb},
-        )
+            f"No container host with room for a '{tier.slug}' deployment has a free port; try again later",
+            code="capacity_exhausted", details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb})
+
+    def _has_room(self, host: ContainerHost, tier: Tier) -> bool:
+        """Under the host's lock on PostgreSQL, whose first look may be stale by now (on SQLite
+        nothing could change since)."""
+        if not is_postgres(database_proxy.obj):
+            return True
+        return host.memory_mb - self._held([host.name]).get(host.name, (0, 0))[0] >= tier.memory_limit_mb
+
+    @staticmethod
+    def _held(names: list[str]) -> dict[str, tuple[int, int]]:
+        """Per host: the memory its deployments hold and how many (from one covering index)."""
+        held = Deployment.host.in_(names) & Deployment.released_at.is_null()
+        rows = cast(Iterable[tuple[Any, ...]], (  # .tuples() rows; the stubs type a select's rows as models
+            Deployment.select(Deployment.host, peewee.fn.SUM(Deployment.memory_limit_mb),
+                              peewee.fn.COUNT(peewee.SQL("*"))).where(held).group_by(Deployment.host).tuples()))
+        return {host: (int(memory or 0), int(count)) for host, memory, count in rows}
 
     @staticmethod
     def _free_port(host: ContainerHost) -> int | None:
