@@ -97,7 +97,7 @@ class Idempotency:
         body = req.stream.read(length) if length else b""
         # The resource reads it as it came (falcon's bounded_stream wraps wsgi.input).
         req.env["wsgi.input"] = req.stream = io.BytesIO(body)
-        found = idempotency.begin(principal.operator_id, key,
+        found = idempotency.begin(self.secret_key, principal.operator_id, key,
                                   idempotency.fingerprint(self.secret_key, req.method, req.path, body))
         if found is not None:
             resp.status = falcon.code_to_http_status(found.status)
@@ -121,4 +121,4 @@ class Idempotency:
             return
         body = resp.text if resp.text is not None else (resp.data or b"").decode("utf-8", "replace")
         headers = {name: value for name in self.KEPT_HEADERS if (value := resp.get_header(name)) is not None}
-        idempotency.answer(operator_id, key, status, body, headers)
+        idempotency.answer(self.secret_key, operator_id, key, status, body, headers)

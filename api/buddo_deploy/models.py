@@ -379,7 +379,7 @@ class IdempotencyKey(BaseModel):
     fingerprint = peewee.CharField()
     state = peewee.CharField()  # started | answered
     status = peewee.IntegerField(null=True)
-    body = peewee.TextField(null=True)
+    body = peewee.TextField(null=True)  # the answer's body, encrypted (BUDDO_SECRET_KEY; migration 0030)
     headers = peewee.TextField(null=True)  # JSON: the answer's Location and Content-Type
     created_at = peewee.DateTimeField()
     expires_at = peewee.DateTimeField()

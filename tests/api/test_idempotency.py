@@ -33,6 +33,23 @@ def test_a_retried_create_gets_the_same_201_and_makes_one_deployment(client):
     assert _create(client, None, env_vars={"API_TOKEN": "s3cret-value-91"}).status_code == 422
 
 
+def test_a_retried_webhook_registration_gets_its_secret_again_which_is_stored_encrypted(client):
+    """The signing secret is shown once: in the registration's answer, which a keyed retry gets
+    again (the client that lost it needs it); the answer is remembered encrypted, never in the clear."""
+    headers = auth() | {"Idempotency-Key": "hook-1"}
+    body = {"url": "https://hooks.example.com/buddo"}
+    first = client.simulate_post("/api/deploy/webhooks", json=body, headers=headers)
+    again = client.simulate_post("/api/deploy/webhooks", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201, first.text
+    secret = first.json["secret"]
+    assert again.json == first.json and again.headers["idempotent-replayed"] == "true"
+    [row] = IdempotencyKey.select()
+    assert row.body and secret not in row.body and secret.removeprefix("whsec_") not in row.body
+    assert first.json["webhook"]["id"] not in row.body  # the whole answer is sealed, not the secret alone
+    shown = client.simulate_get(f"/api/deploy/webhooks/{first.json['webhook']['id']}", headers=auth())
+    assert shown.status_code == 200 and secret not in shown.text
+
+
 def test_the_same_key_for_another_request_is_422_and_changes_nothing(client):
     assert _create(client, "k-2").status_code == 201
     other = _create(client, "k-2", subdomain="another-app")

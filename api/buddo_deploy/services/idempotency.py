@@ -10,8 +10,9 @@ forgotten, so the retry runs: a 5xx (the platform failed) and a 429 (a limit, fo
 
 Keys are the operator's own: another operator's identical key is another key. The request
 is remembered by an HMAC of it (BUDDO_SECRET_KEY), never by its body, which may hold env
-values or a registry password; the answers remembered never hold either (the API never
-returns them).
+values or a registry password. The answer is stored encrypted with the same key: it may hold
+a secret shown once (a webhook's signing secret), which a retry of that request gets again,
+as Stripe replays it (the client that lost the first answer needs it).
 
 A request whose process died before it was answered leaves its key ``started``: after
 ``ABANDONED_AFTER`` a retry runs it again (what the first did, if anything, then answers
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 import peewee
 
+from ..crypto import decrypt_secret, encrypt_secret
 from ..db import write_transaction
 from ..domain_errors import Conflict, Invalid
 from ..models import IdempotencyKey, database_proxy, utcnow
@@ -60,7 +62,7 @@ def fingerprint(secret_key: str, method: str, path: str, body: bytes) -> str:
                     hashlib.sha256).hexdigest()
 
 
-def begin(operator_id: str, key: str, print_: str) -> Answer | None:
+def begin(secret_key: str, operator_id: str, key: str, print_: str) -> Answer | None:
     """None: the request goes on, its key now ``started``. An :class:`Answer`: the first
     answer, to be given again. Raises Invalid (the key was used for another request) or
     Conflict (the first request is still being answered, after waiting ``WAIT_S`` for it)."""
@@ -69,7 +71,7 @@ def begin(operator_id: str, key: str, print_: str) -> Answer | None:
     while True:
         try:
             with write_transaction(db):
-                found = _take(operator_id, key, print_)
+                found = _take(secret_key, operator_id, key, print_)
         except peewee.IntegrityError:  # PostgreSQL: another request inserted the key first
             found = "started"
         if found is None or isinstance(found, Answer):
@@ -82,7 +84,7 @@ def begin(operator_id: str, key: str, print_: str) -> Answer | None:
         time.sleep(0.05)
 
 
-def _take(operator_id: str, key: str, print_: str) -> Answer | str | None:
+def _take(secret_key: str, operator_id: str, key: str, print_: str) -> Answer | str | None:
     now = utcnow()
     row = IdempotencyKey.get_or_none((IdempotencyKey.operator_id == operator_id)
                                      & (IdempotencyKey.idempotency_key == key))
@@ -98,15 +100,17 @@ def _take(operator_id: str, key: str, print_: str) -> Answer | str | None:
         raise Invalid.for_field("Idempotency-Key", "was already used for another request (method, path or body "
                                 "differ); use a new key for a new request", code="idempotency_key_reused")
     if row.state == "answered":
-        return Answer(int(row.status or 0), row.body or "", json.loads(row.headers or "{}"))
+        body = decrypt_secret(secret_key, row.body, "a remembered answer") if row.body else ""
+        return Answer(int(row.status or 0), body, json.loads(row.headers or "{}"))
     return "started"
 
 
-def answer(operator_id: str, key: str, status: int, body: str, headers: dict[str, str]) -> None:
-    """Remember the answer of a started key for ``RETENTION``."""
+def answer(secret_key: str, operator_id: str, key: str, status: int, body: str, headers: dict[str, str]) -> None:
+    """Remember the answer of a started key for ``RETENTION``, its body encrypted."""
     now = utcnow()
+    sealed = encrypt_secret(secret_key, body) if body else None
     with write_transaction(database_proxy.obj):
-        IdempotencyKey.update(state="answered", status=status, body=body, headers=json.dumps(headers),
+        IdempotencyKey.update(state="answered", status=status, body=sealed, headers=json.dumps(headers),
                               expires_at=now + RETENTION).where(
             (IdempotencyKey.operator_id == operator_id) & (IdempotencyKey.idempotency_key == key)
             & (IdempotencyKey.state == "started")).execute()
