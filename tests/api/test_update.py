@@ -218,8 +218,11 @@ CHECK = {"path": "/healthz", "expected_status": 204, "interval_s": 30, "timeout_
 def test_a_health_check_is_given_at_create_shown_sent_to_the_engine_and_changed_by_patch(client, settings):
     plain = running(client, settings, subdomain="plain")
     shown = client.simulate_get(f"/api/deploy/apps/{plain}", headers=auth()).json["deployment"]
-    assert shown["health_check"] == {"path": "/", "expected_status": None, "interval_s": 15, "timeout_s": 3,
-                                     "grace_s": 60}
+    # None given: null, the platform's own (any answer gates a new container); sent back, nothing runs.
+    assert shown["health_check"] is None
+    queued = Job.select().count()
+    assert patch(client, plain, {"health_check": shown["health_check"]}).status_code == 200
+    assert Job.select().count() == queued
     resp = client.simulate_post("/api/deploy/apps", headers=auth(), json={
         "subdomain": "checked", "image": IMAGE, "tier": "buddo-starter", "health_check": CHECK})
     assert resp.status_code == 201, resp.text

@@ -87,8 +87,7 @@ def deployment_out(deployment: Any, url: str, verification: dict[str, Any] | Non
         memory_limit_mb=deployment.memory_limit_mb,
         cpu_limit_millicores=deployment.cpu_limit_millicores,
         env_var_names=json.loads(deployment.env_var_names),
-        health_check=HealthCheck.model_validate_json(deployment.health_check) if deployment.health_check
-        else HealthCheck(),
+        health_check=HealthCheck.model_validate_json(deployment.health_check) if deployment.health_check else None,
         host=deployment.host,
         image_digest=deployment.image_digest,
         inserted_at=deployment.inserted_at,

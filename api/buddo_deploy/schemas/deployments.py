@@ -310,7 +310,10 @@ class DeploymentOut(BaseModel):
     memory_limit_mb: int
     cpu_limit_millicores: int
     env_var_names: list[str]
-    health_check: HealthCheck = Field(description="The health check in effect (the defaults when none was given)")
+    health_check: HealthCheck | None = Field(description=(
+        "The health check the deployment was given; null: the platform's own, which gives no field of its "
+        "own: any answer on / within 60 s lets a new container take traffic, then any status below 500 on / "
+        "is healthy (each probe up to 2 s, every probe cycle)"))
     host: str
     image_digest: str | None
     inserted_at: Timestamp
