@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 
+import falcon.testing
 import pytest
 from buddo_deploy import jobqueue
-from buddo_deploy.models import AuditEntry, Deployment, Job, Run
+from buddo_deploy.app import create_app
+from buddo_deploy.models import AuditEntry, Deployment, Job, Run, database_proxy
 from buddo_deploy.results import PlaybookResult
 from buddo_deploy.services import runs
 
-from tests.helpers import auth, create_deployment, run_job
+from tests.helpers import auth, create_body, create_deployment, digest, make_settings, migrate, run_job
 
 SECRET_ARG = "hunter2-in-argv"
 
@@ -117,3 +119,29 @@ def test_the_worker_records_how_a_run_ended(client, settings, stats, state, code
     assert details["run_id"] == str(run.id) and details["state"] == state and SECRET_ARG not in entry.details
     # Finished: the next run may start.
     assert start(client, ident).status_code == 202
+
+
+
+def test_a_run_holds_its_deployments_memory_on_the_host_while_it_is_active(tmp_path, backend):
+    """A run's container has the deployment's memory beside the app's: placement counts it, and a
+    run the host has no room for is refused (503), so runs never overcommit a host."""
+    inventory = tmp_path / "inv"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text("container_hosts:\n  hosts:\n    container-host-1:\n"
+                                         "      buddo_host_memory_mb: 512\n")
+    settings = make_settings(tmp_path, backend, inventory=inventory)
+    migrate(settings)
+    client = falcon.testing.TestClient(create_app(settings))
+    ident = served(client, settings)  # buddo-starter: 256 MB
+    run = start(client, ident)
+    assert run.status_code == 202, run.text
+    full = client.simulate_post("/api/deploy/apps", json=create_body(subdomain="second"), headers=auth())
+    assert full.status_code == 503 and full.json["error"]["code"] == "capacity_exhausted"
+    Run.update(state="succeeded").where(Run.id == run.json["run"]["id"]).execute()  # it ended: its room is free
+    second = create_deployment(client, subdomain="second")
+    Deployment.update(image_digest=digest(2)).where(Deployment.id == second).execute()  # as if it ran
+    refused = start(client, second)
+    assert refused.status_code == 503 and refused.json["error"]["code"] == "capacity_exhausted", refused.text
+    assert refused.json["error"]["details"] == {"memory_mb": 256}
+    assert Run.select().count() == 1
+    database_proxy.obj.close()

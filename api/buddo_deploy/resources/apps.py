@@ -60,7 +60,7 @@ RUN_STREAMS = follow.RunStreams(lambda run: RunEnvelope(run=run_out(run)).model_
 class AppsResource:
     def __init__(self, lifecycle: Lifecycle, context: ValidationContext) -> None:
         self.lifecycle = lifecycle
-        self.runs = Runs(lifecycle.settings.secret_key)
+        self.runs = Runs(lifecycle.settings)
         self.max_body = lifecycle.settings.max_body_bytes
         self.context = context
 

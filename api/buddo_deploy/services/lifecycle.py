@@ -12,9 +12,9 @@ import random
 import secrets
 import string
 import uuid
-from collections.abc import Collection, Hashable, Iterable
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import peewee
 
@@ -30,6 +30,7 @@ from ..settings import Settings
 from ..vocabulary import DeploymentStatus
 from . import domains, output, pages, releases, state
 from .billing import Billing
+from .placement import HOST_LOCK, OPERATOR_LOCK, advisory_lock, free_mb, held
 from .tiers import get_tier
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -37,22 +38,6 @@ _PORT_ATTEMPTS = 8
 # Blocks of two ports a placement probes at random in one read (a range this full that
 # none is free is read whole).
 PORT_PROBES = 16
-# PostgreSQL advisory locks, pg_advisory_xact_lock(kind, hashtext(name)): an operator's limits
-# are counted and taken as one step under its own lock; a host's room and ports under the host's.
-_OPERATOR_LOCK = 74_217_003
-_HOST_LOCK = 74_217_004
-
-
-def _advisory_lock(kind: int, name: str, *, wait: bool) -> bool:
-    """A PostgreSQL transaction-scoped advisory lock (a no-op on SQLite, whose writers run one at a
-    time); without ``wait``, False when another transaction holds it."""
-    db = database_proxy.obj
-    if not is_postgres(db):
-        return True
-    if wait:
-        db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (kind, name))
-        return True
-    return bool(db.execute_sql("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (kind, name)).fetchone()[0])
 
 
 class _Crowded(Exception):
@@ -339,12 +324,9 @@ class Lifecycle:
                                     f"deployment has {deployment.custom_domain}; remove it first",
                                     "custom_domain_not_allowed")
         self._check_tier_limit(principal, tier)
-        _advisory_lock(_HOST_LOCK, deployment.host, wait=True)  # its room is counted and taken as one step
+        advisory_lock(HOST_LOCK, deployment.host, wait=True)  # its room is counted and taken as one step
         host = container_host(self.settings.inventory, deployment.host, self.settings.host_port_range)
-        held = Deployment.select(peewee.fn.COALESCE(peewee.fn.SUM(Deployment.memory_limit_mb), 0)).where(
-            (Deployment.host == deployment.host) & Deployment.released_at.is_null()
-            & (Deployment.id != deployment.id)).scalar()
-        if host is None or host.memory_mb - int(held or 0) < tier.memory_limit_mb:
+        if host is None or free_mb(host.memory_mb, host.name, besides=deployment.id) < tier.memory_limit_mb:
             raise Unavailable(f"The deployment's host has no room for tier '{tier.slug}' ({tier.memory_limit_mb} MB)",
                               code="capacity_exhausted", details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb})
         return {"tier": tier, "memory_limit_mb": tier.memory_limit_mb,
@@ -403,16 +385,14 @@ class Lifecycle:
     def _lock_operator(principal: Principal) -> None:
         """Count an operator's deployments and add one as one step, or concurrent creates all
         pass the same count. The room and ports of a host are taken under its own lock
-        (:meth:`_take_host`), so creates on different hosts run side by side.
+        (:meth:`_place`), so creates on different hosts run side by side.
 
         SQLite: write_transaction is BEGIN IMMEDIATE, so writers already run one at a time.
         PostgreSQL: READ COMMITTED lets two transactions count before either inserts, so
         transaction-scoped advisory locks order them; each count then sees the previous
-        change committed. The lock order: the operator's, its billing account's row, then
-        rows of its deployments, and a host's lock last (nothing waits on another lock while
-        holding a host's), so these locks never deadlock.
+        change committed. The lock order is placement.py's.
         """
-        _advisory_lock(_OPERATOR_LOCK, principal.operator_id, wait=True)
+        advisory_lock(OPERATOR_LOCK, principal.operator_id, wait=True)
 
     @staticmethod
     def _tier(slug: str) -> Tier:
@@ -458,7 +438,7 @@ class Lifecycle:
         meanwhile (the caller places again, afresh). Call under _lock_operator.
         """
         hosts = container_hosts(self.settings.inventory, self.settings.host_port_range)
-        used = self._held([h.name for h in hosts])
+        used = held([h.name for h in hosts])
         ranked = sorted(hosts, key=lambda h: (-(h.memory_mb - used.get(h.name, (0, 0))[0]),
                                               used.get(h.name, (0, 0))[1], h.name))
         fitting = [h for h in ranked if h.memory_mb - used.get(h.name, (0, 0))[0] >= tier.memory_limit_mb]
@@ -472,7 +452,7 @@ class Lifecycle:
         busy: list[ContainerHost] = []
         taken = crowded = False
         for host in fitting:
-            if not _advisory_lock(_HOST_LOCK, host.name, wait=False):
+            if not advisory_lock(HOST_LOCK, host.name, wait=False):
                 busy.append(host)  # another create is placing there
                 continue
             taken = True
@@ -483,7 +463,7 @@ class Lifecycle:
             if port is not None:
                 return host.name, port
         if busy and not taken:  # every host that fits is being placed on: wait for the best one
-            _advisory_lock(_HOST_LOCK, busy[0].name, wait=True)
+            advisory_lock(HOST_LOCK, busy[0].name, wait=True)
             port = self._free_port(busy[0]) if self._has_room(busy[0], tier) else None
             if port is not None:
                 return busy[0].name, port
@@ -498,16 +478,7 @@ class Lifecycle:
         nothing could change since)."""
         if not is_postgres(database_proxy.obj):
             return True
-        return host.memory_mb - self._held([host.name]).get(host.name, (0, 0))[0] >= tier.memory_limit_mb
-
-    @staticmethod
-    def _held(names: list[str]) -> dict[str, tuple[int, int]]:
-        """Per host: the memory its deployments hold and how many (from one covering index)."""
-        held = Deployment.host.in_(names) & Deployment.released_at.is_null()
-        rows = cast(Iterable[tuple[Any, ...]], (  # .tuples() rows; the stubs type a select's rows as models
-            Deployment.select(Deployment.host, peewee.fn.SUM(Deployment.memory_limit_mb),
-                              peewee.fn.COUNT(peewee.SQL("*"))).where(held).group_by(Deployment.host).tuples()))
-        return {host: (int(memory or 0), int(count)) for host, memory, count in rows}
+        return free_mb(host.memory_mb, host.name) >= tier.memory_limit_mb
 
     @staticmethod
     def _free_port(host: ContainerHost) -> int | None:

@@ -9,8 +9,10 @@ secret: it is stored encrypted and reaches the host through the run's secret fil
 its extra vars, and no audit entry or job event names it.
 
 Bounds: ``schemas.MAX_RUN_TIMEOUT_S`` a run, ``ACTIVE_PER_DEPLOYMENT`` runs queued or running per
-deployment (their containers count against the host as the app does: the tier's memory,
-CPU, processes and disk, each), and retention (``BUDDO_RETENTION_DAYS``) for finished runs.
+deployment (their containers have the deployment's caps: the tier's memory, CPU, processes and
+disk; a run holds its memory on the host while queued or running, as placement counts it, and
+is refused with 503 when the host has no room for it), and retention (``BUDDO_RETENTION_DAYS``)
+for finished runs.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from .. import jobqueue
 from ..auth import Principal
 from ..crypto import decrypt_secret, encrypt_secret
 from ..db import connect_thread, write_transaction
-from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound
+from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable
+from ..inventory import container_host
 from ..models import Deployment, Job, Run, database_proxy, utcnow
 from ..results import PlaybookResult
+from ..settings import Settings
 from ..vocabulary import FINISHED_RUN_STATES, DesiredState, RunState
-from . import engine, output, releases, state
+from . import engine, output, placement, releases, state
 
 ACTIVE_PER_DEPLOYMENT = 1
 MAX_LINES = 1000
@@ -39,8 +43,9 @@ JOB_OVERHEAD_S = 300
 class Runs:
     """The API's side: start a run, read one, list a deployment's."""
 
-    def __init__(self, secret_key: str) -> None:
-        self.secret_key = secret_key
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secret_key = settings.secret_key
 
     @staticmethod
     def _owned(principal: Principal, deployment_id: uuid.UUID, *, lock: bool = False) -> Deployment:
@@ -68,6 +73,7 @@ class Runs:
             if active >= ACTIVE_PER_DEPLOYMENT:
                 raise LimitReached(f"At most {ACTIVE_PER_DEPLOYMENT} run at a time per deployment",
                                    code="run_limit_reached", details={"limit": ACTIVE_PER_DEPLOYMENT})
+            self._check_room(d)
             run = Run.create(id=uuid.uuid4(), deployment=d.id, timeout_s=timeout_s, state=RunState.QUEUED,
                              command_encrypted=encrypt_secret(self.secret_key, json.dumps(command)),
                              initiated_by=principal.client_id, inserted_at=now)
@@ -77,6 +83,16 @@ class Runs:
             Run.update(job_id=job.id).where(Run.id == run.id).execute()
             run.job_id = job.id
         return run
+
+    def _check_room(self, d: Deployment) -> None:
+        """The run's container holds the deployment's memory beside it: the host must have that room
+        (counted and taken under the host's lock, as placement does)."""
+        placement.advisory_lock(placement.HOST_LOCK, d.host, wait=True)
+        host = container_host(self.settings.inventory, d.host, self.settings.host_port_range)
+        if host is None or placement.free_mb(host.memory_mb, d.host) < d.memory_limit_mb:
+            raise Unavailable(f"The deployment's host has no room for a run now ({d.memory_limit_mb} MB); "
+                              "try again later", code="capacity_exhausted",
+                              details={"memory_mb": d.memory_limit_mb}, headers={"Retry-After": "60"})
 
     def get(self, principal: Principal, deployment_id: uuid.UUID, run_id: uuid.UUID) -> Run:
         run = Run.get_or_none((Run.id == run_id) & (Run.deployment == deployment_id))
