@@ -404,6 +404,41 @@ def test_concurrent_claims_never_share_a_job(client, settings):
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 12
 
 
+def test_api_writes_never_fail_while_claims_run(client, settings):
+    """Claims hold the write lock briefly (SQLite's BEGIN IMMEDIATE, PostgreSQL's claim lock): creates
+    made while two workers claim hundreds of jobs all succeed (no 'database is locked')."""
+    with database_proxy.obj.atomic():
+        for i in range(300):
+            jobqueue.enqueue_reconcile(f"host-{i}", timeout_s=60)
+    claimed: list[int] = []
+    answers: list[tuple[int, str]] = []
+    creating = threading.Event()
+
+    def claim(name: str) -> None:
+        database_proxy.obj.connect(reuse_if_open=True)
+        creating.wait()
+        while (job := jobqueue.claim(name, lease_s=30)) is not None:
+            claimed.append(job.id)
+        database_proxy.obj.close()
+
+    def create(i: int) -> None:
+        creating.set()
+        for n in range(4):
+            resp = client.simulate_post("/api/deploy/apps", json=create_body(subdomain=f"during-{i}-{n}"),
+                                        headers=auth(f"creator-{i}-{n}"))
+            answers.append((resp.status_code, resp.text))
+        database_proxy.obj.close()
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(2)]
+    threads += [threading.Thread(target=create, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [text for status, text in answers if status != 201] == []
+    assert len(answers) == 16 and len(set(claimed)) == len(claimed) >= 300
+
+
 def test_concurrent_creates_of_one_subdomain_have_one_winner(client, settings):
     results: list[int] = []
     barrier = threading.Barrier(6)

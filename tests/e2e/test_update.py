@@ -75,3 +75,45 @@ def test_a_new_container_whose_health_check_answers_500_fails_and_the_old_one_ke
     assert shown["status"] == "running" and shown["env_var_names"] == ["GREETING"]
     assert len(stack.containers("e2e-check")) == 1
     stack.destroy(ident)
+
+
+def test_a_tier_change_keeps_the_id_runs_the_new_limits_and_bills_a_new_cycle(stack: Stack) -> None:
+    """buddo-starter (256 MB, 500 points) to buddo-pro (512 MB, 2,000 points): the same id,
+    subdomain and releases; the new container has the new memory limit; the unused part of the
+    old cycle comes back as an adjustment and the new cycle is charged now."""
+    image = push_busybox_image("greeting", GREETING_APP, {})
+    operator = "e2e-tier-change"
+    headers = stack.headers(operator)
+    created = stack.call("POST", "/api/deploy/apps", headers=headers, json={
+        "subdomain": "e2e-tier", "image": image, "tier": "buddo-starter", "env_vars": {"GREETING": "tier"}})
+    assert created.status_code == 201, created.text
+    ident = created.json()["deployment"]["id"]
+    assert stack.wait_for(ident, {"running", "failed"})["status"] == "running", stack.logs(ident)
+    [before] = stack.containers("e2e-tier")
+    assert stack.inspect(before["Id"])["HostConfig"]["Memory"] == 256 * 2**20
+    first = stack.call("GET", "/api/deploy/billing", headers=headers).json()
+    balance, seen = first["points_balance"], max(e["id"] for e in first["ledger"])
+
+    with Poller(stack, "e2e-tier", ("tier",)) as poll:
+        changed = stack.call("PATCH", f"/api/deploy/apps/{ident}", json={"tier": "buddo-pro"}, headers=headers)
+        assert changed.status_code == 200, changed.text
+        stack.wait_for_entry(ident, lambda e: e["action"] == "update" and e["status"] == "completed")
+        time.sleep(0.5)
+    assert set(poll.codes) == {"200"}, poll.codes
+    shown = changed.json()["deployment"]
+    assert (shown["id"], shown["subdomain"], shown["tier"], shown["memory_limit_mb"]) == (
+        ident, "e2e-tier", "buddo-pro", 512)
+    [after] = [c for c in stack.containers("e2e-tier") if c["State"] == "running"]
+    assert after["Id"] != before["Id"] and stack.inspect(after["Id"])["HostConfig"]["Memory"] == 512 * 2**20
+    releases = stack.call("GET", f"/api/deploy/apps/{ident}/releases", headers=headers).json()["releases"]
+    assert [r["number"] for r in releases] == [2, 1]
+
+    billing = stack.call("GET", "/api/deploy/billing", headers=headers).json()
+    new = [e for e in billing["ledger"] if e["id"] > seen]
+    assert {e["deployment_id"] for e in new} == {ident}
+    [refund] = [e for e in new if e["kind"] == "adjustment" and e["details"]["reason"] == "tier_change"]
+    assert 0 < refund["amount"] <= 500  # the unused part of the starter cycle, pro rata
+    [charge] = [e for e in new if e["amount"] == -2000]  # the new cycle at the new price, now
+    assert charge["cycle"] == 1
+    assert billing["points_balance"] == balance + sum(e["amount"] for e in new if e["track"] == "buddo_points")
+    stack.call("DELETE", f"/api/deploy/apps/{ident}", headers=headers)
