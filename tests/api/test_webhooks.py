@@ -139,6 +139,28 @@ def test_which_audit_entries_are_which_events(action, status, details, events):
     assert events_of_entry(action, status, details) == events
 
 
+def _attempts_on_time(event: dt.datetime, first: dt.datetime) -> list[dt.timedelta]:
+    """When each attempt of a delivery that always fails is made (from the event), each made when due."""
+    made: list[dt.timedelta] = []
+    at: dt.datetime | None = first
+    while at is not None:
+        made.append(at - event)
+        at = webhooks.next_attempt_at(event, len(made), at)
+    return made
+
+
+def test_a_failing_delivery_is_tried_on_the_schedule_and_a_last_time_24_hours_after_the_event():
+    event = dt.datetime(2025, 3, 1, 12, 0)
+    made = _attempts_on_time(event, event)
+    assert [int(at.total_seconds()) for at in made] == [0, 5, 305, 2105, 9305, 27305, 63305, 86400]
+    assert made[-1] == webhooks.RETRY_FOR
+    # A first attempt made late (the worker was down) leaves room for fewer retries; the last is
+    # still 24 hours after the event, and none comes after that.
+    late = _attempts_on_time(event, event + dt.timedelta(hours=20))
+    assert late[-1] == webhooks.RETRY_FOR and len(late) == 6
+    assert webhooks.next_attempt_at(event, 1, event + webhooks.RETRY_FOR) is None
+
+
 def _deliveries() -> list[WebhookDelivery]:
     return list(WebhookDelivery.select().order_by(WebhookDelivery.inserted_at, WebhookDelivery.id))
 

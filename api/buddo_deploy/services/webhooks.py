@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_ENDPOINTS = 10
 # Seconds from each failed attempt to the next (Svix's schedule, shortened at the start);
-# no attempt starts later than RETRY_FOR after the event.
+# the delay that would pass RETRY_FOR after the event is cut short, so the last attempt is then.
 RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 36000)
 RETRY_FOR = dt.timedelta(hours=24)
 # An endpoint whose every attempt failed for this long is disabled.
@@ -305,6 +305,18 @@ def attempt(url: str, body: str, headers: dict[str, str], allow_private: bool,
     return status, None if 200 <= status < 300 else f"answered HTTP {status}"
 
 
+def next_attempt_at(inserted_at: dt.datetime, attempts: int, failed_at: dt.datetime) -> dt.datetime | None:
+    """When a delivery made at ``inserted_at`` is tried again after its ``attempts``-th attempt
+    failed at ``failed_at``; None: never (its RETRY_FOR is over).
+
+    The delay is the schedule's, but no later than RETRY_FOR after the event (when its first
+    attempt was due): attempts on time end with one at exactly that moment."""
+    deadline = inserted_at + RETRY_FOR
+    if attempts > len(RETRY_SCHEDULE_S) or failed_at >= deadline:
+        return None
+    return min(failed_at + dt.timedelta(seconds=RETRY_SCHEDULE_S[attempts - 1]), deadline)
+
+
 class Deliverer:
     """The worker's webhook timer: sends the due deliveries, a few at a time."""
 
@@ -363,9 +375,8 @@ class Deliverer:
                 values |= {"state": DeliveryState.SUCCEEDED, "next_attempt_at": None}
                 WebhookEndpoint.update(failing_since=None).where(WebhookEndpoint.id == endpoint.id).execute()
             else:
-                later = now + dt.timedelta(seconds=RETRY_SCHEDULE_S[min(attempts, len(RETRY_SCHEDULE_S)) - 1])
-                if attempts > len(RETRY_SCHEDULE_S) or later > delivery.inserted_at + RETRY_FOR \
-                        or not endpoint.enabled:
+                later = next_attempt_at(delivery.inserted_at, attempts, now) if endpoint.enabled else None
+                if later is None:
                     values |= {"state": DeliveryState.FAILED, "next_attempt_at": None}
                 else:
                     values["next_attempt_at"] = later
