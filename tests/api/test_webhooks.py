@@ -210,6 +210,46 @@ def test_an_event_is_delivered_signed_and_a_failing_receiver_is_retried_then_dis
     assert again.json["webhook"]["enabled"] is True and again.json["webhook"]["disabled_reason"] is None
 
 
+@pytest.mark.parametrize("delivered_meanwhile", [False, True])
+def test_an_endpoint_whose_one_delivery_failed_every_attempt_is_disabled(local, settings, receiver,
+                                                                          delivered_meanwhile):
+    """One event and a receiver that answers 500: the last attempt, 24 hours after the event,
+    disables the endpoint, though its first failure (the worker ticks every second) was a
+    second after the event, less than 24 hours before. A success to the endpoint since that
+    event keeps it enabled."""
+    ident = register(local, receiver.url)["webhook"]["id"]
+    app = local.simulate_post("/api/deploy/apps", json=create_body(), headers=auth()).json["deployment"]
+    deployment = Deployment.get_by_id(app["id"])
+    receiver.status = 500
+    webhooks.emit(deployment, WebhookEvent.DESTROYED)
+    [delivery] = _deliveries()
+    now = [delivery.inserted_at + dt.timedelta(seconds=1)]  # the deliverer's clock: the test moves it
+    deliverer = Deliverer(allowing(settings), clock=lambda: now[0])
+    assert deliverer.tick() == 1
+    if delivered_meanwhile:  # another event, delivered before the first one's second attempt
+        receiver.status = 200
+        webhooks.emit(deployment, WebhookEvent.STOPPED)
+        WebhookDelivery.update(next_attempt_at=now[0]).where(WebhookDelivery.id != delivery.id).execute()
+        assert deliverer.tick() == 1
+        receiver.status = 500
+    made = [now[0] - delivery.inserted_at]
+    while (current := WebhookDelivery.get_by_id(delivery.id)).state == "pending":
+        now[0] = current.next_attempt_at
+        assert deliverer.tick() == 1
+        made.append(now[0] - delivery.inserted_at)
+
+    assert made[-1] == webhooks.RETRY_FOR and len(made) == len(webhooks.RETRY_SCHEDULE_S) + 1
+    assert current.last_status == 500
+    endpoint = local.simulate_get(f"/api/deploy/webhooks/{ident}", headers=auth()).json["webhook"]
+    if delivered_meanwhile:
+        assert endpoint["enabled"] is True and endpoint["failing_since"] is not None
+    else:
+        assert endpoint["enabled"] is False
+        reason = endpoint["disabled_reason"]
+        assert f"delivery {delivery.id} failed every attempt in the 24 hours after its event" in reason
+        assert reason.startswith("every attempt failed since ") and reason.endswith("the last: answered HTTP 500")
+
+
 def test_a_delivery_is_never_sent_to_an_address_that_is_not_allowed(client, settings, receiver):
     """Registered while allowed, then the platform runs in production: the attempt is refused
     before any packet is sent, and says why."""
