@@ -9,6 +9,8 @@ BIN=$ROOT/.venv/bin
 export PATH=$BIN:/usr/local/sbin:/usr/sbin:/sbin:$PATH
 export ANSIBLE_CONFIG=$ROOT/ansible.cfg
 export BUDDO_ALLOWED_REGISTRIES=${BUDDO_ALLOWED_REGISTRIES:-harbor.buddo.xyz:4443/,docker.io/library/,ghcr.io/,127.0.0.1:5000/}
+# The walk-through's webhook receivers are on this machine (the platform's default is off).
+export BUDDO_WEBHOOK_ALLOW_PRIVATE=${BUDDO_WEBHOOK_ALLOW_PRIVATE:-true}
 BIND=${BUDDO_BIND:-127.0.0.1:8000}
 API=http://$BIND
 

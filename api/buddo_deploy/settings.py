@@ -287,8 +287,9 @@ class Settings:
     billing_starting_points: int = 0
     billing_starting_sats: int = 0
     rate_limit_webhook: int = 120
-    # Outbound webhooks may go to loopback and private addresses, over http too (tests, make
-    # up's embedded default); never to link-local, multicast or unspecified ones.
+    # Outbound webhooks may go to loopback and private addresses, over http too; off unless set
+    # (make up and the end-to-end tests set it), whatever the database. Never to link-local,
+    # multicast or unspecified ones.
     webhook_allow_private: bool = False
     # Images of this many newest releases stay on the host for rollbacks; older ones are pruned.
     releases_kept: int = 3
@@ -395,7 +396,7 @@ class Settings:
             "billing_starting_points": int(get("BILLING_STARTING_POINTS") or (5000 if embedded else 0)),
             "billing_starting_sats": int(get("BILLING_STARTING_SATS") or (500000 if embedded else 0)),
             "rate_limit_webhook": int(get("RATE_LIMIT_WEBHOOK") or 120),
-            "webhook_allow_private": _bool(get("WEBHOOK_ALLOW_PRIVATE") or ("true" if embedded else "false")),
+            "webhook_allow_private": _bool(get("WEBHOOK_ALLOW_PRIVATE") or "false"),
             "releases_kept": int(get("RELEASES_KEPT") or 3),
             "output_max_age_s": float(get("OUTPUT_MAX_AGE") or 5),
             "operator_concurrency": int(get("OPERATOR_CONCURRENCY") or 2),

@@ -1,19 +1,23 @@
-"""Retention: old finished jobs and their events go, in bounded batches; what explains a deployment stays."""
+"""Retention: old finished jobs and their events go, in bounded batches; what explains a deployment stays.
+Old finished one-off runs and old webhook deliveries that are done go too; unfinished ones stay."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from buddo_deploy import cli, jobqueue
+from buddo_deploy.crypto import encrypt_secret
 from buddo_deploy.db import write_transaction
-from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, WebhookDelivery, database_proxy, utcnow
+from buddo_deploy.models import AuditEntry, Deployment, Job, JobEvent, Run, WebhookDelivery, database_proxy, utcnow
 from buddo_deploy.services import output, retention
 from buddo_deploy.services.webhooks import Webhooks
+from buddo_deploy.vocabulary import FINISHED_RUN_STATES, RunState
 from buddo_deploy.worker import Pruner
 
 from tests.helpers import JWT_SECRET, PRODUCTION_AUTH, auth, create_deployment, run_job
@@ -102,6 +106,56 @@ def test_old_finished_jobs_go_and_what_explains_a_deployment_stays(client, setti
     for other in (j7, 10**9):
         missing = client.simulate_get(f"/api/deploy/apps/{d1}/jobs/{other}", headers=auth()).json["error"]
         assert missing["code"] == "job_not_found" and missing["details"] is None
+
+
+def _run(settings: Any, deployment_id: str, state: RunState, ago: dt.timedelta) -> str:
+    """A one-off run made ``ago``, with its line of output once it finished; its id."""
+    at = utcnow() - ago
+    finished = state in FINISHED_RUN_STATES
+    lines = [{"at": at.isoformat(timespec="seconds") + "Z", "stream": "stdout", "text": f"{state} run"}]
+    return str(Run.create(
+        id=uuid.uuid4(), deployment=deployment_id, command_encrypted=encrypt_secret(settings.secret_key, '["true"]'),
+        timeout_s=60, state=state, output=json.dumps(lines) if finished else None, inserted_at=at,
+        started_at=None if state == RunState.QUEUED else at, finished_at=at if finished else None).id)
+
+
+def _delivery(endpoint_id: Any, state: str, ago: dt.timedelta) -> str:
+    """A webhook delivery made ``ago`` (one still being tried is due now); its id."""
+    at = utcnow() - ago
+    ident = f"msg_{uuid.uuid4().hex}"
+    WebhookDelivery.create(id=ident, endpoint=endpoint_id, event_type="deploy.succeeded", payload="{}", state=state,
+                           attempts=1, next_attempt_at=utcnow() if state == "pending" else None, last_attempt_at=at,
+                           inserted_at=at)
+    return ident
+
+
+def test_old_finished_runs_and_old_deliveries_go_recent_and_unfinished_ones_stay(client, settings):
+    """Runs and deliveries count their age from when they were made; a run's output lines are
+    in its row and go with it."""
+    old, recent = 40 * DAY, 10 * DAY
+    ident = create_deployment(client, subdomain="runs")
+    run_job(settings)
+    old_runs = [_run(settings, ident, state, old) for state in sorted(FINISHED_RUN_STATES)]
+    kept_runs = [_run(settings, ident, state, recent) for state in sorted(FINISHED_RUN_STATES)]
+    kept_runs += [_run(settings, ident, RunState.QUEUED, old), _run(settings, ident, RunState.RUNNING, old)]
+    endpoint, _ = Webhooks(settings).create("operator-1", "https://hooks.example.com/", None, None)
+    old_deliveries = [_delivery(endpoint.id, state, old) for state in ("succeeded", "failed")]
+    kept_deliveries = [_delivery(endpoint.id, state, recent) for state in ("succeeded", "failed")]
+    kept_deliveries.append(_delivery(endpoint.id, "pending", old))
+
+    report = retention.prune(30)
+
+    assert (report.runs, report.deliveries) == (len(old_runs), len(old_deliveries))
+    listed = client.simulate_get(f"/api/deploy/apps/{ident}/runs", headers=auth()).json["runs"]
+    assert sorted(run["id"] for run in listed) == sorted(kept_runs)
+    for run_id in old_runs:
+        gone = client.simulate_get(f"/api/deploy/apps/{ident}/runs/{run_id}", headers=auth())
+        assert gone.status_code == 404 and gone.json["error"]["code"] == "run_not_found"
+    kept = client.simulate_get(f"/api/deploy/apps/{ident}/runs/{kept_runs[0]}", headers=auth()).json["run"]
+    assert [line["text"] for line in kept["output"]] == [f"{sorted(FINISHED_RUN_STATES)[0]} run"]
+    log = client.simulate_get(f"/api/deploy/webhooks/{endpoint.id}/deliveries", headers=auth()).json["deliveries"]
+    assert sorted(delivery["id"] for delivery in log) == sorted(kept_deliveries)
+    assert retention.prune(30).runs == 0
 
 
 def test_zero_days_keeps_everything(client, settings):

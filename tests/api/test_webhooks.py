@@ -139,6 +139,28 @@ def test_which_audit_entries_are_which_events(action, status, details, events):
     assert events_of_entry(action, status, details) == events
 
 
+def _attempts_on_time(event: dt.datetime, first: dt.datetime) -> list[dt.timedelta]:
+    """When each attempt of a delivery that always fails is made (from the event), each made when due."""
+    made: list[dt.timedelta] = []
+    at: dt.datetime | None = first
+    while at is not None:
+        made.append(at - event)
+        at = webhooks.next_attempt_at(event, len(made), at)
+    return made
+
+
+def test_a_failing_delivery_is_tried_on_the_schedule_and_a_last_time_24_hours_after_the_event():
+    event = dt.datetime(2025, 3, 1, 12, 0)
+    made = _attempts_on_time(event, event)
+    assert [int(at.total_seconds()) for at in made] == [0, 5, 305, 2105, 9305, 27305, 63305, 86400]
+    assert made[-1] == webhooks.RETRY_FOR
+    # A first attempt made late (the worker was down) leaves room for fewer retries; the last is
+    # still 24 hours after the event, and none comes after that.
+    late = _attempts_on_time(event, event + dt.timedelta(hours=20))
+    assert late[-1] == webhooks.RETRY_FOR and len(late) == 6
+    assert webhooks.next_attempt_at(event, 1, event + webhooks.RETRY_FOR) is None
+
+
 def _deliveries() -> list[WebhookDelivery]:
     return list(WebhookDelivery.select().order_by(WebhookDelivery.inserted_at, WebhookDelivery.id))
 
@@ -186,6 +208,46 @@ def test_an_event_is_delivered_signed_and_a_failing_receiver_is_retried_then_dis
     assert len(_deliveries()) == 2
     again = local.simulate_patch(f"/api/deploy/webhooks/{secret[0]}", json={"enabled": True}, headers=auth())
     assert again.json["webhook"]["enabled"] is True and again.json["webhook"]["disabled_reason"] is None
+
+
+@pytest.mark.parametrize("delivered_meanwhile", [False, True])
+def test_an_endpoint_whose_one_delivery_failed_every_attempt_is_disabled(local, settings, receiver,
+                                                                          delivered_meanwhile):
+    """One event and a receiver that answers 500: the last attempt, 24 hours after the event,
+    disables the endpoint, though its first failure (the worker ticks every second) was a
+    second after the event, less than 24 hours before. A success to the endpoint since that
+    event keeps it enabled."""
+    ident = register(local, receiver.url)["webhook"]["id"]
+    app = local.simulate_post("/api/deploy/apps", json=create_body(), headers=auth()).json["deployment"]
+    deployment = Deployment.get_by_id(app["id"])
+    receiver.status = 500
+    webhooks.emit(deployment, WebhookEvent.DESTROYED)
+    [delivery] = _deliveries()
+    now = [delivery.inserted_at + dt.timedelta(seconds=1)]  # the deliverer's clock: the test moves it
+    deliverer = Deliverer(allowing(settings), clock=lambda: now[0])
+    assert deliverer.tick() == 1
+    if delivered_meanwhile:  # another event, delivered before the first one's second attempt
+        receiver.status = 200
+        webhooks.emit(deployment, WebhookEvent.STOPPED)
+        WebhookDelivery.update(next_attempt_at=now[0]).where(WebhookDelivery.id != delivery.id).execute()
+        assert deliverer.tick() == 1
+        receiver.status = 500
+    made = [now[0] - delivery.inserted_at]
+    while (current := WebhookDelivery.get_by_id(delivery.id)).state == "pending":
+        now[0] = current.next_attempt_at
+        assert deliverer.tick() == 1
+        made.append(now[0] - delivery.inserted_at)
+
+    assert made[-1] == webhooks.RETRY_FOR and len(made) == len(webhooks.RETRY_SCHEDULE_S) + 1
+    assert current.last_status == 500
+    endpoint = local.simulate_get(f"/api/deploy/webhooks/{ident}", headers=auth()).json["webhook"]
+    if delivered_meanwhile:
+        assert endpoint["enabled"] is True and endpoint["failing_since"] is not None
+    else:
+        assert endpoint["enabled"] is False
+        reason = endpoint["disabled_reason"]
+        assert f"delivery {delivery.id} failed every attempt in the 24 hours after its event" in reason
+        assert reason.startswith("every attempt failed since ") and reason.endswith("the last: answered HTTP 500")
 
 
 def test_a_delivery_is_never_sent_to_an_address_that_is_not_allowed(client, settings, receiver):

@@ -50,6 +50,13 @@ def test_embedded_default_makes_its_secrets_once(tmp_path: Path) -> None:
     assert first.database_url == f"sqlite:///{tmp_path / 'buddo.db'}"
 
 
+def test_webhooks_to_private_addresses_are_off_unless_set(tmp_path: Path) -> None:
+    """The embedded default (SQLite) included: a platform there may be a production one."""
+    base = {"BUDDO_VAR_DIR": str(tmp_path)}
+    assert Settings.from_env(base).webhook_allow_private is False
+    assert Settings.from_env(base | {"BUDDO_WEBHOOK_ALLOW_PRIVATE": "true"}).webhook_allow_private is True
+
+
 def test_production_without_secrets_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="BUDDO_JWT_SECRET and BUDDO_SECRET_KEY not set"):
         Settings.from_env({"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_DATABASE_URL": "postgresql://u@h/db"})

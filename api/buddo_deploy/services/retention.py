@@ -9,6 +9,10 @@ explains the deployment's current state stays readable however old); every audit
 forever. An older entry keeps its ``job_id``; the job view then answers 404 saying the
 job was pruned (services/jobs.py).
 
+One-off runs that finished (their output is in their row) and webhook deliveries that are
+done (sent, or given up) go N days after they were made; a queued or running run and a
+delivery still being tried stay.
+
 Deletes run in batches of at most ``BATCH`` rows, each batch its own short transaction,
 so the API never waits long for the write lock (SQLite has one writer). Two prunes at
 once (the worker's timer, ``buddo-deploy prune``) are safe: a finished job never changes

@@ -6,7 +6,8 @@ library. An event is written as one delivery per subscribed endpoint in the tran
 the change it reports (``emit``), so none is lost and none is sent for a change that rolled
 back. The worker sends what is due (``Deliverer``), each delivery claimed by a short lease
 so that one worker sends it, and retries a failure on a schedule for 24 hours. An endpoint
-that has failed every attempt for ``DISABLE_AFTER`` is disabled, with the reason shown.
+that has failed every attempt for ``DISABLE_AFTER``, or whose delivery failed every attempt
+of its schedule with no success since that delivery's event, is disabled, with the reason shown.
 
 Operators are strangers, so a target is checked twice: at registration (https, no IP
 literal or name of this machine or a private network) and at each attempt (every address
@@ -48,10 +49,11 @@ log = logging.getLogger(__name__)
 
 MAX_ENDPOINTS = 10
 # Seconds from each failed attempt to the next (Svix's schedule, shortened at the start);
-# no attempt starts later than RETRY_FOR after the event.
+# the delay that would pass RETRY_FOR after the event is cut short, so the last attempt is then.
 RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 36000)
 RETRY_FOR = dt.timedelta(hours=24)
-# An endpoint whose every attempt failed for this long is disabled.
+# An endpoint whose every attempt failed for this long is disabled (so is one with a delivery
+# that failed every attempt of its schedule and no success since that delivery's event).
 DISABLE_AFTER = dt.timedelta(hours=24)
 ATTEMPT_TIMEOUT_S = 10.0
 # A claimed delivery is someone's for this long (an attempt takes ATTEMPT_TIMEOUT_S at most).
@@ -305,6 +307,18 @@ def attempt(url: str, body: str, headers: dict[str, str], allow_private: bool,
     return status, None if 200 <= status < 300 else f"answered HTTP {status}"
 
 
+def next_attempt_at(inserted_at: dt.datetime, attempts: int, failed_at: dt.datetime) -> dt.datetime | None:
+    """When a delivery made at ``inserted_at`` is tried again after its ``attempts``-th attempt
+    failed at ``failed_at``; None: never (its RETRY_FOR is over).
+
+    The delay is the schedule's, but no later than RETRY_FOR after the event (when its first
+    attempt was due): attempts on time end with one at exactly that moment."""
+    deadline = inserted_at + RETRY_FOR
+    if attempts > len(RETRY_SCHEDULE_S) or failed_at >= deadline:
+        return None
+    return min(failed_at + dt.timedelta(seconds=RETRY_SCHEDULE_S[attempts - 1]), deadline)
+
+
 class Deliverer:
     """The worker's webhook timer: sends the due deliveries, a few at a time."""
 
@@ -363,31 +377,49 @@ class Deliverer:
                 values |= {"state": DeliveryState.SUCCEEDED, "next_attempt_at": None}
                 WebhookEndpoint.update(failing_since=None).where(WebhookEndpoint.id == endpoint.id).execute()
             else:
-                later = now + dt.timedelta(seconds=RETRY_SCHEDULE_S[min(attempts, len(RETRY_SCHEDULE_S)) - 1])
-                if attempts > len(RETRY_SCHEDULE_S) or later > delivery.inserted_at + RETRY_FOR \
-                        or not endpoint.enabled:
+                later = next_attempt_at(delivery.inserted_at, attempts, now) if endpoint.enabled else None
+                if later is None:
                     values |= {"state": DeliveryState.FAILED, "next_attempt_at": None}
                 else:
                     values["next_attempt_at"] = later
                 if endpoint.enabled:
-                    self._failing(endpoint, now, error)
+                    self._failing(endpoint, now, error, delivery if attempts > len(RETRY_SCHEDULE_S) else None)
             WebhookDelivery.update(**values).where(WebhookDelivery.id == delivery.id).execute()
         log.info("webhook %s (%s) to endpoint %s: attempt %d %s", delivery.id, delivery.event_type,
                  endpoint.id, attempts, "succeeded" if error is None else f"failed: {error}")
 
-    def _failing(self, endpoint: WebhookEndpoint, now: dt.datetime, error: str) -> None:
-        """Note the failure on the endpoint; disable it when it has failed for DISABLE_AFTER."""
+    def _failing(self, endpoint: WebhookEndpoint, now: dt.datetime, error: str,
+                 exhausted: WebhookDelivery | None) -> None:
+        """Note the failure on the endpoint; disable it when it has failed for DISABLE_AFTER, or
+        when ``exhausted`` (a delivery that failed every attempt of its schedule, the last
+        RETRY_FOR after its event) finds no success to the endpoint since that event.
+
+        The second catches an endpoint that hears of one event only: the delivery's last attempt
+        comes RETRY_FOR after the event, a little less than DISABLE_AFTER after its first failure."""
         current = WebhookEndpoint.get_or_none(WebhookEndpoint.id == endpoint.id)
         if current is None:
             return
         since = current.failing_since or now
-        if now - since < DISABLE_AFTER:
+        if exhausted is not None and _delivered_since(endpoint, exhausted.inserted_at):
+            exhausted = None
+        if now - since < DISABLE_AFTER and exhausted is None:
             WebhookEndpoint.update(failing_since=since).where(WebhookEndpoint.id == endpoint.id).execute()
             return
-        reason = f"every attempt failed since {since.isoformat()}; the last: {error}"[:1000]
+        why = f"every attempt failed since {since.isoformat()}"
+        if exhausted is not None:
+            why += (f"; delivery {exhausted.id} failed every attempt in the {RETRY_FOR // dt.timedelta(hours=1)}"
+                    " hours after its event")
+        reason = f"{why}; the last: {error}"[:1000]
         WebhookEndpoint.update(enabled=False, disabled_reason=reason, updated_at=now).where(
             WebhookEndpoint.id == endpoint.id).execute()
         WebhookDelivery.update(state=DeliveryState.FAILED, next_attempt_at=None,
                                last_error="the endpoint was disabled").where(
             (WebhookDelivery.endpoint == endpoint.id) & (WebhookDelivery.state == DeliveryState.PENDING)).execute()
         log.warning("webhook endpoint %s disabled: %s", endpoint.id, reason)
+
+
+def _delivered_since(endpoint: WebhookEndpoint, at: dt.datetime) -> bool:
+    """Whether a delivery to the endpoint succeeded at or after ``at``."""
+    return WebhookDelivery.select().where(
+        (WebhookDelivery.endpoint == endpoint.id) & (WebhookDelivery.state == DeliveryState.SUCCEEDED)
+        & (WebhookDelivery.last_attempt_at >= at)).exists()
