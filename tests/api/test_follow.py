@@ -7,6 +7,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +18,12 @@ import pytest
 from buddo_deploy.inventory import ContainerHost
 from buddo_deploy.models import OutputFollow, OutputLine, Run, utcnow
 from buddo_deploy.services import follow
+from buddo_deploy.services.output import MASK
 
 from tests.helpers import auth, create_deployment
 
 FAKE = Path(__file__).resolve().parents[1] / "unit" / "fake_podman.py"
+LOCAL = ContainerHost("container-host-1", 1024, (20000, 20010), connection="local")
 
 
 class Podman:
@@ -187,6 +190,64 @@ def test_following_a_run_is_its_owners_only(client):
     assert unknown.status_code == 404 and unknown.json["error"]["code"] == "run_not_found"
     mine = client.simulate_get(path, params={"follow": "true"}, headers=auth())
     assert mine.status_code == 503 and mine.json["error"]["code"] == "follow_unavailable"  # not our server
+
+
+def test_a_restart_is_followed_in_both_containers_while_they_overlap(client, settings, podman):
+    ident = create_deployment(client)
+    labels = {"buddo.deployment_id": ident, "buddo.instance": settings.instance}
+    podman.add("c-old", labels, created=time.time() - 60)
+    podman.print("c-old", "before the follow", at=stamp(-60))
+    podman.print("c-old", "serving")
+    collector = follow.Collector(ident, LOCAL, settings.instance, settings.secret_key)
+    collector.start()
+    try:
+        wait_for(lambda: stored(ident) == [("c-old", "stdout", "serving")], "the serving container's line")
+        # A restart: the new container starts beside the serving one, which prints on until
+        # the new one is healthy.
+        podman.add("c-new", labels)
+        podman.print("c-new", "booting")
+        podman.print("c-old", "still serving")
+        wait_for(lambda: ("c-new", "stdout", "booting") in stored(ident), "the new container's first line")
+        podman.print("c-old", "stopping")
+        podman.set("c-old", state="exited")
+        podman.print("c-new", "ready", stream="stderr")
+        wait_for(lambda: ("c-new", "stderr", "ready") in stored(ident)
+                 and ("c-old", "stdout", "stopping") in stored(ident), "the last lines of both")
+        lines = stored(ident)
+        assert [text for container, _, text in lines if container == "c-old"] == ["serving", "still serving",
+                                                                                  "stopping"]
+        assert [text for container, _, text in lines if container == "c-new"] == ["booting", "ready"]
+        assert lines.index(("c-new", "stdout", "booting")) < lines.index(("c-old", "stdout", "stopping"))
+    finally:
+        collector.stop()
+        collector.join(10)
+
+
+def test_a_container_started_again_is_followed_again_and_a_stop_ends_every_follow(client, settings, podman):
+    ident = create_deployment(client, env_vars={"TOKEN": "s3cret-value"})
+    labels = {"buddo.deployment_id": ident, "buddo.instance": settings.instance}
+    podman.add("c-app", labels, created=time.time() - 60)
+    podman.add("c-other", labels, created=time.time() - 60)
+    podman.print("c-app", "up with s3cret-value")
+    collector = follow.Collector(ident, LOCAL, settings.instance, settings.secret_key)
+    collector.start()
+    try:
+        wait_for(lambda: len(stored(ident)) == 1, "the first line")
+        podman.print("c-app", "crashed", stream="stderr")
+        podman.set("c-app", state="exited")
+        wait_for(lambda: "c-app" not in collector.follows, "the end of its follow")
+        podman.set("c-app", state="running", started_at=int(time.time()) + 1)  # a heal's podman start
+        podman.print("c-app", "up again")
+        wait_for(lambda: len(stored(ident)) == 3, "the line after its start")
+        assert stored(ident) == [("c-app", "stdout", f"up with {MASK}"), ("c-app", "stderr", "crashed"),
+                                 ("c-app", "stdout", "up again")]
+        wait_for(lambda: len(collector.follows) == 2, "a follow of each")
+        processes = [f.process for f in collector.follows.values()]
+    finally:
+        collector.stop()
+    assert [process.wait(10) for process in processes] == [-signal.SIGKILL] * 2
+    collector.join(10)
+    assert not collector.is_alive()
 
 
 def test_a_runs_lines_are_collected_from_its_first_and_stored_before_its_end(client, settings, podman):
