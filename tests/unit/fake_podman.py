@@ -7,6 +7,12 @@ calls, so calls of different deployments overlap as real ones do. Images whose n
 ``{"auths": {"registry.test": ...}}`` podman is given; ``create`` of an image containing
 ``echo-env`` fails and prints the env it read (to test masking); ``create`` takes
 ``FAKE_PODMAN_RUN_SECONDS``. Secrets (``secret create NAME -``) keep their data in the state.
+
+``logs --follow`` (the output collectors', services/follow.py) reads what a container printed
+from ``logs/<id>`` beside the script, one ``<RFC 3339 time> <stdout|stderr> <text>`` a line as
+the test appends them, the lines after ``--since`` to the stream they were printed to, until
+the container does not run any more (or is gone). A container's ``created`` and ``started_at``
+(Unix seconds, as the state gives them) are podman ps's ``Created`` and ``StartedAt``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,8 @@ def load() -> dict[str, Any]:
 
 def ps_entry(c: dict[str, Any]) -> dict[str, Any]:
     return {"Id": c["id"], "Names": [c["name"]], "State": c["state"], "Labels": c["labels"], "Image": c["image"],
-            "Ports": [{"host_port": c["host_port"]}]}
+            "Ports": [{"host_port": c["host_port"]}], "Created": c.get("created", 0),
+            "StartedAt": c.get("started_at", 0)}
 
 
 def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str, str]:
@@ -132,8 +140,32 @@ def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str
     return 125, "", f"Error: the fake knows no {' '.join(args)}\n"
 
 
+def follow_logs(args: list[str]) -> int:
+    """``logs --follow [--since TIME] ID``: its lines after TIME as they come, until it stops."""
+    since = datetime.fromisoformat(args[args.index("--since") + 1]) if "--since" in args else None
+    log, read = HERE / "logs" / args[-1], 0
+    while True:
+        with open(HERE / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            container = next((c for c in load()["containers"] if args[-1] in (c["id"], c["name"])), None)
+        data = log.read_bytes()[read:] if log.exists() else b""
+        data = data[:data.rfind(b"\n") + 1]  # whole lines only
+        read += len(data)
+        for line in data.decode().splitlines():
+            at, stream, text = line.split(" ", 2)
+            if since is None or datetime.fromisoformat(at) > since:
+                out = sys.stdout if stream == "stdout" else sys.stderr
+                out.write(f"{at} {text}\n")
+                out.flush()
+        if container is None or container["state"] != "running":
+            return 0
+        time.sleep(0.02)
+
+
 def main() -> int:
     args = sys.argv[1:]
+    if args[0] == "logs" and "--follow" in args:
+        return follow_logs(args)
     stdin = sys.stdin.read() if "--env-file" in args or args[:2] == ["secret", "create"] else ""
     started = time.monotonic()
     if args[0] == "create":

@@ -5,10 +5,12 @@ The API never reaches a host. A follower marks the deployment followed (``output
 ``until`` a while ahead, renewed while it follows) and reads ``output_lines`` by id. A
 worker's :class:`Collectors` timer starts one :class:`Collector` per followed deployment
 (one worker at a time: a lease on the follow row). A collector runs ``podman logs --follow``
-of the deployment's current container on its host (directly on a local host, over ssh with
-the inventory's connection on another), masks env values and appends each line. When the
-container goes (a restart replaces it), the collector finds the new one and follows it from
-where it was. When nobody follows any more, the collector stops; old lines are pruned.
+of each of the deployment's containers that runs on its host (directly on a local host, over
+ssh with the inventory's connection on another), masks env values and appends each line as it
+comes, with its container. It looks for containers every second: a restart starts the new
+container beside the serving one, and both print until the old one is stopped; a container
+started again is followed again from its last line. When nobody follows any more, the
+collector stops; old lines are pruned.
 
 A one-off run's lines are collected always, by the worker that runs it, from its container's
 start until it is gone (:func:`collect_run`, :func:`end_run`); its followers read them from
@@ -202,9 +204,24 @@ def host_command(host: ContainerHost, argv: list[str]) -> list[str]:
     return ["ssh", *options, target, shlex.join(argv)]
 
 
+class _Follow:
+    """One container's ``podman logs --follow``: its process, its pipes still open, the env values
+    its lines are masked of, and the time its lines start after (a follow again from the
+    container's last line may read that line again)."""
+
+    __slots__ = ("after", "open_pipes", "process", "secrets")
+
+    def __init__(self, process: subprocess.Popen[bytes], secrets: list[str], after: dt.datetime | None) -> None:
+        self.process, self.secrets, self.after = process, secrets, after
+        self.open_pipes = 2
+
+
 class Collector(threading.Thread):
-    """Follows one deployment's container output on its host into ``output_lines``; with
-    ``run_id``, that run's one container from its start until it is gone (or ``until``)."""
+    """Follows the output of a deployment's containers on its host into ``output_lines``: each
+    one while it runs, with its own ``podman logs --follow`` (a restart starts the new container
+    beside the serving one, and both print until the old one is stopped), the lines stored as
+    they arrive; with ``run_id``, that run's one container from its first line until it is gone
+    (or ``until``)."""
 
     def __init__(self, deployment_id: str, host: ContainerHost, instance: str, secret_key: str,
                  run_id: str = "", until: float | None = None) -> None:
@@ -214,42 +231,93 @@ class Collector(threading.Thread):
         self.subject_id = run_id or deployment_id
         self.label = f"buddo.run_id={run_id}" if run_id else f"buddo.deployment_id={deployment_id}"
         self.stopping = threading.Event()
-        self.process: subprocess.Popen[bytes] | None = None
-        # Where it is: the container followed and the time of its last line (podman's RFC 3339).
-        self.container = ""
-        # From a little before it started: the lines printed while the timer noticed the follow
-        # (a run's: all, from its container's start).
-        self.since = "" if run_id else (utcnow() - START_BACK).isoformat(timespec="microseconds") + "Z"
+        # The containers followed now, by id (stop() ends their follows from another thread).
+        self.follows: dict[str, _Follow] = {}
+        self.follows_lock = threading.Lock()
+        self.read: queue.Queue[tuple[str, str, bytes | None]] = queue.Queue()
+        # Per container: the time of its last line stored (podman's RFC 3339), where its next
+        # follow starts, and the start (podman's StartedAt) its last follow read (a container
+        # started again, e.g. by a heal, is followed again).
+        self.since: dict[str, str] = {}
+        self.started: dict[str, Any] = {}
+        # A container created since the collector began is read from its first line; one from
+        # before, from a little before it began: the lines printed while the timer noticed the
+        # follow (a run's container: from its first line).
+        self.began = int(time.time())
+        self.start_back = "" if run_id else (utcnow() - START_BACK).isoformat(timespec="microseconds") + "Z"
+        self.look_at = 0.0
 
     def stop(self) -> None:
         self.stopping.set()
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        with self.follows_lock:
+            for f in self.follows.values():
+                if f.process.poll() is None:
+                    f.process.kill()
 
     def run(self) -> None:
         connect_thread()
         try:
             while not self.stopping.is_set() and (self.until is None or time.monotonic() < self.until):
-                found = self._current()
-                if found is None:
-                    if self.run_id and self.container:
-                        return  # the run's container is gone
-                    self.stopping.wait(RUN_LOOK_S if self.run_id else IDLE_S)
-                    continue
-                container, status = found
-                if self.run_id and status not in ("running", "exited", "stopped"):
-                    self.stopping.wait(RUN_LOOK_S)  # created, not started yet
-                    continue
-                self.container = container
-                self._follow(container, self._secrets())
-                if status != "running":
-                    if self.run_id:
-                        return  # it ended, and every line it printed is stored
-                    self.stopping.wait(IDLE_S)
+                if time.monotonic() >= self.look_at:
+                    self._look()
+                    if self.run_id and self.started and not self.follows:
+                        return  # the run's container ended (or is gone), and every line it printed is stored
+                    self.look_at = self._next_look()
+                self._collect()
         except Exception:
             log.exception("following the output of %s failed", self.subject_id)
         finally:
+            self.stop()
+            for f in list(self.follows.values()):
+                f.process.wait()
             database_proxy.obj.close()
+
+    def _next_look(self) -> float:
+        """A deployment's containers are looked for every IDLE_S (a restart starts one beside the
+        serving one); a run's one until it is followed, then once its follow ended."""
+        if not self.run_id:
+            return time.monotonic() + IDLE_S
+        return float("inf") if self.follows else time.monotonic() + RUN_LOOK_S
+
+    def _look(self) -> None:
+        """Follow each container that runs and is not followed, or that ran since it was last read
+        (started again, or started and ended between two looks)."""
+        for container in self._containers():
+            ident, state = str(container["Id"]), container.get("State")
+            if ident in self.follows or state not in ("running", "exited", "stopped"):
+                continue  # followed, or not started yet
+            if state == "running" or container.get("StartedAt") != self.started.get(ident):
+                self._follow(ident, container)
+
+    def _containers(self) -> list[dict[str, Any]]:
+        """The deployment's containers on its host (a run's: its one), in every state; none when
+        podman ps fails."""
+        argv = ["podman", "ps", "--all", "--format", "json", "--filter", f"label={self.label}",
+                "--filter", f"label=buddo.instance={self.instance}"]
+        done = subprocess.run(host_command(self.host, argv), capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            return []
+        return list(json.loads(done.stdout or "[]"))
+
+    def _follow(self, ident: str, container: dict[str, Any]) -> None:
+        """Start ``podman logs --follow`` of the container from its last line stored (one seen the
+        first time: from its first line if it was created since the collector began, else from
+        START_BACK before)."""
+        if ident not in self.since:
+            created = container.get("Created")
+            fresh = isinstance(created, int | float) and created >= self.began
+            self.since[ident] = "" if fresh else self.start_back
+        since, secrets = self.since[ident], self._secrets()
+        argv = ["podman", "logs", "--follow", "--timestamps", *(["--since", since] if since else []), ident]
+        with self.follows_lock:
+            if self.stopping.is_set():
+                return
+            process = subprocess.Popen(host_command(self.host, argv), stdout=subprocess.PIPE,  # noqa: S603
+                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            self.follows[ident] = _Follow(process, secrets, _instant(since) if since else None)
+        self.started[ident] = container.get("StartedAt")
+        for stream, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
+            threading.Thread(target=_pump, args=(ident, stream, pipe, self.read), daemon=True).start()
 
     def _secrets(self) -> list[str]:
         d = Deployment.get_or_none(Deployment.id == self.deployment_id)
@@ -257,73 +325,65 @@ class Collector(threading.Thread):
             return []
         return [v for v in decrypt_env(self.secret_key, d.env_vars_encrypted).values() if v]
 
-    def _current(self) -> tuple[str, str] | None:
-        """The container to follow (the running one, else the newest) and its state."""
-        argv = ["podman", "ps", "--all", "--format", "json", "--filter", f"label={self.label}",
-                "--filter", f"label=buddo.instance={self.instance}"]
-        done = subprocess.run(host_command(self.host, argv), capture_output=True, text=True, timeout=30, check=False)
-        if done.returncode != 0:
-            return None
-        containers = json.loads(done.stdout or "[]")
-        if not containers:
-            return None
-        best = max(containers, key=lambda c: (c.get("State") == "running", c.get("Created") or 0))
-        return str(best["Id"]), str(best.get("State") or "")
+    def _collect(self) -> None:
+        """Store what the follows read (within FLUSH_S, in the order it came), then end the follows
+        whose pipes both closed (their container stopped, or their podman logs ended)."""
+        batch: list[tuple[str, str, bytes]] = []
+        ended: list[str] = []
+        try:
+            ident, stream, raw = self.read.get(timeout=FLUSH_S)
+            while True:
+                if raw is not None:
+                    batch.append((ident, stream, raw))
+                else:
+                    self.follows[ident].open_pipes -= 1
+                    if not self.follows[ident].open_pipes:
+                        ended.append(ident)
+                ident, stream, raw = self.read.get_nowait()
+        except queue.Empty:
+            pass
+        if batch:
+            self._store(batch)
+        for ident in ended:
+            with self.follows_lock:
+                process = self.follows.pop(ident).process
+            process.wait()
+            # It may have been started again (or, a run's, be gone): look soon.
+            self.look_at = min(self.look_at, time.monotonic() + (RUN_LOOK_S if self.run_id else IDLE_S))
 
-    def _follow(self, container: str, secrets: list[str]) -> None:
-        """``podman logs --follow`` of the container from ``since`` until it ends (or the stop)."""
-        argv = ["podman", "logs", "--follow", "--timestamps", *(["--since", self.since] if self.since else []),
-                container]
-        self.process = subprocess.Popen(host_command(self.host, argv), stdout=subprocess.PIPE,  # noqa: S603
-                                        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        read: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
-        readers = [threading.Thread(target=_pump, args=(stream, pipe, read), daemon=True)
-                   for stream, pipe in (("stdout", self.process.stdout), ("stderr", self.process.stderr))]
-        for reader in readers:
-            reader.start()
-        open_pipes = len(readers)
-        while open_pipes:
-            batch: list[tuple[str, bytes]] = []
-            try:
-                item = read.get(timeout=FLUSH_S)
-                while True:
-                    if item is None:
-                        open_pipes -= 1
-                    else:
-                        batch.append(item)
-                    item = read.get_nowait()
-            except queue.Empty:
-                pass
-            if batch:
-                self._store(batch, container, secrets)
-        self.process.wait()
-
-    def _store(self, batch: list[tuple[str, bytes]], container: str, secrets: list[str]) -> None:
-        lines: list[dict[str, Any]] = []
-        last = _instant(self.since) if self.since else None
-        for stream, raw in batch:
+    def _store(self, batch: list[tuple[str, str, bytes]]) -> None:
+        rows: list[dict[str, Any]] = []
+        newest: dict[str, tuple[dt.datetime, str]] = {}
+        for ident, stream, raw in batch:
+            f = self.follows[ident]
             at, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
             when = _instant(at)
-            if when is None or (last is not None and when <= last):
-                continue  # already stored (a follow started again from the last line's time)
-            lines.append({"at": at, "stream": stream, "text": text, "when": when})
-        if not lines:
+            if when is None or (f.after is not None and when <= f.after):
+                continue  # already stored (a follow again from the container's last line)
+            line = mask([{"at": at, "stream": stream, "text": text}], f.secrets)[0]
+            rows.append({"subject_id": self.subject_id, "at": at[:64], "stream": stream,
+                         "text": line["text"][:16384], "container": ident[:12]})
+            if ident not in newest or when > newest[ident][0]:
+                newest[ident] = (when, at)
+        if not rows:
             return
         now = utcnow()
-        masked = mask(lines, secrets)
         with write_transaction(database_proxy.obj):
-            OutputLine.insert_many([{"subject_id": self.subject_id, "at": line["at"][:64],
-                                     "stream": line["stream"], "text": line["text"][:16384],
-                                     "container": container[:12], "created_at": now} for line in masked]).execute()
-        self.since = max(lines, key=lambda line: line["when"])["at"]
+            OutputLine.insert_many([{**row, "created_at": now} for row in rows]).execute()
+        for ident, (when, at) in newest.items():
+            last = _instant(self.since[ident]) if self.since[ident] else None
+            if last is None or when > last:
+                self.since[ident] = at
 
 
-def _pump(stream: str, pipe: IO[bytes] | None, out: queue.Queue[tuple[str, bytes] | None]) -> None:
+def _pump(container: str, stream: str, pipe: IO[bytes] | None,
+          out: queue.Queue[tuple[str, str, bytes | None]]) -> None:
+    """A follow's pipe into the collector's queue, then None: the pipe closed."""
     try:
         for raw in iter(pipe.readline, b"") if pipe is not None else ():
-            out.put((stream, raw))
+            out.put((container, stream, raw))
     finally:
-        out.put(None)
+        out.put((container, stream, None))
 
 
 class Collectors:
