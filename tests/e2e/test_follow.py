@@ -67,6 +67,8 @@ def test_a_follower_sees_new_lines_masked_and_the_new_container_after_a_restart(
         after = follower.wait_for(lambda e: "host=" in e["text"] and e["text"].rsplit("host=", 1)[1] != old_host,
                                   timeout=90)
         assert after["container"] != first["container"]
+        # Its first line too, printed while the old container still served beside it.
+        follower.wait_for(lambda e: e["container"] == after["container"] and e["text"].startswith("tick 1 "))
     finally:
         follower.close()
     stack.destroy(ident)
