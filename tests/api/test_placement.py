@@ -7,9 +7,11 @@ import threading
 from pathlib import Path
 
 import falcon.testing
+import peewee
 import pytest
 from buddo_deploy import worker
 from buddo_deploy.app import create_app
+from buddo_deploy.auth import Principal
 from buddo_deploy.db import write_transaction
 from buddo_deploy.inventory import InventoryError
 from buddo_deploy.models import Deployment, Job, Tier, database_proxy, utcnow
@@ -224,3 +226,22 @@ def test_a_create_placing_on_one_host_does_not_hold_up_a_create_for_another(clie
     # Both saw two empty hosts; the tie goes to host-a, whose lock the first create held.
     assert answers["first"].json["deployment"]["host"] == "host-a"
     assert answers["second"].json["deployment"]["host"] == "host-b"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the plan read is SQLite's EXPLAIN QUERY PLAN
+def test_the_limit_counts_of_a_create_read_an_index_alone_when_one_operator_holds_most(client_with, tmp_path):
+    """With statistics that say one operator holds every deployment, a count by operator is still
+    a search of a covering index, not a scan of the table (it was, for every create)."""
+    client = client_with()
+    for i in range(6):
+        create(client, f"many-{i}", tier="btc-pro", operator="big-operator")
+    database_proxy.obj.execute_sql("ANALYZE")
+    principal = Principal(operator_id="another", client_id="c", scopes=frozenset())
+    tier = Tier.get(Tier.slug == "buddo-starter")
+    live = lifecycle.Lifecycle._live_of(principal)
+    for query in (live, live.where(Deployment.tier == tier)):
+        sql, params = query.select(peewee.SQL("1")).sql()
+        plan = [str(row[3]) for row in database_proxy.obj.execute_sql(
+            f"EXPLAIN QUERY PLAN SELECT COUNT(1) FROM ({sql})", params).fetchall()]
+        assert any("USING COVERING INDEX deployments_operator_live" in step for step in plan), plan
+        assert not any(step.startswith("SCAN") for step in plan), plan
