@@ -108,8 +108,11 @@ class Fill:
         for i in range(1, n):
             ident = uuid.uuid4()
             at = start + dt.timedelta(seconds=i)
+            host, port = f"host-{i % HOSTS}", 20000 + 2 * (i // HOSTS)
+            if host == first.host and port >= first.host_port:
+                port += 2  # past the block the API placed the first one on (at random)
             deployments.append(row | {"id": ident, "subdomain": f"s{i}", "container_name": f"s{i}-{ident.hex[:6]}",
-                                      "host": f"host-{i % HOSTS}", "host_port": 20000 + 2 * (i // HOSTS),
+                                      "host": host, "host_port": port,
                                       "inserted_at": at, "updated_at": at})
             entries.append(entry_row | {"id": uuid.uuid4(), "deployment": ident, "inserted_at": at, "updated_at": at})
             cycles.append(cycle_row | {"deployment": ident, "starts_at": at, "created_at": at})
