@@ -187,6 +187,10 @@ def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.
     name the solo converge from then on, and so do its changes queued in the host's ordinary
     converges (:func:`_take_alone`). Call after :func:`finish` of ``job``, in its transaction.
     """
+    # The deployment's row before the enqueue lock (placement.py's lock order): its target's
+    # foreign key would take a share lock on it while we hold the enqueue lock.
+    if is_postgres(database_proxy.obj):
+        Deployment.select(Deployment.id).where(Deployment.id == deployment_id).for_update().execute()
     _lock_host(job.host)
     finish_target(job, deployment_id, succeeded=False, error=error, task=task)
     solo = _queued_converge(job.host, deployment_id) or _new_converge(

@@ -20,7 +20,7 @@ from buddo_deploy.models import OutputFollow, OutputLine, Run, utcnow
 from buddo_deploy.services import follow
 from buddo_deploy.services.output import MASK
 
-from tests.helpers import auth, create_deployment
+from tests.helpers import auth, create_deployment, ran, run_job
 
 FAKE = Path(__file__).resolve().parents[1] / "unit" / "fake_podman.py"
 LOCAL = ContainerHost("container-host-1", 1024, (20000, 20010), connection="local")
@@ -263,3 +263,15 @@ def test_a_runs_lines_are_collected_from_its_first_and_stored_before_its_end(cli
     follow.end_run(run_id)
     assert stored(run_id) == [("c-run", "stdout", "first"), ("c-run", "stderr", "last")]
     assert stored(ident) == []
+
+
+def test_a_follow_masks_the_env_of_the_release_that_served_as_well_as_the_desired_one(client, settings):
+    """While a PATCH of an env value replaces the container, the old one still prints with the old
+    value: a follow that starts then masks both."""
+    ident = create_deployment(client, env_vars={"TOKEN": "old-value-7c1d"})
+    run_job(settings, ran(1))  # release 1 ran with the old value
+    resp = client.simulate_patch(f"/api/deploy/apps/{ident}", json={"env_vars": {"TOKEN": "new-value-9e2f"}},
+                                 headers=auth())
+    assert resp.status_code == 200, resp.text
+    collector = follow.Collector(ident, LOCAL, settings.instance, settings.secret_key)
+    assert collector._secrets() == ["new-value-9e2f", "old-value-7c1d"]

@@ -50,6 +50,17 @@ def test_a_retried_webhook_registration_gets_its_secret_again_which_is_stored_en
     assert shown.status_code == 200 and secret not in shown.text
 
 
+def test_an_answer_stored_in_the_clear_is_forgotten_and_its_retry_runs(client):
+    """During a rolling upgrade a process of the version before migration 0030 stores an answer
+    in the clear: a retry cannot replay it, so it runs as a new request (not a 500 for 24 h)."""
+    first = _create(client, "upgrade-1")
+    assert first.status_code == 201
+    IdempotencyKey.update(body=first.text).execute()  # as the older process stored it
+    again = _create(client, "upgrade-1")  # runs again: the subdomain is the first one's now
+    assert again.status_code == 422 and again.json["error"]["code"] == "subdomain_taken", again.text
+    assert "idempotent-replayed" not in again.headers
+
+
 def test_the_same_key_for_another_request_is_422_and_changes_nothing(client):
     assert _create(client, "k-2").status_code == 201
     other = _create(client, "k-2", subdomain="another-app")

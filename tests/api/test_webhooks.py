@@ -250,6 +250,27 @@ def test_an_endpoint_whose_one_delivery_failed_every_attempt_is_disabled(local, 
         assert reason.startswith("every attempt failed since ") and reason.endswith("the last: answered HTTP 500")
 
 
+def test_an_endpoint_whose_late_delivery_failed_its_fewer_attempts_is_disabled_too(local, settings, receiver):
+    """The worker was down: the first attempt comes 20 hours after the event, so fewer attempts fit
+    in the 24 hours; the last one, at 24 hours, still disables the endpoint."""
+    ident = register(local, receiver.url)["webhook"]["id"]
+    app = local.simulate_post("/api/deploy/apps", json=create_body(), headers=auth()).json["deployment"]
+    receiver.status = 500
+    webhooks.emit(Deployment.get_by_id(app["id"]), WebhookEvent.DESTROYED)
+    [delivery] = _deliveries()
+    now = [delivery.inserted_at + dt.timedelta(hours=20)]
+    deliverer = Deliverer(allowing(settings), clock=lambda: now[0])
+    assert deliverer.tick() == 1
+    attempts = 1
+    while (current := WebhookDelivery.get_by_id(delivery.id)).state == "pending":
+        now[0] = current.next_attempt_at
+        assert deliverer.tick() == 1
+        attempts += 1
+    assert now[0] - delivery.inserted_at == webhooks.RETRY_FOR and attempts < len(webhooks.RETRY_SCHEDULE_S) + 1
+    endpoint = local.simulate_get(f"/api/deploy/webhooks/{ident}", headers=auth()).json["webhook"]
+    assert endpoint["enabled"] is False and str(delivery.id) in endpoint["disabled_reason"]
+
+
 def test_a_delivery_is_never_sent_to_an_address_that_is_not_allowed(client, settings, receiver):
     """Registered while allowed, then the platform runs in production: the attempt is refused
     before any packet is sent, and says why."""

@@ -36,7 +36,7 @@ import peewee
 from ..crypto import decrypt_env
 from ..db import connect_thread, write_transaction
 from ..inventory import ContainerHost, container_host
-from ..models import Deployment, OutputFollow, OutputLine, Run, database_proxy, utcnow
+from ..models import Deployment, OutputFollow, OutputLine, Release, Run, database_proxy, utcnow
 from ..settings import Settings
 from ..vocabulary import FINISHED_RUN_STATES
 from .output import _instant, mask
@@ -65,6 +65,8 @@ START_BACK = dt.timedelta(seconds=2)
 # of a run waits for its collector to store the last lines (its container is gone by then).
 RUN_LOOK_S = 0.1
 RUN_DRAIN_S = 5.0
+# Releases whose env values a follow masks besides the current env (a replaced container's).
+MASKED_RELEASES = 3
 
 
 # --- the API's side -------------------------------------------------------------------------
@@ -320,10 +322,15 @@ class Collector(threading.Thread):
             threading.Thread(target=_pump, args=(ident, stream, pipe, self.read), daemon=True).start()
 
     def _secrets(self) -> list[str]:
+        """The env values to mask: the deployment's as desired now, and those of its newest releases
+        (a container followed while a change replaces it runs with the env of the one that served)."""
         d = Deployment.get_or_none(Deployment.id == self.deployment_id)
-        if d is None or not d.env_vars_encrypted:
+        if d is None:
             return []
-        return [v for v in decrypt_env(self.secret_key, d.env_vars_encrypted).values() if v]
+        sealed = [d.env_vars_encrypted, *(row.env_vars_encrypted for row in Release.select(Release.env_vars_encrypted)
+                                          .where((Release.deployment == d.id) & Release.env_vars_encrypted.is_null(False))
+                                          .order_by(Release.number.desc()).limit(MASKED_RELEASES))]
+        return sorted({v for token in sealed if token for v in decrypt_env(self.secret_key, token).values() if v})
 
     def _collect(self) -> None:
         """Store what the follows read (within FLUSH_S, in the order it came), then end the follows

@@ -89,7 +89,7 @@ def _take(secret_key: str, operator_id: str, key: str, print_: str) -> Answer | 
     row = IdempotencyKey.get_or_none((IdempotencyKey.operator_id == operator_id)
                                      & (IdempotencyKey.idempotency_key == key))
     if row is not None and (row.expires_at <= now or (
-            row.state == "started" and row.created_at <= now - ABANDONED_AFTER)):
+            row.state == "started" and row.created_at <= now - ABANDONED_AFTER) or _unreadable(secret_key, row)):
         _delete(operator_id, key)
         row = None
     if row is None:
@@ -100,9 +100,20 @@ def _take(secret_key: str, operator_id: str, key: str, print_: str) -> Answer | 
         raise Invalid.for_field("Idempotency-Key", "was already used for another request (method, path or body "
                                 "differ); use a new key for a new request", code="idempotency_key_reused")
     if row.state == "answered":
-        body = decrypt_secret(secret_key, row.body, "a remembered answer") if row.body else ""
-        return Answer(int(row.status or 0), body, json.loads(row.headers or "{}"))
+        return Answer(int(row.status or 0), row.body or "", json.loads(row.headers or "{}"))  # decrypted above
     return "started"
+
+
+def _unreadable(secret_key: str, row: IdempotencyKey) -> bool:
+    """An answer that cannot be decrypted (stored in the clear by a process of a version before
+    migration 0030, during a rolling upgrade) is forgotten: the retry runs as a new request."""
+    if row.state != "answered" or not row.body:
+        return False
+    try:
+        row.body = decrypt_secret(secret_key, row.body, "a remembered answer")
+    except RuntimeError:
+        return True
+    return False
 
 
 def answer(secret_key: str, operator_id: str, key: str, status: int, body: str, headers: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ import json
 import random
 import secrets
 import string
+import time
 import uuid
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass
@@ -154,6 +155,7 @@ class Lifecycle:
             raise Invalid.for_field("custom_domain", f"tier '{tier.slug}' does not allow custom domains",
                                     "custom_domain_not_allowed")
         db = database_proxy.obj
+        crowded = False
         for _ in range(_PORT_ATTEMPTS):
             try:
                 with write_transaction(db):
@@ -172,6 +174,8 @@ class Lifecycle:
                     state.request(deployment, "deploy", None, timeout_s=self._timeout)
                     return deployment
             except _Crowded:
+                crowded = True
+                time.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - spreads the racers' next looks
                 continue
             except peewee.IntegrityError as exc:
                 message = str(exc)
@@ -182,6 +186,10 @@ class Lifecycle:
                 if "subdomain" in message:
                     raise Invalid.for_field("subdomain", "is already taken", "subdomain_taken") from exc
                 raise
+        if crowded:
+            raise Unavailable("The hosts with room for this tier are busy placing other deployments; try again",
+                              code="capacity_exhausted", details={"tier": tier.slug, "memory_mb": tier.memory_limit_mb},
+                              headers={"Retry-After": "1"})
         raise Unavailable("No free host port, try again", code="capacity_exhausted")
 
     def restart(self, principal: Principal, deployment_id: uuid.UUID) -> Deployment:

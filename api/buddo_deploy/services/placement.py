@@ -19,10 +19,11 @@ from ..vocabulary import RunState
 
 # pg_advisory_xact_lock(kind, hashtext(name)): an operator's limits are counted and taken as
 # one step under its own lock; a host's room and ports under the host's. The lock order: the
-# operator's, its billing account's row, rows of its deployments, a host's last (nothing waits
-# on another lock while holding a host's), so these locks never deadlock.
+# operator's, its billing account's row, rows of its deployments, a host's lock, then the host's
+# enqueue lock (jobqueue) and its queued converge's row. Whoever holds the enqueue lock takes no
+# lock before it in this order (jobqueue.retry_alone locks its deployment's row first).
 OPERATOR_LOCK = 74_217_003
-HOST_LOCK = 74_217_004
+HOST_LOCK = 74_217_006  # 004 is output.py's read lock, 005 jobqueue's enqueue lock
 
 
 def advisory_lock(kind: int, name: str, *, wait: bool) -> bool:

@@ -383,7 +383,7 @@ class Deliverer:
                 else:
                     values["next_attempt_at"] = later
                 if endpoint.enabled:
-                    self._failing(endpoint, now, error, delivery if attempts > len(RETRY_SCHEDULE_S) else None)
+                    self._failing(endpoint, now, error, delivery if later is None else None)
             WebhookDelivery.update(**values).where(WebhookDelivery.id == delivery.id).execute()
         log.info("webhook %s (%s) to endpoint %s: attempt %d %s", delivery.id, delivery.event_type,
                  endpoint.id, attempts, "succeeded" if error is None else f"failed: {error}")
