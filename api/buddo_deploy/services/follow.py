@@ -327,9 +327,10 @@ class Collector(threading.Thread):
         d = Deployment.get_or_none(Deployment.id == self.deployment_id)
         if d is None:
             return []
-        sealed = [d.env_vars_encrypted, *(row.env_vars_encrypted for row in Release.select(Release.env_vars_encrypted)
-                                          .where((Release.deployment == d.id) & Release.env_vars_encrypted.is_null(False))
-                                          .order_by(Release.number.desc()).limit(MASKED_RELEASES))]
+        served = (Release.select(Release.env_vars_encrypted)
+                  .where((Release.deployment == d.id) & Release.env_vars_encrypted.is_null(False))
+                  .order_by(Release.number.desc()).limit(MASKED_RELEASES))
+        sealed = [d.env_vars_encrypted, *(row.env_vars_encrypted for row in served)]
         return sorted({v for token in sealed if token for v in decrypt_env(self.secret_key, token).values() if v})
 
     def _collect(self) -> None:
