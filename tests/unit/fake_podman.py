@@ -107,8 +107,8 @@ def handle(state: dict[str, Any], args: list[str], stdin: str) -> tuple[int, str
         for name in args[2:]:
             state["secrets"].pop(name, None)
         return 0, "", ""
-    if args[0] == "inspect" and "{{.ImageDigest}}" in args:
-        return 0, "sha256:feed\n", ""
+    if args[0] == "inspect" and "{{.ID}} {{.ImageDigest}}" in args:
+        return 0, "".join(f"{by_ref[ref]['id']} sha256:feed\n" for ref in args[3:] if ref in by_ref), ""
     if args[0] == "inspect" and "{{.State.Status}} {{.State.ExitCode}}" in args:
         return 0, f"{by_ref[args[-1]]['state']} 0\n", ""
     if args[0] == "inspect":

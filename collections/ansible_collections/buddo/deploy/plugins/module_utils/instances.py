@@ -111,8 +111,15 @@ class Podman:
         return self.run("network", "exists", deployment_network(deployment_id), check=False)[0] == 0
 
     def digest(self, container_id: str) -> str:
-        _, out, _ = self.run("inspect", "--format", "{{.ImageDigest}}", container_id, check=False)
-        return out.strip()
+        return self.digests([container_id]).get(container_id, "")
+
+    def digests(self, container_ids: list[str]) -> dict[str, str]:
+        """Container id -> the digest of the image it runs, in one podman run."""
+        if not container_ids:
+            return {}
+        _, out, _ = self.run("inspect", "--format", "{{.ID}} {{.ImageDigest}}", *container_ids, check=False)
+        pairs = (line.split() for line in out.splitlines())
+        return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
 
 
 @dataclass
@@ -353,15 +360,13 @@ def start_new(d: Deployment, existing: list[dict[str, Any]]) -> dict[str, Any]:
         podman.run("rm", "--force", "--volumes", "--time", "0", container_id, check=False)
         raise
     actions.append(f"started container {name} on port {port}")
-    with ThreadPoolExecutor(max_workers=1) as aside:
-        digest = aside.submit(podman.digest, container_id)  # beside the wait: what the container runs
-        try:
-            wait_until_answers(podman, container_id, *gate(p, port))
-        except AppFailure:
-            keep_output(d, container_id, name)
-            podman.run("rm", "--force", "--volumes", "--time", "2", container_id, check=False)
-            raise
-        return {"id": container_id, "name": name, "host_port": port, "image_digest": digest.result()}
+    try:
+        wait_until_answers(podman, container_id, *gate(p, port))
+    except AppFailure:
+        keep_output(d, container_id, name)
+        podman.run("rm", "--force", "--volumes", "--time", "2", container_id, check=False)
+        raise
+    return {"id": container_id, "name": name, "host_port": port}
 
 
 def secret_prefix(deployment_id: str) -> str:
@@ -397,18 +402,46 @@ def drop_secrets(d: Deployment, keep_spec: str = "") -> None:
         d.actions.append(f"removed {len(names)} env secret(s)")
 
 
+STORAGE_CONF = "/etc/containers/storage.conf"
+
+
+def btrfs_subvolume(container_id: str, conf: str = "") -> str:
+    """The btrfs subvolume of a container's writable layer, read from the storage's own records
+    (storage.conf's graphroot, then ``btrfs-containers/containers.json``, which containers/storage
+    replaces whole on each change): no ``podman mount``, which costs two podman runs. "" when
+    they do not say (another driver or layout): the caller then asks podman."""
+    try:
+        import tomllib
+
+        with open(conf or os.environ.get("CONTAINERS_STORAGE_CONF") or STORAGE_CONF, "rb") as handle:
+            storage = tomllib.load(handle).get("storage") or {}
+        if storage.get("driver") != "btrfs" or not storage.get("graphroot"):
+            return ""
+        root = str(storage["graphroot"])
+        with open(os.path.join(root, "btrfs-containers", "containers.json"), encoding="utf-8") as handle:
+            layer = next((str(c.get("layer") or "") for c in json.load(handle) if c.get("id") == container_id), "")
+    except (ImportError, OSError, ValueError, AttributeError, TypeError):
+        return ""
+    path = os.path.join(root, "btrfs", "subvolumes", layer)
+    return path if layer and os.path.isdir(path) else ""
+
+
 def limit_disk(podman: Podman, container_id: str, limit_mb: int) -> None:
     """Cap what the container may write (its writable layer, a btrfs subvolume of the storage
     pool) at ``limit_mb``: writes beyond it fail inside the container (EDQUOT)."""
     if limit_mb <= 0:
         return
-    _, path, _ = podman.run("mount", container_id)
+    path, mounted = btrfs_subvolume(container_id), False
+    if not path:
+        _, path, _ = podman.run("mount", container_id)
+        path, mounted = path.strip(), True
     try:
-        rc, out, err = run_command(["btrfs", "qgroup", "limit", "-e", f"{limit_mb}M", path.strip()])
+        rc, out, err = run_command(["btrfs", "qgroup", "limit", "-e", f"{limit_mb}M", path])
     except OSError as exc:
         raise HostFailure(f"disk limit: btrfs cannot run ({exc}); run the bootstrap playbook") from exc
     finally:
-        podman.run("umount", container_id, check=False)
+        if mounted:
+            podman.run("umount", container_id, check=False)
     if rc != 0:
         raise HostFailure("disk limit: podman's storage is not on the btrfs pool (run the bootstrap playbook): "
                           + (err.strip() or out.strip()))
@@ -458,7 +491,7 @@ def started(d: Deployment) -> dict[str, Any]:
     else:
         container = start_new(d, existing)
         result["changed"] = True
-    if "image_digest" not in container:
+    if not p["_digests_later"]:
         container["image_digest"] = podman.digest(container["id"])
     result |= {"container": container, "others": [c["id"] for c in existing if c["id"] != container["id"]]}
     return result
@@ -633,14 +666,15 @@ def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any]
 
     ``untag``: where the digest names the pulls added go, for the caller to drop later
     (:func:`untag_digests`; the converge does it once Caddy routes to what started); without it,
-    they are dropped here.
+    they are dropped here. With it, the started containers' image digests are the caller's to
+    read later too (:func:`fill_digests`): neither is on the way to Caddy routing.
 
     ``seen``: the caller's observation of the host moments ago (observe.host: containers, networks),
     which saves each start a ``podman ps`` and a ``network exists`` (podman calls are what a host's
     CPU spends a burst of creates on)."""
     if not items:
         return []
-    shared = {**shared, "_secret_names": [], "_images": {}}
+    shared = {**shared, "_secret_names": [], "_images": {}, "_digests_later": untag is not None}
     by_deployment, networks = of_deployments(seen or {})
     # Once for every deployment: the env secrets on the host (retired and absent drop theirs).
     if state in ("retired", "absent") and not check_mode:
@@ -668,6 +702,14 @@ def converge_all(state: str, items: list[dict[str, Any]], shared: dict[str, Any]
         # Once for every deployment: each prune walks all of the host's images.
         Podman(binary, []).run("image", "prune", "--force", check=False)
     return entries
+
+
+def fill_digests(podman: Podman, entries: list[dict[str, Any]]) -> None:
+    """The image digest of each started entry's container (converge_all with ``untag``), in one podman run."""
+    containers = [e["container"] for e in entries if (e.get("container") or {}).get("id")]
+    found = podman.digests([c["id"] for c in containers if "image_digest" not in c])
+    for container in containers:
+        container.setdefault("image_digest", found.get(container["id"], ""))
 
 
 def summary(state: str, entries: list[dict[str, Any]]) -> str:

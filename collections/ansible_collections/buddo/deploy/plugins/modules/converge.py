@@ -251,8 +251,11 @@ def main() -> None:
         routes = [sites.render(site, site_settings) for site in plan.converge_sites(up)]
         gone = work["remove_sites"] + work["orphan_sites"]
         with ThreadPoolExecutor(max_workers=1) as aside:
-            # The digest names the pulls added go while Caddy is told of what started.
-            untagged = aside.submit(instances.untag_digests, instances.Podman(binary, []), run.untag)
+            # What the started containers run is read, and the digest names the pulls added go,
+            # while Caddy is told of what started.
+            podman = instances.Podman(binary, [])
+            untagged = aside.submit(lambda: (instances.fill_digests(podman, started),
+                                             instances.untag_digests(podman, run.untag)))
             if routes or gone or work["reload"]:
                 try:
                     written = sites.apply(module, site_settings, routes, gone, work["reload"])
