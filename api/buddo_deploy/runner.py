@@ -28,8 +28,11 @@ import yaml
 
 from .results import EventSummary, PlaybookResult
 from .settings import REPO_ROOT, STRATEGIES
+from .warm import Pool
 
 DEFAULT_STRATEGY = STRATEGIES[0]
+# This process's warm ansible-playbooks (warm.py): a run starts in a fork of one.
+WARM = Pool()
 
 KEPT_EVENTS = {
     "playbook_on_play_start", "playbook_on_task_start", "runner_on_ok", "runner_on_failed",
@@ -237,7 +240,8 @@ def run_playbook(
             # The config merged os.environ in; keep only what the run is meant to have,
             # before Runner.run() writes artifacts/<id>/command and starts the process.
             allowed = {*envvars, *RUNNER_ENV}
-            runner.config.env = {k: v for k, v in runner.config.env.items() if k in allowed}
+            runner.config.env = WARM.env_for({k: v for k, v in runner.config.env.items() if k in allowed})
+            runner.config.command[0] = WARM.launcher()  # ansible-playbook, forked from a warm one
             runner.run()
         outcome.status = str(runner.status)
         outcome.rc = runner.rc

@@ -254,8 +254,12 @@ def main() -> None:
             # What the started containers run is read, and the digest names the pulls added go,
             # while Caddy is told of what started.
             podman = instances.Podman(binary, [])
-            untagged = aside.submit(lambda: (instances.fill_digests(podman, started),
-                                             instances.untag_digests(podman, run.untag)))
+
+            def read_and_untag() -> None:
+                instances.fill_digests(podman, started)
+                instances.untag_digests(podman, run.untag)
+
+            untagged = aside.submit(read_and_untag)
             if routes or gone or work["reload"]:
                 try:
                     written = sites.apply(module, site_settings, routes, gone, work["reload"])

@@ -1,0 +1,107 @@
+"""Runs start as forks of a warm ansible-playbook (buddo_deploy.warm), and behave as cold ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from buddo_deploy import runner
+from buddo_deploy.warm import Pool
+
+PLAYBOOKS = Path(__file__).parent / "playbooks"
+
+
+def inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts.yml"
+    path.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                    "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
+    return path
+
+
+def until(check: Callable[[], object], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def zygote_of_the_runs(tmp_path: Path) -> subprocess.Popen[bytes]:
+    """The bridge's zygote, once it listens (the first run of an environment starts it and runs cold)."""
+    assert runner.run_playbook(PLAYBOOKS / "fail.yml", inventory(tmp_path), {}, work_dir=tmp_path / "r").status == \
+        "failed"
+    [(process, directory)] = [z for z in runner.WARM.zygotes.values() if z[0].poll() is None]
+    until(lambda: (directory / "socket").exists(), "the zygote listens")
+    return process
+
+
+def test_a_run_is_a_fork_of_the_warm_ansible_and_ends_with_it(tmp_path: Path) -> None:
+    zygote = zygote_of_the_runs(tmp_path)
+    flag = tmp_path / "flag"
+    results = []
+    run = threading.Thread(target=lambda: results.append(runner.run_playbook(
+        PLAYBOOKS / "wait_file.yml", inventory(tmp_path), {"flag_file": str(flag)}, work_dir=tmp_path / "r")))
+    run.start()
+    until(lambda: children(zygote.pid), "the run is a child of the zygote")
+    [child] = children(zygote.pid)
+    flag.touch()
+    run.join(timeout=60)
+    [result] = results
+    assert result.ok, result
+    assert result.failed_task is None
+    until(lambda: not Path(f"/proc/{child}").exists(), "the child is gone when its run ended")
+
+
+def test_a_run_that_times_out_leaves_no_fork_behind(tmp_path: Path) -> None:
+    zygote = zygote_of_the_runs(tmp_path)
+    result = runner.run_playbook(PLAYBOOKS / "wait_file.yml", inventory(tmp_path), {"flag_file": str(tmp_path / "x")},
+                                 timeout_s=3, work_dir=tmp_path / "r")
+    assert result.status == "timeout"
+    # ansible-runner SIGKILLed the launcher: the child saw its socket close and killed itself.
+    until(lambda: not children(zygote.pid), "no child of the zygote is left")
+
+
+def test_a_changed_ansible_cfg_is_refused_and_the_run_goes_cold(tmp_path: Path) -> None:
+    config = tmp_path / "ansible.cfg"
+    shutil.copy(runner.REPO_ROOT / "ansible.cfg", config)
+    env = runner.ansible_env() | {"ANSIBLE_CONFIG": str(config), "ANSIBLE_STDOUT_CALLBACK": "default"}
+    pool = Pool()
+    warm = pool.env_for(env)
+    [(zygote, directory)] = pool.zygotes.values()
+    until(lambda: (directory / "socket").exists(), "the zygote listens")
+    command = [pool.launcher(), "-i", str(inventory(tmp_path)), str(PLAYBOOKS / "fail.yml")]
+    first = subprocess.run(command, env=warm, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert first.returncode == 2 and "the widget is broken" in first.stdout, first
+    stamp = config.stat().st_mtime + 5
+    os.utime(config, (stamp, stamp))
+    second = subprocess.run(command, env=warm, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert (second.returncode, second.stdout) == (first.returncode, first.stdout)
+    zygote.wait(timeout=30)  # it read an ansible.cfg that is no more: it is done
+    assert not directory.exists()
+
+
+def test_without_a_zygote_the_launcher_runs_ansible_playbook(tmp_path: Path) -> None:
+    pool = Pool()
+    env = runner.ansible_env() | {"ANSIBLE_STDOUT_CALLBACK": "default", "BUDDO_ANSIBLE_WARM": str(tmp_path / "none"),
+                                  "BUDDO_ANSIBLE_PLAYBOOK": str(Path(sys.executable).with_name("ansible-playbook"))}
+    done = subprocess.run([pool.launcher(), "-i", str(inventory(tmp_path)), str(PLAYBOOKS / "fail.yml")], env=env,
+                          capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert done.returncode == 2 and "the widget is broken" in done.stdout, done
