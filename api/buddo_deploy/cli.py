@@ -179,9 +179,11 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     """One reconcile per host, under the host's lock, run by this process."""
     from . import jobqueue
     from .db import open_database, write_transaction
+    from .runner import prewarm
     from .services import engine
     from .tasks import ReconcileTask
 
+    prewarm(settings.ansible_strategy)  # Ansible imports while the database is read
     open_database(settings.database_url)
     counting = _count_into(settings)
     owner = f"cli:{socket.gethostname()}:{os.getpid()}"

@@ -172,6 +172,26 @@ def ansible_env(strategy: str = DEFAULT_STRATEGY) -> dict[str, str]:
     }
 
 
+def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, **options: Any) -> Any:
+    """ansible-runner's Runner for one run, with the run's environment (an allow-list) and command."""
+    envvars = ansible_env(strategy)
+    runner = ansible_runner.interface.init_runner(
+        private_data_dir=str(private), playbook=str(playbook), inventory=str(inventory), envvars=envvars,
+        suppress_env_files=True, quiet=True, rotate_artifacts=1, **options)
+    # The config merged os.environ in; keep only what the run is meant to have,
+    # before Runner.run() writes artifacts/<id>/command and starts the process.
+    allowed = {*envvars, *RUNNER_ENV}
+    runner.config.env = WARM.env_for({k: v for k, v in runner.config.env.items() if k in allowed})
+    runner.config.command[0] = WARM.launcher()  # ansible-playbook, forked from a warm one
+    return runner
+
+
+def prewarm(strategy: str = DEFAULT_STRATEGY) -> None:
+    """Start the warm ansible-playbook of this process's runs now, beside other start-up work."""
+    with tempfile.TemporaryDirectory(prefix="buddo-prewarm-") as private:
+        _runner(Path(private), Path(private) / "none.yml", Path(private) / "hosts", strategy)
+
+
 def run_playbook(
     playbook: Path,
     inventory: Path,
@@ -222,26 +242,9 @@ def run_playbook(
             for name, value in (secret_files or {}).items():
                 variables[name] = more.enter_context(secret_file(value))
             (private / "env" / "extravars").write_text(unsafe_yaml(variables))
-            envvars = ansible_env(strategy)
-            runner = ansible_runner.interface.init_runner(
-                private_data_dir=str(private),
-                playbook=str(playbook),
-                inventory=str(inventory),
-                limit=limit,
-                cmdline="--check" if check else None,
-                envvars=envvars,
-                suppress_env_files=True,
-                quiet=True,
-                timeout=timeout_s,
-                event_handler=handle,
-                cancel_callback=should_cancel or (lambda: False),
-                rotate_artifacts=1,
-            )
-            # The config merged os.environ in; keep only what the run is meant to have,
-            # before Runner.run() writes artifacts/<id>/command and starts the process.
-            allowed = {*envvars, *RUNNER_ENV}
-            runner.config.env = WARM.env_for({k: v for k, v in runner.config.env.items() if k in allowed})
-            runner.config.command[0] = WARM.launcher()  # ansible-playbook, forked from a warm one
+            runner = _runner(private, playbook, inventory, strategy, limit=limit,
+                             cmdline="--check" if check else None, timeout=timeout_s, event_handler=handle,
+                             cancel_callback=should_cancel or (lambda: False))
             runner.run()
         outcome.status = str(runner.status)
         outcome.rc = runner.rc

@@ -28,7 +28,7 @@ from . import jobqueue, metrics
 from .db import connect_thread, open_database, write_transaction
 from .inventory import container_hosts, host_addresses
 from .models import database_proxy, utcnow
-from .runner import run_playbook, sweep_stale_secrets
+from .runner import prewarm, run_playbook, sweep_stale_secrets
 from .services import billing, domains, engine, follow, leases, retention, webhooks
 from .settings import Settings
 from .tasks import task_for
@@ -223,6 +223,7 @@ class Pruner:
 
 def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 2) -> None:
     container_hosts(settings.inventory, settings.host_port_range)  # a malformed inventory stops the start
+    prewarm(settings.ansible_strategy)  # the first job's ansible-playbook is warm too
     open_database(settings.database_url)
     metrics.sweep(metrics.prepare(settings.var_dir))
     if swept := sweep_stale_secrets():
