@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import peewee
@@ -58,3 +59,37 @@ def write_transaction(db: peewee.Database) -> peewee._atomic:
     if isinstance(db, peewee.SqliteDatabase) and not db.in_transaction():
         return db.atomic("IMMEDIATE")
     return db.atomic()
+
+
+# PostgreSQL transaction-scoped advisory locks, one key class each (the first argument of
+# pg_advisory_xact_lock(class, hashtext(name))); the claim's is a key of its own. The lock order:
+# an operator's, its billing account's row, rows of its deployments, a host's lock, then the
+# host's enqueue lock and its queued converge's row. Whoever holds a later one takes no earlier
+# one (jobqueue.retry_alone locks its deployment's row before the enqueue lock).
+CLAIM_LOCK = 74_217_001  # the job claim (one at a time)
+OPERATOR_LOCK = 74_217_003  # an operator's limits, counted and taken as one step
+OUTPUT_READ_LOCK = 74_217_004  # one queued output read per deployment
+ENQUEUE_LOCK = 74_217_005  # a host's enqueues
+HOST_LOCK = 74_217_006  # a host's room and ports
+
+
+def advisory_lock(kind: int, name: str, *, wait: bool = True) -> bool:
+    """Lock ``name`` of class ``kind`` until the transaction ends (a no-op on SQLite, whose
+    writers run one at a time); without ``wait``, False when another transaction holds it."""
+    db = database_proxy.obj
+    if not is_postgres(db):
+        return True
+    if wait:
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (kind, name))
+        return True
+    return bool(db.execute_sql("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (kind, name)).fetchone()[0])
+
+
+def lock_row(model: type[peewee.Model], ident: Any) -> peewee.Model | None:
+    """The row, locked until the transaction ends (SQLite: the write transaction already is)."""
+    query = model.select().where(model._meta.primary_key == ident)
+    if is_postgres(database_proxy.obj):
+        query = query.for_update()
+    found: peewee.Model | None = query.first()
+    return found
+

@@ -54,17 +54,14 @@ host), so two API processes never queue two converges of one host where one belo
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from typing import Any
 
 import peewee
 
-from .db import is_postgres, write_transaction
+from .db import CLAIM_LOCK, ENQUEUE_LOCK, advisory_lock, is_postgres, lock_row, write_transaction
 from .models import AuditEntry, Deployment, Job, JobEvent, JobTarget, database_proxy, utcnow
 from .vocabulary import AuditStatus
 
-_CLAIM_LOCK = 74_217_001  # pg_advisory_xact_lock key of the claim
-_ENQUEUE_LOCK = 74_217_005  # pg_advisory_xact_lock(class, crc32(host)) of a host's enqueue
 _OPEN = ("queued", "running")  # a target (or job) without an outcome yet
 
 # What a deployment is told of a failure in a job it shares with others of its host: the
@@ -78,9 +75,7 @@ def host_lock_key(host: str) -> str:
 
 def _lock_host(host: str) -> None:
     """Serialise the host's enqueues (PostgreSQL; SQLite's write transactions are serialised already)."""
-    db = database_proxy.obj
-    if is_postgres(db):
-        db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", (_ENQUEUE_LOCK, zlib.crc32(host.encode()) - 2**31))
+    advisory_lock(ENQUEUE_LOCK, host)
 
 
 def _solo_of(deployment_id: Any) -> peewee.Expression:
@@ -187,10 +182,9 @@ def retry_alone(job: Job, deployment_id: Any, generation: int, *, run_after: dt.
     name the solo converge from then on, and so do its changes queued in the host's ordinary
     converges (:func:`_take_alone`). Call after :func:`finish` of ``job``, in its transaction.
     """
-    # The deployment's row before the enqueue lock (placement.py's lock order): its target's
-    # foreign key would take a share lock on it while we hold the enqueue lock.
-    if is_postgres(database_proxy.obj):
-        Deployment.select(Deployment.id).where(Deployment.id == deployment_id).for_update().execute()
+    # The deployment's row before the enqueue lock (db.py's lock order): its target's foreign
+    # key would take a share lock on it while we hold the enqueue lock.
+    lock_row(Deployment, deployment_id)
     _lock_host(job.host)
     finish_target(job, deployment_id, succeeded=False, error=error, task=task)
     solo = _queued_converge(job.host, deployment_id) or _new_converge(
@@ -414,7 +408,7 @@ def claim(owner: str, lease_s: int, *, job_id: int | None = None) -> Job | None:
             return None
     with write_transaction(db):
         if is_postgres(db):
-            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
         found = db.execute_sql(query, params).fetchone()
         if found is None:
             return None

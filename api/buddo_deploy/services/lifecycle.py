@@ -22,7 +22,7 @@ import peewee
 from .. import jobqueue
 from ..auth import Principal
 from ..crypto import decrypt_env, encrypt_env
-from ..db import connect_thread, is_postgres, write_transaction
+from ..db import HOST_LOCK, OPERATOR_LOCK, advisory_lock, connect_thread, is_postgres, write_transaction
 from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable, UpstreamFailed
 from ..inventory import ContainerHost, container_host, container_hosts
 from ..models import AuditEntry, Deployment, Release, Tier, database_proxy, utcnow
@@ -31,7 +31,7 @@ from ..settings import Settings
 from ..vocabulary import DeploymentStatus
 from . import domains, output, pages, releases, state
 from .billing import Billing
-from .placement import HOST_LOCK, OPERATOR_LOCK, advisory_lock, free_mb, held
+from .placement import free_mb, held
 from .tiers import get_tier
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -398,7 +398,7 @@ class Lifecycle:
         SQLite: write_transaction is BEGIN IMMEDIATE, so writers already run one at a time.
         PostgreSQL: READ COMMITTED lets two transactions count before either inserts, so
         transaction-scoped advisory locks order them; each count then sees the previous
-        change committed. The lock order is placement.py's.
+        change committed. The lock order is db.py's.
         """
         advisory_lock(OPERATOR_LOCK, principal.operator_id, wait=True)
 

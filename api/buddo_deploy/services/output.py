@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..crypto import decrypt_env
-from ..db import is_postgres, write_transaction
+from ..db import OUTPUT_READ_LOCK, advisory_lock, write_transaction
 from ..models import Deployment, Job, database_proxy, utcnow
 from ..results import PlaybookResult
 from . import state
@@ -29,8 +29,6 @@ JOB_TIMEOUT_S = 30
 MASK = "********"
 # What a read asks for at least, so that the usual requests (tail up to the default) share one.
 READ_TAIL = 100
-# pg_advisory_xact_lock(class, hashtext(deployment)) while a GET decides whether to queue a read.
-_READ_LOCK = 74_217_004
 _NANOS = re.compile(r"(\.\d{6})\d+")
 
 
@@ -99,9 +97,7 @@ def current(d: Deployment, *, tail: int, since: dt.datetime | None, max_age_s: f
     latest, read = _reads(d.id)
     if not (_covers(read, tail) and _fresh(read, max_age_s, now)):
         with write_transaction(database_proxy.obj):
-            if is_postgres(database_proxy.obj):  # two API processes must not both queue one
-                database_proxy.obj.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                                               (_READ_LOCK, str(d.id)))
+            advisory_lock(OUTPUT_READ_LOCK, str(d.id))  # two API processes must not both queue one
             latest, read = _reads(d.id)
             latest = _queue_unless_under_way(d, latest, read, tail, max_age_s, utcnow())
     now = utcnow()

@@ -13,29 +13,8 @@ from typing import Any, cast
 
 import peewee
 
-from ..db import is_postgres
-from ..models import Deployment, Run, database_proxy
+from ..models import Deployment, Run
 from ..vocabulary import RunState
-
-# pg_advisory_xact_lock(kind, hashtext(name)): an operator's limits are counted and taken as
-# one step under its own lock; a host's room and ports under the host's. The lock order: the
-# operator's, its billing account's row, rows of its deployments, a host's lock, then the host's
-# enqueue lock (jobqueue) and its queued converge's row. Whoever holds the enqueue lock takes no
-# lock before it in this order (jobqueue.retry_alone locks its deployment's row first).
-OPERATOR_LOCK = 74_217_003
-HOST_LOCK = 74_217_006  # 004 is output.py's read lock, 005 jobqueue's enqueue lock
-
-
-def advisory_lock(kind: int, name: str, *, wait: bool) -> bool:
-    """A PostgreSQL transaction-scoped advisory lock (a no-op on SQLite, whose writers run one at a
-    time); without ``wait``, False when another transaction holds it."""
-    db = database_proxy.obj
-    if not is_postgres(db):
-        return True
-    if wait:
-        db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (kind, name))
-        return True
-    return bool(db.execute_sql("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (kind, name)).fetchone()[0])
 
 
 def held(names: list[str], *, besides: Any = None) -> dict[str, tuple[int, int]]:

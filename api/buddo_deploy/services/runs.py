@@ -25,7 +25,7 @@ from typing import Any
 from .. import jobqueue
 from ..auth import Principal
 from ..crypto import decrypt_secret, encrypt_secret
-from ..db import connect_thread, write_transaction
+from ..db import HOST_LOCK, advisory_lock, connect_thread, write_transaction
 from ..domain_errors import Forbidden, Invalid, LimitReached, NotFound, Unavailable
 from ..inventory import container_host
 from ..models import Deployment, Job, Run, database_proxy, utcnow
@@ -87,7 +87,7 @@ class Runs:
     def _check_room(self, d: Deployment) -> None:
         """The run's container holds the deployment's memory beside it: the host must have that room
         (counted and taken under the host's lock, as placement does)."""
-        placement.advisory_lock(placement.HOST_LOCK, d.host, wait=True)
+        advisory_lock(HOST_LOCK, d.host)
         host = container_host(self.settings.inventory, d.host, self.settings.host_port_range)
         if host is None or placement.free_mb(host.memory_mb, d.host) < d.memory_limit_mb:
             raise Unavailable(f"The deployment's host has no room for a run now ({d.memory_limit_mb} MB); "

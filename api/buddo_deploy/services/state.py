@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from .. import jobqueue
-from ..db import is_postgres
+from ..db import lock_row
 from ..domain_errors import Conflict
-from ..models import AuditEntry, Deployment, database_proxy, utcnow
+from ..models import AuditEntry, Deployment, utcnow
 from ..vocabulary import (
     AuditAction,
     AuditStatus,
@@ -41,12 +41,8 @@ OPEN_AUDIT = (AuditStatus.PENDING, AuditStatus.RUNNING)
 
 
 def locked(deployment_id: Any) -> Deployment | None:
-    """The row, locked until the transaction ends (SQLite: the write transaction already is)."""
-    query = Deployment.select().where(Deployment.id == deployment_id)
-    if is_postgres(database_proxy.obj):
-        query = query.for_update()
-    found: Deployment | None = query.first()
-    return found
+    """The deployment's row, locked until the transaction ends (db.lock_row)."""
+    return cast("Deployment | None", lock_row(Deployment, deployment_id))
 
 
 def serving(deployment: Deployment) -> bool:
