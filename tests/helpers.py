@@ -325,3 +325,11 @@ class Receiver:
     def verified(self, secret: str) -> list[dict[str, Any]]:
         """Every body received, each checked by the reference verifier (raises if one fails)."""
         return [Webhook(secret).verify(r["body"], r["headers"]) for r in self.received]
+
+
+def local_inventory(tmp_path: Path) -> Path:
+    """An inventory of localhost alone, run by the interpreter running ansible-playbook."""
+    path = tmp_path / "hosts.yml"
+    path.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                    "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
+    return path

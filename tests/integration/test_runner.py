@@ -11,14 +11,9 @@ import pytest
 from buddo_deploy.runner import run_playbook, secret_dir, sweep_stale_secrets
 from buddo_deploy.settings import STRATEGIES
 
+from tests.helpers import local_inventory
+
 PLAYBOOKS = Path(__file__).parent / "playbooks"
-
-
-def inventory(tmp_path: Path) -> Path:
-    path = tmp_path / "hosts.yml"
-    path.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
-                    "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
-    return path
 
 
 # Both strategies BUDDO_ANSIBLE_STRATEGY offers keep data, secrets and failures as they should.
@@ -29,7 +24,7 @@ def test_user_strings_stay_data_and_secrets_stay_out(tmp_path: Path, strategy: s
     events = []
     work = tmp_path / "runner"
     result = run_playbook(
-        PLAYBOOKS / "echo.yml", inventory(tmp_path),
+        PLAYBOOKS / "echo.yml", local_inventory(tmp_path),
         {"user_value": literal, "expected_literal": literal, "output_file": str(tmp_path / "out")},
         secrets={"API_KEY": secret}, on_event=events.append, work_dir=work, keep_data_dir=True, strategy=strategy,
     )
@@ -62,7 +57,7 @@ def test_playbooks_run_with_a_minimal_environment(tmp_path: Path, monkeypatch: p
     for name, value in fakes.items():
         monkeypatch.setenv(name, value)
     work = tmp_path / "runner"
-    result = run_playbook(PLAYBOOKS / "env.yml", inventory(tmp_path), {"output_file": str(tmp_path / "env.txt")},
+    result = run_playbook(PLAYBOOKS / "env.yml", local_inventory(tmp_path), {"output_file": str(tmp_path / "env.txt")},
                           work_dir=work, keep_data_dir=True, strategy=strategy)
     assert result.ok, result
 
@@ -80,7 +75,8 @@ def test_playbooks_run_with_a_minimal_environment(tmp_path: Path, monkeypatch: p
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_failure_names_the_task_and_message(tmp_path: Path, strategy: str) -> None:
-    result = run_playbook(PLAYBOOKS / "fail.yml", inventory(tmp_path), {}, work_dir=tmp_path / "r", strategy=strategy)
+    result = run_playbook(PLAYBOOKS / "fail.yml", local_inventory(tmp_path), {}, work_dir=tmp_path / "r",
+                          strategy=strategy)
     assert not result.ok and result.status == "failed"
     assert result.failed_task == "Check the widget"
     assert result.message == "the widget is broken"
@@ -89,7 +85,7 @@ def test_failure_names_the_task_and_message(tmp_path: Path, strategy: str) -> No
 
 def test_hard_timeout(tmp_path: Path) -> None:
     started = time.monotonic()
-    result = run_playbook(PLAYBOOKS / "sleep.yml", inventory(tmp_path), {}, timeout_s=3, work_dir=tmp_path / "r")
+    result = run_playbook(PLAYBOOKS / "sleep.yml", local_inventory(tmp_path), {}, timeout_s=3, work_dir=tmp_path / "r")
     assert result.status == "timeout"
     assert result.message == "timed out after 3 s"
     assert time.monotonic() - started < 25
@@ -97,7 +93,7 @@ def test_hard_timeout(tmp_path: Path) -> None:
 
 def test_cancel_when_the_lease_is_lost(tmp_path: Path) -> None:
     deadline = time.monotonic() + 3
-    result = run_playbook(PLAYBOOKS / "sleep.yml", inventory(tmp_path), {}, work_dir=tmp_path / "r",
+    result = run_playbook(PLAYBOOKS / "sleep.yml", local_inventory(tmp_path), {}, work_dir=tmp_path / "r",
                           should_cancel=lambda: time.monotonic() > deadline)
     assert result.status == "canceled"
     assert "lease" in (result.message or "")
@@ -121,7 +117,7 @@ def test_what_a_run_reports_reaches_the_caller_while_it_still_runs(tmp_path: Pat
         reports.append(data)
         flag.touch()
 
-    result = run_playbook(PLAYBOOKS / "report.yml", inventory(tmp_path), {"reported_file": str(flag)},
+    result = run_playbook(PLAYBOOKS / "report.yml", local_inventory(tmp_path), {"reported_file": str(flag)},
                           on_report=on_report, work_dir=tmp_path / "r")
     assert result.ok, result
     assert reports == [{"buddo_outcomes": {"d1": {"ok": True}}}]

@@ -14,14 +14,9 @@ from pathlib import Path
 from buddo_deploy import runner
 from buddo_deploy.warm import Pool
 
+from tests.helpers import local_inventory
+
 PLAYBOOKS = Path(__file__).parent / "playbooks"
-
-
-def inventory(tmp_path: Path) -> Path:
-    path = tmp_path / "hosts.yml"
-    path.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
-                    "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
-    return path
 
 
 def until(check: Callable[[], object], what: str, timeout_s: float = 30) -> None:
@@ -46,8 +41,8 @@ def children(pid: int) -> list[int]:
 
 def zygote_of_the_runs(tmp_path: Path) -> subprocess.Popen[bytes]:
     """The bridge's zygote, once it listens (the first run of an environment starts it and runs cold)."""
-    assert runner.run_playbook(PLAYBOOKS / "fail.yml", inventory(tmp_path), {}, work_dir=tmp_path / "r").status == \
-        "failed"
+    first = runner.run_playbook(PLAYBOOKS / "fail.yml", local_inventory(tmp_path), {}, work_dir=tmp_path / "r")
+    assert first.status == "failed"
     [(process, directory)] = [z for z in runner.WARM.zygotes.values() if z[0].poll() is None]
     until(lambda: (directory / "socket").exists(), "the zygote listens")
     return process
@@ -58,7 +53,7 @@ def test_a_run_is_a_fork_of_the_warm_ansible_and_ends_with_it(tmp_path: Path) ->
     flag = tmp_path / "flag"
     results = []
     run = threading.Thread(target=lambda: results.append(runner.run_playbook(
-        PLAYBOOKS / "wait_file.yml", inventory(tmp_path), {"flag_file": str(flag)}, work_dir=tmp_path / "r")))
+        PLAYBOOKS / "wait_file.yml", local_inventory(tmp_path), {"flag_file": str(flag)}, work_dir=tmp_path / "r")))
     run.start()
     until(lambda: children(zygote.pid), "the run is a child of the zygote")
     [child] = children(zygote.pid)
@@ -72,7 +67,7 @@ def test_a_run_is_a_fork_of_the_warm_ansible_and_ends_with_it(tmp_path: Path) ->
 
 def test_a_run_that_times_out_leaves_no_fork_behind(tmp_path: Path) -> None:
     zygote = zygote_of_the_runs(tmp_path)
-    result = runner.run_playbook(PLAYBOOKS / "wait_file.yml", inventory(tmp_path), {"flag_file": str(tmp_path / "x")},
+    result = runner.run_playbook(PLAYBOOKS / "wait_file.yml", local_inventory(tmp_path), {"flag_file": str(tmp_path / "x")},
                                  timeout_s=3, work_dir=tmp_path / "r")
     assert result.status == "timeout"
     # ansible-runner SIGKILLed the launcher: the child saw its socket close and killed itself.
@@ -87,7 +82,7 @@ def test_a_changed_ansible_cfg_is_refused_and_the_run_goes_cold(tmp_path: Path) 
     warm = pool.env_for(env)
     [(zygote, directory)] = pool.zygotes.values()
     until(lambda: (directory / "socket").exists(), "the zygote listens")
-    command = [pool.launcher(), "-i", str(inventory(tmp_path)), str(PLAYBOOKS / "fail.yml")]
+    command = [pool.launcher(), "-i", str(local_inventory(tmp_path)), str(PLAYBOOKS / "fail.yml")]
     first = subprocess.run(command, env=warm, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert first.returncode == 2 and "the widget is broken" in first.stdout, first
     stamp = config.stat().st_mtime + 5
@@ -102,6 +97,6 @@ def test_without_a_zygote_the_launcher_runs_ansible_playbook(tmp_path: Path) -> 
     pool = Pool()
     env = runner.ansible_env() | {"ANSIBLE_STDOUT_CALLBACK": "default", "BUDDO_ANSIBLE_WARM": str(tmp_path / "none"),
                                   "BUDDO_ANSIBLE_PLAYBOOK": str(Path(sys.executable).with_name("ansible-playbook"))}
-    done = subprocess.run([pool.launcher(), "-i", str(inventory(tmp_path)), str(PLAYBOOKS / "fail.yml")], env=env,
+    done = subprocess.run([pool.launcher(), "-i", str(local_inventory(tmp_path)), str(PLAYBOOKS / "fail.yml")], env=env,
                           capture_output=True, text=True, check=False, cwd=tmp_path)
     assert done.returncode == 2 and "the widget is broken" in done.stdout, done
