@@ -67,8 +67,8 @@ def test_a_run_is_a_fork_of_the_warm_ansible_and_ends_with_it(tmp_path: Path) ->
 
 def test_a_run_that_times_out_leaves_no_fork_behind(tmp_path: Path) -> None:
     zygote = zygote_of_the_runs(tmp_path)
-    result = runner.run_playbook(PLAYBOOKS / "wait_file.yml", local_inventory(tmp_path), {"flag_file": str(tmp_path / "x")},
-                                 timeout_s=3, work_dir=tmp_path / "r")
+    result = runner.run_playbook(PLAYBOOKS / "wait_file.yml", local_inventory(tmp_path),
+                                 {"flag_file": str(tmp_path / "x")}, timeout_s=3, work_dir=tmp_path / "r")
     assert result.status == "timeout"
     # ansible-runner SIGKILLed the launcher: the child saw its socket close and killed itself.
     until(lambda: not children(zygote.pid), "no child of the zygote is left")
