@@ -172,7 +172,8 @@ def ansible_env(strategy: str = DEFAULT_STRATEGY) -> dict[str, str]:
     }
 
 
-def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, **options: Any) -> Any:
+def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, *, warm_wait: bool = True,
+            **options: Any) -> Any:
     """ansible-runner's Runner for one run, with the run's environment (an allow-list) and command."""
     envvars = ansible_env(strategy)
     runner = ansible_runner.interface.init_runner(
@@ -181,7 +182,7 @@ def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, **opt
     # The config merged os.environ in; keep only what the run is meant to have,
     # before Runner.run() writes artifacts/<id>/command and starts the process.
     allowed = {*envvars, *RUNNER_ENV}
-    runner.config.env = WARM.env_for({k: v for k, v in runner.config.env.items() if k in allowed})
+    runner.config.env = WARM.env_for({k: v for k, v in runner.config.env.items() if k in allowed}, wait=warm_wait)
     runner.config.command[0] = WARM.launcher()  # ansible-playbook, forked from a warm one
     return runner
 
@@ -189,7 +190,7 @@ def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, **opt
 def prewarm(strategy: str = DEFAULT_STRATEGY) -> None:
     """Start the warm ansible-playbook of this process's runs now, beside other start-up work."""
     with tempfile.TemporaryDirectory(prefix="buddo-prewarm-") as private:
-        _runner(Path(private), Path(private) / "none.yml", Path(private) / "hosts", strategy)
+        _runner(Path(private), Path(private) / "none.yml", Path(private) / "hosts", strategy, warm_wait=False)
 
 
 def run_playbook(

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,6 +42,7 @@ PER_RUN_ENV = frozenset({"ANSIBLE_CACHE_PLUGIN_CONNECTION", "AWX_ISOLATED_DATA_D
 SOCKET_ENV = "BUDDO_ANSIBLE_WARM"
 PLAYBOOK_ENV = "BUDDO_ANSIBLE_PLAYBOOK"
 MAX_REQUEST = 1 << 20
+STARTING_S = 1.0  # how long after its start a run waits for a zygote to listen
 
 LAUNCHER = r'''
 """Run ansible-playbook as a fork of the warm zygote (buddo_deploy.warm); the real one when it cannot."""
@@ -276,9 +278,13 @@ class Pool:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.zygotes: dict[tuple[tuple[str, str], ...], tuple[subprocess.Popen[bytes], Path]] = {}
+        self.started: dict[tuple[tuple[str, str], ...], float] = {}
 
-    def env_for(self, env: dict[str, str]) -> dict[str, str]:
-        """``env`` with what sends this run's ansible-playbook to a zygote of that environment."""
+    def env_for(self, env: dict[str, str], *, wait: bool = True) -> dict[str, str]:
+        """``env`` with what sends this run's ansible-playbook to a zygote of that environment.
+
+        A zygote started moments ago (a worker's or a reconcile's prewarm) is waited for, up to
+        STARTING_S after its start: a cold start would spend that time importing Ansible too."""
         key = tuple(sorted(static_env(env).items()))
         with self.lock:
             known = self.zygotes.get(key)
@@ -288,8 +294,13 @@ class Pool:
                     [sys.executable, "-m", "buddo_deploy.warm", str(directory)], env=env,
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
                 known = self.zygotes[key] = (process, directory)
+                self.started[key] = time.monotonic()
+        socket_path = known[1] / "socket"
+        until = self.started[key] + STARTING_S
+        while wait and not socket_path.exists() and known[0].poll() is None and time.monotonic() < until:
+            time.sleep(0.01)
         real = Path(sys.executable).with_name("ansible-playbook")
-        return env | {SOCKET_ENV: str(known[1] / "socket"), PLAYBOOK_ENV: str(real)}
+        return env | {SOCKET_ENV: str(socket_path), PLAYBOOK_ENV: str(real)}
 
     def launcher(self) -> str:
         """The launcher script (one per process), written next to nothing else."""

@@ -40,7 +40,7 @@ def children(pid: int) -> list[int]:
 
 
 def zygote_of_the_runs(tmp_path: Path) -> subprocess.Popen[bytes]:
-    """The bridge's zygote, once it listens (the first run of an environment starts it and runs cold)."""
+    """The bridge's zygote, once it listens (the first run of an environment starts it)."""
     first = runner.run_playbook(PLAYBOOKS / "fail.yml", local_inventory(tmp_path), {}, work_dir=tmp_path / "r")
     assert first.status == "failed"
     [(process, directory)] = [z for z in runner.WARM.zygotes.values() if z[0].poll() is None]
