@@ -28,7 +28,7 @@ import yaml
 
 from .results import EventSummary, PlaybookResult
 from .settings import REPO_ROOT, STRATEGIES
-from .warm import Pool
+from .warm import SOCKET_ENV, Pool
 
 DEFAULT_STRATEGY = STRATEGIES[0]
 # This process's warm ansible-playbooks (warm.py): a run starts in a fork of one.
@@ -187,10 +187,13 @@ def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, *, wa
     return runner
 
 
-def prewarm(strategy: str = DEFAULT_STRATEGY) -> None:
-    """Start the warm ansible-playbook of this process's runs now, beside other start-up work."""
+def prewarm(strategy: str = DEFAULT_STRATEGY) -> Path:
+    """Start the warm ansible-playbook of this process's runs now, beside other start-up work;
+    the socket it will listen on."""
     with tempfile.TemporaryDirectory(prefix="buddo-prewarm-") as private:
-        _runner(Path(private), Path(private) / "none.yml", Path(private) / "hosts", strategy, warm_wait=False)
+        runner = _runner(Path(private), Path(private) / "none.yml", Path(private) / "hosts", strategy,
+                         warm_wait=False)
+    return Path(runner.config.env[SOCKET_ENV])
 
 
 def run_playbook(

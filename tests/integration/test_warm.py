@@ -40,11 +40,13 @@ def children(pid: int) -> list[int]:
 
 
 def zygote_of_the_runs(tmp_path: Path) -> subprocess.Popen[bytes]:
-    """The bridge's zygote, once it listens (the first run of an environment starts it)."""
+    """The bridge's zygote of the default strategy's runs, once it listens and has served a run."""
+    socket = runner.prewarm()
+    [process] = [z[0] for z in runner.WARM.zygotes.values() if z[1] == socket.parent and z[0].poll() is None]
+    until(socket.exists, "the zygote listens")
     first = runner.run_playbook(PLAYBOOKS / "fail.yml", local_inventory(tmp_path), {}, work_dir=tmp_path / "r")
     assert first.status == "failed"
-    [(process, directory)] = [z for z in runner.WARM.zygotes.values() if z[0].poll() is None]
-    until(lambda: (directory / "socket").exists(), "the zygote listens")
+    until(lambda: not children(process.pid), "the first run's child is gone")
     return process
 
 
