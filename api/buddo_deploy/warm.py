@@ -22,6 +22,7 @@ from __future__ import annotations
 import array
 import atexit
 import contextlib
+import importlib
 import json
 import os
 import selectors
@@ -43,6 +44,21 @@ SOCKET_ENV = "BUDDO_ANSIBLE_WARM"
 PLAYBOOK_ENV = "BUDDO_ANSIBLE_PLAYBOOK"
 MAX_REQUEST = 1 << 20
 STARTING_S = 1.0  # how long after its start a run waits for a zygote to listen
+
+# What a run of ansible-playbook imports (its start-up, then its plugins by their module names,
+# which Ansible's plugin loader takes from sys.modules): imported once, by the zygote. Never
+# collections' plugins (ansible_collections.*): a run's collection finder loads them.
+PRELOAD = (
+    "ansible.cli.playbook", "ansible.executor.playbook_executor", "ansible.plugins.strategy.linear",
+    "ansible.plugins.inventory", "ansible.plugins.inventory.auto", "ansible.plugins.inventory.host_list",
+    "ansible.plugins.inventory.ini", "ansible.plugins.inventory.yaml", "ansible.plugins.inventory.toml",
+    "ansible.plugins.connection.local", "ansible.plugins.connection.ssh", "ansible.plugins.connection.paramiko_ssh",
+    "ansible.plugins.shell.sh", "ansible.plugins.cache.memory", "ansible.plugins.vars.host_group_vars",
+    "ansible.plugins.callback.default", "ansible.plugins.callback.minimal", "ansible.plugins.become.sudo",
+    "ansible.playbook.handler_task_include", "ansible.parsing.yaml.dumper", "ansible.utils.encrypt",
+    "ansible.utils._junit_xml", "multiprocessing.synchronize", "multiprocessing.popen_fork",
+    "multiprocessing.shared_memory", "multiprocessing.resource_tracker", "pty", "tomllib",
+)
 
 LAUNCHER = r'''
 """Run ansible-playbook as a fork of the warm zygote (buddo_deploy.warm); the real one when it cannot."""
@@ -136,10 +152,8 @@ class Zygote:
         self.parent = os.getppid()
         self.env = static_env(dict(os.environ))
         self.children: dict[int, socket.socket] = {}
-        import ansible.cli.playbook  # noqa: F401 - the point of this process
-        import ansible.executor.playbook_executor  # noqa: F401
-        import ansible.plugins.strategy.linear  # noqa: F401
-
+        for name in PRELOAD:  # the point of this process
+            importlib.import_module(name)
         self.stamp = _config_stamp()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = directory / "socket"
