@@ -183,14 +183,16 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from .services import engine
     from .tasks import ReconcileTask
 
-    prewarm(settings.ansible_strategy)  # Ansible imports while the database is read
     open_database(settings.database_url)
     counting = _count_into(settings)
     owner = f"cli:{socket.gethostname()}:{os.getpid()}"
     lease = settings.job_lease_s
     reports = []
     every = engine.hosts(h.name for h in container_hosts(settings.inventory, settings.host_port_range))
-    for host in [args.host] if args.host else every:
+    hosts = [args.host] if args.host else every
+    if len(hosts) > 1:  # one run per host: the later ones start warm
+        prewarm(settings.ansible_strategy)
+    for host in hosts:
         with write_transaction(database_proxy.obj):
             job = jobqueue.enqueue_reconcile(host, timeout_s=settings.job_timeout_s, reserved_for=owner,
                                              lease_s=lease)

@@ -172,9 +172,10 @@ def ansible_env(strategy: str = DEFAULT_STRATEGY) -> dict[str, str]:
     }
 
 
-def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, *, warm_wait: bool = True,
+def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, *, warm: bool = False,
             **options: Any) -> Any:
-    """ansible-runner's Runner for one run, with the run's environment (an allow-list) and command."""
+    """ansible-runner's Runner for one run, with the run's environment (an allow-list) and command
+    (ansible-playbook forked from a warm one, in a process that keeps one: ``warm``, prewarm)."""
     envvars = ansible_env(strategy)
     runner = ansible_runner.interface.init_runner(
         private_data_dir=str(private), playbook=str(playbook), inventory=str(inventory), envvars=envvars,
@@ -182,17 +183,18 @@ def _runner(private: Path, playbook: Path, inventory: Path, strategy: str, *, wa
     # The config merged os.environ in; keep only what the run is meant to have,
     # before Runner.run() writes artifacts/<id>/command and starts the process.
     allowed = {*envvars, *RUNNER_ENV}
-    runner.config.env = WARM.env_for({k: v for k, v in runner.config.env.items() if k in allowed}, wait=warm_wait)
-    runner.config.command[0] = WARM.launcher()  # ansible-playbook, forked from a warm one
+    runner.config.env = WARM.env_for({k: v for k, v in runner.config.env.items() if k in allowed}, start=warm)
+    if SOCKET_ENV in runner.config.env:
+        runner.config.command[0] = WARM.launcher()
     return runner
 
 
 def prewarm(strategy: str = DEFAULT_STRATEGY) -> Path:
-    """Start the warm ansible-playbook of this process's runs now, beside other start-up work;
-    the socket it will listen on."""
+    """This process runs many playbooks: start its warm ansible-playbook now, beside other start-up
+    work (from then on, a run of another environment starts one of its own too); the socket it
+    will listen on."""
     with tempfile.TemporaryDirectory(prefix="buddo-prewarm-") as private:
-        runner = _runner(Path(private), Path(private) / "none.yml", Path(private) / "hosts", strategy,
-                         warm_wait=False)
+        runner = _runner(Path(private), Path(private) / "none.yml", Path(private) / "hosts", strategy, warm=True)
     return Path(runner.config.env[SOCKET_ENV])
 
 

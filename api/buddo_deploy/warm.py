@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any, NoReturn
@@ -43,7 +42,6 @@ PER_RUN_ENV = frozenset({"ANSIBLE_CACHE_PLUGIN_CONNECTION", "AWX_ISOLATED_DATA_D
 SOCKET_ENV = "BUDDO_ANSIBLE_WARM"
 PLAYBOOK_ENV = "BUDDO_ANSIBLE_PLAYBOOK"
 MAX_REQUEST = 1 << 20
-STARTING_S = 1.0  # how long after its start a run waits for a zygote to listen
 
 # What a run of ansible-playbook imports (its start-up, then its plugins by their module names,
 # which Ansible's plugin loader takes from sys.modules): imported once, by the zygote. Never
@@ -287,34 +285,36 @@ class Zygote:
 
 
 class Pool:
-    """The bridge's zygotes, one per environment; started on first use, in the background."""
+    """The bridge's zygotes, one per environment, for processes that run many playbooks.
+
+    A process opts in with ``env_for(env, start=True)`` (runner.prewarm: the worker, a reconcile
+    of many hosts); from then on a run of an environment with no zygote starts one, in the
+    background. A one-shot process never pays for a zygote it would not use."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.zygotes: dict[tuple[tuple[str, str], ...], tuple[subprocess.Popen[bytes], Path]] = {}
-        self.started: dict[tuple[tuple[str, str], ...], float] = {}
+        self.keep_warm = False
 
-    def env_for(self, env: dict[str, str], *, wait: bool = True) -> dict[str, str]:
+    def env_for(self, env: dict[str, str], *, start: bool = False) -> dict[str, str]:
         """``env`` with what sends this run's ansible-playbook to a zygote of that environment.
 
-        A zygote started moments ago (a worker's or a reconcile's prewarm) is waited for, up to
-        STARTING_S after its start: a cold start would spend that time importing Ansible too."""
+        A zygote that does not listen yet is not waited for: the run starts cold (measured: on
+        2 cores, waiting for one that imports beside the caller's own start-up costs more)."""
         key = tuple(sorted(static_env(env).items()))
+        real = Path(sys.executable).with_name("ansible-playbook")
         with self.lock:
+            self.keep_warm = self.keep_warm or start
             known = self.zygotes.get(key)
+            if not self.keep_warm:
+                return env | {PLAYBOOK_ENV: str(real)}
             if known is None or known[0].poll() is not None:
                 directory = Path(tempfile.mkdtemp(prefix="buddo-warm-"))
                 process = subprocess.Popen(  # noqa: S603 - our own module, our own interpreter
                     [sys.executable, "-m", "buddo_deploy.warm", str(directory)], env=env,
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
                 known = self.zygotes[key] = (process, directory)
-                self.started[key] = time.monotonic()
-        socket_path = known[1] / "socket"
-        until = self.started[key] + STARTING_S
-        while wait and not socket_path.exists() and known[0].poll() is None and time.monotonic() < until:
-            time.sleep(0.01)
-        real = Path(sys.executable).with_name("ansible-playbook")
-        return env | {SOCKET_ENV: str(socket_path), PLAYBOOK_ENV: str(real)}
+        return env | {SOCKET_ENV: str(known[1] / "socket"), PLAYBOOK_ENV: str(real)}
 
     def launcher(self) -> str:
         """The launcher script (one per process), written next to nothing else."""

@@ -81,7 +81,7 @@ def test_a_changed_ansible_cfg_is_refused_and_the_run_goes_cold(tmp_path: Path) 
     shutil.copy(runner.REPO_ROOT / "ansible.cfg", config)
     env = runner.ansible_env() | {"ANSIBLE_CONFIG": str(config), "ANSIBLE_STDOUT_CALLBACK": "default"}
     pool = Pool()
-    warm = pool.env_for(env)
+    warm = pool.env_for(env, start=True)
     [(zygote, directory)] = pool.zygotes.values()
     until(lambda: (directory / "socket").exists(), "the zygote listens")
     command = [pool.launcher(), "-i", str(local_inventory(tmp_path)), str(PLAYBOOKS / "fail.yml")]
@@ -93,6 +93,12 @@ def test_a_changed_ansible_cfg_is_refused_and_the_run_goes_cold(tmp_path: Path) 
     assert (second.returncode, second.stdout) == (first.returncode, first.stdout)
     zygote.wait(timeout=30)  # it read an ansible.cfg that is no more: it is done
     assert not directory.exists()
+
+
+def test_a_process_that_did_not_ask_for_one_starts_no_zygote() -> None:
+    pool = Pool()
+    env = pool.env_for(runner.ansible_env())
+    assert "BUDDO_ANSIBLE_WARM" not in env and not pool.zygotes  # its runs start ansible-playbook itself
 
 
 def test_without_a_zygote_the_launcher_runs_ansible_playbook(tmp_path: Path) -> None:

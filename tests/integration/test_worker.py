@@ -12,7 +12,8 @@ from buddo_deploy.models import Job
 from buddo_deploy.services import engine
 from buddo_deploy.tasks import JobRun
 
-from tests.integration.test_runner import PLAYBOOKS, inventory
+from tests.helpers import local_inventory as inventory
+from tests.integration.test_runner import PLAYBOOKS
 
 
 def _plan(settings, tmp_path):
