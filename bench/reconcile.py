@@ -42,8 +42,9 @@ def reconcile(stack: Stack) -> tuple[float, dict]:
 
 
 def empty_run(stack: Stack, root: Path, *, cold: bool = False) -> float:
-    """One ansible-runner run of a playbook with no tasks: warm as the platform's runs are, or
-    ``cold`` (the real ansible-playbook, as every run was before warm.py)."""
+    """One ansible-runner run of a playbook with no tasks: warm as a worker's runs are (after
+    runner.prewarm), or ``cold`` (the real ansible-playbook, as every run was before warm.py and
+    as a one-shot `buddo-deploy reconcile` of one host runs it)."""
     playbook = root / "empty.yml"
     playbook.write_text("- name: Nothing\n  hosts: container_hosts\n  gather_facts: false\n  tasks: []\n")
     launcher = runner.WARM.launcher
@@ -123,6 +124,9 @@ def main() -> None:
             stack.subdomains.add(f"bench-r{i}")
         first, report = reconcile(stack)
         assert sum(1 for d in report["deployments"] if d["ok"]) == args.deployments, report
+        listening = runner.prewarm()  # as a worker does at its start
+        while not listening.exists():
+            time.sleep(0.05)
         baseline = min(empty_run(stack, root) for _ in range(3))
         cold = min(empty_run(stack, root, cold=True) for _ in range(3))
         no_drift = []
