@@ -142,6 +142,32 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(body), received
 
 
+def kill_descendants(root: int) -> None:
+    """SIGKILL every process below ``root``. Ansible's worker processes start sessions of their
+    own, so a process-group kill misses them and the modules they run (a podman command would
+    go on after its run timed out)."""
+    for _ in range(3):  # what forked meanwhile
+        parents: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat", encoding="utf-8", errors="replace") as handle:
+                        ppid = int(handle.read().rpartition(")")[2].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                parents.setdefault(ppid, []).append(int(entry.name))
+        below, todo = [], list(parents.get(root, []))
+        while todo:
+            pid = todo.pop()
+            below.append(pid)
+            todo += parents.get(pid, [])
+        if not below:
+            return
+        for pid in below:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
 class Zygote:
     """The process that imported Ansible: one fork per run (see the module's docstring)."""
 
@@ -242,10 +268,11 @@ class Zygote:
             sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
             conn.sendall(b"pid %d\n" % os.getpid())
 
-            def watch() -> None:  # the launcher died (SIGKILL): so does this run
+            def watch() -> None:  # the launcher died (SIGKILL): so does this run, modules and all
                 while conn.recv(64):
                     pass
                 if not done.is_set():
+                    kill_descendants(os.getpid())
                     os.killpg(0, signal.SIGKILL)
 
             threading.Thread(target=watch, daemon=True).start()

@@ -67,13 +67,28 @@ def test_a_run_is_a_fork_of_the_warm_ansible_and_ends_with_it(tmp_path: Path) ->
     until(lambda: not Path(f"/proc/{child}").exists(), "the child is gone when its run ended")
 
 
-def test_a_run_that_times_out_leaves_no_fork_behind(tmp_path: Path) -> None:
+def sleeping(seconds: str) -> list[Path]:
+    return [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()
+            and _cmdline(entry) == ["sleep", seconds]]
+
+
+def _cmdline(entry: Path) -> list[str]:
+    try:
+        return (entry / "cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+    except OSError:
+        return []
+
+
+def test_a_run_that_times_out_leaves_no_fork_behind_nor_its_modules(tmp_path: Path) -> None:
     zygote = zygote_of_the_runs(tmp_path)
-    result = runner.run_playbook(PLAYBOOKS / "wait_file.yml", local_inventory(tmp_path),
-                                 {"flag_file": str(tmp_path / "x")}, timeout_s=3, work_dir=tmp_path / "r")
+    seconds = f"{50 + os.getpid() % 1000 / 1000:.3f}"  # the module's own process: `sleep 50.xyz`
+    result = runner.run_playbook(PLAYBOOKS / "sleep_for.yml", local_inventory(tmp_path), {"seconds": seconds},
+                                 timeout_s=3, work_dir=tmp_path / "r")
     assert result.status == "timeout"
-    # ansible-runner SIGKILLed the launcher: the child saw its socket close and killed itself.
+    # ansible-runner SIGKILLed the launcher: the child saw its socket close and killed what
+    # it had started (Ansible's worker processes and their modules run in sessions of their own).
     until(lambda: not children(zygote.pid), "no child of the zygote is left")
+    until(lambda: not sleeping(seconds), "the module's sleep is gone")
 
 
 def test_a_changed_ansible_cfg_is_refused_and_the_run_goes_cold(tmp_path: Path) -> None:
