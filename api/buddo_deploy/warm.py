@@ -121,6 +121,24 @@ def _config_stamp() -> tuple[str, float]:
         return path, -1.0
 
 
+def _sources_stamp() -> tuple[tuple[str, float], ...]:
+    """The modules a run may send that are not Ansible's own (which the zygote imported): every
+    file of the configured collection and role paths, with its mtime."""
+    from ansible import constants as C
+
+    roots = [os.path.join(path, "ansible_collections") for path in C.COLLECTIONS_PATHS]  # type: ignore[attr-defined]
+    roots += list(C.DEFAULT_ROLES_PATH)  # type: ignore[attr-defined]
+    found = []
+    for root in roots:
+        for directory, subdirs, files in os.walk(root):
+            subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+            for name in files:
+                path = os.path.join(directory, name)
+                with contextlib.suppress(OSError):
+                    found.append((path, os.stat(path).st_mtime))
+    return tuple(sorted(found))
+
+
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     fds = array.array("i")
     data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(3 * fds.itemsize))
@@ -178,7 +196,8 @@ class Zygote:
         self.children: dict[int, socket.socket] = {}
         for name in PRELOAD:  # the point of this process
             importlib.import_module(name)
-        self.stamp = _config_stamp()
+        self.stamp = _config_stamp(), _sources_stamp()
+        (directory / "ansiballz_cache").mkdir(mode=0o700, exist_ok=True)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = directory / "socket"
         path.unlink(missing_ok=True)
@@ -227,10 +246,11 @@ class Zygote:
             conn.settimeout(5)
             request, fds = _receive(conn)
             conn.settimeout(None)
-            if static_env(request["env"]) != self.env or _config_stamp() != self.stamp:
+            changed = (_config_stamp(), _sources_stamp()) != self.stamp
+            if static_env(request["env"]) != self.env or changed:
                 conn.sendall(b"refuse\n")
-                if _config_stamp() != self.stamp:
-                    sys.exit(0)  # the next run starts a zygote that read the new ansible.cfg
+                if changed:  # the next run starts a zygote that read the new ansible.cfg, or
+                    sys.exit(0)  # one whose children's module zips are built from the new files
                 return
             pid = os.fork()
             if pid == 0:
@@ -297,8 +317,7 @@ class Zygote:
             finally:
                 os._exit(rc)
 
-    @staticmethod
-    def _fresh_process_state() -> None:
+    def _fresh_process_state(self) -> None:
         """What Ansible set up at import for its process: this run's own, not the zygote's."""
         from ansible import constants as C
         from ansible.utils.path import cleanup_tmp_file
@@ -307,6 +326,10 @@ class Zygote:
         mine = tempfile.mkdtemp(prefix=f"ansible-local-{os.getpid()}", dir=os.path.dirname(C.DEFAULT_LOCAL_TMP))  # type: ignore[attr-defined]
         C.DEFAULT_LOCAL_TMP = mine  # type: ignore[attr-defined]
         atexit.register(cleanup_tmp_file, mine, warn=True)
+        # The modules' zips (AnsiballZ), built once for all the zygote's runs: a zygote lives only
+        # while the files they are built from stay as they were (accept), and Ansible locks
+        # the cache's entries, as its forks of one run share them.
+        os.symlink(self.directory / "ansiballz_cache", os.path.join(mine, "ansiballz_cache"))
         for name in ("CACHE_PLUGIN_CONNECTION",):  # PER_RUN_ENV's settings
             setattr(C, name, C.config.get_config_value(name))
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from buddo_deploy import runner
 from buddo_deploy.warm import Pool
 
@@ -91,22 +92,33 @@ def test_a_run_that_times_out_leaves_no_fork_behind_nor_its_modules(tmp_path: Pa
     until(lambda: not sleeping(seconds), "the module's sleep is gone")
 
 
-def test_a_changed_ansible_cfg_is_refused_and_the_run_goes_cold(tmp_path: Path) -> None:
-    config = tmp_path / "ansible.cfg"
+@pytest.mark.parametrize("changed", ["ansible.cfg", "a file of the roles path"])
+def test_a_change_is_refused_and_the_run_goes_cold(tmp_path: Path, changed: str) -> None:
+    config, module = tmp_path / "ansible.cfg", tmp_path / "roles" / "r" / "library" / "thing.py"
     shutil.copy(runner.REPO_ROOT / "ansible.cfg", config)
-    env = runner.ansible_env() | {"ANSIBLE_CONFIG": str(config), "ANSIBLE_STDOUT_CALLBACK": "default"}
+    module.parent.mkdir(parents=True)
+    module.write_text("# a module of a role\n")
+    env = runner.ansible_env() | {"ANSIBLE_CONFIG": str(config), "ANSIBLE_STDOUT_CALLBACK": "default",
+                                  "ANSIBLE_ROLES_PATH": str(tmp_path / "roles")}
     pool = Pool()
     warm = pool.env_for(env, start=True)
     [(zygote, directory)] = pool.zygotes.values()
     until(lambda: (directory / "socket").exists(), "the zygote listens")
-    command = [pool.launcher(), "-i", str(local_inventory(tmp_path)), str(PLAYBOOKS / "fail.yml")]
-    first = subprocess.run(command, env=warm, capture_output=True, text=True, check=False, cwd=tmp_path)
+    command = [pool.launcher(), "-i", str(local_inventory(tmp_path))]
+    first = subprocess.run([*command, str(PLAYBOOKS / "fail.yml")], env=warm, capture_output=True, text=True,
+                           check=False, cwd=tmp_path)
     assert first.returncode == 2 and "the widget is broken" in first.stdout, first
-    stamp = config.stat().st_mtime + 5
-    os.utime(config, (stamp, stamp))
-    second = subprocess.run(command, env=warm, capture_output=True, text=True, check=False, cwd=tmp_path)
+    pinged = subprocess.run([*command, str(PLAYBOOKS / "ping.yml")], env=warm, capture_output=True, text=True,
+                            check=False, cwd=tmp_path)
+    assert pinged.returncode == 0, pinged
+    assert any("ping" in entry.name for entry in (directory / "ansiballz_cache").iterdir())  # shared by its runs
+    touched = config if changed == "ansible.cfg" else module
+    stamp = touched.stat().st_mtime + 5
+    os.utime(touched, (stamp, stamp))
+    second = subprocess.run([*command, str(PLAYBOOKS / "fail.yml")], env=warm, capture_output=True, text=True,
+                            check=False, cwd=tmp_path)
     assert (second.returncode, second.stdout) == (first.returncode, first.stdout)
-    zygote.wait(timeout=30)  # it read an ansible.cfg that is no more: it is done
+    zygote.wait(timeout=30)  # what its runs were built from changed: it is done
     assert not directory.exists()
 
 
