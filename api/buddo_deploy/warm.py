@@ -189,9 +189,9 @@ def kill_descendants(root: int) -> None:
 class Zygote:
     """The process that imported Ansible: one fork per run (see the module's docstring)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, parent: int) -> None:
         self.directory = directory
-        self.parent = os.getppid()
+        self.parent = parent
         self.env = static_env(dict(os.environ))
         self.children: dict[int, socket.socket] = {}
         for name in PRELOAD:  # the point of this process
@@ -361,7 +361,7 @@ class Pool:
             if known is None or known[0].poll() is not None:
                 directory = Path(tempfile.mkdtemp(prefix="buddo-warm-"))
                 process = subprocess.Popen(  # noqa: S603 - our own module, our own interpreter
-                    [sys.executable, "-m", "buddo_deploy.warm", str(directory)], env=env,
+                    [sys.executable, "-m", "buddo_deploy.warm", str(directory), str(os.getpid())], env=env,
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
                 known = self.zygotes[key] = (process, directory)
         return env | {SOCKET_ENV: str(known[1] / "socket"), PLAYBOOK_ENV: str(real)}
@@ -382,9 +382,10 @@ class Pool:
 
 
 def main() -> None:
-    directory = Path(sys.argv[1])
+    directory, parent = Path(sys.argv[1]), int(sys.argv[2])
     try:
-        Zygote(directory).serve()
+        if os.getppid() == parent:  # else the process that started it is gone already
+            Zygote(directory, parent).serve()
     finally:  # the zygote's alone: a child never returns here (os._exit)
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -122,6 +122,16 @@ def test_a_change_is_refused_and_the_run_goes_cold(tmp_path: Path, changed: str)
     assert not directory.exists()
 
 
+def test_a_zygote_whose_parent_is_gone_before_it_started_exits(tmp_path: Path) -> None:
+    directory = tmp_path / "zygote"
+    directory.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    zygote = subprocess.Popen([sys.executable, "-m", "buddo_deploy.warm", str(directory), str(gone.pid)])
+    assert zygote.wait(timeout=30) == 0
+    assert not directory.exists()
+
+
 def test_a_process_that_did_not_ask_for_one_starts_no_zygote() -> None:
     pool = Pool()
     env = pool.env_for(runner.ansible_env())
