@@ -8,12 +8,13 @@ Ansible: the zygote. The zygote forks; the child takes them over and runs Ansibl
 ``ansible-playbook`` entry point, so ansible-runner sees the same output, events and exit code.
 
 - A zygote serves one environment: the one it was started with. A run whose environment
-  differs (but for the per-run paths ansible-runner sets), or whose ansible.cfg changed since,
-  is refused, and the launcher runs the real ansible-playbook instead. So does a launcher
-  that finds no zygote.
+  differs (but for the per-run paths ansible-runner sets) is refused, and so is every run once
+  ansible.cfg or a file of the collection and role paths changed (the zygote then exits: its
+  runs share the modules' zips, built from those files); the launcher runs the real
+  ansible-playbook instead. So does a launcher that finds no zygote.
 - Signals ansible-runner sends the launcher (SIGHUP, SIGINT, SIGTERM) go to the child's
   process group. When the launcher dies (ansible-runner's SIGKILL on a timeout or a cancel),
-  the child kills its process group.
+  the child kills every process below it, then its group.
 - The socket is in a 0700 directory of the worker's user; the zygote exits with its parent.
 """
 
@@ -84,7 +85,7 @@ def main():
     except OSError:
         cold()
     if len(first) != 2 or first[0] != b"pid":
-        cold()  # refused: another environment, or ansible.cfg changed
+        cold()  # refused: another environment, or ansible.cfg or a collection or role file changed
     pid = int(first[1])
 
     def forward(signum, frame):
