@@ -237,7 +237,11 @@ def _desired(settings: Settings, args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as handle:
             json.dump(secrets, handle)
         document[variable] = os.path.abspath(path)
-    print(json.dumps(document, indent=2))
+    # Every string as {"__ansible_unsafe": ...}: `-e @file` is a trusted source to Ansible, and a plain string
+    # holding "{{ ... }}" (an operator's health path) would be a template run on the controller.
+    from .runner import unsafe_json
+
+    print(unsafe_json(document, indent=2))
     return 0
 
 

@@ -1,7 +1,7 @@
 """The runner bridge: the only module that imports ansible_runner.
 
 One private data dir per run, deleted afterwards. User-supplied strings reach
-Ansible only as ``!unsafe`` YAML in ``env/extravars`` (written here, so
+Ansible only as ``!unsafe`` values (``__ansible_unsafe`` JSON) in ``env/extravars`` (written here, so
 ``suppress_env_files=True`` keeps ansible-runner from writing anything else
 there). Secrets never enter extravars, envvars or the command line: they go to a
 0600 file on tmpfs whose *path* is passed, read by a ``no_log`` lookup and
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
-import yaml
 
 from .results import EventSummary, PlaybookResult
 from .settings import REPO_ROOT, STRATEGIES
@@ -51,28 +50,22 @@ RUNNER_ENV = ("ANSIBLE_CALLBACK_PLUGINS", "ANSIBLE_STDOUT_CALLBACK", "ANSIBLE_CA
               "RUNNER_ONLY_FAILED_EVENTS")
 
 
-class _UnsafeDumper(yaml.CSafeDumper):
-    """Dumps every string value as ``!unsafe`` so Ansible never templates it (libyaml emits: 5x faster)."""
+def unsafe(data: Any) -> Any:
+    """``data`` with every string value as ``{"__ansible_unsafe": value}``: Ansible's JSON for ``!unsafe``, so it
+    never templates them (keys stay plain: they are variable and field names)."""
+    if isinstance(data, str):
+        return {"__ansible_unsafe": data}
+    if isinstance(data, Mapping):
+        return {str(key): unsafe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [unsafe(value) for value in data]
+    return data
 
 
-def _represent_str(dumper: Any, data: str) -> yaml.ScalarNode:
-    node: yaml.ScalarNode = dumper.represent_scalar("!unsafe", data, style='"')
-    return node
-
-
-def _represent_dict(dumper: Any, data: dict[str, Any]) -> yaml.MappingNode:
-    # Keys are variable names: plain strings, only the values are tagged.
-    pairs = [(dumper.represent_scalar("tag:yaml.org,2002:str", str(k)), dumper.represent_data(v))
-             for k, v in data.items()]
-    return yaml.MappingNode("tag:yaml.org,2002:map", pairs)
-
-
-_UnsafeDumper.add_representer(str, _represent_str)
-_UnsafeDumper.add_representer(dict, _represent_dict)
-
-
-def unsafe_yaml(data: Mapping[str, Any]) -> str:
-    return str(yaml.dump(dict(data), Dumper=_UnsafeDumper, default_flow_style=False, sort_keys=True))
+def unsafe_json(data: Mapping[str, Any], indent: int | None = None) -> str:
+    """Extra vars as JSON with every string ``!unsafe``. Ansible reads JSON several times faster than YAML (its
+    YAML loader is pure Python): 0.4 s a run with 100 deployments."""
+    return json.dumps(unsafe(dict(data)), indent=indent, sort_keys=True)
 
 
 def secret_dir() -> Path:
@@ -247,7 +240,7 @@ def run_playbook(
             # Other secrets (the Cloudflare token): extra var name -> a file holding the value.
             for name, value in (secret_files or {}).items():
                 variables[name] = more.enter_context(secret_file(value))
-            (private / "env" / "extravars").write_text(unsafe_yaml(variables))
+            (private / "env" / "extravars").write_text(unsafe_json(variables))
             runner = _runner(private, playbook, inventory, strategy, limit=limit,
                              cmdline="--check" if check else None, timeout=timeout_s, event_handler=handle,
                              cancel_callback=should_cancel or (lambda: False))

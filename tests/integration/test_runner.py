@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import falcon.testing
 import pytest
+from buddo_deploy.app import create_app
+from buddo_deploy.cli import main
 from buddo_deploy.runner import run_playbook, secret_dir, sweep_stale_secrets
 from buddo_deploy.settings import STRATEGIES
 
-from tests.helpers import local_inventory
+from tests.helpers import JWT_SECRET, PRODUCTION_AUTH, create_deployment, local_inventory, make_settings, migrate
 
 PLAYBOOKS = Path(__file__).parent / "playbooks"
 
@@ -122,3 +126,25 @@ def test_what_a_run_reports_reaches_the_caller_while_it_still_runs(tmp_path: Pat
     assert result.ok, result
     assert reports == [{"buddo_outcomes": {"d1": {"ok": True}}}]
     assert result.stats == reports[0]
+
+
+def test_the_sysadmins_document_keeps_what_operators_typed_as_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`buddo-deploy desired > d.json; ansible-playbook -e @d.json`: a health path that is a template stays text."""
+    settings = make_settings(tmp_path, "sqlite")
+    migrate(settings)
+    client = falcon.testing.TestClient(create_app(settings))
+    create_deployment(client, health_check={"path": "/{{7*6}}"})
+    for name, value in {"BUDDO_VAR_DIR": str(tmp_path), "BUDDO_DATABASE_URL": settings.database_url,
+                        "BUDDO_SECRET_KEY": "test-encryption-passphrase", "BUDDO_JWT_SECRET": JWT_SECRET,
+                        **PRODUCTION_AUTH}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["desired", "--host", settings.default_host]) == 0
+    (tmp_path / "desired.json").write_text(capsys.readouterr().out)
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(local_inventory(tmp_path)),
+         "-e", f"@{tmp_path / 'desired.json'}", "-e", f"output_file={tmp_path / 'out'}",
+         str(PLAYBOOKS / "health_path.yml")], capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (tmp_path / "out").read_text() == "/{{7*6}}"

@@ -1,15 +1,15 @@
-"""Pure functions: settings parsing, encryption at rest, !unsafe YAML, image references."""
+"""Pure functions: settings parsing, encryption at rest, !unsafe extra vars, image references."""
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 from buddo_deploy.crypto import decrypt_env, encrypt_env
-from buddo_deploy.runner import _summarise, unsafe_yaml
+from buddo_deploy.runner import _summarise, unsafe_json
 from buddo_deploy.schemas import IMAGE_PATH_PATTERN
 from buddo_deploy.settings import Settings, SettingsError
 
@@ -117,15 +117,21 @@ def test_env_encryption_round_trip() -> None:
         decrypt_env("another passphrase", token)
 
 
-def test_unsafe_yaml_tags_every_string_value_and_no_key() -> None:
-    text = unsafe_yaml({"a": "{{ x }}", "n": 3, "nested": {"k": "v"}, "none": None})
-    assert 'a: !unsafe "{{ x }}"' in text and 'k: !unsafe "v"' in text and "n: 3" in text
+def test_unsafe_json_marks_every_string_value_and_no_key_as_ansible_reads_it() -> None:
+    from ansible._internal._datatag._tags import TrustedAsTemplate
+    from ansible.parsing.dataloader import DataLoader
 
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
-    assert yaml.load(text, Loader=Loader) == {"a": "{{ x }}", "n": 3, "nested": {"k": "v"}, "none": None}  # noqa: S506
+    data = {"a": "{{ x }}", "n": 3, "nested": {"k": "v", "list": ["{{ y }}", 1, None]}, "none": None, "t": True}
+    assert json.loads(unsafe_json(data)) == {
+        "a": {"__ansible_unsafe": "{{ x }}"}, "n": 3, "nested": {"k": {"__ansible_unsafe": "v"}, "list": [
+            {"__ansible_unsafe": "{{ y }}"}, 1, None]}, "none": None, "t": True}
+    # As ansible-playbook reads `-e @file` (a trusted source): the values come back as they were, none a template.
+    loaded = DataLoader().load(TrustedAsTemplate().tag(unsafe_json(data)))
+    assert loaded == data
+    values = [loaded["a"], loaded["nested"]["k"], loaded["nested"]["list"][0]]
+    assert not any(TrustedAsTemplate.is_tagged_on(value) for value in values)
+    # The same document written plainly would be: this is what the wrapping prevents.
+    assert TrustedAsTemplate.is_tagged_on(DataLoader().load(TrustedAsTemplate().tag(json.dumps(data)))["a"])
 
 
 @pytest.mark.parametrize("ref", ["nginx", "nginx:1.25", "operators/my-app:latest", "a/b/c@sha256:" + "a" * 64,
