@@ -148,3 +148,17 @@ def test_the_sysadmins_document_keeps_what_operators_typed_as_data(
          str(PLAYBOOKS / "health_path.yml")], capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (tmp_path / "out").read_text() == "/{{7*6}}"
+
+
+def test_a_finished_run_is_closed_without_ptyprocess_wait_and_a_running_one_as_before() -> None:
+    import pexpect
+
+    ended = pexpect.spawn("true")
+    ended.expect(pexpect.EOF)
+    ended.close()  # ansible-runner closes the child once its output ended
+    assert ended.exitstatus == 0
+    assert ended.ptyproc.delayafterclose == 0
+    running = pexpect.spawn("sleep", ["30"])
+    running.close()  # still running: hung up, given its 0.1 s, then killed
+    assert running.ptyproc.delayafterclose == 0.1
+    assert not running.isalive() and running.signalstatus is not None
