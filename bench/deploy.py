@@ -41,7 +41,7 @@ def baseline(image: str, run: int) -> float:
     started = time.perf_counter()
     subprocess.run(
         ["podman", "run", "-d", "--name", name, "--memory", "1024m", "--cpus", "1", "--init",
-         "--restart", "always", "-e", "GREETING=hi", "--label", "buddo.deployment_id=bench",
+         "--restart", "no", "-e", "GREETING=hi", "--label", "buddo.deployment_id=bench",
          "-p", f"127.0.0.1:{port}:3000", image],
         check=True, capture_output=True,
     )

@@ -22,7 +22,9 @@ options:
   instance: {description: "Label buddo.instance: the platform the containers and sites belong to (only its own are
       observed).", type: str, default: buddo}
   init: {description: Run an init as PID 1., type: bool, default: true}
-  restart_policy: {description: Podman restart policy., type: str, default: always}
+  restart_policy: {description: "Podman restart policy. C(no): the platform's health probe restarts a container
+      that exited (podman 4.3 leaks a user-namespaced container's network namespace at each restart of its own).",
+      type: str, default: "no"}
   stop_timeout: {description: Seconds to wait for a graceful stop., type: int, default: 10}
   wait_timeout: {description: Seconds a new container has to answer., type: float, default: 60}
   wait_path: {description: Path requested to see whether the app answers., type: str, default: /}

@@ -648,7 +648,10 @@ SHARED_OPTIONS: dict[str, dict[str, Any]] = {
     "host_address": {"type": "str", "default": "127.0.0.1"},
     "instance": {"type": "str", "default": "buddo"},
     "init": {"type": "bool", "default": True},
-    "restart_policy": {"type": "str", "default": "always"},
+    # "no": the platform restarts a container that exited (the health probe, within its crash-loop cap). Podman
+    # 4.3 (Debian 12) leaks the network namespace, veth and IP of a --userns container at each restart it does
+    # itself (podman#18615, fixed in 4.8), without backoff: a crashing app leaked about 6 a second.
+    "restart_policy": {"type": "str", "default": "no"},
     "stop_timeout": {"type": "int", "default": 10},
     "wait_timeout": {"type": "float", "default": 60},
     "wait_path": {"type": "str", "default": "/"},
