@@ -137,6 +137,8 @@ BEFORE_ISOLATION = {"pids_limit": 2048, "log_max_size_mb": 0, "networks": ["podm
     ({"networks": ["buddo-d1", "podman"]}, "network buddo-d1,podman, want buddo-d1"),
     ({"networks": []}, "network none, want buddo-d1"),
     ({"no_new_privileges": False}, "no-new-privileges unset"),
+    # Made before the platform stopped podman's own restarts (they leak with a user namespace).
+    ({"restart_policy": "always"}, "restart policy always, want no"),
     (BEFORE_ISOLATION, "pids limit 2048, want 256; log cap 0 MB, want 20 MB; network podman, want buddo-d1"),
 ])
 def test_settings_differ_recreates_the_container(settings: dict[str, Any], reason: str) -> None:
@@ -598,25 +600,37 @@ def test_sites_feed_the_plan(tmp_path: Path) -> None:
 INSPECT_ISOLATED = {"Id": "c1", "NetworkSettings": {"Networks": {"buddo-d1": {"IPAddress": "10.89.3.2"}}},
                     "HostConfig": {"Memory": 268435456, "NanoCpus": 500000000, "PidsLimit": 256,
                                    "LogConfig": {"Type": "k8s-file", "Size": "20MB"},
-                                   "SecurityOpt": ["no-new-privileges"]}}
+                                   "SecurityOpt": ["no-new-privileges"],
+                                   "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}}}
 INSPECT_SHARED = {"Id": "c2", "NetworkSettings": {"Networks": {"podman": {"IPAddress": "10.88.0.5"}}},
                   "HostConfig": {"Memory": 268435456, "NanoCpus": 500000000, "PidsLimit": 2048,
                                  "LogConfig": {"Type": "k8s-file", "Size": "0B"},
-                                 "SecurityOpt": ["no-new-privileges"]}}
+                                 "SecurityOpt": ["no-new-privileges"],
+                                 "RestartPolicy": {"Name": "always", "MaximumRetryCount": 0}}}
 
 
 def test_settings_of_an_isolated_container_match_its_item() -> None:
     found = container_spec.observed(INSPECT_ISOLATED)
     assert found == {"memory_limit_mb": 256, "cpu_limit_millicores": 500, "pids_limit": 256, "log_max_size_mb": 20,
-                     "networks": ["buddo-d1"], "no_new_privileges": True}
+                     "networks": ["buddo-d1"], "no_new_privileges": True, "restart_policy": "no"}
     assert empty(plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000})))
 
 
 def test_settings_of_a_container_from_before_isolation_are_drift() -> None:
     found = container_spec.observed(INSPECT_SHARED)
-    assert found == {"memory_limit_mb": 256, "cpu_limit_millicores": 500, **BEFORE_ISOLATION}
+    assert found == {"memory_limit_mb": 256, "cpu_limit_millicores": 500, **BEFORE_ISOLATION,
+                     "restart_policy": "always"}
     plan = plan_of([item()], observed([container(**found)], [site()]), live({HOST: 20000}))
     assert plan["drift"]["d1"][0].startswith("settings differ") and plan["start"][0]["recreate"] is True
+    assert plan["drift"]["d1"][0].endswith("; restart policy always, want no)")
+
+
+def test_a_sysadmins_restart_policy_is_what_the_plan_wants() -> None:
+    always = observed([container(restart_policy="always")], [site()])
+    assert empty(plan_filters.converge_plan([item()], always, live({HOST: 20000}), BASE, restart_policy="always"))
+    retries = observed([container(restart_policy=container_spec.restart_name("on-failure:3"))], [site()])
+    plan = plan_filters.converge_plan([item()], retries, live({HOST: 20000}), BASE, restart_policy="always")
+    assert plan["drift"] == {"d1": ["settings differ (restart policy on-failure, want always)"]}
 
 
 @pytest.mark.parametrize(("size", "mb"), [("10MB", 10), ("1.5GB", 1500), ("500kB", 0), ("0B", 0), ("", 0),

@@ -69,10 +69,17 @@ def observed(info: dict[str, Any]) -> dict[str, Any]:
         "log_max_size_mb": log_size_mb(str((host.get("LogConfig") or {}).get("Size") or "")),
         "networks": sorted((info.get("NetworkSettings") or {}).get("Networks") or {}),
         "no_new_privileges": "no-new-privileges" in (host.get("SecurityOpt") or []),
+        "restart_policy": restart_name(str((host.get("RestartPolicy") or {}).get("Name") or "")),
     }
 
 
-def drift(container: dict[str, Any], item: dict[str, Any], network: str, *, limits: bool = True) -> list[str]:
+def restart_name(policy: str) -> str:
+    """A restart policy's name as podman inspect reports it ("" and "no" alike; on-failure:3 -> on-failure)."""
+    return policy.partition(":")[0] or "no"
+
+
+def drift(container: dict[str, Any], item: dict[str, Any], network: str, *, limits: bool = True,
+          restart_policy: str = "no") -> list[str]:
     """How an observed container differs from the desired item (what is not known is not compared).
 
     ``limits``: compare memory and CPU too (the serving container's; a stopped one is
@@ -92,6 +99,9 @@ def drift(container: dict[str, Any], item: dict[str, Any], network: str, *, limi
         settings.append(f"network {','.join(container['networks']) or 'none'}, want {network}")
     if container.get("no_new_privileges") is False:
         settings.append("no-new-privileges unset")
+    restart = container.get("restart_policy")
+    if restart is not None and restart != restart_name(restart_policy):
+        settings.append(f"restart policy {restart}, want {restart_name(restart_policy)}")
     if settings:
         found.append(f"settings differ ({'; '.join(settings)})")
     return found

@@ -48,7 +48,7 @@ def containers(run: Run, podman: str, instance: str, host: str) -> list[dict[str
     if rc != 0:
         raise ObserveError(f"podman ps failed: {err.strip()}")
     unknown = dict.fromkeys(("memory_limit_mb", "cpu_limit_millicores", "pids_limit", "log_max_size_mb", "networks",
-                             "no_new_privileges"))
+                             "no_new_privileges", "restart_policy"))
     found = {c["id"]: {**c, **unknown} for c in of_host(parse_ps(out), host)}
     if found:
         rc, out, _ = run([podman, "inspect", "--format", "json", *found])

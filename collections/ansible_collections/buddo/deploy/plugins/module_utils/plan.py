@@ -66,6 +66,7 @@ def converge_plan(
     base_domain: str,
     known: list[str] | None = None,
     prune: bool = False,
+    restart_policy: str = "no",
 ) -> dict[str, Any]:
     if bad := bad_names(desired):  # before anything changes: names become file and container names
         raise ValueError("converge_deployments: " + "; ".join(bad))
@@ -103,7 +104,7 @@ def converge_plan(
             # started again as it was.
             if serving or same:
                 differs = container_drift((serving or same)[0], item, deployment_network(str(item["id"])),
-                                          limits=bool(serving))
+                                          limits=bool(serving), restart_policy=restart_policy)
                 drift += differs
                 recreate = bool(differs)
             hosts = _site_hosts(item, base_domain)

@@ -229,7 +229,7 @@ def main() -> None:
     desired: list[dict[str, Any]] = p["deployments"]
     try:
         work = plan.converge_plan(desired, seen, (seen.get("caddy") or {}).get("config") or "", p["base_domain"],
-                                  known=p["known"], prune=p["prune"])
+                                  known=p["known"], prune=p["prune"], restart_policy=p["restart_policy"])
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     run = Run(module, binary)
