@@ -510,3 +510,18 @@ def test_a_claim_seeks_however_many_jobs_are_queued_and_however_long_the_history
         assert any(index in step for step in inside), (index, inside)
     claimed = jobqueue.claim("w", 30)
     assert claimed is not None and claimed.action == "converge"
+
+
+def test_a_locked_row_is_the_row_as_a_select_reads_it(client):
+    """db.lock_row reuses its statement (built once per model and database): each id gets its own row."""
+    from buddo_deploy.db import lock_row
+
+    first, second = (create_deployment(client, subdomain=name) for name in ("lock-one", "lock-two"))
+    with write_transaction(database_proxy.obj):
+        for ident in (first, second, first):
+            row = lock_row(Deployment, ident)
+            assert row is not None
+            assert row.__data__ == Deployment.get_by_id(ident).__data__
+        assert lock_row(Deployment, "00000000-0000-0000-0000-000000000000") is None
+        job = Job.select().first()
+        assert job is not None and lock_row(Job, job.id).__data__ == job.__data__
