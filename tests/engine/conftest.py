@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from buddo_deploy.runner import unsafe_json
 
 from tests.helpers import CADDY_ADMIN_PORTS, EGRESS_HOST_PORTS, free_port
 
@@ -33,31 +34,6 @@ VENV_BIN = REPO / ".venv" / "bin"
 PLAYBOOKS = REPO / "playbooks"
 PLAYBOOK_TIMEOUT = 600
 REGISTRIES_CONF_DIR = Path("/etc/containers/registries.conf.d")
-
-
-class Unsafe(str):
-    """A string written as `!unsafe`, as the worker tags every user string."""
-
-
-def _unsafe_representer(dumper: yaml.SafeDumper, value: Unsafe) -> yaml.ScalarNode:
-    return dumper.represent_scalar("!unsafe", str(value))
-
-
-class UnsafeDumper(yaml.SafeDumper):
-    pass
-
-
-UnsafeDumper.add_representer(Unsafe, _unsafe_representer)
-
-
-def tag_unsafe(value: Any) -> Any:
-    if isinstance(value, str):
-        return Unsafe(value)
-    if isinstance(value, dict):
-        return {k: tag_unsafe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [tag_unsafe(v) for v in value]
-    return value
 
 
 @dataclass
@@ -138,12 +114,12 @@ class Engine:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
     ) -> PlaybookRun:
-        """ansible-playbook with extra vars written as !unsafe YAML, like the worker's."""
+        """ansible-playbook with extra vars written as the worker writes them (every string !unsafe)."""
         self._counter += 1
         command = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(PLAYBOOKS / playbook)]
         if extravars is not None:
-            vars_file = self.root / f"extravars-{self._counter}.yml"
-            vars_file.write_text(yaml.dump(tag_unsafe(extravars), Dumper=UnsafeDumper))
+            vars_file = self.root / f"extravars-{self._counter}.json"
+            vars_file.write_text(unsafe_json(extravars))
             command += ["-e", f"@{vars_file}"]
         command += args or []
         proc = subprocess.run(

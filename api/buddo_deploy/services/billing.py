@@ -37,7 +37,7 @@ from typing import Any, cast
 
 import peewee
 
-from ..db import is_postgres, write_transaction
+from ..db import lock_row, write_transaction
 from ..domain_errors import Conflict, Invalid, PaymentRequired, Unauthenticated, Unavailable
 from ..models import (
     BillingAccount,
@@ -121,11 +121,11 @@ def price_of(tier: Tier) -> tuple[str, int]:
 
 
 def _locked_account(operator_id: str) -> BillingAccount:
-    query = BillingAccount.select().where(BillingAccount.operator_id == operator_id)
-    if is_postgres(database_proxy.obj):
-        query = query.for_update()
-    account: BillingAccount = query.get()
-    return account
+    account = lock_row(BillingAccount, operator_id)
+    if account is None:  # callers open it first
+        raise BillingAccount.DoesNotExist(  # type: ignore[attr-defined]  # peewee makes it per model
+            f"no billing account of {operator_id}")
+    return cast(BillingAccount, account)
 
 
 class Billing:
